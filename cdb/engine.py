@@ -1,0 +1,207 @@
+"""The DeepSpeed strategy: the one place that touches DeepSpeed.
+
+It builds the ZeRO-3 config from a ds_configs/ file and the scale, builds LM + contrast head so
+that no rank materialises the whole model, owns the optimizer, schedule, clipping and
+checkpointing, runs a training micro-step, and exports the final model in HF format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cdb.config import Config, ConfigError
+from cdb.model import DTYPES, ContrastiveLM, build_lm
+from cdb.objective import ContrastHead, contrastive_objective, score_positions
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINT_TAG = "state"
+
+
+def ds_config_path(name: str) -> Path:
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = REPO_ROOT / "ds_configs" / name
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"scale.ds_config: no file {name!r} (looked in {REPO_ROOT / 'ds_configs'})")
+
+
+def build_ds_config(config: Config, world_size: int) -> dict:
+    """The ds_config file with the fields the scale owns filled in, so the two never disagree."""
+    path = ds_config_path(config.scale.ds_config)
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    ds = {k: v for k, v in ds.items() if not k.startswith("_")}
+    scale = config.scale
+    owned = {
+        "train_micro_batch_size_per_gpu": scale.micro_batch,
+        "gradient_accumulation_steps": scale.grad_accum,
+        "train_batch_size": scale.micro_batch * scale.grad_accum * world_size,
+        "gradient_clipping": config.optim.grad_clip,
+    }
+    for key, value in owned.items():
+        if ds.get(key, "auto") not in ("auto", value):
+            raise ConfigError(f"{path}: '{key}' is {ds[key]!r} but the scale gives {value!r}; set it to \"auto\"")
+        ds[key] = value
+    ds["bf16"] = {**ds.get("bf16", {}), "enabled": scale.precision == "bf16"}
+    ds["fp16"] = {**ds.get("fp16", {}), "enabled": scale.precision == "fp16"}
+    if ds.get("zero_optimization", {}).get("stage") != 3:
+        raise ConfigError(f"{path}: cdb trains with ZeRO stage 3 ('zero_optimization.stage': 3)")
+    if "offload_optimizer" in ds["zero_optimization"]:
+        # Offloaded optimizer states need DeepSpeed's own (CPU) Adam, configured here.
+        opt = config.optim
+        ds["optimizer"] = {"type": "AdamW", "params": {"lr": opt.lr, "betas": list(opt.betas), "weight_decay": opt.weight_decay}}
+    return ds
+
+
+def lr_lambda(warmup_steps: int, total_steps: int):
+    """Linear warm-up to the peak, then linear decay to 0 at the last step."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    return factor
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+class Strategy:
+    """Owns the DeepSpeed engine of one rank. Every method is collective unless it says otherwise."""
+
+    def __init__(self, config: Config, model_source: str, tokenizer, world_size: int, rank: int, total_steps: int):
+        import deepspeed
+        from transformers.integrations import HfDeepSpeedConfig
+
+        self.config = config
+        self.rank = rank
+        self.tokenizer = tokenizer
+        self.ds_config = build_ds_config(config, world_size)
+        dtype = DTYPES[config.scale.precision]
+        torch.manual_seed(config.train.seed)
+        # Kept alive while the model is built: transformers then builds/loads it inside
+        # zero.Init, partitioned from the start.
+        self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
+        lm = build_lm(model_source, dtype, config.scale.attn_implementation, len(tokenizer))
+        if config.scale.activation_checkpointing:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lm.config.use_cache = False
+        # No dtype argument: zero.Init takes it from the config's bf16/fp16 flags (passing one is
+        # mis-parsed by DeepSpeed 0.19 on accelerators without fp16, which then picks bf16).
+        with deepspeed.zero.Init(config_dict_or_path=self.ds_config):
+            head = ContrastHead(lm.config.hidden_size, config.objective.projection_dim or None)
+        model = ContrastiveLM(lm, head)
+
+        optim = config.optim
+        client_optimizer = None
+        if "optimizer" not in self.ds_config:
+            client_optimizer = torch.optim.AdamW(
+                [p for p in model.parameters() if p.requires_grad], lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
+            )
+        schedule = lr_lambda(optim.warmup_steps, total_steps)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model,
+            model_parameters=[p for p in model.parameters() if p.requires_grad] if client_optimizer is None else None,
+            optimizer=client_optimizer,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+            config=self.ds_config,
+        )
+        self.device = self.engine.device
+
+    # -- training ------------------------------------------------------------------------------
+
+    def micro_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Forward (once), backward and optimizer step (DeepSpeed applies it at accumulation boundaries)."""
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        score_mask, _ = score_positions(batch["labels"], batch["positive"])
+        outputs = self.engine(batch["input_ids"], batch["attention_mask"], score_mask)
+        loss, metrics = contrastive_objective(outputs, batch, self.config.objective)
+        self.engine.backward(loss)
+        self.engine.step()
+        return metrics
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps taken (DeepSpeed counts them at accumulation boundaries)."""
+        return int(self.engine.global_steps)
+
+    def lr(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    def grad_norm(self) -> float:
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def param_counts(self) -> tuple[int, int]:
+        """(parameters held by this rank, parameters of the whole model). Not collective."""
+        local = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in self.engine.module.parameters())
+        total = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in self.engine.module.parameters())
+        return local, total
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def save_checkpoint(self, directory: str | Path, client_state: dict) -> None:
+        """This rank's shard of model, optimizer and schedule state, plus client state."""
+        self.engine.save_checkpoint(str(directory), tag=CHECKPOINT_TAG, client_state={**client_state, "rng": rng_state()})
+
+    def load_checkpoint(self, directory: str | Path) -> dict:
+        path, client_state = self.engine.load_checkpoint(str(directory), tag=CHECKPOINT_TAG)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint in {directory}")
+        set_rng_state(client_state.pop("rng"))
+        return client_state
+
+    # -- export --------------------------------------------------------------------------------
+
+    def export(self, directory: str | Path) -> Path | None:
+        """Write the trained model as HF safetensors + tokenizer (+ contrast head) on rank 0.
+
+        The gather is collective; the files go to a staging folder that is renamed into place, so
+        an earlier export survives a crash half-way.
+        """
+        from safetensors.torch import save_file
+
+        state = self.engine._zero3_consolidated_16bit_state_dict()
+        if self.rank != 0:
+            return None
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.staging."))
+        lm_state = {k[len("lm."):]: v for k, v in state.items() if k.startswith("lm.")}
+        head_state = {k[len("head."):]: v.contiguous() for k, v in state.items() if k.startswith("head.")}
+        module = self.engine.module
+        module.lm.save_pretrained(staging, state_dict=lm_state, safe_serialization=True)
+        self.tokenizer.save_pretrained(staging)
+        save_file(head_state, str(staging / "contrast_head.safetensors"))
+        (staging / "contrast_head.json").write_text(json.dumps(
+            {"hidden_size": module.lm.config.hidden_size, "projection_dim": self.config.objective.projection_dim or None}))
+        previous = directory.with_name(f".{directory.name}.previous")
+        if directory.exists():
+            shutil.rmtree(previous, ignore_errors=True)
+            os.replace(directory, previous)
+        os.replace(staging, directory)
+        shutil.rmtree(previous, ignore_errors=True)
+        return directory
+
+    def close(self) -> None:
+        self.engine.destroy() if hasattr(self.engine, "destroy") else None
+        self._hf_ds_config = None
+

