@@ -169,7 +169,8 @@ def _coerce(value, hint, key: str, from_text: bool):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if hint is float:
-        if from_text and isinstance(value, str):
+        # YAML 1.1 reads 1e-4 (no dot) as a string; accept any numeric text.
+        if isinstance(value, str):
             try:
                 return float(value)
             except ValueError:
@@ -245,6 +246,8 @@ def resolve(
 ) -> Config:
     """Defaults <- scale preset <- YAML file <- flags (dotted keys) <- `--set key.path=value`."""
     file_values = load_yaml(config_file) if config_file else {}
+    if "scale" in file_values and not isinstance(file_values["scale"], dict):
+        raise ConfigError(f"{config_file}: scale: expected a mapping of {', '.join(f.name for f in dataclasses.fields(ScaleConfig))}")
     set_pairs = []
     for item in sets:
         if "=" not in item:
@@ -263,6 +266,8 @@ def resolve(
         _set_dotted(values, key, value)
     for key, value in set_pairs:
         _set_dotted(values, key, value)
+    if not isinstance(values["scale"], dict):
+        raise ConfigError(f"scale: expected a mapping of {', '.join(f.name for f in dataclasses.fields(ScaleConfig))}")
     # The name records the preset actually applied, aliases (13b) resolved.
     values["scale"]["name"] = scale_preset(scale_name)["scale"]["name"]
     config = _build(Config, values, "", {key for key, _ in set_pairs})

@@ -55,7 +55,13 @@ def _convert_gguf(package: str, target: Path) -> Path:
     if not ggufs:
         raise FileNotFoundError(f"model source gguf:{package}: no .gguf file in {folder}")
     tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=ggufs[0].name)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=ggufs[0].name, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=ggufs[0].name, dtype=torch.float32)
+    # The weights are dequantised already; a plain model of the same config is what can be saved.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     model.save_pretrained(staging)

@@ -16,7 +16,7 @@ Tagger = Callable[[Sequence[str]], list[list[Span]]]
 
 _MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
 _DATE = rf"\b(?:\d{{1,2}} (?:{_MONTHS})(?: \d{{4}})?|(?:{_MONTHS}) \d{{1,2}}(?:, \d{{4}})?|(?:{_MONTHS}) \d{{4}})\b"
-_NUMBER = r"[$£€]?\b\d[\d,]*(?:\.\d+)?(?:%| percent\b)?"
+_NUMBER = r"[$£€]?\b\d(?:[\d,]*\d)?(?:\.\d+)?(?:%| percent\b)?"
 _NAME = r"\b[A-Z][\w'’-]*(?:\s+(?:of|de|van|von|the|and)?\s*[A-Z][\w'’-]*)*"
 _PATTERN = re.compile(f"{_DATE}|{_NUMBER}|{_NAME}")
 # Capitalised only because they open a sentence or are pronouns, not names.

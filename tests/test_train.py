@@ -1,0 +1,124 @@
+"""`python -m cdb.train` run as a user runs it: real Ray Train, DeepSpeed ZeRO-3 and MLflow on CPU."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO
+
+EXPECTED_METRICS = [
+    "train/loss", "train/loss_ce", "train/loss_contrast", "train/scale_ce", "train/scale_contrast", "train/w_tox",
+    "train/lr", "train/grad_norm", "train/tokens_per_s", "train/sim_pos_pos", "train/sim_pos_neg",
+]
+
+
+def run_train(args, cwd, timeout=900):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, "-m", "cdb.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def only_run(uri):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("cdb")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def write_jsonl(path: Path, lines):
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+
+
+def good_record(i):
+    return {"id": f"r{i}", "source": f"Maria Lopez opened the Leeds library on {i} May 2020. It cost 4 million.",
+            "positives": [f"Maria Lopez opened a library in Leeds on {i} May 2020.", f"On {i} May 2020 Maria Lopez opened the Leeds library."],
+            "negatives": [{"text": "John Smith opened a library in York.", "type": "swap_ent"},
+                          {"text": "That idiot Maria Lopez wasted damn money on a stupid library.", "type": "toxic"}]}
+
+
+def test_tiny_run_end_to_end(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "run"
+    proc = run_train(["--scale", "tiny", "--max-steps", "20", "--output-dir", str(out), "--tracking-uri", uri], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert str(out / "model") in proc.stdout and "mlflow ui" in proc.stdout
+
+    client, run = only_run(uri)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["world_size"] == "2" and run.data.params["zero_stage"] == "3"
+    assert run.data.params["scale"] == "tiny" and run.data.params["method"] == "contrastive"
+    assert run.data.tags["cdb.scale"] == "tiny" and run.data.tags["cdb.method"] == "contrastive"
+    for name in EXPECTED_METRICS:
+        history = client.get_metric_history(run.info.run_id, name)
+        assert sorted(m.step for m in history) == list(range(1, 21)), name
+    loss = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/loss")}
+    ce = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/loss_ce")}
+    assert loss[20] < loss[1] and ce[20] < ce[1]
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert "config.yaml" in artifacts
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    ids = tokenizer("The council", return_tensors="pt").input_ids
+    assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+    assert (out / "config.yaml").read_text().count("name: tiny") == 1
+
+
+def test_missing_positives_on_line_3_is_one_clear_line(tmp_path):
+    data = tmp_path / "bad.jsonl"
+    bad = good_record(3)
+    del bad["positives"]
+    write_jsonl(data, [good_record(1), good_record(2), bad, good_record(4)])
+    out = tmp_path / "run"
+    proc = run_train(["--data", str(data), "--output-dir", str(out), "--max-steps", "2"], tmp_path, timeout=120)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert f"{data}:3" in lines[0] and "positives" in lines[0]
+    assert not out.exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_bad_config_key_and_impossible_scale_fail_before_anything_is_written(tmp_path):
+    proc = run_train(["--set", "scale.micro_bach=2"], tmp_path, timeout=120)
+    assert proc.returncode == 2 and "scale.micro_bach" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_train(["--scale", "13b", "--output-dir", str(tmp_path / "run")], tmp_path, timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "needs 16 GPUs" in proc.stderr and "has 0" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_skip_bad_records_counts_and_keeps_them(tmp_path):
+    data = tmp_path / "mixed.jsonl"
+    write_jsonl(data, [good_record(i) for i in range(1, 9)] + ['{"id": "broken"', {"id": "x", "source": "s", "positives": ["a"], "negatives": []}])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "run"
+    proc = run_train(["--data", str(data), "--output-dir", str(out), "--tracking-uri", uri, "--max-steps", "2",
+                      "--set", "data.on_bad_record=skip"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    assert [r["where"] for r in rejected] == [f"{data}:9", f"{data}:10"]
+    assert "bad JSON" in rejected[0]["reason"] and "positives" in rejected[1]["reason"]
+    _, run = only_run(uri)
+    assert run.data.params["rejected_records"] == "2" and run.data.params["records"] == "8"
+
+
+def test_smol_135m_trains_offline(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "run"
+    proc = run_train(["--scale", "smol-135m", "--max-steps", "2", "--output-dir", str(out), "--tracking-uri", uri,
+                      "--set", "data.max_records=16"], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    client, run = only_run(uri)
+    assert run.data.params["scale"] == "smol-135m"
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 2
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 30 and config["hidden_size"] == 576  # SmolLM2-135M's shape
