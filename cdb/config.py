@@ -97,6 +97,8 @@ class TrainConfig:
     log_every: int = 1
     max_failures: int = 1
     """Ray Train restarts of the worker group from the latest checkpoint."""
+    max_nonfinite_in_row: int = 5
+    """Micro-batches with a non-finite loss are skipped; this many in a row stop the run."""
 
 
 @dataclass(frozen=True)
@@ -294,6 +296,7 @@ def finalize(config: Config) -> Config:
         "train.keep_checkpoints": config.train.keep_checkpoints >= 1,
         "train.log_every": config.train.log_every >= 1,
         "train.max_failures": config.train.max_failures >= -1,
+        "train.max_nonfinite_in_row": config.train.max_nonfinite_in_row >= 1,
         "objective.temperature": config.objective.temperature > 0,
         "objective.alpha": config.objective.alpha >= 0,
         "optim.lr": config.optim.lr > 0,

@@ -128,15 +128,25 @@ class Strategy:
 
     # -- training ------------------------------------------------------------------------------
 
-    def micro_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Forward (once), backward and optimizer step (DeepSpeed applies it at accumulation boundaries)."""
+    def micro_step(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
+        """Forward (once), backward and optimizer step (DeepSpeed applies it at accumulation boundaries).
+
+        Returns the loss terms and whether the micro-batch was applied: a non-finite loss on any
+        rank skips backward and step on every rank, so the weights never see it.
+        """
+        import torch.distributed as dist
+
         batch = {k: v.to(self.device) for k, v in batch.items()}
         score_mask, _ = score_positions(batch["labels"], batch["positive"])
         outputs = self.engine(batch["input_ids"], batch["attention_mask"], score_mask)
         loss, metrics = contrastive_objective(outputs, batch, self.config.objective)
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        dist.all_reduce(bad)
+        if bad.item() > 0:
+            return metrics, False
         self.engine.backward(loss)
         self.engine.step()
-        return metrics
+        return metrics, True
 
     @property
     def global_step(self) -> int:

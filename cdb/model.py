@@ -90,6 +90,16 @@ def load_tokenizer(source: str):
     return AutoTokenizer.from_pretrained(str(path))
 
 
+def count_parameters(source: str, vocab_size: int) -> int:
+    """Parameters of the LM, from its config alone (built on the meta device, nothing allocated)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = tiny_llama_config(vocab_size) if source == TINY else AutoConfig.from_pretrained(source)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
 class ContrastiveLM(nn.Module):
     """A causal LM and its contrast head under one module, so ZeRO-3 shards both.
 

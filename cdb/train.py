@@ -9,7 +9,10 @@ same command joins the cluster.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -18,13 +21,15 @@ from pathlib import Path
 
 from cdb import config as cfg
 from cdb.data.records import DataError, load_records, write_rejected
-from cdb.model import cache_dir, load_tokenizer, prepare_model_source
+from cdb.model import cache_dir, count_parameters, load_tokenizer, prepare_model_source
 from cdb.scales import ALIASES, SCALES
 
 EXIT_CONFIG = 2
 EXIT_DATA = 3
 EXIT_RESOURCES = 4
 EXIT_FAILED = 1
+EXIT_STOPPED = 75  # SIGTERM/SIGINT: checkpointed and stopped cleanly; rerun with --resume
+STOP_FILE = ".stop-requested"
 
 METHODS = ("contrastive",)
 
@@ -47,6 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--run-name", help="MLflow run name (tracking.run_name)")
     p.add_argument("--config", help="YAML file with config sections (scale, data, objective, optim, train, tracking)")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override any config field; repeatable")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output-dir from its latest checkpoint, with its saved config.yaml")
     return p.parse_args(argv)
 
 
@@ -61,7 +68,43 @@ def config_from_args(args: argparse.Namespace) -> cfg.Config:
     flags = {key: getattr(args, name) for name, key in FLAG_KEYS.items() if getattr(args, name) is not None}
     if args.no_gpu:
         flags["scale.gpus_per_worker"] = 0
-    return cfg.resolve(config_file=args.config, flags=flags, sets=args.set, scale=args.scale)
+    config = cfg.resolve(config_file=args.config, flags=flags, sets=args.set, scale=args.scale)
+    if args.resume and not args.config:
+        # The run's own resolved config, with this command's flags and --set on top.
+        saved = Path(config.train.output_dir) / "config.yaml"
+        if not saved.is_file():
+            raise cfg.ConfigError(f"--resume: {saved} not found; nothing to resume in {config.train.output_dir}")
+        config = cfg.resolve(config_file=str(saved), flags=flags, sets=args.set, scale=args.scale)
+    return config
+
+
+def check_batches(config: cfg.Config, n_records: int) -> str | None:
+    """A message when the data cannot fill one optimizer step on every worker, else None."""
+    from cdb.data.batch import micro_batches_per_epoch
+
+    scale = config.scale
+    n_sources = min(n_records, config.data.max_records or n_records)
+    if micro_batches_per_epoch(n_sources, scale.micro_batch, scale.num_workers) < scale.grad_accum:
+        return (f"{n_sources} sources cannot fill one optimizer step: it takes micro_batch {scale.micro_batch} x "
+                f"grad_accum {scale.grad_accum} x {scale.num_workers} workers = "
+                f"{scale.micro_batch * scale.grad_accum * scale.num_workers} sources")
+    return None
+
+
+def preflight_output(config: cfg.Config, parameters: int) -> str | None:
+    """A message if the output folder cannot be written or cannot hold the checkpoints, else None."""
+    target = Path(config.train.output_dir)
+    existing = next(p for p in [target, *target.parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        return f"train.output_dir: {target} cannot be created or written ({existing} is not writable)"
+    # fp32 master weights + Adam moments + weights: ~16 bytes per parameter per kept checkpoint
+    # (plus one being written), and the exported model.
+    need = parameters * (16 * (config.train.keep_checkpoints + 1) + 4)
+    free = shutil.disk_usage(existing).free
+    if need > free:
+        return (f"train.output_dir: {target} has {free / 2**30:.1f} GiB free, the run needs about "
+                f"{need / 2**30:.1f} GiB for {config.train.keep_checkpoints} checkpoints and the model")
+    return None
 
 
 def total_steps(config: cfg.Config, micro_batches_per_epoch: int) -> int:
@@ -77,6 +120,9 @@ def train_loop_per_worker(loop: dict) -> None:
     """One Ray Train worker = one DeepSpeed rank."""
     if loop["cpu"]:
         os.environ["DS_ACCELERATOR"] = "cpu"  # before deepspeed is imported
+    # A dead tracking server must cost seconds, not minutes of retries: metrics get spooled.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", loop["torch_extensions_dir"])
     import deepspeed
     import ray.train
@@ -86,7 +132,7 @@ def train_loop_per_worker(loop: dict) -> None:
     from cdb.data.batch import collate, micro_batches_per_epoch, plan_micro_batches, special_ids, tokenize_records
     from cdb.data.entities import make_tagger
     from cdb.engine import Strategy
-    from cdb.tracking import RunLogger
+    from cdb.tracking import SPOOL_FILE, RunLogger
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -100,9 +146,6 @@ def train_loop_per_worker(loop: dict) -> None:
         records = records[: config.data.max_records]
     sources = tokenize_records(records, tokenizer, make_tagger(config.data.entity_tagger), scale.max_source_tokens, scale.max_target_tokens)
     per_epoch = micro_batches_per_epoch(len(sources), scale.micro_batch, world)
-    if per_epoch < scale.grad_accum:
-        raise DataError(f"{len(sources)} sources make {per_epoch} micro-batches per rank, fewer than one optimizer step "
-                        f"(micro_batch {scale.micro_batch} x grad_accum {scale.grad_accum} x {world} workers)")
     steps = total_steps(config, per_epoch)
     _, _, pad_id = special_ids(tokenizer)
 
@@ -110,67 +153,89 @@ def train_loop_per_worker(loop: dict) -> None:
     if rank == 0:
         local, total = strategy.param_counts()
         print(f"[cdb] {total:,} parameters, {local:,} on rank 0 (ZeRO-3 over {world} ranks); {steps} steps", flush=True)
-    step = 0
+    output_dir = Path(config.train.output_dir)
+    logger = RunLogger(loop["tracking_uri"], loop["run_id"], rank, output_dir / SPOOL_FILE)
+    micro, skipped = 0, 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            step = strategy.load_checkpoint(directory)["step"]
+            state = strategy.load_checkpoint(directory)
+        micro, skipped = state["consumed_micro_batches"], state["skipped_micro_batches"]
         if rank == 0:
-            print(f"[cdb] resumed from step {step}", flush=True)
-    logger = RunLogger(loop["tracking_uri"], loop["run_id"], rank)
+            print(f"[cdb] resumed at step {strategy.global_step} from {checkpoint.path}", flush=True)
 
-    metric_names = None
-    sums = None
-    tokens = 0
+    # After a worker-group restart the run may hold steps past the checkpoint: log none twice.
+    logger.skip_logged_steps()
+    step = strategy.global_step
+    sums, tokens, in_row, metric_names = None, 0, 0, []
     epoch_plan: tuple[int, list] | None = None
-    started = time.perf_counter()
-    window_start, window_tokens, first_step = started, 0, step
-    micro = step * scale.grad_accum
+    started = window_start = time.perf_counter()
+    first_step, window_tokens = step, 0.0
     while step < steps:
         epoch, index = divmod(micro, per_epoch)
         if epoch_plan is None or epoch_plan[0] != epoch:
             epoch_plan = (epoch, plan_micro_batches(sources, scale.micro_batch, config.train.seed, epoch, rank, world))
         batch = collate(epoch_plan[1][index], pad_id)
-        metrics = strategy.micro_step(batch)
+        metrics, applied = strategy.micro_step(batch)
         micro += 1
+        if not applied:
+            skipped, in_row = skipped + 1, in_row + 1
+            if in_row >= config.train.max_nonfinite_in_row:
+                terms = ", ".join(f"{k}={float(metrics[k]):.4g}" for k in ("loss", "loss_ce", "loss_contrast"))
+                raise NonFiniteLoss(f"step {step + 1}: non-finite loss in {in_row} micro-batches in a row ({terms}); "
+                                    "lower optim.lr or check the data")
+            continue
+        in_row = 0
         tokens += int(batch["attention_mask"].sum())
         values = torch.stack([v.float().reshape(()).cpu() for v in metrics.values()])
         metric_names = list(metrics)
         sums = values if sums is None else sums + values
-        if micro % scale.grad_accum:
-            continue
-        step += 1
+        if strategy.global_step == step:
+            continue  # inside an accumulation window
+        step = strategy.global_step
 
-        # One small all-reduce per step: metrics averaged over ranks, tokens summed.
-        packed = torch.cat([sums / scale.grad_accum, torch.tensor([float(tokens)])]).to(strategy.device)
+        # One small all-reduce per step: metrics averaged over ranks, tokens summed, stop flag.
+        stop_requested = float(rank == 0 and (output_dir / STOP_FILE).exists())
+        packed = torch.cat([sums / scale.grad_accum, torch.tensor([float(tokens), stop_requested])]).to(strategy.device)
         dist.all_reduce(packed)
         packed = packed.cpu()
-        averaged = dict(zip(metric_names, (packed[:-1] / world).tolist()))
-        window_tokens += packed[-1].item()
+        averaged = dict(zip(metric_names, (packed[:-2] / world).tolist()))
+        window_tokens += packed[-2].item()
+        stop = packed[-1].item() > 0
         sums, tokens = None, 0
 
-        if step % config.train.log_every == 0 or step == steps:
+        if step % config.train.log_every == 0 or step == steps or stop:
             now = time.perf_counter()
             tokens_per_s = window_tokens / max(now - window_start, 1e-9)
             row = {f"train/{k}": v for k, v in averaged.items()}
-            row.update({"train/lr": strategy.lr(), "train/grad_norm": strategy.grad_norm(), "train/tokens_per_s": tokens_per_s})
+            row.update({"train/lr": strategy.lr(), "train/grad_norm": strategy.grad_norm(),
+                        "train/tokens_per_s": tokens_per_s, "train/skipped_steps": skipped})
             logger.log_metrics(row, step)
             if rank == 0:
                 eta = (now - started) / max(step - first_step, 1) * (steps - step)
                 print(f"[cdb] step {step}/{steps} | loss {averaged['loss']:.4f} (ce {averaged['loss_ce']:.4f}, "
                       f"contrast {averaged['loss_contrast']:.4f}) | {tokens_per_s:,.0f} tok/s | "
                       f"eta {timedelta(seconds=round(eta))}", flush=True)
-            window_start, window_tokens = now, 0
+            window_start, window_tokens = now, 0.0
 
-        if step % config.train.checkpoint_every == 0 or step == steps:
+        if step % config.train.checkpoint_every == 0 or step == steps or stop:
             with tempfile.TemporaryDirectory(prefix="cdb-ckpt-") as directory:
-                strategy.save_checkpoint(directory, {"step": step, "consumed_micro_batches": micro})
-                ray.train.report({"step": step, "loss": averaged["loss"]},
+                strategy.save_checkpoint(directory, {"step": step, "consumed_micro_batches": micro,
+                                                     "skipped_micro_batches": skipped})
+                ray.train.report({"step": step, "loss": averaged["loss"], "stopped": stop},
                                  checkpoint=ray.train.Checkpoint.from_directory(directory),
                                  checkpoint_dir_name=f"step_{step:07d}")
+        if stop:
+            if rank == 0:
+                print(f"[cdb] stop requested: checkpointed step {step}, exiting", flush=True)
+            return
 
-    strategy.export(Path(config.train.output_dir) / "model")
+    strategy.export(output_dir / "model")
     strategy.close()
+
+
+class NonFiniteLoss(RuntimeError):
+    """Too many micro-batches in a row had a non-finite loss."""
 
 
 # --- the driver ---------------------------------------------------------------------------------
@@ -221,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         records, rejected = load_records(config.data.path, config.data.split, config.data.on_bad_record)
     except DataError as exc:
         return _fail(EXIT_DATA, str(exc))
+    problem = check_batches(config, len(records))
+    if problem:
+        return _fail(EXIT_DATA, problem)
     try:
         from cdb.engine import build_ds_config
 
@@ -241,12 +309,20 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         model_source = prepare_model_source(config.scale.model)
-        load_tokenizer(model_source)
+        tokenizer = load_tokenizer(model_source)
+        parameters = count_parameters(model_source, len(tokenizer))
     except (OSError, ValueError) as exc:
         return _fail(EXIT_CONFIG, f"scale.model {config.scale.model!r}: {exc}")
+    problem = preflight_output(config, parameters)
+    if problem:
+        return _fail(EXIT_CONFIG, problem)
 
     output_dir = Path(config.train.output_dir)
+    run_file = output_dir / tracking.RUN_FILE
+    if args.resume and not run_file.is_file():
+        return _fail(EXIT_CONFIG, f"--resume: {run_file} not found; nothing to resume")
     output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / STOP_FILE).unlink(missing_ok=True)
     config.save(output_dir / "config.yaml")
     if rejected:
         write_rejected(rejected, output_dir / "rejected.jsonl")
@@ -256,20 +332,24 @@ def main(argv: list[str] | None = None) -> int:
     params = {
         "scale": scale.name, "method": config.objective.method, "model": scale.model,
         "world_size": scale.num_workers, "zero_stage": 3, "records": len(records), "rejected_records": len(rejected),
-        **config.flat(),
+        "parameters": parameters, **config.flat(),
     }
-    run_id = tracking.start_run(uri, config.tracking.experiment, config.tracking.run_name, params,
-                                {"cdb.scale": scale.name, "cdb.method": config.objective.method})
-    tracking.log_artifact(uri, run_id, output_dir / "config.yaml")
-    if rejected:
-        tracking.log_artifact(uri, run_id, output_dir / "rejected.jsonl")
+    tags = {"cdb.scale": scale.name, "cdb.method": config.objective.method}
+    if args.resume:
+        run = json.loads(run_file.read_text())
+    else:
+        run = {"run_id": None, "ray_name": f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+               "tracking_uri": uri, "experiment": config.tracking.experiment,
+               "run_name": config.tracking.run_name, "params": {k: str(v) for k, v in params.items()}, "tags": tags}
+    run["run_id"] = tracking.ensure_run(run, output_dir)
+    tracking.write_run_file(run, output_dir)
 
     cpu = scale.gpus_per_worker == 0
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "config": config.to_dict(), "model_source": model_source, "cpu": cpu,
-            "tracking_uri": uri, "run_id": run_id,
+            "tracking_uri": run["tracking_uri"], "run_id": run["run_id"],
             "torch_extensions_dir": str(cache_dir() / "torch_extensions"),
         },
         torch_config=TorchConfig(backend="gloo" if cpu else "nccl"),
@@ -278,19 +358,37 @@ def main(argv: list[str] | None = None) -> int:
             resources_per_worker={"CPU": 1, **({} if cpu else {"GPU": scale.gpus_per_worker})},
         ),
         run_config=RunConfig(
-            name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:8]}",
+            name=run["ray_name"],  # the same name on --resume: Ray Train restores its latest checkpoint
             storage_path=str(output_dir / "checkpoints"),
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=config.train.max_failures),
         ),
     )
+
+    stop_signals = []
+
+    def request_stop(signum, _frame):
+        # Workers see the file at the next step boundary, checkpoint, and return.
+        (output_dir / STOP_FILE).touch()
+        stop_signals.append(signum)
+        print(f"\n[cdb] {signal.Signals(signum).name}: checkpointing at the next step, then stopping", flush=True)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     started = time.perf_counter()
     try:
         result = trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; the run is marked failed, the message shown
-        tracking.end_run(uri, run_id, "FAILED")
+        tracking.finish_run(run, output_dir, "FAILED")
         return _fail(EXIT_FAILED, f"training failed: {exc}")
-    tracking.end_run(uri, run_id, "FINISHED")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        (output_dir / STOP_FILE).unlink(missing_ok=True)
+    if stop_signals and result.metrics.get("stopped"):
+        tracking.finish_run(run, output_dir, "KILLED")
+        print(f"[cdb] stopped at step {result.metrics['step']}; continue with: python -m cdb.train --output-dir {output_dir} --resume")
+        return EXIT_STOPPED
+    tracking.finish_run(run, output_dir, "FINISHED")
 
     elapsed = timedelta(seconds=round(time.perf_counter() - started))
     checkpoint = result.checkpoint.path if result.checkpoint else "(none)"
@@ -299,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  model:       {output_dir / 'model'}")
     print(f"  checkpoints: {checkpoint}")
     print(f"  config:      {output_dir / 'config.yaml'}")
-    print(f"  MLflow run:  {run_id} (experiment '{config.tracking.experiment}', {uri})")
+    print(f"  MLflow run:  {run['run_id']} (experiment '{config.tracking.experiment}', {uri})")
     if db_hint:
         print(f"  MLflow UI:   mlflow ui {db_hint} --host 127.0.0.1 --port 5000, then open http://127.0.0.1:5000")
     else:

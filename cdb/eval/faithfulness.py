@@ -1,0 +1,92 @@
+"""Faithfulness (and toxicity) of greedy summaries of held-out sources.
+
+Sources: a JSON/JSONL file with a `source` field (options.summary_data), else the last N sources of
+the embedded dataset. The embedded dataset is also the default training set, so on a model tuned on
+it these sources are seen, not held out: pass held-out data for a claim about generalisation.
+Prompt: options.summary_prompt ("{source}\\nTL;DR:"); the summary is the first non-empty line.
+Metrics: faithfulness (the faithfulness scorer: embedding cosine offline, SummaC-style NLI with
+`nli:MODEL`), entity_precision (share of the summary's entities found in the source, over
+summaries with entities), summary_toxicity (mean toxicity of the summaries).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources as package_files
+
+from cdb.data.entities import regex_spans
+from cdb.eval.base import EvalDataError, EvalOptions, Resources, TaskResult, mean, progress
+from cdb.eval.sources import field, read_local
+
+
+@dataclass(frozen=True)
+class Source:
+    id: str
+    text: str
+    reference: str = ""
+
+
+def embedded_dataset() -> str:
+    return str(package_files.files("cdb") / "assets" / "contrastive.jsonl")
+
+
+def load_sources(spec: str = "", limit: int = 0) -> list[Source]:
+    """The LAST `limit` sources (the end of a file is the usual held-out slice)."""
+    rows = read_local(spec or embedded_dataset())
+    if limit > 0:
+        rows = rows[-limit:]
+    sources = []
+    for where, row in rows:
+        text = field(where, row, "source")
+        reference = row.get("reference") or row.get("summary") or (row.get("positives") or [""])[0]
+        sources.append(Source(str(row.get("id", where)), text, str(reference or "")))
+    return sources
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def entity_precision(summary: str, source: str) -> float | None:
+    """Share of the summary's entities (regex tagger: names, numbers, dates) that occur in the
+    source, case- and spacing-insensitively; None when the summary names no entity."""
+    entities = [summary[s:e] for s, e in regex_spans(summary)]
+    if not entities:
+        return None
+    haystack = _norm(source)
+    return sum(_norm(e) in haystack for e in entities) / len(entities)
+
+
+def first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+class FaithfulnessTask:
+    name = "faithfulness"
+
+    def run(self, lm, options: EvalOptions, resources: Resources) -> TaskResult:
+        if "{source}" not in options.summary_prompt:
+            raise EvalDataError(f"summary_prompt {options.summary_prompt!r} has no '{{source}}' placeholder")
+        sources = load_sources(options.summary_data, options.summary_limit)
+        prompts = [options.summary_prompt.replace("{source}", s.text) for s in sources]
+        bar = progress(options, len(prompts), "faithfulness")
+        outputs = [g[0] for g in lm.generate(prompts, options.summary_max_new_tokens, samples=1, do_sample=False,
+                                              seed=options.seed, on_batch=bar.update)]
+        bar.close()
+        summaries = [first_line(o) for o in outputs]
+        faithful = resources.faithfulness.score([s.text for s in sources], summaries)
+        toxic = resources.toxicity.score(summaries)
+        precision = [entity_precision(m, s.text) for m, s in zip(summaries, sources)]
+        samples = [
+            {"task": self.name, "id": s.id, "prompt": p, "raw_output": o, "output": m, "reference": s.reference,
+             "faithfulness": f, "entity_precision": e, "toxicity": t}
+            for s, p, o, m, f, e, t in zip(sources, prompts, outputs, summaries, faithful, precision, toxic)
+        ]
+        metrics = {
+            "faithfulness": mean(faithful),
+            "entity_precision": mean([e for e in precision if e is not None]),
+            "summary_toxicity": mean(toxic),
+            "summaries": float(len(sources)),
+        }
+        return TaskResult(metrics, samples)
+

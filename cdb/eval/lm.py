@@ -1,0 +1,137 @@
+"""EvalLM: batched log-likelihoods and generations of a causal LM, fp32, left-padded.
+
+Every sequence starts with the token the trainer puts first ([BOS], or EOS when the tokenizer has
+no BOS; cdb.data.batch.special_ids), so an empty context is well defined and a tuned model is read
+in the format it was trained on.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from cdb.data.batch import special_ids
+
+
+@dataclass(frozen=True)
+class LogLik:
+    logprob: float  # sum of log p(continuation token | everything before it)
+    tokens: int     # continuation tokens scored
+    greedy: bool    # every continuation token was the argmax
+
+    @property
+    def mean(self) -> float:
+        return self.logprob / max(self.tokens, 1)
+
+
+class EvalLM:
+    def __init__(self, model, tokenizer, batch_size: int = 8, device: str = "cpu", max_length: int | None = None):
+        self.model = model.to(device=device, dtype=torch.float32).eval()
+        self.tokenizer = tokenizer
+        self.batch_size = max(1, batch_size)
+        self.device = device
+        self.bos, self.eos, self.pad = special_ids(tokenizer)
+        self.max_length = max_length or int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+        # Left padding puts every continuation at the end: only its last positions need logits.
+        self._keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    # ---- log-likelihood -------------------------------------------------------------------
+    def loglikelihood(self, requests: Sequence[tuple[str, str]], on_batch: Callable[[int], None] | None = None) -> list[LogLik]:
+        """log p(continuation | [BOS] + context) for each (context, continuation)."""
+        encoded = []
+        for context, continuation in requests:
+            # A trailing space belongs to the continuation (" Paris", not "Paris" after "is "),
+            # as the tokenizer would split the joined text.
+            stripped = context.rstrip(" ")
+            if stripped != context:
+                continuation = context[len(stripped):] + continuation
+            cont = self.encode(continuation)
+            if not cont:
+                raise ValueError(f"loglikelihood: empty continuation after context {context[-60:]!r}")
+            encoded.append(([self.bos] + self.encode(stripped), cont))
+        return self.loglikelihood_tokens(encoded, on_batch)
+
+    @torch.no_grad()
+    def loglikelihood_tokens(self, encoded: Sequence[tuple[list[int], list[int]]], on_batch=None) -> list[LogLik]:
+        results: list[LogLik | None] = [None] * len(encoded)
+        # Longest first: similar lengths share a batch, and an out-of-memory shows up at once.
+        order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            inputs, conts = [], []
+            for i in chunk:
+                context, cont = encoded[i]
+                whole = (context + cont)[-(self.max_length + 1):]
+                inputs.append(whole[:-1])  # the last token is predicted, never an input
+                conts.append(cont[-len(whole) + 1:] if len(cont) >= len(whole) else cont)
+            keep = max(len(c) for c in conts)
+            logprobs = self._last_logprobs(inputs, keep)
+            for row, i in enumerate(chunk):
+                cont = conts[row]
+                scored = logprobs[row, keep - len(cont):]
+                target = torch.tensor(cont, device=scored.device)
+                token_lp = scored.gather(-1, target[:, None]).squeeze(-1)
+                greedy = bool((scored.argmax(-1) == target).all())
+                results[i] = LogLik(float(token_lp.sum()), len(cont), greedy)
+            if on_batch:
+                on_batch(len(chunk))
+        return results  # type: ignore[return-value]
+
+    def _last_logprobs(self, inputs: list[list[int]], keep: int) -> torch.Tensor:
+        ids, mask = self._left_pad(inputs)
+        # Positions count real tokens only, so padding never shifts a row (batch size 1 == batch size n).
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        kwargs = {"logits_to_keep": keep} if self._keep_logits else {}
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False, **kwargs).logits
+        return torch.log_softmax(logits[:, -keep:].float(), dim=-1)
+
+    def _left_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            if seq:
+                ids[row, width - len(seq):] = torch.tensor(seq)
+                mask[row, width - len(seq):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    # ---- generation -----------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, samples: int = 1, do_sample: bool = False,
+                 temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+                 on_batch: Callable[[int], None] | None = None) -> list[list[str]]:
+        """`samples` continuations per prompt (greedy when do_sample is False), special tokens dropped."""
+        from transformers import GenerationConfig
+
+        eos_ids = {self.eos}
+        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        eos_ids.update(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=do_sample, num_return_sequences=samples,
+            pad_token_id=self.pad, eos_token_id=sorted(eos_ids),
+            **({"temperature": temperature, "top_p": top_p, "top_k": 0} if do_sample else {}),
+        )
+        room = max(self.max_length - max_new_tokens, 1)
+        encoded = [([self.bos] + self.encode(p))[-room:] for p in prompts]
+        results: list[list[str]] = [[] for _ in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+        per_batch = max(1, self.batch_size // max(samples, 1))
+        for batch_index, start in enumerate(range(0, len(order), per_batch)):
+            chunk = order[start:start + per_batch]
+            ids, mask = self._left_pad([encoded[i] for i in chunk])
+            # Seeded per batch: the same options give the same samples, run after run.
+            torch.manual_seed(seed * 1_000_003 + batch_index)
+            out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+            texts = self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+            for row, i in enumerate(chunk):
+                results[i] = texts[row * samples:(row + 1) * samples]
+            if on_batch:
+                on_batch(len(chunk))
+        return results
+
