@@ -241,6 +241,12 @@ class NonFiniteLoss(RuntimeError):
 # --- the driver ---------------------------------------------------------------------------------
 
 
+def _root_cause(exc: Exception) -> str:
+    """The worker's own exception line out of Ray's wrapped error (the traceback is printed above)."""
+    lines = [line for line in str(exc).splitlines() if line.strip() and not line.startswith((" ", "Traceback", "["))]
+    return lines[-1] if lines else type(exc).__name__
+
+
 def _fail(code: int, message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
@@ -379,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         result = trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; the run is marked failed, the message shown
         tracking.finish_run(run, output_dir, "FAILED")
-        return _fail(EXIT_FAILED, f"training failed: {exc}")
+        return _fail(EXIT_FAILED, f"training failed: {_root_cause(exc)}")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

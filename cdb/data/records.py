@@ -17,6 +17,8 @@ from typing import Iterable, Iterator
 NEGATIVE_TYPES = ("toxic", "swap_ent", "mask_ent", "mask_rel", "regen_ent", "regen_rel", "sys_lowcon", "other")
 MIN_POSITIVES = 2
 MIN_NEGATIVES = 1
+MAX_RECORD_BYTES = 1 << 20
+"""A longer line is almost surely not one record (a binary file, a missing newline)."""
 
 
 class DataError(ValueError):
@@ -108,6 +110,10 @@ def _jsonl_objects(path: Path) -> Iterator[tuple[str, str, object]]:
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             where = f"{path}:{number}"
+            if len(raw) > MAX_RECORD_BYTES:
+                yield where, raw[:200].decode("utf-8", "replace"), DataError(
+                    f"{where}: record is {len(raw):,} bytes, over the {MAX_RECORD_BYTES:,}-byte limit for one record")
+                continue
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -184,8 +190,9 @@ def load_records(location: str = "", split: str = "train", on_bad_record: str = 
         seen[record.id] = where
         records.append(record)
     if not records:
-        detail = f" ({len(rejected)} rejected)" if rejected else ""
-        raise DataError(f"{name}: no valid records{detail}")
+        if rejected:
+            raise DataError(f"{name}: no valid records ({len(rejected)} rejected, first: {rejected[0].reason})")
+        raise DataError(f"{name}: the dataset is empty")
     return records, rejected
 
 

@@ -1,0 +1,215 @@
+"""Faults injected into real runs (Ray Train, DeepSpeed ZeRO-3, MLflow on CPU): what each costs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO, free_port
+
+
+def train_cmd(*args):
+    return [sys.executable, "-m", "cdb.train", *args]
+
+
+def env():
+    e = {**os.environ, "PYTHONPATH": str(REPO)}
+    e.pop("RAY_ADDRESS", None)
+    return e
+
+
+class Watched:
+    """A cdb.train process whose output is read line by line, so a test can act at a given step."""
+
+    def __init__(self, args, cwd):
+        self.proc = subprocess.Popen(train_cmd(*args), cwd=cwd, env=env(), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, text, timeout=300):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if any(text in line for line in self.lines):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"never saw {text!r}:\n" + "".join(self.lines[-60:]))
+
+    def finish(self, timeout=600):
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return code, "".join(self.lines)
+
+
+def history(uri, metric="train/loss"):
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("cdb").experiment_id])
+    assert len(runs) == 1, f"expected one run, found {len(runs)}"
+    return runs[0], sorted((m.step, m.value) for m in client.get_metric_history(runs[0].info.run_id, metric))
+
+
+def test_killed_worker_restarts_from_checkpoint_into_the_same_run(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "run"
+    run = Watched(["--max-steps", "40", "--output-dir", str(out), "--tracking-uri", uri,
+                   "--set", "train.checkpoint_every=5", "--set", "train.max_failures=1"], tmp_path)
+    # Kill once Ray Train has registered a checkpoint, while the run is still going.
+    deadline = time.time() + 300
+    while not any("step_0000005" in p.read_text() for p in out.glob("checkpoints/*/checkpoint_manager_snapshot.json")):
+        assert time.time() < deadline and run.proc.poll() is None, "".join(run.lines[-40:])
+        time.sleep(0.1)
+    workers = [p for p in psutil.Process(run.proc.pid).children(recursive=True)
+               if "RayTrainWorker" in " ".join(p.cmdline())]
+    assert workers, "no Ray Train worker found under the driver"
+    workers[-1].send_signal(signal.SIGKILL)
+    code, output = run.finish()
+    assert code == 0, output[-4000:]
+    assert "resumed at step" in output
+    finished, losses = history(uri)
+    assert finished.info.status == "FINISHED"
+    assert [step for step, _ in losses] == list(range(1, 41))  # no gap, no duplicate
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out / "model").num_parameters() > 0
+
+
+def test_sigterm_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path):
+    common = ["--max-steps", "10", "--set", "train.checkpoint_every=100"]
+    straight_uri = f"sqlite:///{tmp_path / 'straight.db'}"
+    proc = subprocess.run(train_cmd(*common, "--output-dir", str(tmp_path / "straight"), "--tracking-uri", straight_uri),
+                          cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, straight = history(straight_uri)
+
+    uri = f"sqlite:///{tmp_path / 'stopped.db'}"
+    out = tmp_path / "stopped"
+    run = Watched([*common, "--output-dir", str(out), "--tracking-uri", uri], tmp_path)
+    run.wait_for("[cdb] step 3/10")
+    run.proc.send_signal(signal.SIGTERM)
+    code, output = run.finish()
+    assert code == 75, output[-4000:]
+    assert "--resume" in output
+    stopped_run, partial = history(uri)
+    assert stopped_run.info.status == "KILLED" and 3 <= len(partial) < 10
+
+    proc = subprocess.run(train_cmd("--output-dir", str(out), "--resume"), cwd=tmp_path, env=env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    resumed_run, resumed = history(uri)  # still one run
+    assert resumed_run.info.run_id == stopped_run.info.run_id and resumed_run.info.status == "FINISHED"
+    assert [s for s, _ in resumed] == list(range(1, 11))
+    # Same seed, data, world size: the same curve (fp32 CPU), and the same end after a resume.
+    for (_, a), (_, b) in zip(straight[:3], resumed[:3]):
+        assert a == pytest.approx(b, abs=1e-5)
+    assert resumed[-1][1] == pytest.approx(straight[-1][1], abs=1e-4)
+
+
+def start_mlflow_server(db: Path, artifacts: Path, port: int) -> subprocess.Popen:
+    server_env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(artifacts),
+                             "--workers", "1"], env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.5)
+    stop_server(proc)
+    raise AssertionError("mlflow server did not answer /health")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and its workers, by our own process group
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_dead_tracking_server_loses_no_metric(tmp_path):
+    port = free_port()
+    db, artifacts = tmp_path / "server.db", tmp_path / "artifacts"
+    uri = f"http://127.0.0.1:{port}"
+    out = tmp_path / "run"
+    server = start_mlflow_server(db, artifacts, port)
+    try:
+        run = Watched(["--max-steps", "40", "--output-dir", str(out), "--tracking-uri", uri], tmp_path)
+        run.wait_for("[cdb] step 2/40")
+        stop_server(server)  # dies mid-run
+        code, output = run.finish()
+        assert code == 0, output[-4000:]  # training went on
+        assert "spooling metrics" in output and "cdb.sync" in output
+        assert (out / "metrics.jsonl").exists()
+
+        server = start_mlflow_server(db, artifacts, port)  # back again
+        sync = subprocess.run([sys.executable, "-m", "cdb.sync", str(out)], cwd=tmp_path, env=env(),
+                              capture_output=True, text=True, timeout=120)
+        assert sync.returncode == 0, sync.stderr
+        assert not (out / "metrics.jsonl").exists()
+        _, losses = history(uri)
+        assert [s for s, _ in losses] == list(range(1, 41))
+        _, tokens = history(uri, "train/tokens_per_s")
+        assert len(tokens) == 40
+    finally:
+        stop_server(server)
+
+
+def test_unreachable_server_at_start_then_sync_creates_the_run(tmp_path):
+    port = free_port()  # nothing listens there
+    out = tmp_path / "run"
+    uri = f"http://127.0.0.1:{port}"
+    proc = subprocess.run(train_cmd("--max-steps", "3", "--output-dir", str(out), "--tracking-uri", uri),
+                          cwd=tmp_path, env={**env(), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (out / "model" / "model.safetensors").exists()
+    assert json.loads((out / "run.json").read_text())["run_id"] is None
+    spooled = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert spooled == [1, 2, 3]
+
+    server = start_mlflow_server(tmp_path / "server.db", tmp_path / "artifacts", port)
+    try:
+        sync = subprocess.run([sys.executable, "-m", "cdb.sync", str(out)], cwd=tmp_path, env=env(),
+                              capture_output=True, text=True, timeout=120)
+        assert sync.returncode == 0, sync.stderr
+        run, losses = history(uri)
+        assert [s for s, _ in losses] == [1, 2, 3]
+        assert run.data.params["scale"] == "tiny" and run.data.tags["cdb.method"] == "contrastive"
+    finally:
+        stop_server(server)
+
+
+def test_non_finite_loss_is_skipped_then_stops_with_the_loss_terms(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(train_cmd("--max-steps", "20", "--output-dir", str(out), "--set", "optim.lr=1e30",
+                                    "--set", "train.max_failures=0", "--set", "train.max_nonfinite_in_row=3"),
+                          cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    last = errors[0]
+    assert last.startswith("error: training failed: NonFiniteLoss: step ")
+    assert "3 micro-batches in a row" in last and "loss_ce=" in last and "loss_contrast=" in last
+    assert not (out / "model").exists()  # no model exported from a broken run
