@@ -42,6 +42,8 @@ class ScaleConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     activation_checkpointing: bool = False
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    trust_remote_code: bool = False
+    """Run Python code shipped with a hub model; off unless you trust its source."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -75,13 +76,36 @@ def lr_lambda(warmup_steps: int, total_steps: int):
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """RNG states in types a weights_only load accepts (no pickled numpy objects)."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (name, keys.tolist(), position, has_gauss, cached),
+            "torch": torch.get_rng_state()}
 
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
+
+
+@contextmanager
+def weights_only_loads():
+    """Every torch.load inside (DeepSpeed's included) refuses to unpickle arbitrary objects."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        # DeepSpeed's own stage enum and loss-scaler state are the non-tensor types its checkpoints hold.
+        with torch.serialization.safe_globals([ZeroStageEnum, LossScaler, DynamicLossScaler]):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
 
 
 class Strategy:
@@ -100,7 +124,7 @@ class Strategy:
         # Kept alive while the model is built: transformers then builds/loads it inside
         # zero.Init, partitioned from the start.
         self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
-        lm = build_lm(model_source, dtype, config.scale.attn_implementation, len(tokenizer))
+        lm = build_lm(model_source, dtype, config.scale.attn_implementation, len(tokenizer), config.scale.trust_remote_code)
         if config.scale.activation_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lm.config.use_cache = False
@@ -173,7 +197,8 @@ class Strategy:
         self.engine.save_checkpoint(str(directory), tag=CHECKPOINT_TAG, client_state={**client_state, "rng": rng_state()})
 
     def load_checkpoint(self, directory: str | Path) -> dict:
-        path, client_state = self.engine.load_checkpoint(str(directory), tag=CHECKPOINT_TAG)
+        with weights_only_loads():
+            path, client_state = self.engine.load_checkpoint(str(directory), tag=CHECKPOINT_TAG)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint in {directory}")
         set_rng_state(client_state.pop("rng"))

@@ -83,20 +83,23 @@ def prepare_model_source(spec: str) -> str:
     return spec
 
 
-def load_tokenizer(source: str):
+def load_tokenizer(source: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     path = tiny_tokenizer_dir() if source == TINY else source
-    return AutoTokenizer.from_pretrained(str(path))
+    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
 
 
-def count_parameters(source: str, vocab_size: int) -> int:
+def count_parameters(source: str, vocab_size: int, trust_remote_code: bool = False) -> int:
     """Parameters of the LM, from its config alone (built on the meta device, nothing allocated)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = tiny_llama_config(vocab_size) if source == TINY else AutoConfig.from_pretrained(source)
+    if source == TINY:
+        config = tiny_llama_config(vocab_size)
+    else:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     return sum(p.numel() for p in model.parameters())
 
 

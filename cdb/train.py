@@ -95,8 +95,11 @@ def preflight_output(config: cfg.Config, parameters: int) -> str | None:
     """A message if the output folder cannot be written or cannot hold the checkpoints, else None."""
     target = Path(config.train.output_dir)
     existing = next(p for p in [target, *target.parents] if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
-        return f"train.output_dir: {target} cannot be created or written ({existing} is not writable)"
+    try:
+        with tempfile.TemporaryFile(dir=existing):  # a real write: permission bits do not bind root
+            pass
+    except OSError as exc:
+        return f"train.output_dir: {target} cannot be created or written ({existing}: {exc.strerror})"
     # fp32 master weights + Adam moments + weights: ~16 bytes per parameter per kept checkpoint
     # (plus one being written), and the exported model.
     need = parameters * (16 * (config.train.keep_checkpoints + 1) + 4)
@@ -140,7 +143,7 @@ def train_loop_per_worker(loop: dict) -> None:
     config = cfg.from_dict(loop["config"])
     scale = config.scale
 
-    tokenizer = load_tokenizer(loop["model_source"])
+    tokenizer = load_tokenizer(loop["model_source"], scale.trust_remote_code)
     records, _ = load_records(config.data.path, config.data.split, "skip")
     if config.data.max_records:
         records = records[: config.data.max_records]
@@ -315,8 +318,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         model_source = prepare_model_source(config.scale.model)
-        tokenizer = load_tokenizer(model_source)
-        parameters = count_parameters(model_source, len(tokenizer))
+        tokenizer = load_tokenizer(model_source, config.scale.trust_remote_code)
+        parameters = count_parameters(model_source, len(tokenizer), config.scale.trust_remote_code)
     except (OSError, ValueError) as exc:
         return _fail(EXIT_CONFIG, f"scale.model {config.scale.model!r}: {exc}")
     problem = preflight_output(config, parameters)

@@ -40,17 +40,17 @@ def main(out_path: str, workdir: str) -> None:
     partition = {"local": local, "total": total, "embed_numel_outside_forward": embed.numel(),
                  "embed_shard": embed.ds_tensor.numel(), "embed_full": embed.ds_numel}
 
-    losses = [float(strategy.micro_step(batch)["loss"]) for _ in range(12)]
+    losses = [float(strategy.micro_step(batch)[0]["loss"]) for _ in range(12)]
     strategy.save_checkpoint(os.path.join(workdir, "ckpt"), {"step": 12})
     saved = gathered(strategy)
-    after_save = float(strategy.micro_step(batch)["loss"])
+    after_save = float(strategy.micro_step(batch)[0]["loss"])
 
     torch.manual_seed(1234)  # a different init: the load must overwrite it
     restored = Strategy(config, TINY, tokenizer, world, rank, total_steps=40)
     client = restored.load_checkpoint(os.path.join(workdir, "ckpt"))
     loaded = gathered(restored)
     max_diff = max((saved[k] - loaded[k]).abs().max().item() for k in saved)
-    after_load = float(restored.micro_step(batch)["loss"])
+    after_load = float(restored.micro_step(batch)[0]["loss"])
     restored.export(os.path.join(workdir, "model"))
 
     shards = [None] * world

@@ -17,8 +17,12 @@ EXPECTED_METRICS = [
 ]
 
 
-def run_train(args, cwd, timeout=900):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+SECRETS = {"HF_TOKEN": "hf_cdbTestSecretValue0001", "AWS_SECRET_ACCESS_KEY": "cdbTestSecretValue0002",
+           "MLFLOW_TRACKING_PASSWORD": "cdbTestSecretValue0003"}
+
+
+def run_train(args, cwd, timeout=900, extra_env=None):
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(extra_env or {})}
     env.pop("RAY_ADDRESS", None)
     return subprocess.run([sys.executable, "-m", "cdb.train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
@@ -46,7 +50,8 @@ def good_record(i):
 def test_tiny_run_end_to_end(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "run"
-    proc = run_train(["--scale", "tiny", "--max-steps", "20", "--output-dir", str(out), "--tracking-uri", uri], tmp_path)
+    proc = run_train(["--scale", "tiny", "--max-steps", "20", "--output-dir", str(out), "--tracking-uri", uri], tmp_path,
+                     extra_env=SECRETS)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert str(out / "model") in proc.stdout and "mlflow ui" in proc.stdout
 
@@ -71,6 +76,21 @@ def test_tiny_run_end_to_end(tmp_path):
     ids = tokenizer("The council", return_tensors="pt").input_ids
     assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
     assert (out / "config.yaml").read_text().count("name: tiny") == 1
+
+    # Secrets from the environment appear nowhere: params, tags, metric names, artifacts, files, logs.
+    seen = [proc.stdout, proc.stderr, json.dumps(run.data.params), json.dumps(run.data.tags), json.dumps(list(run.data.metrics))]
+    artifacts_dir = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "downloaded")))
+    seen += [p.read_text(errors="replace") for p in artifacts_dir.rglob("*") if p.is_file()]
+    seen += [p.read_text(errors="replace") for p in out.rglob("*") if p.is_file() and p.suffix in (".json", ".yaml", ".jsonl", ".txt")]
+    for value in SECRETS.values():
+        assert not any(value in text for text in seen), value
+
+
+def test_unwritable_output_dir_is_refused_before_anything_starts(tmp_path):
+    proc = run_train(["--output-dir", "/proc/cdb-run", "--max-steps", "1"], tmp_path, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "train.output_dir" in proc.stderr and "/proc/cdb-run" in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_missing_positives_on_line_3_is_one_clear_line(tmp_path):
