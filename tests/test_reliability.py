@@ -213,3 +213,34 @@ def test_non_finite_loss_is_skipped_then_stops_with_the_loss_terms(tmp_path):
     assert last.startswith("error: training failed: NonFiniteLoss: step ")
     assert "3 micro-batches in a row" in last and "loss_ce=" in last and "loss_contrast=" in last
     assert not (out / "model").exists()  # no model exported from a broken run
+
+
+def test_hard_crash_while_checkpointing_every_step_resumes_from_a_complete_checkpoint(tmp_path):
+    """Everything is SIGKILLed while a checkpoint is being written (one every step, so a save is
+    almost always in flight); --resume must find the last complete one and finish the run."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "run"
+    run = Watched(["--max-steps", "12", "--output-dir", str(out), "--tracking-uri", uri,
+                   "--set", "train.checkpoint_every=1", "--set", "train.keep_checkpoints=2"], tmp_path)
+    deadline = time.time() + 300
+    while not any("step_0000004" in p.read_text() for p in out.glob("checkpoints/*/checkpoint_manager_snapshot.json")):
+        assert time.time() < deadline and run.proc.poll() is None, "".join(run.lines[-40:])
+        time.sleep(0.05)
+    victims = [run.proc.pid, *(p.pid for p in psutil.Process(run.proc.pid).children(recursive=True))]
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    run.finish()
+
+    proc = subprocess.run(train_cmd("--output-dir", str(out), "--resume"), cwd=tmp_path, env=env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "resumed at step" in proc.stdout + proc.stderr
+    finished, losses = history(uri)
+    assert finished.info.status == "FINISHED"
+    assert [s for s, _ in losses] == list(range(1, 13))
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out / "model").num_parameters() > 0
