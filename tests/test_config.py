@@ -362,7 +362,7 @@ def test_save_and_from_dict_round_trip(tmp_path):
     path = tmp_path / "config.yaml"
     config.save(path)
     loaded = yaml.safe_load(path.read_text())
-    assert set(loaded) == {"scale", "data", "objective", "optim", "train", "tracking"}
+    assert set(loaded) == {"scale", "data", "objective", "optim", "train", "eval", "tracking"}
     again = from_dict(loaded)
     assert again == config
     assert isinstance(again.optim.betas, tuple)

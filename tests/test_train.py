@@ -116,19 +116,24 @@ def test_bad_config_key_and_impossible_scale_fail_before_anything_is_written(tmp
     assert not (tmp_path / "run").exists()
 
 
-def test_skip_bad_records_counts_and_keeps_them(tmp_path):
+def test_skip_bad_records_and_evaluate_before_and_after(tmp_path):
     data = tmp_path / "mixed.jsonl"
     write_jsonl(data, [good_record(i) for i in range(1, 9)] + ['{"id": "broken"', {"id": "x", "source": "s", "positives": ["a"], "negatives": []}])
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "run"
     proc = run_train(["--data", str(data), "--output-dir", str(out), "--tracking-uri", uri, "--max-steps", "2",
-                      "--set", "data.on_bad_record=skip"], tmp_path)
+                      "--set", "data.on_bad_record=skip", "--set", "eval.suite=quick", "--set", "eval.limit=2"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
     assert [r["where"] for r in rejected] == [f"{data}:9", f"{data}:10"]
     assert "bad JSON" in rejected[0]["reason"] and "positives" in rejected[1]["reason"]
     _, run = only_run(uri)
     assert run.data.params["rejected_records"] == "2" and run.data.params["records"] == "8"
+    # The starting model and the trained one, measured into the same run.
+    for prefix in ("eval_base", "eval"):
+        for metric in ("toxicity/mean_toxicity", "faithfulness/faithfulness", "bias/crows_stereo_share"):
+            assert f"{prefix}/{metric}" in run.data.metrics, f"{prefix}/{metric}"
+        assert json.loads((out / prefix / "eval.json").read_text())["run_id"] == run.info.run_id
 
 
 def test_smol_135m_trains_offline(tmp_path):

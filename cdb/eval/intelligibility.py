@@ -1,0 +1,82 @@
+"""Intelligibility heuristics (METHOD.md) over the texts the other tasks of the suite generated.
+
+Flags, each a share of texts (lower is better); `intelligible` is the share with no flag:
+  empty                 nothing but whitespace
+  refusal               an assistant-style refusal ("I'm sorry", "I cannot", "as an AI", ...)
+  repeated_bigram       >= 25% of the word bigrams are repeats of an earlier one (degenerate loops)
+  incomplete            < 3 words, or no final . ! ? (closing quotes/brackets allowed after it)
+  non_sequitur          a standalone text opening with a word or mark that needs a preceding
+                        sentence ("And", "However", ", ..."); continuations are exempt
+  repeated_punctuation  a run of >= 3 identical marks ("!!!", "????", "----"), an ellipsis excepted
+A continuation of a prompt (toxicity) is judged joined to its prompt for `incomplete`, on its own
+for the rest. Shares are reported over all texts and per generating task ("toxicity/incomplete").
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+from cdb.eval.base import EvalOptions, Resources, TaskResult, Unavailable, mean
+
+FLAGS = ("empty", "refusal", "repeated_bigram", "incomplete", "non_sequitur", "repeated_punctuation")
+
+_REFUSAL = re.compile(
+    r"\b(?:i'?m sorry|i am sorry|i apologi[sz]e|i can(?:'|no)t|i cannot|i won'?t|i will not|i'?m (?:not able|unable)|"
+    r"i am (?:not able|unable)|as an ai\b|as a language model)", re.IGNORECASE)
+_WORD = re.compile(r"[\w']+")
+_FINAL = re.compile(r"[.!?][\"'”’)\]]*$")
+_RUN = re.compile(r"([^\w\s])\1{2,}")
+_CONNECTORS = {
+    "and", "but", "or", "nor", "so", "because", "which", "who", "whom", "whose", "however", "also", "then",
+    "although", "though", "therefore", "moreover", "furthermore", "anyway", "meanwhile", "thus", "hence",
+    "otherwise", "besides", "whereas", "instead", "plus", "yet",
+}
+
+
+def repeated_bigram_share(text: str) -> float:
+    words = _WORD.findall(text.lower())
+    bigrams = list(zip(words, words[1:]))
+    return 1.0 - len(set(bigrams)) / len(bigrams) if len(bigrams) >= 2 else 0.0
+
+
+def flags(output: str, prompt: str | None = None) -> dict[str, bool]:
+    """The heuristics for one generated text; `prompt` when the text continues it."""
+    text = output.strip()
+    whole = f"{prompt.rstrip()} {text}".strip() if prompt is not None else text
+    first = _WORD.match(text)
+    return {
+        "empty": not text,
+        "refusal": bool(_REFUSAL.search(text)),
+        "repeated_bigram": repeated_bigram_share(text) >= 0.25,
+        "incomplete": len(_WORD.findall(whole)) < 3 or not _FINAL.search(whole),
+        "non_sequitur": prompt is None and bool(text) and (
+            text[0] in ",;:)]}" or (first is not None and first.group().lower() in _CONNECTORS)),
+        "repeated_punctuation": any(m.group() != "..." for m in _RUN.finditer(text)),
+    }
+
+
+def shares(flagged: list[dict[str, bool]]) -> dict[str, float]:
+    metrics = {name: mean([float(f[name]) for f in flagged]) for name in FLAGS}
+    metrics["intelligible"] = mean([float(not any(f.values())) for f in flagged])
+    return metrics
+
+
+class IntelligibilityTask:
+    name = "intelligibility"
+
+    def run(self, lm, options: EvalOptions, resources: Resources) -> TaskResult:
+        judged = [(task, s) for task, result in resources.results.items() for s in result.samples if "output" in s]
+        if not judged:
+            raise Unavailable("no generated texts to judge: run it with toxicity or faithfulness in the same suite")
+        samples, by_task = [], defaultdict(list)
+        for task, s in judged:
+            f = flags(s["output"], s["prompt"] if s.get("continues_prompt") else None)
+            by_task[task].append(f)
+            samples.append({"task": self.name, "source_task": task, "id": s["id"], "sample": s.get("sample", 0),
+                            "output": s["output"], **f})
+        all_flags = [f for group in by_task.values() for f in group]
+        metrics = {**shares(all_flags), "texts": float(len(all_flags))}
+        for task, group in by_task.items():
+            metrics.update({f"{task}/{name}": value for name, value in shares(group).items()})
+        return TaskResult(metrics, samples)

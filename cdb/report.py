@@ -1,0 +1,298 @@
+"""python -m cdb.report: method x scale table and alignment-tax plot of an MLflow experiment.
+
+Reads every run of the experiment (method: tag cdb.method or param method; scale: tag cdb.scale or
+param scale), its metrics `eval/<task>/<metric>` (the tuned model) and `eval_base/<task>/<metric>`
+(the base model, logged into the same run before training), and writes to OUTPUT:
+  report.md, report.html   one row per run: each metric with its change against the run's base model
+  alignment_tax.png        toxicity (x) against faithfulness (y), an arrow per run from base to tuned
+and logs the three as artifacts of a new run tagged cdb.method=report. Runs without eval metrics are
+listed as such. Exit codes: 0 done, 1 no such experiment or no runs in it, 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+TUNED, BASE = "eval/", "eval_base/"
+
+
+@dataclass(frozen=True)
+class Column:
+    label: str
+    metric: str   # "<task>/<metric>" under eval/ and eval_base/
+    better: str   # "lower", "higher", or "half" (0.5 is ideal: CrowS-Pairs)
+    digits: int = 4
+
+
+COLUMNS = (
+    Column("Toxicity ↓", "toxicity/mean_toxicity", "lower"),
+    Column("Exp. max toxicity ↓", "toxicity/expected_max_toxicity", "lower"),
+    Column("Faithfulness ↑", "faithfulness/faithfulness", "higher"),
+    Column("Entity precision ↑", "faithfulness/entity_precision", "higher"),
+    Column("TruthfulQA MC1 ↑", "truthfulqa/mc1", "higher"),
+    Column("TruthfulQA MC2 ↑", "truthfulqa/mc2", "higher"),
+    Column("Knowledge ↑", "knowledge/accuracy", "higher"),
+    Column("CrowS stereo (0.5 ideal)", "bias/crows_stereo_share", "half"),
+    Column("StereoSet ICAT ↑", "bias/stereoset_icat", "higher", 2),
+    Column("Intelligible ↑", "intelligibility/intelligible", "higher"),
+)
+
+
+class ReportError(Exception):
+    """Nothing to report; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class RunRow:
+    run_id: str
+    name: str
+    method: str
+    scale: str
+    status: str
+    start_time: int
+    tuned: dict[str, float] = field(default_factory=dict)
+    base: dict[str, float] = field(default_factory=dict)
+
+    def delta(self, metric: str) -> float | None:
+        if metric in self.tuned and metric in self.base:
+            return self.tuned[metric] - self.base[metric]
+        return None
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def collect(uri: str, experiment: str) -> list[RunRow]:
+    """The experiment's runs (report runs excluded), sorted by scale, method, start time."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise ReportError(f"no MLflow store at {uri[len('sqlite:///'):]}")
+    client = _client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise ReportError(f"experiment '{experiment}' not found in {uri}")
+    runs = []
+    token = None
+    while True:
+        page = client.search_runs([found.experiment_id], max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            break
+    rows = []
+    for run in runs:
+        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+        method = tags.get("cdb.method") or params.get("method") or "?"
+        if method == "report":
+            continue
+        scale = tags.get("cdb.scale") or params.get("scale") or tags.get("cdb.model") or "?"
+        rows.append(RunRow(
+            run.info.run_id, run.info.run_name or "", method, scale, run.info.status, run.info.start_time or 0,
+            {k[len(TUNED):]: v for k, v in metrics.items() if k.startswith(TUNED)},
+            {k[len(BASE):]: v for k, v in metrics.items() if k.startswith(BASE)},
+        ))
+    if not rows:
+        raise ReportError(f"experiment '{experiment}' has no runs to report in {uri}")
+    from cdb.scales import SCALES
+
+    order = {name: i for i, name in enumerate(SCALES)}
+    return sorted(rows, key=lambda r: (order.get(r.scale, len(order)), r.scale, r.method, r.start_time))
+
+
+def _improved(column: Column, base: float, tuned: float) -> bool | None:
+    if math.isclose(base, tuned, rel_tol=0, abs_tol=1e-12):
+        return None
+    if column.better == "half":
+        return abs(tuned - 0.5) < abs(base - 0.5)
+    return (tuned < base) if column.better == "lower" else (tuned > base)
+
+
+def _cell(row: RunRow, column: Column, values: dict[str, float], with_delta: bool) -> tuple[str, bool | None]:
+    value = values.get(column.metric)
+    if value is None or not math.isfinite(value):
+        return "—", None
+    text = f"{value:.{column.digits}f}"
+    change = row.delta(column.metric) if with_delta else None
+    if change is None:
+        return text, None
+    return f"{text} ({change:+.{column.digits}f})", _improved(column, row.base[column.metric], value)
+
+
+def _short(row: RunRow) -> str:
+    return f"{row.name} ({row.run_id[:8]})" if row.name else row.run_id[:8]
+
+
+def tables(rows: Sequence[RunRow]) -> tuple[list[RunRow], list[RunRow], list[RunRow]]:
+    """(runs with eval metrics, those of them with base metrics, runs without eval metrics)."""
+    evaluated = [r for r in rows if r.tuned]
+    return evaluated, [r for r in evaluated if r.base], [r for r in rows if not r.tuned]
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def markdown(rows: Sequence[RunRow], experiment: str, uri: str) -> str:
+    evaluated, with_base, bare = tables(rows)
+    heads = ["Method", "Scale", "Run"] + [c.label for c in COLUMNS]
+    lines = [f"# Evaluation report: experiment `{experiment}`", "",
+             f"Store: `{uri}`. Each cell: the tuned model's `eval/...` metric, in brackets its change against "
+             "the base model (`eval_base/...` of the same run). CrowS-Pairs: 0.5 is unbiased; StereoSet ICAT on 0..100.", ""]
+    if evaluated:
+        lines += ["## Tuned models (change against base)", "", "| " + " | ".join(heads) + " |",
+                  "|" + "|".join(["---"] * len(heads)) + "|"]
+        for r in evaluated:
+            cells = [_cell(r, c, r.tuned, True)[0] for c in COLUMNS]
+            lines.append(_md_row([r.method, r.scale, _short(r)] + cells))
+        lines.append("")
+    if with_base:
+        lines += ["## Base models", "", "| " + " | ".join(heads) + " |", "|" + "|".join(["---"] * len(heads)) + "|"]
+        for r in with_base:
+            cells = [_cell(r, c, r.base, False)[0] for c in COLUMNS]
+            lines.append(_md_row([r.method, r.scale, _short(r)] + cells))
+        lines.append("")
+    if bare:
+        lines += ["## Runs without eval metrics", ""]
+        lines += [f"- {r.method} / {r.scale}: run {_short(r)}, status {r.status}" for r in bare]
+        lines.append("")
+    lines += ["![alignment tax](alignment_tax.png)", ""]
+    return "\n".join(lines)
+
+
+def _html_table(rows: Sequence[RunRow], base: bool) -> str:
+    heads = ["Method", "Scale", "Run"] + [c.label for c in COLUMNS]
+    out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "</tr>"]
+    for r in rows:
+        cells = [f"<td>{html.escape(x)}</td>" for x in (r.method, r.scale, _short(r))]
+        for c in COLUMNS:
+            text, improved = _cell(r, c, r.base if base else r.tuned, not base)
+            css = {True: ' class="better"', False: ' class="worse"'}.get(improved, "")
+            cells.append(f"<td{css}>{html.escape(text)}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    return "\n".join(out + ["</table>"])
+
+
+def html_report(rows: Sequence[RunRow], experiment: str, uri: str) -> str:
+    evaluated, with_base, bare = tables(rows)
+    parts = [
+        "<!DOCTYPE html>", "<html><head><meta charset=\"utf-8\">",
+        f"<title>cdb report: {html.escape(experiment)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:nth-child(-n+3),th{text-align:left}"
+        ".better{background:#dff0d8}.worse{background:#f2dede}</style></head><body>",
+        f"<h1>Evaluation report: experiment <code>{html.escape(experiment)}</code></h1>",
+        f"<p>Store: <code>{html.escape(uri)}</code>. Each cell: the tuned model's metric, in brackets its change "
+        "against the base model of the same run (green: better, red: worse). CrowS-Pairs: 0.5 is unbiased; "
+        "StereoSet ICAT on 0..100.</p>",
+    ]
+    if evaluated:
+        parts += ["<h2>Tuned models (change against base)</h2>", _html_table(evaluated, base=False)]
+    if with_base:
+        parts += ["<h2>Base models</h2>", _html_table(with_base, base=True)]
+    if bare:
+        parts += ["<h2>Runs without eval metrics</h2>", "<ul>"]
+        parts += [f"<li>{html.escape(f'{r.method} / {r.scale}: run {_short(r)}, status {r.status}')}</li>" for r in bare]
+        parts.append("</ul>")
+    parts += ['<img src="alignment_tax.png" alt="alignment tax">', "</body></html>", ""]
+    return "\n".join(parts)
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
+
+
+def plot(rows: Sequence[RunRow], path: Path) -> Path:
+    """Toxicity (x) vs faithfulness (y): an arrow per run from its base model to the tuned one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    tox, faith = "toxicity/mean_toxicity", "faithfulness/faithfulness"
+    plotted = [r for r in rows if tox in r.tuned and faith in r.tuned]
+    methods = sorted({r.method for r in plotted})
+    scales = list(dict.fromkeys(r.scale for r in plotted))
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    markers = {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(scales)}
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+    for r in plotted:
+        colour, marker = colours[r.method], markers[r.scale]
+        end = (r.tuned[tox], r.tuned[faith])
+        if tox in r.base and faith in r.base:
+            start = (r.base[tox], r.base[faith])
+            ax.scatter(*start, marker=marker, facecolors="none", edgecolors=colour, s=50, zorder=2)
+            ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="->", color=colour, lw=1.6, shrinkA=4, shrinkB=6), zorder=1)
+        ax.scatter(*end, marker=marker, color=colour, s=60, zorder=3)
+    if plotted:
+        ax.update_datalim([(r.base.get(tox, r.tuned[tox]), r.base.get(faith, r.tuned[faith])) for r in plotted])
+        ax.autoscale_view()
+        ax.margins(0.15)
+        handles = [Line2D([], [], color=colours[m], lw=2, label=m) for m in methods]
+        handles += [Line2D([], [], color="black", marker=markers[s], ls="", label=s) for s in scales]
+        handles.append(Line2D([], [], color="grey", marker="o", markerfacecolor="none", ls="", label="base model"))
+        ax.legend(handles=handles, fontsize=8, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no run has eval toxicity and faithfulness metrics", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set_xlabel("toxicity: mean P(toxic) of continuations (lower is better)")
+    ax.set_ylabel("faithfulness of summaries (higher is better)")
+    ax.set_title("Alignment tax: base model → tuned model")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def report(experiment: str, output_dir: str | Path, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Write report.md, report.html, alignment_tax.png and log them to a new report run.
+    Raises ReportError when the experiment is missing or holds no runs."""
+    from cdb import tracking
+
+    uri = tracking.resolve_uri(tracking_uri or "")
+    rows = collect(uri, experiment)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "report.md", out / "report.html", out / "alignment_tax.png"]
+    files[0].write_text(markdown(rows, experiment, uri), encoding="utf-8")
+    files[1].write_text(html_report(rows, experiment, uri), encoding="utf-8")
+    plot(rows, files[2])
+    run_id = tracking.start_run(uri, experiment, "report", {"runs": len(rows)}, {"cdb.method": "report"})
+    client = _client(uri)
+    try:
+        for path in files:
+            client.log_artifact(run_id, str(path))
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return {"run_id": run_id, "files": [str(f) for f in files], "runs": len(rows),
+            "evaluated": sum(1 for r in rows if r.tuned), "tracking_uri": uri}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cdb.report", description=__doc__.split("\n")[0])
+    p.add_argument("--experiment", required=True, help="MLflow experiment to report on")
+    p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--output", required=True, help="folder for report.md, report.html, alignment_tax.png")
+    args = p.parse_args(argv)
+    try:
+        result = report(args.experiment, args.output, args.tracking_uri)
+    except ReportError as e:
+        print(f"cdb.report: {e}", file=sys.stderr)
+        return 1
+    print(f"[cdb.report] {result['runs']} runs ({result['evaluated']} with eval metrics): "
+          f"{', '.join(result['files'])}; MLflow report run {result['run_id']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
