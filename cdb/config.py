@@ -61,7 +61,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    method: Literal["contrastive"] = "contrastive"
+    method: Literal["contrastive", "sft", "dpo", "unlikelihood", "cda"] = "contrastive"
+    """contrastive (the method); baselines: sft, dpo, unlikelihood, cda (README, "Methods")."""
     alpha: float = 16.0
     """Weight of the contrastive term (METHOD.md: 16 in the authors' final run)."""
     temperature: float = 1.0
@@ -74,6 +75,10 @@ class ObjectiveConfig:
     label_smoothing: float = 0.0
     lm_normalization: Literal["scored", "all_targets"] = "scored"
     """Divide the LM loss by the tokens scored, or (the authors' choice) by all rows' target tokens."""
+    dpo_beta: float = 0.1
+    """dpo: strength of the implicit KL constraint to the frozen reference."""
+    unlikelihood_weight: float = 1.0
+    """unlikelihood: weight of the unlikelihood term on negative tokens."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,8 @@ class TrackingConfig:
     """MLflow tracking URI; empty = $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db."""
     experiment: str = "cdb"
     run_name: str = ""
+    parent_run_id: str = ""
+    """Nest this run under another (a sweep's parent run)."""
 
 
 @dataclass(frozen=True)
@@ -310,6 +317,8 @@ def finalize(config: Config) -> Config:
         "train.max_nonfinite_in_row": config.train.max_nonfinite_in_row >= 1,
         "objective.temperature": config.objective.temperature > 0,
         "objective.alpha": config.objective.alpha >= 0,
+        "objective.dpo_beta": config.objective.dpo_beta > 0,
+        "objective.unlikelihood_weight": config.objective.unlikelihood_weight >= 0,
         "optim.lr": config.optim.lr > 0,
         "optim.warmup_steps": config.optim.warmup_steps >= 0,
         "eval.limit": config.eval.limit >= 0,

@@ -20,7 +20,7 @@ import torch
 
 from cdb.config import Config, ConfigError
 from cdb.model import DTYPES, ContrastiveLM, build_lm
-from cdb.objective import ContrastHead, contrastive_objective, score_positions
+from cdb.objective import OBJECTIVES, ContrastHead, score_positions, scored_rows
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT_TAG = "state"
@@ -118,21 +118,22 @@ class Strategy:
         self.config = config
         self.rank = rank
         self.tokenizer = tokenizer
+        self.method = config.objective.method
         self.ds_config = build_ds_config(config, world_size)
-        dtype = DTYPES[config.scale.precision]
-        torch.manual_seed(config.train.seed)
-        # Kept alive while the model is built: transformers then builds/loads it inside
+        # Kept alive while models are built: transformers then builds/loads them inside
         # zero.Init, partitioned from the start.
         self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
-        lm = build_lm(model_source, dtype, config.scale.attn_implementation, len(tokenizer), config.scale.trust_remote_code)
+        lm = self._build_lm(model_source, len(tokenizer))
         if config.scale.activation_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        lm.config.use_cache = False
-        # No dtype argument: zero.Init takes it from the config's bf16/fp16 flags (passing one is
-        # mis-parsed by DeepSpeed 0.19 on accelerators without fp16, which then picks bf16).
-        with deepspeed.zero.Init(config_dict_or_path=self.ds_config):
-            head = ContrastHead(lm.config.hidden_size, config.objective.projection_dim or None)
+        head = None
+        if self.method == "contrastive":
+            # No dtype argument: zero.Init takes it from the config's bf16/fp16 flags (passing one
+            # is mis-parsed by DeepSpeed 0.19 on accelerators without fp16, which then picks bf16).
+            with deepspeed.zero.Init(config_dict_or_path=self.ds_config):
+                head = ContrastHead(lm.config.hidden_size, config.objective.projection_dim or None)
         model = ContrastiveLM(lm, head)
+        self.reference = self._build_reference(model_source, len(tokenizer)) if self.method == "dpo" else None
 
         optim = config.optim
         client_optimizer = None
@@ -150,6 +151,25 @@ class Strategy:
         )
         self.device = self.engine.device
 
+    def _build_lm(self, model_source: str, vocab_size: int):
+        torch.manual_seed(self.config.train.seed)  # the policy and a DPO reference start identical
+        scale = self.config.scale
+        lm = build_lm(model_source, DTYPES[scale.precision], scale.attn_implementation, vocab_size, scale.trust_remote_code)
+        lm.config.use_cache = False
+        return lm
+
+    def _build_reference(self, model_source: str, vocab_size: int):
+        """DPO's frozen reference: its own ZeRO-3 engine (sharded like the policy, never a copy of
+        it), no optimizer, no gradients, eval mode."""
+        import deepspeed
+
+        reference = ContrastiveLM(self._build_lm(model_source, vocab_size), None)
+        reference.requires_grad_(False)
+        ds_config = {k: v for k, v in self.ds_config.items() if k not in ("optimizer", "scheduler")}
+        engine, _, _, _ = deepspeed.initialize(model=reference, config=ds_config)
+        engine.eval()
+        return engine
+
     # -- training ------------------------------------------------------------------------------
 
     def micro_step(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
@@ -161,9 +181,12 @@ class Strategy:
         import torch.distributed as dist
 
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        score_mask, _ = score_positions(batch["labels"], batch["positive"])
+        score_mask, _ = score_positions(batch["labels"], scored_rows(self.method, batch["positive"]))
         outputs = self.engine(batch["input_ids"], batch["attention_mask"], score_mask)
-        loss, metrics = contrastive_objective(outputs, batch, self.config.objective)
+        if self.reference is not None:
+            with torch.no_grad():
+                outputs["ref_logits"] = self.reference(batch["input_ids"], batch["attention_mask"], score_mask)["logits"]
+        loss, metrics = OBJECTIVES[self.method](outputs, batch, self.config.objective)
         bad = (~torch.isfinite(loss.detach())).float().reshape(1)
         dist.all_reduce(bad)
         if bad.item() > 0:
@@ -225,9 +248,10 @@ class Strategy:
         module = self.engine.module
         module.lm.save_pretrained(staging, state_dict=lm_state, safe_serialization=True)
         self.tokenizer.save_pretrained(staging)
-        save_file(head_state, str(staging / "contrast_head.safetensors"))
-        (staging / "contrast_head.json").write_text(json.dumps(
-            {"hidden_size": module.lm.config.hidden_size, "projection_dim": self.config.objective.projection_dim or None}))
+        if head_state:
+            save_file(head_state, str(staging / "contrast_head.safetensors"))
+            (staging / "contrast_head.json").write_text(json.dumps(
+                {"hidden_size": module.lm.config.hidden_size, "projection_dim": self.config.objective.projection_dim or None}))
         previous = directory.with_name(f".{directory.name}.previous")
         if directory.exists():
             shutil.rmtree(previous, ignore_errors=True)

@@ -110,16 +110,17 @@ class ContrastiveLM(nn.Module):
     the positions the loss scores only, not over the whole [rows, length, vocab] grid.
     """
 
-    def __init__(self, lm: nn.Module, head: ContrastHead):
+    def __init__(self, lm: nn.Module, head: ContrastHead | None):
         super().__init__()
         self.lm = lm
-        self.head = head
+        self.head = head  # None for methods without a contrastive term (and for a DPO reference)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, score_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        z = self.head(hidden)
-        logits = self.lm.get_output_embeddings()(hidden[score_mask])
-        return {"hidden": hidden, "z": z, "logits": logits.float()}
+        outputs = {"logits": self.lm.get_output_embeddings()(hidden[score_mask]).float()}
+        if self.head is not None:
+            outputs["z"] = self.head(hidden)
+        return outputs
 
 
 def build_lm(source: str, dtype: torch.dtype, attn_implementation: str, vocab_size: int, trust_remote_code: bool = False):

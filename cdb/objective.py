@@ -179,3 +179,102 @@ def contrastive_objective(outputs: dict[str, Tensor], batch: dict[str, Tensor], 
         "sim_pos_neg": sim_pos_neg,
     }
     return loss, metrics
+
+
+# --- baselines through the same trainer (README, "Methods") ------------------------------------
+
+
+def unlikelihood_loss(logits: Tensor, targets: Tensor, normaliser: float | Tensor) -> Tensor:
+    """-sum_t log(1 - p(target_t)) over negative tokens, divided by max(normaliser, 1) (Welleck et al. 2020)."""
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    p_target = torch.softmax(logits.float(), dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+    total = -torch.log((1.0 - p_target).clamp_min(1e-5)).sum()
+    return total / torch.as_tensor(normaliser, dtype=total.dtype, device=total.device).clamp_min(1.0)
+
+
+def sequence_logprobs(logits: Tensor, targets: Tensor, row_of_token: Tensor, n_rows: int) -> Tensor:
+    """Summed log-probability of each row's scored tokens: [n_rows]."""
+    token_logp = torch.log_softmax(logits.float(), dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+    return torch.zeros(n_rows, dtype=token_logp.dtype, device=token_logp.device).index_add(0, row_of_token, token_logp)
+
+
+def preference_pairs(group: Tensor, positive: Tensor) -> tuple[Tensor, Tensor]:
+    """(chosen row, rejected row) for every positive-negative pair of the same source."""
+    positive = positive.bool()
+    pairs = (group.unsqueeze(1) == group.unsqueeze(0)) & positive.unsqueeze(1) & ~positive.unsqueeze(0)
+    chosen, rejected = pairs.nonzero(as_tuple=True)
+    return chosen, rejected
+
+
+def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,
+             beta: float) -> tuple[Tensor, Tensor, Tensor]:
+    """DPO (Rafailov et al. 2023): -log sigmoid(beta * (chosen log-ratio - rejected log-ratio)), mean over pairs.
+
+    Returns (loss, chosen rewards, rejected rewards); rewards are beta * log-ratio, detached.
+    """
+    chosen_ratio = policy_chosen - ref_chosen
+    rejected_ratio = policy_rejected - ref_rejected
+    if chosen_ratio.numel() == 0:
+        return policy_chosen.sum() * 0.0, chosen_ratio.detach(), rejected_ratio.detach()
+    loss = -F.logsigmoid(beta * (chosen_ratio - rejected_ratio)).mean()
+    return loss, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
+
+
+def scored_rows(method: str, positive: Tensor) -> Tensor:
+    """Rows whose candidate tokens a method scores: positives for LM-only methods, all rows otherwise."""
+    return torch.ones_like(positive, dtype=torch.bool) if method in ("dpo", "unlikelihood") else positive.bool()
+
+
+def _scored(batch: dict[str, Tensor], method: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(scored position mask, targets, row of each target) for `method`, in the order the logits come."""
+    mask, targets = score_positions(batch["labels"], scored_rows(method, batch["positive"]))
+    rows = mask.nonzero(as_tuple=True)[0]
+    return mask, targets, rows
+
+
+def lm_only_objective(outputs: dict[str, Tensor], batch: dict[str, Tensor], cfg) -> tuple[Tensor, dict[str, Tensor]]:
+    """`sft` and `cda`: token NLL on positive rows only (CDA's counterfactual rows are positives too)."""
+    _, targets, _ = _scored(batch, cfg.method)
+    loss = lm_loss(outputs["logits"], targets, targets.numel(), cfg.label_smoothing)
+    return loss, {"loss": loss.detach(), "loss_ce": loss.detach()}
+
+
+def unlikelihood_objective(outputs: dict[str, Tensor], batch: dict[str, Tensor], cfg) -> tuple[Tensor, dict[str, Tensor]]:
+    """LM loss on positives plus `unlikelihood_weight` x unlikelihood on negative candidates' tokens."""
+    _, targets, rows = _scored(batch, cfg.method)
+    on_positive = batch["positive"].bool()[rows]
+    loss_ce = lm_loss(outputs["logits"][on_positive], targets[on_positive], int(on_positive.sum()), cfg.label_smoothing)
+    loss_ul = unlikelihood_loss(outputs["logits"][~on_positive], targets[~on_positive], int((~on_positive).sum()))
+    loss = loss_ce + cfg.unlikelihood_weight * loss_ul
+    return loss, {"loss": loss.detach(), "loss_ce": loss_ce.detach(), "loss_unlikelihood": loss_ul.detach()}
+
+
+def dpo_objective(outputs: dict[str, Tensor], batch: dict[str, Tensor], cfg) -> tuple[Tensor, dict[str, Tensor]]:
+    """DPO over every (positive, negative) pair of each source; `outputs["ref_logits"]` from the frozen reference."""
+    _, targets, rows = _scored(batch, cfg.method)
+    n = batch["positive"].shape[0]
+    policy = sequence_logprobs(outputs["logits"], targets, rows, n)
+    reference = sequence_logprobs(outputs["ref_logits"], targets, rows, n)
+    chosen, rejected = preference_pairs(batch["group"], batch["positive"])
+    loss, reward_chosen, reward_rejected = dpo_loss(policy[chosen], policy[rejected], reference[chosen],
+                                                    reference[rejected], cfg.dpo_beta)
+    zero = loss.detach() * 0.0
+    mean = lambda x: x.float().mean() if x.numel() else zero  # noqa: E731
+    return loss, {
+        "loss": loss.detach(),
+        "dpo_reward_chosen": mean(reward_chosen),
+        "dpo_reward_rejected": mean(reward_rejected),
+        "dpo_reward_margin": mean(reward_chosen - reward_rejected),
+        "dpo_accuracy": mean((reward_chosen > reward_rejected).float()),
+    }
+
+
+OBJECTIVES = {
+    "contrastive": contrastive_objective,
+    "sft": lm_only_objective,
+    "cda": lm_only_objective,
+    "unlikelihood": unlikelihood_objective,
+    "dpo": dpo_objective,
+}
+"""method name -> objective(outputs, batch, cfg) -> (loss, metrics)."""

@@ -16,6 +16,7 @@ import signal
 import sys
 import tempfile
 import time
+import typing
 from datetime import timedelta
 from pathlib import Path
 
@@ -31,7 +32,7 @@ EXIT_FAILED = 1
 EXIT_STOPPED = 75  # SIGTERM/SIGINT: checkpointed and stopped cleanly; rerun with --resume
 STOP_FILE = ".stop-requested"
 
-METHODS = ("contrastive",)
+METHODS = typing.get_args(typing.get_type_hints(cfg.ObjectiveConfig)["method"])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -147,6 +148,10 @@ def train_loop_per_worker(loop: dict) -> None:
     records, _ = load_records(config.data.path, config.data.split, "skip")
     if config.data.max_records:
         records = records[: config.data.max_records]
+    if config.objective.method == "cda":
+        from cdb.data.cda import counterfactual_records
+
+        records = counterfactual_records(records)
     sources = tokenize_records(records, tokenizer, make_tagger(config.data.entity_tagger), scale.max_source_tokens, scale.max_target_tokens)
     per_epoch = micro_batches_per_epoch(len(sources), scale.micro_batch, world)
     steps = total_steps(config, per_epoch)
@@ -216,9 +221,9 @@ def train_loop_per_worker(loop: dict) -> None:
             logger.log_metrics(row, step)
             if rank == 0:
                 eta = (now - started) / max(step - first_step, 1) * (steps - step)
-                print(f"[cdb] step {step}/{steps} | loss {averaged['loss']:.4f} (ce {averaged['loss_ce']:.4f}, "
-                      f"contrast {averaged['loss_contrast']:.4f}) | {tokens_per_s:,.0f} tok/s | "
-                      f"eta {timedelta(seconds=round(eta))}", flush=True)
+                terms = ", ".join(f"{k[5:]} {v:.4f}" for k, v in averaged.items() if k.startswith("loss_"))
+                print(f"[cdb] step {step}/{steps} | loss {averaged['loss']:.4f}" + (f" ({terms})" if terms else "")
+                      + f" | {tokens_per_s:,.0f} tok/s | eta {timedelta(seconds=round(eta))}", flush=True)
             window_start, window_tokens = now, 0.0
 
         if step % config.train.checkpoint_every == 0 or step == steps or stop:
@@ -365,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": parameters, **config.flat(),
     }
     tags = {"cdb.scale": scale.name, "cdb.method": config.objective.method}
+    if config.tracking.parent_run_id:
+        tags["mlflow.parentRunId"] = config.tracking.parent_run_id
     if args.resume:
         run = json.loads(run_file.read_text())
     else:

@@ -19,8 +19,8 @@ from cdb.engine import Strategy  # noqa: E402
 from cdb.model import TINY, load_tokenizer  # noqa: E402
 
 
-def gathered(strategy):
-    params = list(strategy.engine.module.named_parameters())
+def gathered(strategy, engine=None):
+    params = list((engine or strategy.engine).module.named_parameters())
     with deepspeed.zero.GatheredParameters([p for _, p in params]):
         return {name: p.detach().clone() for name, p in params}
 
@@ -53,13 +53,29 @@ def main(out_path: str, workdir: str) -> None:
     after_load = float(restored.micro_step(batch)[0]["loss"])
     restored.export(os.path.join(workdir, "model"))
 
+    # DPO: the frozen reference is its own stage-3 engine and never changes while the policy trains.
+    dpo_config = cfg.resolve(flags={"scale.num_workers": world, "train.output_dir": workdir, "objective.method": "dpo"})
+    dpo = Strategy(dpo_config, TINY, tokenizer, world, rank, total_steps=40)
+    reference_before, policy_before = gathered(dpo, dpo.reference), gathered(dpo)
+    reference_is_sharded = all(p.numel() == 0 for p in dpo.reference.module.parameters())
+    dpo_losses = [float(dpo.micro_step(batch)[0]["loss"]) for _ in range(3)]
+    reference_after, policy_after = gathered(dpo, dpo.reference), gathered(dpo)
+    dpo_result = {
+        "losses": dpo_losses,
+        "reference_sharded": reference_is_sharded,
+        "reference_max_change": max((reference_before[k] - reference_after[k]).abs().max().item() for k in reference_before),
+        "policy_max_change": max((policy_before[k] - policy_after[k]).abs().max().item() for k in policy_before),
+        "policy_started_as_reference": max((policy_before[f"lm.{k[3:]}"] - reference_before[k]).abs().max().item()
+                                           for k in reference_before),
+    }
+
     shards = [None] * world
     dist.all_gather_object(shards, partition)
     if rank == 0:
         with open(out_path, "w") as handle:
             json.dump({"world": world, "partition": shards, "losses": losses, "client_step": client["step"],
                        "max_weight_diff_after_load": max_diff, "loss_after_save": after_save,
-                       "loss_after_load": after_load, "lr": restored.lr()}, handle)
+                       "loss_after_load": after_load, "lr": restored.lr(), "dpo": dpo_result}, handle)
     dist.barrier()
 
 

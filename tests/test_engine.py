@@ -60,3 +60,12 @@ def test_export_is_a_loadable_hf_model_with_its_head(zero3_run):
     out = model.generate(ids, max_new_tokens=4, do_sample=False)
     assert out.shape[1] == ids.shape[1] + 4
     assert not [p for p in Path(work).iterdir() if p.name.startswith(".model")]  # no staging left behind
+
+
+def test_dpo_reference_is_a_frozen_sharded_engine(zero3_run):
+    dpo = zero3_run[0]["dpo"]
+    assert dpo["reference_sharded"]  # its own ZeRO-3 engine, partitioned like the policy
+    assert dpo["policy_started_as_reference"] == 0.0
+    assert dpo["losses"][0] == pytest.approx(0.6931, abs=1e-3)  # log 2 while policy == reference
+    assert dpo["policy_max_change"] > 0.0
+    assert dpo["reference_max_change"] == 0.0  # the reference never moves
