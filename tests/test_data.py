@@ -632,3 +632,32 @@ def test_collate_has_toxic_from_fake_sources():
     assert batch["group"].tolist() == [0, 0, 0, 1, 1, 1]
     assert batch["attention_mask"].sum(dim=1).tolist() == [5, 6, 7, 4, 9, 3]
     assert (batch["input_ids"][5, 3:] == 0).all()
+
+
+def test_hf_ner_tagger_from_a_local_model(tmp_path):
+    """The `hf:` tagger path on a token-classification model the test saves itself (random weights:
+    the labels are arbitrary, the spans must still be valid character spans of the input)."""
+    import torch
+    from transformers import LlamaForTokenClassification
+
+    from cdb.data.entities import make_tagger
+    from cdb.model import TINY, load_tokenizer, tiny_llama_config
+
+    tokenizer = load_tokenizer(TINY)
+    config = tiny_llama_config(len(tokenizer))
+    config.num_labels, config.id2label = 3, {0: "O", 1: "B-PER", 2: "I-PER"}
+    config.label2id = {v: k for k, v in config.id2label.items()}
+    config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(0)
+    model = LlamaForTokenClassification(config)
+    with torch.no_grad():  # make every token look like a person, so spans come out
+        model.score.bias.copy_(torch.tensor([-10.0, 10.0, 0.0]))
+    model.save_pretrained(tmp_path / "ner")
+    tokenizer.save_pretrained(tmp_path / "ner")
+
+    texts = ["Maria Lopez visited Leeds.", "The council met."]
+    spans = make_tagger(f"hf:{tmp_path / 'ner'}")(texts)
+    assert len(spans) == 2 and all(spans)
+    for text, row in zip(texts, spans):
+        for start, end in row:
+            assert 0 <= start < end <= len(text) and text[start:end].strip()
