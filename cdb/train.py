@@ -1,8 +1,8 @@
-"""`python -m cdb.train`: the contrastive objective on Ray Train workers running DeepSpeed ZeRO-3.
+"""`python -m cdb.train`: the contrastive objective (or a baseline) on Ray Train workers running DeepSpeed ZeRO-3.
 
-Driver: resolve the config, validate the data, check the scale fits the cluster, create the MLflow
-run, start a TorchTrainer. Workers: tokenize, build the engine, train, checkpoint through Ray
-Train, export the model. With no RAY_ADDRESS a local Ray is started; under `ray job submit` the
+Driver: resolve the config, validate the data, check the scale fits the cluster and the disk,
+create the MLflow run, evaluate the starting model, start a TorchTrainer, evaluate the result.
+Workers: tokenize, build the engine, train, checkpoint through Ray Train, export the model. With no RAY_ADDRESS a local Ray is started; under `ray job submit` the
 same command joins the cluster.
 """
 
@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (tracking.uri); default $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db")
     p.add_argument("--experiment", help="MLflow experiment (tracking.experiment)")
     p.add_argument("--run-name", help="MLflow run name (tracking.run_name)")
-    p.add_argument("--config", help="YAML file with config sections (scale, data, objective, optim, train, tracking)")
+    p.add_argument("--config", help="YAML file with config sections (scale, data, objective, optim, train, eval, tracking)")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override any config field; repeatable")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --output-dir from its latest checkpoint, with its saved config.yaml")

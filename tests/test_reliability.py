@@ -57,6 +57,14 @@ class Watched:
         return code, "".join(self.lines)
 
 
+def wait_for_checkpoint(run: Watched, out: Path, name: str, timeout=300):
+    """Until Ray Train's checkpoint manager has registered checkpoint `name` of the run in `out`."""
+    deadline = time.time() + timeout
+    while not any(name in p.read_text() for p in out.glob("checkpoints/*/checkpoint_manager_snapshot.json")):
+        assert time.time() < deadline and run.proc.poll() is None, "".join(run.lines[-40:])
+        time.sleep(0.05)
+
+
 def history(uri, metric="train/loss"):
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("cdb").experiment_id])
@@ -69,11 +77,7 @@ def test_killed_worker_restarts_from_checkpoint_into_the_same_run(tmp_path):
     out = tmp_path / "run"
     run = Watched(["--max-steps", "40", "--output-dir", str(out), "--tracking-uri", uri,
                    "--set", "train.checkpoint_every=5", "--set", "train.max_failures=1"], tmp_path)
-    # Kill once Ray Train has registered a checkpoint, while the run is still going.
-    deadline = time.time() + 300
-    while not any("step_0000005" in p.read_text() for p in out.glob("checkpoints/*/checkpoint_manager_snapshot.json")):
-        assert time.time() < deadline and run.proc.poll() is None, "".join(run.lines[-40:])
-        time.sleep(0.1)
+    wait_for_checkpoint(run, out, "step_0000005")  # kill once Ray Train has registered one, mid-run
     workers = [p for p in psutil.Process(run.proc.pid).children(recursive=True)
                if "RayTrainWorker" in " ".join(p.cmdline())]
     assert workers, "no Ray Train worker found under the driver"
@@ -222,10 +226,7 @@ def test_hard_crash_while_checkpointing_every_step_resumes_from_a_complete_check
     out = tmp_path / "run"
     run = Watched(["--max-steps", "12", "--output-dir", str(out), "--tracking-uri", uri,
                    "--set", "train.checkpoint_every=1", "--set", "train.keep_checkpoints=2"], tmp_path)
-    deadline = time.time() + 300
-    while not any("step_0000004" in p.read_text() for p in out.glob("checkpoints/*/checkpoint_manager_snapshot.json")):
-        assert time.time() < deadline and run.proc.poll() is None, "".join(run.lines[-40:])
-        time.sleep(0.05)
+    wait_for_checkpoint(run, out, "step_0000004")
     victims = [run.proc.pid, *(p.pid for p in psutil.Process(run.proc.pid).children(recursive=True))]
     for pid in victims:
         try:
