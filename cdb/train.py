@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import typing
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -128,6 +129,8 @@ def train_loop_per_worker(loop: dict) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", loop["torch_extensions_dir"])
+    # DeepSpeed 0.19 calls collectives torch 2.13 deprecates, once per step: not the user's concern.
+    warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor).*", category=FutureWarning)
     import deepspeed
     import ray.train
     import torch
