@@ -272,7 +272,8 @@ def _ray_init(config: cfg.Config) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
         return
-    temp_dir = Path(tempfile.gettempdir()) / f"cdb-ray-{os.getuid()}"
+    # One folder per driver: two local clusters sharing one would find each other and clash.
+    temp_dir = Path(tempfile.gettempdir()) / f"cdb-ray-{os.getuid()}" / str(os.getpid())
     ray.init(num_cpus=max(os.cpu_count() or 1, config.scale.num_workers), include_dashboard=False,
              _temp_dir=str(temp_dir), configure_logging=False, log_to_driver=True)
 
