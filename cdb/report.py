@@ -1,8 +1,10 @@
 """python -m cdb.report: method x scale table and alignment-tax plot of an MLflow experiment.
 
-Reads every run of the experiment (method: tag cdb.method or param method; scale: tag cdb.scale or
-param scale), its metrics `eval/<task>/<metric>` (the tuned model) and `eval_base/<task>/<metric>`
-(the base model, logged into the same run before training), and writes to OUTPUT:
+Reads every run of the experiment (method: tag cdb.method or param method, plus "+<m>" when its
+eval/ metrics were taken under a prompt-time method m other than the run's own, tag cdb.eval.method;
+scale: tag cdb.scale or param scale), its metrics `eval/<task>/<metric>` (the tuned model) and
+`eval_base/<task>/<metric>` (the base model, logged into the same run before training), and writes
+to OUTPUT:
   report.md, report.html   one row per run: each metric with its change against the run's base model
   alignment_tax.png        toxicity (x) against faithfulness (y), an arrow per run from base to tuned
 and logs the three as artifacts of a new run tagged cdb.method=report. Runs without eval metrics are
@@ -93,6 +95,9 @@ def collect(uri: str, experiment: str) -> list[RunRow]:
         method = tags.get("cdb.method") or params.get("method") or "?"
         if method == "report":
             continue
+        prompt_time = tags.get("cdb.eval.method", "none")  # cdb.eval's --method for the eval/ metrics
+        if prompt_time not in ("none", method):
+            method = f"{method}+{prompt_time}"  # e.g. a trained model then decoded with self-debias
         scale = tags.get("cdb.scale") or params.get("scale") or tags.get("cdb.model") or "?"
         rows.append(RunRow(
             run.info.run_id, run.info.run_name or "", method, scale, run.info.status, run.info.start_time or 0,

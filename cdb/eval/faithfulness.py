@@ -4,6 +4,8 @@ Sources: a JSON/JSONL file with a `source` field (options.summary_data), else th
 the embedded dataset. The embedded dataset is also the default training set, so on a model tuned on
 it these sources are seen, not held out: pass held-out data for a claim about generalisation.
 Prompt: options.summary_prompt ("{source}\\nTL;DR:"); the summary is the first non-empty line.
+Samples record `prompt` and `fed_prompt` (what the model was given: instruction + prompt under
+method instructive).
 Metrics: faithfulness (the faithfulness scorer: embedding cosine offline, SummaC-style NLI with
 `nli:MODEL`), entity_precision (share of the summary's entities found in the source, over
 summaries with entities), summary_toxicity (mean toxicity of the summaries).
@@ -78,7 +80,8 @@ class FaithfulnessTask:
         toxic = resources.toxicity.score(summaries)
         precision = [entity_precision(m, s.text) for m, s in zip(summaries, sources)]
         samples = [
-            {"task": self.name, "id": s.id, "prompt": p, "raw_output": o, "output": m, "reference": s.reference,
+            {"task": self.name, "id": s.id, "prompt": p, "fed_prompt": lm.generation_prompt(p), "raw_output": o,
+             "output": m, "reference": s.reference,
              "faithfulness": f, "entity_precision": e, "toxicity": t}
             for s, p, o, m, f, e, t in zip(sources, prompts, outputs, summaries, faithful, precision, toxic)
         ]

@@ -3,6 +3,10 @@
 Every sequence starts with the token the trainer puts first ([BOS], or EOS when the tokenizer has
 no BOS; cdb.data.batch.special_ids), so an empty context is well defined and a tuned model is read
 in the format it was trained on.
+
+A prompt-time debiasing method (cdb.eval.methods.PromptMethod) is applied here, so every task gets
+it: `instructive` prefixes generation prompts (`generation_prompt` says what is fed), `self-debias`
+decodes through SelfDebiasingLogitsProcessor and reweights log-likelihoods the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Callable, Sequence
 import torch
 
 from cdb.data.batch import special_ids
+from cdb.eval.methods import PromptMethod, SelfDebiasingLogitsProcessor, self_debias, with_prefix
 
 
 @dataclass(frozen=True)
@@ -28,7 +33,8 @@ class LogLik:
 
 
 class EvalLM:
-    def __init__(self, model, tokenizer, batch_size: int = 8, device: str = "cpu", max_length: int | None = None):
+    def __init__(self, model, tokenizer, batch_size: int = 8, device: str = "cpu", max_length: int | None = None,
+                 method: PromptMethod | None = None):
         self.model = model.to(device=device, dtype=torch.float32).eval()
         self.tokenizer = tokenizer
         self.batch_size = max(1, batch_size)
@@ -37,6 +43,12 @@ class EvalLM:
         self.max_length = max_length or int(getattr(model.config, "max_position_embeddings", 0) or 2048)
         # Left padding puts every continuation at the end: only its last positions need logits.
         self._keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.method = method or PromptMethod()
+        self.prefix_ids = [self.encode(p) for p in self.method.prefixes] if self.method.name == "self-debias" else []
+
+    def generation_prompt(self, prompt: str) -> str:
+        """The text `generate` feeds the model for `prompt` (after [BOS]) under this LM's method."""
+        return self.method.generation_prompt(prompt)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
@@ -72,6 +84,12 @@ class EvalLM:
                 conts.append(cont[-len(whole) + 1:] if len(cont) >= len(whole) else cont)
             keep = max(len(c) for c in conts)
             logprobs = self._last_logprobs(inputs, keep)
+            if self.method.debiases_loglik:
+                # The same contexts after each debiasing prefix: their last `keep` positions predict
+                # the same continuation tokens (left padding aligns the ends).
+                biased = [self._last_logprobs([with_prefix(s, prefix, self.bos, self.max_length) for s in inputs], keep)
+                          for prefix in self.prefix_ids]
+                logprobs = self_debias(logprobs, biased, self.method.decay)
             for row, i in enumerate(chunk):
                 cont = conts[row]
                 scored = logprobs[row, keep - len(cont):]
@@ -106,7 +124,9 @@ class EvalLM:
     def generate(self, prompts: Sequence[str], max_new_tokens: int, samples: int = 1, do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
                  on_batch: Callable[[int], None] | None = None) -> list[list[str]]:
-        """`samples` continuations per prompt (greedy when do_sample is False), special tokens dropped."""
+        """`samples` continuations per prompt (greedy when do_sample is False), special tokens dropped.
+        Each prompt is fed as [BOS] + generation_prompt(prompt); self-debias decodes through
+        SelfDebiasingLogitsProcessor."""
         from transformers import GenerationConfig
 
         eos_ids = {self.eos}
@@ -117,8 +137,8 @@ class EvalLM:
             pad_token_id=self.pad, eos_token_id=sorted(eos_ids),
             **({"temperature": temperature, "top_p": top_p, "top_k": 0} if do_sample else {}),
         )
-        room = max(self.max_length - max_new_tokens, 1)
-        encoded = [([self.bos] + self.encode(p))[-room:] for p in prompts]
+        room = max(self.max_length - max_new_tokens - max((len(p) for p in self.prefix_ids), default=0), 1)
+        encoded = [([self.bos] + self.encode(self.generation_prompt(p)))[-room:] for p in prompts]
         results: list[list[str]] = [[] for _ in prompts]
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
         per_batch = max(1, self.batch_size // max(samples, 1))
@@ -127,7 +147,13 @@ class EvalLM:
             ids, mask = self._left_pad([encoded[i] for i in chunk])
             # Seeded per batch: the same options give the same samples, run after run.
             torch.manual_seed(seed * 1_000_003 + batch_index)
-            out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+            processors = []
+            if self.method.debiases_generation:
+                processors.append(SelfDebiasingLogitsProcessor(
+                    self.model, self.prefix_ids, self.method.decay, attention_mask=mask, bos_token_id=self.bos,
+                    pad_token_id=self.pad))
+            out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                      **({"logits_processor": processors} if processors else {}))
             texts = self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
             for row, i in enumerate(chunk):
                 results[i] = texts[row * samples:(row + 1) * samples]
