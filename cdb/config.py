@@ -112,6 +112,9 @@ class TrainConfig:
     log_every: int = 1
     max_failures: int = 1
     """Ray Train restarts of the worker group from the latest checkpoint."""
+    autoscaling: bool = False
+    """The Ray cluster adds nodes on demand (KubeRay autoscaling): skip the check that the scale's
+    GPUs are there now, and let Ray Train wait for them."""
     max_nonfinite_in_row: int = 5
     """Micro-batches with a non-finite loss are skipped; this many in a row stop the run."""
 

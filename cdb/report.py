@@ -93,7 +93,7 @@ def collect(uri: str, experiment: str) -> list[RunRow]:
     for run in runs:
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
         method = tags.get("cdb.method") or params.get("method") or "?"
-        if method == "report":
+        if method in ("report", "sweep"):  # bookkeeping runs, not models
             continue
         prompt_time = tags.get("cdb.eval.method", "none")  # cdb.eval's --method for the eval/ metrics
         if prompt_time not in ("none", method):

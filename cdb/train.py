@@ -306,7 +306,8 @@ def check_resources(config: cfg.Config, available: dict) -> str | None:
     have_gpus = int(available.get("GPU", 0))
     if need_gpus > have_gpus:
         return (f"scale '{scale.name}' needs {need_gpus} GPUs ({scale.num_workers} workers x {scale.gpus_per_worker}), "
-                f"the Ray cluster has {have_gpus}; use a cluster with more GPUs, fewer --num-workers, or --no-gpu")
+                f"the Ray cluster has {have_gpus}; use a cluster with more GPUs, fewer --num-workers, or --no-gpu "
+                "(on an autoscaling cluster: --set train.autoscaling=true)")
     have_cpus = int(available.get("CPU", 0))
     if scale.num_workers > have_cpus:
         return f"scale '{scale.name}' needs {scale.num_workers} CPUs (one per worker), the Ray cluster has {have_cpus}"
@@ -342,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     from cdb import tracking
 
     _ray_init(config)
-    problem = check_resources(config, ray.cluster_resources())
+    problem = None if config.train.autoscaling else check_resources(config, ray.cluster_resources())
     if problem:
         return _fail(EXIT_RESOURCES, problem)
 

@@ -1,0 +1,668 @@
+"""python -m cdb.sweep: train every (scale, method) point as its own `python -m cdb.train` job, then report.
+
+    python -m cdb.sweep --scales tiny,smol-135m,7b,13b --methods contrastive,sft,dpo
+        [--experiment NAME] [--tracking-uri URI] [--output-dir DIR] [--max-steps N] [--set k=v ...] [--parallel N]
+
+Each point runs `python -m cdb.train --scale S --method M --output-dir DIR/S-M --run-name S-M
+--set tracking.parent_run_id=PARENT` in a subprocess of this driver. All of them join one Ray cluster:
+the one in RAY_ADDRESS (as under `ray job submit`), else a local one this command starts and stops.
+Points run one after another, or up to --parallel at once while the cluster's CPUs and GPUs hold them
+(a point that cannot fit even an empty cluster is started alone, and the trainer's message recorded).
+
+MLflow: one parent run per sweep (tag cdb.method=sweep, params scales/methods), every point a child
+run (tag mlflow.parentRunId). A point's outcome is a tag on the parent, `cdb.sweep.<scale>-<method>`
+(`finished: run ID` or `failed: <the trainer's last error line>`), and an entry of DIR/sweep.json. A
+failed point does not stop the sweep. Running the same command again with the same --output-dir
+reuses the parent run and skips the points that finished (sweep.json says FINISHED, the model exists,
+same --max-steps and --set); points stopped by a signal continue from their checkpoint (--resume).
+At the end cdb.report writes DIR/report/ (logged to the parent run under report/).
+
+Exit codes: 0 every point finished and the report was written; 1 a point failed or the report could
+not be made; 2 bad arguments (nothing started); 75 stopped by SIGTERM/SIGINT (rerun to continue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 75
+STATE_FILE = "sweep.json"
+LOCK_FILE = ".sweep.lock"
+DEFAULT_EXPERIMENT = "cdb-sweep"
+DEFAULT_OUTPUT = "runs/sweep"
+HEARTBEAT_S = 60.0
+# The sweep decides these per point; a --set on them would make every point the same run.
+RESERVED_KEYS = ("scale.name", "objective.method", "train.output_dir", "tracking.uri", "tracking.experiment",
+                 "tracking.run_name", "tracking.parent_run_id")
+
+
+class UsageError(Exception):
+    """A bad argument: one line for the user, exit 2, nothing started."""
+
+
+@dataclass(frozen=True)
+class Point:
+    scale: str    # canonical preset name
+    method: str
+    cpus: int     # what its Ray Train workers hold: one CPU per worker
+    gpus: int     # workers x gpus_per_worker
+
+    @property
+    def name(self) -> str:
+        return f"{self.scale}-{self.method}"
+
+
+# --- arguments and the plan ---------------------------------------------------------------------
+
+
+def _names(text: str, what: str) -> list[str]:
+    names = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    if not names:
+        raise UsageError(f"--{what}: give at least one name, comma-separated")
+    return names
+
+
+def methods_known() -> tuple[str, ...]:
+    """The methods `python -m cdb.train --method` accepts (its parser's choices)."""
+    from cdb.train import METHODS
+
+    return tuple(METHODS)
+
+
+def plan(scales: Sequence[str], methods: Sequence[str], sets: Sequence[str] = (), max_steps: int | None = None) -> list[Point]:
+    """The sweep's points, scale-major, with their resource needs. UsageError on an unknown scale or
+    method, a reserved or bad --set: checked here, before anything is started."""
+    from cdb import config as cfg
+    from cdb.scales import canonical_scale
+
+    canonical = []
+    for name in scales:
+        try:
+            canonical.append(canonical_scale(name))
+        except ValueError as exc:
+            raise UsageError(f"--scales: {exc}") from None
+    canonical = list(dict.fromkeys(canonical))  # 13b and llama2-13b are one point
+    known = methods_known()
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise UsageError(f"--methods: unknown method {unknown[0]!r}; python -m cdb.train --method accepts: {', '.join(known)}")
+    for item in sets:
+        key = item.split("=", 1)[0].strip()
+        if key in RESERVED_KEYS:
+            raise UsageError(f"--set {item!r}: the sweep sets {key} for each point itself")
+    points = []
+    for scale in canonical:
+        for method in methods:
+            flags = {"objective.method": method}
+            if max_steps is not None:
+                flags["train.max_steps"] = max_steps
+            try:
+                config = cfg.resolve(flags=flags, sets=list(sets), scale=scale)
+            except cfg.ConfigError as exc:
+                raise UsageError(f"{scale}-{method}: {exc}") from None
+            s = config.scale
+            points.append(Point(scale, method, cpus=s.num_workers, gpus=s.num_workers * s.gpus_per_worker))
+    return points
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m cdb.sweep", description=__doc__.split("\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scales", required=True, help="comma-separated scale presets or aliases, e.g. tiny,smol-135m,7b,13b")
+    p.add_argument("--methods", required=True, help="comma-separated training methods (python -m cdb.train --method)")
+    p.add_argument("--experiment", help=f"MLflow experiment of the sweep and its runs (default {DEFAULT_EXPERIMENT}, "
+                                        "or the one in OUTPUT_DIR/sweep.json when continuing)")
+    p.add_argument("--tracking-uri", help="MLflow store (default: the one in OUTPUT_DIR/sweep.json when continuing, "
+                                          "else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--output-dir", default=DEFAULT_OUTPUT,
+                   help=f"sweep folder: sweep.json, logs/, report/ and one run folder per point (<scale>-<method>); "
+                        f"default {DEFAULT_OUTPUT}")
+    p.add_argument("--max-steps", type=int, help="optimizer steps of every point (cdb.train --max-steps)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="config override for every point (cdb.train --set); repeatable")
+    p.add_argument("--parallel", type=int, default=1, help="points at once, while the Ray cluster has room (default 1)")
+    p.add_argument("--fresh", action="store_true",
+                   help="start a new sweep (new parent run, every point trained again) even if OUTPUT_DIR holds one")
+    args = p.parse_args(argv)
+    if args.parallel < 1:
+        p.error("--parallel must be at least 1")
+    if args.max_steps is not None and args.max_steps < 0:
+        p.error("--max-steps must be 0 or more")
+    return args
+
+
+# --- state: OUTPUT_DIR/sweep.json ---------------------------------------------------------------
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def load_state(output_dir: Path) -> dict | None:
+    path = output_dir / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: unreadable ({exc}); move it away or pass --fresh") from None
+    return state if isinstance(state, dict) else None
+
+
+def save_state(state: dict, output_dir: Path) -> None:
+    state["updated"] = _now()
+    staging = output_dir / f".{STATE_FILE}.tmp"
+    staging.write_text(json.dumps(state, indent=1) + "\n")
+    os.replace(staging, output_dir / STATE_FILE)
+
+
+def spec_of(max_steps: int | None, sets: Sequence[str]) -> dict:
+    """What a point was trained with, beyond its scale and method: a finished point is reused only for the same spec."""
+    return {"max_steps": max_steps, "sets": list(sets)}
+
+
+def is_done(entry: Mapping | None, point_dir: Path, spec: Mapping) -> bool:
+    return bool(entry) and entry.get("status") == "FINISHED" and (point_dir / "model").is_dir() \
+        and entry.get("spec", spec) == spec
+
+
+# --- scheduling ---------------------------------------------------------------------------------
+
+
+def fits(point: Point, total: Mapping[str, float], used_cpus: int = 0, used_gpus: int = 0) -> bool:
+    return point.cpus + used_cpus <= int(total.get("CPU", 0)) and point.gpus + used_gpus <= int(total.get("GPU", 0))
+
+
+def admit(pending: Sequence[Point], running: Iterable[Point], total: Mapping[str, float], parallel: int) -> list[Point]:
+    """The pending points to start now, in order (later ones may fill room an earlier one cannot use).
+
+    A point starts when fewer than `parallel` run and the cluster's CPUs and GPUs hold it beside the
+    running ones. A point that would not fit even an empty cluster starts only when nothing runs:
+    the trainer then decides (it fails at once with what it needs and what there is)."""
+    running = list(running)
+    started: list[Point] = []
+    for point in pending:
+        active = running + started
+        if len(active) >= parallel:
+            break
+        if not active:
+            started.append(point)
+        elif fits(point, total) and fits(point, total, sum(p.cpus for p in active), sum(p.gpus for p in active)):
+            started.append(point)
+    return started
+
+
+# --- one point: a cdb.train subprocess ----------------------------------------------------------
+
+
+def last_error_line(lines: Sequence[str], returncode: int) -> str:
+    """The trainer's own `error: ...` line, else the last exception line, else the exit status."""
+    for line in reversed(lines):
+        text = line.strip()
+        if text.startswith("error:"):
+            return text[len("error:"):].strip()
+    for line in reversed(lines):
+        text = line.strip()
+        if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b.*", text):
+            return text
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return f"python -m cdb.train exited with code {returncode}"
+
+
+@dataclass
+class Job:
+    point: Point
+    index: int                  # 1-based position in the sweep
+    process: subprocess.Popen
+    log_path: Path
+    started: float
+    tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=400))
+    reader: threading.Thread | None = None
+
+
+def train_command(point: Point, point_dir: Path, uri: str, experiment: str, parent_run_id: str,
+                  max_steps: int | None, sets: Sequence[str], resume: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "cdb.train", "--scale", point.scale, "--method", point.method,
+           "--output-dir", str(point_dir), "--tracking-uri", uri, "--experiment", experiment, "--run-name", point.name]
+    if max_steps is not None:
+        cmd += ["--max-steps", str(max_steps)]
+    for item in sets:
+        cmd += ["--set", item]
+    cmd += ["--set", f"tracking.parent_run_id={parent_run_id}"]
+    if resume:
+        cmd.append("--resume")
+    return cmd
+
+
+def _pump(job: Job, echo: Callable[[str], None]) -> None:
+    """Child output -> the point's log file, the console (prefixed) and a tail for the error line."""
+    with job.log_path.open("a", encoding="utf-8", errors="replace") as log:
+        for line in job.process.stdout:  # type: ignore[union-attr]
+            log.write(line)
+            log.flush()
+            job.tail.append(line.rstrip("\n"))
+            echo(f"[{job.point.name}] {line.rstrip()}")
+
+
+def _die_with_parent(signum: int) -> Callable[[], None] | None:
+    """preexec_fn: the child gets `signum` when the sweep dies, however it dies (Linux prctl)."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not in the child
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def setup() -> None:
+        prctl(1, int(signum), 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the sweep died before the line above
+            os._exit(1)
+    return setup
+
+
+def start_job(point: Point, index: int, cmd: list[str], env: Mapping[str, str], log_path: Path,
+              echo: Callable[[str], None], on_parent_death: int = signal.SIGTERM) -> Job:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a", encoding="utf-8") as log:
+        log.write(f"\n=== {_now()} {' '.join(cmd)}\n")
+    # Its own session: a terminal's Ctrl-C reaches the sweep, which forwards it once (see Sweep.on_signal).
+    # Should the sweep itself be killed, the point gets `on_parent_death` instead of living on unwatched.
+    process = subprocess.Popen(cmd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               errors="replace", bufsize=1, start_new_session=True,
+                               preexec_fn=_die_with_parent(on_parent_death) if sys.platform.startswith("linux") else None)
+    job = Job(point, index, process, log_path, time.monotonic())
+    job.reader = threading.Thread(target=_pump, args=(job, echo), daemon=True, name=f"sweep-{point.name}")
+    job.reader.start()
+    return job
+
+
+# --- MLflow -------------------------------------------------------------------------------------
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_parent(state: dict, uri: str, experiment: str, scales: Sequence[str], methods: Sequence[str],
+                  echo: Callable[[str], None]) -> str:
+    """The sweep's parent run: the one in sweep.json (set RUNNING again) or a new one."""
+    from cdb import tracking
+
+    client = _client(uri)
+    parent = state.get("parent_run_id")
+    if parent:
+        try:
+            run = client.get_run(parent)
+            if run.info.lifecycle_stage == "deleted":
+                raise LookupError("deleted")
+            client.update_run(parent, status="RUNNING")
+            echo(f"[sweep] continuing sweep: parent run {parent} (experiment '{experiment}')")
+        except Exception as exc:  # deleted or unknown to this store: a new parent
+            echo(f"[sweep] warning: parent run {parent} not usable ({type(exc).__name__}: {exc}); starting a new one")
+            parent = None
+    if not parent:
+        parent = tracking.start_run(uri, experiment, state.get("name") or "sweep",
+                                    {"scales": ",".join(scales), "methods": ",".join(methods),
+                                     "max_steps": state.get("max_steps"), "sets": " ".join(state.get("sets", []))},
+                                    {"cdb.method": "sweep"})
+        echo(f"[sweep] parent run {parent} (experiment '{experiment}', {uri})")
+    client.set_tag(parent, "cdb.sweep.scales", ",".join(scales))
+    client.set_tag(parent, "cdb.sweep.methods", ",".join(methods))
+    return parent
+
+
+def _tag(uri: str, run_id: str, key: str, value: str, echo: Callable[[str], None]) -> None:
+    try:
+        _client(uri).set_tag(run_id, key, value[:5000])
+    except Exception as exc:  # the tracking server is not a reason to stop the sweep
+        echo(f"[sweep] warning: could not tag the parent run ({type(exc).__name__}: {exc})")
+
+
+# --- Ray ----------------------------------------------------------------------------------------
+
+
+def connect_ray(points: Sequence[Point], echo: Callable[[str], None], temp_dir: str | None) -> tuple[str, bool]:
+    """(GCS address for the points' RAY_ADDRESS, whether this process started the cluster). Joins
+    RAY_ADDRESS when set, else starts a local cluster in `temp_dir` (its own: Ray's `auto` address
+    lookup fails when two clusters share a temp dir), stopped by ray.shutdown()."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False, configure_logging=False)
+        started = False
+    else:
+        need = max([p.cpus for p in points if p.gpus == 0] or [1])
+        ray.init(num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, _temp_dir=temp_dir)
+        started = True
+    address = ray.get_runtime_context().gcs_address
+    total = ray.cluster_resources()
+    echo(f"[sweep] Ray cluster {address} ({'started here' if started else 'joined'}): "
+         f"{int(total.get('CPU', 0))} CPUs, {int(total.get('GPU', 0))} GPUs")
+    return address, started
+
+
+def _remove_tree(path: str, attempts: int = 10) -> None:
+    """Remove the local cluster's temp dir; Ray processes on their way out may still write to it."""
+    for _ in range(attempts):
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.exists(path):
+            return
+        time.sleep(1)
+
+
+def cluster_total() -> dict:
+    import ray
+
+    try:
+        return dict(ray.cluster_resources())
+    except Exception:  # a hiccup reading resources: assume only what already runs fits
+        return {}
+
+
+# --- the sweep ----------------------------------------------------------------------------------
+
+
+def _elapsed(seconds: float) -> str:
+    return str(timedelta(seconds=round(seconds)))
+
+
+class Sweep:
+    def __init__(self, args: argparse.Namespace, points: list[Point], echo: Callable[[str], None] = print):
+        self.args, self.points, self.echo = args, points, echo
+        self.output_dir = Path(args.output_dir).resolve()
+        self.spec = spec_of(args.max_steps, args.set)
+        self.jobs: dict[str, Job] = {}
+        self.stop_signals: list[int] = []
+        self.lock = threading.RLock()  # re-entered by the signal handler on the main thread
+        self.started = time.monotonic()
+        self.on_parent_death = signal.SIGTERM
+
+    def say(self, text: str) -> None:
+        with self.lock:
+            self.echo(text)
+
+    # signals: the first one is forwarded to every running point (cdb.train checkpoints and exits 75),
+    # a second one kills them.
+    def on_signal(self, signum, _frame) -> None:
+        self.stop_signals.append(signum)
+        hard = len(self.stop_signals) > 1
+        self.say(f"\n[sweep] {signal.Signals(signum).name}: " + (
+            "killing the running points" if hard else
+            "no new points; running points checkpoint and stop (again to kill them)"))
+        for job in list(self.jobs.values()):
+            try:
+                if hard:
+                    os.killpg(job.process.pid, signal.SIGKILL)
+                else:
+                    job.process.send_signal(signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def prepare_state(self, uri_arg: str | None, experiment_arg: str | None) -> dict:
+        from cdb import tracking
+
+        previous = None if self.args.fresh else load_state(self.output_dir)
+        if self.args.fresh and (self.output_dir / STATE_FILE).is_file():
+            archived = self.output_dir / f"sweep.{time.strftime('%Y%m%d-%H%M%S')}.json"
+            os.replace(self.output_dir / STATE_FILE, archived)
+            self.say(f"[sweep] --fresh: previous state kept as {archived}")
+        if previous:
+            for flag, key, given in (("--tracking-uri", "tracking_uri", uri_arg), ("--experiment", "experiment", experiment_arg)):
+                if given and previous.get(key) and given != previous[key]:
+                    raise UsageError(f"{flag} {given}: {self.output_dir} holds a sweep with {key} {previous[key]}; "
+                                     "use the same value, another --output-dir, or --fresh")
+        uri = uri_arg or (previous or {}).get("tracking_uri") or tracking.resolve_uri("")
+        experiment = experiment_arg or (previous or {}).get("experiment") or DEFAULT_EXPERIMENT
+        state = previous or {"version": 1, "created": _now(), "points": {}}
+        state.update(tracking_uri=uri, experiment=experiment, output_dir=str(self.output_dir),
+                     scales=[s for s in dict.fromkeys(p.scale for p in self.points)],
+                     methods=[m for m in dict.fromkeys(p.method for p in self.points)],
+                     max_steps=self.args.max_steps, sets=list(self.args.set), parallel=self.args.parallel,
+                     status="RUNNING")
+        state.setdefault("name", f"sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+        return state
+
+    def lock_output_dir(self):
+        """An exclusive lock on OUTPUT_DIR: two sweeps must not share one folder and parent run."""
+        handle = (self.output_dir / LOCK_FILE).open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                handle.close()
+                raise UsageError(f"another sweep is running in {self.output_dir}") from None
+            self.say(f"[sweep] warning: cannot lock {self.output_dir} ({exc.strerror}); not guarding against a second sweep")
+        return handle
+
+    def run(self) -> int:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        lock = self.lock_output_dir()
+        try:
+            return self._run()
+        finally:
+            lock.close()
+
+    def _run(self) -> int:
+        state = self.prepare_state(self.args.tracking_uri, self.args.experiment)
+        uri, experiment = state["tracking_uri"], state["experiment"]
+        try:
+            state["parent_run_id"] = ensure_parent(state, uri, experiment, state["scales"], state["methods"], self.say)
+        except Exception as exc:  # nothing trained yet: better to stop than to train into nowhere
+            self.say(f"[sweep] error: cannot create the sweep's parent run in MLflow at {uri}: {type(exc).__name__}: {exc}")
+            return EXIT_FAILED
+        parent = state["parent_run_id"]
+        save_state(state, self.output_dir)
+        n = len(self.points)
+        index = {p.name: i for i, p in enumerate(self.points, 1)}
+
+        pending: list[Point] = []
+        for point in self.points:
+            entry = state["points"].get(point.name)
+            if is_done(entry, self.output_dir / point.name, self.spec):
+                self.say(f"[sweep] point {index[point.name]}/{n} {point.name}: skipped, finished earlier (run {entry.get('run_id')})")
+                continue
+            if entry and entry.get("status") == "FINISHED":
+                self.say(f"[sweep] point {index[point.name]}/{n} {point.name}: finished earlier with other settings "
+                         f"or its model is gone; training it again")
+            pending.append(point)
+
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        temp_dir = tempfile.mkdtemp(prefix="cdb-sweep-ray-") if pending and not os.environ.get("RAY_ADDRESS") else None
+        previous_handlers: dict = {}
+        connected = False
+        try:
+            if pending:
+                connected = True
+                address, ray_started = connect_ray(pending, self.say, temp_dir)
+                env["RAY_ADDRESS"] = address
+                # A local cluster dies with this process: its points cannot outlive it. On a real
+                # cluster a point told of the sweep's death checkpoints and stops (resumed on rerun).
+                self.on_parent_death = signal.SIGKILL if ray_started else signal.SIGTERM
+            # After ray.init, which sets a SIGTERM handler of its own (sys.exit) in the driver.
+            previous_handlers = {sig: signal.signal(sig, self.on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+            self.loop(pending, state, env, index, n)
+        finally:
+            for job in self.jobs.values():  # only on an error in this driver: do not leave points behind
+                self._kill(job)
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+            if connected:
+                import ray
+
+                ray.shutdown()  # stops the local cluster when this process started it
+            if temp_dir:
+                _remove_tree(temp_dir)
+
+        failed = [p.name for p in self.points if state["points"].get(p.name, {}).get("status") != "FINISHED"]
+        stopped = bool(self.stop_signals) and bool(failed)  # a stop that came after the last point changes nothing
+        report_ok = True
+        if not stopped:
+            report_ok = self.report(state, uri, experiment, parent)
+        state["status"] = "STOPPED" if stopped else ("FINISHED" if not failed and report_ok else "FAILED")
+        save_state(state, self.output_dir)
+        try:
+            client = _client(uri)
+            client.log_artifact(parent, str(self.output_dir / STATE_FILE))
+            client.set_terminated(parent, {"STOPPED": "KILLED"}.get(state["status"], state["status"]))
+        except Exception as exc:
+            self.say(f"[sweep] warning: could not finish the parent run ({type(exc).__name__}: {exc})")
+        self.summary(state, index, n)
+        if stopped:
+            return EXIT_STOPPED
+        return EXIT_OK if not failed and report_ok else EXIT_FAILED
+
+    def loop(self, pending: list[Point], state: dict, env: dict, index: dict, n: int) -> None:
+        uri, experiment, parent = state["tracking_uri"], state["experiment"], state["parent_run_id"]
+        last_beat = time.monotonic()
+        while (pending and not self.stop_signals) or self.jobs:
+            if pending and not self.stop_signals:
+                total = cluster_total() if self.args.parallel > 1 else {}
+                for point in admit(pending, [j.point for j in self.jobs.values()], total, self.args.parallel):
+                    pending.remove(point)
+                    self.launch(point, index[point.name], n, state, env, uri, experiment, parent)
+            for name, job in list(self.jobs.items()):
+                if job.process.poll() is not None:
+                    del self.jobs[name]
+                    self.finish(job, n, state, uri, parent)
+            if self.jobs and time.monotonic() - last_beat >= HEARTBEAT_S:
+                last_beat = time.monotonic()
+                running = ", ".join(f"{j.point.name} ({j.index}/{n}, {_elapsed(time.monotonic() - j.started)})"
+                                    for j in self.jobs.values())
+                done = sum(1 for p in self.points if state["points"].get(p.name, {}).get("status") == "FINISHED")
+                self.say(f"[sweep] running {running} | finished {done}/{n}, waiting {len(pending)} | "
+                         f"elapsed {_elapsed(time.monotonic() - self.started)}")
+            time.sleep(0.5)
+
+    def launch(self, point: Point, i: int, n: int, state: dict, env: dict, uri: str, experiment: str, parent: str) -> None:
+        point_dir = self.output_dir / point.name
+        entry = state["points"].get(point.name) or {}
+        # A point a signal stopped, or one an earlier sweep left RUNNING when it died, continues from
+        # its checkpoint in its own MLflow run.
+        resume = entry.get("status") in ("STOPPED", "RUNNING") and (point_dir / "run.json").is_file() \
+            and (point_dir / "config.yaml").is_file() and entry.get("spec", self.spec) == self.spec
+        cmd = train_command(point, point_dir, uri, experiment, parent, self.args.max_steps, self.args.set, resume)
+        log_path = self.output_dir / "logs" / f"{point.name}.log"
+        state["points"][point.name] = {
+            "scale": point.scale, "method": point.method, "status": "RUNNING", "output_dir": str(point_dir),
+            "log": str(log_path), "spec": self.spec, "started": _now(), "attempts": entry.get("attempts", 0) + 1,
+            "needs": {"CPU": point.cpus, "GPU": point.gpus}, "run_id": entry.get("run_id") if resume else None,
+        }
+        save_state(state, self.output_dir)
+        self.say(f"[sweep] point {i}/{n} {point.name}: {'resuming' if resume else 'starting'} "
+                 f"({point.cpus} CPUs, {point.gpus} GPUs; log {log_path}) | elapsed {_elapsed(time.monotonic() - self.started)}")
+        self.jobs[point.name] = start_job(point, i, cmd, env, log_path, self.say, self.on_parent_death)
+
+    def finish(self, job: Job, n: int, state: dict, uri: str, parent: str) -> None:
+        if job.reader:
+            job.reader.join(timeout=30)
+        point, code = job.point, job.process.returncode
+        point_dir = self.output_dir / point.name
+        run_id = None
+        try:
+            run_id = json.loads((point_dir / "run.json").read_text()).get("run_id")
+        except (OSError, json.JSONDecodeError):
+            pass
+        elapsed = time.monotonic() - job.started
+        entry = state["points"][point.name]
+        entry.update(exit_code=code, run_id=run_id, elapsed_s=round(elapsed, 1), ended=_now())
+        if code == 0:
+            entry.update(status="FINISHED", error=None)
+            tag = f"finished: run {run_id}"
+            verdict = f"FINISHED in {_elapsed(elapsed)}, run {run_id}"
+        elif code == EXIT_STOPPED:
+            entry.update(status="STOPPED", error="stopped by a signal after a checkpoint; rerun the sweep to continue")
+            tag = "stopped: checkpointed; rerun the sweep to continue"
+            verdict = f"STOPPED after {_elapsed(elapsed)} (checkpointed)"
+        else:
+            error = last_error_line(list(job.tail), code)
+            entry.update(status="FAILED", error=error)
+            tag = f"failed: {error}"
+            verdict = f"FAILED after {_elapsed(elapsed)} (exit {code}): {error}"
+        save_state(state, self.output_dir)
+        _tag(uri, parent, f"cdb.sweep.{point.name}", tag, self.say)
+        self.say(f"[sweep] point {job.index}/{n} {point.name}: {verdict} | elapsed {_elapsed(time.monotonic() - self.started)}")
+
+    def _kill(self, job: Job) -> None:
+        if job.process.poll() is None:
+            try:
+                os.killpg(job.process.pid, signal.SIGTERM)
+                job.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(job.process.pid, signal.SIGKILL)
+                job.process.wait(timeout=30)
+            except ProcessLookupError:
+                pass
+
+    def report(self, state: dict, uri: str, experiment: str, parent: str) -> bool:
+        from cdb.report import ReportError, report
+
+        out = self.output_dir / "report"
+        self.say(f"[sweep] writing the report of experiment '{experiment}' to {out}")
+        try:
+            result = report(experiment, out, uri)
+            client = _client(uri)
+            client.set_tag(result["run_id"], "mlflow.parentRunId", parent)  # the report run under the sweep
+            for path in result["files"]:
+                client.log_artifact(parent, path, "report")
+        except ReportError as exc:
+            self.say(f"[sweep] report: {exc}")
+            state["report"] = {"error": str(exc)}
+            return False
+        except Exception as exc:
+            self.say(f"[sweep] report failed: {type(exc).__name__}: {exc}")
+            state["report"] = {"error": f"{type(exc).__name__}: {exc}"}
+            return False
+        state["report"] = {"dir": str(out), "files": result["files"], "run_id": result["run_id"], "written": _now()}
+        return True
+
+    def summary(self, state: dict, index: dict, n: int) -> None:
+        lines = [f"\n[sweep] {state['status']} in {_elapsed(time.monotonic() - self.started)}: "
+                 f"experiment '{state['experiment']}', parent run {state['parent_run_id']} ({state['tracking_uri']})"]
+        for point in self.points:
+            e = state["points"].get(point.name, {})
+            detail = e.get("error") or (f"run {e.get('run_id')}" if e.get("run_id") else "")
+            lines.append(f"  {index[point.name]}/{n} {point.name:<28} {e.get('status', 'NOT RUN'):<9} {detail}")
+        if state.get("report", {}).get("dir"):
+            lines.append(f"  report: {state['report']['dir']}/report.md")
+        lines.append(f"  state:  {self.output_dir / STATE_FILE}")
+        self.say("\n".join(lines))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        points = plan(_names(args.scales, "scales"), _names(args.methods, "methods"), args.set, args.max_steps)
+    except UsageError as exc:
+        print(f"cdb.sweep: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return Sweep(args, points, echo=lambda text: print(text, flush=True)).run()
+    except UsageError as exc:
+        print(f"cdb.sweep: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

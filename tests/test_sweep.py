@@ -1,0 +1,190 @@
+"""`python -m cdb.sweep`: the scheduling rules on their own, then real sweeps of tiny points through
+`python -m cdb.train` on a local Ray cluster into a sqlite MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cdb import sweep
+from cdb.sweep import Point, admit, last_error_line
+from cdb.train import METHODS
+from conftest import REPO
+
+TINY = Point("tiny", "contrastive", cpus=2, gpus=0)
+
+
+# --- rules --------------------------------------------------------------------------------------
+
+
+def test_admit_one_at_a_time_by_default():
+    pending = [TINY, Point("tiny", "sft", 2, 0)]
+    assert admit(pending, [], {"CPU": 64, "GPU": 8}, parallel=1) == [TINY]
+    assert admit(pending[1:], [TINY], {"CPU": 64, "GPU": 8}, parallel=1) == []
+
+
+def test_admit_in_parallel_only_while_the_cluster_holds_the_points():
+    a, b, c = Point("a", "m", 2, 0), Point("b", "m", 2, 0), Point("c", "m", 8, 8)
+    assert admit([a, b, c], [], {"CPU": 4, "GPU": 0}, parallel=3) == [a, b]          # c needs GPUs: never fits
+    assert admit([b], [a], {"CPU": 3, "GPU": 0}, parallel=2) == []                 # 2 + 2 > 3 CPUs
+    assert admit([c, a], [], {"CPU": 16, "GPU": 8}, parallel=2) == [c, a]
+    assert admit([c, a], [b], {"CPU": 16, "GPU": 8}, parallel=3) == [c, a]
+    assert admit([c, a], [b], {"CPU": 10, "GPU": 8}, parallel=3) == [c]            # a waits for room
+    # A point no cluster of this size can hold starts alone (the trainer says what it needs), later
+    # points may fill the room meanwhile.
+    assert admit([c, b], [a], {"CPU": 4, "GPU": 0}, parallel=2) == [b]
+    assert admit([c], [], {"CPU": 4, "GPU": 0}, parallel=2) == [c]
+    assert admit([b], [a], {}, parallel=2) == []                                   # resources unknown: wait
+
+
+def test_the_last_error_line_is_the_trainers_own():
+    lines = ["[cdb] step 1/2", "Traceback (most recent call last):", "  File x", "ValueError: boom",
+             "error: scale 'llama2-13b' needs 16 GPUs (16 workers x 1), the Ray cluster has 0", "(raylet) noise"]
+    assert last_error_line(lines, 4).startswith("scale 'llama2-13b' needs 16 GPUs")
+    assert last_error_line(lines[:4], 1) == "ValueError: boom"
+    assert last_error_line(["nothing useful"], 1) == "python -m cdb.train exited with code 1"
+    assert last_error_line([], -9) == "killed by SIGKILL"
+
+
+def test_plan_resolves_aliases_and_needs():
+    points = sweep.plan(["tiny", "13b", "llama2-13b"], ["contrastive"], max_steps=2)
+    assert [p.name for p in points] == ["tiny-contrastive", "llama2-13b-contrastive"]
+    assert (points[1].cpus, points[1].gpus) == (16, 16)
+    assert sweep.plan(["tiny"], ["contrastive"], ["scale.num_workers=1"])[0].cpus == 1
+
+
+def run_sweep(args, cwd, timeout) -> subprocess.CompletedProcess:
+    """The sweep in a session of its own; past `timeout` that whole group is killed (its points die
+    with it by their parent-death signal), then the test fails with the output so far."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)  # a local cluster of the sweep's own
+    cmd = [sys.executable, "-m", "cdb.sweep", *args]
+    process = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"cdb.sweep took over {timeout} s:\n{stdout[-6000:]}\n{stderr[-3000:]}")
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--scales", "tiny,huge", "--methods", "contrastive"], "unknown scale 'huge'"),
+    (["--scales", "tiny", "--methods", "contrastive,magic"], "unknown method 'magic'"),
+    (["--scales", "tiny", "--methods", "contrastive", "--set", "objective.method=sft"], "the sweep sets objective.method"),
+    (["--scales", "tiny", "--methods", "contrastive", "--set", "optim.nope=1"], "optim.nope"),
+])
+def test_bad_names_exit_2_before_anything_starts(tmp_path, args, message):
+    out = tmp_path / "sweep"
+    proc = run_sweep([*args, "--output-dir", str(out), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+                     tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr
+    assert not out.exists() and not (tmp_path / "mlflow.db").exists()
+    assert "Ray cluster" not in proc.stdout
+
+
+# --- real sweeps --------------------------------------------------------------------------------
+
+
+def runs_by_name(uri: str, experiment: str) -> dict[str, list]:
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    runs: dict[str, list] = {}
+    for run in client.search_runs([found.experiment_id], max_results=1000):
+        runs.setdefault(run.info.run_name, []).append(run)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def failed_sweep(tmp_path_factory):
+    """tiny trains; gpt2 needs a GPU the local cluster lacks: recorded as failed, the sweep goes on."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    uri, out = f"sqlite:///{tmp / 'mlflow.db'}", tmp / "sweep"
+    args = ["--scales", "tiny,gpt2", "--methods", "contrastive", "--max-steps", "2", "--set", "data.max_records=16",
+            "--experiment", "sw", "--tracking-uri", uri, "--output-dir", str(out)]
+    proc = run_sweep(args, tmp, timeout=170)
+    return SimpleNamespace(tmp=tmp, uri=uri, out=out, args=args, proc=proc)
+
+
+def test_sweep_records_a_failed_point_goes_on_and_reports(failed_sweep):
+    proc, out, uri = failed_sweep.proc, failed_sweep.out, failed_sweep.uri
+    assert proc.returncode == 1, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert "point 1/2 tiny-contrastive: FINISHED" in proc.stdout and "point 2/2 gpt2-contrastive: FAILED" in proc.stdout
+
+    state = json.loads((out / "sweep.json").read_text())
+    assert state["status"] == "FAILED"
+    tiny, gpt2 = state["points"]["tiny-contrastive"], state["points"]["gpt2-contrastive"]
+    assert tiny["status"] == "FINISHED" and (out / "tiny-contrastive" / "model" / "config.json").is_file()
+    assert gpt2["status"] == "FAILED" and gpt2["exit_code"] == 4 and "needs 1 GPUs" in gpt2["error"]
+    parent_id = state["parent_run_id"]
+
+    client = MlflowClient(uri)
+    parent = client.get_run(parent_id)
+    assert parent.data.tags["cdb.method"] == "sweep" and parent.info.status == "FAILED"
+    assert parent.data.params["scales"] == "tiny,gpt2" and parent.data.params["methods"] == "contrastive"
+    assert parent.data.tags["cdb.sweep.gpt2-contrastive"].startswith("failed: scale 'gpt2' needs 1 GPUs")
+    assert parent.data.tags["cdb.sweep.tiny-contrastive"] == f"finished: run {tiny['run_id']}"
+    [child] = runs_by_name(uri, "sw")["tiny-contrastive"]
+    assert child.info.run_id == tiny["run_id"] and child.info.status == "FINISHED"
+    assert child.data.tags["mlflow.parentRunId"] == parent_id
+    assert child.data.params["train.max_steps"] == "2" and child.data.params["tracking.parent_run_id"] == parent_id
+
+    assert "tiny" in (out / "report" / "report.md").read_text()
+    logged = {a.path for a in client.list_artifacts(parent_id, "report")}
+    assert {"report/report.md", "report/report.html", "report/alignment_tax.png"} <= logged
+    assert "sweep.json" in {a.path for a in client.list_artifacts(parent_id)}
+
+
+def test_rerun_reuses_the_parent_and_skips_finished_points(failed_sweep):
+    out, uri = failed_sweep.out, failed_sweep.uri
+    first = json.loads((out / "sweep.json").read_text())
+    assert first["points"]["tiny-contrastive"]["status"] == "FINISHED", failed_sweep.proc.stdout[-3000:]
+    proc = run_sweep(failed_sweep.args, failed_sweep.tmp, timeout=170)
+    assert proc.returncode == 1, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert "tiny-contrastive: skipped, finished earlier" in proc.stdout
+    assert "[tiny-contrastive]" not in proc.stdout  # no cdb.train output for it
+    again = json.loads((out / "sweep.json").read_text())
+    assert again["parent_run_id"] == first["parent_run_id"]
+    assert again["points"]["tiny-contrastive"]["run_id"] == first["points"]["tiny-contrastive"]["run_id"]
+    assert again["points"]["gpt2-contrastive"]["attempts"] == 2  # failed points are tried again
+    runs = runs_by_name(uri, "sw")
+    assert len(runs["tiny-contrastive"]) == 1
+    assert sum(1 for rs in runs.values() for r in rs if r.data.tags.get("cdb.method") == "sweep") == 1
+
+
+@pytest.mark.skipif("sft" not in METHODS, reason="cdb.train has no --method sft yet")
+def test_sweep_of_two_methods_in_parallel_finishes_with_a_child_run_each(tmp_path):
+    """One worker per point, so both fit the 2-CPU local cluster at once (--parallel 2)."""
+    uri, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "sweep"
+    proc = run_sweep(["--scales", "tiny", "--methods", "contrastive,sft", "--max-steps", "2", "--parallel", "2",
+                      "--set", "scale.num_workers=1", "--set", "data.max_records=16",
+                      "--tracking-uri", uri, "--output-dir", str(out)], tmp_path, timeout=175)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    state = json.loads((out / "sweep.json").read_text())
+    assert state["status"] == "FINISHED" and state["experiment"] == "cdb-sweep"
+    points = state["points"]
+    assert {k: v["status"] for k, v in points.items()} == {"tiny-contrastive": "FINISHED", "tiny-sft": "FINISHED"}
+    # Both ran at once: each started before the other ended.
+    a, b = points["tiny-contrastive"], points["tiny-sft"]
+    assert a["started"] <= b["ended"] and b["started"] <= a["ended"]
+    runs = runs_by_name(uri, "cdb-sweep")
+    for name in ("tiny-contrastive", "tiny-sft"):
+        [child] = runs[name]
+        assert child.data.tags["mlflow.parentRunId"] == state["parent_run_id"]
+        assert child.data.tags["cdb.method"] == name.split("-", 1)[1] and child.data.params["world_size"] == "1"
+    assert MlflowClient(uri).get_run(state["parent_run_id"]).info.status == "FINISHED"
+    assert (out / "report" / "report.md").is_file()
