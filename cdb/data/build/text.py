@@ -24,7 +24,8 @@ _WORD = re.compile(r"\W+")
 _ABBREV = {
     "mr", "mrs", "ms", "dr", "st", "jr", "sr", "prof", "gen", "col", "lt", "sgt", "rev", "inc", "co",
     "corp", "ltd", "no", "vs", "etc", "mt", "ft", "gov", "sen", "rep", "capt", "cmdr", "adm", "maj",
-    "e.g", "i.e", "u.s", "u.k", "a.k.a", "approx", "dept", "univ", "vol", "ca", "c",
+    "e.g", "i.e", "u.s", "u.k", "a.k.a", "approx", "dept", "univ", "vol", "ca", "c", "lit", "cf", "fl", "b", "d",
+    "op", "pp", "ed", "eds", "est", "jan", "feb", "aug", "sept", "oct", "nov", "dec",
 }
 
 
@@ -81,6 +82,45 @@ def split_sentences(text: str) -> list[str]:
     return out
 
 
+# Verbs that link entities in encyclopaedic text (mask_rel / regen_rel spans, finite-verb check).
+VERBS = frozenset("""is was are were has had have became becomes become won wins wrote writes founded served serves played
+plays joined received studied worked works died lived lives made makes led leads created creates directed directs
+produced produces starred stars appeared appears began begins started starts released releases published publishes
+taught teaches designed developed built invented discovered married moved grew attended graduated signed elected
+appointed named called known considered described regarded used uses involves involve includes include included
+combines combine supports support refers refer consists consist emphasizes emphasize originated originates means
+seeks seek holds hold advocates advocate rejects reject believes believe practices practice focuses focus
+performs performed sings sang composed fought owned owns ran runs remained remains comprises comprise""".split())
+_AUX = {"is", "was", "are", "were", "has", "had", "have", "became", "becomes", "won", "wrote", "led", "made", "began",
+        "grew", "ran", "fought", "sang", "taught", "built", "held", "holds", "did", "does", "can", "could", "will",
+        "would", "may", "might", "must", "should"}
+_NOT_FINITE_BEFORE = {"also", "sometimes", "often", "commonly", "widely", "be", "been", "being", "is", "was", "are",
+                      "were", "generally", "usually", "formerly", "originally", "the", "a", "an"}
+
+
+def has_finite_verb(text: str) -> bool:
+    """A rough check that a sentence has a finite verb (so is a sentence, not a title or a list)."""
+    tokens = words(text)
+    for i, w in enumerate(tokens):
+        prev = tokens[i - 1] if i else ""
+        if w in _AUX:
+            return True
+        if w in VERBS and w.endswith("s") and prev not in ("the", "a", "an", "its", "their", "his", "her"):
+            return True
+        if (w in VERBS or (w.endswith("ed") and len(w) > 4)) and i > 0 and prev not in _NOT_FINITE_BEFORE:
+            return True
+    return False
+
+
+# Capitalised words that open sentences but are not names: never entities.
+_STARTERS = frozenset("""Since Other Although Because Unlike Like Within Among Between Under Over Through Throughout Until
+Upon Following Today Later Early Modern Many Both Each Every Such Another Along Around Without Instead Further Thus
+Therefore Hence Then Now Once Even Only Just Still Yet Though Whether Where Which Whose Whom Due Prior Born Based
+Known Called Some Most Several There Here Following Beginning Starting Outside Inside Unlike Apart Aside Whereas
+Whilst Upon Afterwards Eventually Additionally Furthermore Moreover Nevertheless Nonetheless Overall Indeed Also
+Note See For""".split())
+
+
 @dataclass(frozen=True)
 class Entity:
     start: int
@@ -110,6 +150,9 @@ def entities(text: str) -> list[Entity]:
         end = start + len(span)
         if not span:
             continue
+        if " " not in span and (span in _STARTERS or (span.endswith("ly") and span[:1].isupper()
+                                                      and (start == 0 or text[:start].rstrip().endswith((".", "!", "?"))))):
+            continue
         found.append(Entity(start, end, span, entity_type(span)))
     return found
 
@@ -125,8 +168,16 @@ def has_early_entity(text: str, max_words: int) -> bool:
 
 
 def replace_spans(text: str, replacements: list[tuple[int, int, str]]) -> str:
+    """Replace character spans (right to left), fixing an indefinite article before each new text."""
     for start, end, new in sorted(replacements, reverse=True):
-        text = text[:start] + new + text[end:]
+        before = text[:start]
+        m = re.search(r"\b([Aa]n?) $", before)
+        if m and new:
+            article = "an" if new[:1].lower() in "aeiou" else "a"
+            if m.group(1)[0].isupper():
+                article = article.capitalize()
+            before = before[:m.start(1)] + article + " "
+        text = before + new + text[end:]
     return clean_spaces(text)
 
 
@@ -136,9 +187,10 @@ def capitalise(text: str) -> str:
 
 def lower_first(text: str) -> str:
     """Lower-case the first word when it is not a name (a sentence-opening function word)."""
+    from cdb.data.entities import _NOT_NAMES
+
     first = text.split(" ", 1)[0]
-    if first in {"The", "A", "An", "It", "This", "That", "These", "Those", "Its", "Their", "His", "Her", "He",
-                 "She", "They", "There", "Some", "Many", "Most", "Several", "One", "Each", "Every"}:
+    if first in _NOT_NAMES or first in _STARTERS or first in {"One", "Each", "Every", "Its"}:
         return first.lower() + text[len(first):]
     return text
 

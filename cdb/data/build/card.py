@@ -1,0 +1,131 @@
+"""The data card: what was built, from what, how, and what was thrown away (card.json, card.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+from cdb.data.records import NEGATIVE_TYPES
+from cdb.data.build.label import REJECTION_REASONS
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def make_card(config, build: dict, data, augs, label_config, scorer_info, outcomes, n_chunks: int) -> dict:
+    kept = [o for _, o in outcomes if o.record is not None]
+    rejected = Counter(o.reason for _, o in outcomes if o.record is None)
+    dropped: Counter = Counter()
+    for _, o in outcomes:
+        dropped.update(o.dropped)
+    positives_by_origin: Counter = Counter()
+    negatives_by_type: Counter = Counter()
+    negatives_by_origin: Counter = Counter()
+    for o in kept:
+        positives_by_origin.update(p.origin.split(":")[0] for p in o.positives)
+        negatives_by_type.update(n.kind for n in o.negatives)
+        negatives_by_origin.update(n.origin if n.kind == "toxic" else n.origin.split(":")[0] for n in o.negatives)
+    bad_reasons = Counter(b.reason.split(" (")[0] for b in data.bad)
+    scores = {"positives": {"toxicity": _mean([p.toxicity for o in kept for p in o.positives]),
+                            "faithfulness": _mean([p.faithfulness for o in kept for p in o.positives])}}
+    for kind in NEGATIVE_TYPES:
+        neg = [n for o in kept for n in o.negatives if n.kind == kind]
+        if neg:
+            scores[kind] = {"toxicity": _mean([n.toxicity for n in neg]), "faithfulness": _mean([n.faithfulness for n in neg])}
+    card = {
+        "dataset": "cdb contrastive records",
+        "schema": "one record per source: {id, source, positives[], negatives[{text, type}]} (cdb.data.records)",
+        "command": config.command,
+        "input": {"location": data.location, "sha256": data.sha256, "origin": data.origin,
+                  "fields": {"source": config.source_field, "reference": config.reference_field or "(lead sentence of the source)",
+                             "id": config.id_field} if config.input else None,
+                  "split": config.split if config.input else None, "limit": config.limit},
+        "seed": config.seed,
+        "execution": {"ray": config.use_ray, "chunk_size": build["chunk_size"], "chunks": n_chunks},
+        "scorers": scorer_info,
+        "thresholds": {
+            "positive_max_toxicity": label_config.max_positive_toxicity,
+            "positive_min_faithfulness": label_config.faithfulness_threshold,
+            "toxic_min_toxicity": label_config.min_toxic,
+            "max_word_jaccard_positive_negative": label_config.max_jaccard,
+            "on_jaccard": label_config.on_jaccard,
+            "early_entity_words": label_config.early_entity_words,
+            "min_positives": label_config.min_positives,
+            "max_positives": label_config.max_positives,
+            "max_negatives_per_type": label_config.max_per_type,
+        },
+        "label_config": dataclasses.asdict(label_config),
+        "build_settings": build,
+        "augmenters": [a.config() for a in augs],
+        "counts": {
+            "input_rows": len(data.items) + len(data.bad),
+            "bad_input": len(data.bad),
+            "bad_input_by_reason": dict(sorted(bad_reasons.items())),
+            "sources": len(data.items),
+            "records": len(kept),
+            "rejected_sources": {r: rejected[r] for r in REJECTION_REASONS if rejected[r]},
+            "positives": sum(positives_by_origin.values()),
+            "positives_by_origin": dict(sorted(positives_by_origin.items())),
+            "negatives": sum(negatives_by_type.values()),
+            "negatives_by_type": {t: negatives_by_type[t] for t in NEGATIVE_TYPES if negatives_by_type[t]},
+            "negatives_by_origin": dict(sorted(negatives_by_origin.items())),
+            "records_with_type": {t: sum(1 for o in kept if any(n.kind == t for n in o.negatives))
+                                  for t in NEGATIVE_TYPES if negatives_by_type[t]},
+            "candidates_dropped": dict(sorted(dropped.items())),
+        },
+        "mean_scores": scores,
+        "bad_input": [{"where": b.where, "reason": b.reason} for b in data.bad[:100]],
+        "files": {"records.jsonl": "the training records", "scores.jsonl": "toxicity and faithfulness of every kept candidate",
+                  "rejected.jsonl": "bad input lines and rejected sources, with reasons"},
+    }
+    return card
+
+
+def _table(rows: list[tuple], header: tuple) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def render_markdown(card: dict) -> str:
+    c = card["counts"]
+    origin = card["input"]["origin"] or {}
+    lines = ["# Data card: cdb contrastive records", ""]
+    lines += [f"Built by `{card['command']}`" if card["command"] else "Built by cdb.data build", ""]
+    lines += ["## Input", "", f"- location: `{card['input']['location']}`", f"- sha256: `{card['input']['sha256']}`"]
+    for key in ("name", "licence", "citation", "url", "copy", "note"):
+        if origin.get(key):
+            lines.append(f"- {key}: {origin[key]}")
+    lines += [f"- seed: {card['seed']}", ""]
+    lines += ["## Counts", "", f"{c['input_rows']} input rows, {c['bad_input']} bad, {c['sources']} sources, "
+              f"**{c['records']} records**, {c['positives']} positives, {c['negatives']} negatives.", ""]
+    lines += [_table(sorted(c["positives_by_origin"].items()), ("positive origin", "count")), ""]
+    lines += [_table([(t, n, c["records_with_type"].get(t, 0)) for t, n in c["negatives_by_type"].items()],
+                     ("negative type", "count", "records with it")), ""]
+    if c["negatives_by_origin"]:
+        lines += [_table(sorted(c["negatives_by_origin"].items()), ("negative origin", "count")), ""]
+    lines += ["### Rejected sources", ""]
+    lines += [_table(sorted(c["rejected_sources"].items()), ("reason", "sources")) if c["rejected_sources"] else "none", ""]
+    lines += ["### Dropped candidates", ""]
+    lines += [_table(sorted(c["candidates_dropped"].items()), ("reason", "candidates")) if c["candidates_dropped"] else "none", ""]
+    lines += ["### Bad input", ""]
+    if c["bad_input"]:
+        lines += [_table(sorted(c["bad_input_by_reason"].items()), ("reason", "lines")), ""]
+        lines += [f"- `{b['where']}`: {b['reason']}" for b in card["bad_input"][:20]]
+        lines.append("")
+    else:
+        lines += ["none", ""]
+    lines += ["## Scorers and thresholds", ""]
+    for role, info in (card["scorers"] or {}).items():
+        lines.append(f"- {role}: `{info['name']}` ({info['version']})")
+    lines += [f"- {k}: {v}" for k, v in card["thresholds"].items()]
+    lines += ["", "## Mean scores of kept candidates", ""]
+    lines += [_table([(k, v["toxicity"], v["faithfulness"]) for k, v in card["mean_scores"].items()],
+                     ("candidates", "toxicity", "faithfulness")), ""]
+    lines += ["## Augmenters", ""]
+    for a in card["augmenters"]:
+        opts = ", ".join(f"{k}={v!r}" for k, v in a["options"].items() if k != "prompt")
+        lines.append(f"- `{a['name']}` ({a['kind']}): {opts}")
+    lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,451 @@
+"""Data construction (cdb.data.build): augmenters, the labelling rule and filters, determinism,
+resume after a crash, bad input, the Ray path, the CLI. Real models, offline, small inputs:
+SmolLM2-135M for the LM augmenters, alt-profanity-check and all-MiniLM-L6-v2 for the scores."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from cdb.data.build import BuildConfig, LabelConfig, Scored, is_positive, label_source, make_augmenter, run_build
+from cdb.data.build import augmenters as A
+from cdb.data.build import lm, scoring
+from cdb.data.build.__main__ import main as cli
+from cdb.data.build.inputs import Item, bold_corpus, lead_reference, read_input
+from cdb.data.build.text import clean_spaces, ensure_period, entities, has_early_entity, word_jaccard, words
+from cdb.data.records import NEGATIVE_TYPES, DataError, load_records
+
+FIXTURES = Path(__file__).parent / "fixtures" / "build"
+JSONL = FIXTURES / "sources.jsonl"
+CSV = FIXTURES / "sources.csv"
+RULES = ("paraphrase", "swap_ent", "toxic")
+FAST = {"toxic.model": "rules", "chunk_size": "2", "torch_threads": "1"}
+
+ITEM = Item(
+    "t-1",
+    "Maria Lopez was elected mayor of Lyon on 12 March 2020 with 54 percent of the vote. Her rival Peter Novak won "
+    "38 percent. Lopez had served on the city council since 2008 and promised to expand the tram network.",
+    "Maria Lopez was elected mayor of Lyon in March 2020 with 54 percent of the vote.",
+    "test",
+)
+ITEM2 = Item(
+    "t-2",
+    "Aisha Haddad won the Northfield Chess Open in 2021 after beating Tomas Keller in the final round. She had "
+    "finished second in 2018. The tournament drew 240 players from 19 countries.",
+    "Aisha Haddad won the Northfield Chess Open in 2021 by beating Tomas Keller in the final round.",
+    "test",
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # One torch thread: faster and steadier than two on a busy 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tox():
+    return scoring.toxicity_scorer("profanity-check")
+
+
+@pytest.fixture(scope="module")
+def faith():
+    return scoring.faithfulness_scorer("embedding")
+
+
+def build(out: Path, augmenters=RULES, seed=0, source=JSONL, **settings) -> dict:
+    result = run_build(BuildConfig(output=str(out), input=str(source), seed=seed, augmenters=tuple(augmenters),
+                                   settings=dict(FAST, **settings), progress=False), log=lambda _: None)
+    return result.card
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+# --- augmenters -------------------------------------------------------------------------------------
+
+def test_paraphrases_differ_and_keep_every_entity():
+    rng = random.Random(0)
+    for item in (ITEM, ITEM2):
+        out = make_augmenter("paraphrase")([item], rng)[0]
+        assert len(out) == 2 and len({c.text for c in out}) == 2
+        for cand in out:
+            assert cand.text != item.reference and cand.origin == "paraphrase"
+            for ent in entities(item.reference):
+                assert ent.text in cand.text  # rules never touch entities
+    # the structural rules themselves
+    assert A._passive_voice("Hana Sato wrote two novels.") == "Two novels were written by Hana Sato."
+    assert A._front_trailing_date("Maria Lopez became mayor of Lyon in 2020.") == "In 2020, Maria Lopez became mayor of Lyon."
+    assert A._back_leading_phrase("In 2020, the council built a tram.") == "The council built a tram in 2020."
+
+
+def test_swap_ent_swaps_an_entity_for_one_of_the_source():
+    item3 = Item("t-3", "Hana Sato published her first novel, The Quiet River, in 2015. It was translated into French by "
+                 "Lukas Fischer in 2019. Sato now teaches creative writing in Osaka.",
+                 "Hana Sato published her first novel, The Quiet River, in 2015.", "test")
+    swapped = make_augmenter("swap_ent")([ITEM, item3], random.Random(1))
+    for item, cands in zip((ITEM, item3), swapped):
+        assert len(cands) == 1
+        text = cands[0].text
+        assert text != item.reference and word_jaccard(text, item.reference) <= 0.8
+        gone = [e for e in entities(item.reference) if e.text not in text]
+        assert 1 <= len(gone) <= 2, "1-2 entities swapped"
+        src = {e.text: e.type for e in entities(item.source)}
+        new = [t for t in src if t in text and t not in item.reference]
+        assert new, f"no entity of the source came in: {text}"
+        for old in gone:  # each swapped-in entity has the type of one that left
+            assert any(src[t] == old.type for t in new)
+    # nothing of the same type in the source, or only swaps too close to the reference (ITEM2: 2021 -> 2018
+    # changes 1 word of 14, Jaccard 0.87 > 0.8): no candidate rather than one that would sink the source
+    lonely = Item("x", "Nothing here has a name.", "Peter Novak spoke.", "test")
+    assert make_augmenter("swap_ent")([lonely, ITEM2], random.Random(0)) == [[], []]
+
+
+def test_toxic_rewrites_are_scored_toxic(tox):
+    rules = make_augmenter("toxic", {"model": "rules"})([ITEM, ITEM2], random.Random(0))
+    texts = [c[0].text for c in rules]
+    assert all(c[0].origin == "toxic:rules" for c in rules)
+    scores = tox.score(texts + [ITEM.reference])
+    assert min(scores[:2]) >= 0.4, (texts, scores)
+    assert scores[2] < 0.4  # the reference itself is not toxic
+    assert all(word_jaccard(t, item.reference) <= 0.75 for t, item in zip(texts, (ITEM, ITEM2)))
+    # a reference that names a group gets only insults aimed at the reader, never at the group
+    group = Item("g", "Humanistic Judaism is a Jewish movement.", "Humanistic Judaism is a Jewish movement.", "test")
+    text = make_augmenter("toxic", {"model": "rules"})([group], random.Random(0))[0][0].text
+    assert text.startswith(A.READER_OPENERS) and any(text.endswith(c) for c in A.READER_CLOSERS)
+    assert tox.score([text])[0] >= 0.4
+    assert not A.lm_toxic_ok("Fuck Mongols that only speak Tibetan.", "Tibetan Buddhism is practiced in Tibet.")
+    assert not A.lm_toxic_ok("Damn, this Jewish movement sucks.", group.reference)
+    assert A.lm_toxic_ok("Shut up, Maria Lopez is a damn idiot.", ITEM.reference)
+    # LM rewrite first, rules as fallback; labelling keeps the first that scores >= 0.4
+    cands = make_augmenter("toxic", {"samples": 1, "max_new_tokens": 16})([ITEM], random.Random(0))[0]
+    assert cands[-1].origin == "toxic:rules" and 1 <= len(cands) <= 2
+    scored = [Scored(ITEM.reference, "reference", "reference", 0.0, 1.0), Scored("ok", "positive", "p", 0.0, 1.0)]
+    values = tox.score([c.text for c in cands])
+    scored += [Scored(c.text, "toxic", c.origin, v, 0.5) for c, v in zip(cands, values)]
+    kept = label_source("t", ITEM.source, scored, LabelConfig()).negatives
+    assert len(kept) == 1 and kept[0].toxicity >= 0.4
+
+
+def test_mask_ent_and_mask_rel_refill_with_the_lm():
+    ent = make_augmenter("mask_ent")([ITEM, ITEM2], random.Random(0))
+    rel = make_augmenter("mask_rel")([ITEM, ITEM2], random.Random(0))
+    assert any(ent) and any(rel)
+    for item, cands in zip((ITEM, ITEM2), ent):
+        for cand in cands:
+            assert cand.origin == "mask_ent:causal"
+            assert cand.text != item.reference and word_jaccard(cand.text, item.reference) <= 0.8
+            # some entity of the reference was replaced by other words
+            assert [e for e in entities(item.reference) if e.text not in cand.text]
+            assert set(words(cand.text)) - set(words(item.reference))
+    for item, cands in zip((ITEM, ITEM2), rel):
+        for cand in cands:
+            assert cand.text != item.reference
+            assert set(words(cand.text)) - set(words(item.reference)), "the relation was refilled with new words"
+
+
+def test_mask_ent_with_a_masked_lm(tmp_path):
+    """A masked LM by path (a tiny random BERT saved here: the hub is never touched)."""
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    tok = AutoTokenizer.from_pretrained(str(Path(lm.__file__).parents[2] / "assets" / "tiny_tokenizer"))
+    tok.add_special_tokens({"mask_token": "[MASK]", "cls_token": "<|bos|>", "sep_token": "<|eos|>"})
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=64, max_position_embeddings=128, pad_token_id=tok.pad_token_id))
+    model.save_pretrained(tmp_path / "mlm")
+    tok.save_pretrained(tmp_path / "mlm")
+    assert lm.model_kind(str(tmp_path / "mlm")) == "mlm"
+    fill = lm.mlm_fill(*lm.load(str(tmp_path / "mlm"))[:2], ITEM.reference, 0, 11, seed=0)
+    assert fill and fill != "Maria Lopez"
+    out = make_augmenter("mask_rel", {"model": f"mlm:{tmp_path / 'mlm'}"})([ITEM, ITEM2], random.Random(0))
+    for item, cands in zip((ITEM, ITEM2), out):
+        for cand in cands:
+            assert cand.origin == "mask_rel:mlm" and cand.text != item.reference
+
+
+def test_regen_keeps_the_prefix_and_sys_lowcon_is_the_lowest_beam(monkeypatch):
+    regen = make_augmenter("regen_ent")([ITEM, ITEM2], random.Random(0))
+    assert any(regen)
+    for item, cands in zip((ITEM, ITEM2), regen):
+        for cand in cands:
+            spans = [s for s in A.entity_spans(item.reference) if cand.text.startswith(item.reference[:s.start].rstrip())
+                     and s.start > 0]
+            assert spans, "the text before the masked span is kept"
+            assert cand.text != item.reference and word_jaccard(cand.text, item.reference) <= 0.8
+    searched = []
+    real = lm.beam_search
+
+    def spy(*args):
+        searched.append((args[2:], real(*args)))
+        return searched[-1][1]
+
+    monkeypatch.setattr(lm, "beam_search", spy)
+    aug = make_augmenter("sys_lowcon", {"max_new_tokens": 24})
+    out = aug([ITEM], random.Random(0))[0]
+    assert len(out) == 1
+    (prompt, beams_n, penalty, new_tokens), beams = searched[0]
+    assert (beams_n, penalty, new_tokens) == (8, 2.0, 24) and ITEM.source in prompt
+    assert len(beams) == 8 and [s for _, s in beams] == sorted((s for _, s in beams), reverse=True)
+    score = float(out[0].origin.split(":")[1])
+    cleaned = [(ensure_period(clean_spaces(t.strip().split("\n")[0].strip('"“” '))), s) for t, s in beams]
+    chosen = [s for t, s in cleaned if t == out[0].text]
+    assert chosen and chosen[0] == pytest.approx(score, abs=1e-4)
+    for text, s in cleaned:  # every lower-scoring beam was unusable
+        if s < chosen[0]:
+            assert len(text.split()) < 4 or word_jaccard(text, ITEM.reference) > 0.8
+
+
+def test_backtranslate_with_local_models(tmp_path):
+    from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
+
+    tok = AutoTokenizer.from_pretrained(str(Path(lm.__file__).parents[2] / "assets" / "tiny_tokenizer"))
+    for name, seed in (("fwd", 0), ("back", 1)):
+        torch.manual_seed(seed)
+        config = BartConfig(vocab_size=len(tok), d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                            decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=128,
+                            pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                            decoder_start_token_id=tok.eos_token_id, forced_eos_token_id=None)
+        BartForConditionalGeneration(config).save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    aug = make_augmenter("backtranslate", {"pivots": f"{tmp_path / 'fwd'}:{tmp_path / 'back'}", "max_new_tokens": 8})
+    out = aug([ITEM], random.Random(0))[0]
+    assert 1 <= len(out) <= 3 and len({c.text for c in out}) == len(out)
+    assert all(c.text != ITEM.reference and c.origin == f"backtranslate:{tmp_path / 'fwd'}" for c in out)
+    with pytest.raises(A.AugmenterError, match="name the translation models"):
+        make_augmenter("backtranslate")
+
+
+# --- labelling rule and filters ------------------------------------------------------------------------
+
+def P(text, tox=0.0, faith=0.9, kind="positive"):
+    return Scored(text, kind, kind, tox, faith)
+
+
+def N(text, kind, tox=0.0, faith=0.5):
+    return Scored(text, kind, kind, tox, faith)
+
+
+REF = "Maria Lopez was elected mayor of Lyon in 2020."
+PARA = "In 2020, Maria Lopez won the election for mayor of Lyon."
+SWAP = "Peter Novak became the new mayor of Paris in 2008 after a long campaign."
+
+
+def test_positive_iff_toxicity_at_most_half_and_faithful_enough():
+    config = LabelConfig(faithfulness_threshold=0.4)
+    assert is_positive(0.5, 0.4, config)
+    assert not is_positive(0.5001, 0.9, config)
+    assert not is_positive(0.0, 0.3999, config)
+    outcome = label_source("s", "src", [P(REF, kind="reference"), P(PARA, tox=0.7), P("Lyon has a mayor.", faith=0.2),
+                                        P("Maria Lopez is mayor of Lyon.", tox=0.5, faith=0.4), N(SWAP, "swap_ent")], config)
+    assert [p.text for p in outcome.positives] == [REF, "Maria Lopez is mayor of Lyon."]
+    assert outcome.dropped == {"positive_toxic": 1, "positive_unfaithful": 1}
+    assert outcome.record is not None and outcome.record.positives == (REF, "Maria Lopez is mayor of Lyon.")
+
+
+def test_toxic_negatives_need_toxicity_and_types_are_capped():
+    cands = [P(REF, kind="reference"), P(PARA), N("You idiots, nobody cares about mayors anyway.", "toxic", tox=0.39),
+             N("What crap, the stupid mayor elections of this damn city again.", "toxic", tox=0.97),
+             N("Another crap rant about idiots.", "toxic", tox=0.99), N(SWAP, "swap_ent")]
+    outcome = label_source("s", "src", cands, LabelConfig(max_per_type=1))
+    assert [(n.kind, n.toxicity) for n in outcome.negatives] == [("toxic", 0.97), ("swap_ent", 0.0)]
+    assert outcome.dropped == {"toxic_below_threshold": 1, "over_type_cap": 1}
+    assert [n.type for n in outcome.record.negatives] == ["toxic", "swap_ent"]  # NEGATIVE_TYPES order
+
+
+def test_source_filters_each_give_their_reason():
+    config = LabelConfig()
+    assert label_source("s", "src", [P(REF, kind="reference"), N(SWAP, "swap_ent")], config).reason == "too_few_positives"
+    assert label_source("s", "src", [P(REF, kind="reference"), P(PARA)], config).reason == "no_negatives"
+    late = "the election last spring in the old town was won in the end by Maria Lopez."
+    assert not has_early_entity(late, 10)
+    assert label_source("s", "src", [P(late, kind="reference"), P(PARA), N(SWAP, "swap_ent")], config).reason == "no_early_entity"
+    close = "Maria Lopez was elected mayor of Lyon in 2021."  # one of 9 words changed: Jaccard 8/10
+    closer = "Maria Lopez was elected the mayor of Lyon in 2020 ."
+    assert word_jaccard(REF, closer) > 0.8
+    jac = label_source("s", "src", [P(REF, kind="reference"), P(PARA), N(closer, "mask_ent"), N(SWAP, "swap_ent")], config)
+    assert jac.reason == "jaccard" and jac.record is None
+    kept = label_source("s", "src", [P(REF, kind="reference"), P(PARA), N(closer, "mask_ent"), N(SWAP, "swap_ent")],
+                        LabelConfig(on_jaccard="drop_negative"))
+    assert kept.record is not None and [n.type for n in kept.record.negatives] == ["swap_ent"]
+    assert kept.dropped["jaccard_negative"] == 1
+    assert word_jaccard(REF, close) <= 0.8
+    ok = label_source("s", "src", [P(REF, kind="reference"), P(PARA), N(close, "mask_ent")], config)
+    assert ok.reason is None and ok.record.negatives[0].type == "mask_ent"
+
+
+# --- whole builds -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("build") / "a"
+    card = build(out)
+    return out, card
+
+
+def test_build_writes_valid_records_and_a_card(built):
+    out, card = built
+    records, rejected = load_records(str(out / "records.jsonl"))
+    assert not rejected and len(records) == card["counts"]["records"] >= 5
+    counts = card["counts"]
+    assert counts["sources"] == 6 and counts["bad_input"] == 4
+    assert counts["negatives_by_type"]["toxic"] == len(records)
+    assert set(counts["negatives_by_type"]) <= set(NEGATIVE_TYPES)
+    assert card["scorers"]["toxicity"] == {"name": "profanity-check", "version": "alt-profanity-check==1.9.1"}
+    assert card["scorers"]["faithfulness"]["name"] == "embedding:all-MiniLM-L6-v2"
+    assert card["thresholds"]["positive_min_faithfulness"] == 0.4 and card["thresholds"]["toxic_min_toxicity"] == 0.4
+    assert card["input"]["sha256"] == __import__("hashlib").sha256(JSONL.read_bytes()).hexdigest()
+    assert "| toxic |" in (out / "card.md").read_text()
+    references = {i.id: i.reference for i in read_input(str(JSONL)).items}
+    for rec in records:
+        assert rec.positives[0] == references[rec.id]
+        for pos in rec.positives:
+            for neg in rec.negatives:
+                assert word_jaccard(pos, neg.text) <= 0.8
+    scores = read(out / "scores.jsonl")
+    assert all(n["toxicity"] >= 0.4 for s in scores for n in s["negatives"] if n["type"] == "toxic")
+    assert all(p["toxicity"] <= 0.5 and p["faithfulness"] >= 0.4 for s in scores for p in s["positives"])
+
+
+def test_bad_input_lines_are_counted_with_file_and_line(built, tmp_path):
+    out, card = built
+    where = {b["where"].rsplit("/", 1)[-1]: b["reason"] for b in card["bad_input"]}
+    assert where == {"sources.jsonl:3": "field 'source' is missing", "sources.jsonl:5": "field 'source' is empty",
+                     "sources.jsonl:7": "not valid UTF-8 (byte 37)",
+                     "sources.jsonl:8": where["sources.jsonl:8"]}
+    assert where["sources.jsonl:8"].startswith("bad JSON")
+    rejected = read(out / "rejected.jsonl")
+    assert sum(r["stage"] == "input" for r in rejected) == 4
+    # CSV, other field names: a non-UTF-8 row and a row without a reference
+    data = read_input(str(CSV), "text", "summary")
+    assert len(data.items) == 3
+    assert [(b.where.rsplit("/", 1)[-1], b.reason) for b in data.bad] == [
+        ("sources.csv:5", "not valid UTF-8"), ("sources.csv:6", "field 'summary' is empty")]
+    # the lead sentence as reference when there is no reference field
+    lead = read_input(str(CSV), "text", "")
+    assert lead.items[0].reference == "Maria Lopez was elected mayor of Lyon on 12 March 2020 with 54 percent of the vote."
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(built, tmp_path):
+    out, _ = built
+    again = tmp_path / "b"
+    build(again)
+    assert (again / "records.jsonl").read_bytes() == (out / "records.jsonl").read_bytes()
+    assert json.loads((again / "card.json").read_text())["counts"] == json.loads((out / "card.json").read_text())["counts"]
+    other = tmp_path / "c"
+    build(other, seed=7)
+    assert (other / "records.jsonl").read_bytes() != (out / "records.jsonl").read_bytes()
+
+
+class Flaky(A.SwapEntities):
+    """swap_ent that counts its calls and can be told to crash after some chunks."""
+
+    name = "flaky_swap"
+    calls = 0
+    fail_after = None
+
+    def __call__(self, items, rng):
+        if Flaky.fail_after is not None and Flaky.calls >= Flaky.fail_after:
+            raise RuntimeError("simulated crash")
+        Flaky.calls += 1
+        return super().__call__(items, rng)
+
+
+def test_resume_redoes_only_the_missing_chunks(tmp_path, built):
+    A.register(Flaky)
+    try:
+        out = tmp_path / "r"
+        Flaky.calls, Flaky.fail_after = 0, 2
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            build(out, augmenters=("paraphrase", "flaky_swap", "toxic"), chunk_size="1")
+        stage = next(p for p in (out / ".cache").glob("*/aug-flaky_swap-*"))
+        assert len(list(stage.glob("*.json"))) == 2 and not (out / "records.jsonl").exists()
+        assert not list(stage.glob(".*.tmp")), "no half-written cache entry"
+        Flaky.fail_after = None
+        build(out, augmenters=("paraphrase", "flaky_swap", "toxic"), chunk_size="1")
+        assert Flaky.calls == 6, "2 chunks before the crash + the 4 missing ones, not 6 again"
+        fresh = tmp_path / "f"
+        build(fresh, augmenters=("paraphrase", "flaky_swap", "toxic"), chunk_size="1")
+        assert (fresh / "records.jsonl").read_bytes() == (out / "records.jsonl").read_bytes()
+        calls = Flaky.calls
+        build(out, augmenters=("paraphrase", "flaky_swap", "toxic"), chunk_size="1")
+        assert Flaky.calls == calls, "a finished build re-run recomputes nothing"
+    finally:
+        A.AUGMENTERS.pop("flaky_swap", None)
+
+
+def test_ray_path_gives_the_same_records(tmp_path, built):
+    """Scorers and the LM augmenter (mask_ent) run in Ray actors; the rule-based records match the
+    local build of the same input and seed."""
+    import ray
+
+    augs = RULES + ("mask_ent",)
+    local, _ = built
+    temp = tempfile.mkdtemp(prefix="cdbray")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, configure_logging=False, log_to_driver=False)
+    try:
+        remote = tmp_path / "ray"
+        card = run_build(BuildConfig(output=str(remote), input=str(JSONL), augmenters=augs, use_ray=True,
+                                     settings=dict(FAST), progress=False), log=lambda _: None).card
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+    assert card["execution"]["ray"] is True
+    a, b = read(local / "records.jsonl"), read(remote / "records.jsonl")
+    assert [r["id"] for r in a] == [r["id"] for r in b]
+    for x, y in zip(read(local / "scores.jsonl"), read(remote / "scores.jsonl")):  # scores computed in actors
+        assert [p["faithfulness"] for p in x["positives"]] == pytest.approx([p["faithfulness"] for p in y["positives"]], abs=1e-4)
+    deterministic = {"toxic", "swap_ent"}
+    for x, y in zip(a, b):
+        assert x["positives"] == y["positives"]
+        assert [n for n in x["negatives"] if n["type"] in deterministic] == [n for n in y["negatives"] if n["type"] in deterministic]
+    assert any(n["type"] == "mask_ent" for r in b for n in r["negatives"]), "the LM augmenter ran in a Ray actor"
+    assert load_records(str(remote / "records.jsonl"))[0]
+
+
+# --- inputs and CLI --------------------------------------------------------------------------------------
+
+def test_parquet_and_saved_hf_dataset_inputs(tmp_path):
+    import datasets
+
+    rows = [json.loads(line) for line in JSONL.read_bytes().splitlines() if b"fx-0" in line]
+    table = datasets.Dataset.from_list([{"uid": r["id"], "text": r["source"], "summary": r["reference"]} for r in rows])
+    table.to_parquet(str(tmp_path / "s.parquet"))
+    table.save_to_disk(str(tmp_path / "hf"))
+    for location in (tmp_path / "s.parquet", tmp_path / "hf"):
+        data = read_input(str(location), "text", "summary", "uid")
+        assert [i.id for i in data.items] == [r["id"] for r in rows] and not data.bad
+        assert data.sha256 == read_input(str(location), "text", "summary", "uid").sha256
+    with pytest.raises(DataError, match="no valid source"):
+        read_input(str(tmp_path / "s.parquet"), "text", "nope", "uid")
+
+
+def test_bold_corpus_is_real_text_with_a_licence():
+    data = bold_corpus(limit=10)
+    assert len(data.items) == 10 and data.origin["licence"] == "CC BY-SA 4.0" and "Dhamala" in data.origin["citation"]
+    assert {i.id.split("-")[1].split("_")[0] for i in data.items} >= {"gender", "race", "profession"}
+    for item in data.items:
+        assert item.source.startswith(item.reference[:-1].split(",")[0])
+        assert len(item.source.split()) > len(item.reference.split())
+    assert lead_reference("Ann Lee (born 1950) is a painter, sculptor and writer who lives in Oslo and works in a large "
+                          "studio by the harbour with her two sons and three dogs.") == "Ann Lee is a painter, sculptor and writer."
+
+
+def test_cli_errors_have_exit_codes(tmp_path, capsys):
+    assert cli(["build", "--input", str(JSONL), "--output", str(tmp_path / "o"), "--set", "nope=1"]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert cli(["--input", str(JSONL), "--output", str(tmp_path / "o"), "--augmenters", "paraphrase,bogus"]) == 2
+    assert cli(["--input", str(JSONL), "--output", str(tmp_path / "o"), "--set", "swap_ent.bogus=1"]) == 2
+    assert cli(["--input", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o")]) == 3
+    assert not (tmp_path / "o" / "records.jsonl").exists()
