@@ -94,7 +94,7 @@ def test_killed_worker_restarts_from_checkpoint_into_the_same_run(tmp_path):
 
 
 def test_sigterm_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path):
-    common = ["--max-steps", "10", "--set", "train.checkpoint_every=100"]
+    common = ["--max-steps", "40", "--set", "train.checkpoint_every=100"]
     straight_uri = f"sqlite:///{tmp_path / 'straight.db'}"
     proc = subprocess.run(train_cmd(*common, "--output-dir", str(tmp_path / "straight"), "--tracking-uri", straight_uri),
                           cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
@@ -104,20 +104,20 @@ def test_sigterm_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path):
     uri = f"sqlite:///{tmp_path / 'stopped.db'}"
     out = tmp_path / "stopped"
     run = Watched([*common, "--output-dir", str(out), "--tracking-uri", uri], tmp_path)
-    run.wait_for("[cdb] step 3/10")
+    run.wait_for("[cdb] step 3/40")
     run.proc.send_signal(signal.SIGTERM)
     code, output = run.finish()
     assert code == 75, output[-4000:]
     assert "--resume" in output
     stopped_run, partial = history(uri)
-    assert stopped_run.info.status == "KILLED" and 3 <= len(partial) < 10
+    assert stopped_run.info.status == "KILLED" and 3 <= len(partial) < 40
 
     proc = subprocess.run(train_cmd("--output-dir", str(out), "--resume"), cwd=tmp_path, env=env(),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     resumed_run, resumed = history(uri)  # still one run
     assert resumed_run.info.run_id == stopped_run.info.run_id and resumed_run.info.status == "FINISHED"
-    assert [s for s, _ in resumed] == list(range(1, 11))
+    assert [s for s, _ in resumed] == list(range(1, 41))
     # Same seed, data, world size: the same curve (fp32 CPU), and the same end after a resume.
     for (_, a), (_, b) in zip(straight[:3], resumed[:3]):
         assert a == pytest.approx(b, abs=1e-5)
@@ -159,8 +159,8 @@ def test_dead_tracking_server_loses_no_metric(tmp_path):
     out = tmp_path / "run"
     server = start_mlflow_server(db, artifacts, port)
     try:
-        run = Watched(["--max-steps", "40", "--output-dir", str(out), "--tracking-uri", uri], tmp_path)
-        run.wait_for("[cdb] step 2/40")
+        run = Watched(["--max-steps", "80", "--output-dir", str(out), "--tracking-uri", uri], tmp_path)
+        run.wait_for("[cdb] step 2/80")
         stop_server(server)  # dies mid-run
         code, output = run.finish()
         assert code == 0, output[-4000:]  # training went on
@@ -173,9 +173,9 @@ def test_dead_tracking_server_loses_no_metric(tmp_path):
         assert sync.returncode == 0, sync.stderr
         assert not (out / "metrics.jsonl").exists()
         _, losses = history(uri)
-        assert [s for s, _ in losses] == list(range(1, 41))
+        assert [s for s, _ in losses] == list(range(1, 81))
         _, tokens = history(uri, "train/tokens_per_s")
-        assert len(tokens) == 40
+        assert len(tokens) == 80
     finally:
         stop_server(server)
 
