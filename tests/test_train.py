@@ -147,3 +147,14 @@ def test_smol_135m_trains_offline(tmp_path):
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 2
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["num_hidden_layers"] == 30 and config["hidden_size"] == 576  # SmolLM2-135M's shape
+
+
+def test_preflight_refuses_an_output_dir_without_room_for_the_checkpoints(tmp_path):
+    from cdb import config as cfg
+    from cdb.train import preflight_output
+
+    config = cfg.resolve(flags={"train.output_dir": str(tmp_path / "run"), "train.keep_checkpoints": 10**9})
+    message = preflight_output(config, parameters=10**6)  # 16 bytes x 1e6 params x 1e9 checkpoints: no disk has it
+    assert message and "GiB free" in message and str(tmp_path / "run") in message
+    assert preflight_output(cfg.resolve(flags={"train.output_dir": str(tmp_path / "run")}), parameters=10**6) is None
+    assert not (tmp_path / "run").exists()  # checking wrote nothing
