@@ -25,6 +25,9 @@ Everything is arithmetic on the model's shape (no weights, no network) and the s
                  is a row: micro_batch x rows_per_source), s = the longest row (1 + source + target
                  tokens). Plus the logits at the scored positions (cdb computes no others) in fp32
                  with their softmax gradient, and the contrast head's [rows, s, h] tensors.
+  dpo          the frozen reference adds its own b_p·P/G and gathered set.
+  reserve      1 GiB per GPU (CUDA context, NCCL, fragmentation); per CPU rank the runtime
+                 (CPU_RUNTIME_BYTES, measured).
   peak on a GPU = model states + max(working + activations, step temporaries): activations and
   gathered parameters are gone by the optimizer step and the caching allocator reuses their blocks.
   peak on CPU = model states + working + activations + step temporaries: glibc keeps the freed

@@ -177,6 +177,11 @@ def train_loop_per_worker(loop: dict) -> None:
 
     # After a worker-group restart the run may hold steps past the checkpoint: log none twice.
     logger.skip_logged_steps()
+    from cdb.perf import device_peak_flops, flops_per_token, mfu, peak_memory_bytes
+
+    # FLOPs per token from the model's shape, against the device's peak (measured once on CPU).
+    token_flops = flops_per_token(strategy.engine.module.lm.config, scale.max_source_tokens + scale.max_target_tokens)
+    peak_flops = device_peak_flops("cpu" if loop["cpu"] else torch.cuda.get_device_name(), scale.precision)
     step = strategy.global_step
     sums, tokens, in_row, metric_names = None, 0, 0, []
     epoch_plan: tuple[int, list] | None = None
@@ -220,7 +225,12 @@ def train_loop_per_worker(loop: dict) -> None:
             tokens_per_s = window_tokens / max(now - window_start, 1e-9)
             row = {f"train/{k}": v for k, v in averaged.items()}
             row.update({"train/lr": strategy.lr(), "train/grad_norm": strategy.grad_norm(),
-                        "train/tokens_per_s": tokens_per_s, "train/skipped_steps": skipped})
+                        "train/tokens_per_s": tokens_per_s, "train/skipped_steps": skipped,
+                        "train/mfu": mfu(tokens_per_s / world, token_flops, peak_flops)})
+            if step == steps or stop:  # every rank is here: gather each one's peak memory
+                peaks = [None] * world
+                dist.all_gather_object(peaks, peak_memory_bytes(strategy.device))
+                row.update({f"train/peak_memory_gib/rank{r}": b / 2**30 for r, b in enumerate(peaks)})
             logger.log_metrics(row, step)
             if rank == 0:
                 eta = (now - started) / max(step - first_step, 1) * (steps - step)
@@ -356,6 +366,11 @@ def main(argv: list[str] | None = None) -> int:
     problem = preflight_output(config, parameters)
     if problem:
         return _fail(EXIT_CONFIG, problem)
+    from cdb.plan import plan as memory_plan
+
+    memory = memory_plan(config, config.scale.num_workers * max(config.scale.gpus_per_worker, 1), None)
+    if not memory.fits:
+        return _fail(EXIT_RESOURCES, memory.message)
 
     output_dir = Path(config.train.output_dir)
     run_file = output_dir / tracking.RUN_FILE
