@@ -13,7 +13,7 @@ from conftest import REPO
 
 EXPECTED_METRICS = [
     "train/loss", "train/loss_ce", "train/loss_contrast", "train/scale_ce", "train/scale_contrast", "train/w_tox",
-    "train/lr", "train/grad_norm", "train/tokens_per_s", "train/sim_pos_pos", "train/sim_pos_neg",
+    "train/lr", "train/grad_norm", "train/tokens_per_s", "train/mfu", "train/sim_pos_pos", "train/sim_pos_neg",
 ]
 
 
