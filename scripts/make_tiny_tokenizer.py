@@ -2,7 +2,7 @@
 """Train the tiny byte-level BPE tokenizer shipped as ``cdb/assets/tiny_tokenizer/``.
 
 Training text: every source, positive and negative of the embedded dataset
-(``cdb/assets/contrastive.jsonl``, made by ``scripts/make_embedded_data.py``) plus a few hundred
+(``cdb/assets/contrastive/records.jsonl``, made by ``scripts/build_embedded_data.sh``) plus a few hundred
 generic English sentences generated here (seeded), so that common words exist as tokens.
 
 The tokenizer:
@@ -10,7 +10,7 @@ The tokenizer:
   ``<|pad|>`` (2), ``<|unk|>`` (3);
 * ByteLevel pre-tokenizer (no prefix space), ByteLevel decoder, ByteLevel post-processor with
   ``trim_offsets=True``: offsets of a word preceded by a space cover the word only
-  ("Paris" in "He lives in Paris." maps to the span of "Paris", not " Paris");
+  (the tokens of "Paris" in "He lives in Paris." start at offset 12, not 11);
 * adds NO special tokens by itself (the model code adds BOS): ``tok("hi")["input_ids"]`` has no BOS;
 * wrapped in ``transformers.PreTrainedTokenizerFast`` and saved with ``save_pretrained``; only the
   files ``AutoTokenizer.from_pretrained(dir)`` needs are kept.
@@ -37,7 +37,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_DATA = os.path.join(REPO_ROOT, "cdb", "assets", "contrastive.jsonl")
+DEFAULT_DATA = os.path.join(REPO_ROOT, "cdb", "assets", "contrastive", "records.jsonl")
 DEFAULT_OUTPUT = os.path.join(REPO_ROOT, "cdb", "assets", "tiny_tokenizer")
 
 VOCAB_SIZE = 4096
@@ -230,7 +230,9 @@ def check(tok):
     text = "He lives in Paris."
     enc = tok(text, return_offsets_mapping=True)
     spans = [text[a:b] for a, b in enc["offset_mapping"]]
-    assert "Paris" in spans, spans
+    # ByteLevel trim_offsets: no token's span takes the space before "Paris" (offset 11).
+    assert all(not (a <= 11 < b) for a, b in enc["offset_mapping"]), spans
+    assert "".join(spans[-3:]).endswith("Paris."), spans
     plain = "The council of Lyon approved a 4.5 million euros plan on 12 March 2019!"
     assert tok.decode(tok(plain)["input_ids"]) == plain
     return spans

@@ -1,14 +1,16 @@
 """Checks on the shipped offline assets: the embedded contrastive dataset and the tiny tokenizer.
 
-Both assets are regenerated here into a temporary directory and compared byte for byte with the
-shipped files (the generators are deterministic, and this also catches a stale shipped file).
+The dataset is a build of `python -m cdb.data build` (scripts/build_embedded_data.sh) over BOLD's
+Wikipedia sentences: it is checked against its data card, against the BOLD text it came from, and
+re-scored from scratch (scripts/check_built_data.py). The tokenizer is regenerated into a temporary
+directory and compared byte for byte with the shipped files (the generator is deterministic).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
+import shlex
 import subprocess
 import sys
 from collections import Counter
@@ -17,26 +19,15 @@ import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASSETS = os.path.join(REPO_ROOT, "cdb", "assets")
-DATA = os.path.join(ASSETS, "contrastive.jsonl")
+DATA_DIR = os.path.join(ASSETS, "contrastive")
+DATA = os.path.join(DATA_DIR, "records.jsonl")
 TOK_DIR = os.path.join(ASSETS, "tiny_tokenizer")
-DATA_SCRIPT = os.path.join(REPO_ROOT, "scripts", "make_embedded_data.py")
+BUILD_SCRIPT = os.path.join(REPO_ROOT, "scripts", "build_embedded_data.sh")
+CHECK_SCRIPT = os.path.join(REPO_ROOT, "scripts", "check_built_data.py")
 TOK_SCRIPT = os.path.join(REPO_ROOT, "scripts", "make_tiny_tokenizer.py")
 
-ALLOWED_TYPES = {
-    "toxic", "swap_ent", "mask_ent", "mask_rel", "regen_ent", "regen_rel", "sys_lowcon", "other",
-}
+NEGATIVE_TYPES = ("toxic", "swap_ent", "mask_ent", "mask_rel", "regen_ent", "regen_rel", "sys_lowcon")
 SPECIALS = {"bos": ("<|bos|>", 0), "eos": ("<|eos|>", 1), "pad": ("<|pad|>", 2), "unk": ("<|unk|>", 3)}
-OFFENSIVE = {"idiot", "idiots", "stupid", "damn", "crap", "moron", "morons", "hell", "suck",
-             "sucks", "pathetic", "dumbass", "dumbasses", "shut"}
-
-
-def word_set(text):
-    return {w for w in re.split(r"\W+", text.lower()) if w}
-
-
-def jaccard(a, b):
-    wa, wb = word_set(a), word_set(b)
-    return len(wa & wb) / max(len(wa | wb), 1)
 
 
 @pytest.fixture(scope="module")
@@ -45,75 +36,64 @@ def records():
         return [json.loads(line) for line in f]
 
 
+@pytest.fixture(scope="module")
+def card():
+    with open(os.path.join(DATA_DIR, "card.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
 # --------------------------------------------------------------------------------------
 # Dataset
 # --------------------------------------------------------------------------------------
 
-def test_data_generator_is_deterministic_and_shipped_file_up_to_date(tmp_path):
-    out = tmp_path / "contrastive.jsonl"
-    subprocess.run([sys.executable, DATA_SCRIPT, "--output", str(out)], check=True,
-                   capture_output=True, cwd=str(tmp_path))
-    with open(DATA, "rb") as f:
-        shipped = f.read()
-    assert out.read_bytes() == shipped
-    assert b"\r" not in shipped and shipped.endswith(b"\n")
+def test_embedded_dataset_is_the_default_and_loads_clean():
+    from cdb.data.records import embedded_dataset_path, load_records
+
+    assert str(embedded_dataset_path()) == DATA
+    loaded, rejected = load_records(DATA)
+    assert len(loaded) >= 200 and rejected == []
+    assert len({r.id for r in loaded}) == len(loaded)
 
 
-def test_schema_and_sizes(records):
-    assert len(records) >= 200
-    ids = [r["id"] for r in records]
-    assert len(set(ids)) == len(ids)
-    for r in records:
-        assert list(r) == ["id", "source", "positives", "negatives"]
-        assert isinstance(r["source"], str) and r["source"].strip()
-        assert len(r["source"].split()) < 90
-        assert len(r["positives"]) >= 2
-        assert all(isinstance(p, str) and p.strip() for p in r["positives"])
-        assert len(set(r["positives"])) == len(r["positives"])
-        assert len(r["negatives"]) >= 2
-        for n in r["negatives"]:
-            assert list(n) == ["text", "type"]
-            assert isinstance(n["text"], str) and n["text"].strip()
-            assert n["type"] in ALLOWED_TYPES
-
-
-def test_negative_types(records):
+def test_card_describes_the_shipped_records(records, card):
+    counts = card["counts"]
+    assert counts["records"] == len(records)
     types = Counter(n["type"] for r in records for n in r["negatives"])
-    assert len(types) >= 3
-    assert "toxic" in types
-    with_toxic = sum(any(n["type"] == "toxic" for n in r["negatives"]) for r in records)
-    assert with_toxic > len(records) / 2
+    assert dict(types) == counts["negatives_by_type"]
+    assert set(types) == set(NEGATIVE_TYPES)
+    assert counts["positives"] == sum(len(r["positives"]) for r in records)
+    assert card["input"]["origin"]["licence"] == "CC BY-SA 4.0"
+    # The card's command is the one the shipped script runs (the output folder aside).
+    with open(BUILD_SCRIPT, encoding="utf-8") as f:
+        script = f.read().replace("\\\n", " ")
+    script_call = next(line for line in script.splitlines() if line.startswith('"$py" -m cdb.data build'))
+    assert build_flags(card["command"]) == build_flags(script_call)
 
 
-def test_jaccard_filter(records):
+def build_flags(command: str) -> list[str]:
+    """The arguments after `cdb.data build`, without `--output DIR`."""
+    words = shlex.split(command)
+    words = words[words.index("build") + 1:]
+    at = words.index("--output")
+    return words[:at] + words[at + 2:]
+
+
+def test_sources_are_bold_text(records, card):
+    from cdb.data.build.inputs import bold_corpus
+
+    corpus = {item.id: item for item in bold_corpus(limit=card["input"]["limit"]).items}
     for r in records:
-        for p in r["positives"]:
-            for n in r["negatives"]:
-                assert jaccard(p, n["text"]) <= 0.8, (r["id"], p, n["text"])
+        assert r["id"] in corpus, r["id"]
+        assert r["source"] == corpus[r["id"]].source
 
 
-def test_positives_polite_and_toxic_negatives_offensive(records):
-    for r in records:
-        for p in r["positives"]:
-            assert not word_set(p) & OFFENSIVE, (r["id"], p)
-        for n in r["negatives"]:
-            if n["type"] == "toxic":
-                assert len(word_set(n["text"]) & OFFENSIVE) >= 2, (r["id"], n["text"])
-
-
-def test_swap_ent_uses_source_entities(records):
-    n_swap = 0
-    for r in records:
-        source_words = set(re.findall(r"\w+", r["source"]))
-        for n in r["negatives"]:
-            if n["type"] != "swap_ent":
-                continue
-            n_swap += 1
-            assert all(n["text"] != p for p in r["positives"]), r["id"]
-            caps = [w for w in re.findall(r"\w+", n["text"]) if w[0].isupper()]
-            missing = [w for w in caps if w not in source_words]
-            assert not missing, (r["id"], missing, n["text"])
-    assert n_swap > 0
+def test_rescored_records_pass_the_methods_checks():
+    proc = subprocess.run([sys.executable, CHECK_SCRIPT, DATA_DIR], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(proc.stdout[:proc.stdout.rindex("}") + 1])
+    assert report["negatives"]["toxic"]["toxicity"] >= 0.4
+    assert report["positives"]["toxicity"] <= 0.2
+    assert report["positives"]["faithfulness"] > report["negatives"]["swap_ent"]["faithfulness"]
 
 
 # --------------------------------------------------------------------------------------
@@ -153,10 +133,9 @@ def test_tokenizer_offsets(tok):
     enc = tok(text, return_offsets_mapping=True)
     offsets = enc["offset_mapping"]
     assert len(offsets) == len(enc["input_ids"])
-    spans = [text[a:b] for a, b in offsets]
-    # ByteLevel trim_offsets: the word's span excludes the preceding space.
-    assert "Paris" in spans
-    assert offsets[spans.index("Paris")] == (12, 17)
+    # ByteLevel trim_offsets: the word's tokens exclude the preceding space (offset 11).
+    assert not any(a <= 11 < b for a, b in offsets)
+    assert [a for a, b in offsets if a <= 12 < b] == [12]
     # Offsets are increasing and inside the text.
     assert all(0 <= a <= b <= len(text) for a, b in offsets)
     assert all(offsets[i][0] >= offsets[i - 1][1] for i in range(1, len(offsets)))

