@@ -20,7 +20,7 @@ import torch
 
 from cdb.config import Config, ConfigError
 from cdb.model import DTYPES, ContrastiveLM, build_lm
-from cdb.objective import OBJECTIVES, ContrastHead, score_positions, scored_rows
+from cdb.objective import OBJECTIVES, ContrastHead, pooling_mask, score_positions, scored_rows
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT_TAG = "state"
@@ -182,7 +182,8 @@ class Strategy:
 
         batch = {k: v.to(self.device) for k, v in batch.items()}
         score_mask, _ = score_positions(batch["labels"], scored_rows(self.method, batch["positive"]))
-        outputs = self.engine(batch["input_ids"], batch["attention_mask"], score_mask)
+        pool_mask = pooling_mask(batch["entity_mask"], batch["target_mask"], self.config.objective.pooling)
+        outputs = self.engine(batch["input_ids"], batch["attention_mask"], score_mask, pool_mask)
         if self.reference is not None:
             with torch.no_grad():
                 outputs["ref_logits"] = self.reference(batch["input_ids"], batch["attention_mask"], score_mask)["logits"]

@@ -106,8 +106,9 @@ def count_parameters(source: str, vocab_size: int, trust_remote_code: bool = Fal
 class ContrastiveLM(nn.Module):
     """A causal LM and its contrast head under one module, so ZeRO-3 shards both.
 
-    One forward over all rows gives the last hidden states (for the contrast head) and logits at
-    the positions the loss scores only, not over the whole [rows, length, vocab] grid.
+    One forward over all rows gives the last hidden states; the LM head runs only at the positions
+    the loss scores (not over the whole [rows, length, vocab] grid) and the contrast head only at
+    the positions its representations are pooled over.
     """
 
     def __init__(self, lm: nn.Module, head: ContrastHead | None):
@@ -115,11 +116,12 @@ class ContrastiveLM(nn.Module):
         self.lm = lm
         self.head = head  # None for methods without a contrastive term (and for a DPO reference)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, score_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, score_mask: torch.Tensor,
+                pool_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         outputs = {"logits": self.lm.get_output_embeddings()(hidden[score_mask]).float()}
         if self.head is not None:
-            outputs["z"] = self.head(hidden)
+            outputs["z"] = self.head(hidden[pool_mask.bool()])
         return outputs
 
 

@@ -51,10 +51,16 @@ def pooling_mask(entity_mask: Tensor, target_mask: Tensor, mode: str) -> Tensor:
 
 
 def pool_representations(z: Tensor, mask: Tensor) -> Tensor:
-    """r_i = normalize(sum_t m_it z_it / max(sum_t m_it, 1e-8)); empty rows give zero (eps in normalize)."""
-    m = mask.to(z.dtype).unsqueeze(-1)
-    pooled = (m * z).sum(dim=1) / m.sum(dim=1).clamp_min(1e-8)
-    return F.normalize(pooled, dim=-1)
+    """r_i = normalize(mean of row i's z over the tokens `mask` selects); a row with none gives zero.
+
+    `z` [K,P] holds the head's output at the `mask.nonzero()` positions only, in that order (the model
+    runs the head on those K tokens, not on all N*T), so the pooled mean is a per-row sum over them.
+    """
+    rows = mask.bool().nonzero(as_tuple=True)[0]
+    n_rows = mask.shape[0]
+    sums = z.new_zeros(n_rows, z.shape[-1]).index_add(0, rows, z)
+    counts = torch.bincount(rows, minlength=n_rows).to(z.dtype).clamp_min(1.0)
+    return F.normalize(sums / counts.unsqueeze(-1), dim=-1)
 
 
 def contrastive_loss(reps: Tensor, group: Tensor, positive: Tensor, temperature: float = 1.0) -> Tensor:
@@ -149,8 +155,9 @@ def score_positions(labels: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
 def contrastive_objective(outputs: dict[str, Tensor], batch: dict[str, Tensor], cfg) -> tuple[Tensor, dict[str, Tensor]]:
     """The full loss of one micro-batch and every factor of it, for logging.
 
-    `outputs` come from one forward pass: `z` [N,T,P] (contrast head) and `logits` [M,V] at the
-    positions `score_positions(labels, positive)` selects. `cfg` is an ObjectiveConfig.
+    `outputs` come from one forward pass: `z` [K,P] (contrast head) at the positions
+    `pooling_mask(...)` selects and `logits` [M,V] at the positions `score_positions(labels, positive)`
+    selects. `cfg` is an ObjectiveConfig.
     """
     _, targets = score_positions(batch["labels"], batch["positive"])
     if cfg.lm_normalization == "scored":
@@ -159,8 +166,7 @@ def contrastive_objective(outputs: dict[str, Tensor], batch: dict[str, Tensor], 
         normaliser = batch["target_mask"].sum()
     loss_ce = lm_loss(outputs["logits"], targets, normaliser, cfg.label_smoothing)
 
-    mask = pooling_mask(batch["entity_mask"], batch["target_mask"], cfg.pooling)
-    reps = pool_representations(outputs["z"].float(), mask)
+    reps = pool_representations(outputs["z"].float(), pooling_mask(batch["entity_mask"], batch["target_mask"], cfg.pooling))
     loss_cl = contrastive_loss(reps, batch["group"], batch["positive"], cfg.temperature)
 
     entity_density = batch["entity_mask"].sum() / batch["attention_mask"].sum().clamp_min(1)

@@ -447,7 +447,8 @@ def plan(config, gpus: int, gpu_memory_bytes: int | None, micro_batch: int | Non
     scored = rows * scale.max_target_tokens  # every row scored: dpo/unlikelihood; an upper bound otherwise
     logits = logits_bytes(shape, scored, act_b) * (2 if reference else 1)
     if head:
-        logits += 4 * seq * rows * shape.hidden * 4  # dense, gelu, proj outputs and z, fp32
+        # dense, gelu, proj outputs and z (fp32) at the pooled positions only: within the targets
+        logits += 4 * rows * scale.max_target_tokens * shape.hidden * 4
     # The optimizer step: the fp32 gradient of one sub-group and AdamW's temporaries (foreach sqrt
     # on a GPU; single-tensor sqrt and division on CPU). Offloaded, it happens on the host.
     adam_temporaries = 8 if cpu else 4

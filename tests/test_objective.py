@@ -131,9 +131,9 @@ def test_contrastive_all_negative_is_zero_with_finite_grads() -> None:
 
 def test_contrastive_gradient_finite_with_masked_rows() -> None:
     # A zero-vector row (all-zero pooling mask), a singleton group, and negatives.
-    z = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
     mask = torch.ones(5, 3)
     mask[2] = 0
+    z = torch.randn(int(mask.sum()), 4, dtype=torch.float64, requires_grad=True)
     reps = pool_representations(z, mask)
     loss = contrastive_loss(reps, torch.tensor([0, 0, 0, 0, 1]), torch.tensor([True, True, True, False, True]), 0.1)
     loss.backward()
@@ -143,13 +143,22 @@ def test_contrastive_gradient_finite_with_masked_rows() -> None:
 # ---------------------------------------------------------------- pooling
 
 def test_pool_representations_hand_case() -> None:
-    # row 0: mean of (3,0),(0,4) = (1.5,2), norm 2.5 -> (0.6,0.8); the masked (10,10) is ignored.
+    # z holds the head's output at the mask's positions only, in row-major order.
+    # row 0: mean of (3,0),(0,4) = (1.5,2), norm 2.5 -> (0.6,0.8).
     # row 1: only (-4,0) -> (-1,0).   row 2: empty mask -> (0,0), no NaN.
-    z = t([[[3, 0], [0, 4], [10, 10]], [[1, 1], [2, 2], [-4, 0]], [[5, 5], [1, 2], [3, 3]]])
     mask = torch.tensor([[True, True, False], [False, False, True], [False, False, False]])
+    z = t([[3, 0], [0, 4], [-4, 0]])
     r = pool_representations(z, mask)
     assert torch.allclose(r, t([[0.6, 0.8], [-1, 0], [0, 0]]), atol=1e-12)
     assert torch.allclose(pool_representations(z, mask.float()), r)
+
+
+def test_pooling_the_selected_tokens_equals_the_masked_mean_over_all_tokens() -> None:
+    z_all = torch.randn(6, 7, 5, dtype=torch.float64)
+    mask = torch.rand(6, 7) < 0.4
+    mask[3] = False
+    dense = (mask.unsqueeze(-1) * z_all).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+    assert torch.allclose(pool_representations(z_all[mask], mask), torch.nn.functional.normalize(dense, dim=-1))
 
 
 ENTITY = torch.tensor([[0, 0, 0, 1, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0], [0, 1, 1, 0, 0]], dtype=torch.bool)

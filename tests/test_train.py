@@ -116,6 +116,22 @@ def test_bad_config_key_and_impossible_scale_fail_before_anything_is_written(tmp
     assert not (tmp_path / "run").exists()
 
 
+def test_a_configuration_the_memory_plan_cannot_fit_is_refused_with_its_message(tmp_path):
+    """5M-token rows need terabytes of activations: cdb.train stops with cdb.plan's verdict (exit 4)."""
+    from cdb.config import resolve
+    from cdb.plan import plan
+
+    sets = ["scale.max_source_tokens=5000000"]
+    expected = plan(resolve(None, {}, sets, "tiny"), 2, None)
+    assert not expected.fits
+    proc = run_train(["--scale", "tiny", "--max-steps", "2", "--output-dir", str(tmp_path / "run"),
+                      "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--set", sets[0]], tmp_path, timeout=300)
+    assert proc.returncode == 4 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {expected.message}"
+    assert expected.message.startswith("does not fit: 2 CPU ranks need")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "mlflow.db").exists()
+
+
 def test_skip_bad_records_and_evaluate_before_and_after(tmp_path):
     data = tmp_path / "mixed.jsonl"
     write_jsonl(data, [good_record(i) for i in range(1, 9)] + ['{"id": "broken"', {"id": "x", "source": "s", "positives": ["a"], "negatives": []}])
