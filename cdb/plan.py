@@ -65,8 +65,8 @@ CPU_RUNTIME_BYTES = 600 * 2 ** 20
 DeepSpeed, transformers' modeling code, tokenizer and data (536 MiB measured per torchrun rank
 before the model, bench/RESULTS.md plan_vs_measured) plus DeepSpeed/gloo buffers and allocator
 arenas (~60 MiB, what a 0.6M-parameter model adds beyond its tensors)."""
-DEFAULT_ROWS_PER_SOURCE = 7
-"""Rows of the largest source in the embedded dataset (3 positives + 4 negatives); the plan sizes
+DEFAULT_ROWS_PER_SOURCE = 8
+"""Rows of the largest source in the embedded dataset (3 positives + 5 negatives); the plan sizes
 activations for the largest micro-batch, where the peak happens."""
 SUB_GROUP_SIZE = 1_000_000_000
 """DeepSpeed's default zero_optimization.sub_group_size."""
@@ -388,7 +388,7 @@ def plan(config, gpus: int, gpu_memory_bytes: int | None, micro_batch: int | Non
     all ranks share (None: this machine's). `micro_batch`/`seq_len` override the scale's (seq_len
     default: 1 + max_source_tokens + max_target_tokens). `offload` overrides the ds_config's
     (none | optimizer | all; ignored on CPU, where everything is host memory already).
-    `rows_per_source`: candidates per source (the embedded dataset's largest is 7).
+    `rows_per_source`: candidates per source (the embedded dataset's largest is 8).
     When it does not fit and `suggest` is on, `message` names the first change found that fits.
     `shape`: the model's shape when the caller has it (default: `model_shape(scale.model)`).
     """

@@ -121,6 +121,12 @@ def total_steps(config: cfg.Config, micro_batches_per_epoch: int) -> int:
 # --- the worker ---------------------------------------------------------------------------------
 
 
+def _say(text: str) -> None:
+    """A worker's progress line. Straight to the process's stdout: Ray Train's print() patch in
+    workers tees to stdout and to its logger, which shows every line twice on the driver."""
+    print(text, file=sys.__stdout__, flush=True)
+
+
 def train_loop_per_worker(loop: dict) -> None:
     """One Ray Train worker = one DeepSpeed rank."""
     if loop["cpu"]:
@@ -163,7 +169,7 @@ def train_loop_per_worker(loop: dict) -> None:
     strategy = Strategy(config, loop["model_source"], tokenizer, world, rank, steps)
     if rank == 0:
         local, total = strategy.param_counts()
-        print(f"[cdb] {total:,} parameters, {local:,} on rank 0 (ZeRO-3 over {world} ranks); {steps} steps", flush=True)
+        _say(f"[cdb] {total:,} parameters, {local:,} on rank 0 (ZeRO-3 over {world} ranks); {steps} steps")
     output_dir = Path(config.train.output_dir)
     logger = RunLogger(loop["tracking_uri"], loop["run_id"], rank, output_dir / SPOOL_FILE)
     micro, skipped = 0, 0
@@ -173,7 +179,7 @@ def train_loop_per_worker(loop: dict) -> None:
             state = strategy.load_checkpoint(directory)
         micro, skipped = state["consumed_micro_batches"], state["skipped_micro_batches"]
         if rank == 0:
-            print(f"[cdb] resumed at step {strategy.global_step} from {checkpoint.path}", flush=True)
+            _say(f"[cdb] resumed at step {strategy.global_step} from {checkpoint.path}")
 
     # After a worker-group restart the run may hold steps past the checkpoint: log none twice.
     logger.skip_logged_steps()
@@ -235,8 +241,8 @@ def train_loop_per_worker(loop: dict) -> None:
             if rank == 0:
                 eta = (now - started) / max(step - first_step, 1) * (steps - step)
                 terms = ", ".join(f"{k[5:]} {v:.4f}" for k, v in averaged.items() if k.startswith("loss_"))
-                print(f"[cdb] step {step}/{steps} | loss {averaged['loss']:.4f}" + (f" ({terms})" if terms else "")
-                      + f" | {tokens_per_s:,.0f} tok/s | eta {timedelta(seconds=round(eta))}", flush=True)
+                _say(f"[cdb] step {step}/{steps} | loss {averaged['loss']:.4f}" + (f" ({terms})" if terms else "")
+                     + f" | {tokens_per_s:,.0f} tok/s | eta {timedelta(seconds=round(eta))}")
             window_start, window_tokens = now, 0.0
 
         if step % config.train.checkpoint_every == 0 or step == steps or stop:
@@ -248,7 +254,7 @@ def train_loop_per_worker(loop: dict) -> None:
                                  checkpoint_dir_name=f"step_{step:07d}")
         if stop:
             if rank == 0:
-                print(f"[cdb] stop requested: checkpointed step {step}, exiting", flush=True)
+                _say(f"[cdb] stop requested: checkpointed step {step}, exiting")
             return
 
     strategy.export(output_dir / "model")

@@ -54,6 +54,8 @@ def test_tiny_run_end_to_end(tmp_path):
                      extra_env=SECRETS)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert str(out / "model") in proc.stdout and "mlflow ui" in proc.stdout
+    output = proc.stdout + proc.stderr
+    assert [output.count(f"[cdb] step {step}/20 |") for step in (1, 20)] == [1, 1]  # each progress line once
 
     client, run = only_run(uri)
     assert run.info.status == "FINISHED"
