@@ -182,7 +182,9 @@ class Strategy:
 
         batch = {k: v.to(self.device) for k, v in batch.items()}
         score_mask, _ = score_positions(batch["labels"], scored_rows(self.method, batch["positive"]))
-        pool_mask = pooling_mask(batch["entity_mask"], batch["target_mask"], self.config.objective.pooling)
+        pool_mask = None  # the tokens the contrast head runs on, for the method that has one
+        if self.method == "contrastive":
+            pool_mask = pooling_mask(batch["entity_mask"], batch["target_mask"], self.config.objective.pooling)
         outputs = self.engine(batch["input_ids"], batch["attention_mask"], score_mask, pool_mask)
         if self.reference is not None:
             with torch.no_grad():

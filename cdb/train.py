@@ -359,6 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     from cdb import tracking
 
     _ray_init(config)
+    # MLflow's default (7 retries, backoff 2) waits ~4 minutes per request on a dead server; the
+    # driver's few requests get 2 retries, and what cannot reach the server waits for `cdb.sync`.
+    # Set after ray.init so that local workers keep their own, stricter defaults (no retries).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     problem = None if config.train.autoscaling else check_resources(config, ray.cluster_resources())
     if problem:
         return _fail(EXIT_RESOURCES, problem)

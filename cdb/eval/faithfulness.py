@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 
 from cdb.data.entities import regex_spans
-from cdb.data.records import embedded_dataset_path
+from cdb.data.records import DataError, embedded_dataset_path
 from cdb.eval.base import EvalDataError, EvalOptions, Resources, TaskResult, mean, progress
 from cdb.eval.sources import field, read_local
 
@@ -36,7 +36,11 @@ def held_out_bold_sources(limit: int) -> list[Source]:
     card = json.loads((embedded_dataset_path().parent / "card.json").read_text(encoding="utf-8"))
     with embedded_dataset_path().open(encoding="utf-8") as f:
         trained = {json.loads(line)["id"] for line in f}
-    items = bold_corpus().items[card["input"]["limit"]:]
+    try:
+        items = bold_corpus().items[card["input"]["limit"]:]
+    except DataError as exc:
+        raise EvalDataError(f"no summary data given and the held-out BOLD pages are unavailable ({exc}); "
+                            "pass --summary-data FILE") from exc
     items = [item for item in items if item.id not in trained][:limit or None]
     return [Source(item.id, item.source, item.reference) for item in items]
 
