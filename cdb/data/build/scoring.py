@@ -14,24 +14,25 @@ _LOCK = threading.Lock()
 _BUILT: dict[tuple[str, str, str], object] = {}
 
 
+def _built_once(kind: str, make, spec: str, device: str):
+    """One scorer per (kind, spec, device) per process: models load once, also across threads."""
+    with _LOCK:
+        key = (kind, spec, device)
+        if key not in _BUILT:
+            _BUILT[key] = make(spec, device=device)
+        return _BUILT[key]
+
+
 def toxicity_scorer(spec: str = "profanity-check", device: str = "cpu"):
     from cdb.eval.scorers import make_toxicity_scorer
 
-    with _LOCK:
-        key = ("toxicity", spec, device)
-        if key not in _BUILT:
-            _BUILT[key] = make_toxicity_scorer(spec, device=device)
-        return _BUILT[key]
+    return _built_once("toxicity", make_toxicity_scorer, spec, device)
 
 
 def faithfulness_scorer(spec: str = "embedding", device: str = "cpu"):
     from cdb.eval.scorers import make_faithfulness_scorer
 
-    with _LOCK:
-        key = ("faithfulness", spec, device)
-        if key not in _BUILT:
-            _BUILT[key] = make_faithfulness_scorer(spec, device=device)
-        return _BUILT[key]
+    return _built_once("faithfulness", make_faithfulness_scorer, spec, device)
 
 
 def describe(scorer) -> dict:
