@@ -1,6 +1,6 @@
 """Run under torchrun by bench/plan_vs_measured.py and bench/zero3_memory.py: one rank of a real
 ZeRO-3 run of a scale on CPU (gloo), the trainer's data path (tokenize_records ->
-plan_micro_batches -> collate -> Strategy.micro_step), a few steps on the rank's largest
+assign_micro_batches -> collate -> Strategy.micro_step), a few steps on the rank's largest
 micro-batches. Rank 0 writes every rank's figures as JSON to argv.
 
     torchrun --nproc-per-node N bench/_zero3_worker.py SCALE STEPS OUT.json
@@ -17,7 +17,7 @@ import deepspeed  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from cdb.data.batch import collate, plan_micro_batches, special_ids  # noqa: E402
+from cdb.data.batch import collate, assign_micro_batches, special_ids  # noqa: E402
 from cdb.engine import Strategy  # noqa: E402
 from cdb.perf import current_rss_bytes, peak_memory_bytes  # noqa: E402
 
@@ -30,7 +30,7 @@ def main(scale: str, steps: int, out: str) -> None:
     source, tokenizer = _common.model_source_and_tokenizer(config)
     sources = _common.load_sources(config, tokenizer)
     _, _, pad = special_ids(tokenizer)
-    plan = plan_micro_batches(sources, config.scale.micro_batch, config.train.seed, 0, rank, world)
+    plan = assign_micro_batches(sources, config.scale.micro_batch, config.train.seed, 0, rank, world)
     # The largest micro-batches first: the peak the plan sizes for happens on them.
     plan.sort(key=lambda b: -sum(len(s.rows) for s in b) * max(s.longest for s in b))
     batches = [collate(b, pad) for b in plan[:steps]]

@@ -9,7 +9,7 @@ MFU = tokens/s x cdb.perf.flops_per_token(config, mean row length) / peak, again
 bf16 matmul peak of the device (cdb.perf.measure_matmul_peak, 8192^3) and against the data-sheet
 peak (cdb.perf.PEAK_FLOPS); tokens are the non-pad tokens of the micro-batches. Also printed: the
 same with only the scored share of the LM head counted (what cdb really computes), the peak GPU
-memory, and cdb.plan's figure for the same configuration.
+memory, and cdb.memory's figure for the same configuration.
 """
 
 import argparse
@@ -79,7 +79,7 @@ def main() -> None:
     from cdb.model import load_tokenizer
     from cdb.objective import score_positions, scored_rows
     from cdb.perf import PEAK_FLOPS, device_peak_flops, flops_per_token, measure_matmul_peak, mfu, peak_memory_bytes
-    from cdb.plan import GiB, plan, shape_from_config
+    from cdb.memory import GiB, estimate_memory, shape_from_config
 
     if not dry and not torch.cuda.is_available():
         _common.summary("gpu", "not run: no CUDA device (use --dry-run on CPU)", "report tokens/s and MFU")
@@ -142,7 +142,7 @@ def main() -> None:
     sheet_peak = device_peak_flops(device_name, dtype) if not dry else None
     mem = peak_memory_bytes(device)
     plan_config = config
-    planned = plan(plan_config, 1, None if dry else int(torch.cuda.get_device_properties(0).total_memory),
+    planned = estimate_memory(plan_config, 1, None if dry else int(torch.cuda.get_device_properties(0).total_memory),
                    micro_batch=micro, seq_len=1 + source_len + target_len, rows_per_source=positives + negatives,
                    suggest=False, shape=shape_from_config("llama-1b" if not dry else "tiny", LlamaConfig(**shape)))
     print(f"[gpu] {device_name}, {attn}, {precision}, ZeRO-3 world 1: {total:,} parameters ({local:,} local); "
@@ -155,7 +155,7 @@ def main() -> None:
     if sheet_peak:
         print(f"[gpu] data-sheet peak {sheet_peak / 1e12:.0f} TFLOP/s (PEAK_FLOPS: {list(PEAK_FLOPS)}) -> MFU "
               f"{mfu(tokens_per_s, fpt, sheet_peak):.3f}", flush=True)
-    print(f"[gpu] peak memory {mem / GiB:.2f} GiB ({'RSS' if dry else 'max_memory_allocated'}); cdb.plan: "
+    print(f"[gpu] peak memory {mem / GiB:.2f} GiB ({'RSS' if dry else 'max_memory_allocated'}); cdb.memory: "
           f"{planned.total_bytes / GiB:.2f} GiB incl. {planned.reserve_bytes / GiB:.2f} reserve", flush=True)
     _common.summary("gpu" + (" (dry run, CPU)" if dry else ""),
                     f"{tokens_per_s:,.0f} tokens/s, MFU {value:.3f} vs measured {dtype} peak", "report; no fixed target")

@@ -19,14 +19,14 @@ _common.setup_env(cpu=True)
 
 
 def measure(scale: str, pairs: int, warmup: int = 1) -> dict:
-    from cdb.data.batch import collate, plan_micro_batches, special_ids
+    from cdb.data.batch import collate, assign_micro_batches, special_ids
     from cdb.engine import Strategy
 
     configs = {m: _common.scale_config(scale, 1, m) for m in ("contrastive", "sft")}
     source, tokenizer = _common.model_source_and_tokenizer(configs["sft"])
     sources = _common.load_sources(configs["sft"], tokenizer)
     scale_cfg = configs["sft"].scale
-    plan = plan_micro_batches(sources, scale_cfg.micro_batch, 0, 0, 0, 1)[: pairs + warmup]
+    plan = assign_micro_batches(sources, scale_cfg.micro_batch, 0, 0, 0, 1)[: pairs + warmup]
     _, _, pad = special_ids(tokenizer)
     batches = [collate(b, pad) for b in plan]
     strategies = {m: Strategy(c, source, tokenizer, 1, 0, total_steps=10_000) for m, c in configs.items()}

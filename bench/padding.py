@@ -1,4 +1,4 @@
-"""Share of real (non-pad) tokens in the micro-batches the trainer builds: plan_micro_batches +
+"""Share of real (non-pad) tokens in the micro-batches the trainer builds: assign_micro_batches +
 collate on the embedded dataset, default `tiny` and `smol-135m` settings, 2 ranks, epoch 0.
 
     python bench/padding.py [--scales tiny smol-135m] [--world 2]
@@ -16,11 +16,11 @@ _common.setup_env(cpu=True)
 
 
 def fill(sources, micro_batch: int, world: int, group_size: int = 64, seed: int = 0) -> dict:
-    from cdb.data.batch import collate, plan_micro_batches
+    from cdb.data.batch import collate, assign_micro_batches
 
     real = total = within = 0
     for rank in range(world):
-        for batch in plan_micro_batches(sources, micro_batch, seed, 0, rank, world, group_size=group_size):
+        for batch in assign_micro_batches(sources, micro_batch, seed, 0, rank, world, group_size=group_size):
             tensors = collate(batch, 0)
             mask = tensors["attention_mask"]
             real += int(mask.sum())

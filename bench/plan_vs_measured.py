@@ -1,4 +1,4 @@
-"""cdb.plan's per-rank total against the peak RSS of a real 2-rank ZeRO-3 run on CPU
+"""cdb.memory's per-rank total against the peak RSS of a real 2-rank ZeRO-3 run on CPU
 (bench/_zero3_worker.py under torchrun: the trainer's data path and Strategy, the rank's largest
 micro-batches), for `tiny` and `smol-135m`.
 
@@ -30,7 +30,7 @@ def main() -> None:
     import json
 
     measured = json.load(open(args.load)) if args.load else {}
-    from cdb.plan import plan
+    from cdb.memory import estimate_memory
 
     totals, related = {}, {}
     for scale in args.scales:
@@ -41,9 +41,9 @@ def main() -> None:
         config = _common.scale_config(scale, 2)
         r = max(ranks, key=lambda x: x["peak_rss"])
         model_related = r["peak_rss"] - r["rss_before_model"]
-        default = plan(config, 2, None, suggest=False)
+        default = estimate_memory(config, 2, None, suggest=False)
         rows = max(r["batch_rows"]) // config.scale.micro_batch
-        shaped = plan(config, 2, None, seq_len=max(r["batch_width"]), rows_per_source=rows, suggest=False)
+        shaped = estimate_memory(config, 2, None, seq_len=max(r["batch_width"]), rows_per_source=rows, suggest=False)
         for name, pl in (("default", default), ("measured shape", shaped)):
             planned = pl.total_bytes - pl.reserve_bytes
             error = planned / model_related - 1

@@ -87,7 +87,7 @@ def methods_known() -> tuple[str, ...]:
     return tuple(METHODS)
 
 
-def plan(scales: Sequence[str], methods: Sequence[str], sets: Sequence[str] = (), max_steps: int | None = None) -> list[Point]:
+def sweep_points(scales: Sequence[str], methods: Sequence[str], sets: Sequence[str] = (), max_steps: int | None = None) -> list[Point]:
     """The sweep's points, scale-major, with their resource needs. UsageError on an unknown scale or
     method, a reserved or bad --set: checked here, before anything is started."""
     from cdb import config as cfg
@@ -653,7 +653,7 @@ class Sweep:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        points = plan(_names(args.scales, "scales"), _names(args.methods, "methods"), args.set, args.max_steps)
+        points = sweep_points(_names(args.scales, "scales"), _names(args.methods, "methods"), args.set, args.max_steps)
     except UsageError as exc:
         print(f"cdb.sweep: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -142,7 +142,7 @@ def train_loop_per_worker(loop: dict) -> None:
     import torch
     import torch.distributed as dist
 
-    from cdb.data.batch import collate, micro_batches_per_epoch, plan_micro_batches, special_ids, tokenize_records
+    from cdb.data.batch import collate, micro_batches_per_epoch, assign_micro_batches, special_ids, tokenize_records
     from cdb.data.entities import make_tagger
     from cdb.engine import Strategy
     from cdb.tracking import SPOOL_FILE, RunLogger
@@ -196,7 +196,7 @@ def train_loop_per_worker(loop: dict) -> None:
     while step < steps:
         epoch, index = divmod(micro, per_epoch)
         if epoch_plan is None or epoch_plan[0] != epoch:
-            epoch_plan = (epoch, plan_micro_batches(sources, scale.micro_batch, config.train.seed, epoch, rank, world))
+            epoch_plan = (epoch, assign_micro_batches(sources, scale.micro_batch, config.train.seed, epoch, rank, world))
         batch = collate(epoch_plan[1][index], pad_id)
         metrics, applied = strategy.micro_step(batch)
         micro += 1
@@ -377,9 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     problem = preflight_output(config, parameters)
     if problem:
         return _fail(EXIT_CONFIG, problem)
-    from cdb.plan import plan as memory_plan
+    from cdb.memory import estimate_memory
 
-    memory = memory_plan(config, config.scale.num_workers * max(config.scale.gpus_per_worker, 1), None)
+    memory = estimate_memory(config, config.scale.num_workers * max(config.scale.gpus_per_worker, 1), None)
     if not memory.fits:
         return _fail(EXIT_RESOURCES, memory.message)
 

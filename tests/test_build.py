@@ -1,4 +1,4 @@
-"""Data construction (cdb.data.build): augmenters, the labelling rule and filters, determinism,
+"""Data construction (cdb.data.construct): augmenters, the labelling rule and filters, determinism,
 resume after a crash, bad input, the Ray path, the CLI. Real models, offline, small inputs:
 SmolLM2-135M for the LM augmenters, alt-profanity-check and all-MiniLM-L6-v2 for the scores."""
 
@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from cdb.data.build import BuildConfig, LabelConfig, Scored, is_positive, label_source, make_augmenter, run_build
-from cdb.data.build import augmenters as A
-from cdb.data.build import lm, scoring
-from cdb.data.build.__main__ import main as cli
-from cdb.data.build.inputs import Item, bold_corpus, lead_reference, read_input
-from cdb.data.build.text import clean_spaces, ensure_period, entities, has_early_entity, word_jaccard, words
+from cdb.data.construct import BuildConfig, LabelConfig, Scored, is_positive, label_source, make_augmenter, run_build
+from cdb.data.construct import augmenters as A
+from cdb.data.construct import lm, scoring
+from cdb.data.construct.__main__ import main as cli
+from cdb.data.construct.inputs import Item, bold_corpus, lead_reference, read_input
+from cdb.data.construct.text import clean_spaces, ensure_period, entities, has_early_entity, word_jaccard, words
 from cdb.data.records import NEGATIVE_TYPES, DataError, load_records
 
 FIXTURES = Path(__file__).parent / "fixtures" / "build"

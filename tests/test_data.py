@@ -19,7 +19,7 @@ from cdb.data.batch import (
     SourceRows,
     collate,
     micro_batches_per_epoch,
-    plan_micro_batches,
+    assign_micro_batches,
     special_ids,
     tokenize_records,
 )
@@ -488,7 +488,7 @@ def test_embedded_dataset_rows_respect_limits(tok):
             assert not any(row.entity[:prefix])
 
 
-# --- plan_micro_batches ----------------------------------------------------------------------------------
+# --- assign_micro_batches ----------------------------------------------------------------------------------
 
 
 def fake_source(rid: str, lengths: list[int], toxic: bool = False) -> SourceRows:
@@ -523,7 +523,7 @@ def plan_ids(plan) -> list[list[str]]:
 def test_plan_whole_sources_equal_counts_disjoint():
     sources = fake_sources(53)
     micro_batch, world = 3, 4
-    plans = [plan_micro_batches(sources, micro_batch, seed=1, epoch=0, rank=r, world=world) for r in range(world)]
+    plans = [assign_micro_batches(sources, micro_batch, seed=1, epoch=0, rank=r, world=world) for r in range(world)]
     expected = (53 // micro_batch) // world  # 17 full micro-batches -> 4 per rank
     assert expected == 4
     assert [len(p) for p in plans] == [expected] * world
@@ -542,17 +542,17 @@ def test_plan_whole_sources_equal_counts_disjoint():
 @pytest.mark.parametrize("n, micro_batch, world, group_size", [(10, 2, 1, 64), (10, 2, 3, 64), (100, 4, 2, 3), (7, 2, 2, 1), (5, 3, 2, 64)])
 def test_micro_batches_per_epoch_matches_plan(n, micro_batch, world, group_size):
     sources = fake_sources(n)
-    counts = {len(plan_micro_batches(sources, micro_batch, 0, 0, r, world, group_size=group_size)) for r in range(world)}
+    counts = {len(assign_micro_batches(sources, micro_batch, 0, 0, r, world, group_size=group_size)) for r in range(world)}
     assert counts == {(n // micro_batch) // world}
     assert micro_batches_per_epoch(n, micro_batch, world) == (n // micro_batch) // world
 
 
 def test_plan_is_deterministic_and_changes_with_epoch():
     sources = fake_sources(40)
-    a = plan_ids(plan_micro_batches(sources, 2, seed=5, epoch=0, rank=0, world=2))
-    b = plan_ids(plan_micro_batches(sources, 2, seed=5, epoch=0, rank=0, world=2))
-    c = plan_ids(plan_micro_batches(sources, 2, seed=5, epoch=1, rank=0, world=2))
-    d = plan_ids(plan_micro_batches(sources, 2, seed=6, epoch=0, rank=0, world=2))
+    a = plan_ids(assign_micro_batches(sources, 2, seed=5, epoch=0, rank=0, world=2))
+    b = plan_ids(assign_micro_batches(sources, 2, seed=5, epoch=0, rank=0, world=2))
+    c = plan_ids(assign_micro_batches(sources, 2, seed=5, epoch=1, rank=0, world=2))
+    d = plan_ids(assign_micro_batches(sources, 2, seed=6, epoch=0, rank=0, world=2))
     assert a == b
     assert a != c
     assert a != d
@@ -571,7 +571,7 @@ def padding_share(batches: list[list[SourceRows]]) -> float:
 def test_length_grouping_reduces_padding():
     sources = fake_sources(128, seed=3)
     micro_batch = 4
-    grouped = plan_micro_batches(sources, micro_batch, seed=0, epoch=0, rank=0, world=1)
+    grouped = assign_micro_batches(sources, micro_batch, seed=0, epoch=0, rank=0, world=1)
     assert len(grouped) == 32
     shuffled = list(sources)
     random.Random(11).shuffle(shuffled)
@@ -579,7 +579,7 @@ def test_length_grouping_reduces_padding():
     grouped_share, random_share = padding_share(grouped), padding_share(random_batches)
     assert grouped_share < random_share / 3
     # group_size=1 sorts only inside each micro-batch: no better than random grouping.
-    ungrouped = plan_micro_batches(sources, micro_batch, seed=0, epoch=0, rank=0, world=1, group_size=1)
+    ungrouped = assign_micro_batches(sources, micro_batch, seed=0, epoch=0, rank=0, world=1, group_size=1)
     assert padding_share(ungrouped) > 2 * grouped_share
 
 

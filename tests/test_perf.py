@@ -115,4 +115,4 @@ def test_gpu_bench_dry_run_completes():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     last = [line for line in proc.stdout.splitlines() if line.strip()][-1]
     assert last.startswith("gpu (dry run, CPU): ") and "tokens/s, MFU" in last and "(target" in last
-    assert "[gpu] peak memory" in proc.stdout and "cdb.plan:" in proc.stdout
+    assert "[gpu] peak memory" in proc.stdout and "cdb.memory:" in proc.stdout

@@ -54,10 +54,10 @@ def test_the_last_error_line_is_the_trainers_own():
 
 
 def test_plan_resolves_aliases_and_needs():
-    points = sweep.plan(["tiny", "13b", "llama2-13b"], ["contrastive"], max_steps=2)
+    points = sweep.sweep_points(["tiny", "13b", "llama2-13b"], ["contrastive"], max_steps=2)
     assert [p.name for p in points] == ["tiny-contrastive", "llama2-13b-contrastive"]
     assert (points[1].cpus, points[1].gpus) == (16, 16)
-    assert sweep.plan(["tiny"], ["contrastive"], ["scale.num_workers=1"])[0].cpus == 1
+    assert sweep.sweep_points(["tiny"], ["contrastive"], ["scale.num_workers=1"])[0].cpus == 1
 
 
 def run_sweep(args, cwd, timeout) -> subprocess.CompletedProcess:

@@ -119,12 +119,12 @@ def test_bad_config_key_and_impossible_scale_fail_before_anything_is_written(tmp
 
 
 def test_a_configuration_the_memory_plan_cannot_fit_is_refused_with_its_message(tmp_path):
-    """5M-token rows need terabytes of activations: cdb.train stops with cdb.plan's verdict (exit 4)."""
+    """5M-token rows need terabytes of activations: cdb.train stops with cdb.memory's verdict (exit 4)."""
     from cdb.config import resolve
-    from cdb.plan import plan
+    from cdb.memory import estimate_memory
 
     sets = ["scale.max_source_tokens=5000000"]
-    expected = plan(resolve(None, {}, sets, "tiny"), 2, None)
+    expected = estimate_memory(resolve(None, {}, sets, "tiny"), 2, None)
     assert not expected.fits
     proc = run_train(["--scale", "tiny", "--max-steps", "2", "--output-dir", str(tmp_path / "run"),
                       "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--set", sets[0]], tmp_path, timeout=300)

@@ -1,8 +1,8 @@
-"""`python -m cdb.data build ...`: the data-construction CLI (cdb.data.build)."""
+"""`python -m cdb.data build ...`: the data-construction CLI (cdb.data.construct)."""
 
 import sys
 
-from cdb.data.build.__main__ import main
+from cdb.data.construct.__main__ import main
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["build"]:

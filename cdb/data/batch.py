@@ -94,7 +94,7 @@ def tokenize_records(records: Sequence[Record], tokenizer, tagger: Tagger, max_s
     return [SourceRows(r.id, tuple(rows)) for r, rows in zip(records, rows_by_record)]
 
 
-def plan_micro_batches(sources: Sequence[SourceRows], micro_batch: int, seed: int, epoch: int, rank: int, world: int, group_size: int = 64) -> list[list[SourceRows]]:
+def assign_micro_batches(sources: Sequence[SourceRows], micro_batch: int, seed: int, epoch: int, rank: int, world: int, group_size: int = 64) -> list[list[SourceRows]]:
     """This rank's micro-batches for one epoch: shuffled, length-grouped, equal count on every rank.
 
     Sources are shuffled, then sorted by length inside windows of `group_size` micro-batches so
@@ -116,7 +116,7 @@ def plan_micro_batches(sources: Sequence[SourceRows], micro_batch: int, seed: in
 
 
 def micro_batches_per_epoch(n_sources: int, micro_batch: int, world: int) -> int:
-    """Micro-batches each rank gets per epoch (as plan_micro_batches makes them)."""
+    """Micro-batches each rank gets per epoch (as assign_micro_batches makes them)."""
     return (n_sources // micro_batch) // world
 
 

@@ -31,7 +31,7 @@ class Source:
 
 def held_out_bold_sources(limit: int) -> list[Source]:
     """`limit` BOLD pages (all when 0) after those the embedded dataset was built from."""
-    from cdb.data.build.inputs import bold_corpus
+    from cdb.data.construct.inputs import bold_corpus
 
     card = json.loads((embedded_dataset_path().parent / "card.json").read_text(encoding="utf-8"))
     with embedded_dataset_path().open(encoding="utf-8") as f:

@@ -6,9 +6,9 @@ See pipeline.py (the stages, cache and Ray path), augmenters.py (one class per a
 label.py (METHOD.md's labelling rule and filters), inputs.py (readers, the offline BOLD corpus).
 """
 
-from cdb.data.build.augmenters import AUGMENTERS, DEFAULT_AUGMENTERS, Augmenter, Candidate, make_augmenter, register
-from cdb.data.build.label import LabelConfig, Scored, is_positive, label_source
-from cdb.data.build.pipeline import BuildConfig, BuildResult, SettingsError, run_build
+from cdb.data.construct.augmenters import AUGMENTERS, DEFAULT_AUGMENTERS, Augmenter, Candidate, make_augmenter, register
+from cdb.data.construct.label import LabelConfig, Scored, is_positive, label_source
+from cdb.data.construct.pipeline import BuildConfig, BuildResult, SettingsError, run_build
 
 __all__ = [
     "AUGMENTERS", "DEFAULT_AUGMENTERS", "Augmenter", "Candidate", "make_augmenter", "register",

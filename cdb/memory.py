@@ -1,7 +1,7 @@
-"""`python -m cdb.plan`: will a scale fit, per GPU (or per CPU machine), under ZeRO-3?
+"""`python -m cdb.memory`: will a scale fit, per GPU (or per CPU machine), under ZeRO-3?
 
-    python -m cdb.plan --scale 70b --gpus 8 --offload none       # exit 1 and a suggestion
-    python -m cdb.plan --scale 70b                              # the scale's own 32 GPUs + offload
+    python -m cdb.memory --scale 70b --gpus 8 --offload none       # exit 1 and a suggestion
+    python -m cdb.memory --scale 70b                              # the scale's own 32 GPUs + offload
 
 Everything is arithmetic on the model's shape (no weights, no network) and the scale's ds_config:
 
@@ -379,7 +379,7 @@ def machine_ram_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def plan(config, gpus: int, gpu_memory_bytes: int | None, micro_batch: int | None = None, seq_len: int | None = None,
+def estimate_memory(config, gpus: int, gpu_memory_bytes: int | None, micro_batch: int | None = None, seq_len: int | None = None,
          offload: str | None = None, rows_per_source: int = DEFAULT_ROWS_PER_SOURCE, suggest: bool = True,
          with_deepspeed_estimate: bool = False, shape: ModelShape | None = None) -> Plan:
     """The memory plan of `config` (a cdb.config.Config) on `gpus` ranks.
@@ -511,7 +511,7 @@ def _suggest(config, gpus: int, memory: int, micro: int, seq: int, offload: str,
     def attempt(ckpt: bool, m: int, off: str, g: int):
         cfg_try = dataclasses.replace(config, scale=dataclasses.replace(scale, activation_checkpointing=ckpt,
                                                                          grad_accum=per_step // m))
-        return plan(cfg_try, g, memory, micro_batch=m, seq_len=seq, offload=off, rows_per_source=rows_per_source,
+        return estimate_memory(cfg_try, g, memory, micro_batch=m, seq_len=seq, offload=off, rows_per_source=rows_per_source,
                     suggest=False, shape=shape)
 
     def describe(p: Plan, g: int) -> dict:
@@ -564,7 +564,7 @@ def _suggest(config, gpus: int, memory: int, micro: int, seq: int, offload: str,
 def parse_args(argv):
     from cdb.scales import ALIASES, SCALES
 
-    p = argparse.ArgumentParser(prog="python -m cdb.plan", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cdb.memory", description=__doc__.split("\n")[0])
     p.add_argument("--scale", default="tiny", help=f"scale preset ({', '.join(list(SCALES) + list(ALIASES))})")
     p.add_argument("--gpus", type=int, help="GPUs (CPU scales: ranks on this machine); default the scale's workers")
     p.add_argument("--gpu-memory", type=float, help="GiB per GPU (default 80); CPU scales: the machine's RAM in GiB (default this machine's)")
@@ -590,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     gpus = args.gpus or config.scale.num_workers * max(config.scale.gpus_per_worker, 1)
     memory = int(args.gpu_memory * GiB) if args.gpu_memory else None
     try:
-        result = plan(config, gpus, memory, micro_batch=args.micro_batch, seq_len=args.seq_len, offload=args.offload,
+        result = estimate_memory(config, gpus, memory, micro_batch=args.micro_batch, seq_len=args.seq_len, offload=args.offload,
                       rows_per_source=args.rows_per_source, with_deepspeed_estimate=True)
     except (ValueError, cfg.ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)

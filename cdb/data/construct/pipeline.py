@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Callable
 
 from cdb.data.records import NEGATIVE_TYPES, DataError, validate
-from cdb.data.build import augmenters as aug_mod
-from cdb.data.build import scoring
-from cdb.data.build.augmenters import AugmenterError, Candidate, make_augmenter
-from cdb.data.build.cache import ChunkCache, write_atomic
-from cdb.data.build.inputs import InputData, Item, read_input
-from cdb.data.build.label import LabelConfig, Outcome, Scored, label_source
-from cdb.data.build.text import derived_rng, stable_hash
+from cdb.data.construct import augmenters as aug_mod
+from cdb.data.construct import scoring
+from cdb.data.construct.augmenters import AugmenterError, Candidate, make_augmenter
+from cdb.data.construct.cache import ChunkCache, write_atomic
+from cdb.data.construct.inputs import InputData, Item, read_input
+from cdb.data.construct.label import LabelConfig, Outcome, Scored, label_source
+from cdb.data.construct.text import derived_rng, stable_hash
 
 CACHE_FORMAT = 1
 
@@ -415,7 +415,7 @@ def run_build(config: BuildConfig, log: Callable[[str], None] | None = None) -> 
     bar.close()
 
     # 4. write
-    from cdb.data.build.card import make_card, render_markdown
+    from cdb.data.construct.card import make_card, render_markdown
 
     records = [o.record for _, o in outcomes if o.record is not None]
     lines = []
@@ -481,6 +481,6 @@ def _prepare_models(augmenter) -> None:
     """Convert packaged (gguf:) models once on the driver, so that local actors only load them."""
     spec = augmenter.options.get("model")
     if isinstance(spec, str) and "gguf:" in spec:
-        from cdb.data.build import lm
+        from cdb.data.construct import lm
 
         lm.resolve(spec)

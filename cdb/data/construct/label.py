@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from cdb.data.records import NEGATIVE_TYPES, Negative, Record
-from cdb.data.build.text import has_early_entity, normalise, word_jaccard
+from cdb.data.construct.text import has_early_entity, normalise, word_jaccard
 
 POSITIVE_KINDS = ("reference", "positive")
 REJECTION_REASONS = ("too_few_positives", "no_negatives", "no_early_entity", "jaccard")

@@ -1,4 +1,4 @@
-"""`python -m cdb.data build ...` (or `python -m cdb.data.build ...`): build contrastive records.
+"""`python -m cdb.data build ...` (or `python -m cdb.data.construct ...`): build contrastive records.
 
 Exit codes: 0 built, 1 the build failed (what was done is cached: re-run the same command to
 resume), 2 bad arguments or settings, 3 bad data (no usable source, or none passed the filters).
@@ -16,7 +16,7 @@ EXIT_OK, EXIT_FAILED, EXIT_ARGS, EXIT_DATA = 0, 1, 2, 3
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from cdb.data.build.augmenters import AUGMENTERS, DEFAULT_AUGMENTERS
+    from cdb.data.construct.augmenters import AUGMENTERS, DEFAULT_AUGMENTERS
 
     p = argparse.ArgumentParser(prog="python -m cdb.data build",
                                 description="Build contrastive training records (one per source) with typed negatives.")
@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["build"]:
         argv = argv[1:]
     args = parse_args(argv)
-    from cdb.data.build.augmenters import AugmenterError
-    from cdb.data.build.pipeline import BuildConfig, SettingsError, run_build
+    from cdb.data.construct.augmenters import AugmenterError
+    from cdb.data.construct.pipeline import BuildConfig, SettingsError, run_build
 
     settings = {}
     for item in args.settings:
