@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from cdb import settings
 from cdb.scales import DEFAULT_SCALE, scale_preset
+from cdb.settings import ConfigError, load_yaml
 
-
-class ConfigError(ValueError):
-    """A configuration problem the user can fix; the message names the key or file."""
+__all__ = ["Config", "ConfigError", "load_yaml", "resolve", "from_dict", "finalize"]
 
 
 @dataclass(frozen=True)
@@ -139,7 +138,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict:
-        return _plain(dataclasses.asdict(self))
+        return settings.to_dict(self)
 
     def flat(self) -> dict[str, Any]:
         """`section.key` -> value, for MLflow params."""
@@ -147,117 +146,6 @@ class Config:
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-# --- building and checking ------------------------------------------------------------------
-
-
-def _coerce(value, hint, key: str, from_text: bool):
-    """Check (and, for `--set` text, convert) one value against its annotation."""
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if value not in choices:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
-        return value
-    if origin is tuple:
-        if from_text and isinstance(value, str):
-            value = yaml.safe_load(value)
-        args = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, key, from_text) for v, a in zip(value, args))
-    if hint is bool:
-        if from_text and isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if from_text and isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        # YAML 1.1 reads 1e-4 (no dot) as a string; accept any numeric text.
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported annotation {hint} for {key}")
-
-
-def _build(cls, values: dict, prefix: str, from_text: set[str]):
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in values.items():
-        dotted = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(f"unknown config key '{dotted}'; known keys under '{prefix or '.'}': {', '.join(names)}")
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{dotted}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(hint))}")
-            kwargs[key] = _build(hint, value, f"{dotted}.", from_text)
-        else:
-            kwargs[key] = _coerce(value, hint, dotted, dotted in from_text)
-    return cls(**kwargs)
-
-
-def _merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _set_dotted(tree: dict, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    node = tree
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {dotted}: '{part}' is not a section")
-    node[leaf] = value
-
-
-def load_yaml(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
-    return data
 
 
 def resolve(
@@ -270,12 +158,7 @@ def resolve(
     file_values = load_yaml(config_file) if config_file else {}
     if "scale" in file_values and not isinstance(file_values["scale"], dict):
         raise ConfigError(f"{config_file}: scale: expected a mapping of {', '.join(f.name for f in dataclasses.fields(ScaleConfig))}")
-    set_pairs = []
-    for item in sets:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key.path=value")
-        key, value = item.split("=", 1)
-        set_pairs.append((key.strip(), value))
+    set_pairs = settings.parse_sets(sets)
 
     # The preset is chosen first so that the file, flags and --set can override its fields.
     scale_name = dict(set_pairs).get("scale.name") or scale or (file_values.get("scale") or {}).get("name") or DEFAULT_SCALE
@@ -283,16 +166,16 @@ def resolve(
         values = scale_preset(scale_name)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    values = _merge(values, file_values)
+    values = settings.merge(values, file_values)
     for key, value in (flags or {}).items():
-        _set_dotted(values, key, value)
+        settings.set_dotted(values, key, value)
     for key, value in set_pairs:
-        _set_dotted(values, key, value)
+        settings.set_dotted(values, key, value)
     if not isinstance(values["scale"], dict):
         raise ConfigError(f"scale: expected a mapping of {', '.join(f.name for f in dataclasses.fields(ScaleConfig))}")
     # The name records the preset actually applied, aliases (13b) resolved.
     values["scale"]["name"] = scale_preset(scale_name)["scale"]["name"]
-    config = _build(Config, values, "", {key for key, _ in set_pairs})
+    config = settings.build(Config, values, "", {key for key, _ in set_pairs})
     return finalize(config)
 
 
@@ -339,4 +222,4 @@ def finalize(config: Config) -> Config:
 
 def from_dict(values: dict) -> Config:
     """Rebuild a Config from `to_dict()` output (what workers receive, what config.yaml holds)."""
-    return _build(Config, values, "", set())
+    return settings.build(Config, values)
