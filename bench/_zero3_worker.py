@@ -1,6 +1,6 @@
 """Run under torchrun by bench/plan_vs_measured.py and bench/zero3_memory.py: one rank of a real
 ZeRO-3 run of a scale on CPU (gloo), the trainer's data path (tokenize_records ->
-assign_micro_batches -> collate -> Strategy.micro_step), a few steps on the rank's largest
+assign_micro_batches -> collate -> cdb.loop.micro_step), a few steps on the rank's largest
 micro-batches. Rank 0 writes every rank's figures as JSON to argv.
 
     torchrun --nproc-per-node N bench/_zero3_worker.py SCALE STEPS OUT.json
@@ -19,6 +19,8 @@ import torch.distributed as dist  # noqa: E402
 
 from cdb.data.batch import collate, assign_micro_batches, special_ids  # noqa: E402
 from cdb.engine import Strategy  # noqa: E402
+from cdb.loop import micro_step  # noqa: E402
+from cdb.objective import METHODS  # noqa: E402
 from cdb.perf import current_rss_bytes, peak_memory_bytes  # noqa: E402
 
 
@@ -48,10 +50,11 @@ def main(scale: str, steps: int, out: str) -> None:
     assert model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     rss_before_model = current_rss_bytes()
 
-    strategy = Strategy(config, source, tokenizer, world, rank, total_steps=steps)
+    spec = METHODS[config.objective.method]
+    strategy = Strategy(config, source, tokenizer, world, rank, steps, spec)
     after_build = current_rss_bytes()
     for batch in batches:
-        strategy.micro_step(batch)
+        micro_step(strategy, spec, config.objective, batch)
     states = _common.engine_state_bytes(strategy)
     local, total = strategy.param_counts()
     figures = {

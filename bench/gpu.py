@@ -77,7 +77,8 @@ def main() -> None:
     from cdb.data.batch import collate
     from cdb.model import TINY as TINY_SOURCE
     from cdb.model import load_tokenizer
-    from cdb.objective import score_positions, scored_rows
+    from cdb.loop import micro_step
+    from cdb.objective import METHODS, score_positions
     from cdb.perf import PEAK_FLOPS, device_peak_flops, flops_per_token, measure_matmul_peak, mfu, peak_memory_bytes
     from cdb.memory import GiB, estimate_memory, shape_from_config
 
@@ -105,7 +106,8 @@ def main() -> None:
                 "scale.attn_implementation": attn, "scale.max_source_tokens": source_len,
                 "scale.max_target_tokens": target_len, "eval.suite": "off", "optim.lr": 1e-4})
         tokenizer = load_tokenizer(TINY_SOURCE)  # only its length and export use it; ids are synthetic
-        strategy = cdb.engine.Strategy(config, "synthetic-llama", tokenizer, 1, 0, total_steps=10_000)
+        spec = METHODS["contrastive"]
+        strategy = cdb.engine.Strategy(config, "synthetic-llama", tokenizer, 1, 0, 10_000, spec)
         local, total = strategy.param_counts()
         sources = synthetic_sources((steps + warmup) * micro, positives, negatives, source_len, target_len,
                                     shape["vocab_size"], seed=0)
@@ -116,7 +118,7 @@ def main() -> None:
         for index, batch in enumerate(batches):
             sync()
             start = time.perf_counter()
-            metrics, applied = strategy.micro_step(batch)
+            metrics, applied = micro_step(strategy, spec, config.objective, batch)
             sync()
             elapsed = time.perf_counter() - start
             if not applied:  # a skipped backward would flatter tokens/s
@@ -124,7 +126,7 @@ def main() -> None:
             if index >= warmup:
                 times.append(elapsed)
                 tokens.append(int(batch["attention_mask"].sum()))
-                mask, _ = score_positions(batch["labels"], scored_rows("contrastive", batch["positive"]))
+                mask, _ = score_positions(batch["labels"], spec.scored_rows(batch["positive"]))
                 scored.append(int(mask.sum()))
                 rows_len.append(float(batch["attention_mask"].sum(1).float().mean()))
             print(f"  step {index + 1}/{len(batches)}{' (warm-up)' if index < warmup else ''}: "

@@ -21,6 +21,8 @@ _common.setup_env(cpu=True)
 def measure(scale: str, pairs: int, warmup: int = 1) -> dict:
     from cdb.data.batch import collate, assign_micro_batches, special_ids
     from cdb.engine import Strategy
+    from cdb.loop import micro_step
+    from cdb.objective import METHODS
 
     configs = {m: _common.scale_config(scale, 1, m) for m in ("contrastive", "sft")}
     source, tokenizer = _common.model_source_and_tokenizer(configs["sft"])
@@ -29,7 +31,7 @@ def measure(scale: str, pairs: int, warmup: int = 1) -> dict:
     plan = assign_micro_batches(sources, scale_cfg.micro_batch, 0, 0, 0, 1)[: pairs + warmup]
     _, _, pad = special_ids(tokenizer)
     batches = [collate(b, pad) for b in plan]
-    strategies = {m: Strategy(c, source, tokenizer, 1, 0, total_steps=10_000) for m, c in configs.items()}
+    strategies = {m: Strategy(c, source, tokenizer, 1, 0, 10_000, METHODS[m]) for m, c in configs.items()}
 
     calls = {m: 0 for m in strategies}
 
@@ -49,7 +51,7 @@ def measure(scale: str, pairs: int, warmup: int = 1) -> dict:
         for method in order:
             before = calls[method]
             start, start_cpu = time.perf_counter(), time.process_time()
-            strategies[method].micro_step(batch)
+            micro_step(strategies[method], METHODS[method], configs[method].objective, batch)
             elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
             forwards[method].append(calls[method] - before)
             if index >= warmup:

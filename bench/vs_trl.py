@@ -50,6 +50,8 @@ def main() -> None:
 
     from cdb.data.batch import IGNORE, collate, special_ids
     from cdb.engine import Strategy
+    from cdb.loop import micro_step
+    from cdb.objective import METHODS
 
     _common.init_single_process()
     configs = {m: _common.scale_config("smol-135m", 1, m) for m in ("dpo", "contrastive")}
@@ -77,7 +79,7 @@ def main() -> None:
         row_tokens.append(sum(len(r.input_ids) for r in s.rows))
     pairs_per_source = len(examples) // len(chosen_sources)
 
-    strategies = {m: Strategy(c, source, tokenizer, 1, 0, total_steps=10_000) for m, c in configs.items()}
+    strategies = {m: Strategy(c, source, tokenizer, 1, 0, 10_000, METHODS[m]) for m, c in configs.items()}
     # The engines are built: let go of their HfDeepSpeedConfig, or transformers would build TRL's
     # models inside zero.Init too (partitioned, empty) and the Trainer would think ZeRO-3 is on.
     import gc
@@ -100,7 +102,7 @@ def main() -> None:
             index = state.global_step - 1
             for method in ("dpo", "contrastive"):
                 start = (time.perf_counter(), time.process_time())
-                strategies[method].micro_step(batches[index])
+                micro_step(strategies[method], METHODS[method], configs[method].objective, batches[index])
                 timings[method].append((time.perf_counter() - start[0], time.process_time() - start[1]))
             print(f"  source {index}: wall/cpu s  TRL {timings['trl'][-1][0]:.2f}/{timings['trl'][-1][1]:.2f}  "
                   f"cdb dpo {timings['dpo'][-1][0]:.2f}/{timings['dpo'][-1][1]:.2f}  cdb contrastive "

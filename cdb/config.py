@@ -59,11 +59,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    method: Literal["contrastive", "sft", "dpo", "unlikelihood", "cda"] = "contrastive"
+    method: str = "contrastive"
     """contrastive (the method); baselines: sft, dpo, unlikelihood, cda (README, "Methods")."""
     alpha: float = 16.0
     """Weight of the contrastive term (METHOD.md: 16 in the authors' final run)."""
-    temperature: float = 1.0
+    contrast_temperature: float = 1.0
+    """tau of the InfoNCE similarities s_ij = r_i . r_j / tau; must be > 0."""
     pooling: Literal["entity_or_last", "entity_or_target_mean", "target_mean", "last"] = "entity_or_last"
     projection_dim: int = 0
     """Contrast head output size; 0 = the model's hidden size."""
@@ -200,7 +201,7 @@ def finalize(config: Config) -> Config:
         "train.log_every": config.train.log_every >= 1,
         "train.max_failures": config.train.max_failures >= -1,
         "train.max_nonfinite_in_row": config.train.max_nonfinite_in_row >= 1,
-        "objective.temperature": config.objective.temperature > 0,
+        "objective.contrast_temperature": config.objective.contrast_temperature > 0,
         "objective.alpha": config.objective.alpha >= 0,
         "objective.dpo_beta": config.objective.dpo_beta > 0,
         "objective.unlikelihood_weight": config.objective.unlikelihood_weight >= 0,
@@ -212,6 +213,10 @@ def finalize(config: Config) -> Config:
         if not ok:
             section, name = key.split(".")
             raise ConfigError(f"{key}: invalid value {getattr(getattr(config, section), name)!r}")
+    from cdb.objective import METHODS  # the methods' registry (imports torch: only here)
+
+    if config.objective.method not in METHODS:
+        raise ConfigError(f"objective.method: {config.objective.method!r} is not one of {', '.join(METHODS)}")
     tagger = config.data.entity_tagger
     if tagger != "regex" and not (tagger.partition(":")[0] in ("spacy", "hf") and tagger.partition(":")[2]):
         raise ConfigError(f"data.entity_tagger: {tagger!r} is not 'regex', 'spacy:MODEL' or 'hf:MODEL_ID_OR_DIR'")

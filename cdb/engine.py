@@ -1,8 +1,9 @@
-"""The DeepSpeed strategy: the one place that touches DeepSpeed.
+"""The DeepSpeed strategy: the one place that touches DeepSpeed and torch.distributed.
 
-It builds the ZeRO-3 config from a ds_configs/ file and the scale, builds LM + contrast head so
-that no rank materialises the whole model, owns the optimizer, schedule, clipping and
-checkpointing, runs a training micro-step, and exports the final model in HF format.
+It builds the ZeRO-3 config from a ds_configs/ file and the scale, builds LM (+ contrast head, +
+frozen reference, as the method's record asks) so that no rank materialises the whole model, owns
+the optimizer, schedule, clipping, the collectives, checkpointing and the HF export. It chooses no
+loss: the Trainer (cdb.loop) computes the method's objective from `forward`'s outputs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from cdb.config import Config, ConfigError
 from cdb.model import DTYPES, ContrastiveLM, build_lm
-from cdb.objective import OBJECTIVES, ContrastHead, pooling_mask, score_positions, scored_rows
+from cdb.objective import ContrastHead, MethodSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT_TAG = "state"
@@ -111,14 +112,14 @@ def weights_only_loads():
 class Strategy:
     """Owns the DeepSpeed engine of one rank. Every method is collective unless it says otherwise."""
 
-    def __init__(self, config: Config, model_source: str, tokenizer, world_size: int, rank: int, total_steps: int):
+    def __init__(self, config: Config, model_source: str, tokenizer, world_size: int, rank: int, total_steps: int,
+                 method: MethodSpec):
         import deepspeed
         from transformers.integrations import HfDeepSpeedConfig
 
         self.config = config
         self.rank = rank
         self.tokenizer = tokenizer
-        self.method = config.objective.method
         self.ds_config = build_ds_config(config, world_size)
         # Kept alive while models are built: transformers then builds/loads them inside
         # zero.Init, partitioned from the start.
@@ -127,13 +128,13 @@ class Strategy:
         if config.scale.activation_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         head = None
-        if self.method == "contrastive":
+        if method.contrast_head:
             # No dtype argument: zero.Init takes it from the config's bf16/fp16 flags (passing one
             # is mis-parsed by DeepSpeed 0.19 on accelerators without fp16, which then picks bf16).
             with deepspeed.zero.Init(config_dict_or_path=self.ds_config):
                 head = ContrastHead(lm.config.hidden_size, config.objective.projection_dim or None)
         model = ContrastiveLM(lm, head)
-        self.reference = self._build_reference(model_source, len(tokenizer)) if self.method == "dpo" else None
+        self.reference = self._build_reference(model_source, len(tokenizer)) if method.reference_model else None
 
         optim = config.optim
         client_optimizer = None
@@ -172,31 +173,69 @@ class Strategy:
 
     # -- training ------------------------------------------------------------------------------
 
-    def micro_step(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
-        """Forward (once), backward and optimizer step (DeepSpeed applies it at accumulation boundaries).
+    @staticmethod
+    def init_distributed(cpu: bool) -> None:
+        """Join the process group the launcher set up (Ray Train, torchrun)."""
+        import deepspeed
 
-        Returns the loss terms and whether the micro-batch was applied: a non-finite loss on any
-        rank skips backward and step on every rank, so the weights never see it.
-        """
-        import torch.distributed as dist
+        deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
 
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        score_mask, _ = score_positions(batch["labels"], scored_rows(self.method, batch["positive"]))
-        pool_mask = None  # the tokens the contrast head runs on, for the method that has one
-        if self.method == "contrastive":
-            pool_mask = pooling_mask(batch["entity_mask"], batch["target_mask"], self.config.objective.pooling)
-        outputs = self.engine(batch["input_ids"], batch["attention_mask"], score_mask, pool_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, score_mask: torch.Tensor,
+                pool_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """One forward pass: `logits` at the scored positions, `z` at the pooled ones (with a contrast
+        head), `ref_logits` from the frozen reference (when there is one)."""
+        outputs = self.engine(input_ids, attention_mask, score_mask, pool_mask)
         if self.reference is not None:
             with torch.no_grad():
-                outputs["ref_logits"] = self.reference(batch["input_ids"], batch["attention_mask"], score_mask)["logits"]
-        loss, metrics = OBJECTIVES[self.method](outputs, batch, self.config.objective)
-        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
-        dist.all_reduce(bad)
-        if bad.item() > 0:
-            return metrics, False
+                outputs["ref_logits"] = self.reference(input_ids, attention_mask, score_mask)["logits"]
+        return outputs
+
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        """Backward; the optimizer step applies at accumulation boundaries (DeepSpeed counts them)."""
         self.engine.backward(loss)
         self.engine.step()
-        return metrics, True
+
+    # -- collectives ---------------------------------------------------------------------------
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on any rank."""
+        import torch.distributed as dist
+
+        value = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(value)
+        return value.item() > 0
+
+    def sum_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum of a small tensor over ranks, returned on CPU."""
+        import torch.distributed as dist
+
+        values = values.to(self.device)
+        dist.all_reduce(values)
+        return values.cpu()
+
+    def gather_objects(self, value) -> list:
+        """Every rank's `value`, in rank order, on every rank."""
+        import torch.distributed as dist
+
+        out = [None] * dist.get_world_size()
+        dist.all_gather_object(out, value)
+        return out
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+    # -- what the trainer reads ----------------------------------------------------------------
+
+    @property
+    def model_config(self):
+        """The LM's transformers config (for FLOPs per token)."""
+        return self.engine.module.lm.config
+
+    def device_name(self) -> str:
+        device = torch.device(self.device)
+        return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
     @property
     def global_step(self) -> int:

@@ -404,14 +404,17 @@ def estimate_memory(config, gpus: int, gpu_memory_bytes: int | None, micro_batch
     mode = "none" if cpu else (offload or _offload_of(ds))
     if mode not in OFFLOADS:
         raise ValueError(f"offload {mode!r}: one of {', '.join(OFFLOADS)}")
+    from cdb.objective import METHODS
+
     method = config.objective.method
+    spec = METHODS[method]
     shape = shape or model_shape(scale.model, scale.trust_remote_code)
 
     b_p = _bytes_of(scale.precision)
     b_g = _grad_bytes(ds, scale.precision)
-    head = contrast_head_params(shape.hidden, config.objective.projection_dim) if method == "contrastive" else 0
+    head = contrast_head_params(shape.hidden, config.objective.projection_dim) if spec.contrast_head else 0
     trainable = shape.total_params + head
-    reference = shape.total_params if method == "dpo" else 0
+    reference = shape.total_params if spec.reference_model else 0
     threshold = float(zero.get("stage3_param_persistence_threshold", 1e5))
     persistent = shape.persistent_params(threshold)
     gpus_per_node = 8 if not cpu else gpus
@@ -444,7 +447,7 @@ def estimate_memory(config, gpus: int, gpu_memory_bytes: int | None, micro_batch
     activations = act_on if scale.activation_checkpointing else act_off
     if reference:
         activations += activation_bytes(shape, seq, rows, act_b, True, eager) // shape.layers  # no_grad: one layer live
-    scored = rows * scale.max_target_tokens  # every row scored: dpo/unlikelihood; an upper bound otherwise
+    scored = rows * scale.max_target_tokens  # exact when the method scores negatives too; an upper bound otherwise
     logits = logits_bytes(shape, scored, act_b) * (2 if reference else 1)
     if head:
         # dense, gelu, proj outputs and z (fp32) at the pooled positions only: within the targets

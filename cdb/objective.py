@@ -3,10 +3,15 @@
 Formulas follow the method (README, "The method"): contrast computation (ContrastHead,
 pooling_mask, pool_representations, contrastive_loss), the LM loss (lm_loss) and dynamic loss
 scaling (dynamic_scales, combine_losses). `contrastive_objective` puts them together over one
-forward pass's outputs. similarity_stats is a logging aid. No I/O here.
+forward pass's outputs; the baselines' objectives follow. `METHODS` holds every training method as
+a record (`MethodSpec`) that the engine, the trainer, the memory planner and the sweep read.
+similarity_stats is a logging aid. No I/O here.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -63,11 +68,12 @@ def pool_representations(z: Tensor, mask: Tensor) -> Tensor:
     return F.normalize(sums / counts.unsqueeze(-1), dim=-1)
 
 
-def contrastive_loss(reps: Tensor, group: Tensor, positive: Tensor, temperature: float = 1.0) -> Tensor:
-    """Group-wise InfoNCE over positive pairs; one mean over every (i, j) positive pair of the batch."""
+def contrastive_loss(reps: Tensor, group: Tensor, positive: Tensor, tau: float = 1.0) -> Tensor:
+    """Group-wise InfoNCE over positive pairs, similarities divided by the temperature `tau`; one mean
+    over every (i, j) positive pair of the batch."""
     n = reps.shape[0]
     positive = positive.bool()
-    sim = reps @ reps.T / temperature
+    sim = reps @ reps.T / tau
     eye = torch.eye(n, dtype=torch.bool, device=reps.device)
     same_group = group.unsqueeze(0) == group.unsqueeze(1)
     others = same_group & ~eye  # denominator: every other row of the same source, never across groups
@@ -153,21 +159,16 @@ def score_positions(labels: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def contrastive_objective(outputs: dict[str, Tensor], batch: dict[str, Tensor], cfg) -> tuple[Tensor, dict[str, Tensor]]:
-    """The full loss of one micro-batch and every factor of it, for logging.
-
-    `outputs` come from one forward pass: `z` [K,P] (contrast head) at the positions
-    `pooling_mask(...)` selects and `logits` [M,V] at the positions `score_positions(labels, positive)`
-    selects. `cfg` is an ObjectiveConfig.
-    """
-    _, targets = score_positions(batch["labels"], batch["positive"])
+    """The full loss of one micro-batch and every factor of it, for logging (`outputs`: see `Objective`)."""
+    targets = outputs["targets"]
     if cfg.lm_normalization == "scored":
         normaliser = targets.numel()
     else:  # the authors' choice: all rows' target tokens, negatives included
         normaliser = batch["target_mask"].sum()
     loss_ce = lm_loss(outputs["logits"], targets, normaliser, cfg.label_smoothing)
 
-    reps = pool_representations(outputs["z"].float(), pooling_mask(batch["entity_mask"], batch["target_mask"], cfg.pooling))
-    loss_cl = contrastive_loss(reps, batch["group"], batch["positive"], cfg.temperature)
+    reps = pool_representations(outputs["z"].float(), outputs["pool_mask"])
+    loss_cl = contrastive_loss(reps, batch["group"], batch["positive"], cfg.contrast_temperature)
 
     entity_density = batch["entity_mask"].sum() / batch["attention_mask"].sum().clamp_min(1)
     scales = dynamic_scales(batch["has_toxic"], entity_density, cfg.scaling, cfg.toxic_weight)
@@ -227,28 +228,16 @@ def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
     return loss, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
 
 
-def scored_rows(method: str, positive: Tensor) -> Tensor:
-    """Rows whose candidate tokens a method scores: positives for LM-only methods, all rows otherwise."""
-    return torch.ones_like(positive, dtype=torch.bool) if method in ("dpo", "unlikelihood") else positive.bool()
-
-
-def _scored(batch: dict[str, Tensor], method: str) -> tuple[Tensor, Tensor, Tensor]:
-    """(scored position mask, targets, row of each target) for `method`, in the order the logits come."""
-    mask, targets = score_positions(batch["labels"], scored_rows(method, batch["positive"]))
-    rows = mask.nonzero(as_tuple=True)[0]
-    return mask, targets, rows
-
-
 def lm_only_objective(outputs: dict[str, Tensor], batch: dict[str, Tensor], cfg) -> tuple[Tensor, dict[str, Tensor]]:
     """`sft` and `cda`: token NLL on positive rows only (CDA's counterfactual rows are positives too)."""
-    _, targets, _ = _scored(batch, cfg.method)
+    targets = outputs["targets"]
     loss = lm_loss(outputs["logits"], targets, targets.numel(), cfg.label_smoothing)
     return loss, {"loss": loss.detach(), "loss_ce": loss.detach()}
 
 
 def unlikelihood_objective(outputs: dict[str, Tensor], batch: dict[str, Tensor], cfg) -> tuple[Tensor, dict[str, Tensor]]:
     """LM loss on positives plus `unlikelihood_weight` x unlikelihood on negative candidates' tokens."""
-    _, targets, rows = _scored(batch, cfg.method)
+    targets, rows = outputs["targets"], outputs["target_rows"]
     on_positive = batch["positive"].bool()[rows]
     loss_ce = lm_loss(outputs["logits"][on_positive], targets[on_positive], int(on_positive.sum()), cfg.label_smoothing)
     loss_ul = unlikelihood_loss(outputs["logits"][~on_positive], targets[~on_positive], int((~on_positive).sum()))
@@ -258,7 +247,7 @@ def unlikelihood_objective(outputs: dict[str, Tensor], batch: dict[str, Tensor],
 
 def dpo_objective(outputs: dict[str, Tensor], batch: dict[str, Tensor], cfg) -> tuple[Tensor, dict[str, Tensor]]:
     """DPO over every (positive, negative) pair of each source; `outputs["ref_logits"]` from the frozen reference."""
-    _, targets, rows = _scored(batch, cfg.method)
+    targets, rows = outputs["targets"], outputs["target_rows"]
     n = batch["positive"].shape[0]
     policy = sequence_logprobs(outputs["logits"], targets, rows, n)
     reference = sequence_logprobs(outputs["ref_logits"], targets, rows, n)
@@ -276,11 +265,54 @@ def dpo_objective(outputs: dict[str, Tensor], batch: dict[str, Tensor], cfg) -> 
     }
 
 
-OBJECTIVES = {
-    "contrastive": contrastive_objective,
-    "sft": lm_only_objective,
-    "cda": lm_only_objective,
-    "unlikelihood": unlikelihood_objective,
-    "dpo": dpo_objective,
+# --- the methods as records ---------------------------------------------------------------------
+
+
+Objective = Callable[[dict[str, Tensor], dict[str, Tensor], Any], tuple[Tensor, dict[str, Tensor]]]
+"""(outputs, batch, ObjectiveConfig) -> (loss, metrics). `outputs` of one forward pass: `logits` [M,V] at
+the M scored positions (`score_positions(labels, spec.scored_rows(positive))`), their `targets` [M] and
+`target_rows` [M]; with a contrast head, `z` [K,P] at the K positions of `pool_mask` [N,T]; with a
+reference model, `ref_logits` [M,V] at the same positions as `logits`."""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """Everything the rest of cdb needs to know about a training method; engine, memory planner,
+    trainer and sweep read these fields and never branch on a method's name."""
+
+    objective: Objective
+    """(outputs of one forward pass, batch, ObjectiveConfig) -> (loss, metrics to log)."""
+    summary: str
+    """One line for --help and docs."""
+    contrast_head: bool = False
+    """Trains a contrast head on the pooled tokens (its output arrives as outputs["z"])."""
+    reference_model: bool = False
+    """Needs a frozen copy of the starting model (its logits arrive as outputs["ref_logits"])."""
+    scores_negatives: bool = False
+    """The logits of negative rows' candidate tokens are needed too, not only the positives'."""
+    transform_records: Callable[[list], list] | None = None
+    """Rewrites the training records before tokenization (e.g. counterfactual augmentation)."""
+
+    def scored_rows(self, positive: Tensor) -> Tensor:
+        """Rows whose candidate tokens the forward pass must produce logits for."""
+        return torch.ones_like(positive, dtype=torch.bool) if self.scores_negatives else positive.bool()
+
+
+def _counterfactual(records: list) -> list:
+    from cdb.data.cda import counterfactual_records  # data-side transform, imported on use
+
+    return counterfactual_records(records)
+
+
+METHODS: dict[str, MethodSpec] = {
+    "contrastive": MethodSpec(contrastive_objective, "the method: LM loss + contrast over entity-pooled rows, dynamically scaled",
+                              contrast_head=True),
+    "sft": MethodSpec(lm_only_objective, "LM loss on the positives only"),
+    "dpo": MethodSpec(dpo_objective, "DPO over same-source (positive, negative) pairs against a frozen reference",
+                      reference_model=True, scores_negatives=True),
+    "unlikelihood": MethodSpec(unlikelihood_objective, "LM loss on positives + unlikelihood on negatives' tokens",
+                               scores_negatives=True),
+    "cda": MethodSpec(lm_only_objective, "LM loss on positives plus their demographic counterfactuals",
+                      transform_records=_counterfactual),
 }
-"""method name -> objective(outputs, batch, cfg) -> (loss, metrics)."""
+"""Training methods by name (`objective.method`). Adding a method is one entry here."""

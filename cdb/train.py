@@ -1,9 +1,10 @@
 """`python -m cdb.train`: the contrastive objective (or a baseline) on Ray Train workers running DeepSpeed ZeRO-3.
 
-Driver: resolve the config, validate the data, check the scale fits the cluster and the disk,
-create the MLflow run, evaluate the starting model, start a TorchTrainer, evaluate the result.
-Workers: tokenize, build the engine, train, checkpoint through Ray Train, export the model. With no RAY_ADDRESS a local Ray is started; under `ray job submit` the
-same command joins the cluster.
+The driver runs named phases: resolve the config, validate (data, batches, ds_config), connect
+(Ray, the scale's resources), prepare the model (disk, memory plan), open the run (folder + MLflow),
+evaluate the starting model, fit a TorchTrainer, evaluate the result, summarise. Each worker runs
+cdb.loop.run_worker (the Trainer over cdb.engine's Strategy). With no RAY_ADDRESS a local Ray is
+started; under `ray job submit` the same command joins the cluster.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ import signal
 import sys
 import tempfile
 import time
-import typing
-import warnings
 from datetime import timedelta
 from pathlib import Path
 
 from cdb import config as cfg
 from cdb.data.records import DataError, load_records, write_rejected
+from cdb.loop import STOP_FILE
 from cdb.model import cache_dir, count_parameters, load_tokenizer, prepare_model_source
+from cdb.objective import METHODS
 from cdb.scales import ALIASES, SCALES
 
 EXIT_CONFIG = 2
@@ -31,9 +32,6 @@ EXIT_DATA = 3
 EXIT_RESOURCES = 4
 EXIT_FAILED = 1
 EXIT_STOPPED = 75  # SIGTERM/SIGINT: checkpointed and stopped cleanly; rerun with --resume
-STOP_FILE = ".stop-requested"
-
-METHODS = typing.get_args(typing.get_type_hints(cfg.ObjectiveConfig)["method"])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale", help=f"scale preset ({scales}); default tiny")
     p.add_argument("--model", help="HF hub id or local directory, overriding the scale's model (scale.model)")
     p.add_argument("--data", help="JSONL/parquet file, save_to_disk directory or HF dataset id (data.path); default: the embedded dataset")
-    p.add_argument("--method", choices=METHODS, help="training objective (objective.method)")
+    p.add_argument("--method", choices=list(METHODS), help="training objective (objective.method)")
     p.add_argument("--max-steps", type=int, help="optimizer steps; 0 = as many as --epochs take (train.max_steps)")
     p.add_argument("--epochs", type=int, help="passes over the data when --max-steps is 0 (train.epochs)")
     p.add_argument("--num-workers", type=int, help="Ray Train workers, one DeepSpeed rank each (scale.num_workers)")
@@ -112,157 +110,22 @@ def preflight_output(config: cfg.Config, parameters: int) -> str | None:
     return None
 
 
-def total_steps(config: cfg.Config, micro_batches_per_epoch: int) -> int:
-    if config.train.max_steps:
-        return config.train.max_steps
-    return max(1, config.train.epochs * micro_batches_per_epoch // config.scale.grad_accum)
-
-
 # --- the worker ---------------------------------------------------------------------------------
 
 
-def _say(text: str) -> None:
-    """A worker's progress line. Straight to the process's stdout: Ray Train's print() patch in
-    workers tees to stdout and to its logger, which shows every line twice on the driver."""
-    print(text, file=sys.__stdout__, flush=True)
-
-
 def train_loop_per_worker(loop: dict) -> None:
-    """One Ray Train worker = one DeepSpeed rank."""
-    if loop["cpu"]:
-        os.environ["DS_ACCELERATOR"] = "cpu"  # before deepspeed is imported
-    # A dead tracking server must cost seconds, not minutes of retries: metrics get spooled.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", loop["torch_extensions_dir"])
-    # DeepSpeed 0.19 calls collectives torch 2.13 deprecates, once per step: not the user's concern.
-    warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor).*", category=FutureWarning)
-    import deepspeed
+    """One Ray Train worker = one DeepSpeed rank: cdb.loop.run_worker with Ray Train's checkpoints."""
     import ray.train
-    import torch
-    import torch.distributed as dist
 
-    from cdb.data.batch import collate, micro_batches_per_epoch, assign_micro_batches, special_ids, tokenize_records
-    from cdb.data.entities import make_tagger
-    from cdb.engine import Strategy
-    from cdb.tracking import SPOOL_FILE, RunLogger
+    from cdb.loop import run_worker
 
     context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    deepspeed.init_distributed(dist_backend="gloo" if loop["cpu"] else "nccl")
-    config = cfg.from_dict(loop["config"])
-    scale = config.scale
 
-    tokenizer = load_tokenizer(loop["model_source"], scale.trust_remote_code)
-    records, _ = load_records(config.data.path, config.data.split, "skip")
-    if config.data.max_records:
-        records = records[: config.data.max_records]
-    if config.objective.method == "cda":
-        from cdb.data.cda import counterfactual_records
+    def save(directory: str, metrics: dict) -> None:
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                         checkpoint_dir_name=f"step_{metrics['step']:07d}")
 
-        records = counterfactual_records(records)
-    sources = tokenize_records(records, tokenizer, make_tagger(config.data.entity_tagger), scale.max_source_tokens, scale.max_target_tokens)
-    per_epoch = micro_batches_per_epoch(len(sources), scale.micro_batch, world)
-    steps = total_steps(config, per_epoch)
-    _, _, pad_id = special_ids(tokenizer)
-
-    strategy = Strategy(config, loop["model_source"], tokenizer, world, rank, steps)
-    if rank == 0:
-        local, total = strategy.param_counts()
-        _say(f"[cdb] {total:,} parameters, {local:,} on rank 0 (ZeRO-3 over {world} ranks); {steps} steps")
-    output_dir = Path(config.train.output_dir)
-    logger = RunLogger(loop["tracking_uri"], loop["run_id"], rank, output_dir / SPOOL_FILE)
-    micro, skipped = 0, 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = strategy.load_checkpoint(directory)
-        micro, skipped = state["consumed_micro_batches"], state["skipped_micro_batches"]
-        if rank == 0:
-            _say(f"[cdb] resumed at step {strategy.global_step} from {checkpoint.path}")
-
-    # After a worker-group restart the run may hold steps past the checkpoint: log none twice.
-    logger.skip_logged_steps()
-    from cdb.perf import device_peak_flops, flops_per_token, mfu, peak_memory_bytes
-
-    # FLOPs per token from the model's shape, against the device's peak (measured once on CPU).
-    token_flops = flops_per_token(strategy.engine.module.lm.config, scale.max_source_tokens + scale.max_target_tokens)
-    peak_flops = device_peak_flops("cpu" if loop["cpu"] else torch.cuda.get_device_name(), scale.precision)
-    step = strategy.global_step
-    sums, tokens, in_row, metric_names = None, 0, 0, []
-    epoch_plan: tuple[int, list] | None = None
-    started = window_start = time.perf_counter()
-    first_step, window_tokens = step, 0.0
-    while step < steps:
-        epoch, index = divmod(micro, per_epoch)
-        if epoch_plan is None or epoch_plan[0] != epoch:
-            epoch_plan = (epoch, assign_micro_batches(sources, scale.micro_batch, config.train.seed, epoch, rank, world))
-        batch = collate(epoch_plan[1][index], pad_id)
-        metrics, applied = strategy.micro_step(batch)
-        micro += 1
-        if not applied:
-            skipped, in_row = skipped + 1, in_row + 1
-            if in_row >= config.train.max_nonfinite_in_row:
-                terms = ", ".join(f"{k}={float(metrics[k]):.4g}" for k in ("loss", "loss_ce", "loss_contrast"))
-                raise NonFiniteLoss(f"step {step + 1}: non-finite loss in {in_row} micro-batches in a row ({terms}); "
-                                    "lower optim.lr or check the data")
-            continue
-        in_row = 0
-        tokens += int(batch["attention_mask"].sum())
-        values = torch.stack([v.float().reshape(()).cpu() for v in metrics.values()])
-        metric_names = list(metrics)
-        sums = values if sums is None else sums + values
-        if strategy.global_step == step:
-            continue  # inside an accumulation window
-        step = strategy.global_step
-
-        # One small all-reduce per step: metrics averaged over ranks, tokens summed, stop flag.
-        stop_requested = float(rank == 0 and (output_dir / STOP_FILE).exists())
-        packed = torch.cat([sums / scale.grad_accum, torch.tensor([float(tokens), stop_requested])]).to(strategy.device)
-        dist.all_reduce(packed)
-        packed = packed.cpu()
-        averaged = dict(zip(metric_names, (packed[:-2] / world).tolist()))
-        window_tokens += packed[-2].item()
-        stop = packed[-1].item() > 0
-        sums, tokens = None, 0
-
-        if step % config.train.log_every == 0 or step == steps or stop:
-            now = time.perf_counter()
-            tokens_per_s = window_tokens / max(now - window_start, 1e-9)
-            row = {f"train/{k}": v for k, v in averaged.items()}
-            row.update({"train/lr": strategy.lr(), "train/grad_norm": strategy.grad_norm(),
-                        "train/tokens_per_s": tokens_per_s, "train/skipped_steps": skipped,
-                        "train/mfu": mfu(tokens_per_s / world, token_flops, peak_flops)})
-            if step == steps or stop:  # every rank is here: gather each one's peak memory
-                peaks = [None] * world
-                dist.all_gather_object(peaks, peak_memory_bytes(strategy.device))
-                row.update({f"train/peak_memory_gib/rank{r}": b / 2**30 for r, b in enumerate(peaks)})
-            logger.log_metrics(row, step)
-            if rank == 0:
-                eta = (now - started) / max(step - first_step, 1) * (steps - step)
-                terms = ", ".join(f"{k[5:]} {v:.4f}" for k, v in averaged.items() if k.startswith("loss_"))
-                _say(f"[cdb] step {step}/{steps} | loss {averaged['loss']:.4f}" + (f" ({terms})" if terms else "")
-                     + f" | {tokens_per_s:,.0f} tok/s | eta {timedelta(seconds=round(eta))}")
-            window_start, window_tokens = now, 0.0
-
-        if step % config.train.checkpoint_every == 0 or step == steps or stop:
-            with tempfile.TemporaryDirectory(prefix="cdb-ckpt-") as directory:
-                strategy.save_checkpoint(directory, {"step": step, "consumed_micro_batches": micro,
-                                                     "skipped_micro_batches": skipped})
-                ray.train.report({"step": step, "loss": averaged["loss"], "stopped": stop},
-                                 checkpoint=ray.train.Checkpoint.from_directory(directory),
-                                 checkpoint_dir_name=f"step_{step:07d}")
-        if stop:
-            if rank == 0:
-                _say(f"[cdb] stop requested: checkpointed step {step}, exiting")
-            return
-
-    strategy.export(output_dir / "model")
-    strategy.close()
-
-
-class NonFiniteLoss(RuntimeError):
-    """Too many micro-batches in a row had a non-finite loss."""
+    run_worker(loop["args"], context.get_world_rank(), context.get_world_size(), ray.train.get_checkpoint(), save)
 
 
 # --- the driver ---------------------------------------------------------------------------------
@@ -330,33 +193,36 @@ def check_resources(config: cfg.Config, available: dict) -> str | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        config = config_from_args(args)
-    except cfg.ConfigError as exc:
-        return _fail(EXIT_CONFIG, str(exc))
+class Failure(Exception):
+    """A run that cannot go on: the message for the user and the exit code."""
 
-    # Validate everything the user gave before writing anything: a bad run must not touch a good one.
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def validate(config: cfg.Config) -> tuple[list, list]:
+    """Everything the user gave, checked before anything is written: a bad run must not touch a good one.
+    Returns (records, rejected records)."""
+    from cdb.engine import build_ds_config
+
     try:
         records, rejected = load_records(config.data.path, config.data.split, config.data.on_bad_record)
     except DataError as exc:
-        return _fail(EXIT_DATA, str(exc))
+        raise Failure(EXIT_DATA, str(exc)) from None
     problem = check_batches(config, len(records))
     if problem:
-        return _fail(EXIT_DATA, problem)
+        raise Failure(EXIT_DATA, problem)
     try:
-        from cdb.engine import build_ds_config
-
         build_ds_config(config, config.scale.num_workers)
     except cfg.ConfigError as exc:
-        return _fail(EXIT_CONFIG, str(exc))
+        raise Failure(EXIT_CONFIG, str(exc)) from None
+    return records, rejected
 
+
+def connect(config: cfg.Config) -> None:
+    """Start or join Ray, and check the cluster can hold the scale."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from cdb import tracking
 
     _ray_init(config)
     # MLflow's default (7 retries, backoff 2) waits ~4 minutes per request on a dead server; the
@@ -366,27 +232,36 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     problem = None if config.train.autoscaling else check_resources(config, ray.cluster_resources())
     if problem:
-        return _fail(EXIT_RESOURCES, problem)
+        raise Failure(EXIT_RESOURCES, problem)
+
+
+def prepare_model(config: cfg.Config) -> tuple[str, int]:
+    """(local model source, parameter count), after checking the output folder and the memory plan."""
+    from cdb.memory import estimate_memory
 
     try:
         model_source = prepare_model_source(config.scale.model)
         tokenizer = load_tokenizer(model_source, config.scale.trust_remote_code)
         parameters = count_parameters(model_source, len(tokenizer), config.scale.trust_remote_code)
     except (OSError, ValueError) as exc:
-        return _fail(EXIT_CONFIG, f"scale.model {config.scale.model!r}: {exc}")
+        raise Failure(EXIT_CONFIG, f"scale.model {config.scale.model!r}: {exc}") from None
     problem = preflight_output(config, parameters)
     if problem:
-        return _fail(EXIT_CONFIG, problem)
-    from cdb.memory import estimate_memory
-
+        raise Failure(EXIT_CONFIG, problem)
     memory = estimate_memory(config, config.scale.num_workers * max(config.scale.gpus_per_worker, 1), None)
     if not memory.fits:
-        return _fail(EXIT_RESOURCES, memory.message)
+        raise Failure(EXIT_RESOURCES, memory.message)
+    return model_source, parameters
+
+
+def open_run(config: cfg.Config, resume: bool, n_records: int, rejected: list, parameters: int) -> dict:
+    """The run folder (config.yaml, run.json) and its MLflow run: new, or the saved one on --resume."""
+    from cdb import tracking
 
     output_dir = Path(config.train.output_dir)
     run_file = output_dir / tracking.RUN_FILE
-    if args.resume and not run_file.is_file():
-        return _fail(EXIT_CONFIG, f"--resume: {run_file} not found; nothing to resume")
+    if resume and not run_file.is_file():
+        raise Failure(EXIT_CONFIG, f"--resume: {run_file} not found; nothing to resume")
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / STOP_FILE).unlink(missing_ok=True)
     config.save(output_dir / "config.yaml")
@@ -395,31 +270,38 @@ def main(argv: list[str] | None = None) -> int:
 
     uri = tracking.resolve_uri(config.tracking.uri)
     scale = config.scale
-    params = {
-        "scale": scale.name, "method": config.objective.method, "model": scale.model,
-        "world_size": scale.num_workers, "zero_stage": 3, "records": len(records), "rejected_records": len(rejected),
-        "parameters": parameters, **config.flat(),
-    }
-    tags = {"cdb.scale": scale.name, "cdb.method": config.objective.method}
-    if config.tracking.parent_run_id:
-        tags["mlflow.parentRunId"] = config.tracking.parent_run_id
-    if args.resume:
+    if resume:
         run = json.loads(run_file.read_text())
     else:
+        params = {
+            "scale": scale.name, "method": config.objective.method, "model": scale.model,
+            "world_size": scale.num_workers, "zero_stage": 3, "records": n_records, "rejected_records": len(rejected),
+            "parameters": parameters, **config.flat(),
+        }
+        tags = {"cdb.scale": scale.name, "cdb.method": config.objective.method}
+        if config.tracking.parent_run_id:
+            tags["mlflow.parentRunId"] = config.tracking.parent_run_id
         run = {"run_id": None, "ray_name": f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
                "tracking_uri": uri, "experiment": config.tracking.experiment,
                "run_name": config.tracking.run_name, "params": {k: str(v) for k, v in params.items()}, "tags": tags}
     run["run_id"] = tracking.ensure_run(run, output_dir)
     tracking.write_run_file(run, output_dir)
+    return run
 
-    cpu = scale.gpus_per_worker == 0
-    trainer = TorchTrainer(
+
+def make_trainer(config: cfg.Config, run: dict, model_source: str):
+    """Ray Train's TorchTrainer over cdb's worker loop, checkpointing under the run folder."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from cdb.loop import WorkerArgs
+
+    scale, cpu = config.scale, config.scale.gpus_per_worker == 0
+    args = WorkerArgs(config=config, model_source=model_source, cpu=cpu, tracking_uri=run["tracking_uri"],
+                      run_id=run["run_id"], torch_extensions_dir=str(cache_dir() / "torch_extensions"))
+    return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "config": config.to_dict(), "model_source": model_source, "cpu": cpu,
-            "tracking_uri": run["tracking_uri"], "run_id": run["run_id"],
-            "torch_extensions_dir": str(cache_dir() / "torch_extensions"),
-        },
+        train_loop_config={"args": args},
         torch_config=TorchConfig(backend="gloo" if cpu else "nccl"),
         scaling_config=ScalingConfig(
             num_workers=scale.num_workers, use_gpu=not cpu,
@@ -427,12 +309,16 @@ def main(argv: list[str] | None = None) -> int:
         ),
         run_config=RunConfig(
             name=run["ray_name"],  # the same name on --resume: Ray Train restores its latest checkpoint
-            storage_path=str(output_dir / "checkpoints"),
+            storage_path=str(Path(config.train.output_dir) / "checkpoints"),
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=config.train.max_failures),
         ),
     )
 
+
+def fit(trainer, output_dir: Path):
+    """trainer.fit() with SIGTERM/SIGINT turned into a checkpoint-and-stop request.
+    Returns (Ray's result, whether a stop was requested)."""
     stop_signals = []
 
     def request_stop(signum, _frame):
@@ -441,32 +327,21 @@ def main(argv: list[str] | None = None) -> int:
         stop_signals.append(signum)
         print(f"\n[cdb] {signal.Signals(signum).name}: checkpointing at the next step, then stopping", flush=True)
 
-    if config.eval.suite != "off" and not (output_dir / "eval_base" / "eval.json").exists():
-        run_eval(config, model_source, "eval_base", run, output_dir)
-
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    started = time.perf_counter()
     try:
-        result = trainer.fit()
-    except Exception as exc:  # Ray wraps worker errors; the run is marked failed, the message shown
-        tracking.finish_run(run, output_dir, "FAILED")
-        return _fail(EXIT_FAILED, f"training failed: {_root_cause(exc)}")
+        return trainer.fit(), bool(stop_signals)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         (output_dir / STOP_FILE).unlink(missing_ok=True)
-    if stop_signals and result.metrics.get("stopped"):
-        tracking.finish_run(run, output_dir, "KILLED")
-        print(f"[cdb] stopped at step {result.metrics['step']}; continue with: python -m cdb.train --output-dir {output_dir} --resume")
-        return EXIT_STOPPED
-    if config.eval.suite != "off":
-        run_eval(config, str(output_dir / "model"), "eval", run, output_dir)
-    tracking.finish_run(run, output_dir, "FINISHED")
 
-    elapsed = timedelta(seconds=round(time.perf_counter() - started))
+
+def print_summary(config: cfg.Config, run: dict, result, elapsed: float) -> None:
+    output_dir = Path(config.train.output_dir)
+    uri = run["tracking_uri"]
     checkpoint = result.checkpoint.path if result.checkpoint else "(none)"
     db_hint = f"--backend-store-uri {uri}" if uri.startswith(("sqlite:", "file:", "postgresql:", "mysql:")) else ""
-    print(f"\n[cdb] done in {elapsed}: final loss {result.metrics.get('loss', float('nan')):.4f}")
+    print(f"\n[cdb] done in {timedelta(seconds=round(elapsed))}: final loss {result.metrics.get('loss', float('nan')):.4f}")
     print(f"  model:       {output_dir / 'model'}")
     print(f"  checkpoints: {checkpoint}")
     print(f"  config:      {output_dir / 'config.yaml'}")
@@ -475,6 +350,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  MLflow UI:   mlflow ui {db_hint} --host 127.0.0.1 --port 5000, then open http://127.0.0.1:5000")
     else:
         print(f"  MLflow UI:   open {uri}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = config_from_args(args)
+        records, rejected = validate(config)
+        connect(config)
+        model_source, parameters = prepare_model(config)
+        run = open_run(config, args.resume, len(records), rejected, parameters)
+    except cfg.ConfigError as exc:
+        return _fail(EXIT_CONFIG, str(exc))
+    except Failure as exc:
+        return _fail(exc.code, str(exc))
+
+    from cdb import tracking
+
+    output_dir = Path(config.train.output_dir)
+    trainer = make_trainer(config, run, model_source)
+    if config.eval.suite != "off" and not (output_dir / "eval_base" / "eval.json").exists():
+        run_eval(config, model_source, "eval_base", run, output_dir)
+    started = time.perf_counter()
+    try:
+        result, stop_requested = fit(trainer, output_dir)
+    except Exception as exc:  # Ray wraps worker errors; the run is marked failed, the message shown
+        tracking.finish_run(run, output_dir, "FAILED")
+        return _fail(EXIT_FAILED, f"training failed: {_root_cause(exc)}")
+    if stop_requested and result.metrics.get("stopped"):
+        tracking.finish_run(run, output_dir, "KILLED")
+        print(f"[cdb] stopped at step {result.metrics['step']}; continue with: python -m cdb.train --output-dir {output_dir} --resume")
+        return EXIT_STOPPED
+    if config.eval.suite != "off":
+        run_eval(config, str(output_dir / "model"), "eval", run, output_dir)
+    tracking.finish_run(run, output_dir, "FINISHED")
+    print_summary(config, run, result, time.perf_counter() - started)
     return 0
 
 

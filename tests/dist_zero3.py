@@ -1,9 +1,14 @@
-"""Run by tests/test_engine.py under torchrun (2 gloo processes): ZeRO-3 partitioning, training on a
-fixed batch, checkpoint save/load and export. Rank 0 writes what it saw to the JSON file in argv[1]."""
+"""Run by tests/test_engine.py under torchrun (2 gloo processes, no Ray): ZeRO-3 partitioning, training
+on a fixed batch, checkpoint save/load and export, DPO's frozen reference, and the Trainer's loop
+(cdb.loop.run_worker: logging, checkpoint cadence, stop and resume). Rank 0 writes what it saw to
+the JSON file in argv[1]."""
 
 import json
 import os
+import shutil
 import sys
+from contextlib import contextmanager
+from pathlib import Path
 
 os.environ["DS_ACCELERATOR"] = "cpu"
 
@@ -16,7 +21,9 @@ from cdb.data.batch import collate, special_ids, tokenize_records  # noqa: E402
 from cdb.data.entities import regex_tagger  # noqa: E402
 from cdb.data.records import load_records  # noqa: E402
 from cdb.engine import Strategy  # noqa: E402
-from cdb.model import TINY, load_tokenizer  # noqa: E402
+from cdb.loop import WorkerArgs, micro_step, run_worker  # noqa: E402
+from cdb.model import TINY, cache_dir, load_tokenizer  # noqa: E402
+from cdb.objective import METHODS  # noqa: E402
 
 
 def gathered(strategy, engine=None):
@@ -34,31 +41,35 @@ def main(out_path: str, workdir: str) -> None:
     sources = tokenize_records(records[:4], tokenizer, regex_tagger, 64, 32)
     batch = collate(sources[rank * 2:(rank + 1) * 2], special_ids(tokenizer)[2])
 
-    strategy = Strategy(config, TINY, tokenizer, world, rank, total_steps=40)
+    contrastive = METHODS["contrastive"]
+    strategy = Strategy(config, TINY, tokenizer, world, rank, 40, contrastive)
     embed = strategy.engine.module.lm.get_input_embeddings().weight
     local, total = strategy.param_counts()
     partition = {"local": local, "total": total, "embed_numel_outside_forward": embed.numel(),
                  "embed_shard": embed.ds_tensor.numel(), "embed_full": embed.ds_numel}
 
-    losses = [float(strategy.micro_step(batch)[0]["loss"]) for _ in range(12)]
+    def step(s, spec=contrastive, c=config):
+        return float(micro_step(s, spec, c.objective, batch)[0]["loss"])
+
+    losses = [step(strategy) for _ in range(12)]
     strategy.save_checkpoint(os.path.join(workdir, "ckpt"), {"step": 12})
     saved = gathered(strategy)
-    after_save = float(strategy.micro_step(batch)[0]["loss"])
+    after_save = step(strategy)
 
     torch.manual_seed(1234)  # a different init: the load must overwrite it
-    restored = Strategy(config, TINY, tokenizer, world, rank, total_steps=40)
+    restored = Strategy(config, TINY, tokenizer, world, rank, 40, contrastive)
     client = restored.load_checkpoint(os.path.join(workdir, "ckpt"))
     loaded = gathered(restored)
     max_diff = max((saved[k] - loaded[k]).abs().max().item() for k in saved)
-    after_load = float(restored.micro_step(batch)[0]["loss"])
+    after_load = step(restored)
     restored.export(os.path.join(workdir, "model"))
 
     # DPO: the frozen reference is its own stage-3 engine and never changes while the policy trains.
     dpo_config = cfg.resolve(flags={"scale.num_workers": world, "train.output_dir": workdir, "objective.method": "dpo"})
-    dpo = Strategy(dpo_config, TINY, tokenizer, world, rank, total_steps=40)
+    dpo = Strategy(dpo_config, TINY, tokenizer, world, rank, 40, METHODS["dpo"])
     reference_before, policy_before = gathered(dpo, dpo.reference), gathered(dpo)
     reference_is_sharded = all(p.numel() == 0 for p in dpo.reference.module.parameters())
-    dpo_losses = [float(dpo.micro_step(batch)[0]["loss"]) for _ in range(3)]
+    dpo_losses = [step(dpo, METHODS["dpo"], dpo_config) for _ in range(3)]
     reference_after, policy_after = gathered(dpo, dpo.reference), gathered(dpo)
     dpo_result = {
         "losses": dpo_losses,
@@ -69,14 +80,66 @@ def main(out_path: str, workdir: str) -> None:
                                            for k in reference_before),
     }
 
+    trainer_result = trainer_stop_and_resume(workdir, rank, world)
+
     shards = [None] * world
     dist.all_gather_object(shards, partition)
     if rank == 0:
         with open(out_path, "w") as handle:
             json.dump({"world": world, "partition": shards, "losses": losses, "client_step": client["step"],
                        "max_weight_diff_after_load": max_diff, "loss_after_save": after_save,
-                       "loss_after_load": after_load, "lr": restored.lr(), "dpo": dpo_result}, handle)
+                       "loss_after_load": after_load, "lr": restored.lr(), "dpo": dpo_result,
+                       "trainer": trainer_result}, handle)
     dist.barrier()
+
+
+class SavedCheckpoint:
+    """A checkpoint folder in the shape run_worker takes (Ray Train's Checkpoint has the same two members)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @contextmanager
+    def as_directory(self):
+        yield str(self.path)
+
+
+def trainer_stop_and_resume(workdir: str, rank: int, world: int) -> dict:
+    """run_worker for 4 steps, checkpointing every 2, stopped on request after step 3, then resumed
+    from that checkpoint to the end; metrics go to a real sqlite MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    from cdb import tracking
+
+    out = Path(workdir) / "trainer"
+    config = cfg.resolve(flags={"scale.num_workers": world, "train.output_dir": str(out), "train.max_steps": 4,
+                                "train.checkpoint_every": 2, "data.max_records": 8, "eval.suite": "off"})
+    uri = f"sqlite:///{Path(workdir) / 'mlflow.db'}"
+    run_id = [tracking.start_run(uri, "trainer", "trainer", {}, {}) if rank == 0 else None]
+    dist.broadcast_object_list(run_id, src=0)
+    args = WorkerArgs(config=config, model_source=TINY, cpu=True, tracking_uri=uri, run_id=run_id[0],
+                      torch_extensions_dir=str(cache_dir() / "torch_extensions"))
+    saved = []
+
+    def save(directory: str, metrics: dict) -> None:  # what Ray Train's report does: keep every rank's files
+        saved.append(metrics["step"])
+        shutil.copytree(directory, out / f"step_{metrics['step']}", dirs_exist_ok=True)
+
+    asked = []
+
+    def stop_after_three() -> bool:
+        asked.append(1)
+        return len(asked) >= 3
+
+    stopped = run_worker(args, rank, world, None, save, stop_after_three)
+    exported_after_stop = (out / "model").exists()
+    dist.barrier()
+    finished_stopped = run_worker(args, rank, world, SavedCheckpoint(out / "step_3"), save, lambda: False)
+    dist.barrier()
+    history = MlflowClient(uri).get_metric_history(run_id[0], "train/loss") if rank == 0 else []
+    return {"stopped": stopped, "exported_after_stop": exported_after_stop, "resumed_stopped": finished_stopped,
+            "checkpoints": saved, "logged_steps": sorted(m.step for m in history),
+            "exported": (out / "model" / "config.json").exists()}
 
 
 if __name__ == "__main__":

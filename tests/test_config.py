@@ -261,7 +261,7 @@ def test_invalid_yaml(tmp_path):
     ("scale.grad_accum=0", "scale.grad_accum"),
     ("scale.max_source_tokens=7", "scale.max_source_tokens"),
     ("scale.max_target_tokens=3", "scale.max_target_tokens"),
-    ("objective.temperature=0", "objective.temperature"),
+    ("objective.contrast_temperature=0", "objective.contrast_temperature"),
     ("objective.alpha=-1", "objective.alpha"),
     ("optim.lr=0", "optim.lr"),
     ("optim.warmup_steps=-1", "optim.warmup_steps"),
@@ -357,7 +357,7 @@ def test_relative_output_dir_made_absolute(tmp_path, monkeypatch):
 
 
 def test_save_and_from_dict_round_trip(tmp_path):
-    config = resolve(scale="70b", sets=["optim.betas=[0.8,0.95]", "optim.lr=2.5e-5", "objective.temperature=0.07",
+    config = resolve(scale="70b", sets=["optim.betas=[0.8,0.95]", "optim.lr=2.5e-5", "objective.contrast_temperature=0.07",
                                         "data.on_bad_record=skip", "tracking.run_name=x"])
     path = tmp_path / "config.yaml"
     config.save(path)

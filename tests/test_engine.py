@@ -69,3 +69,13 @@ def test_dpo_reference_is_a_frozen_sharded_engine(zero3_run):
     assert dpo["losses"][0] == pytest.approx(0.6931, abs=1e-3)  # log 2 while policy == reference
     assert dpo["policy_max_change"] > 0.0
     assert dpo["reference_max_change"] == 0.0  # the reference never moves
+
+
+def test_trainer_stops_on_request_and_resumes_without_gaps(zero3_run):
+    """cdb.loop.run_worker without Ray: checkpoint cadence, a stop request, a resume, one metric per step."""
+    trainer = zero3_run[0]["trainer"]
+    assert trainer["stopped"] is True and trainer["exported_after_stop"] is False  # stopped runs export nothing
+    assert trainer["resumed_stopped"] is False and trainer["exported"]
+    # every 2 steps, the stop at step 3, the last step: each checkpoint once per rank
+    assert trainer["checkpoints"] == [2, 3, 4]
+    assert trainer["logged_steps"] == [1, 2, 3, 4]  # the resumed run logs no step twice and skips none

@@ -62,7 +62,7 @@ def test_contrastive_hand_case_tau_half() -> None:
     # (1,0): log(e^1.2+e^1.6) - 1.2 = log(8.273149) - 1.2 = 0.913015
     # mean = 0.588149
     reps = t([[1, 0], [0.6, 0.8], [0, 1]])
-    loss = contrastive_loss(reps, torch.tensor([0, 0, 0]), torch.tensor([True, True, False]), temperature=0.5)
+    loss = contrastive_loss(reps, torch.tensor([0, 0, 0]), torch.tensor([True, True, False]), tau=0.5)
     assert loss.item() == pytest.approx(0.5881488599, abs=1e-9)
 
 
@@ -85,7 +85,7 @@ def test_contrastive_temperature_matches_reference() -> None:
     group = [0, 0, 0, 1, 1, 1, 1]
     positive = [True, True, False, True, True, True, False]
     args = (reps, torch.tensor(group), torch.tensor(positive))
-    at_1, at_half = contrastive_loss(*args, temperature=1.0), contrastive_loss(*args, temperature=0.5)
+    at_1, at_half = contrastive_loss(*args, tau=1.0), contrastive_loss(*args, tau=0.5)
     assert at_half.item() == pytest.approx(reference_contrastive(reps.tolist(), group, positive, 0.5), abs=1e-10)
     assert at_1.item() == pytest.approx(reference_contrastive(reps.tolist(), group, positive, 1.0), abs=1e-10)
     assert at_half.item() != pytest.approx(at_1.item())
