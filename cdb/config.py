@@ -62,7 +62,7 @@ class ObjectiveConfig:
     method: str = "contrastive"
     """contrastive (the method); baselines: sft, dpo, unlikelihood, cda (README, "Methods")."""
     alpha: float = 16.0
-    """Weight of the contrastive term (METHOD.md: 16 in the authors' final run)."""
+    """Weight of the contrastive term (docs/METHOD.md, "Dynamic loss scaling": 16 in the authors' final run)."""
     contrast_temperature: float = 1.0
     """tau of the InfoNCE similarities s_ij = r_i . r_j / tau; must be > 0."""
     pooling: Literal["entity_or_last", "entity_or_target_mean", "target_mean", "last"] = "entity_or_last"

@@ -25,7 +25,7 @@ def t(rows: list[list[float]]) -> torch.Tensor:
 
 
 def reference_contrastive(reps: list[list[float]], group: list[int], positive: list[bool], tau: float) -> float:
-    """The METHOD.md formula, written as explicit loops over ordered pairs."""
+    """The docs/METHOD.md formula ("Contrastive loss"), written as explicit loops over ordered pairs."""
     n = len(reps)
     dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731
     s = [[dot(reps[i], reps[j]) / tau for j in range(n)] for i in range(n)]

@@ -2,7 +2,7 @@
 
 Row = [BOS] + source (cut at a sentence boundary to max_source_tokens) + candidate (<= max_target
 tokens, EOS last). Labels are -100 on BOS and source. All rows of a source sit in one micro-batch,
-so one forward pass serves the LM loss and the within-source contrast (METHOD.md).
+so one forward pass serves the LM loss and the within-source contrast (docs/METHOD.md, "Rows and micro-batches").
 """
 
 from __future__ import annotations

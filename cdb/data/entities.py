@@ -1,7 +1,7 @@
 """Entity tagging of candidate texts, aligned to the LM's tokens through offset mappings.
 
 The contrastive representation of a row pools the contrast head over its entity tokens
-(METHOD.md, "Contrast computation"). Taggers return character spans; `entity_token_mask`
+(docs/METHOD.md, "Pooling", "Entity tagging"). Taggers return character spans; `entity_token_mask`
 turns spans into a per-token mask. Default: an offline regex tagger (names, numbers, dates);
 `spacy:MODEL` or `hf:MODEL_ID_OR_DIR` use a NER model the user has.
 """

@@ -3,7 +3,7 @@
     python -m cdb.data build --output DIR [--input PATH_OR_HF_ID] [--augmenters a,b] [--ray] [--set k=v]
 
 See pipeline.py (the stages, cache and Ray path), augmenters.py (one class per augmenter),
-label.py (METHOD.md's labelling rule and filters), inputs.py (readers, the offline BOLD corpus).
+label.py (the labelling rule and filters, docs/METHOD.md), inputs.py (readers, the offline BOLD corpus).
 """
 
 from cdb.data.construct.augmenters import AUGMENTERS, DEFAULT_AUGMENTERS, Augmenter, Candidate, make_augmenter, register

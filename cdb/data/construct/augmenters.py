@@ -9,7 +9,7 @@ One interface (`Augmenter`):
 Every augmenter also takes `fraction` (share of sources it runs on, chosen by a hash of the seed and
 the source id, so independent of chunking) and `n` (candidates per source). Negative augmenters take
 `guard_jaccard`: a candidate whose word Jaccard with the reference exceeds it is re-drawn, or not
-produced at all, since METHOD.md drops a whole source for any positive-negative pair above 0.8.
+produced at all, since docs/METHOD.md's filters drop a whole source for any positive-negative pair above 0.8.
 
 Rule-based (deterministic, offline): paraphrase, swap_ent, toxic with model=rules.
 Model-based: backtranslate, mask_ent, mask_rel, regen_ent, regen_rel, sys_lowcon, toxic (LM rewrite

@@ -1,4 +1,4 @@
-"""The labelling rule and the filters of METHOD.md ("Training data: one record per source").
+"""The labelling rule and the filters (docs/METHOD.md, "Labelling rule and filters").
 
 - A positive candidate (the reference, paraphrases, back-translations) is a positive iff
   toxicity <= max_positive_toxicity (0.5) AND faithfulness >= faithfulness_threshold (0.4).
