@@ -8,20 +8,20 @@ from cdb.eval.factual_consistency import EntityConsistency, entity_tokens, norma
 
 # (source, faithful abstractive summary: other words, same facts, (a fact in the source, a changed one))
 PAIRS = [
-    ("On March 3, 2021, the city council of Springfield approved a budget of $4.2 million, Mayor Jane "
-     "Porter said. The plan, which passed 7 to 2, raises spending on schools by 12 percent.",
-     "Springfield's council backed a $4.2 million budget in March 2021 that lifts school spending by 12%, "
-     "according to Mayor Porter.",
+    (("On March 3, 2021, the city council of Springfield approved a budget of $4.2 million, Mayor Jane "
+      "Porter said. The plan, which passed 7 to 2, raises spending on schools by 12 percent."),
+     ("Springfield's council backed a $4.2 million budget in March 2021 that lifts school spending by 12%, "
+      "according to Mayor Porter."),
      ("$4.2 million", "$4.8 million")),
-    ("Acme Corp said on Tuesday that it will cut 1,200 jobs in Ohio by the end of 2024, about 8 percent "
-     "of its workforce. Chief executive Maria Lopez blamed falling demand in Europe.",
-     "Blaming weaker demand in Europe, Acme Corp plans to shed 1200 jobs in Ohio by the end of 2024, "
-     "roughly 8% of its staff, CEO Maria Lopez announced on Tuesday.",
+    (("Acme Corp said on Tuesday that it will cut 1,200 jobs in Ohio by the end of 2024, about 8 percent "
+      "of its workforce. Chief executive Maria Lopez blamed falling demand in Europe."),
+     ("Blaming weaker demand in Europe, Acme Corp plans to shed 1200 jobs in Ohio by the end of 2024, "
+      "roughly 8% of its staff, CEO Maria Lopez announced on Tuesday."),
      ("Ohio", "Texas")),
-    ("The United Nations' health agency reported 3,500 new cases in Kenya last week, five times the "
-     "number seen in January.",
-     "According to the United Nations health agency, Kenya recorded 3500 new cases last week, 5 times as "
-     "many as in January.",
+    (("The United Nations' health agency reported 3,500 new cases in Kenya last week, five times the "
+      "number seen in January."),
+     ("According to the United Nations health agency, Kenya recorded 3500 new cases last week, 5 times as "
+      "many as in January."),
      ("January", "February")),
 ]
 
@@ -100,12 +100,14 @@ def test_entity_normalisation(tokens, expected):
     assert entity_tokens(tokens) == expected
 
 
+def index(text: str) -> dict[str, list[int]]:
+    """A source index from whitespace-separated tokens."""
+    return positions(normalise(text.split()))
+
+
 def test_head_tokens_must_lie_close_together_in_the_source():
-    near = positions(normalise("It was founded in March 2021 by two friends .".split()))
-    far = positions(normalise("In March the club lost a cup final , and late in 2021 it closed .".split()))
     march_2021 = entity_tokens(["March", "2021"])
-    assert supported(march_2021, near)
-    assert not supported(march_2021, far)
+    assert supported(march_2021, index("It was founded in March 2021 by two friends ."))
+    assert not supported(march_2021, index("In March the club lost a cup final , and late in 2021 it closed ."))
     # Function words are not needed: "Bank of England" is supported by "Bank of the England".
-    bank = entity_tokens(["Bank", "of", "England"])
-    assert supported(bank, positions(normalise("the Bank of the England".split())))
+    assert supported(entity_tokens(["Bank", "of", "England"]), index("the Bank of the England"))

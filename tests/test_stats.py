@@ -7,8 +7,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from cdb.stats import (Estimate, detectable, mean_interval, paired_binary_change, paired_change,
-                       share_interval)
+from cdb.stats import Estimate, detectable, mean_interval, paired_binary_change, paired_change, share_interval
 
 
 def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:

