@@ -1,6 +1,6 @@
 """Interval estimates for the evaluation's numbers, and paired changes against the base model.
 
-    mean_interval(values)              mean over items, bootstrap interval (BCa)
+    mean_interval(values)              mean over items, bootstrap interval over items (BCa)
     share_interval(successes, n)       share of items, Wilson score interval
     paired_change(base, tuned)         mean of tuned - base over the same items, paired bootstrap
     paired_binary_change(base, tuned)  change of a 0/1 share over the same items, exact McNemar
@@ -77,7 +77,7 @@ def _bootstrap_mean(values: np.ndarray, confidence: float, seed: int) -> Estimat
 
 
 def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE, seed: int = 0) -> Estimate:
-    """The mean of `values` with a bootstrap interval over items (BCa)."""
+    """The mean of `values` with a bootstrap interval over items (BCa; percentile where BCa is undefined)."""
     return _bootstrap_mean(_finite(values), confidence, seed)
 
 
@@ -118,7 +118,8 @@ def paired_binary_change(base: Sequence[float], tuned: Sequence[float],
     only discordant pairs carry information, and under no change each is equally likely to go
     either way, so the count of 0 -> 1 pairs among the m discordant ones is Binomial(m, 1/2).
     The interval is the exact (Clopper-Pearson) interval of that binomial's p, mapped to the change
-    m * (2p - 1) / n; it excludes 0 exactly when the two-sided p-value is below 1 - confidence."""
+    m * (2p - 1) / n; it excludes 0 exactly when the two-sided p-value is below 1 - confidence.
+    Being conditional on m, it never reaches beyond the discordant share m / n."""
     base_array, tuned_array = _pairs(base, tuned)
     for name, array in (("base", base_array), ("tuned", tuned_array)):
         if not np.isin(array, (0.0, 1.0)).all():

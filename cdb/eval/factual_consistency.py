@@ -24,7 +24,8 @@ when all its head tokens occur, in any order, within one window of its own lengt
 consecutive source tokens. That holds whenever the entity occurs verbatim, and forgives a middle
 initial ("Joe R. Biden" for "Joe Biden"), a reordered date ("3 March 2021" for "March 3, 2021") or
 a unit after the number ("3.5 million dollars" for "$3.5 million"); a changed name, number or date
-is a head token the source lacks.
+is a head token the source lacks. Not matched: derived forms and acronyms ("European" for "Europe",
+"UN" for "United Nations"), which count against a summary that uses them.
 """
 
 from __future__ import annotations
