@@ -1,6 +1,6 @@
 """The cdb training objective as pure tensor functions (plus the small contrast head).
 
-Formulas follow the method (README, "The method"): contrast computation (ContrastHead,
+Formulas follow the method (docs/METHOD.md, "The objective"): contrast computation (ContrastHead,
 pooling_mask, pool_representations, contrastive_loss), the LM loss (lm_loss) and dynamic loss
 scaling (dynamic_scales, combine_losses). `contrastive_objective` puts them together over one
 forward pass's outputs; the baselines' objectives follow. `METHODS` holds every training method as
