@@ -1,6 +1,7 @@
 """Cluster submission as a user does it: a real Ray head (`ray start --head`, from the venv) and a real
-MLflow server on loopback, `ray job submit` with ray_jobs/runtime_env.yaml, and ray_jobs/submit.sh
-passing MLFLOW_TRACKING_URI / HF_TOKEN from the caller's environment."""
+MLflow server with basic auth on loopback, `ray job submit` with ray_jobs/runtime_env.yaml, and
+ray_jobs/submit.sh passing MLFLOW_TRACKING_URI from the caller's environment while secrets (the MLflow
+client credentials, HF_TOKEN) come from the cluster's own environment, as the k8s Secrets do."""
 
 from __future__ import annotations
 
@@ -23,11 +24,12 @@ from mlflow.tracking import MlflowClient
 
 from conftest import REPO, free_port
 
-VENV_BIN = REPO / ".venv" / "bin"
+VENV_BIN = Path(sys.executable).parent  # the venv running the tests
 RAY = VENV_BIN / "ray"
 MLFLOW = VENV_BIN / "mlflow"
 RUNTIME_ENV = REPO / "ray_jobs" / "runtime_env.yaml"
 FAKE_TOKEN = "hf_cdbSubmitTestToken0001"
+FAKE_PASSWORD = "cdb-submit-test-password-0001"
 
 sys.path.insert(0, str(REPO / "ray_jobs"))
 import runtime_env_json  # noqa: E402  (ray_jobs/ is scripts, not a package)
@@ -41,7 +43,7 @@ def test_runtime_env_yaml_has_the_fields_ray_knows_and_no_secrets():
 
     spec = yaml.safe_load(RUNTIME_ENV.read_text())
     assert spec["working_dir"] == "."
-    assert {".venv/", ".git/", "runs/", "mlruns/", "mlartifacts/", "mlflow.db", ".cache/", "__pycache__/",
+    assert {".venv/", ".git", "runs/", "mlruns/", "mlartifacts/", "mlflow.db", ".cache/", "__pycache__/",
             "*.pyc", ".pytest_cache/"} <= set(spec["excludes"])
     assert not {"MLFLOW_TRACKING_URI", "HF_TOKEN"} & set(spec["env_vars"])
     assert all(isinstance(v, str) for v in spec["env_vars"].values())
@@ -66,16 +68,88 @@ def test_working_dir_package_leaves_out_venv_caches_and_stores(tmp_path):
 
 
 def test_runtime_env_json_merges_the_callers_variables_only_when_set():
-    env, passed = runtime_env_json.build(environ={"MLFLOW_TRACKING_URI": "http://mlflow:5000", "HF_TOKEN": FAKE_TOKEN,
-                                                  "AWS_SECRET_ACCESS_KEY": "not-passed"})
-    assert passed == ["MLFLOW_TRACKING_URI", "HF_TOKEN"]
-    assert env["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and env["env_vars"]["HF_TOKEN"] == FAKE_TOKEN
-    assert "AWS_SECRET_ACCESS_KEY" not in env["env_vars"]
+    caller = {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "HF_TOKEN_PATH": "/var/run/secrets/hf/token",
+              "HF_TOKEN": FAKE_TOKEN, "AWS_SECRET_ACCESS_KEY": "not-passed"}
+    env, passed = runtime_env_json.build(environ=caller)
+    assert passed == ["MLFLOW_TRACKING_URI", "HF_TOKEN_PATH"]
+    assert env["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert env["env_vars"]["HF_TOKEN_PATH"] == "/var/run/secrets/hf/token"
+    assert not {"HF_TOKEN", "AWS_SECRET_ACCESS_KEY"} & set(env["env_vars"])  # secrets only by opt-in
     assert env["env_vars"]["TOKENIZERS_PARALLELISM"] == "false"  # the file's settings stay
     assert env["working_dir"] == str(REPO) and env["excludes"]
-    env, passed = runtime_env_json.build(environ={"HF_TOKEN": ""})
-    assert passed == [] and "HF_TOKEN" not in env["env_vars"]
+    env, passed = runtime_env_json.build(environ={"MLFLOW_TRACKING_URI": ""})
+    assert passed == [] and "MLFLOW_TRACKING_URI" not in env["env_vars"]
+    env, passed = runtime_env_json.build(pass_secret=["HF_TOKEN"], environ=caller)
+    assert env["env_vars"]["HF_TOKEN"] == FAKE_TOKEN and "HF_TOKEN" in passed
     assert FAKE_TOKEN not in RUNTIME_ENV.read_text()
+
+
+@pytest.mark.parametrize("name", ["HF_TOKEN", "MLFLOW_TRACKING_PASSWORD", "AWS_SECRET_ACCESS_KEY", "WANDB_API_KEY"])
+def test_runtime_env_json_refuses_a_secret_through_pass_env(name):
+    with pytest.raises(ValueError, match=f"--pass-secret {name}"):
+        runtime_env_json.build(pass_env=[name], environ={name: "x"})
+    assert runtime_env_json.looks_secret(name) and not runtime_env_json.looks_secret(name + "_PATH")
+
+
+STAND_IN_RAY = """#!/usr/bin/env python3
+# Stand-in `ray` CLI: records the argv it is given, then exits 0.
+import json, os, sys
+with open(os.environ["RAY_RECORD"], "w") as f:
+    json.dump(sys.argv[1:], f)
+print("stand-in ray: job submitted")
+"""
+
+
+def _run_submit_sh_with_stand_in_ray(tmp_path, *options, caller_env: dict) -> tuple[subprocess.CompletedProcess, list]:
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    ray = bindir / "ray"
+    ray.write_text(STAND_IN_RAY)
+    ray.chmod(0o755)
+    record = tmp_path / "argv.json"
+    record.unlink(missing_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_CLI")}
+    env.update(caller_env, PATH=f"{bindir}{os.pathsep}{env['PATH']}", PYTHON=sys.executable, RAY_RECORD=str(record))
+    proc = subprocess.run(["bash", str(REPO / "ray_jobs" / "submit.sh"), "--address", "http://127.0.0.1:8265",
+                           *options, "--", "--scale", "tiny"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    return proc, (json.loads(record.read_text()) if record.exists() else None)
+
+
+SECRETS_IN_CALLER = {"HF_TOKEN": FAKE_TOKEN, "MLFLOW_TRACKING_PASSWORD": FAKE_PASSWORD,
+                     "MLFLOW_TRACKING_USERNAME": "cdb-ray", "MLFLOW_TRACKING_URI": "http://mlflow.cdb.svc:5000",
+                     "HF_TOKEN_PATH": "/var/run/secrets/hf/token"}
+
+
+def test_submit_sh_puts_no_secret_in_argv_output_or_runtime_env(tmp_path):
+    proc, argv = _run_submit_sh_with_stand_in_ray(tmp_path, caller_env=SECRETS_IN_CALLER)
+    assert proc.returncode == 0, proc.stderr
+    assert argv[:2] == ["job", "submit"] and argv[-5:] == ["python", "-m", "cdb.train", "--scale", "tiny"]
+    for secret in (FAKE_TOKEN, FAKE_PASSWORD):
+        assert secret not in json.dumps(argv)
+        assert secret not in proc.stdout + proc.stderr
+    runtime_env = json.loads(argv[argv.index("--runtime-env-json") + 1])
+    assert runtime_env["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow.cdb.svc:5000"
+    assert runtime_env["env_vars"]["HF_TOKEN_PATH"] == "/var/run/secrets/hf/token"
+    assert not {"HF_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_USERNAME"} & set(runtime_env["env_vars"])
+    assert "passing from this environment: MLFLOW_TRACKING_URI HF_TOKEN_PATH" in proc.stderr
+    assert "WARNING" not in proc.stderr
+
+
+def test_submit_sh_refuses_a_secret_given_as_pass_env(tmp_path):
+    proc, argv = _run_submit_sh_with_stand_in_ray(tmp_path, "--pass-env", "HF_TOKEN", caller_env=SECRETS_IN_CALLER)
+    assert proc.returncode == 2 and argv is None  # `ray` never ran
+    assert "--pass-secret HF_TOKEN" in proc.stderr and FAKE_TOKEN not in proc.stdout + proc.stderr
+
+
+def test_submit_sh_passes_a_secret_only_by_opt_in_and_warns(tmp_path):
+    proc, argv = _run_submit_sh_with_stand_in_ray(tmp_path, "--pass-secret", "HF_TOKEN", caller_env=SECRETS_IN_CALLER)
+    assert proc.returncode == 0, proc.stderr
+    assert "WARNING: --pass-secret HF_TOKEN" in proc.stderr and "ray job list" in proc.stderr
+    runtime_env = json.loads(argv[argv.index("--runtime-env-json") + 1])
+    assert runtime_env["env_vars"]["HF_TOKEN"] == FAKE_TOKEN  # what was asked for, and nothing more
+    assert "MLFLOW_TRACKING_PASSWORD" not in runtime_env["env_vars"]
+    assert FAKE_TOKEN not in proc.stdout + proc.stderr
 
 
 def test_submit_sh_without_an_address_is_a_usage_error():
