@@ -69,7 +69,8 @@ CRD_SCHEMA_FILES = {
 }
 RAY_KINDS = {"RayJob", "RayCluster", "RayCronJob"}
 NOT_VALIDATED_BY_KUBERNETES_VALIDATE = {kind for _, kind in CRD_SCHEMA_FILES} | {"Kustomization"}
-CLUSTER_SCOPED = {"Namespace", "NodePool", "EC2NodeClass", "ClusterRole", "ClusterRoleBinding"}
+CLUSTER_SCOPED = {"Namespace", "NodePool", "EC2NodeClass", "ClusterRole", "ClusterRoleBinding", "PriorityClass",
+                  "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ResourceFlavor", "ClusterQueue"}
 SECRETISH_ENV = re.compile(r"TOKEN|PASSWORD|PASSWD|KEY|SECRET|CREDENTIAL", re.I)
 
 
@@ -77,8 +78,9 @@ SECRETISH_ENV = re.compile(r"TOKEN|PASSWORD|PASSWD|KEY|SECRET|CREDENTIAL", re.I)
 
 
 def load_docs(path: Path) -> list[dict]:
+    """The documents of a YAML file, YAML anchors expanded into independent copies (as kustomize does)."""
     with open(path) as f:
-        return [d for d in yaml.safe_load_all(f) if d is not None]
+        return [json.loads(json.dumps(d)) for d in yaml.safe_load_all(f) if d is not None]
 
 
 def yaml_files() -> list[Path]:
@@ -436,6 +438,7 @@ def test_core_kinds_pass_strict_validation(kv):
     expected = {
         "Namespace", "PersistentVolumeClaim", "Service", "StatefulSet", "Deployment",
         "ConfigMap", "NetworkPolicy", "ServiceAccount", "Role", "RoleBinding", "CronJob",
+        "PriorityClass", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
     }
     assert expected <= validated, f"not validated: {expected - validated}"
     assert {"RayJob", "NodePool", "EC2NodeClass"} <= skipped
@@ -762,12 +765,31 @@ def test_rayjob_contract(where, spec):
         env = {e["name"]: e for e in c.get("env", [])}
         assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow.cdb.svc:5000"
         assert "secretKeyRef" in env["HF_TOKEN"]["valueFrom"] and "value" not in env["HF_TOKEN"]
-        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "cdb-mlflow-client"
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
         vols = {v["name"]: v for v in tpl["spec"]["volumes"]}
-        assert vols[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
-        assert vols[mounts["/shared"]]["persistentVolumeClaim"]["claimName"] == "cdb-shared"
+        assert vols[mounts["/dev/shm"]["name"]]["emptyDir"]["medium"] == "Memory"
+        # Only the sub-paths the job writes: never MLflow's artifacts (the server owns them).
+        shared = {path: m for path, m in mounts.items()
+                  if vols[m["name"]].get("persistentVolumeClaim", {}).get("claimName") == "cdb-shared"}
+        assert {path: m.get("subPath") for path, m in shared.items()} == {
+            "/shared/runs": "runs", "/shared/sweeps": "sweeps", "/shared/hf-cache": "hf-cache"}
         assert tpl["metadata"]["labels"]["app.kubernetes.io/part-of"] == "cdb"
         assert tpl["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
+    priority = "cdb-sweep" if "cdb.sweep" in spec["entrypoint"] else "cdb-training"
+    for w, tpl in rayjob_spec_templates(spec, where):
+        assert tpl["spec"]["priorityClassName"] == priority, w
+    # The head never on spot capacity; the workers in the zone of their own cluster's pods.
+    [term] = head["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"]
+    spot = {e["key"]: e for e in term["matchExpressions"]}
+    assert spot["karpenter.sh/capacity-type"] == {"key": "karpenter.sh/capacity-type", "operator": "NotIn",
+                                                  "values": ["spot"]}
+    for wg in cs["workerGroupSpecs"]:
+        [zone] = wg["template"]["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert zone["topologyKey"] == "topology.kubernetes.io/zone" and zone["matchLabelKeys"] == ["ray.io/cluster"]
+        assert _selects(zone["labelSelector"], {"ray.io/node-type": "head"})
     for wg in cs["workerGroupSpecs"]:
         pod = wg["template"]["spec"]
         if any(gpu_of(c) for c in pod["containers"]):
@@ -792,6 +814,11 @@ def by_kind(kind: str) -> list[dict]:
     return [d for _, d in raw_manifest_docs() if d["kind"] == kind]
 
 
+def sweep_cronjob() -> dict:
+    [cj] = [d for d in by_kind("CronJob") if d["metadata"]["name"] == "cdb-sweep"]
+    return cj
+
+
 def test_shared_pvc_is_rwx():
     [pvc] = by_kind("PersistentVolumeClaim")
     assert pvc["metadata"]["name"] == "cdb-shared"
@@ -809,6 +836,8 @@ def test_mlflow_server():
     argv = c["command"] + c["args"]
     assert argv[:2] == ["mlflow", "server"]
     args = dict(zip(argv, argv[1:]))
+    assert args["--app-name"] == "basic-auth"
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
     assert args["--host"] == "0.0.0.0" and args["--port"] == "5000"
     assert args["--backend-store-uri"].startswith("postgresql://$(PGUSER)@")
     assert "PASSWORD" not in args["--backend-store-uri"], "libpq takes the password from PGPASSWORD"
@@ -816,8 +845,23 @@ def test_mlflow_server():
     env = {e["name"]: e for e in c["env"]}
     for name in ("PGUSER", "PGPASSWORD", "PGDATABASE"):
         assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "cdb-postgres"
-    # $(VAR) references in args resolve to env or envFrom variables.
+    for name in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "cdb-mlflow-admin"
+    # The auth config is the mounted ConfigMap, and names no admin password of its own.
+    [auth_cm] = [d for d in by_kind("ConfigMap") if d["metadata"]["name"] == "mlflow-auth"]
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    vols = {v["name"]: v for v in pod["spec"]["volumes"]}
+    [auth_vol] = [n for n, v in vols.items() if v.get("configMap", {}).get("name") == "mlflow-auth"]
+    ini_name = Path(env["MLFLOW_AUTH_CONFIG_PATH"]["value"]).name
+    assert env["MLFLOW_AUTH_CONFIG_PATH"]["value"] == f"{mounts[auth_vol]['mountPath']}/{ini_name}"
+    ini = auth_cm["data"][ini_name]
+    assert "[mlflow]" in ini and "admin_password" not in ini and "default_permission = READ" in ini
+    # Of the shared volume, only the artifacts sub-path, where the artifacts go.
+    shared = [m for m in c["volumeMounts"] if vols[m["name"]].get("persistentVolumeClaim")]
+    assert [(m["mountPath"], m["subPath"]) for m in shared] == [("/mlflow-artifacts", "mlflow-artifacts")]
     [cm] = [d for d in by_kind("ConfigMap") if d["metadata"]["name"] == "mlflow-config"]
+    assert cm["data"]["MLFLOW_ARTIFACTS_DESTINATION"] == "/mlflow-artifacts"
+    # $(VAR) references in args resolve to env or envFrom variables.
     known = set(env) | set(cm["data"])
     for ref in re.findall(r"\$\((\w+)\)", " ".join(argv)):
         assert ref in known, ref
@@ -847,42 +891,119 @@ def _selects(selector: dict, labels: dict) -> bool:
         op, key = expr["operator"], expr["key"]
         if op == "In" and labels.get(key) not in expr["values"]:
             return False
+        if op == "NotIn" and labels.get(key) in expr["values"]:
+            return False
         if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
             return False
     return True
 
 
+def kuberay_pod_labels(template_labels: dict, node_type: str, cluster: str, group: str) -> dict:
+    """The labels KubeRay (v1.5.1 to v1.7.0) puts on a head or worker pod: its own set, then the
+    template's labels, except that a template cannot override ray.io/node-type, ray.io/group or
+    ray.io/cluster."""
+    fixed = {"ray.io/node-type": node_type, "ray.io/group": group, "ray.io/cluster": cluster}
+    own = {**fixed, "ray.io/is-ray-node": "yes", "ray.io/identifier": f"{cluster}-{node_type}",
+           "app.kubernetes.io/name": "kuberay", "app.kubernetes.io/created-by": "kuberay-operator"}
+    return {**own, **{k: v for k, v in template_labels.items() if k not in fixed}}
+
+
+def submitter_pod_labels(template_labels: dict, rayjob: str) -> dict:
+    """The labels of the K8sJobMode submitter pod: the template's, plus (KubeRay >= 1.6) the
+    originated-from ones and the batch Job controller's."""
+    return {**template_labels, "ray.io/originated-from-cr-name": rayjob, "ray.io/originated-from-crd": "RayJob",
+            "app.kubernetes.io/created-by": "kuberay-operator", "batch.kubernetes.io/job-name": rayjob,
+            "job-name": rayjob}
+
+
 def test_network_policies():
-    nps = {n["metadata"]["name"]: n for n in by_kind("NetworkPolicy")}
+    """Every flow the project needs is allowed, by selectors that match the labels the pods really
+    carry (KubeRay's own included), and nothing else reaches the pods of the namespace."""
+    nps = by_kind("NetworkPolicy")
+    [deny] = [n for n in nps if n["spec"]["podSelector"] == {}]
+    assert deny["spec"]["policyTypes"] == ["Ingress"] and not deny["spec"].get("ingress")
     [dep] = by_kind("Deployment")
     [sts] = by_kind("StatefulSet")
-    mlflow_labels = dep["spec"]["template"]["metadata"]["labels"]
-    pg_labels = sts["spec"]["template"]["metadata"]["labels"]
-    ray_head = {**sweep_template()["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["metadata"]["labels"], "ray.io/node-type": "head"}
-    ray_worker = {**overlay_rayjob("13b")["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["metadata"]["labels"], "ray.io/node-type": "worker"}
-    stranger = {"app.kubernetes.io/part-of": "cdb"}  # e.g. the submitter or a debug pod
+    backup = next(d for d in by_kind("CronJob") if d["metadata"]["name"] == "postgres-backup")
+    mlflow = dep["spec"]["template"]["metadata"]["labels"]
+    postgres = sts["spec"]["template"]["metadata"]["labels"]
+    backup_pod = backup["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    launcher = sweep_cronjob()["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    ray = {}
+    for where, spec in (("train", overlay_rayjob("13b")["spec"]), ("sweep", sweep_template()["spec"])):
+        cs = spec["rayClusterSpec"]
+        ray[f"{where}-head"] = kuberay_pod_labels(cs["headGroupSpec"]["template"]["metadata"]["labels"], "head",
+                                                  f"cdb-{where}-abcde", "headgroup")
+        for wg in cs["workerGroupSpecs"]:
+            ray[f"{where}-{wg['groupName']}"] = kuberay_pod_labels(wg["template"]["metadata"]["labels"], "worker",
+                                                                   f"cdb-{where}-abcde", wg["groupName"])
+        ray[f"{where}-submitter"] = submitter_pod_labels(spec["submitterPodTemplate"]["metadata"]["labels"],
+                                                         f"cdb-{where}")
+    heads = [v for k, v in ray.items() if k.endswith("-head")]
+    workers = [v for k, v in ray.items() if k.endswith(("-gpu", "-cpu"))]
+    submitters = [v for k, v in ray.items() if k.endswith("-submitter")]
+    assert len(heads) == 2 and len(workers) == 3 and len(submitters) == 2
 
-    def allowed(np, labels, namespace=None):
-        for rule in np["spec"]["ingress"]:
-            for peer in rule["from"]:
-                if "podSelector" in peer and "namespaceSelector" not in peer and namespace is None:
-                    if _selects(peer["podSelector"], labels):
-                        return {p["port"] for p in rule["ports"]}
-                if "namespaceSelector" in peer and "podSelector" not in peer and namespace is not None:
-                    if _selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": namespace}):
-                        return {p["port"] for p in rule["ports"]}
-        return set()
+    def allowed(target: dict, source: dict | None = None, namespace: str = "cdb") -> set:
+        """Ports (0: any) on which a pod labelled `target` accepts a pod labelled `source` from `namespace`."""
+        ports = set()
+        for np in nps:
+            if not _selects(np["spec"]["podSelector"], target):
+                continue
+            for rule in np["spec"].get("ingress") or []:
+                for peer in rule["from"]:
+                    pod_ok = "podSelector" not in peer or (source is not None and _selects(peer["podSelector"], source))
+                    if "namespaceSelector" in peer:
+                        ns_ok = _selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": namespace})
+                    else:
+                        ns_ok = namespace == "cdb"
+                    if pod_ok and ns_ok and ("podSelector" in peer or "namespaceSelector" in peer):
+                        ports |= {p["port"] for p in rule.get("ports") or [{"port": 0}]}
+        return ports
 
-    ml = next(n for n in nps.values() if _selects(n["spec"]["podSelector"], mlflow_labels))
-    pg = next(n for n in nps.values() if _selects(n["spec"]["podSelector"], pg_labels))
-    assert ml["spec"]["policyTypes"] == ["Ingress"] and pg["spec"]["policyTypes"] == ["Ingress"]
-    assert allowed(ml, ray_head) == {5000} and allowed(ml, ray_worker) == {5000}
-    assert allowed(ml, stranger) == set() and allowed(ml, pg_labels) == set()
-    assert allowed(ml, {}, namespace="ingress-nginx") == {5000}
-    assert allowed(ml, {}, namespace="default") == set()
-    assert allowed(pg, mlflow_labels) == {5432}
-    assert allowed(pg, ray_head) == set() and allowed(pg, ray_worker) == set()
-    assert allowed(pg, {}, namespace="ingress-nginx") == set()
+    stranger = {"app.kubernetes.io/part-of": "cdb", "app.kubernetes.io/name": "debug"}
+    for head in heads:
+        for peer in heads + workers:
+            assert allowed(head, peer) == {0}  # Ray's node-to-node ports
+        for submitter in submitters:
+            assert allowed(head, submitter) == {8265}
+        assert allowed(head, {}, namespace="kuberay-system") == {8265}  # the operator polls job status
+        for outsider in (stranger, launcher, mlflow, backup_pod):
+            assert allowed(head, outsider) == set()
+        assert allowed(head, {}, namespace="default") == set()
+    for worker in workers:
+        assert all(allowed(worker, peer) == {0} for peer in heads + workers)
+        assert all(allowed(worker, other) == set() for other in submitters + [stranger, mlflow, launcher])
+    for peer in heads + workers:
+        assert allowed(mlflow, peer) == {5000}
+    assert allowed(mlflow, {}, namespace="ingress-nginx") == {5000}
+    for outsider in submitters + [stranger, launcher, postgres, backup_pod]:
+        assert allowed(mlflow, outsider) == set()
+    assert allowed(mlflow, {}, namespace="default") == set()
+    assert allowed(postgres, mlflow) == {5432} and allowed(postgres, backup_pod) == {5432}
+    for outsider in heads + workers + submitters + [stranger, launcher]:
+        assert allowed(postgres, outsider) == set()
+    assert allowed(postgres, {}, namespace="ingress-nginx") == set()
+    assert allowed(launcher, stranger) == set() and allowed(backup_pod, stranger) == set()
+
+
+def test_postgres_backup_cronjob():
+    cj = next(d for d in by_kind("CronJob") if d["metadata"]["name"] == "postgres-backup")
+    [sts] = by_kind("StatefulSet")
+    pod = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    assert c["image"] == sts["spec"]["template"]["spec"]["containers"][0]["image"]  # same pg_dump major
+    env = {e["name"]: e for e in c["env"]}
+    for name in ("PGUSER", "PGPASSWORD", "PGDATABASE"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "cdb-postgres"
+    assert {"configMapRef": {"name": "mlflow-config"}} in c["envFrom"]  # PGHOST, PGPORT
+    script = c["args"][0]
+    assert "pg_dump" in script and "PGPASSWORD" not in script and "set -eu" in script
+    [mount] = c["volumeMounts"]
+    assert mount["subPath"] == "backups/postgres" and mount["mountPath"] in script
+    assert cj["spec"]["concurrencyPolicy"] == "Forbid"
 
 
 # ------------------------------------------------------------------------ security
@@ -1002,18 +1123,18 @@ def test_karpenter_nodepools_fit_the_jobs():
 def test_sweep_rbac_is_minimal():
     [role] = by_kind("Role")
     assert role["rules"] == [
-        {"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": ["create", "get", "list", "watch"]}
+        {"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": ["create", "get", "list"]}
     ]
     [rb] = by_kind("RoleBinding")
     [sa] = by_kind("ServiceAccount")
-    [cj] = by_kind("CronJob")
+    cj = sweep_cronjob()
     assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
     assert rb["subjects"][0]["name"] == sa["metadata"]["name"]
     assert cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
 
 
 def test_sweep_cronjob():
-    [cj] = by_kind("CronJob")
+    cj = sweep_cronjob()
     s = cj["spec"]
     assert s["concurrencyPolicy"] == "Forbid"
     assert s["successfulJobsHistoryLimit"] >= 1 and s["failedJobsHistoryLimit"] >= 1
@@ -1022,7 +1143,9 @@ def test_sweep_cronjob():
     assert c["image"].startswith("bitnami/kubectl")
     images = {i["name"]: i for i in load_kustomization(K8S / "sweep")["images"]}
     tag = images[c["image"]]["newTag"]
-    assert re.fullmatch(r"\d+\.\d+\.\d+", tag), "kubectl image pinned by tag"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", tag), "kubectl image's tag names its version"
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", images[c["image"]]["digest"]), "kubectl image pinned by digest"
+    assert c["command"][0] == "/bin/bash"  # launch.sh needs pipefail
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     env = {e["name"]: e for e in c["env"]}
     mount = next(m for m in c["volumeMounts"] if env["TEMPLATE"]["value"].startswith(m["mountPath"] + "/"))
@@ -1036,7 +1159,7 @@ def test_sweep_cronjob():
 @needs_kustomize
 def test_sweep_render_wires_configmap_and_image(tmp_path):
     docs = real_build(K8S / "sweep")
-    [cm] = [d for d in docs if d["kind"] == "ConfigMap"]
+    [cm] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("cdb-sweep-template")]
     [cj] = [d for d in docs if d["kind"] == "CronJob"]
     pod = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert any(v.get("configMap", {}).get("name") == cm["metadata"]["name"] for v in pod["volumes"])
@@ -1052,6 +1175,41 @@ def test_sweep_render_wires_configmap_and_image(tmp_path):
     [cj] = [d for d in real_build(work) if d["kind"] == "CronJob"]
     env = {e["name"]: e for e in cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["CDB_IMAGE"]["value"] == "registry.example/cdb:1.2.3"
+    # ...and the image the admission policy allows.
+    docs = real_build(work)
+    [params] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "cdb-sweep-policy"]
+    assert params["data"]["image"] == "registry.example/cdb:1.2.3"
+
+
+def test_sweep_admission_policy():
+    """The ValidatingAdmissionPolicy binds to the launcher's ServiceAccount and its params hold the
+    Secrets the sweep's pods really use. (Its CEL runs only in an API server; here: its wiring.)"""
+    [vap] = by_kind("ValidatingAdmissionPolicy")
+    [binding] = by_kind("ValidatingAdmissionPolicyBinding")
+    [sa] = by_kind("ServiceAccount")
+    params = next(d for d in by_kind("ConfigMap") if d["metadata"]["name"] == "cdb-sweep-policy")
+    spec = vap["spec"]
+    assert binding["spec"]["policyName"] == vap["metadata"]["name"] and binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["paramRef"]["name"] == params["metadata"]["name"]
+    assert binding["spec"]["paramRef"]["parameterNotFoundAction"] == "Deny"
+    assert spec["failurePolicy"] == "Fail" and spec["paramKind"] == {"apiVersion": "v1", "kind": "ConfigMap"}
+    [rule] = spec["matchConstraints"]["resourceRules"]
+    assert rule["apiGroups"] == ["ray.io"] and rule["resources"] == ["rayjobs"] and "CREATE" in rule["operations"]
+    [cond] = spec["matchConditions"]
+    assert f'"system:serviceaccount:cdb:{sa["metadata"]["name"]}"' in cond["expression"]
+    cel = " ".join(v["expression"] for v in spec["validations"])
+    for needle in ("clusterSelector", "params.data.image", "serviceAccountName", "privileged", "hostPath",
+                   "hostNetwork", "secretKeyRef", "secretRef", "autoscalerOptions", "variables.allowedSecrets"):
+        assert needle in cel, needle
+    # The Secrets the sweep template uses are exactly the allowed ones; the image placeholder is the same.
+    used = set()
+    for _, tpl in ray_pod_templates(sweep_template()):
+        for c in containers(tpl["spec"]):
+            used |= {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env") or []
+                     if "secretKeyRef" in (e.get("valueFrom") or {})}
+        assert "serviceAccountName" not in tpl["spec"]
+    assert used == set(params["data"]["secrets"].split(","))
+    assert params["data"]["image"] == "cdb"
 
 
 def test_sweep_template():
@@ -1073,53 +1231,78 @@ def test_sweep_template():
 
 def test_raycronjob_runs_the_same_sweep():
     rcj = _first("RayCronJob")
-    [cj] = by_kind("CronJob")
+    cj = sweep_cronjob()
     assert rcj["spec"]["jobTemplate"] == sweep_template()["spec"]
     assert rcj["spec"]["schedule"] == cj["spec"]["schedule"]
 
 
 FAKE_KUBECTL = """#!/bin/sh
-# fake kubectl: `get` prints $FAKE_GET, `create -f -` stores stdin.
+# fake kubectl: `get` prints $FAKE_GET (or fails when FAKE_GET_FAILS is set), `create -f -`
+# stores stdin (or answers AlreadyExists when FAKE_EXISTS is set).
 echo "$*" >> "$FAKE_DIR/calls"
 case "$1" in
-  get) printf '%s' "$FAKE_GET" ;;
-  create) cat > "$FAKE_DIR/created.yaml"; echo rayjob.ray.io/cdb-sweep-abcde ;;
+  get) [ -z "${FAKE_GET_FAILS:-}" ] || { echo "error: connection refused" >&2; exit 1; }
+       printf '%s' "$FAKE_GET" ;;
+  create) if [ -n "${FAKE_EXISTS:-}" ]; then
+            echo 'Error from server (AlreadyExists): rayjobs.ray.io "x" already exists' >&2; exit 1
+          fi
+          cat > "$FAKE_DIR/created.yaml"; echo rayjob.ray.io/created ;;
   *) exit 3 ;;
 esac
 """
 
 
-@pytest.mark.skipif(not all(shutil.which(t) for t in ("sh", "sed", "grep")), reason="needs sh, sed, grep")
+def this_weeks_sweep() -> str:
+    import datetime
+
+    year, week, _ = datetime.datetime.now(datetime.timezone.utc).isocalendar()
+    return f"cdb-sweep-{year}-w{week:02d}"
+
+
+@pytest.mark.skipif(not all(shutil.which(t) for t in ("bash", "sed", "grep")), reason="needs bash, sed, grep")
 @pytest.mark.parametrize(
-    "existing,creates",
-    [("", True), ("cdb-sweep-old=Complete\ncdb-sweep-older=Failed\n", True), ("cdb-sweep-old=Running\n", False), ("cdb-sweep-new=\n", False)],
-    ids=["none", "finished", "running", "just-created"],
+    "existing,fake,rc,creates,says",
+    [
+        ("", {}, 0, True, "rayjob.ray.io/created"),
+        ("cdb-sweep-2026-w01=Complete\ncdb-sweep-2025-w52=Failed\n", {}, 0, True, "rayjob.ray.io/created"),
+        ("cdb-sweep-2026-w01=Running\n", {}, 1, False, "cdb-sweep-2026-w01=Running"),
+        ("cdb-sweep-2026-w01=Suspended\n", {}, 1, False, "cdb-sweep-2026-w01=Suspended"),
+        ("cdb-sweep-2026-w01=ValidationFailed\n", {}, 1, False, "cdb-sweep-2026-w01=ValidationFailed"),
+        ("{this}=Running\n", {"FAKE_EXISTS": "1"}, 0, False, "already exists"),
+        ("", {"FAKE_GET_FAILS": "1"}, 1, False, "connection refused"),
+    ],
+    ids=["none", "finished", "running", "suspended", "validation-failed", "same-week", "kubectl-fails"],
 )
-def test_sweep_launch_script(tmp_path, existing, creates):
+def test_sweep_launch_script(tmp_path, existing, fake, rc, creates, says):
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    fake = bindir / "kubectl"
-    fake.write_text(FAKE_KUBECTL)
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    kubectl = bindir / "kubectl"
+    kubectl.write_text(FAKE_KUBECTL)
+    kubectl.chmod(kubectl.stat().st_mode | stat.S_IEXEC)
     env = {
         "PATH": f"{bindir}:{os.environ['PATH']}",
         "FAKE_DIR": str(tmp_path),
-        "FAKE_GET": existing,
+        "FAKE_GET": existing.replace("{this}", this_weeks_sweep()),
         "POD_NAMESPACE": "cdb",
         "CDB_IMAGE": "registry.example/cdb:1.2.3",
         "TEMPLATE": str(K8S / "sweep" / "rayjob-sweep.template.yaml"),
+        **fake,
     }
-    res = subprocess.run(["sh", str(K8S / "sweep" / "launch.sh")], env=env, capture_output=True, text=True, timeout=30)
-    assert res.returncode == 0, res.stderr
+    res = subprocess.run(["bash", str(K8S / "sweep" / "launch.sh")], env=env, capture_output=True, text=True,
+                         timeout=30)
+    assert res.returncode == rc, res.stdout + res.stderr
+    assert says in res.stdout + res.stderr
     created = tmp_path / "created.yaml"
     assert created.exists() == creates
     calls = (tmp_path / "calls").read_text()
     assert "get rayjobs -n cdb -l cdb.dev/sweep=weekly" in calls
+    assert ("create -n cdb -f -" in calls) == (rc == 0)
     if creates:
-        assert "create -n cdb -f -" in calls
         [doc] = load_docs(created)
         expected = copy.deepcopy(sweep_template())
         _set_images(expected, [{"name": "cdb", "newName": "registry.example/cdb", "newTag": "1.2.3"}])
+        del expected["metadata"]["generateName"]
+        expected["metadata"]["name"] = this_weeks_sweep()
         assert doc == expected
         images = {c["image"] for _, tpl in ray_pod_templates(doc) for c in tpl["spec"]["containers"]}
         assert images == {"registry.example/cdb:1.2.3"}
@@ -1131,7 +1314,7 @@ def test_sweep_launch_script(tmp_path, existing, creates):
 def test_readme_walkthrough_mentions_every_step():
     # Namespace flags are ignored: `kubectl -n cdb get rayjob` counts as `kubectl get rayjob`.
     text = re.sub(r" (-n|--namespace)[ =]cdb\b", "", (K8S / "README.md").read_text())
-    [cj] = by_kind("CronJob")
+    cj = sweep_cronjob()
     for needle in [
         "helm install kuberay-operator",
         "--version 1.7.0",
