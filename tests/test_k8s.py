@@ -600,6 +600,90 @@ def test_project_schemas_reject_bad_objects(crd_validators, case):
     assert errors_of(crd_validators[key], doc), f"{case}: schema accepted it"
 
 
+# ------------------------------------------- KubeRay versions: the stated minimum is true
+
+
+KUBERAY_SCHEMAS = {"RayJob": "rayjob.schema.json", "RayCluster": "raycluster.schema.json",
+                   "RayCronJob": "raycronjob.schema.json"}
+
+
+def _version(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in v.split("."))
+
+
+@functools.lru_cache(maxsize=None)
+def _schema_doc(name: str) -> dict:
+    return json.loads((SCHEMAS / name).read_text())
+
+
+def _resolve(node: dict, file: str) -> tuple[dict, str]:
+    while "$ref" in node:
+        target, _, pointer = node["$ref"].partition("#")
+        file = target or file
+        node = _schema_doc(file)
+        for token in filter(None, pointer.split("/")):
+            node = node[token]
+    return node, file
+
+
+def fields_since(instance, node: dict | None = None, file: str = "rayjob.schema.json", path: str = "") -> list:
+    """(path, version) of every field of `instance` that its schema marks with x-kuberay-since."""
+    node, file = _resolve(node if node is not None else _schema_doc(file), file)
+    out = [(path or "<kind>", node["x-kuberay-since"])] if "x-kuberay-since" in node else []
+    if isinstance(instance, dict) and "properties" in node:
+        for key, value in instance.items():
+            if key in node["properties"]:
+                out += fields_since(value, node["properties"][key], file, f"{path}/{key}")
+    elif isinstance(instance, list) and "items" in node:
+        for i, value in enumerate(instance):
+            out += fields_since(value, node["items"], file, f"{path}/{i}")
+    return out
+
+
+def newer_than_minimum(doc: dict) -> list:
+    schema = _schema_doc(KUBERAY_SCHEMAS[doc["kind"]])
+    minimum = _version(schema["x-kuberay-minimum"])
+    return [(p, v) for p, v in fields_since(doc, file=KUBERAY_SCHEMAS[doc["kind"]]) if _version(v) > minimum]
+
+
+def test_kuberay_schemas_state_their_version_and_minimum():
+    readme = (K8S / "README.md").read_text()
+    for kind, name in KUBERAY_SCHEMAS.items():
+        schema = _schema_doc(name)
+        assert schema["x-kuberay-describes"] == "1.7.0", name
+        assert f"--version {schema['x-kuberay-describes']}" in readme  # the version the README installs
+        assert f"KubeRay >= {schema['x-kuberay-minimum']}" in readme, f"README does not state {kind}'s minimum"
+        assert _version(schema["x-kuberay-minimum"]) <= _version(schema["x-kuberay-describes"])
+
+
+def test_manifests_use_no_kuberay_field_newer_than_the_stated_minimum():
+    newest: dict[str, tuple] = {}
+    for src, doc in ray_docs() + [("k8s/sweep/rayjob-sweep.template.yaml", sweep_template())]:
+        assert not newer_than_minimum(doc), f"{src}: {doc['kind']} uses fields newer than its minimum: " \
+                                            f"{newer_than_minimum(doc)}"
+        used = [_version(v) for _, v in fields_since(doc, file=KUBERAY_SCHEMAS[doc["kind"]])]
+        newest[doc["kind"]] = max([newest.get(doc["kind"], (1, 4, 0)), *used])
+    # ...and the minimum is what the manifests need, not a guess: some field (or the kind) requires it.
+    for kind, version in newest.items():
+        assert version == _version(_schema_doc(KUBERAY_SCHEMAS[kind])["x-kuberay-minimum"]), kind
+    assert set(newest) == {"RayJob", "RayCronJob"}
+
+
+@pytest.mark.parametrize("kind,path,value,field", [
+    ("RayJob", ["spec", "preRunningDeadlineSeconds"], 600, "/spec/preRunningDeadlineSeconds"),
+    ("RayJob", ["spec", "rayClusterSpec", "upgradeStrategy"], {"type": "None"}, "/spec/rayClusterSpec/upgradeStrategy"),
+    ("RayCronJob", ["spec", "timeZone"], "Etc/UTC", "/spec/timeZone"),
+])
+def test_version_check_catches_a_field_newer_than_the_minimum(crd_validators, kind, path, value, field):
+    doc = sweep_template() if kind == "RayJob" else _first(kind)
+    node = doc
+    for token in path[:-1]:
+        node = node[token]
+    node[path[-1]] = value
+    assert not errors_of(crd_validators[("ray.io/v1", kind)], doc)  # a valid field of v1.7.0...
+    assert field in dict(newer_than_minimum(doc))  # ...that the stated minimum lacks
+
+
 # ---------------------------------------------------------------------- overlays
 
 
