@@ -66,6 +66,9 @@ CRD_SCHEMA_FILES = {
     ("ray.io/v1", "RayCronJob"): "raycronjob.schema.json",
     ("karpenter.sh/v1", "NodePool"): "nodepool.schema.json",
     ("karpenter.k8s.aws/v1", "EC2NodeClass"): "ec2nodeclass.schema.json",
+    ("kueue.x-k8s.io/v1beta1", "ResourceFlavor"): "resourceflavor.schema.json",
+    ("kueue.x-k8s.io/v1beta1", "ClusterQueue"): "clusterqueue.schema.json",
+    ("kueue.x-k8s.io/v1beta1", "LocalQueue"): "localqueue.schema.json",
 }
 RAY_KINDS = {"RayJob", "RayCluster", "RayCronJob"}
 NOT_VALIDATED_BY_KUBERNETES_VALIDATE = {kind for _, kind in CRD_SCHEMA_FILES} | {"Kustomization"}
@@ -88,7 +91,16 @@ def yaml_files() -> list[Path]:
 
 
 def kustomization_dirs() -> list[Path]:
-    return sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
+    """Every kustomization that renders on its own (components only render inside one)."""
+    return sorted(p.parent for p in K8S.rglob("kustomization.yaml") if not is_component(p.parent))
+
+
+def component_dirs() -> list[Path]:
+    return sorted(p.parent for p in K8S.rglob("kustomization.yaml") if is_component(p.parent))
+
+
+def is_component(d: Path) -> bool:
+    return load_docs(d / "kustomization.yaml")[0]["kind"] == "Component"
 
 
 def rel(p: Path) -> str:
@@ -112,7 +124,7 @@ def generator_files(k: dict) -> list[str]:
 def kustomize_inputs() -> dict[Path, str]:
     """YAML files that are inputs to kustomize rather than Kubernetes manifests."""
     out: dict[Path, str] = {}
-    for d in kustomization_dirs():
+    for d in kustomization_dirs() + component_dirs():
         k = load_kustomization(d)
         for c in k.get("configurations") or []:
             out[(d / c).resolve()] = "configuration"
@@ -211,14 +223,7 @@ def _set_images(node, images: list[dict]):
             _set_images(v, images)
 
 
-def py_build(d: Path) -> list[dict]:
-    """Render a kustomization that uses resources, inline JSON 6902 patches, namespace
-    and images only (what k8s/base and k8s/overlays/* use)."""
-    k = load_kustomization(d)
-    docs: list[dict] = []
-    for r in k.get("resources") or []:
-        p = d / r
-        docs += py_build(p) if p.is_dir() else load_docs(p)
+def _apply_patches(d: Path, k: dict, docs: list[dict]) -> None:
     for patch in k.get("patches") or []:
         ops = yaml.safe_load(patch["patch"])
         assert isinstance(ops, list), f"{rel(d)}: only inline JSON 6902 patches are used"
@@ -226,6 +231,19 @@ def py_build(d: Path) -> list[dict]:
         assert hits, f"{rel(d)}: patch target {patch['target']} matches nothing"
         for i in hits:
             docs[i] = apply_json_patch(docs[i], ops)
+
+
+def py_build(d: Path) -> list[dict]:
+    """Render a kustomization that uses resources, components, inline JSON 6902 patches, namespace
+    and images only (what k8s/base, k8s/overlays/* and k8s/examples/* use)."""
+    k = load_kustomization(d)
+    docs: list[dict] = []
+    for r in k.get("resources") or []:
+        p = d / r
+        docs += py_build(p) if p.is_dir() else load_docs(p)
+    _apply_patches(d, k, docs)
+    for c in k.get("components") or []:  # after the kustomization's own patches, in order
+        _apply_patches(d / c, load_kustomization(d / c), docs)
     if k.get("namespace"):
         for doc in docs:
             if doc["kind"] not in CLUSTER_SCOPED:
@@ -273,7 +291,7 @@ def all_rendered_docs() -> list[tuple[str, dict]]:
     for d in kustomization_dirs():
         if kustomize_cmd():
             out += [(f"render:{rel(d)}", doc) for doc in real_build(d)]
-        elif d == K8S / "base" or d.parent == K8S / "overlays":
+        elif d == K8S / "base" or d.parent in (K8S / "overlays", K8S / "examples"):
             out += [(f"render:{rel(d)}", doc) for doc in py_build(d)]
     return out
 
@@ -441,7 +459,7 @@ def test_core_kinds_pass_strict_validation(kv):
         "PriorityClass", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
     }
     assert expected <= validated, f"not validated: {expected - validated}"
-    assert {"RayJob", "NodePool", "EC2NodeClass"} <= skipped
+    assert {"RayJob", "NodePool", "EC2NodeClass", "ClusterQueue"} <= skipped
 
 
 def test_strict_validation_rejects_unknown_field(kv):
@@ -525,7 +543,7 @@ def test_crd_objects_match_project_schemas(crd_validators):
             errs = errors_of(crd_validators[key], doc)
             assert not errs, f"{src}: {doc['kind']}/{doc['metadata']}: {errs}"
             seen.add(doc["kind"])
-    assert seen == {"RayJob", "RayCronJob", "NodePool", "EC2NodeClass"}
+    assert seen == {"RayJob", "RayCronJob", "NodePool", "EC2NodeClass", "ResourceFlavor", "ClusterQueue", "LocalQueue"}
     cluster = _synthetic_raycluster()
     assert not errors_of(crd_validators[("ray.io/v1", "RayCluster")], cluster)
 
@@ -687,10 +705,13 @@ def test_version_check_catches_a_field_newer_than_the_minimum(crd_validators, ki
 # ---------------------------------------------------------------------- overlays
 
 
-@pytest.mark.parametrize("d", kustomization_dirs(), ids=rel)
+@pytest.mark.parametrize("d", kustomization_dirs() + component_dirs(), ids=rel)
 def test_kustomization_references_exist(d):
     k = load_kustomization(d)
-    assert k["apiVersion"] == "kustomize.config.k8s.io/v1beta1" and k["kind"] == "Kustomization"
+    assert (k["apiVersion"], k["kind"]) in {("kustomize.config.k8s.io/v1beta1", "Kustomization"),
+                                            ("kustomize.config.k8s.io/v1alpha1", "Component")}
+    for c in k.get("components") or []:
+        assert is_component(d / c), f"{rel(d)}: {c} is not a Component"
     for r in k.get("resources") or []:
         p = d / r
         assert p.is_file() or (p / "kustomization.yaml").is_file(), f"{rel(d)}: missing resource {r}"
@@ -736,8 +757,12 @@ def test_kustomization_renders(d):
     assert docs
 
 
+def example_dirs() -> list[Path]:
+    return sorted(p for p in (K8S / "examples").iterdir() if p.is_dir())
+
+
 @needs_kustomize
-@pytest.mark.parametrize("d", [K8S / "base"] + [K8S / "overlays" / o for o in sorted(SCALES)], ids=rel)
+@pytest.mark.parametrize("d", [K8S / "base"] + [K8S / "overlays" / o for o in sorted(SCALES)] + example_dirs(), ids=rel)
 def test_small_renderer_agrees_with_kustomize(d):
     key = lambda doc: (doc["kind"], doc["metadata"]["name"])  # noqa: E731
     mine = sorted(py_build(d), key=key)
@@ -1390,6 +1415,64 @@ def test_sweep_launch_script(tmp_path, existing, fake, rc, creates, says):
         assert doc == expected
         images = {c["image"] for _, tpl in ray_pod_templates(doc) for c in tpl["spec"]["containers"]}
         assert images == {"registry.example/cdb:1.2.3"}
+
+
+# ------------------------------------------------------------ Kueue and EFA (components)
+
+
+def test_kueue_component_gang_admits_the_rayjob():
+    """The composed example is queued (label + suspend) in a LocalQueue that exists, whose ClusterQueue
+    covers every resource the job's pods request, and gives the head a GPU-free flavor and the GPU
+    workers the flavor whose node label they select."""
+    rj = overlay_rayjob_from(K8S / "examples" / "70b-kueue-efa")
+    kueue = {d["kind"]: d for d in load_docs(K8S / "kueue" / "queues.yaml") if d["kind"] != "ResourceFlavor"}
+    flavors = {d["metadata"]["name"]: d for d in load_docs(K8S / "kueue" / "queues.yaml") if d["kind"] == "ResourceFlavor"}
+    lq, cq = kueue["LocalQueue"], kueue["ClusterQueue"]
+    assert rj["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == lq["metadata"]["name"]
+    assert rj["spec"]["suspend"] is True and rj["spec"]["shutdownAfterJobFinishes"] is True
+    assert "clusterSelector" not in rj["spec"] and not rj["spec"]["rayClusterSpec"].get("enableInTreeAutoscaling")
+    assert lq["metadata"]["namespace"] == rj["metadata"]["namespace"] and lq["spec"]["clusterQueue"] == cq["metadata"]["name"]
+    assert _selects(cq["spec"]["namespaceSelector"], {"kubernetes.io/metadata.name": rj["metadata"]["namespace"]})
+    [group] = cq["spec"]["resourceGroups"]
+    quota = {f["name"]: {r["name"]: r["nominalQuota"] for r in f["resources"]} for f in group["flavors"]}
+    assert set(quota) <= set(flavors)
+    for _, tpl in ray_pod_templates(rj):
+        for c in tpl["spec"]["containers"]:
+            assert set(c["resources"]["requests"]) <= set(group["coveredResources"])
+            # Kueue takes the first flavor with quota for every resource; a flavor's node labels
+            # must then be ones the pod selects anyway.
+            first = next(f for f in group["flavors"]
+                         if all(quota[f["name"]].get(r) not in (0, None) for r in c["resources"]["requests"]
+                                if r in ("nvidia.com/gpu", "vpc.amazonaws.com/efa")))
+            labels = (flavors[first["name"]].get("spec") or {}).get("nodeLabels") or {}
+            assert all(tpl["spec"].get("nodeSelector", {}).get(k) == v for k, v in labels.items()), first["name"]
+            if gpu_of(c):
+                assert labels  # GPU workers land on GPU nodes
+    total_gpus = sum(wg["replicas"] * gpu_of(wg["template"]["spec"]["containers"][0])
+                     for wg in worker_groups(rj))
+    assert max(int(q.get("nvidia.com/gpu", 0)) for q in quota.values()) >= total_gpus
+
+
+def overlay_rayjob_from(d: Path) -> dict:
+    [rj] = [doc for doc in py_build(d) if doc["kind"] == "RayJob"]
+    return rj
+
+
+@pytest.mark.parametrize("component,per_node", [("efa-p5", 32), ("efa-p4d", 4)])
+def test_efa_component_requests_the_interfaces_and_sets_libfabric(component, per_node):
+    k = load_kustomization(K8S / "components" / component)
+    docs = py_build(K8S / "overlays" / "70b")
+    _apply_patches(K8S / "components" / component, k, docs)
+    [rj] = [d for d in docs if d["kind"] == "RayJob"]
+    [wg] = worker_groups(rj)
+    [c] = wg["template"]["spec"]["containers"]
+    assert c["resources"]["requests"]["vpc.amazonaws.com/efa"] == c["resources"]["limits"]["vpc.amazonaws.com/efa"]
+    assert int(c["resources"]["limits"]["vpc.amazonaws.com/efa"]) == per_node
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["FI_PROVIDER"] == "efa" and env["FI_EFA_USE_DEVICE_RDMA"] == "1" and env["FI_EFA_FORK_SAFE"] == "1"
+    head_env = {e["name"] for e in rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "FI_PROVIDER" not in head_env  # the head (a CPU node) is untouched
+    assert "MLFLOW_TRACKING_PASSWORD" in env  # the base env is kept, not replaced
 
 
 # ----------------------------------------------------------------------- README
