@@ -834,7 +834,7 @@ def test_tiny_overlay_is_cpu_only():
     [wg] = worker_groups(rj)
     assert wg["replicas"] == wg["minReplicas"] == wg["maxReplicas"] == SCALES["tiny"][1]
     spec = wg["template"]["spec"]
-    assert "nodeSelector" not in spec and "tolerations" not in spec
+    assert not gpu_pools_allowed(spec) and "tolerations" not in spec and "affinity" not in spec
     for _, tpl in ray_pod_templates(rj):
         for c in containers(tpl["spec"]):
             assert gpu_of(c) == 0 and gpu_of(c, "requests") == 0
@@ -896,13 +896,16 @@ def test_rayjob_contract(where, spec):
     assert spot["karpenter.sh/capacity-type"] == {"key": "karpenter.sh/capacity-type", "operator": "NotIn",
                                                   "values": ["spot"]}
     for wg in cs["workerGroupSpecs"]:
+        if "affinity" not in wg["template"]["spec"]:
+            assert where == "overlay:tiny"  # CPU smoke test on any cluster, zone labels or not
+            continue
         [zone] = wg["template"]["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         assert zone["topologyKey"] == "topology.kubernetes.io/zone" and zone["matchLabelKeys"] == ["ray.io/cluster"]
         assert _selects(zone["labelSelector"], {"ray.io/node-type": "head"})
     for wg in cs["workerGroupSpecs"]:
         pod = wg["template"]["spec"]
         if any(gpu_of(c) for c in pod["containers"]):
-            assert "cdb.dev/gpu" in pod["nodeSelector"]
+            assert gpu_pools_allowed(pod), f"{where}: a GPU worker must select a GPU pool"
             assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
 
 
@@ -1193,6 +1196,34 @@ def test_autoscaler_sidecar_is_locked_down():
 # ------------------------------------------------------------------ GPU nodes
 
 
+def gpu_pools_allowed(pod: dict) -> set:
+    """The cdb.dev/gpu values a pod may be scheduled on (nodeSelector or required node affinity)."""
+    allowed = set()
+    if "cdb.dev/gpu" in (pod.get("nodeSelector") or {}):
+        allowed.add(pod["nodeSelector"]["cdb.dev/gpu"])
+    required = ((pod.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution") or {}
+    for term in required.get("nodeSelectorTerms") or []:
+        for e in term.get("matchExpressions") or []:
+            if e["key"] == "cdb.dev/gpu" and e["operator"] == "In":
+                allowed |= set(e["values"])
+    return allowed
+
+
+def pool_fits_pod(pool: dict, pod: dict, container: dict) -> bool:
+    """The pool's instances (per its instance-family requirement) hold the pod's CPU and memory."""
+    families = next(r["values"] for r in pool["spec"]["template"]["spec"]["requirements"]
+                    if r["key"] == "karpenter.k8s.aws/instance-family")
+    smallest = min(INSTANCES[f] for f in families)
+    limits = container["resources"]["limits"]
+    memory = int(limits["memory"].removesuffix("Gi"))
+    return int(limits["cpu"]) <= smallest[0] and memory <= smallest[1] and gpu_of(container) <= smallest[2]
+
+
+# vCPU, GiB, GPUs of the 8-GPU instance of each family the NodePools allow.
+INSTANCES = {"p5": (192, 2048, 8), "p4de": (96, 1152, 8), "p4d": (96, 1152, 8)}
+
+
 def test_karpenter_nodepools_fit_the_jobs():
     pools = by_kind("NodePool")
     classes = {c["metadata"]["name"] for c in by_kind("EC2NodeClass")}
@@ -1212,11 +1243,12 @@ def test_karpenter_nodepools_fit_the_jobs():
         need = SCALES[overlay][1] * SCALES[overlay][2]
         for wg in worker_groups(rj):
             pod = wg["template"]["spec"]
-            fits = [
-                p for p in pools
-                if all(p["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in pod["nodeSelector"].items())
-            ]
-            assert fits, f"{overlay}: no NodePool sets {pod['nodeSelector']}"
+            allowed = gpu_pools_allowed(pod)
+            fits = [p for p in pools if p["spec"]["template"]["metadata"]["labels"]["cdb.dev/gpu"] in allowed]
+            assert len(fits) == len(allowed), f"{overlay}: {allowed} are not all NodePools"
+            # Every pool the pod accepts can really take it: the fallback is selectable.
+            for p in fits:
+                assert pool_fits_pod(p, pod, pod["containers"][0]), (overlay, p["metadata"]["name"])
             for p in fits:
                 for taint in p["spec"]["template"]["spec"]["taints"]:
                     assert any(
@@ -1224,6 +1256,37 @@ def test_karpenter_nodepools_fit_the_jobs():
                         for tol in pod["tolerations"]
                     )
             assert max(int(p["spec"]["limits"]["nvidia.com/gpu"]) for p in fits) >= need
+
+
+def _gpu_memory_mib(pool: dict) -> set:
+    """GPU memory (MiB) the pool's requirement admits, checked on the A100 sizes AWS sells."""
+    [req] = [r for r in pool["spec"]["template"]["spec"]["requirements"]
+             if r["key"] == "karpenter.k8s.aws/instance-gpu-memory"] or [None]
+    sizes = {40960, 81920}
+    if req is None:
+        return sizes
+    bound = int(req["values"][0])
+    return {m for m in sizes if (m > bound if req["operator"] == "Gt" else m < bound if req["operator"] == "Lt"
+                                 else str(m) in req["values"])}
+
+
+def test_a100_pools_are_split_by_gpu_memory_and_the_fallback_is_selectable():
+    pools = {p["spec"]["template"]["metadata"]["labels"]["cdb.dev/gpu"]: p for p in by_kind("NodePool")}
+    assert set(pools) == {"h100", "a100-80gb", "a100-40gb"}
+    assert _gpu_memory_mib(pools["a100-80gb"]) == {81920} and _gpu_memory_mib(pools["a100-40gb"]) == {40960}
+    weights = {k: p["spec"]["weight"] for k, p in pools.items()}
+    assert weights["h100"] > weights["a100-80gb"] > weights["a100-40gb"]
+    # The 80 GB jobs accept the A100 80 GB pool (preferring H100) and never the 40 GB one.
+    for overlay in ("7b", "13b", "70b"):
+        pod = worker_groups(overlay_rayjob(overlay))[0]["template"]["spec"]
+        assert gpu_pools_allowed(pod) == {"h100", "a100-80gb"}
+        [pref] = pod["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        assert pref["preference"]["matchExpressions"][0]["values"] == ["h100"]
+    # The 40 GB pool runs the offload variant the planner sizes for it.
+    rj = overlay_rayjob_from(K8S / "examples" / "70b-offload-a100-40gb")
+    pod = worker_groups(rj)[0]["template"]["spec"]
+    assert gpu_pools_allowed(pod) == {"a100-40gb"} and scale_arg(rj["spec"]["entrypoint"]) == "llama2-70b-offload"
+    assert pool_fits_pod(pools["a100-40gb"], pod, pod["containers"][0])
 
 
 # ----------------------------------------------------------------------- sweep
@@ -1439,15 +1502,18 @@ def test_kueue_component_gang_admits_the_rayjob():
     for _, tpl in ray_pod_templates(rj):
         for c in tpl["spec"]["containers"]:
             assert set(c["resources"]["requests"]) <= set(group["coveredResources"])
-            # Kueue takes the first flavor with quota for every resource; a flavor's node labels
-            # must then be ones the pod selects anyway.
-            first = next(f for f in group["flavors"]
-                         if all(quota[f["name"]].get(r) not in (0, None) for r in c["resources"]["requests"]
-                                if r in ("nvidia.com/gpu", "vpc.amazonaws.com/efa")))
-            labels = (flavors[first["name"]].get("spec") or {}).get("nodeLabels") or {}
-            assert all(tpl["spec"].get("nodeSelector", {}).get(k) == v for k, v in labels.items()), first["name"]
+            # Kueue tries the flavors in order and takes one with quota for every resource; the
+            # node labels of each flavor it may take must be ones the pod accepts anyway.
+            usable = [f["name"] for f in group["flavors"]
+                      if all(quota[f["name"]].get(r) not in (0, None) for r in c["resources"]["requests"]
+                             if r in ("nvidia.com/gpu", "vpc.amazonaws.com/efa"))]
+            assert usable
+            labels_of = {name: (flavors[name].get("spec") or {}).get("nodeLabels") or {} for name in usable}
             if gpu_of(c):
-                assert labels  # GPU workers land on GPU nodes
+                for name, labels in labels_of.items():
+                    assert labels and labels["cdb.dev/gpu"] in gpu_pools_allowed(tpl["spec"]), name
+            else:
+                assert not labels_of[usable[0]]  # the head and the submitter stay off the GPU nodes
     total_gpus = sum(wg["replicas"] * gpu_of(wg["template"]["spec"]["containers"][0])
                      for wg in worker_groups(rj))
     assert max(int(q.get("nvidia.com/gpu", 0)) for q in quota.values()) >= total_gpus

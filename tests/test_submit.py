@@ -323,7 +323,7 @@ def _only_run(uri: str, experiment: str):
     assert found is not None, f"no experiment {experiment} on {uri}"
     runs = client.search_runs([found.experiment_id])
     assert len(runs) == 1, [r.info.run_name for r in runs]
-    permission = AuthServiceClient(uri).get_experiment_permission(found.experiment_id, RAY_USER[0])
+    permission = AuthServiceClient(uri).get_user_permission(RAY_USER[0], "experiment", found.experiment_id)
     assert permission.permission == "MANAGE"
     return client, runs[0]
 
