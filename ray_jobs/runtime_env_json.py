@@ -51,8 +51,9 @@ def build(file: str | Path = DEFAULT_FILE, working_dir: str | None = None,
     environ = os.environ if environ is None else environ
     refused = [name for name in pass_env if looks_secret(name)]
     if refused:
-        raise ValueError(f"--pass-env {refused[0]}: looks like a secret; the job should read it from the cluster "
-                         f"(a Secret, or a file named by a *_PATH variable), or pass it with --pass-secret {refused[0]}")
+        raise ValueError(f"--pass-env {refused[0]}: looks like a secret; the job should read it from the "
+                         f"cluster (a Secret, or a file named by a *_PATH variable), or pass it with "
+                         f"--pass-secret {refused[0]}")
     with open(file, encoding="utf-8") as handle:
         runtime_env = yaml.safe_load(handle) or {}
     if not isinstance(runtime_env, dict):
