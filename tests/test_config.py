@@ -131,7 +131,7 @@ def test_file_scale_name_selects_preset_and_scale_argument_beats_it(tmp_path):
     assert config.scale.micro_batch == 9  # the file still overrides the chosen preset's field
     config = resolve(config_file=str(path), scale="7b", sets=["scale.name=70b"])
     assert config.scale.name == "llama2-70b"
-    assert config.scale.ds_config == "zero3_bf16_70b_offload.json"
+    assert config.scale.ds_config == "zero3_bf16_70b.json"
 
 
 def test_empty_yaml_file_is_no_override(tmp_path):
@@ -463,7 +463,7 @@ def test_ds_config_missing_file_and_bad_json(tmp_path):
 
 
 def test_ds_config_70b_offload_gets_optimizer():
-    config = resolve(scale="70b", sets=["optim.betas=[0.85,0.95]", "optim.weight_decay=0.1"])
+    config = resolve(scale="llama2-70b-offload", sets=["optim.betas=[0.85,0.95]", "optim.weight_decay=0.1"])
     ds = build_ds_config(config, world_size=32)
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert ds["optimizer"]["type"] == "AdamW"

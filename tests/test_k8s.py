@@ -66,10 +66,14 @@ CRD_SCHEMA_FILES = {
     ("ray.io/v1", "RayCronJob"): "raycronjob.schema.json",
     ("karpenter.sh/v1", "NodePool"): "nodepool.schema.json",
     ("karpenter.k8s.aws/v1", "EC2NodeClass"): "ec2nodeclass.schema.json",
+    ("kueue.x-k8s.io/v1beta1", "ResourceFlavor"): "resourceflavor.schema.json",
+    ("kueue.x-k8s.io/v1beta1", "ClusterQueue"): "clusterqueue.schema.json",
+    ("kueue.x-k8s.io/v1beta1", "LocalQueue"): "localqueue.schema.json",
 }
 RAY_KINDS = {"RayJob", "RayCluster", "RayCronJob"}
 NOT_VALIDATED_BY_KUBERNETES_VALIDATE = {kind for _, kind in CRD_SCHEMA_FILES} | {"Kustomization"}
-CLUSTER_SCOPED = {"Namespace", "NodePool", "EC2NodeClass", "ClusterRole", "ClusterRoleBinding"}
+CLUSTER_SCOPED = {"Namespace", "NodePool", "EC2NodeClass", "ClusterRole", "ClusterRoleBinding", "PriorityClass",
+                  "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ResourceFlavor", "ClusterQueue"}
 SECRETISH_ENV = re.compile(r"TOKEN|PASSWORD|PASSWD|KEY|SECRET|CREDENTIAL", re.I)
 
 
@@ -77,8 +81,9 @@ SECRETISH_ENV = re.compile(r"TOKEN|PASSWORD|PASSWD|KEY|SECRET|CREDENTIAL", re.I)
 
 
 def load_docs(path: Path) -> list[dict]:
+    """The documents of a YAML file, YAML anchors expanded into independent copies (as kustomize does)."""
     with open(path) as f:
-        return [d for d in yaml.safe_load_all(f) if d is not None]
+        return [json.loads(json.dumps(d)) for d in yaml.safe_load_all(f) if d is not None]
 
 
 def yaml_files() -> list[Path]:
@@ -86,7 +91,16 @@ def yaml_files() -> list[Path]:
 
 
 def kustomization_dirs() -> list[Path]:
-    return sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
+    """Every kustomization that renders on its own (components only render inside one)."""
+    return sorted(p.parent for p in K8S.rglob("kustomization.yaml") if not is_component(p.parent))
+
+
+def component_dirs() -> list[Path]:
+    return sorted(p.parent for p in K8S.rglob("kustomization.yaml") if is_component(p.parent))
+
+
+def is_component(d: Path) -> bool:
+    return load_docs(d / "kustomization.yaml")[0]["kind"] == "Component"
 
 
 def rel(p: Path) -> str:
@@ -110,7 +124,7 @@ def generator_files(k: dict) -> list[str]:
 def kustomize_inputs() -> dict[Path, str]:
     """YAML files that are inputs to kustomize rather than Kubernetes manifests."""
     out: dict[Path, str] = {}
-    for d in kustomization_dirs():
+    for d in kustomization_dirs() + component_dirs():
         k = load_kustomization(d)
         for c in k.get("configurations") or []:
             out[(d / c).resolve()] = "configuration"
@@ -209,14 +223,7 @@ def _set_images(node, images: list[dict]):
             _set_images(v, images)
 
 
-def py_build(d: Path) -> list[dict]:
-    """Render a kustomization that uses resources, inline JSON 6902 patches, namespace
-    and images only (what k8s/base and k8s/overlays/* use)."""
-    k = load_kustomization(d)
-    docs: list[dict] = []
-    for r in k.get("resources") or []:
-        p = d / r
-        docs += py_build(p) if p.is_dir() else load_docs(p)
+def _apply_patches(d: Path, k: dict, docs: list[dict]) -> None:
     for patch in k.get("patches") or []:
         ops = yaml.safe_load(patch["patch"])
         assert isinstance(ops, list), f"{rel(d)}: only inline JSON 6902 patches are used"
@@ -224,6 +231,19 @@ def py_build(d: Path) -> list[dict]:
         assert hits, f"{rel(d)}: patch target {patch['target']} matches nothing"
         for i in hits:
             docs[i] = apply_json_patch(docs[i], ops)
+
+
+def py_build(d: Path) -> list[dict]:
+    """Render a kustomization that uses resources, components, inline JSON 6902 patches, namespace
+    and images only (what k8s/base, k8s/overlays/* and k8s/examples/* use)."""
+    k = load_kustomization(d)
+    docs: list[dict] = []
+    for r in k.get("resources") or []:
+        p = d / r
+        docs += py_build(p) if p.is_dir() else load_docs(p)
+    _apply_patches(d, k, docs)
+    for c in k.get("components") or []:  # after the kustomization's own patches, in order
+        _apply_patches(d / c, load_kustomization(d / c), docs)
     if k.get("namespace"):
         for doc in docs:
             if doc["kind"] not in CLUSTER_SCOPED:
@@ -271,7 +291,7 @@ def all_rendered_docs() -> list[tuple[str, dict]]:
     for d in kustomization_dirs():
         if kustomize_cmd():
             out += [(f"render:{rel(d)}", doc) for doc in real_build(d)]
-        elif d == K8S / "base" or d.parent == K8S / "overlays":
+        elif d == K8S / "base" or d.parent in (K8S / "overlays", K8S / "examples"):
             out += [(f"render:{rel(d)}", doc) for doc in py_build(d)]
     return out
 
@@ -436,9 +456,10 @@ def test_core_kinds_pass_strict_validation(kv):
     expected = {
         "Namespace", "PersistentVolumeClaim", "Service", "StatefulSet", "Deployment",
         "ConfigMap", "NetworkPolicy", "ServiceAccount", "Role", "RoleBinding", "CronJob",
+        "PriorityClass", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
     }
     assert expected <= validated, f"not validated: {expected - validated}"
-    assert {"RayJob", "NodePool", "EC2NodeClass"} <= skipped
+    assert {"RayJob", "NodePool", "EC2NodeClass", "ClusterQueue"} <= skipped
 
 
 def test_strict_validation_rejects_unknown_field(kv):
@@ -522,7 +543,7 @@ def test_crd_objects_match_project_schemas(crd_validators):
             errs = errors_of(crd_validators[key], doc)
             assert not errs, f"{src}: {doc['kind']}/{doc['metadata']}: {errs}"
             seen.add(doc["kind"])
-    assert seen == {"RayJob", "RayCronJob", "NodePool", "EC2NodeClass"}
+    assert seen == {"RayJob", "RayCronJob", "NodePool", "EC2NodeClass", "ResourceFlavor", "ClusterQueue", "LocalQueue"}
     cluster = _synthetic_raycluster()
     assert not errors_of(crd_validators[("ray.io/v1", "RayCluster")], cluster)
 
@@ -597,13 +618,100 @@ def test_project_schemas_reject_bad_objects(crd_validators, case):
     assert errors_of(crd_validators[key], doc), f"{case}: schema accepted it"
 
 
+# ------------------------------------------- KubeRay versions: the stated minimum is true
+
+
+KUBERAY_SCHEMAS = {"RayJob": "rayjob.schema.json", "RayCluster": "raycluster.schema.json",
+                   "RayCronJob": "raycronjob.schema.json"}
+
+
+def _version(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in v.split("."))
+
+
+@functools.lru_cache(maxsize=None)
+def _schema_doc(name: str) -> dict:
+    return json.loads((SCHEMAS / name).read_text())
+
+
+def _resolve(node: dict, file: str) -> tuple[dict, str]:
+    while "$ref" in node:
+        target, _, pointer = node["$ref"].partition("#")
+        file = target or file
+        node = _schema_doc(file)
+        for token in filter(None, pointer.split("/")):
+            node = node[token]
+    return node, file
+
+
+def fields_since(instance, node: dict | None = None, file: str = "rayjob.schema.json", path: str = "") -> list:
+    """(path, version) of every field of `instance` that its schema marks with x-kuberay-since."""
+    node, file = _resolve(node if node is not None else _schema_doc(file), file)
+    out = [(path or "<kind>", node["x-kuberay-since"])] if "x-kuberay-since" in node else []
+    if isinstance(instance, dict) and "properties" in node:
+        for key, value in instance.items():
+            if key in node["properties"]:
+                out += fields_since(value, node["properties"][key], file, f"{path}/{key}")
+    elif isinstance(instance, list) and "items" in node:
+        for i, value in enumerate(instance):
+            out += fields_since(value, node["items"], file, f"{path}/{i}")
+    return out
+
+
+def newer_than_minimum(doc: dict) -> list:
+    schema = _schema_doc(KUBERAY_SCHEMAS[doc["kind"]])
+    minimum = _version(schema["x-kuberay-minimum"])
+    return [(p, v) for p, v in fields_since(doc, file=KUBERAY_SCHEMAS[doc["kind"]]) if _version(v) > minimum]
+
+
+def test_kuberay_schemas_state_their_version_and_minimum():
+    readme = (K8S / "README.md").read_text()
+    for kind, name in KUBERAY_SCHEMAS.items():
+        schema = _schema_doc(name)
+        assert schema["x-kuberay-describes"] == "1.7.0", name
+        assert f"--version {schema['x-kuberay-describes']}" in readme  # the version the README installs
+        assert f"KubeRay >= {schema['x-kuberay-minimum']}" in readme, f"README does not state {kind}'s minimum"
+        assert _version(schema["x-kuberay-minimum"]) <= _version(schema["x-kuberay-describes"])
+
+
+def test_manifests_use_no_kuberay_field_newer_than_the_stated_minimum():
+    newest: dict[str, tuple] = {}
+    for src, doc in ray_docs() + [("k8s/sweep/rayjob-sweep.template.yaml", sweep_template())]:
+        assert not newer_than_minimum(doc), f"{src}: {doc['kind']} uses fields newer than its minimum: " \
+                                            f"{newer_than_minimum(doc)}"
+        used = [_version(v) for _, v in fields_since(doc, file=KUBERAY_SCHEMAS[doc["kind"]])]
+        newest[doc["kind"]] = max([newest.get(doc["kind"], (1, 4, 0)), *used])
+    # ...and the minimum is what the manifests need, not a guess: some field (or the kind) requires it.
+    for kind, version in newest.items():
+        assert version == _version(_schema_doc(KUBERAY_SCHEMAS[kind])["x-kuberay-minimum"]), kind
+    assert set(newest) == {"RayJob", "RayCronJob"}
+
+
+@pytest.mark.parametrize("kind,path,value,field", [
+    ("RayJob", ["spec", "preRunningDeadlineSeconds"], 600, "/spec/preRunningDeadlineSeconds"),
+    ("RayJob", ["spec", "rayClusterSpec", "upgradeStrategy"], {"type": "None"}, "/spec/rayClusterSpec/upgradeStrategy"),
+    ("RayCronJob", ["spec", "timeZone"], "Etc/UTC", "/spec/timeZone"),
+])
+def test_version_check_catches_a_field_newer_than_the_minimum(crd_validators, kind, path, value, field):
+    doc = sweep_template() if kind == "RayJob" else _first(kind)
+    node = doc
+    for token in path[:-1]:
+        node = node[token]
+    node[path[-1]] = value
+    assert not errors_of(crd_validators[("ray.io/v1", kind)], doc)  # a valid field of v1.7.0...
+    assert field in dict(newer_than_minimum(doc))  # ...that the stated minimum lacks
+
+
 # ---------------------------------------------------------------------- overlays
 
 
-@pytest.mark.parametrize("d", kustomization_dirs(), ids=rel)
+@pytest.mark.parametrize("d", kustomization_dirs() + component_dirs(), ids=rel)
 def test_kustomization_references_exist(d):
     k = load_kustomization(d)
-    assert k["apiVersion"] == "kustomize.config.k8s.io/v1beta1" and k["kind"] == "Kustomization"
+    assert (k["apiVersion"], k["kind"]) in {("kustomize.config.k8s.io/v1beta1", "Kustomization"),
+                                            ("kustomize.config.k8s.io/v1alpha1", "Component")}
+    for c in k.get("components") or []:
+        assert is_component(d / c), f"{rel(d)}: {c} is not a Component"
     for r in k.get("resources") or []:
         p = d / r
         assert p.is_file() or (p / "kustomization.yaml").is_file(), f"{rel(d)}: missing resource {r}"
@@ -649,8 +757,12 @@ def test_kustomization_renders(d):
     assert docs
 
 
+def example_dirs() -> list[Path]:
+    return sorted(p for p in (K8S / "examples").iterdir() if p.is_dir())
+
+
 @needs_kustomize
-@pytest.mark.parametrize("d", [K8S / "base"] + [K8S / "overlays" / o for o in sorted(SCALES)], ids=rel)
+@pytest.mark.parametrize("d", [K8S / "base"] + [K8S / "overlays" / o for o in sorted(SCALES)] + example_dirs(), ids=rel)
 def test_small_renderer_agrees_with_kustomize(d):
     key = lambda doc: (doc["kind"], doc["metadata"]["name"])  # noqa: E731
     mine = sorted(py_build(d), key=key)
@@ -722,7 +834,7 @@ def test_tiny_overlay_is_cpu_only():
     [wg] = worker_groups(rj)
     assert wg["replicas"] == wg["minReplicas"] == wg["maxReplicas"] == SCALES["tiny"][1]
     spec = wg["template"]["spec"]
-    assert "nodeSelector" not in spec and "tolerations" not in spec
+    assert not gpu_pools_allowed(spec) and "tolerations" not in spec and "affinity" not in spec
     for _, tpl in ray_pod_templates(rj):
         for c in containers(tpl["spec"]):
             assert gpu_of(c) == 0 and gpu_of(c, "requests") == 0
@@ -762,16 +874,38 @@ def test_rayjob_contract(where, spec):
         env = {e["name"]: e for e in c.get("env", [])}
         assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow.cdb.svc:5000"
         assert "secretKeyRef" in env["HF_TOKEN"]["valueFrom"] and "value" not in env["HF_TOKEN"]
-        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "cdb-mlflow-client"
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
         vols = {v["name"]: v for v in tpl["spec"]["volumes"]}
-        assert vols[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
-        assert vols[mounts["/shared"]]["persistentVolumeClaim"]["claimName"] == "cdb-shared"
+        assert vols[mounts["/dev/shm"]["name"]]["emptyDir"]["medium"] == "Memory"
+        # Only the sub-paths the job writes: never MLflow's artifacts (the server owns them).
+        shared = {path: m for path, m in mounts.items()
+                  if vols[m["name"]].get("persistentVolumeClaim", {}).get("claimName") == "cdb-shared"}
+        assert {path: m.get("subPath") for path, m in shared.items()} == {
+            "/shared/runs": "runs", "/shared/sweeps": "sweeps", "/shared/hf-cache": "hf-cache"}
         assert tpl["metadata"]["labels"]["app.kubernetes.io/part-of"] == "cdb"
         assert tpl["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
+    priority = "cdb-sweep" if "cdb.sweep" in spec["entrypoint"] else "cdb-training"
+    for w, tpl in rayjob_spec_templates(spec, where):
+        assert tpl["spec"]["priorityClassName"] == priority, w
+    # The head never on spot capacity; the workers in the zone of their own cluster's pods.
+    [term] = head["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"]
+    spot = {e["key"]: e for e in term["matchExpressions"]}
+    assert spot["karpenter.sh/capacity-type"] == {"key": "karpenter.sh/capacity-type", "operator": "NotIn",
+                                                  "values": ["spot"]}
+    for wg in cs["workerGroupSpecs"]:
+        if "affinity" not in wg["template"]["spec"]:
+            assert where == "overlay:tiny"  # CPU smoke test on any cluster, zone labels or not
+            continue
+        [zone] = wg["template"]["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert zone["topologyKey"] == "topology.kubernetes.io/zone" and zone["matchLabelKeys"] == ["ray.io/cluster"]
+        assert _selects(zone["labelSelector"], {"ray.io/node-type": "head"})
     for wg in cs["workerGroupSpecs"]:
         pod = wg["template"]["spec"]
         if any(gpu_of(c) for c in pod["containers"]):
-            assert "cdb.dev/gpu" in pod["nodeSelector"]
+            assert gpu_pools_allowed(pod), f"{where}: a GPU worker must select a GPU pool"
             assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
 
 
@@ -792,6 +926,11 @@ def by_kind(kind: str) -> list[dict]:
     return [d for _, d in raw_manifest_docs() if d["kind"] == kind]
 
 
+def sweep_cronjob() -> dict:
+    [cj] = [d for d in by_kind("CronJob") if d["metadata"]["name"] == "cdb-sweep"]
+    return cj
+
+
 def test_shared_pvc_is_rwx():
     [pvc] = by_kind("PersistentVolumeClaim")
     assert pvc["metadata"]["name"] == "cdb-shared"
@@ -809,6 +948,8 @@ def test_mlflow_server():
     argv = c["command"] + c["args"]
     assert argv[:2] == ["mlflow", "server"]
     args = dict(zip(argv, argv[1:]))
+    assert args["--app-name"] == "basic-auth"
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
     assert args["--host"] == "0.0.0.0" and args["--port"] == "5000"
     assert args["--backend-store-uri"].startswith("postgresql://$(PGUSER)@")
     assert "PASSWORD" not in args["--backend-store-uri"], "libpq takes the password from PGPASSWORD"
@@ -816,8 +957,23 @@ def test_mlflow_server():
     env = {e["name"]: e for e in c["env"]}
     for name in ("PGUSER", "PGPASSWORD", "PGDATABASE"):
         assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "cdb-postgres"
-    # $(VAR) references in args resolve to env or envFrom variables.
+    for name in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "cdb-mlflow-admin"
+    # The auth config is the mounted ConfigMap, and names no admin password of its own.
+    [auth_cm] = [d for d in by_kind("ConfigMap") if d["metadata"]["name"] == "mlflow-auth"]
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    vols = {v["name"]: v for v in pod["spec"]["volumes"]}
+    [auth_vol] = [n for n, v in vols.items() if v.get("configMap", {}).get("name") == "mlflow-auth"]
+    ini_name = Path(env["MLFLOW_AUTH_CONFIG_PATH"]["value"]).name
+    assert env["MLFLOW_AUTH_CONFIG_PATH"]["value"] == f"{mounts[auth_vol]['mountPath']}/{ini_name}"
+    ini = auth_cm["data"][ini_name]
+    assert "[mlflow]" in ini and "admin_password" not in ini and "default_permission = READ" in ini
+    # Of the shared volume, only the artifacts sub-path, where the artifacts go.
+    shared = [m for m in c["volumeMounts"] if vols[m["name"]].get("persistentVolumeClaim")]
+    assert [(m["mountPath"], m["subPath"]) for m in shared] == [("/mlflow-artifacts", "mlflow-artifacts")]
     [cm] = [d for d in by_kind("ConfigMap") if d["metadata"]["name"] == "mlflow-config"]
+    assert cm["data"]["MLFLOW_ARTIFACTS_DESTINATION"] == "/mlflow-artifacts"
+    # $(VAR) references in args resolve to env or envFrom variables.
     known = set(env) | set(cm["data"])
     for ref in re.findall(r"\$\((\w+)\)", " ".join(argv)):
         assert ref in known, ref
@@ -847,42 +1003,119 @@ def _selects(selector: dict, labels: dict) -> bool:
         op, key = expr["operator"], expr["key"]
         if op == "In" and labels.get(key) not in expr["values"]:
             return False
+        if op == "NotIn" and labels.get(key) in expr["values"]:
+            return False
         if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
             return False
     return True
 
 
+def kuberay_pod_labels(template_labels: dict, node_type: str, cluster: str, group: str) -> dict:
+    """The labels KubeRay (v1.5.1 to v1.7.0) puts on a head or worker pod: its own set, then the
+    template's labels, except that a template cannot override ray.io/node-type, ray.io/group or
+    ray.io/cluster."""
+    fixed = {"ray.io/node-type": node_type, "ray.io/group": group, "ray.io/cluster": cluster}
+    own = {**fixed, "ray.io/is-ray-node": "yes", "ray.io/identifier": f"{cluster}-{node_type}",
+           "app.kubernetes.io/name": "kuberay", "app.kubernetes.io/created-by": "kuberay-operator"}
+    return {**own, **{k: v for k, v in template_labels.items() if k not in fixed}}
+
+
+def submitter_pod_labels(template_labels: dict, rayjob: str) -> dict:
+    """The labels of the K8sJobMode submitter pod: the template's, plus (KubeRay >= 1.6) the
+    originated-from ones and the batch Job controller's."""
+    return {**template_labels, "ray.io/originated-from-cr-name": rayjob, "ray.io/originated-from-crd": "RayJob",
+            "app.kubernetes.io/created-by": "kuberay-operator", "batch.kubernetes.io/job-name": rayjob,
+            "job-name": rayjob}
+
+
 def test_network_policies():
-    nps = {n["metadata"]["name"]: n for n in by_kind("NetworkPolicy")}
+    """Every flow the project needs is allowed, by selectors that match the labels the pods really
+    carry (KubeRay's own included), and nothing else reaches the pods of the namespace."""
+    nps = by_kind("NetworkPolicy")
+    [deny] = [n for n in nps if n["spec"]["podSelector"] == {}]
+    assert deny["spec"]["policyTypes"] == ["Ingress"] and not deny["spec"].get("ingress")
     [dep] = by_kind("Deployment")
     [sts] = by_kind("StatefulSet")
-    mlflow_labels = dep["spec"]["template"]["metadata"]["labels"]
-    pg_labels = sts["spec"]["template"]["metadata"]["labels"]
-    ray_head = {**sweep_template()["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["metadata"]["labels"], "ray.io/node-type": "head"}
-    ray_worker = {**overlay_rayjob("13b")["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["metadata"]["labels"], "ray.io/node-type": "worker"}
-    stranger = {"app.kubernetes.io/part-of": "cdb"}  # e.g. the submitter or a debug pod
+    backup = next(d for d in by_kind("CronJob") if d["metadata"]["name"] == "postgres-backup")
+    mlflow = dep["spec"]["template"]["metadata"]["labels"]
+    postgres = sts["spec"]["template"]["metadata"]["labels"]
+    backup_pod = backup["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    launcher = sweep_cronjob()["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    ray = {}
+    for where, spec in (("train", overlay_rayjob("13b")["spec"]), ("sweep", sweep_template()["spec"])):
+        cs = spec["rayClusterSpec"]
+        ray[f"{where}-head"] = kuberay_pod_labels(cs["headGroupSpec"]["template"]["metadata"]["labels"], "head",
+                                                  f"cdb-{where}-abcde", "headgroup")
+        for wg in cs["workerGroupSpecs"]:
+            ray[f"{where}-{wg['groupName']}"] = kuberay_pod_labels(wg["template"]["metadata"]["labels"], "worker",
+                                                                   f"cdb-{where}-abcde", wg["groupName"])
+        ray[f"{where}-submitter"] = submitter_pod_labels(spec["submitterPodTemplate"]["metadata"]["labels"],
+                                                         f"cdb-{where}")
+    heads = [v for k, v in ray.items() if k.endswith("-head")]
+    workers = [v for k, v in ray.items() if k.endswith(("-gpu", "-cpu"))]
+    submitters = [v for k, v in ray.items() if k.endswith("-submitter")]
+    assert len(heads) == 2 and len(workers) == 3 and len(submitters) == 2
 
-    def allowed(np, labels, namespace=None):
-        for rule in np["spec"]["ingress"]:
-            for peer in rule["from"]:
-                if "podSelector" in peer and "namespaceSelector" not in peer and namespace is None:
-                    if _selects(peer["podSelector"], labels):
-                        return {p["port"] for p in rule["ports"]}
-                if "namespaceSelector" in peer and "podSelector" not in peer and namespace is not None:
-                    if _selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": namespace}):
-                        return {p["port"] for p in rule["ports"]}
-        return set()
+    def allowed(target: dict, source: dict | None = None, namespace: str = "cdb") -> set:
+        """Ports (0: any) on which a pod labelled `target` accepts a pod labelled `source` from `namespace`."""
+        ports = set()
+        for np in nps:
+            if not _selects(np["spec"]["podSelector"], target):
+                continue
+            for rule in np["spec"].get("ingress") or []:
+                for peer in rule["from"]:
+                    pod_ok = "podSelector" not in peer or (source is not None and _selects(peer["podSelector"], source))
+                    if "namespaceSelector" in peer:
+                        ns_ok = _selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": namespace})
+                    else:
+                        ns_ok = namespace == "cdb"
+                    if pod_ok and ns_ok and ("podSelector" in peer or "namespaceSelector" in peer):
+                        ports |= {p["port"] for p in rule.get("ports") or [{"port": 0}]}
+        return ports
 
-    ml = next(n for n in nps.values() if _selects(n["spec"]["podSelector"], mlflow_labels))
-    pg = next(n for n in nps.values() if _selects(n["spec"]["podSelector"], pg_labels))
-    assert ml["spec"]["policyTypes"] == ["Ingress"] and pg["spec"]["policyTypes"] == ["Ingress"]
-    assert allowed(ml, ray_head) == {5000} and allowed(ml, ray_worker) == {5000}
-    assert allowed(ml, stranger) == set() and allowed(ml, pg_labels) == set()
-    assert allowed(ml, {}, namespace="ingress-nginx") == {5000}
-    assert allowed(ml, {}, namespace="default") == set()
-    assert allowed(pg, mlflow_labels) == {5432}
-    assert allowed(pg, ray_head) == set() and allowed(pg, ray_worker) == set()
-    assert allowed(pg, {}, namespace="ingress-nginx") == set()
+    stranger = {"app.kubernetes.io/part-of": "cdb", "app.kubernetes.io/name": "debug"}
+    for head in heads:
+        for peer in heads + workers:
+            assert allowed(head, peer) == {0}  # Ray's node-to-node ports
+        for submitter in submitters:
+            assert allowed(head, submitter) == {8265}
+        assert allowed(head, {}, namespace="kuberay-system") == {8265}  # the operator polls job status
+        for outsider in (stranger, launcher, mlflow, backup_pod):
+            assert allowed(head, outsider) == set()
+        assert allowed(head, {}, namespace="default") == set()
+    for worker in workers:
+        assert all(allowed(worker, peer) == {0} for peer in heads + workers)
+        assert all(allowed(worker, other) == set() for other in submitters + [stranger, mlflow, launcher])
+    for peer in heads + workers:
+        assert allowed(mlflow, peer) == {5000}
+    assert allowed(mlflow, {}, namespace="ingress-nginx") == {5000}
+    for outsider in submitters + [stranger, launcher, postgres, backup_pod]:
+        assert allowed(mlflow, outsider) == set()
+    assert allowed(mlflow, {}, namespace="default") == set()
+    assert allowed(postgres, mlflow) == {5432} and allowed(postgres, backup_pod) == {5432}
+    for outsider in heads + workers + submitters + [stranger, launcher]:
+        assert allowed(postgres, outsider) == set()
+    assert allowed(postgres, {}, namespace="ingress-nginx") == set()
+    assert allowed(launcher, stranger) == set() and allowed(backup_pod, stranger) == set()
+
+
+def test_postgres_backup_cronjob():
+    cj = next(d for d in by_kind("CronJob") if d["metadata"]["name"] == "postgres-backup")
+    [sts] = by_kind("StatefulSet")
+    pod = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    assert c["image"] == sts["spec"]["template"]["spec"]["containers"][0]["image"]  # same pg_dump major
+    env = {e["name"]: e for e in c["env"]}
+    for name in ("PGUSER", "PGPASSWORD", "PGDATABASE"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "cdb-postgres"
+    assert {"configMapRef": {"name": "mlflow-config"}} in c["envFrom"]  # PGHOST, PGPORT
+    script = c["args"][0]
+    assert "pg_dump" in script and "PGPASSWORD" not in script and "set -eu" in script
+    [mount] = c["volumeMounts"]
+    assert mount["subPath"] == "backups/postgres" and mount["mountPath"] in script
+    assert cj["spec"]["concurrencyPolicy"] == "Forbid"
 
 
 # ------------------------------------------------------------------------ security
@@ -963,6 +1196,34 @@ def test_autoscaler_sidecar_is_locked_down():
 # ------------------------------------------------------------------ GPU nodes
 
 
+def gpu_pools_allowed(pod: dict) -> set:
+    """The cdb.dev/gpu values a pod may be scheduled on (nodeSelector or required node affinity)."""
+    allowed = set()
+    if "cdb.dev/gpu" in (pod.get("nodeSelector") or {}):
+        allowed.add(pod["nodeSelector"]["cdb.dev/gpu"])
+    required = ((pod.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution") or {}
+    for term in required.get("nodeSelectorTerms") or []:
+        for e in term.get("matchExpressions") or []:
+            if e["key"] == "cdb.dev/gpu" and e["operator"] == "In":
+                allowed |= set(e["values"])
+    return allowed
+
+
+def pool_fits_pod(pool: dict, pod: dict, container: dict) -> bool:
+    """The pool's instances (per its instance-family requirement) hold the pod's CPU and memory."""
+    families = next(r["values"] for r in pool["spec"]["template"]["spec"]["requirements"]
+                    if r["key"] == "karpenter.k8s.aws/instance-family")
+    smallest = min(INSTANCES[f] for f in families)
+    limits = container["resources"]["limits"]
+    memory = int(limits["memory"].removesuffix("Gi"))
+    return int(limits["cpu"]) <= smallest[0] and memory <= smallest[1] and gpu_of(container) <= smallest[2]
+
+
+# vCPU, GiB, GPUs of the 8-GPU instance of each family the NodePools allow.
+INSTANCES = {"p5": (192, 2048, 8), "p4de": (96, 1152, 8), "p4d": (96, 1152, 8)}
+
+
 def test_karpenter_nodepools_fit_the_jobs():
     pools = by_kind("NodePool")
     classes = {c["metadata"]["name"] for c in by_kind("EC2NodeClass")}
@@ -982,11 +1243,12 @@ def test_karpenter_nodepools_fit_the_jobs():
         need = SCALES[overlay][1] * SCALES[overlay][2]
         for wg in worker_groups(rj):
             pod = wg["template"]["spec"]
-            fits = [
-                p for p in pools
-                if all(p["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in pod["nodeSelector"].items())
-            ]
-            assert fits, f"{overlay}: no NodePool sets {pod['nodeSelector']}"
+            allowed = gpu_pools_allowed(pod)
+            fits = [p for p in pools if p["spec"]["template"]["metadata"]["labels"]["cdb.dev/gpu"] in allowed]
+            assert len(fits) == len(allowed), f"{overlay}: {allowed} are not all NodePools"
+            # Every pool the pod accepts can really take it: the fallback is selectable.
+            for p in fits:
+                assert pool_fits_pod(p, pod, pod["containers"][0]), (overlay, p["metadata"]["name"])
             for p in fits:
                 for taint in p["spec"]["template"]["spec"]["taints"]:
                     assert any(
@@ -996,24 +1258,55 @@ def test_karpenter_nodepools_fit_the_jobs():
             assert max(int(p["spec"]["limits"]["nvidia.com/gpu"]) for p in fits) >= need
 
 
+def _gpu_memory_mib(pool: dict) -> set:
+    """GPU memory (MiB) the pool's requirement admits, checked on the A100 sizes AWS sells."""
+    [req] = [r for r in pool["spec"]["template"]["spec"]["requirements"]
+             if r["key"] == "karpenter.k8s.aws/instance-gpu-memory"] or [None]
+    sizes = {40960, 81920}
+    if req is None:
+        return sizes
+    bound = int(req["values"][0])
+    return {m for m in sizes if (m > bound if req["operator"] == "Gt" else m < bound if req["operator"] == "Lt"
+                                 else str(m) in req["values"])}
+
+
+def test_a100_pools_are_split_by_gpu_memory_and_the_fallback_is_selectable():
+    pools = {p["spec"]["template"]["metadata"]["labels"]["cdb.dev/gpu"]: p for p in by_kind("NodePool")}
+    assert set(pools) == {"h100", "a100-80gb", "a100-40gb"}
+    assert _gpu_memory_mib(pools["a100-80gb"]) == {81920} and _gpu_memory_mib(pools["a100-40gb"]) == {40960}
+    weights = {k: p["spec"]["weight"] for k, p in pools.items()}
+    assert weights["h100"] > weights["a100-80gb"] > weights["a100-40gb"]
+    # The 80 GB jobs accept the A100 80 GB pool (preferring H100) and never the 40 GB one.
+    for overlay in ("7b", "13b", "70b"):
+        pod = worker_groups(overlay_rayjob(overlay))[0]["template"]["spec"]
+        assert gpu_pools_allowed(pod) == {"h100", "a100-80gb"}
+        [pref] = pod["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        assert pref["preference"]["matchExpressions"][0]["values"] == ["h100"]
+    # The 40 GB pool runs the offload variant the planner sizes for it.
+    rj = overlay_rayjob_from(K8S / "examples" / "70b-offload-a100-40gb")
+    pod = worker_groups(rj)[0]["template"]["spec"]
+    assert gpu_pools_allowed(pod) == {"a100-40gb"} and scale_arg(rj["spec"]["entrypoint"]) == "llama2-70b-offload"
+    assert pool_fits_pod(pools["a100-40gb"], pod, pod["containers"][0])
+
+
 # ----------------------------------------------------------------------- sweep
 
 
 def test_sweep_rbac_is_minimal():
     [role] = by_kind("Role")
     assert role["rules"] == [
-        {"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": ["create", "get", "list", "watch"]}
+        {"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": ["create", "get", "list"]}
     ]
     [rb] = by_kind("RoleBinding")
     [sa] = by_kind("ServiceAccount")
-    [cj] = by_kind("CronJob")
+    cj = sweep_cronjob()
     assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
     assert rb["subjects"][0]["name"] == sa["metadata"]["name"]
     assert cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
 
 
 def test_sweep_cronjob():
-    [cj] = by_kind("CronJob")
+    cj = sweep_cronjob()
     s = cj["spec"]
     assert s["concurrencyPolicy"] == "Forbid"
     assert s["successfulJobsHistoryLimit"] >= 1 and s["failedJobsHistoryLimit"] >= 1
@@ -1022,7 +1315,9 @@ def test_sweep_cronjob():
     assert c["image"].startswith("bitnami/kubectl")
     images = {i["name"]: i for i in load_kustomization(K8S / "sweep")["images"]}
     tag = images[c["image"]]["newTag"]
-    assert re.fullmatch(r"\d+\.\d+\.\d+", tag), "kubectl image pinned by tag"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", tag), "kubectl image's tag names its version"
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", images[c["image"]]["digest"]), "kubectl image pinned by digest"
+    assert c["command"][0] == "/bin/bash"  # launch.sh needs pipefail
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     env = {e["name"]: e for e in c["env"]}
     mount = next(m for m in c["volumeMounts"] if env["TEMPLATE"]["value"].startswith(m["mountPath"] + "/"))
@@ -1036,7 +1331,7 @@ def test_sweep_cronjob():
 @needs_kustomize
 def test_sweep_render_wires_configmap_and_image(tmp_path):
     docs = real_build(K8S / "sweep")
-    [cm] = [d for d in docs if d["kind"] == "ConfigMap"]
+    [cm] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("cdb-sweep-template")]
     [cj] = [d for d in docs if d["kind"] == "CronJob"]
     pod = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert any(v.get("configMap", {}).get("name") == cm["metadata"]["name"] for v in pod["volumes"])
@@ -1052,6 +1347,41 @@ def test_sweep_render_wires_configmap_and_image(tmp_path):
     [cj] = [d for d in real_build(work) if d["kind"] == "CronJob"]
     env = {e["name"]: e for e in cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["CDB_IMAGE"]["value"] == "registry.example/cdb:1.2.3"
+    # ...and the image the admission policy allows.
+    docs = real_build(work)
+    [params] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "cdb-sweep-policy"]
+    assert params["data"]["image"] == "registry.example/cdb:1.2.3"
+
+
+def test_sweep_admission_policy():
+    """The ValidatingAdmissionPolicy binds to the launcher's ServiceAccount and its params hold the
+    Secrets the sweep's pods really use. (Its CEL runs only in an API server; here: its wiring.)"""
+    [vap] = by_kind("ValidatingAdmissionPolicy")
+    [binding] = by_kind("ValidatingAdmissionPolicyBinding")
+    [sa] = by_kind("ServiceAccount")
+    params = next(d for d in by_kind("ConfigMap") if d["metadata"]["name"] == "cdb-sweep-policy")
+    spec = vap["spec"]
+    assert binding["spec"]["policyName"] == vap["metadata"]["name"] and binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["paramRef"]["name"] == params["metadata"]["name"]
+    assert binding["spec"]["paramRef"]["parameterNotFoundAction"] == "Deny"
+    assert spec["failurePolicy"] == "Fail" and spec["paramKind"] == {"apiVersion": "v1", "kind": "ConfigMap"}
+    [rule] = spec["matchConstraints"]["resourceRules"]
+    assert rule["apiGroups"] == ["ray.io"] and rule["resources"] == ["rayjobs"] and "CREATE" in rule["operations"]
+    [cond] = spec["matchConditions"]
+    assert f'"system:serviceaccount:cdb:{sa["metadata"]["name"]}"' in cond["expression"]
+    cel = " ".join(v["expression"] for v in spec["validations"])
+    for needle in ("clusterSelector", "params.data.image", "serviceAccountName", "privileged", "hostPath",
+                   "hostNetwork", "secretKeyRef", "secretRef", "autoscalerOptions", "variables.allowedSecrets"):
+        assert needle in cel, needle
+    # The Secrets the sweep template uses are exactly the allowed ones; the image placeholder is the same.
+    used = set()
+    for _, tpl in ray_pod_templates(sweep_template()):
+        for c in containers(tpl["spec"]):
+            used |= {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env") or []
+                     if "secretKeyRef" in (e.get("valueFrom") or {})}
+        assert "serviceAccountName" not in tpl["spec"]
+    assert used == set(params["data"]["secrets"].split(","))
+    assert params["data"]["image"] == "cdb"
 
 
 def test_sweep_template():
@@ -1073,56 +1403,142 @@ def test_sweep_template():
 
 def test_raycronjob_runs_the_same_sweep():
     rcj = _first("RayCronJob")
-    [cj] = by_kind("CronJob")
+    cj = sweep_cronjob()
     assert rcj["spec"]["jobTemplate"] == sweep_template()["spec"]
     assert rcj["spec"]["schedule"] == cj["spec"]["schedule"]
 
 
 FAKE_KUBECTL = """#!/bin/sh
-# fake kubectl: `get` prints $FAKE_GET, `create -f -` stores stdin.
+# fake kubectl: `get` prints $FAKE_GET (or fails when FAKE_GET_FAILS is set), `create -f -`
+# stores stdin (or answers AlreadyExists when FAKE_EXISTS is set).
 echo "$*" >> "$FAKE_DIR/calls"
 case "$1" in
-  get) printf '%s' "$FAKE_GET" ;;
-  create) cat > "$FAKE_DIR/created.yaml"; echo rayjob.ray.io/cdb-sweep-abcde ;;
+  get) [ -z "${FAKE_GET_FAILS:-}" ] || { echo "error: connection refused" >&2; exit 1; }
+       printf '%s' "$FAKE_GET" ;;
+  create) if [ -n "${FAKE_EXISTS:-}" ]; then
+            echo 'Error from server (AlreadyExists): rayjobs.ray.io "x" already exists' >&2; exit 1
+          fi
+          cat > "$FAKE_DIR/created.yaml"; echo rayjob.ray.io/created ;;
   *) exit 3 ;;
 esac
 """
 
 
-@pytest.mark.skipif(not all(shutil.which(t) for t in ("sh", "sed", "grep")), reason="needs sh, sed, grep")
+def this_weeks_sweep() -> str:
+    import datetime
+
+    year, week, _ = datetime.datetime.now(datetime.timezone.utc).isocalendar()
+    return f"cdb-sweep-{year}-w{week:02d}"
+
+
+@pytest.mark.skipif(not all(shutil.which(t) for t in ("bash", "sed", "grep")), reason="needs bash, sed, grep")
 @pytest.mark.parametrize(
-    "existing,creates",
-    [("", True), ("cdb-sweep-old=Complete\ncdb-sweep-older=Failed\n", True), ("cdb-sweep-old=Running\n", False), ("cdb-sweep-new=\n", False)],
-    ids=["none", "finished", "running", "just-created"],
+    "existing,fake,rc,creates,says",
+    [
+        ("", {}, 0, True, "rayjob.ray.io/created"),
+        ("cdb-sweep-2026-w01=Complete\ncdb-sweep-2025-w52=Failed\n", {}, 0, True, "rayjob.ray.io/created"),
+        ("cdb-sweep-2026-w01=Running\n", {}, 1, False, "cdb-sweep-2026-w01=Running"),
+        ("cdb-sweep-2026-w01=Suspended\n", {}, 1, False, "cdb-sweep-2026-w01=Suspended"),
+        ("cdb-sweep-2026-w01=ValidationFailed\n", {}, 1, False, "cdb-sweep-2026-w01=ValidationFailed"),
+        ("{this}=Running\n", {"FAKE_EXISTS": "1"}, 0, False, "already exists"),
+        ("", {"FAKE_GET_FAILS": "1"}, 1, False, "connection refused"),
+    ],
+    ids=["none", "finished", "running", "suspended", "validation-failed", "same-week", "kubectl-fails"],
 )
-def test_sweep_launch_script(tmp_path, existing, creates):
+def test_sweep_launch_script(tmp_path, existing, fake, rc, creates, says):
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    fake = bindir / "kubectl"
-    fake.write_text(FAKE_KUBECTL)
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    kubectl = bindir / "kubectl"
+    kubectl.write_text(FAKE_KUBECTL)
+    kubectl.chmod(kubectl.stat().st_mode | stat.S_IEXEC)
     env = {
         "PATH": f"{bindir}:{os.environ['PATH']}",
         "FAKE_DIR": str(tmp_path),
-        "FAKE_GET": existing,
+        "FAKE_GET": existing.replace("{this}", this_weeks_sweep()),
         "POD_NAMESPACE": "cdb",
         "CDB_IMAGE": "registry.example/cdb:1.2.3",
         "TEMPLATE": str(K8S / "sweep" / "rayjob-sweep.template.yaml"),
+        **fake,
     }
-    res = subprocess.run(["sh", str(K8S / "sweep" / "launch.sh")], env=env, capture_output=True, text=True, timeout=30)
-    assert res.returncode == 0, res.stderr
+    res = subprocess.run(["bash", str(K8S / "sweep" / "launch.sh")], env=env, capture_output=True, text=True,
+                         timeout=30)
+    assert res.returncode == rc, res.stdout + res.stderr
+    assert says in res.stdout + res.stderr
     created = tmp_path / "created.yaml"
     assert created.exists() == creates
     calls = (tmp_path / "calls").read_text()
     assert "get rayjobs -n cdb -l cdb.dev/sweep=weekly" in calls
+    assert ("create -n cdb -f -" in calls) == (rc == 0)
     if creates:
-        assert "create -n cdb -f -" in calls
         [doc] = load_docs(created)
         expected = copy.deepcopy(sweep_template())
         _set_images(expected, [{"name": "cdb", "newName": "registry.example/cdb", "newTag": "1.2.3"}])
+        del expected["metadata"]["generateName"]
+        expected["metadata"]["name"] = this_weeks_sweep()
         assert doc == expected
         images = {c["image"] for _, tpl in ray_pod_templates(doc) for c in tpl["spec"]["containers"]}
         assert images == {"registry.example/cdb:1.2.3"}
+
+
+# ------------------------------------------------------------ Kueue and EFA (components)
+
+
+def test_kueue_component_gang_admits_the_rayjob():
+    """The composed example is queued (label + suspend) in a LocalQueue that exists, whose ClusterQueue
+    covers every resource the job's pods request, and gives the head a GPU-free flavor and the GPU
+    workers the flavor whose node label they select."""
+    rj = overlay_rayjob_from(K8S / "examples" / "70b-kueue-efa")
+    kueue = {d["kind"]: d for d in load_docs(K8S / "kueue" / "queues.yaml") if d["kind"] != "ResourceFlavor"}
+    flavors = {d["metadata"]["name"]: d for d in load_docs(K8S / "kueue" / "queues.yaml") if d["kind"] == "ResourceFlavor"}
+    lq, cq = kueue["LocalQueue"], kueue["ClusterQueue"]
+    assert rj["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == lq["metadata"]["name"]
+    assert rj["spec"]["suspend"] is True and rj["spec"]["shutdownAfterJobFinishes"] is True
+    assert "clusterSelector" not in rj["spec"] and not rj["spec"]["rayClusterSpec"].get("enableInTreeAutoscaling")
+    assert lq["metadata"]["namespace"] == rj["metadata"]["namespace"] and lq["spec"]["clusterQueue"] == cq["metadata"]["name"]
+    assert _selects(cq["spec"]["namespaceSelector"], {"kubernetes.io/metadata.name": rj["metadata"]["namespace"]})
+    [group] = cq["spec"]["resourceGroups"]
+    quota = {f["name"]: {r["name"]: r["nominalQuota"] for r in f["resources"]} for f in group["flavors"]}
+    assert set(quota) <= set(flavors)
+    for _, tpl in ray_pod_templates(rj):
+        for c in tpl["spec"]["containers"]:
+            assert set(c["resources"]["requests"]) <= set(group["coveredResources"])
+            # Kueue tries the flavors in order and takes one with quota for every resource; the
+            # node labels of each flavor it may take must be ones the pod accepts anyway.
+            usable = [f["name"] for f in group["flavors"]
+                      if all(quota[f["name"]].get(r) not in (0, None) for r in c["resources"]["requests"]
+                             if r in ("nvidia.com/gpu", "vpc.amazonaws.com/efa"))]
+            assert usable
+            labels_of = {name: (flavors[name].get("spec") or {}).get("nodeLabels") or {} for name in usable}
+            if gpu_of(c):
+                for name, labels in labels_of.items():
+                    assert labels and labels["cdb.dev/gpu"] in gpu_pools_allowed(tpl["spec"]), name
+            else:
+                assert not labels_of[usable[0]]  # the head and the submitter stay off the GPU nodes
+    total_gpus = sum(wg["replicas"] * gpu_of(wg["template"]["spec"]["containers"][0])
+                     for wg in worker_groups(rj))
+    assert max(int(q.get("nvidia.com/gpu", 0)) for q in quota.values()) >= total_gpus
+
+
+def overlay_rayjob_from(d: Path) -> dict:
+    [rj] = [doc for doc in py_build(d) if doc["kind"] == "RayJob"]
+    return rj
+
+
+@pytest.mark.parametrize("component,per_node", [("efa-p5", 32), ("efa-p4d", 4)])
+def test_efa_component_requests_the_interfaces_and_sets_libfabric(component, per_node):
+    k = load_kustomization(K8S / "components" / component)
+    docs = py_build(K8S / "overlays" / "70b")
+    _apply_patches(K8S / "components" / component, k, docs)
+    [rj] = [d for d in docs if d["kind"] == "RayJob"]
+    [wg] = worker_groups(rj)
+    [c] = wg["template"]["spec"]["containers"]
+    assert c["resources"]["requests"]["vpc.amazonaws.com/efa"] == c["resources"]["limits"]["vpc.amazonaws.com/efa"]
+    assert int(c["resources"]["limits"]["vpc.amazonaws.com/efa"]) == per_node
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["FI_PROVIDER"] == "efa" and env["FI_EFA_USE_DEVICE_RDMA"] == "1" and env["FI_EFA_FORK_SAFE"] == "1"
+    head_env = {e["name"] for e in rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "FI_PROVIDER" not in head_env  # the head (a CPU node) is untouched
+    assert "MLFLOW_TRACKING_PASSWORD" in env  # the base env is kept, not replaced
 
 
 # ----------------------------------------------------------------------- README
@@ -1130,8 +1546,9 @@ def test_sweep_launch_script(tmp_path, existing, creates):
 
 def test_readme_walkthrough_mentions_every_step():
     # Namespace flags are ignored: `kubectl -n cdb get rayjob` counts as `kubectl get rayjob`.
-    text = re.sub(r" (-n|--namespace)[ =]cdb\b", "", (K8S / "README.md").read_text())
-    [cj] = by_kind("CronJob")
+    readme = (K8S / "README.md").read_text()
+    text = re.sub(r" (-n|--namespace)[ =]cdb\b", "", readme)
+    cj = sweep_cronjob()
     for needle in [
         "helm install kuberay-operator",
         "--version 1.7.0",
@@ -1149,5 +1566,26 @@ def test_readme_walkthrough_mentions_every_step():
         "kubectl apply -k k8s/sweep",
         f"kubectl create job --from=cronjob/{cj['metadata']['name']}",
         "object store",
+        # Secrets, auth, policies, Kueue, versions (issue 16).
+        "kubectl -n cdb create secret generic cdb-mlflow-admin",
+        "kubectl -n cdb create secret generic cdb-mlflow-client",
+        "--from-file=",
+        "--app-name basic-auth",
+        "/api/2.0/mlflow/users/create",
+        "kubectl create job --from=cronjob/postgres-backup",
+        "default-deny-ingress",
+        "ValidatingAdmissionPolicy",
+        "--dry-run=server",
+        "kustomize edit set image bitnami/kubectl=",
+        "-l ray.io/cronjob-name=cdb-sweep-weekly",
+        "kubectl apply -k k8s/kueue",
+        "kubectl apply -k k8s/examples/70b-kueue-efa",
+        "components/efa-p5",
+        "aws-efa-k8s-device-plugin",
+        "cdb-training",
+        "karpenter.k8s.aws/instance-gpu-memory",
+        "python -m cdb.memory --scale 70b --gpu-memory 40",
+        "kubectl apply -k k8s/examples/70b-offload-a100-40gb",
+        "x-kuberay-minimum",
     ]:
-        assert needle in text, f"README lacks {needle!r}"
+        assert needle in text or needle in readme, f"README lacks {needle!r}"

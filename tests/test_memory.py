@@ -89,7 +89,7 @@ def test_real_bf16_accounting_brackets_deepspeeds_18_bytes():
 def test_70b_needs_offload_or_more_gpus():
     shape = model_shape("meta-llama/Llama-2-70b-hf")
     assert shape.total_params == 68_976_648_192
-    config = _config("70b")
+    config = _config("llama2-70b-offload")  # the 40 GB variant: same model, offload in its ds_config
     p = shape.total_params + 2 * 8192 * 8192 + 2 * 8192  # + the contrast head
     # 8 x 80 GiB, no offload: bf16 params + bf16 grads + fp32 master/m/v = 16 B/param over 8 GPUs is
     # 16 * 69.1e9 / 8 = 138 GB = 128.7 GiB per GPU before a single activation: cannot fit.
@@ -97,7 +97,7 @@ def test_70b_needs_offload_or_more_gpus():
     eight = estimate_memory(config, 8, 80 * GiB, offload="none")
     assert not eight.fits and eight.model_states_bytes > 80 * GiB
     assert "does not fit" in eight.message and eight.suggestion
-    # The scale as shipped: 32 GPUs, parameters and optimizer offloaded: the GPU holds gathered layers
+    # The offload variant as shipped: 32 GPUs, parameters and optimizer offloaded: the GPU holds gathered layers
     # and activations only (a few GiB).
     shipped = estimate_memory(config, 32, 80 * GiB)
     assert shipped.offload == "all" and shipped.fits
@@ -169,7 +169,7 @@ def test_cli_exit_codes_table_and_suggestion():
         assert row in bad.stdout
     assert "does not fit" in bad.stdout and "fits (" in bad.stdout and "offload optimizer" in bad.stdout
 
-    good = _cli("--scale", "70b")
+    good = _cli("--scale", "llama2-70b-offload")
     assert good.returncode == 0, good.stdout[-2000:] + good.stderr[-3000:]
     assert "fits: needs" in good.stdout and "32 GPUs, offload all" in good.stdout
 
