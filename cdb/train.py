@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -134,7 +135,8 @@ def train_loop_per_worker(loop: dict) -> None:
 def _root_cause(exc: Exception) -> str:
     """The worker's own exception line out of Ray's wrapped error (the traceback is printed above)."""
     lines = [line for line in str(exc).splitlines() if line.strip() and not line.startswith((" ", "Traceback", "["))]
-    return lines[-1] if lines else type(exc).__name__
+    # "cdb.loop.NonFiniteLoss: ..." -> "NonFiniteLoss: ...": the class name is what the user needs
+    return re.sub(r"^(?:\w+\.)+(\w+: )", r"\1", lines[-1]) if lines else type(exc).__name__
 
 
 def _fail(code: int, message: str) -> int:
