@@ -182,7 +182,9 @@ class Run:
         card.json, profile = the card's counts. Other data: digest = SHA-256 of the file (of the
         records, for a dataset folder or hub id), profile = the same counts over `records`. A card
         that counts another number of records than `records` describes other data and is not used.
-        `location` as in data.path (empty: the embedded data)."""
+        Digests keep the first DIGEST_HEX hex digits. `location` and `split` as in data.path and
+        data.split (empty location: the embedded data); `records`: all valid records loaded from it.
+        Logging the same data again (a resumed run) adds nothing."""
         from mlflow.entities import DatasetInput, InputTag
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
