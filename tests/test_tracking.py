@@ -48,10 +48,9 @@ def test_open_run_finishes_with_its_params_tags_metrics_and_artifacts(uri, tmp_p
 
 
 def test_open_run_marks_the_run_failed_and_reraises(uri):
-    with pytest.raises(ValueError, match="bad data"):
-        with tracking.open_run(uri, "exp", "doomed") as run:
-            run.log_metrics({"train/loss": 1.0}, step=1)
-            raise ValueError("bad data")
+    with pytest.raises(ValueError, match="bad data"), tracking.open_run(uri, "exp", "doomed") as run:
+        run.log_metrics({"train/loss": 1.0}, step=1)
+        raise ValueError("bad data")
     got = MlflowClient(uri).get_run(run.id)
     assert got.info.status == "FAILED" and got.data.metrics == {"train/loss": 1.0}
 
