@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-TUNED, BASE = "eval/", "eval_base/"
+from cdb import tracking
 
 
 @dataclass(frozen=True)
@@ -67,42 +67,26 @@ class RunRow:
         return None
 
 
-def _client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
 def collect(uri: str, experiment: str) -> list[RunRow]:
     """The experiment's runs (report runs excluded), sorted by scale, method, start time."""
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise ReportError(f"no MLflow store at {uri[len('sqlite:///'):]}")
-    client = _client(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
+    runs = tracking.experiment_runs(uri, experiment)
+    if runs is None:
         raise ReportError(f"experiment '{experiment}' not found in {uri}")
-    runs = []
-    token = None
-    while True:
-        page = client.search_runs([found.experiment_id], max_results=1000, page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            break
     rows = []
     for run in runs:
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-        method = tags.get("cdb.method") or params.get("method") or "?"
-        if method in ("report", "sweep"):  # bookkeeping runs, not models
+        method = tags.get(tracking.TAG_METHOD) or params.get("method") or "?"
+        if method in tracking.BOOKKEEPING_RUNS:  # not models
             continue
-        prompt_time = tags.get("cdb.eval.method", "none")  # cdb.eval's --method for the eval/ metrics
+        prompt_time = tags.get(tracking.eval_tag(tracking.PREFIX_EVAL, "method"), "none")  # cdb.eval's --method for the eval/ metrics
         if prompt_time not in ("none", method):
             method = f"{method}+{prompt_time}"  # e.g. a trained model then decoded with self-debias
-        scale = tags.get("cdb.scale") or params.get("scale") or tags.get("cdb.model") or "?"
+        scale = tags.get(tracking.TAG_SCALE) or params.get("scale") or tags.get(tracking.TAG_MODEL) or "?"
         rows.append(RunRow(
             run.info.run_id, run.info.run_name or "", method, scale, run.info.status, run.info.start_time or 0,
-            {k[len(TUNED):]: v for k, v in metrics.items() if k.startswith(TUNED)},
-            {k[len(BASE):]: v for k, v in metrics.items() if k.startswith(BASE)},
+            tracking.metrics_under(metrics, tracking.PREFIX_EVAL), tracking.metrics_under(metrics, tracking.PREFIX_EVAL_BASE),
         ))
     if not rows:
         raise ReportError(f"experiment '{experiment}' has no runs to report in {uri}")
@@ -260,8 +244,6 @@ def plot(rows: Sequence[RunRow], path: Path) -> Path:
 def report(experiment: str, output_dir: str | Path, tracking_uri: str | None = None) -> dict[str, Any]:
     """Write report.md, report.html, alignment_tax.png and log them to a new report run.
     Raises ReportError when the experiment is missing or holds no runs."""
-    from cdb import tracking
-
     uri = tracking.resolve_uri(tracking_uri or "")
     rows = collect(uri, experiment)
     out = Path(output_dir)
@@ -270,16 +252,11 @@ def report(experiment: str, output_dir: str | Path, tracking_uri: str | None = N
     files[0].write_text(markdown(rows, experiment, uri), encoding="utf-8")
     files[1].write_text(html_report(rows, experiment, uri), encoding="utf-8")
     plot(rows, files[2])
-    run_id = tracking.start_run(uri, experiment, "report", {"runs": len(rows)}, {"cdb.method": "report"})
-    client = _client(uri)
-    try:
+    with tracking.open_run(uri, experiment, tracking.REPORT_RUN, {"runs": len(rows)},
+                           {tracking.TAG_METHOD: tracking.REPORT_RUN}) as run:
         for path in files:
-            client.log_artifact(run_id, str(path))
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    client.set_terminated(run_id, "FINISHED")
-    return {"run_id": run_id, "files": [str(f) for f in files], "runs": len(rows),
+            run.log_artifact(path)
+    return {"run_id": run.id, "files": [str(f) for f in files], "runs": len(rows),
             "evaluated": sum(1 for r in rows if r.tuned), "tracking_uri": uri}
 
 

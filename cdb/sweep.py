@@ -43,6 +43,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
+from cdb import tracking
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 75
 STATE_FILE = "sweep.json"
 LOCK_FILE = ".sweep.lock"
@@ -297,43 +299,30 @@ def start_job(point: Point, index: int, cmd: list[str], env: Mapping[str, str], 
 # --- MLflow -------------------------------------------------------------------------------------
 
 
-def _client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
 def ensure_parent(state: dict, uri: str, experiment: str, scales: Sequence[str], methods: Sequence[str],
-                  echo: Callable[[str], None]) -> str:
+                  echo: Callable[[str], None]) -> tracking.Run:
     """The sweep's parent run: the one in sweep.json (set RUNNING again) or a new one."""
-    from cdb import tracking
-
-    client = _client(uri)
-    parent = state.get("parent_run_id")
-    if parent:
+    parent = None
+    if state.get("parent_run_id"):
         try:
-            run = client.get_run(parent)
-            if run.info.lifecycle_stage == "deleted":
-                raise LookupError("deleted")
-            client.update_run(parent, status="RUNNING")
-            echo(f"[sweep] continuing sweep: parent run {parent} (experiment '{experiment}')")
+            parent = tracking.reopen_run(uri, state["parent_run_id"])
+            echo(f"[sweep] continuing sweep: parent run {parent.id} (experiment '{experiment}')")
         except Exception as exc:  # deleted or unknown to this store: a new parent
-            echo(f"[sweep] warning: parent run {parent} not usable ({type(exc).__name__}: {exc}); starting a new one")
-            parent = None
-    if not parent:
-        parent = tracking.start_run(uri, experiment, state.get("name") or "sweep",
-                                    {"scales": ",".join(scales), "methods": ",".join(methods),
-                                     "max_steps": state.get("max_steps"), "sets": " ".join(state.get("sets", []))},
-                                    {"cdb.method": "sweep"})
-        echo(f"[sweep] parent run {parent} (experiment '{experiment}', {uri})")
-    client.set_tag(parent, "cdb.sweep.scales", ",".join(scales))
-    client.set_tag(parent, "cdb.sweep.methods", ",".join(methods))
+            echo(f"[sweep] warning: parent run {state['parent_run_id']} not usable ({type(exc).__name__}: {exc}); "
+                 "starting a new one")
+    if parent is None:
+        parent = tracking.create_run(uri, experiment, state.get("name") or "sweep",
+                                     {"scales": ",".join(scales), "methods": ",".join(methods),
+                                      "max_steps": state.get("max_steps"), "sets": " ".join(state.get("sets", []))},
+                                     {tracking.TAG_METHOD: tracking.SWEEP_RUN})
+        echo(f"[sweep] parent run {parent.id} (experiment '{experiment}', {uri})")
+    parent.set_tags({tracking.TAG_SWEEP_SCALES: ",".join(scales), tracking.TAG_SWEEP_METHODS: ",".join(methods)})
     return parent
 
 
 def _tag(uri: str, run_id: str, key: str, value: str, echo: Callable[[str], None]) -> None:
     try:
-        _client(uri).set_tag(run_id, key, value[:5000])
+        tracking.Run(uri, run_id).set_tags({key: value})
     except Exception as exc:  # the tracking server is not a reason to stop the sweep
         echo(f"[sweep] warning: could not tag the parent run ({type(exc).__name__}: {exc})")
 
@@ -421,8 +410,6 @@ class Sweep:
                 pass
 
     def prepare_state(self, uri_arg: str | None, experiment_arg: str | None) -> dict:
-        from cdb import tracking
-
         previous = None if self.args.fresh else load_state(self.output_dir)
         if self.args.fresh and (self.output_dir / STATE_FILE).is_file():
             archived = self.output_dir / f"sweep.{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -468,7 +455,7 @@ class Sweep:
         state = self.prepare_state(self.args.tracking_uri, self.args.experiment)
         uri, experiment = state["tracking_uri"], state["experiment"]
         try:
-            state["parent_run_id"] = ensure_parent(state, uri, experiment, state["scales"], state["methods"], self.say)
+            state["parent_run_id"] = ensure_parent(state, uri, experiment, state["scales"], state["methods"], self.say).id
         except Exception as exc:  # nothing trained yet: better to stop than to train into nowhere
             self.say(f"[sweep] error: cannot create the sweep's parent run in MLflow at {uri}: {type(exc).__name__}: {exc}")
             return EXIT_FAILED
@@ -523,9 +510,9 @@ class Sweep:
         state["status"] = "STOPPED" if stopped else ("FINISHED" if not failed and report_ok else "FAILED")
         save_state(state, self.output_dir)
         try:
-            client = _client(uri)
-            client.log_artifact(parent, str(self.output_dir / STATE_FILE))
-            client.set_terminated(parent, {"STOPPED": "KILLED"}.get(state["status"], state["status"]))
+            parent_run = tracking.Run(uri, parent)
+            parent_run.log_artifact(self.output_dir / STATE_FILE)
+            parent_run.finish({"STOPPED": "KILLED"}.get(state["status"], state["status"]))
         except Exception as exc:
             self.say(f"[sweep] warning: could not finish the parent run ({type(exc).__name__}: {exc})")
         self.summary(state, index, n)
@@ -601,7 +588,7 @@ class Sweep:
             tag = f"failed: {error}"
             verdict = f"FAILED after {_elapsed(elapsed)} (exit {code}): {error}"
         save_state(state, self.output_dir)
-        _tag(uri, parent, f"cdb.sweep.{point.name}", tag, self.say)
+        _tag(uri, parent, tracking.sweep_point_tag(point.name), tag, self.say)
         self.say(f"[sweep] point {job.index}/{n} {point.name}: {verdict} | elapsed {_elapsed(time.monotonic() - self.started)}")
 
     def _kill(self, job: Job) -> None:
@@ -622,10 +609,10 @@ class Sweep:
         self.say(f"[sweep] writing the report of experiment '{experiment}' to {out}")
         try:
             result = report(experiment, out, uri)
-            client = _client(uri)
-            client.set_tag(result["run_id"], "mlflow.parentRunId", parent)  # the report run under the sweep
+            tracking.Run(uri, result["run_id"]).set_tags({tracking.TAG_PARENT_RUN: parent})  # the report run under the sweep
+            parent_run = tracking.Run(uri, parent)
             for path in result["files"]:
-                client.log_artifact(parent, path, "report")
+                parent_run.log_artifact(path, "report")
         except ReportError as exc:
             self.say(f"[sweep] report: {exc}")
             state["report"] = {"error": str(exc)}

@@ -1,4 +1,13 @@
-"""MLflow facade: one run per training job, created on the driver; workers log into it from rank 0.
+"""MLflow, the one door to it: every cdb module logs through here and imports nothing of mlflow itself.
+
+- `open_run` (a context manager) for a run that lives as long as a block (evaluation, report);
+  `create_run` / `reopen_run` and `Run.finish` for runs whose end the caller decides (a sweep's parent).
+- The training job: one resumable run, created on the driver (`ensure_run`, `finish_run`); workers
+  log into it from rank 0 (`RunLogger`), spooling what an unreachable server cannot take.
+- Lineage of a training run: its data as a dataset input (`log_training_data`) and where its
+  exported model lies (`log_model_location`).
+- The contract between the modules that write runs and those that read them: the TAG_* names and the
+  PREFIX_* metric prefixes below.
 
 Default store: sqlite:///<cwd>/mlflow.db with artifacts in <cwd>/mlartifacts, unless
 --tracking-uri / tracking.uri or MLFLOW_TRACKING_URI says otherwise.
@@ -6,12 +15,18 @@ Default store: sqlite:///<cwd>/mlflow.db with artifacts in <cwd>/mlartifacts, un
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import time
+from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from cdb.data.records import Record
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -19,6 +34,59 @@ RUN_FILE = "run.json"
 """In OUTPUT_DIR: the MLflow run and Ray run name of the job, for --resume and cdb.sync."""
 SPOOL_FILE = "metrics.jsonl"
 """In OUTPUT_DIR: metrics that could not reach the tracking server yet."""
+
+# --- run tags -----------------------------------------------------------------------------------
+TAG_COMMIT = "cdb.commit"
+"""The git commit of the code that made the run (set by create_run)."""
+TAG_METHOD = "cdb.method"
+"""What the run is: a training objective, a prompt-time method, or one of the *_RUN values below."""
+TAG_SCALE = "cdb.scale"
+"""The scale preset a training run used."""
+TAG_MODEL = "cdb.model"
+"""The model an evaluation run evaluated (hub id, directory, gguf:...)."""
+TAG_EXPORTED_MODEL = "cdb.exported_model"
+"""Where a training run's exported model lies (a URI; the weights are not in the artifact store)."""
+TAG_PARENT_RUN = "mlflow.parentRunId"
+"""MLflow's own: the run this one is nested under (a sweep's points and report)."""
+TAG_SWEEP_SCALES = "cdb.sweep.scales"
+TAG_SWEEP_METHODS = "cdb.sweep.methods"
+"""On a sweep's parent run: its scales and methods, comma-separated."""
+
+EVAL_RUN = "eval"
+"""TAG_METHOD of an evaluation of a model as it is (no prompt-time method)."""
+REPORT_RUN = "report"
+SWEEP_RUN = "sweep"
+BOOKKEEPING_RUNS = (REPORT_RUN, SWEEP_RUN)
+"""TAG_METHOD values of runs that hold no model: a report lists every run but these."""
+
+
+def sweep_point_tag(point: str) -> str:
+    """On a sweep's parent run: a point's (`<scale>-<method>`) outcome."""
+    return f"cdb.sweep.{point}"
+
+
+def eval_tag(prefix: str, field: str) -> str:
+    """What the `<prefix>/` metrics were measured with: field model, suite, method or scorer.<kind>."""
+    return f"cdb.{prefix}.{field}"
+
+
+# --- metric prefixes: every metric is `<prefix>/<name>` ------------------------------------------
+PREFIX_TRAIN = "train"
+"""Training steps, logged by the workers."""
+PREFIX_EVAL = "eval"
+"""cdb.eval of the trained model (or of a model as it is, in an evaluation run)."""
+PREFIX_EVAL_BASE = "eval_base"
+"""cdb.eval of the starting model, logged into the training run before training."""
+
+
+def metric_key(prefix: str, name: str) -> str:
+    return f"{prefix}/{name}"
+
+
+def metrics_under(metrics: Mapping[str, float], prefix: str) -> dict[str, float]:
+    """The metrics logged under `prefix/`, by their names without it."""
+    head = f"{prefix}/"
+    return {k[len(head):]: v for k, v in metrics.items() if k.startswith(head)}
 
 
 def resolve_uri(configured: str) -> str:
@@ -58,17 +126,122 @@ def experiment_id(uri: str, name: str) -> str:
     return client.create_experiment(name, artifact_location=_artifact_root(uri))
 
 
-def start_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
-    """Create a run with its params and tags; returns its id."""
-    from mlflow.entities import Param
-
+def experiment_runs(uri: str, name: str) -> list | None:
+    """Every run of experiment `name` (MLflow Run objects: .info, .data.tags/params/metrics), or
+    None when the store has no such experiment."""
     client = _client(uri)
-    run = client.create_run(experiment_id(uri, experiment), run_name=run_name or None,
-                            tags={"cdb.commit": git_commit(), **tags})
-    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-    for start in range(0, len(items), 100):
-        client.log_batch(run.info.run_id, params=items[start:start + 100])
-    return run.info.run_id
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return None
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment.experiment_id], max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+class Run:
+    """One MLflow run, by id: what cdb logs through. Opening one does not change its status."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.uri, self.id = uri, run_id
+        self._client = _client(uri)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self._client.log_batch(self.id, params=items[start:start + 100])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self._client.log_batch(self.id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        entry = {"step": step, "timestamp": int(time.time() * 1000), "metrics": {k: float(v) for k, v in metrics.items()}}
+        _log_entries(self._client, self.id, [entry])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._client.log_artifact(self.id, str(path), artifact_path)
+
+    def finish(self, status: str) -> None:
+        """FINISHED, FAILED or KILLED."""
+        self._client.set_terminated(self.id, status)
+
+    # Lineage: what went into the run and what came out, where MLflow users look for them.
+
+    def log_training_data(self, location: str, split: str, records: Sequence[Record]) -> str:
+        """The training data as the run's dataset input (context "training"); returns its digest.
+
+        Data with its data card beside it (card.json next to the file: the embedded data and every
+        `python -m cdb.data build` output) is named and identified by the card: digest = SHA-256 of
+        card.json, profile = the card's counts. Other data: digest = SHA-256 of the file (of the
+        records, for a dataset folder or hub id), profile = the same counts over `records`. A card
+        that counts another number of records than `records` describes other data and is not used.
+        Digests keep the first DIGEST_HEX hex digits. `location` and `split` as in data.path and
+        data.split (empty location: the embedded data); `records`: all valid records loaded from it.
+        Logging the same data again (a resumed run) adds nothing."""
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        dataset = _dataset(location, split, records)
+        self._client.log_inputs(self.id, [DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
+        return dataset.digest
+
+    def log_model_location(self, model_dir: str | Path, step: int) -> str:
+        """Where the run's exported model lies, without copying it into the artifact store: tag
+        TAG_EXPORTED_MODEL on the run, and a logged model of the run's name (MLflow's Models view)
+        with the same tag, recorded as the run's output at `step`. Returns the logged model's id."""
+        from mlflow.entities import LoggedModelOutput
+
+        location = str(model_dir) if "://" in str(model_dir) else Path(model_dir).resolve().as_uri()
+        self.set_tags({TAG_EXPORTED_MODEL: location})
+        info = self._client.get_run(self.id).info
+        model = self._client.create_logged_model(info.experiment_id, name=info.run_name or None, source_run_id=self.id,
+                                                 tags={TAG_EXPORTED_MODEL: location})
+        self._client.finalize_logged_model(model.model_id, "READY")
+        self._client.log_outputs(self.id, [LoggedModelOutput(model.model_id, step)])
+        return model.model_id
+
+
+def create_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> Run:
+    """A new RUNNING run with its params and tags (and TAG_COMMIT) in `experiment`, created if need be."""
+    created = _client(uri).create_run(experiment_id(uri, experiment), run_name=run_name or None,
+                                      tags={TAG_COMMIT: git_commit(), **tags})
+    run = Run(uri, created.info.run_id)
+    run.log_params(params)
+    return run
+
+
+def reopen_run(uri: str, run_id: str) -> Run:
+    """An existing run set RUNNING again; LookupError when the store has it deleted."""
+    client = _client(uri)
+    if client.get_run(run_id).info.lifecycle_stage == "deleted":
+        raise LookupError(f"run {run_id} is deleted")
+    client.update_run(run_id, status="RUNNING")
+    return Run(uri, run_id)
+
+
+@contextmanager
+def open_run(uri: str, experiment: str, run_name: str = "", params: Mapping[str, Any] | None = None,
+             tags: Mapping[str, str] | None = None) -> Iterator[Run]:
+    """A new run for the duration of the block: FINISHED when the block ends, FAILED when it raises
+    (the exception goes on). Runs whose end the caller decides (a sweep's parent, a resumable
+    training run) use create_run / reopen_run and Run.finish instead."""
+    run = create_run(uri, experiment, run_name, params or {}, tags or {})
+    try:
+        yield run
+    except BaseException:
+        try:
+            run.finish("FAILED")
+        except Exception as exc:  # the block's own error is the one to show
+            print(f"[cdb] warning: could not mark MLflow run {run.id} FAILED ({type(exc).__name__}: {exc})", flush=True)
+        raise
+    run.finish("FINISHED")
 
 
 def ensure_run(run: dict, output_dir: Path) -> str | None:
@@ -78,13 +251,12 @@ def ensure_run(run: dict, output_dir: Path) -> str | None:
     uri = run["tracking_uri"]
     try:
         if run.get("run_id"):
-            _client(uri).update_run(run["run_id"], status="RUNNING")
-            return run["run_id"]
-        run_id = start_run(uri, run["experiment"], run.get("run_name", ""), run["params"], run["tags"])
+            return reopen_run(uri, run["run_id"]).id
+        created = create_run(uri, run["experiment"], run.get("run_name", ""), run["params"], run["tags"])
         for name in ("config.yaml", "rejected.jsonl"):
             if (output_dir / name).exists():
-                log_artifact(uri, run_id, output_dir / name)
-        return run_id
+                created.log_artifact(output_dir / name)
+        return created.id
     except Exception as exc:  # unreachable or failing server: never a reason to stop training
         print(f"[cdb] warning: MLflow at {uri} unreachable ({type(exc).__name__}: {exc}); "
               f"metrics go to {output_dir / SPOOL_FILE}, replay with `python -m cdb.sync {output_dir}`", flush=True)
@@ -113,10 +285,6 @@ def finish_run(run: dict, output_dir: Path, status: str) -> bool:
         return False
 
 
-def log_artifact(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-    _client(uri).log_artifact(run_id, str(path), artifact_path)
-
-
 class RunLogger:
     """Metrics of one run from one worker; only rank 0 writes, the others are silent.
 
@@ -133,7 +301,7 @@ class RunLogger:
         self._client = _client(uri) if self.active else None
         self._warned = False
 
-    def skip_logged_steps(self, metric: str = "train/loss") -> None:
+    def skip_logged_steps(self, metric: str = f"{PREFIX_TRAIN}/loss") -> None:
         """Called after a restore: find the last step already in the run (or in the spool)."""
         if not self.active:
             return
@@ -195,3 +363,54 @@ def sync(output_dir: str | Path) -> int:
     if not run["run_id"]:
         raise ConnectionError(f"MLflow at {run['tracking_uri']} is still unreachable")
     return replay_spool(_client(run["tracking_uri"]), run["run_id"], output_dir / SPOOL_FILE)
+
+
+# --- lineage helpers ----------------------------------------------------------------------------
+
+DIGEST_HEX = 32
+"""Hex digits of a SHA-256 kept as a dataset digest (MLflow stores at most 36)."""
+CARD_FILE = "card.json"
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_profile(records: Sequence[Record]) -> dict[str, Any]:
+    """The counts a data card keeps (counts.records, positives, negatives, negatives_by_type)."""
+    from cdb.data.records import NEGATIVE_TYPES
+
+    by_type = Counter(n.type for r in records for n in r.negatives)
+    return {"records": len(records), "positives": sum(len(r.positives) for r in records),
+            "negatives": sum(by_type.values()), "negatives_by_type": {t: by_type[t] for t in NEGATIVE_TYPES if by_type[t]}}
+
+
+def _records_sha256(records: Sequence[Record]) -> str:
+    return hashlib.sha256("".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in records).encode()).hexdigest()
+
+
+def _dataset(location: str, split: str, records: Sequence[Record]):
+    """The MLflow Dataset entity of Run.log_training_data."""
+    from mlflow.entities import Dataset
+
+    from cdb.data.records import embedded_dataset_path
+
+    path = Path(location).expanduser() if location else embedded_dataset_path()
+    if not path.exists():  # a hub dataset id
+        return Dataset(location, _records_sha256(records)[:DIGEST_HEX], "hugging_face",
+                       json.dumps({"path": location, "split": split}), profile=json.dumps(data_profile(records)))
+    source = {"uri": path.resolve().as_uri()}
+    card_path = (path if path.is_dir() else path.parent) / CARD_FILE
+    card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
+    counts = card.get("counts", {})
+    if counts.get("records") == len(records):
+        source["card"] = card_path.resolve().as_uri()
+        profile = {k: counts.get(k) for k in ("records", "positives", "negatives", "negatives_by_type")}
+        return Dataset(card.get("dataset") or path.name, _sha256_file(card_path)[:DIGEST_HEX], "local",
+                       json.dumps(source), profile=json.dumps(profile))
+    digest = _sha256_file(path) if path.is_file() else _records_sha256(records)  # a folder: save_to_disk's arrow files
+    return Dataset(path.name, digest[:DIGEST_HEX], "local", json.dumps(source), profile=json.dumps(data_profile(records)))

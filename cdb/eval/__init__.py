@@ -19,14 +19,14 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from cdb import tracking
 from cdb.eval.base import EvalDataError, EvalOptions, Resources, Task, TaskResult, Unavailable, coerce_options
 from cdb.eval.bias import BiasTask
 from cdb.eval.faithfulness import FaithfulnessTask
@@ -158,88 +158,63 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
-def _log(uri: str, run_id: str, prefix: str, summary: dict[str, Any], files: list[Path]) -> None:
-    from mlflow.entities import Metric, RunTag
-
-    client = _client(uri)
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, v, now, 0) for k, v in summary["metrics"].items() if v is not None]
-    tags = [RunTag(f"cdb.{prefix}.model", summary["model"]), RunTag(f"cdb.{prefix}.suite", summary["suite"]),
-            RunTag(f"cdb.{prefix}.method", summary["method"])]
-    tags += [RunTag(f"cdb.{prefix}.scorer.{kind}", name) for kind, name in summary["scorers"].items()]
-    for start in range(0, len(metrics), 500):
-        client.log_batch(run_id, metrics=metrics[start:start + 500], tags=tags if start == 0 else [])
-    if not metrics:
-        client.log_batch(run_id, tags=tags)
+def _log(run: tracking.Run, prefix: str, summary: dict[str, Any], files: list[Path]) -> None:
+    tags = {tracking.eval_tag(prefix, "model"): summary["model"], tracking.eval_tag(prefix, "suite"): summary["suite"],
+            tracking.eval_tag(prefix, "method"): summary["method"]}
+    tags.update({tracking.eval_tag(prefix, f"scorer.{kind}"): name for kind, name in summary["scorers"].items()})
+    run.set_tags(tags)
+    run.log_metrics({k: v for k, v in summary["metrics"].items() if v is not None})
     for path in files:
-        client.log_artifact(run_id, str(path), prefix)
+        run.log_artifact(path, prefix)
 
 
-def evaluate(model_source: str, suite: str = "quick", prefix: str = "eval", run_id: str | None = None,
+def evaluate(model_source: str, suite: str = "quick", prefix: str = tracking.PREFIX_EVAL, run_id: str | None = None,
              tracking_uri: str | None = None, output_dir: str | Path | None = None, experiment: str = "cdb",
              **options: Any) -> dict[str, Any]:
     """Load `model_source`, run `suite`, log metrics `<prefix>/<task>/<metric>` and the per-sample
-    table (artifacts `<prefix>/eval.json`, `<prefix>/samples.jsonl`) to MLflow run `run_id`, or to a
-    new run (tags cdb.model, cdb.method=eval, or cdb.method=<method> for a prompt-time method: see
-    run_tag) in `experiment`; write both files to `output_dir` too. Either way the run gets tag
+    table (artifacts `<prefix>/eval.json`, `<prefix>/samples.jsonl`) to MLflow run `run_id` (its
+    status left to its owner), or to a new run (tags cdb.model, cdb.method=eval, or
+    cdb.method=<method> for a prompt-time method: see run_tag) in `experiment`, FINISHED at the end or
+    FAILED; write both files to `output_dir` too. Either way the run gets tag
     cdb.<prefix>.method=<method>. Returns the summary written to eval.json: method, metrics (full
     names), skipped tasks, seconds per task, scorer versions, options, run id and tracking URI."""
-    from cdb import tracking
-
     if not re.fullmatch(r"[\w.-]+", prefix):
         raise ValueError(f"prefix {prefix!r}: letters, digits, '_', '.', '-' only")
     opts = make_options(suite, **options)  # bad options fail before any model loads
     uri = tracking.resolve_uri(tracking_uri or "")
-    created = run_id is None
-    if created:
+    if run_id is None:
         params = {"model": model_source, "suite": suite, "prefix": prefix, **{f"eval.{k}": v for k, v in opts.to_dict().items()}}
         name = f"eval-{model_slug(model_source)}" + (f"-{opts.method}" if opts.method != "none" else "")
-        run_id = tracking.start_run(uri, experiment, name, params,
-                                    {"cdb.model": model_source, "cdb.method": run_tag(opts.method)})
-    staging = None
-    try:
+        opened = tracking.open_run(uri, experiment, name, params,
+                                   {tracking.TAG_MODEL: model_source, tracking.TAG_METHOD: run_tag(opts.method)})
+    else:
+        opened = nullcontext(tracking.Run(uri, run_id))
+    with opened as run:
         start = time.perf_counter()
         model, tokenizer, resolved = load_model(model_source, opts.seed)
         result = run_suite(model, tokenizer, suite, opts)
         summary = {
             "model": model_source, "resolved_model": resolved, "suite": suite, "prefix": prefix, "method": opts.method,
-            "metrics": {f"{prefix}/{k}": _finite(v) for k, v in result.metrics.items()},
+            "metrics": {tracking.metric_key(prefix, k): _finite(v) for k, v in result.metrics.items()},
             "skipped": result.skipped, "seconds": {**result.seconds, "total": time.perf_counter() - start},
-            "scorers": result.scorers, "options": opts.to_dict(), "run_id": run_id, "tracking_uri": uri,
+            "scorers": result.scorers, "options": opts.to_dict(), "run_id": run.id, "tracking_uri": uri,
             "output_dir": str(Path(output_dir).resolve()) if output_dir else None,
         }
-        if output_dir:
-            out = Path(output_dir)
+        with nullcontext(output_dir) if output_dir else tempfile.TemporaryDirectory(prefix="cdb-eval-") as folder:
+            out = Path(folder)
             out.mkdir(parents=True, exist_ok=True)
-        else:
-            out = staging = Path(tempfile.mkdtemp(prefix="cdb-eval-"))
-        (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        with (out / "samples.jsonl").open("w", encoding="utf-8") as f:
-            for sample in result.samples:
-                f.write(json.dumps(sample, ensure_ascii=False, default=_json_default) + "\n")
-        _log(uri, run_id, prefix, summary, [out / "eval.json", out / "samples.jsonl"])
-    except BaseException:
-        if created:
-            _client(uri).set_terminated(run_id, "FAILED")
-        raise
-    finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-    if created:
-        _client(uri).set_terminated(run_id, "FINISHED")
+            (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            with (out / "samples.jsonl").open("w", encoding="utf-8") as f:
+                for sample in result.samples:
+                    f.write(json.dumps(sample, ensure_ascii=False, default=_json_default) + "\n")
+            _log(run, prefix, summary, [out / "eval.json", out / "samples.jsonl"])
     return summary
 
 
 def run_tag(method: str) -> str:
-    """cdb.method of a run evaluate creates: "eval" for the model as it is (method none), else the
-    prompt-time method's name, so that cdb.report shows each method as its own row."""
-    return "eval" if method == "none" else method
+    """cdb.method of a run evaluate creates: tracking.EVAL_RUN for the model as it is (method none),
+    else the prompt-time method's name, so that cdb.report shows each method as its own row."""
+    return tracking.EVAL_RUN if method == "none" else method
 
 
 def _json_default(value: Any) -> Any:

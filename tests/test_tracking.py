@@ -1,0 +1,220 @@
+"""cdb.tracking, the one door to MLflow: open_run's lifecycle, the tag and metric-prefix contract, lineage.
+
+Every test runs against a real sqlite MLflow store in tmp_path and reads back through MlflowClient.
+"""
+
+import ast
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cdb import tracking
+from cdb.data.records import embedded_dataset_path, load_records
+
+PACKAGE = Path(tracking.__file__).resolve().parent
+
+
+@pytest.fixture
+def uri(tmp_path):
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+# --- open_run -----------------------------------------------------------------------------------
+
+
+def test_open_run_finishes_with_its_params_tags_metrics_and_artifacts(uri, tmp_path):
+    note = tmp_path / "note.txt"
+    note.write_text("hello")
+    with tracking.open_run(uri, "exp", "a-run", {"lr": 0.5, "steps": 3}, {tracking.TAG_METHOD: "sft"}) as run:
+        run.log_metrics({tracking.metric_key(tracking.PREFIX_EVAL, "toxicity/mean"): 0.25}, step=7)
+        run.log_params({"late": "yes"})
+        run.set_tags({tracking.TAG_SCALE: "tiny"})
+        run.log_artifact(note, "notes")
+        assert MlflowClient(uri).get_run(run.id).info.status == "RUNNING"
+    client = MlflowClient(uri)
+    got = client.get_run(run.id)
+    assert got.info.status == "FINISHED" and got.info.run_name == "a-run"
+    assert got.data.params == {"lr": "0.5", "steps": "3", "late": "yes"}
+    assert got.data.tags[tracking.TAG_METHOD] == "sft" and got.data.tags[tracking.TAG_SCALE] == "tiny"
+    assert got.data.tags[tracking.TAG_COMMIT] == tracking.git_commit()
+    (point,) = client.get_metric_history(run.id, "eval/toxicity/mean")
+    assert (point.value, point.step) == (0.25, 7)
+    assert [a.path for a in client.list_artifacts(run.id, "notes")] == ["notes/note.txt"]
+    assert client.get_experiment(got.info.experiment_id).name == "exp"
+
+
+def test_open_run_marks_the_run_failed_and_reraises(uri):
+    with pytest.raises(ValueError, match="bad data"), tracking.open_run(uri, "exp", "doomed") as run:
+        run.log_metrics({"train/loss": 1.0}, step=1)
+        raise ValueError("bad data")
+    got = MlflowClient(uri).get_run(run.id)
+    assert got.info.status == "FAILED" and got.data.metrics == {"train/loss": 1.0}
+
+
+def test_reopen_sets_running_and_refuses_a_deleted_run(uri):
+    run = tracking.create_run(uri, "exp", "parent", {}, {})
+    run.finish("KILLED")
+    client = MlflowClient(uri)
+    assert client.get_run(run.id).info.status == "KILLED"
+    assert tracking.reopen_run(uri, run.id).id == run.id
+    assert client.get_run(run.id).info.status == "RUNNING"
+    client.delete_run(run.id)
+    with pytest.raises(LookupError, match="deleted"):
+        tracking.reopen_run(uri, run.id)
+
+
+def test_a_training_jobs_run_is_created_reopened_and_finished(uri, tmp_path):
+    """ensure_run / finish_run, the resumable run of cdb.train, on the same door."""
+    (tmp_path / "config.yaml").write_text("scale: {name: tiny}\n")
+    job = {"run_id": None, "tracking_uri": uri, "experiment": "exp", "run_name": "tiny-sft",
+           "params": {"scale": "tiny"}, "tags": {tracking.TAG_SCALE: "tiny"}}
+    job["run_id"] = tracking.ensure_run(job, tmp_path)
+    client = MlflowClient(uri)
+    got = client.get_run(job["run_id"])
+    assert got.info.status == "RUNNING" and got.data.params == {"scale": "tiny"}
+    assert [a.path for a in client.list_artifacts(job["run_id"])] == ["config.yaml"]
+    assert tracking.finish_run(job, tmp_path, "KILLED")
+    assert tracking.ensure_run(job, tmp_path) == job["run_id"]  # --resume: the same run, running again
+    assert client.get_run(job["run_id"]).info.status == "RUNNING"
+    assert tracking.finish_run(job, tmp_path, "FINISHED")
+    assert client.get_run(job["run_id"]).info.status == "FINISHED"
+    assert json.loads((tmp_path / tracking.RUN_FILE).read_text())["run_id"] == job["run_id"]
+
+
+def test_metrics_under_a_prefix():
+    metrics = {"eval/toxicity/mean": 0.1, "eval_base/toxicity/mean": 0.3, "train/loss": 2.0, "evaluation": 1.0}
+    assert tracking.metrics_under(metrics, tracking.PREFIX_EVAL) == {"toxicity/mean": 0.1}
+    assert tracking.metrics_under(metrics, tracking.PREFIX_EVAL_BASE) == {"toxicity/mean": 0.3}
+    assert tracking.metrics_under(metrics, tracking.PREFIX_TRAIN) == {"loss": 2.0}
+
+
+# --- the contract is kept by constants, not by matching strings ---------------------------------
+
+# The modules that write or read runs through the door. (train.py joins the list once its
+# literal "cdb.scale", "cdb.method", "mlflow.parentRunId" and "train/..." use the constants.)
+CONTRACT_USERS = ("eval/__init__.py", "report.py", "sweep.py", "sync.py")
+
+
+def _strings_outside_docstrings(tree: ast.AST) -> list[str]:
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    return [n.value for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings]
+
+
+def _contract_literal(text: str) -> bool:
+    tags = {value for name, value in vars(tracking).items() if name.startswith("TAG_")}
+    prefixes = (tracking.PREFIX_TRAIN, tracking.PREFIX_EVAL, tracking.PREFIX_EVAL_BASE)
+    return (text in tags or text in prefixes
+            or text in ("cdb.", "cdb.sweep.")  # heads of f"cdb.{prefix}.model", f"cdb.sweep.{point}"
+            or text.startswith(tuple(f"{p}/" for p in prefixes)))
+
+
+@pytest.mark.parametrize("module", CONTRACT_USERS)
+def test_tags_and_metric_prefixes_come_from_the_constants(module):
+    tree = ast.parse((PACKAGE / module).read_text(encoding="utf-8"))
+    assert [s for s in _strings_outside_docstrings(tree) if _contract_literal(s)] == []
+
+
+def test_the_contract_check_sees_the_old_literals():
+    old = 'TUNED = "eval/"\nrun_tag = {"cdb.method": "report"}\nkey = f"cdb.{prefix}.model"\n'
+    assert [s for s in _strings_outside_docstrings(ast.parse(old)) if _contract_literal(s)] == ["eval/", "cdb.method", "cdb."]
+
+
+def test_only_the_tracking_module_imports_mlflow():
+    importers = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(n == "mlflow" or n.startswith("mlflow.") for n in names):
+                importers.append(path.relative_to(PACKAGE).as_posix())
+    assert set(importers) == {"tracking.py"}
+
+
+# --- lineage ------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _only_dataset_input(uri: str, run_id: str):
+    (given,) = MlflowClient(uri).get_run(run_id).inputs.dataset_inputs
+    assert {t.key: t.value for t in given.tags} == {"mlflow.data.context": "training"}
+    return given.dataset
+
+
+def test_the_embedded_data_is_a_dataset_input_identified_by_its_card(uri):
+    records, _ = load_records("")
+    card_path = embedded_dataset_path().parent / "card.json"
+    card = json.loads(card_path.read_text())
+    with tracking.open_run(uri, "exp", "tiny-contrastive") as run:
+        digest = run.log_training_data("", "train", records)
+        run.log_training_data("", "train", records)  # again, as on --resume: still one input
+    dataset = _only_dataset_input(uri, run.id)
+    assert digest == dataset.digest == _sha256(card_path)[:tracking.DIGEST_HEX]
+    assert dataset.name == card["dataset"] and dataset.source_type == "local"
+    assert json.loads(dataset.source) == {"uri": embedded_dataset_path().resolve().as_uri(), "card": card_path.resolve().as_uri()}
+    profile = json.loads(dataset.profile)
+    assert profile["records"] == card["counts"]["records"] == len(records)
+    assert profile["negatives_by_type"] == card["counts"]["negatives_by_type"]
+    assert profile["negatives_by_type"] == dict(Counter(n.type for r in records for n in r.negatives))
+
+
+def _user_file(tmp_path: Path, lines: int) -> Path:
+    path = tmp_path / "data" / "mine.jsonl"
+    path.parent.mkdir()
+    path.write_text("".join(embedded_dataset_path().read_text().splitlines(keepends=True)[:lines]))
+    return path
+
+
+def test_user_data_without_a_card_is_identified_by_its_file(uri, tmp_path):
+    path = _user_file(tmp_path, 12)
+    records, _ = load_records(str(path))
+    with tracking.open_run(uri, "exp", "mine") as run:
+        run.log_training_data(str(path), "train", records)
+    dataset = _only_dataset_input(uri, run.id)
+    assert dataset.digest == _sha256(path)[:tracking.DIGEST_HEX] and dataset.name == "mine.jsonl"
+    profile = json.loads(dataset.profile)
+    assert profile["records"] == len(records) == 12
+    assert profile["negatives"] == sum(profile["negatives_by_type"].values()) == sum(len(r.negatives) for r in records)
+    assert profile["negatives_by_type"] == dict(Counter(n.type for r in records for n in r.negatives))
+
+
+def test_a_card_that_counts_other_records_is_not_the_datas_identity(uri, tmp_path):
+    path = _user_file(tmp_path, 12)  # cut from the embedded data, beside that data's card
+    (path.parent / "card.json").write_text((embedded_dataset_path().parent / "card.json").read_text())
+    records, _ = load_records(str(path))
+    with tracking.open_run(uri, "exp", "cut") as run:
+        run.log_training_data(str(path), "train", records)
+    dataset = _only_dataset_input(uri, run.id)
+    assert dataset.digest == _sha256(path)[:tracking.DIGEST_HEX] and "card" not in json.loads(dataset.source)
+    assert json.loads(dataset.profile)["records"] == 12
+
+
+def test_the_exported_models_location_is_recorded_without_copying_it(uri, tmp_path):
+    model_dir = tmp_path / "run" / "model"
+    model_dir.mkdir(parents=True)
+    (model_dir / "model.safetensors").write_bytes(b"\0" * 64)
+    with tracking.open_run(uri, "exp", "tiny-contrastive") as run:
+        model_id = run.log_model_location(model_dir, step=5)
+    client = MlflowClient(uri)
+    got = client.get_run(run.id)
+    assert got.data.tags[tracking.TAG_EXPORTED_MODEL] == model_dir.resolve().as_uri()
+    (output,) = got.outputs.model_outputs
+    assert (output.model_id, output.step) == (model_id, 5)
+    model = client.get_logged_model(model_id)
+    assert model.tags[tracking.TAG_EXPORTED_MODEL] == model_dir.resolve().as_uri()
+    assert model.source_run_id == run.id and model.name == "tiny-contrastive" and str(model.status) == "READY"
+    assert client.list_artifacts(run.id) == []
+    stored = Path(model.artifact_location.removeprefix("file://"))
+    assert not stored.exists() or not any(stored.rglob("*"))  # the weights stay where they are
