@@ -107,6 +107,7 @@ class Trainer:
 
         from cdb.data.batch import assign_micro_batches, collate, micro_batches_per_epoch
         from cdb.perf import flops_per_token, mfu, peak_memory_bytes
+        from cdb.tracking import PREFIX_TRAIN, metric_key
 
         config, scale, strategy = self.config, self.config.scale, self.strategy
         per_epoch = micro_batches_per_epoch(len(self.sources), scale.micro_batch, self.world)
@@ -151,14 +152,13 @@ class Trainer:
             if step % config.train.log_every == 0 or step == self.steps or stop:
                 now = time.perf_counter()
                 tokens_per_s = window_tokens / max(now - window_start, 1e-9)
-                row = {f"train/{k}": v for k, v in averaged.items()}
-                row.update({"train/lr": strategy.lr(), "train/grad_norm": strategy.grad_norm(),
-                            "train/tokens_per_s": tokens_per_s, "train/skipped_steps": self.skipped,
-                            "train/mfu": mfu(tokens_per_s / self.world, token_flops, self.peak_flops)})
+                row = {**averaged, "lr": strategy.lr(), "grad_norm": strategy.grad_norm(),
+                       "tokens_per_s": tokens_per_s, "skipped_steps": self.skipped,
+                       "mfu": mfu(tokens_per_s / self.world, token_flops, self.peak_flops)}
                 if step == self.steps or stop:  # every rank is here: gather each one's peak memory
                     peaks = strategy.gather_objects(peak_memory_bytes(strategy.device))
-                    row.update({f"train/peak_memory_gib/rank{r}": b / 2**30 for r, b in enumerate(peaks)})
-                self.logger.log_metrics(row, step)
+                    row.update({f"peak_memory_gib/rank{r}": b / 2**30 for r, b in enumerate(peaks)})
+                self.logger.log_metrics({metric_key(PREFIX_TRAIN, k): v for k, v in row.items()}, step)
                 if self.rank == 0:
                     eta = (now - started) / max(step - first_step, 1) * (self.steps - step)
                     terms = ", ".join(f"{k[5:]} {v:.4f}" for k, v in averaged.items() if k.startswith("loss_"))

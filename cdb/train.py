@@ -256,7 +256,7 @@ def prepare_model(config: cfg.Config) -> tuple[str, int]:
     return model_source, parameters
 
 
-def open_run(config: cfg.Config, resume: bool, n_records: int, rejected: list, parameters: int) -> dict:
+def prepare_run(config: cfg.Config, resume: bool, n_records: int, rejected: list, parameters: int) -> dict:
     """The run folder (config.yaml, run.json) and its MLflow run: new, or the saved one on --resume."""
     from cdb import tracking
 
@@ -280,15 +280,27 @@ def open_run(config: cfg.Config, resume: bool, n_records: int, rejected: list, p
             "world_size": scale.num_workers, "zero_stage": 3, "records": n_records, "rejected_records": len(rejected),
             "parameters": parameters, **config.flat(),
         }
-        tags = {"cdb.scale": scale.name, "cdb.method": config.objective.method}
+        tags = {tracking.TAG_SCALE: scale.name, tracking.TAG_METHOD: config.objective.method}
         if config.tracking.parent_run_id:
-            tags["mlflow.parentRunId"] = config.tracking.parent_run_id
+            tags[tracking.TAG_PARENT_RUN] = config.tracking.parent_run_id
         run = {"run_id": None, "ray_name": f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
                "tracking_uri": uri, "experiment": config.tracking.experiment,
                "run_name": config.tracking.run_name, "params": {k: str(v) for k, v in params.items()}, "tags": tags}
     run["run_id"] = tracking.ensure_run(run, output_dir)
     tracking.write_run_file(run, output_dir)
     return run
+
+
+def log_lineage(run: dict, what: str, log) -> None:
+    """Lineage (the data in, the model out) through the tracking door; never a reason to fail a run."""
+    from cdb import tracking
+
+    if not run["run_id"]:
+        return
+    try:
+        log(tracking.Run(run["tracking_uri"], run["run_id"]))
+    except Exception as exc:  # an unreachable server: the run goes on; the lineage is what is lost
+        print(f"[cdb] warning: could not record the {what} in MLflow: {type(exc).__name__}: {exc}", flush=True)
 
 
 def make_trainer(config: cfg.Config, run: dict, model_source: str):
@@ -361,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         records, rejected = validate(config)
         connect(config)
         model_source, parameters = prepare_model(config)
-        run = open_run(config, args.resume, len(records), rejected, parameters)
+        run = prepare_run(config, args.resume, len(records), rejected, parameters)
     except cfg.ConfigError as exc:
         return _fail(EXIT_CONFIG, str(exc))
     except Failure as exc:
@@ -369,10 +381,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from cdb import tracking
 
+    log_lineage(run, "training data", lambda r: r.log_training_data(config.data.path, config.data.split, records))
     output_dir = Path(config.train.output_dir)
     trainer = make_trainer(config, run, model_source)
-    if config.eval.suite != "off" and not (output_dir / "eval_base" / "eval.json").exists():
-        run_eval(config, model_source, "eval_base", run, output_dir)
+    if config.eval.suite != "off" and not (output_dir / tracking.PREFIX_EVAL_BASE / "eval.json").exists():
+        run_eval(config, model_source, tracking.PREFIX_EVAL_BASE, run, output_dir)
     started = time.perf_counter()
     try:
         result, stop_requested = fit(trainer, output_dir)
@@ -383,8 +396,9 @@ def main(argv: list[str] | None = None) -> int:
         tracking.finish_run(run, output_dir, "KILLED")
         print(f"[cdb] stopped at step {result.metrics['step']}; continue with: python -m cdb.train --output-dir {output_dir} --resume")
         return EXIT_STOPPED
+    log_lineage(run, "exported model", lambda r: r.log_model_location(output_dir / "model", step=result.metrics["step"]))
     if config.eval.suite != "off":
-        run_eval(config, str(output_dir / "model"), "eval", run, output_dir)
+        run_eval(config, str(output_dir / "model"), tracking.PREFIX_EVAL, run, output_dir)
     tracking.finish_run(run, output_dir, "FINISHED")
     print_summary(config, run, result, time.perf_counter() - started)
     return 0

@@ -70,6 +70,11 @@ def test_tiny_run_end_to_end(tmp_path):
     assert loss[20] < loss[1] and ce[20] < ce[1]
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
     assert "config.yaml" in artifacts
+    # Lineage: the training data as the run's dataset input (digest from the data card), the model's location.
+    card = json.loads((REPO / "cdb" / "assets" / "contrastive" / "card.json").read_text())
+    [dataset_input] = run.inputs.dataset_inputs
+    assert dataset_input.dataset.digest and json.loads(dataset_input.dataset.profile)["records"] == card["counts"]["records"]
+    assert run.data.tags["cdb.exported_model"] == (out / "model").as_uri()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
