@@ -136,8 +136,8 @@ def _is_training(key: str) -> bool:
 def _check_key(key: str, where: str) -> None:
     if not _is_training(key) and key.split(".", 1)[0] not in {f.name for f in dataclasses.fields(SweepSettings)}:
         raise cfg.ConfigError(f"{where}: unknown key '{key}'; sweep keys: "
-                          f"{', '.join(f.name for f in dataclasses.fields(SweepSettings))}; training keys start with "
-                          f"{', '.join(s + '.' for s in TRAINING_SECTIONS)}")
+                              f"{', '.join(f.name for f in dataclasses.fields(SweepSettings))}; training keys start "
+                              f"with {', '.join(s + '.' for s in TRAINING_SECTIONS)}")
 
 
 def _as_text(value) -> str:
@@ -479,10 +479,10 @@ def _elapsed(seconds: float) -> str:
 
 
 class Sweep:
-    def __init__(self, settings: SweepSettings, overrides: Sequence[str], points: list[Point],
+    def __init__(self, sweep_settings: SweepSettings, overrides: Sequence[str], points: list[Point],
                  echo: Callable[[str], None] = print):
-        self.settings, self.overrides, self.points, self.echo = settings, tuple(overrides), points, echo
-        self.output_dir = Path(settings.output_dir).resolve()
+        self.settings, self.overrides, self.points, self.echo = sweep_settings, tuple(overrides), points, echo
+        self.output_dir = Path(sweep_settings.output_dir).resolve()
         self.spec = spec_of(overrides)
         self.jobs: dict[str, Job] = {}
         self.stop_signals: list[int] = []
