@@ -6,7 +6,7 @@ preset's, every field with its docstring.
 
     python -m cdb.config [--scale NAME] [--config FILE.yaml] [--set key.path=value ...]
         print the resolved config, commented, as YAML (a starting point for --config)
-    python -m cdb.config --write-resolved configs/resolved
+    python -m cdb.config --write-resolved
         write configs/resolved/<scale>.yaml for every scale preset
 """
 
@@ -28,7 +28,7 @@ from cdb import settings
 from cdb.scales import ALIASES, DEFAULT_SCALE, SCALES, scale_preset
 from cdb.settings import ConfigError, load_yaml
 
-__all__ = ["Config", "ConfigError", "load_yaml", "resolve", "from_dict", "finalize", "with_run_output_dir",
+__all__ = ["Config", "ConfigError", "load_yaml", "resolve", "from_dict", "check", "with_run_output_dir",
            "to_yaml", "resolved_yaml"]
 
 RESOLVED_DIR = Path(__file__).resolve().parent.parent / "configs" / "resolved"
@@ -212,7 +212,7 @@ def resolve(
     scale: str | None = None,
 ) -> Config:
     """Defaults <- scale preset <- YAML file <- flags (dotted keys) <- `--set key.path=value`, checked
-    (finalize). train.output_dir stays as given: a run fills and anchors it (with_run_output_dir)."""
+    (check). train.output_dir stays as given: a run fills and anchors it (with_run_output_dir)."""
     file_values = load_yaml(config_file) if config_file else {}
     if "scale" in file_values and not isinstance(file_values["scale"], dict):
         raise ConfigError(f"{config_file}: scale: expected a mapping of {', '.join(f.name for f in dataclasses.fields(ScaleConfig))}")
@@ -234,7 +234,8 @@ def resolve(
     # The name records the preset actually applied, aliases (13b) resolved.
     values["scale"]["name"] = scale_preset(scale_name)["scale"]["name"]
     config = settings.build(Config, values, "", {key for key, _ in set_pairs})
-    return finalize(config)
+    check(config)
+    return config
 
 
 def _at_least(low):
@@ -281,8 +282,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 """`section.field` -> (check, the rule in words). Each field's docstring states its rule too."""
 
 
-def finalize(config: Config) -> Config:
-    """Check the rules that types alone cannot: RULES, and a few across fields."""
+def check(config: Config) -> None:
+    """ConfigError on a value the types allow but a rule does not: RULES, and a few across fields."""
     for key, (ok, rule) in RULES.items():
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
@@ -293,7 +294,6 @@ def finalize(config: Config) -> Config:
         raise ConfigError(f"data.entity_tagger: must be 'regex', 'spacy:MODEL' or 'hf:MODEL_ID_OR_DIR', got {tagger!r}")
     if config.scale.gpus_per_worker == 0 and config.scale.precision == "fp16":
         raise ConfigError("scale.precision: fp16 needs GPUs (scale.gpus_per_worker >= 1); use fp32 or bf16 on CPU")
-    return config
 
 
 def with_run_output_dir(config: Config) -> Config:

@@ -283,7 +283,7 @@ def test_invalid_yaml(tmp_path):
     ("train.log_every=0", "train.log_every: must be >= 1, got 0"),
     ("train.max_failures=-2", "train.max_failures: must be >= -1, got -2"),
 ])
-def test_finalize_states_the_rule_a_value_breaks(assignment, message):
+def test_a_broken_rule_is_stated_with_the_value(assignment, message):
     assert error_of(sets=[assignment]) == message
 
 
@@ -297,12 +297,14 @@ def test_every_rule_is_stated_in_its_fields_docstring():
         assert rule in doc, (key, rule, doc)
 
 
-def test_finalize_accepts_boundary_values():
+def test_boundary_values_pass_the_rules():
     config = resolve(sets=["scale.max_source_tokens=8", "scale.max_target_tokens=4", "objective.alpha=0",
-                           "train.max_failures=-1", "optim.warmup_steps=0"])
+                           "train.max_failures=-1", "optim.warmup_steps=0", "optim.grad_clip=0",
+                           "optim.betas=[0.0,0.99]", "objective.label_smoothing=0.5"])
     assert (config.scale.max_source_tokens, config.scale.max_target_tokens) == (8, 4)
     assert config.objective.alpha == 0.0
     assert config.train.max_failures == -1
+    assert (config.optim.grad_clip, config.optim.betas, config.objective.label_smoothing) == (0.0, (0.0, 0.99), 0.5)
 
 
 @pytest.mark.parametrize("spec", ["bogus", "spacy", "spacy:", "hf:", "ner:model"])
