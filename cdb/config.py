@@ -18,9 +18,10 @@ import os
 import sys
 import textwrap
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import yaml
 
@@ -28,8 +29,17 @@ from cdb import settings
 from cdb.scales import ALIASES, DEFAULT_SCALE, SCALES, scale_preset
 from cdb.settings import ConfigError, load_yaml
 
-__all__ = ["Config", "ConfigError", "load_yaml", "resolve", "from_dict", "check", "with_run_output_dir",
-           "to_yaml", "resolved_yaml"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "check",
+    "from_dict",
+    "load_yaml",
+    "resolve",
+    "resolved_yaml",
+    "to_yaml",
+    "with_run_output_dir",
+]
 
 RESOLVED_DIR = Path(__file__).resolve().parent.parent / "configs" / "resolved"
 """configs/resolved/: each scale preset's resolved config, written by `python -m cdb.config --write-resolved`."""

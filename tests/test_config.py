@@ -414,12 +414,12 @@ def test_committed_resolved_config_is_what_resolve_gives(name):
 def test_config_command_prints_the_resolved_config(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.run([sys.executable, "-m", "cdb.config", "--scale", "13b", "--set", "optim.lr=2e-5"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert from_dict(yaml.safe_load(proc.stdout)) == resolve(scale="13b", sets=["optim.lr=2e-5"])
     assert "  # Peak AdamW learning rate; > 0.\n  lr: 2.0e-05\n" in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "cdb.config", "--set", "train.log_every=0"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2 and proc.stderr.strip() == "cdb.config: train.log_every: must be >= 1, got 0"
     assert proc.stdout == ""
 

@@ -12,12 +12,12 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from conftest import REPO
 from mlflow.tracking import MlflowClient
 
 from cdb import config as cfg
 from cdb import settings, sweep
 from cdb.sweep import Point, admit, last_error_line
-from conftest import REPO
 
 TINY = Point("tiny", "contrastive", cpus=2, gpus=0)
 
@@ -97,8 +97,8 @@ def test_config_file_flags_and_set_split_into_sweep_and_training_keys(tmp_path):
     (["paralel=2"], "unknown key 'paralel'"),
     (["parallel=0"], "parallel: must be >= 1, got 0"),
     (["methods="], "methods: give at least one training method"),
-    (["train.output_dir=/x"], "train.output_dir: the sweep sets train.output_dir for each point itself; "
-                              "use the sweep's key 'output_dir'"),
+    (["train.output_dir=/x"],
+     "train.output_dir: the sweep sets train.output_dir for each point itself; use the sweep's key 'output_dir'"),
 ])
 def test_bad_settings_name_the_key(sets, message):
     with pytest.raises(cfg.ConfigError) as info:
