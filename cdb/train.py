@@ -69,14 +69,14 @@ def config_from_args(args: argparse.Namespace) -> cfg.Config:
     flags = {key: getattr(args, name) for name, key in FLAG_KEYS.items() if getattr(args, name) is not None}
     if args.no_gpu:
         flags["scale.gpus_per_worker"] = 0
-    config = cfg.resolve(config_file=args.config, flags=flags, sets=args.set, scale=args.scale)
+    config = cfg.with_run_output_dir(cfg.resolve(config_file=args.config, flags=flags, sets=args.set, scale=args.scale))
     if args.resume and not args.config:
         # The run's own resolved config, with this command's flags and --set on top.
         saved = Path(config.train.output_dir) / "config.yaml"
         if not saved.is_file():
             raise cfg.ConfigError(f"--resume: {saved} not found; nothing to resume in {config.train.output_dir}")
         config = cfg.resolve(config_file=str(saved), flags=flags, sets=args.set, scale=args.scale)
-    return config
+    return cfg.with_run_output_dir(config)
 
 
 def check_batches(config: cfg.Config, n_records: int) -> str | None:

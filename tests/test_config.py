@@ -1,4 +1,5 @@
-"""Tests for cdb.config (presets, YAML, flags, --set, checks, round trip) and engine.build_ds_config.
+"""Tests for cdb.config (presets, YAML, flags, --set, checks, field docs, the committed resolved
+configs, round trip) and engine.build_ds_config.
 
 No DeepSpeed or Ray is imported: build_ds_config only reads JSON from ds_configs/.
 """
@@ -7,11 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
 
+from cdb import config as cfg
+from cdb import settings
 from cdb.config import Config, ConfigError, from_dict, resolve
 from cdb.engine import REPO_ROOT, build_ds_config
 from cdb.scales import ALIASES, SCALES
@@ -255,31 +262,49 @@ def test_invalid_yaml(tmp_path):
     assert str(path) in message and "YAML" in message
 
 
-@pytest.mark.parametrize("assignment, key", [
-    ("scale.micro_batch=0", "scale.micro_batch"),
-    ("scale.num_workers=0", "scale.num_workers"),
-    ("scale.grad_accum=0", "scale.grad_accum"),
-    ("scale.max_source_tokens=7", "scale.max_source_tokens"),
-    ("scale.max_target_tokens=3", "scale.max_target_tokens"),
-    ("objective.contrast_temperature=0", "objective.contrast_temperature"),
-    ("objective.alpha=-1", "objective.alpha"),
-    ("optim.lr=0", "optim.lr"),
-    ("optim.warmup_steps=-1", "optim.warmup_steps"),
-    ("train.epochs=0", "train.epochs"),
-    ("train.max_failures=-2", "train.max_failures"),
+@pytest.mark.parametrize("assignment, message", [
+    ("scale.micro_batch=0", "scale.micro_batch: must be >= 1, got 0"),
+    ("scale.num_workers=0", "scale.num_workers: must be >= 1, got 0"),
+    ("scale.gpus_per_worker=-1", "scale.gpus_per_worker: must be >= 0, got -1"),
+    ("scale.grad_accum=0", "scale.grad_accum: must be >= 1, got 0"),
+    ("scale.max_source_tokens=7", "scale.max_source_tokens: must be >= 8, got 7"),
+    ("scale.max_target_tokens=3", "scale.max_target_tokens: must be >= 4, got 3"),
+    ("data.max_records=-1", "data.max_records: must be >= 0, got -1"),
+    ("objective.contrast_temperature=0", "objective.contrast_temperature: must be > 0, got 0.0"),
+    ("objective.alpha=-1", "objective.alpha: must be >= 0, got -1.0"),
+    ("objective.projection_dim=-8", "objective.projection_dim: must be >= 0, got -8"),
+    ("objective.label_smoothing=1", "objective.label_smoothing: must be in [0, 1), got 1.0"),
+    ("objective.dpo_beta=0", "objective.dpo_beta: must be > 0, got 0.0"),
+    ("optim.lr=0", "optim.lr: must be > 0, got 0.0"),
+    ("optim.betas=[0.9,1.0]", "optim.betas: must be in [0, 1), got (0.9, 1.0)"),
+    ("optim.grad_clip=-1", "optim.grad_clip: must be >= 0, got -1.0"),
+    ("optim.warmup_steps=-1", "optim.warmup_steps: must be >= 0, got -1"),
+    ("train.epochs=0", "train.epochs: must be >= 1, got 0"),
+    ("train.log_every=0", "train.log_every: must be >= 1, got 0"),
+    ("train.max_failures=-2", "train.max_failures: must be >= -1, got -2"),
 ])
-def test_finalize_rejects_invalid_values(assignment, key):
-    message = error_of(sets=[assignment])
-    assert key in message
-    assert assignment.split("=")[1] in message
+def test_a_broken_rule_is_stated_with_the_value(assignment, message):
+    assert error_of(sets=[assignment]) == message
 
 
-def test_finalize_accepts_boundary_values():
+def test_every_rule_is_stated_in_its_fields_docstring():
+    sections = typing.get_type_hints(Config)
+    for key, (_, rule) in cfg.RULES.items():
+        section, name = key.split(".")
+        if section == "eval":  # EvalConfig is documented with the evaluation options
+            continue
+        doc = settings.field_docs(sections[section])[name]
+        assert rule in doc, (key, rule, doc)
+
+
+def test_boundary_values_pass_the_rules():
     config = resolve(sets=["scale.max_source_tokens=8", "scale.max_target_tokens=4", "objective.alpha=0",
-                           "train.max_failures=-1", "optim.warmup_steps=0"])
+                           "train.max_failures=-1", "optim.warmup_steps=0", "optim.grad_clip=0",
+                           "optim.betas=[0.0,0.99]", "objective.label_smoothing=0.5"])
     assert (config.scale.max_source_tokens, config.scale.max_target_tokens) == (8, 4)
     assert config.objective.alpha == 0.0
     assert config.train.max_failures == -1
+    assert (config.optim.grad_clip, config.optim.betas, config.objective.label_smoothing) == (0.0, (0.0, 0.99), 0.5)
 
 
 @pytest.mark.parametrize("spec", ["bogus", "spacy", "spacy:", "hf:", "ner:model"])
@@ -337,20 +362,66 @@ def test_set_tuple_wrong_length():
 # --- output_dir -----------------------------------------------------------------------------------------
 
 
-def test_output_dir_default_is_absolute(tmp_path, monkeypatch):
+def test_output_dir_is_filled_and_made_absolute_when_a_run_starts(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = resolve()
-    assert Path(config.train.output_dir).is_absolute()
-    assert Path(config.train.output_dir) == (tmp_path / "runs" / "tiny-contrastive").resolve()
-    assert Path(resolve(scale="13b").train.output_dir) == (tmp_path / "runs" / "llama2-13b-contrastive").resolve()
+    assert config.train.output_dir == ""  # resolve() does not depend on the directory it runs in
+    run = cfg.with_run_output_dir(config)
+    assert Path(run.train.output_dir) == (tmp_path / "runs" / "tiny-contrastive").resolve()
+    assert dataclasses.replace(run, train=config.train) == config  # nothing else changes
+    run = cfg.with_run_output_dir(resolve(scale="13b", flags={"objective.method": "dpo"}))
+    assert Path(run.train.output_dir) == (tmp_path / "runs" / "llama2-13b-dpo").resolve()
+    assert cfg.with_run_output_dir(run) == run
 
 
 def test_relative_output_dir_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = resolve(flags={"train.output_dir": "out/here"})
-    assert Path(config.train.output_dir) == (tmp_path / "out" / "here").resolve()
+    assert config.train.output_dir == "out/here"
+    assert Path(cfg.with_run_output_dir(config).train.output_dir) == (tmp_path / "out" / "here").resolve()
     absolute = tmp_path / "abs"
-    assert Path(resolve(flags={"train.output_dir": str(absolute)}).train.output_dir) == absolute.resolve()
+    config = resolve(flags={"train.output_dir": str(absolute)})
+    assert Path(cfg.with_run_output_dir(config).train.output_dir) == absolute.resolve()
+
+
+# --- field docs and the committed resolved configs --------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [cfg.ScaleConfig, cfg.DataConfig, cfg.ObjectiveConfig, cfg.OptimConfig,
+                                 cfg.TrainConfig, cfg.TrackingConfig])
+def test_every_field_has_a_docstring(cls):
+    assert settings.undocumented(cls) == []
+
+
+RESOLVED = REPO_ROOT / "configs" / "resolved"
+
+
+def test_every_scale_preset_has_a_resolved_config_and_no_other_file_is_there():
+    assert sorted(p.stem for p in RESOLVED.glob("*")) == sorted(SCALES), \
+        "regenerate with: python -m cdb.config --write-resolved"
+
+
+@pytest.mark.parametrize("name", list(SCALES))
+def test_committed_resolved_config_is_what_resolve_gives(name):
+    text = (RESOLVED / f"{name}.yaml").read_text()
+    assert text == cfg.resolved_yaml(name), \
+        f"configs/resolved/{name}.yaml is stale; review the change, then: python -m cdb.config --write-resolved"
+    # It reads back as the same config, from a file and as --config.
+    assert from_dict(yaml.safe_load(text)) == resolve(scale=name)
+    assert resolve(config_file=str(RESOLVED / f"{name}.yaml")) == resolve(scale=name)
+
+
+def test_config_command_prints_the_resolved_config(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "cdb.config", "--scale", "13b", "--set", "optim.lr=2e-5"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert from_dict(yaml.safe_load(proc.stdout)) == resolve(scale="13b", sets=["optim.lr=2e-5"])
+    assert "  # Peak AdamW learning rate; > 0.\n  lr: 2.0e-05\n" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "cdb.config", "--set", "train.log_every=0"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == "cdb.config: train.log_every: must be >= 1, got 0"
+    assert proc.stdout == ""
 
 
 # --- round trip ---------------------------------------------------------------------------------------

@@ -1,14 +1,16 @@
 """cdb.report on a fixture experiment in a real sqlite MLflow: tables with hand-computed deltas,
-the alignment-tax PNG, the report run's artifacts, and the empty / missing cases."""
+the alignment-tax PNG, the report run's artifacts, the empty / missing cases, and its settings."""
 
 import struct
 import time
 
 import pytest
+import yaml
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from cdb.report import main
+from cdb import settings
+from cdb.report import ReportSettings, main
 
 # method -> (eval_base values, eval values); deltas below are worked out by hand
 RUNS = {
@@ -86,9 +88,12 @@ def test_report_tables_plot_and_run(store, tmp_path, capsys):
     assert report_run.info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(report_run.info.run_id)} == {"report.md", "report.html", "alignment_tax.png"}
 
-    # A second report does not report on the first report run.
-    assert main(["--experiment", "sweep", "--tracking-uri", uri, "--output", str(tmp_path / "again")]) == 0
+    # A second report, its settings from a file and --set, does not report on the first report run.
+    path = tmp_path / "report.yaml"
+    path.write_text(yaml.safe_dump({"experiment": "sweep", "tracking_uri": uri, "output": str(tmp_path / "unused")}))
+    assert main(["--config", str(path), "--set", f"output={tmp_path / 'again'}"]) == 0
     assert "4 runs (3 with eval metrics)" in capsys.readouterr().out
+    assert (tmp_path / "again" / "report.md").is_file() and not (tmp_path / "unused").exists()
 
 
 def test_empty_or_missing_experiment_exits_nonzero(tmp_path, capsys):
@@ -103,3 +108,19 @@ def test_empty_or_missing_experiment_exits_nonzero(tmp_path, capsys):
     assert main(["--experiment", "x", "--tracking-uri", f"sqlite:///{missing}", "--output", str(tmp_path / "r")]) == 1
     assert f"no MLflow store at {missing}" in capsys.readouterr().err
     assert not missing.exists() and not (tmp_path / "r").exists()
+
+
+def test_report_settings_are_documented():
+    assert settings.undocumented(ReportSettings) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--output", "r"], "cdb.report: experiment: required; give --experiment or --set experiment=VALUE"),
+    (["--experiment", "e", "--set", "outptu=r"],
+     "cdb.report: unknown setting 'outptu'; known keys under '.': experiment, tracking_uri, output"),
+])
+def test_bad_settings_exit_2_naming_the_key(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == message
+    assert list(tmp_path.iterdir()) == []

@@ -11,12 +11,13 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+import yaml
+from conftest import REPO
 from mlflow.tracking import MlflowClient
 
-from cdb import sweep
+from cdb import config as cfg
+from cdb import settings, sweep
 from cdb.sweep import Point, admit, last_error_line
-from cdb.train import METHODS
-from conftest import REPO
 
 TINY = Point("tiny", "contrastive", cpus=2, gpus=0)
 
@@ -54,10 +55,62 @@ def test_the_last_error_line_is_the_trainers_own():
 
 
 def test_plan_resolves_aliases_and_needs():
-    points = sweep.sweep_points(["tiny", "13b", "llama2-13b"], ["contrastive"], max_steps=2)
+    points = sweep.sweep_points(["tiny", "13b", "llama2-13b"], ["contrastive", "contrastive"], ["train.max_steps=2"])
     assert [p.name for p in points] == ["tiny-contrastive", "llama2-13b-contrastive"]
     assert (points[1].cpus, points[1].gpus) == (16, 16)
     assert sweep.sweep_points(["tiny"], ["contrastive"], ["scale.num_workers=1"])[0].cpus == 1
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+
+def test_sweep_settings_are_documented():
+    assert settings.undocumented(sweep.SweepSettings) == []
+
+
+def test_methods_are_the_objectives_choices():
+    assert set(sweep.methods_known()) >= {"contrastive", "sft", "dpo", "unlikelihood", "cda"}
+
+
+def test_config_file_flags_and_set_split_into_sweep_and_training_keys(tmp_path):
+    training = {"optim": {"betas": [0.8, 0.9], "lr": 1e-4}, "scale": {"activation_checkpointing": True},
+                "data": {"max_records": 16}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"scales": ["tiny", "13b"], "methods": ["sft"], "parallel": 3, **training}))
+    args = sweep.parse_args(["--config", str(path), "--scales", "tiny", "--max-steps", "2", "--fresh",
+                             "--set", "parallel=2", "--set", "optim.lr=0.5"])
+    settings_, overrides = sweep.settings_from_args(args)
+    assert settings_ == sweep.SweepSettings(scales=("tiny",), methods=("sft",), parallel=2, fresh=True)
+    # Every point gets the file's training sections, then the flags' and --set's training keys.
+    training_file = tmp_path / "training.yaml"
+    training_file.write_text(yaml.safe_dump(training))
+    expected = cfg.resolve(config_file=str(training_file), flags={"train.max_steps": 2, "optim.lr": 0.5}, scale="gpt2")
+    assert cfg.resolve(sets=list(overrides), scale="gpt2") == expected
+    assert overrides[-2:] == ("train.max_steps=2", "optim.lr=0.5")
+    command = sweep.train_command(Point("gpt2", "sft", 1, 1), tmp_path / "p", "sqlite:///m.db", "e", "PARENT",
+                                  overrides, resume=False)
+    assert [command[i + 1] for i, a in enumerate(command) if a == "--set"] == [*overrides, "tracking.parent_run_id=PARENT"]
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["optimm.lr=1"], "--set optimm.lr=1: unknown key 'optimm.lr'; sweep keys: scales, methods"),
+    (["paralel=2"], "unknown key 'paralel'"),
+    (["parallel=0"], "parallel: must be >= 1, got 0"),
+    (["methods="], "methods: give at least one training method"),
+    (["train.output_dir=/x"],
+     "train.output_dir: the sweep sets train.output_dir for each point itself; use the sweep's key 'output_dir'"),
+])
+def test_bad_settings_name_the_key(sets, message):
+    with pytest.raises(cfg.ConfigError) as info:
+        sweep.resolve_settings(None, ["scales=tiny", "methods=contrastive", *sets])
+    assert message in str(info.value)
+
+
+def test_unknown_key_in_the_config_file_names_the_file(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("scales: [tiny]\nmethods: [sft]\noptimizer: {lr: 1}\n")
+    with pytest.raises(cfg.ConfigError, match=f"{path}: unknown key 'optimizer'"):
+        sweep.resolve_settings(str(path))
 
 
 def run_sweep(args, cwd, timeout) -> subprocess.CompletedProcess:
@@ -86,6 +139,8 @@ def run_sweep(args, cwd, timeout) -> subprocess.CompletedProcess:
     (["--scales", "tiny", "--methods", "contrastive,magic"], "unknown method 'magic'"),
     (["--scales", "tiny", "--methods", "contrastive", "--set", "objective.method=sft"], "the sweep sets objective.method"),
     (["--scales", "tiny", "--methods", "contrastive", "--set", "optim.nope=1"], "optim.nope"),
+    (["--scales", "tiny", "--methods", "contrastive", "--max-steps", "-1"], "train.max_steps: must be >= 0, got -1"),
+    (["--methods", "contrastive"], "scales: give at least one scale preset"),
 ])
 def test_bad_names_exit_2_before_anything_starts(tmp_path, args, message):
     out = tmp_path / "sweep"
@@ -166,7 +221,6 @@ def test_rerun_reuses_the_parent_and_skips_finished_points(failed_sweep):
     assert sum(1 for rs in runs.values() for r in rs if r.data.tags.get("cdb.method") == "sweep") == 1
 
 
-@pytest.mark.skipif("sft" not in METHODS, reason="cdb.train has no --method sft yet")
 def test_sweep_of_two_methods_in_parallel_finishes_with_a_child_run_each(tmp_path):
     """One worker per point, so both fit the 2-CPU local cluster at once (--parallel 2)."""
     uri, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "sweep"
