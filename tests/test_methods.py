@@ -65,6 +65,7 @@ def test_cda_swaps_each_attribute_and_keeps_both_versions():
     assert out[2].source == "He met the imam."
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("method", ["sft", "dpo", "unlikelihood", "cda"])
 def test_each_method_trains_and_is_tagged(tmp_path, method):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -16,6 +16,8 @@ from mlflow.tracking import MlflowClient
 
 from conftest import REPO, free_port
 
+pytestmark = pytest.mark.integration  # every test runs cdb.train (Ray, DeepSpeed), some an mlflow server
+
 
 def train_cmd(*args):
     return [sys.executable, "-m", "cdb.train", *args]

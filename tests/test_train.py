@@ -47,6 +47,7 @@ def good_record(i):
                           {"text": "That idiot Maria Lopez wasted damn money on a stupid library.", "type": "toxic"}]}
 
 
+@pytest.mark.integration
 def test_tiny_run_end_to_end(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "run"
@@ -88,6 +89,7 @@ def test_tiny_run_end_to_end(tmp_path):
         assert not any(value in text for text in seen), value
 
 
+@pytest.mark.integration
 def test_unwritable_output_dir_is_refused_before_anything_starts(tmp_path):
     proc = run_train(["--output-dir", "/proc/cdb-run", "--max-steps", "1"], tmp_path, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -95,6 +97,7 @@ def test_unwritable_output_dir_is_refused_before_anything_starts(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.integration
 def test_missing_positives_on_line_3_is_one_clear_line(tmp_path):
     data = tmp_path / "bad.jsonl"
     bad = good_record(3)
@@ -109,6 +112,7 @@ def test_missing_positives_on_line_3_is_one_clear_line(tmp_path):
     assert not out.exists() and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.integration
 def test_bad_config_key_and_impossible_scale_fail_before_anything_is_written(tmp_path):
     proc = run_train(["--set", "scale.micro_bach=2"], tmp_path, timeout=120)
     assert proc.returncode == 2 and "scale.micro_bach" in proc.stderr and "Traceback" not in proc.stderr
@@ -118,6 +122,7 @@ def test_bad_config_key_and_impossible_scale_fail_before_anything_is_written(tmp
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.integration
 def test_a_configuration_the_memory_plan_cannot_fit_is_refused_with_its_message(tmp_path):
     """5M-token rows need terabytes of activations: cdb.train stops with cdb.memory's verdict (exit 4)."""
     from cdb.config import resolve
@@ -134,6 +139,7 @@ def test_a_configuration_the_memory_plan_cannot_fit_is_refused_with_its_message(
     assert not (tmp_path / "run").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.integration
 def test_skip_bad_records_and_evaluate_before_and_after(tmp_path):
     data = tmp_path / "mixed.jsonl"
     write_jsonl(data, [good_record(i) for i in range(1, 9)] + ['{"id": "broken"', {"id": "x", "source": "s", "positives": ["a"], "negatives": []}])
@@ -154,6 +160,7 @@ def test_skip_bad_records_and_evaluate_before_and_after(tmp_path):
         assert json.loads((out / prefix / "eval.json").read_text())["run_id"] == run.info.run_id
 
 
+@pytest.mark.integration
 def test_smol_135m_trains_offline(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "run"
