@@ -21,9 +21,12 @@ SECRETS = {"HF_TOKEN": "hf_cdbTestSecretValue0001", "AWS_SECRET_ACCESS_KEY": "cd
            "MLFLOW_TRACKING_PASSWORD": "cdbTestSecretValue0003"}
 
 
-def run_train(args, cwd, timeout=900, extra_env=None):
+def run_train(args, cwd, timeout=900, extra_env=None, ray_address=None):
+    """cdb.train on a local Ray cluster of its own, or joining the one at `ray_address`."""
     env = {**os.environ, "PYTHONPATH": str(REPO), **(extra_env or {})}
     env.pop("RAY_ADDRESS", None)
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
     return subprocess.run([sys.executable, "-m", "cdb.train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -113,17 +116,18 @@ def test_missing_positives_on_line_3_is_one_clear_line(tmp_path):
 
 
 @pytest.mark.integration
-def test_bad_config_key_and_impossible_scale_fail_before_anything_is_written(tmp_path):
+def test_bad_config_key_and_impossible_scale_fail_before_anything_is_written(tmp_path, ray_address):
     proc = run_train(["--set", "scale.micro_bach=2"], tmp_path, timeout=120)
     assert proc.returncode == 2 and "scale.micro_bach" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_train(["--scale", "13b", "--output-dir", str(tmp_path / "run")], tmp_path, timeout=300)
+    proc = run_train(["--scale", "13b", "--output-dir", str(tmp_path / "run")], tmp_path, timeout=300,
+                     ray_address=ray_address)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "needs 16 GPUs" in proc.stderr and "has 0" in proc.stderr
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.integration
-def test_a_configuration_the_memory_plan_cannot_fit_is_refused_with_its_message(tmp_path):
+def test_a_configuration_the_memory_plan_cannot_fit_is_refused_with_its_message(tmp_path, ray_address):
     """5M-token rows need terabytes of activations: cdb.train stops with cdb.memory's verdict (exit 4)."""
     from cdb.config import resolve
     from cdb.memory import estimate_memory
@@ -132,7 +136,8 @@ def test_a_configuration_the_memory_plan_cannot_fit_is_refused_with_its_message(
     expected = estimate_memory(resolve(None, {}, sets, "tiny"), 2, None)
     assert not expected.fits
     proc = run_train(["--scale", "tiny", "--max-steps", "2", "--output-dir", str(tmp_path / "run"),
-                      "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--set", sets[0]], tmp_path, timeout=300)
+                      "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--set", sets[0]], tmp_path, timeout=300,
+                     ray_address=ray_address)
     assert proc.returncode == 4 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == f"error: {expected.message}"
     assert expected.message.startswith("does not fit: 2 CPU ranks need")
@@ -140,13 +145,14 @@ def test_a_configuration_the_memory_plan_cannot_fit_is_refused_with_its_message(
 
 
 @pytest.mark.integration
-def test_skip_bad_records_and_evaluate_before_and_after(tmp_path):
+def test_skip_bad_records_and_evaluate_before_and_after(tmp_path, ray_address):
     data = tmp_path / "mixed.jsonl"
     write_jsonl(data, [good_record(i) for i in range(1, 9)] + ['{"id": "broken"', {"id": "x", "source": "s", "positives": ["a"], "negatives": []}])
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "run"
     proc = run_train(["--data", str(data), "--output-dir", str(out), "--tracking-uri", uri, "--max-steps", "2",
-                      "--set", "data.on_bad_record=skip", "--set", "eval.suite=quick", "--set", "eval.limit=2"], tmp_path)
+                      "--set", "data.on_bad_record=skip", "--set", "eval.suite=quick", "--set", "eval.limit=2"], tmp_path,
+                     ray_address=ray_address)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
     assert [r["where"] for r in rejected] == [f"{data}:9", f"{data}:10"]
@@ -161,11 +167,11 @@ def test_skip_bad_records_and_evaluate_before_and_after(tmp_path):
 
 
 @pytest.mark.integration
-def test_smol_135m_trains_offline(tmp_path):
+def test_smol_135m_trains_offline(tmp_path, ray_address):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "run"
     proc = run_train(["--scale", "smol-135m", "--max-steps", "2", "--output-dir", str(out), "--tracking-uri", uri,
-                      "--set", "data.max_records=16"], tmp_path)
+                      "--set", "data.max_records=16"], tmp_path, ray_address=ray_address)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     client, run = only_run(uri)
     assert run.data.params["scale"] == "smol-135m"
