@@ -40,7 +40,8 @@ def _die_with_parent() -> None:
 
 
 def _stop_session(process: subprocess.Popen, grace: float = 20) -> None:
-    """Stop a process started as the leader of a session of its own, and everything in its group."""
+    """Stop a process started as the leader of a session of its own: it, its group, and its descendants
+    that left the group (Ray's workers have groups of their own)."""
     import psutil
 
     try:
@@ -89,8 +90,9 @@ def ray_address():
                  "--node-manager-port", "--object-manager-port"):
         cmd += [flag, str(free_port())]  # none of Ray's fixed defaults, which another Ray here may hold
     log = temp / "ray-head.log"
-    head = subprocess.Popen(cmd, env=env, cwd=temp, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    with log.open("w") as out:
+        head = subprocess.Popen(cmd, env=env, cwd=temp, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     try:
         address_file = temp / "ray" / "ray_current_cluster"  # written once the head is up
         deadline = time.monotonic() + 120
