@@ -193,7 +193,6 @@ def _only_run(uri: str, experiment: str):
     return client, runs[0]
 
 
-@pytest.mark.integration
 def test_ray_job_submit_runs_tiny_on_the_cluster_into_the_mlflow_server(cluster):
     out = cluster.tmp / "out-submit"
     submission_id = f"cdb-test-{os.getpid()}-1"
@@ -214,7 +213,6 @@ def test_ray_job_submit_runs_tiny_on_the_cluster_into_the_mlflow_server(cluster)
     assert (out / "model" / "config.json").is_file()
 
 
-@pytest.mark.integration
 def test_submit_sh_passes_tracking_uri_and_token_from_the_callers_environment(cluster):
     out = cluster.tmp / "out-submit-sh"
     env = {**cluster.env, "MLFLOW_TRACKING_URI": cluster.mlflow, "HF_TOKEN": FAKE_TOKEN}
