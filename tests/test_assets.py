@@ -87,6 +87,7 @@ def test_sources_are_bold_text(records, card):
         assert r["source"] == corpus[r["id"]].source
 
 
+@pytest.mark.integration
 def test_rescored_records_pass_the_methods_checks():
     proc = subprocess.run([sys.executable, CHECK_SCRIPT, DATA_DIR], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

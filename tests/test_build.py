@@ -385,6 +385,7 @@ def test_resume_redoes_only_the_missing_chunks(tmp_path, built):
         A.AUGMENTERS.pop("flaky_swap", None)
 
 
+@pytest.mark.integration
 def test_ray_path_gives_the_same_records(tmp_path, built):
     """Scorers and the LM augmenter (mask_ent) run in Ray actors; the rule-based records match the
     local build of the same input and seed."""

@@ -12,6 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import REPO, free_port
 
+pytestmark = pytest.mark.integration  # torchrun: two DeepSpeed ranks
+
 
 @pytest.fixture(scope="module")
 def zero3_run(tmp_path_factory):

@@ -368,6 +368,7 @@ def test_evaluate_end_to_end_into_sqlite_mlflow(tmp_path):
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
 
+@pytest.mark.integration
 def test_cli_full_suite_skips_what_is_not_given(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -161,6 +161,7 @@ def _cli(*args):
                           text=True, timeout=600)
 
 
+@pytest.mark.integration
 def test_cli_exit_codes_table_and_suggestion():
     bad = _cli("--scale", "70b", "--gpus", "8", "--offload", "none")
     assert bad.returncode == 1, bad.stderr[-3000:]

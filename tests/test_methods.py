@@ -65,11 +65,11 @@ def test_cda_swaps_each_attribute_and_keeps_both_versions():
     assert out[2].source == "He met the imam."
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("method", ["sft", "dpo", "unlikelihood", "cda"])
-def test_each_method_trains_and_is_tagged(tmp_path, method):
+def test_each_method_trains_and_is_tagged(tmp_path, method, ray_address):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("RAY_ADDRESS", None)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ray_address}
     proc = subprocess.run([sys.executable, "-m", "cdb.train", "--method", method, "--max-steps", "5", "--output-dir",
                            str(tmp_path / "run"), "--tracking-uri", uri, "--set", "data.max_records=40"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -107,6 +107,7 @@ def test_peak_memory_on_cpu_is_the_process_peak_rss():
     assert perf.peak_memory_bytes() >= perf.current_rss_bytes() >= block.numel() * 4
 
 
+@pytest.mark.integration
 def test_gpu_bench_dry_run_completes():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("DS_ACCELERATOR", None)

@@ -16,14 +16,19 @@ from mlflow.tracking import MlflowClient
 
 from conftest import REPO, free_port
 
+pytestmark = pytest.mark.integration  # every test runs cdb.train (Ray, DeepSpeed), some an mlflow server
+
 
 def train_cmd(*args):
     return [sys.executable, "-m", "cdb.train", *args]
 
 
-def env():
+def env(ray_address=None):
+    """A local Ray cluster of cdb.train's own (what these faults act on), or the one at `ray_address`."""
     e = {**os.environ, "PYTHONPATH": str(REPO)}
     e.pop("RAY_ADDRESS", None)
+    if ray_address:
+        e["RAY_ADDRESS"] = ray_address
     return e
 
 
@@ -205,11 +210,11 @@ def test_unreachable_server_at_start_then_sync_creates_the_run(tmp_path):
         stop_server(server)
 
 
-def test_non_finite_loss_is_skipped_then_stops_with_the_loss_terms(tmp_path):
+def test_non_finite_loss_is_skipped_then_stops_with_the_loss_terms(tmp_path, ray_address):
     out = tmp_path / "run"
     proc = subprocess.run(train_cmd("--max-steps", "20", "--output-dir", str(out), "--set", "optim.lr=1e30",
                                     "--set", "train.max_failures=0", "--set", "train.max_nonfinite_in_row=3"),
-                          cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
+                          cwd=tmp_path, env=env(ray_address), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, proc.stderr[-3000:]

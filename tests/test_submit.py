@@ -288,6 +288,7 @@ def cluster():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@pytest.mark.integration
 def test_mlflow_server_refuses_requests_without_valid_credentials(cluster):
     search = f"{cluster.mlflow}/api/2.0/mlflow/experiments/search?max_results=1"
     assert _http(search) == 401
@@ -328,6 +329,7 @@ def _only_run(uri: str, experiment: str):
     return client, runs[0]
 
 
+@pytest.mark.integration
 def test_ray_job_submit_runs_tiny_on_the_cluster_into_the_mlflow_server(cluster, as_admin):
     out = cluster.tmp / "out-submit"
     submission_id = f"cdb-test-{os.getpid()}-1"
@@ -348,6 +350,7 @@ def test_ray_job_submit_runs_tiny_on_the_cluster_into_the_mlflow_server(cluster,
     assert (out / "model" / "config.json").is_file()
 
 
+@pytest.mark.integration
 def test_submit_sh_passes_the_tracking_uri_and_no_secret(cluster, as_admin):
     out = cluster.tmp / "out-submit-sh"
     env = {**cluster.env, "MLFLOW_TRACKING_URI": cluster.mlflow, "HF_TOKEN": FAKE_TOKEN,

@@ -134,6 +134,7 @@ def run_sweep(args, cwd, timeout) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("args, message", [
     (["--scales", "tiny,huge", "--methods", "contrastive"], "unknown scale 'huge'"),
     (["--scales", "tiny", "--methods", "contrastive,magic"], "unknown method 'magic'"),
@@ -175,6 +176,7 @@ def failed_sweep(tmp_path_factory):
     return SimpleNamespace(tmp=tmp, uri=uri, out=out, args=args, proc=proc)
 
 
+@pytest.mark.integration
 def test_sweep_records_a_failed_point_goes_on_and_reports(failed_sweep):
     proc, out, uri = failed_sweep.proc, failed_sweep.out, failed_sweep.uri
     assert proc.returncode == 1, proc.stdout[-6000:] + proc.stderr[-3000:]
@@ -204,6 +206,7 @@ def test_sweep_records_a_failed_point_goes_on_and_reports(failed_sweep):
     assert "sweep.json" in {a.path for a in client.list_artifacts(parent_id)}
 
 
+@pytest.mark.integration
 def test_rerun_reuses_the_parent_and_skips_finished_points(failed_sweep):
     out, uri = failed_sweep.out, failed_sweep.uri
     first = json.loads((out / "sweep.json").read_text())
@@ -221,6 +224,7 @@ def test_rerun_reuses_the_parent_and_skips_finished_points(failed_sweep):
     assert sum(1 for rs in runs.values() for r in rs if r.data.tags.get("cdb.method") == "sweep") == 1
 
 
+@pytest.mark.integration
 def test_sweep_of_two_methods_in_parallel_finishes_with_a_child_run_each(tmp_path):
     """One worker per point, so both fit the 2-CPU local cluster at once (--parallel 2)."""
     uri, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "sweep"

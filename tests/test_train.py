@@ -21,9 +21,12 @@ SECRETS = {"HF_TOKEN": "hf_cdbTestSecretValue0001", "AWS_SECRET_ACCESS_KEY": "cd
            "MLFLOW_TRACKING_PASSWORD": "cdbTestSecretValue0003"}
 
 
-def run_train(args, cwd, timeout=900, extra_env=None):
+def run_train(args, cwd, timeout=900, extra_env=None, ray_address=None):
+    """cdb.train on a local Ray cluster of its own, or joining the one at `ray_address`."""
     env = {**os.environ, "PYTHONPATH": str(REPO), **(extra_env or {})}
     env.pop("RAY_ADDRESS", None)
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
     return subprocess.run([sys.executable, "-m", "cdb.train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -47,6 +50,7 @@ def good_record(i):
                           {"text": "That idiot Maria Lopez wasted damn money on a stupid library.", "type": "toxic"}]}
 
 
+@pytest.mark.integration
 def test_tiny_run_end_to_end(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "run"
@@ -93,6 +97,7 @@ def test_tiny_run_end_to_end(tmp_path):
         assert not any(value in text for text in seen), value
 
 
+@pytest.mark.integration
 def test_unwritable_output_dir_is_refused_before_anything_starts(tmp_path):
     proc = run_train(["--output-dir", "/proc/cdb-run", "--max-steps", "1"], tmp_path, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -100,6 +105,7 @@ def test_unwritable_output_dir_is_refused_before_anything_starts(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.integration
 def test_missing_positives_on_line_3_is_one_clear_line(tmp_path):
     data = tmp_path / "bad.jsonl"
     bad = good_record(3)
@@ -114,16 +120,19 @@ def test_missing_positives_on_line_3_is_one_clear_line(tmp_path):
     assert not out.exists() and not (tmp_path / "mlflow.db").exists()
 
 
-def test_bad_config_key_and_impossible_scale_fail_before_anything_is_written(tmp_path):
+@pytest.mark.integration
+def test_bad_config_key_and_impossible_scale_fail_before_anything_is_written(tmp_path, ray_address):
     proc = run_train(["--set", "scale.micro_bach=2"], tmp_path, timeout=120)
     assert proc.returncode == 2 and "scale.micro_bach" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_train(["--scale", "13b", "--output-dir", str(tmp_path / "run")], tmp_path, timeout=300)
+    proc = run_train(["--scale", "13b", "--output-dir", str(tmp_path / "run")], tmp_path, timeout=300,
+                     ray_address=ray_address)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "needs 16 GPUs" in proc.stderr and "has 0" in proc.stderr
     assert not (tmp_path / "run").exists()
 
 
-def test_a_configuration_the_memory_plan_cannot_fit_is_refused_with_its_message(tmp_path):
+@pytest.mark.integration
+def test_a_configuration_the_memory_plan_cannot_fit_is_refused_with_its_message(tmp_path, ray_address):
     """5M-token rows need terabytes of activations: cdb.train stops with cdb.memory's verdict (exit 4)."""
     from cdb.config import resolve
     from cdb.memory import estimate_memory
@@ -132,20 +141,23 @@ def test_a_configuration_the_memory_plan_cannot_fit_is_refused_with_its_message(
     expected = estimate_memory(resolve(None, {}, sets, "tiny"), 2, None)
     assert not expected.fits
     proc = run_train(["--scale", "tiny", "--max-steps", "2", "--output-dir", str(tmp_path / "run"),
-                      "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--set", sets[0]], tmp_path, timeout=300)
+                      "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--set", sets[0]], tmp_path, timeout=300,
+                     ray_address=ray_address)
     assert proc.returncode == 4 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == f"error: {expected.message}"
     assert expected.message.startswith("does not fit: 2 CPU ranks need")
     assert not (tmp_path / "run").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-def test_skip_bad_records_and_evaluate_before_and_after(tmp_path):
+@pytest.mark.integration
+def test_skip_bad_records_and_evaluate_before_and_after(tmp_path, ray_address):
     data = tmp_path / "mixed.jsonl"
     write_jsonl(data, [good_record(i) for i in range(1, 9)] + ['{"id": "broken"', {"id": "x", "source": "s", "positives": ["a"], "negatives": []}])
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "run"
     proc = run_train(["--data", str(data), "--output-dir", str(out), "--tracking-uri", uri, "--max-steps", "2",
-                      "--set", "data.on_bad_record=skip", "--set", "eval.suite=quick", "--set", "eval.limit=2"], tmp_path)
+                      "--set", "data.on_bad_record=skip", "--set", "eval.suite=quick", "--set", "eval.limit=2"], tmp_path,
+                     ray_address=ray_address)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
     assert [r["where"] for r in rejected] == [f"{data}:9", f"{data}:10"]
@@ -159,11 +171,12 @@ def test_skip_bad_records_and_evaluate_before_and_after(tmp_path):
         assert json.loads((out / prefix / "eval.json").read_text())["run_id"] == run.info.run_id
 
 
-def test_smol_135m_trains_offline(tmp_path):
+@pytest.mark.integration
+def test_smol_135m_trains_offline(tmp_path, ray_address):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "run"
     proc = run_train(["--scale", "smol-135m", "--max-steps", "2", "--output-dir", str(out), "--tracking-uri", uri,
-                      "--set", "data.max_records=16"], tmp_path)
+                      "--set", "data.max_records=16"], tmp_path, ray_address=ray_address)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     client, run = only_run(uri)
     assert run.data.params["scale"] == "smol-135m"
