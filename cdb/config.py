@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 
 from cdb import settings
+from cdb.eval.options import EvalOptions
 from cdb.scales import DEFAULT_SCALE, scale_preset
 from cdb.settings import ConfigError, load_yaml
 
@@ -89,12 +90,8 @@ class OptimConfig:
     grad_clip: float = 1.0
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    suite: Literal["off", "quick", "full"] = "quick"
-    """Evaluate the starting model (eval_base/...) and the trained one (eval/...) with cdb.eval."""
-    limit: int = 0
-    """Items per task; 0 = the suite's own sizes."""
+# The `eval` section: cdb.eval's own options (suite + every option), for eval_base/... and eval/....
+EvalConfig = EvalOptions
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,10 @@ from cdb.data.construct import BuildConfig, LabelConfig, Scored, is_positive, la
 from cdb.data.construct import augmenters as A
 from cdb.data.construct import lm, scoring
 from cdb.data.construct.__main__ import main as cli
-from cdb.data.construct.inputs import Item, bold_corpus, lead_reference, read_input
-from cdb.data.construct.text import clean_spaces, ensure_period, entities, has_early_entity, word_jaccard, words
+from cdb.data.bold import bold_corpus
+from cdb.data.construct.inputs import read_input
+from cdb.data.sources import Item, lead_reference
+from cdb.data.text import clean_spaces, ensure_period, entities, has_early_entity, word_jaccard, words
 from cdb.data.records import NEGATIVE_TYPES, DataError, load_records
 
 FIXTURES = Path(__file__).parent / "fixtures" / "build"

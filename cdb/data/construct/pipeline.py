@@ -24,9 +24,10 @@ from cdb.data.bold import bold_corpus
 from cdb.data.construct.augmenters import AugmenterError, Candidate, make_augmenter
 from cdb.data.construct.cache import ChunkCache, write_atomic
 from cdb.data.construct.config import BuildSettings
-from cdb.data.construct.inputs import Item, read_input
+from cdb.data.construct.inputs import read_input
+from cdb.data.sources import Item
 from cdb.data.construct.label import Outcome, Scored, label_source
-from cdb.data.construct.text import derived_rng, stable_hash
+from cdb.data.text import derived_rng, stable_hash
 from cdb.data.records import DataError, validate
 
 CACHE_FORMAT = 1

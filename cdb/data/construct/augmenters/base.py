@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from cdb import settings
-from cdb.data.construct.inputs import Item
+from cdb.data.sources import Item
 from cdb.data.construct.label import LabelConfig
-from cdb.data.construct.text import normalise, word_jaccard
+from cdb.data.text import normalise, word_jaccard
 from cdb.data.records import NEGATIVE_TYPES
 from cdb.settings import ConfigError
 

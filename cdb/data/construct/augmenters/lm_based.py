@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from cdb.data.construct import lm
 from cdb.data.construct.augmenters.base import Augmenter, AugmenterError, AugmenterOptions, Candidate, NegativeOptions
-from cdb.data.construct.text import (
+from cdb.data.text import (
     VERBS, capitalise, clean_spaces, derived_seed, ensure_period, entities, normalise, words,
 )
 from cdb.scoring import split_sentences

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from cdb.data.construct.augmenters.base import Augmenter, AugmenterOptions, Candidate, NegativeOptions
-from cdb.data.construct.text import (
+from cdb.data.text import (
     Entity, capitalise, clean_spaces, ensure_period, entities, lower_first, normalise, replace_spans, word_jaccard, words,
 )
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from cdb.data.construct import lm
 from cdb.data.construct.augmenters.base import Augmenter, Candidate, NegativeOptions
-from cdb.data.construct.text import clean_spaces, ensure_period, entities, word_jaccard, words
+from cdb.data.text import clean_spaces, ensure_period, entities, word_jaccard, words
 from cdb.scoring import split_sentences
 
 # race, religion and political groups: for a reference that names one, only insults aimed at the reader
