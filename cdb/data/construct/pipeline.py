@@ -3,7 +3,7 @@
 Sources are cut into chunks of `chunk_size`; every (stage, chunk) result is cached atomically under
 OUTPUT/.cache (see cache.py), so an interrupted build re-run with the same command redoes only the
 missing chunks. Randomness is derived from (seed, stage, chunk content): the same seed gives the same
-bytes. With Ray (`use_ray`, or RAY_ADDRESS set) the model-based augmenters and the scorers run as
+bytes. With Ray (`ray.enabled`, or RAY_ADDRESS set) the model-based augmenters and the scorers run as
 Ray Data `map_batches` stages over actor pools, one chunk per batch; rule-based augmenters run on the
 driver. Either way the per-chunk computation is the same function.
 """
@@ -354,7 +354,8 @@ def code_fingerprint(augmenter) -> str:
     digest = hashlib.sha256()
     here = Path(__file__).resolve().parent
     scorers = Path(scoring.__file__).resolve()
-    files = sorted((here / "augmenters").glob("*.py")) + [here / "lm.py", here / "text.py", scorers, here.parent / "entities.py"]
+    files = (sorted((here / "augmenters").glob("*.py")) + [here / "lm.py", here.parent / "text.py", scorers,
+                                                          here.parent / "entities.py"])
     if augmenter is None:
         files = [scorers]
     for path in files:
