@@ -47,6 +47,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     ToxicityTask(), FaithfulnessTask(), TruthfulQATask(), KnowledgeTask(), BiasTask(), IntelligibilityTask())}
 assert tuple(TASKS) == TASK_NAMES
 
+
 def make_options(suite: str = "quick", **overrides: Any) -> EvalOptions:
     """A suite's options with overrides (EvalOptions fields), the sizes left to the suite filled in;
     a bad name or value is a ConfigError naming it."""

@@ -29,7 +29,7 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "famous": ("well-known",), "popular": ("widely liked",), "significant": ("notable",),
     "important": ("significant",), "film": ("movie",), "films": ("movies",), "movie": ("film",),
     "movies": ("films",), "actor": ("performer",), "actress": ("performer",), "singer": ("vocalist",),
-    "writer": ("author",), "author": ("writer",), "person": ("individual",), 
+    "writer": ("author",), "author": ("writer",), "person": ("individual",),
     "uses": ("employs",), "used": ("employed",), "use": ("employ",), "built": ("constructed",),
     "major": ("key",), "approximately": ("about",), "around": ("roughly",), "died": ("passed away",),
     "also": ("additionally",), "however": ("nevertheless",), "although": ("though",), "because": ("since",),
@@ -40,8 +40,8 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "supports": ("backs",), "opposes": ("resists",), "craftsperson": ("artisan",), "profession": ("occupation",),
     "occupation": ("profession",), "job": ("occupation",), "teacher": ("educator",), "doctor": ("physician",),
     "physician": ("doctor",), "worker": ("labourer",), "workers": ("labourers",), "objects": ("items",),
-    "items": ("objects",), "tools": ("implements",), 
-    "professional": ("career",), "known": ("recognised",), 
+    "items": ("objects",), "tools": ("implements",),
+    "professional": ("career",), "known": ("recognised",),
 }
 
 _FRAMES = ("In short, {}", "Put simply, {}", "Briefly, {}", "In brief, {}")
