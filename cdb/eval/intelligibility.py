@@ -1,4 +1,4 @@
-"""Intelligibility heuristics (METHOD.md) over the texts the other tasks of the suite generated.
+"""Intelligibility heuristics (docs/METHOD.md, "Evaluation") over the texts the other tasks of the suite generated.
 
 Flags, each a share of texts (lower is better); `intelligible` is the share with no flag:
   empty                 nothing but whitespace

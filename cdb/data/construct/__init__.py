@@ -3,7 +3,7 @@
     python -m cdb.data build --output DIR [--input PATH_OR_HF_ID] [--augmenters a,b] [--ray] [--set k=v]
 
 See config.py (the settings), pipeline.py (the stages, cache and Ray path), augmenters/ (the
-interface, registry and each augmenter), label.py (METHOD.md's labelling rule and filters),
+interface, registry and each augmenter), label.py (the labelling rule and filters, docs/METHOD.md),
 inputs.py (the file readers; cdb.data.bold is the offline default corpus).
 """
 

@@ -1,4 +1,4 @@
-"""The labelling rule and the filters of METHOD.md ("Training data: one record per source"), with
+"""The labelling rule and the filters (docs/METHOD.md, "Labelling rule and filters"), with
 the thresholds of the build's `label` settings section (LabelConfig):
 
 - A positive candidate (the reference, paraphrases, back-translations) is a positive iff
