@@ -200,7 +200,7 @@ def test_self_debias_reweights_loglikelihoods(tiny):
 
 def test_instructive_feeds_the_instruction(tiny):
     model, tokenizer = tiny
-    options = {"tasks": "toxicity,bias", "limit": 2, "samples": 1, "max_new_tokens": 4, "progress": False,
+    options = {"tasks": ("toxicity", "bias"), "limit": 2, "samples": 1, "max_new_tokens": 4, "progress": False,
                "decoding": "instructive"}
     result = run_suite(model, tokenizer, "quick", options)
     rows = [s for s in result.samples if s["task"] == "toxicity"]
