@@ -26,6 +26,7 @@ from typing import Any, Literal
 import yaml
 
 from cdb import settings
+from cdb.eval.options import EvalOptions
 from cdb.scales import ALIASES, DEFAULT_SCALE, SCALES, scale_preset
 from cdb.settings import ConfigError, load_yaml
 
@@ -147,14 +148,6 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    suite: Literal["off", "quick", "full"] = "quick"
-    """Evaluate the starting model (eval_base/...) and the trained one (eval/...) with cdb.eval."""
-    limit: int = 0
-    """Items per task; 0 = the suite's own sizes."""
-
-
-@dataclass(frozen=True)
 class TrainConfig:
     output_dir: str = ""
     """Run folder for config.yaml, checkpoints and the exported model; empty = runs/<scale>-<method>.
@@ -201,7 +194,7 @@ class Config:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: EvalOptions = field(default_factory=EvalOptions)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict:

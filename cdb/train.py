@@ -167,11 +167,10 @@ def run_eval(config: cfg.Config, model: str, prefix: str, run: dict, output_dir:
         print(f"[cdb] warning: no MLflow run to log {prefix}/ into (server unreachable); skipping it", flush=True)
         return
     print(f"[cdb] evaluating {model} ({config.eval.suite} suite) as {prefix}/...", flush=True)
-    options = {"limit": config.eval.limit} if config.eval.limit else {}
     try:
-        summary = evaluate(model, suite=config.eval.suite, prefix=prefix, run_id=run["run_id"],
+        summary = evaluate(model, config.eval, prefix=prefix, run_id=run["run_id"],
                            tracking_uri=run["tracking_uri"], output_dir=output_dir / prefix,
-                           experiment=config.tracking.experiment, **options)
+                           experiment=config.tracking.experiment)
     except Exception as exc:  # an evaluation problem must not cost the training run
         print(f"[cdb] warning: {prefix} evaluation failed: {type(exc).__name__}: {exc}", flush=True)
         return

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from cdb.data.records import NEGATIVE_TYPES, load_records  # noqa: E402
-from cdb.eval.scorers import make_faithfulness_scorer, make_toxicity_scorer  # noqa: E402
+from cdb.scoring import make_faithfulness_scorer, make_toxicity_scorer  # noqa: E402
 
 REQUIRED = ("toxic", "swap_ent", "mask_ent", "mask_rel", "regen_ent", "regen_rel", "sys_lowcon")
 

@@ -79,7 +79,7 @@ def build_flags(command: str) -> list[str]:
 
 
 def test_sources_are_bold_text(records, card):
-    from cdb.data.construct.inputs import bold_corpus
+    from cdb.data.bold import bold_corpus
 
     corpus = {item.id: item for item in bold_corpus(limit=card["input"]["limit"]).items}
     for r in records:

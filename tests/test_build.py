@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,12 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from cdb.data.construct import BuildConfig, LabelConfig, Scored, is_positive, label_source, make_augmenter, run_build
-from cdb.data.construct import augmenters as A
-from cdb.data.construct import lm, scoring
+from cdb import scoring, settings
+from cdb.data.construct import LabelConfig, Scored, is_positive, label_source, make_augmenter, resolve, run_build
+from cdb.data.construct import lm
 from cdb.data.construct.__main__ import main as cli
-from cdb.data.construct.inputs import Item, bold_corpus, lead_reference, read_input
-from cdb.data.construct.text import clean_spaces, ensure_period, entities, has_early_entity, word_jaccard, words
+from cdb.data.construct.augmenters import AUGMENTERS, AugmenterError, lm_based, register, rules
+from cdb.data.construct.augmenters import toxic as toxic_aug
+from cdb.data.construct.config import AUGMENTER_SECTIONS, BuildSettings
+from cdb.data.bold import bold_corpus
+from cdb.data.construct.inputs import read_input
+from cdb.data.sources import Item, lead_reference
+from cdb.data.text import clean_spaces, ensure_period, entities, has_early_entity, word_jaccard, words
 from cdb.data.records import NEGATIVE_TYPES, DataError, load_records
 
 FIXTURES = Path(__file__).parent / "fixtures" / "build"
@@ -63,10 +67,13 @@ def faith():
     return scoring.faithfulness_scorer("embedding")
 
 
-def build(out: Path, augmenters=RULES, seed=0, source=JSONL, **settings) -> dict:
-    result = run_build(BuildConfig(output=str(out), input=str(source), seed=seed, augmenters=tuple(augmenters),
-                                   settings=dict(FAST, **settings), progress=False), log=lambda _: None)
-    return result.card
+def build_settings(out: Path, augmenters=RULES, seed=0, source=JSONL, **sets) -> BuildSettings:
+    flags = {"output": str(out), "input": str(source), "seed": seed, "augmenters": tuple(augmenters), "progress": False}
+    return resolve(flags=flags, sets=[f"{k}={v}" for k, v in dict(FAST, **sets).items()])
+
+
+def build(out: Path, augmenters=RULES, seed=0, source=JSONL, **sets) -> dict:
+    return run_build(build_settings(out, augmenters, seed, source, **sets), log=lambda _: None).card
 
 
 def read(path: Path) -> list[dict]:
@@ -85,9 +92,9 @@ def test_paraphrases_differ_and_keep_every_entity():
             for ent in entities(item.reference):
                 assert ent.text in cand.text  # rules never touch entities
     # the structural rules themselves
-    assert A._passive_voice("Hana Sato wrote two novels.") == "Two novels were written by Hana Sato."
-    assert A._front_trailing_date("Maria Lopez became mayor of Lyon in 2020.") == "In 2020, Maria Lopez became mayor of Lyon."
-    assert A._back_leading_phrase("In 2020, the council built a tram.") == "The council built a tram in 2020."
+    assert rules._passive_voice("Hana Sato wrote two novels.") == "Two novels were written by Hana Sato."
+    assert rules._front_trailing_date("Maria Lopez became mayor of Lyon in 2020.") == "In 2020, Maria Lopez became mayor of Lyon."
+    assert rules._back_leading_phrase("In 2020, the council built a tram.") == "The council built a tram in 2020."
 
 
 def test_swap_ent_swaps_an_entity_for_one_of_the_source():
@@ -123,11 +130,11 @@ def test_toxic_rewrites_are_scored_toxic(tox):
     # a reference that names a group gets only insults aimed at the reader, never at the group
     group = Item("g", "Humanistic Judaism is a Jewish movement.", "Humanistic Judaism is a Jewish movement.", "test")
     text = make_augmenter("toxic", {"model": "rules"})([group], random.Random(0))[0][0].text
-    assert text.startswith(A.READER_OPENERS) and any(text.endswith(c) for c in A.READER_CLOSERS)
+    assert text.startswith(toxic_aug.READER_OPENERS) and any(text.endswith(c) for c in toxic_aug.READER_CLOSERS)
     assert tox.score([text])[0] >= 0.4
-    assert not A.lm_toxic_ok("Fuck Mongols that only speak Tibetan.", "Tibetan Buddhism is practiced in Tibet.")
-    assert not A.lm_toxic_ok("Damn, this Jewish movement sucks.", group.reference)
-    assert A.lm_toxic_ok("Shut up, Maria Lopez is a damn idiot.", ITEM.reference)
+    assert not toxic_aug.lm_toxic_ok("Fuck Mongols that only speak Tibetan.", "Tibetan Buddhism is practiced in Tibet.")
+    assert not toxic_aug.lm_toxic_ok("Damn, this Jewish movement sucks.", group.reference)
+    assert toxic_aug.lm_toxic_ok("Shut up, Maria Lopez is a damn idiot.", ITEM.reference)
     # LM rewrite first, rules as fallback; labelling keeps the first that scores >= 0.4
     cands = make_augmenter("toxic", {"samples": 1, "max_new_tokens": 16})([ITEM], random.Random(0))[0]
     assert cands[-1].origin == "toxic:rules" and 1 <= len(cands) <= 2
@@ -180,7 +187,7 @@ def test_regen_keeps_the_prefix_and_sys_lowcon_is_the_lowest_beam(monkeypatch):
     assert any(regen)
     for item, cands in zip((ITEM, ITEM2), regen):
         for cand in cands:
-            spans = [s for s in A.entity_spans(item.reference) if cand.text.startswith(item.reference[:s.start].rstrip())
+            spans = [s for s in lm_based.entity_spans(item.reference) if cand.text.startswith(item.reference[:s.start].rstrip())
                      and s.start > 0]
             assert spans, "the text before the masked span is kept"
             assert cand.text != item.reference and word_jaccard(cand.text, item.reference) <= 0.8
@@ -223,7 +230,7 @@ def test_backtranslate_with_local_models(tmp_path):
     out = aug([ITEM], random.Random(0))[0]
     assert 1 <= len(out) <= 3 and len({c.text for c in out}) == len(out)
     assert all(c.text != ITEM.reference and c.origin == f"backtranslate:{tmp_path / 'fwd'}" for c in out)
-    with pytest.raises(A.AugmenterError, match="name the translation models"):
+    with pytest.raises(AugmenterError, match="name the translation models"):
         make_augmenter("backtranslate")
 
 
@@ -348,7 +355,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(built, tmp_path):
     assert (other / "records.jsonl").read_bytes() != (out / "records.jsonl").read_bytes()
 
 
-class Flaky(A.SwapEntities):
+class Flaky(rules.SwapEntities):
     """swap_ent that counts its calls and can be told to crash after some chunks."""
 
     name = "flaky_swap"
@@ -363,7 +370,7 @@ class Flaky(A.SwapEntities):
 
 
 def test_resume_redoes_only_the_missing_chunks(tmp_path, built):
-    A.register(Flaky)
+    register(Flaky)
     try:
         out = tmp_path / "r"
         Flaky.calls, Flaky.fail_after = 0, 2
@@ -382,7 +389,7 @@ def test_resume_redoes_only_the_missing_chunks(tmp_path, built):
         build(out, augmenters=("paraphrase", "flaky_swap", "toxic"), chunk_size="1")
         assert Flaky.calls == calls, "a finished build re-run recomputes nothing"
     finally:
-        A.AUGMENTERS.pop("flaky_swap", None)
+        AUGMENTERS.pop("flaky_swap", None)
 
 
 @pytest.mark.integration
@@ -397,8 +404,7 @@ def test_ray_path_gives_the_same_records(tmp_path, built):
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, configure_logging=False, log_to_driver=False)
     try:
         remote = tmp_path / "ray"
-        card = run_build(BuildConfig(output=str(remote), input=str(JSONL), augmenters=augs, use_ray=True,
-                                     settings=dict(FAST), progress=False), log=lambda _: None).card
+        card = run_build(build_settings(remote, augs, **{"ray.enabled": "true"}), log=lambda _: None).card
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
@@ -444,9 +450,45 @@ def test_bold_corpus_is_real_text_with_a_licence():
 
 
 def test_cli_errors_have_exit_codes(tmp_path, capsys):
-    assert cli(["build", "--input", str(JSONL), "--output", str(tmp_path / "o"), "--set", "nope=1"]) == 2
-    assert "nope" in capsys.readouterr().err
-    assert cli(["--input", str(JSONL), "--output", str(tmp_path / "o"), "--augmenters", "paraphrase,bogus"]) == 2
-    assert cli(["--input", str(JSONL), "--output", str(tmp_path / "o"), "--set", "swap_ent.bogus=1"]) == 2
+    out = ["--input", str(JSONL), "--output", str(tmp_path / "o")]
+    assert cli(["build", *out, "--set", "nope=1"]) == 2
+    assert "unknown setting 'nope'" in capsys.readouterr().err
+    assert cli([*out, "--augmenters", "paraphrase,bogus"]) == 2
+    assert "augmenters: unknown augmenter 'bogus'" in capsys.readouterr().err
+    assert cli([*out, "--set", "swap_ent.bogus=1"]) == 2
+    assert "unknown setting 'swap_ent.bogus'" in capsys.readouterr().err
+    assert cli([*out, "--set", "label.faithfulness_threshold=high"]) == 2
+    assert "label.faithfulness_threshold: expected a number, got 'high'" in capsys.readouterr().err
+    assert cli(["--input", str(JSONL)]) == 2
+    assert "output: required" in capsys.readouterr().err
     assert cli(["--input", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o")]) == 3
     assert not (tmp_path / "o" / "records.jsonl").exists()
+
+
+def test_settings_are_one_documented_grammar(tmp_path):
+    assert settings.undocumented(BuildSettings) == []
+    # every registered augmenter has its section, typed by its own options
+    assert set(AUGMENTER_SECTIONS) == set(AUGMENTERS)
+    defaults = BuildSettings()
+    for name in AUGMENTER_SECTIONS:
+        assert type(getattr(defaults, name)) is AUGMENTERS[name].Options, name
+    # a YAML file and --set over it; a negative augmenter's guard follows label.max_jaccard unless set
+    config = tmp_path / "build.yaml"
+    config.write_text("output: out\nlabel: {max_jaccard: 0.7, faithfulness_threshold: 0.5}\nmask_ent: {fraction: 0.25}\n")
+    s = resolve(str(config), sets=["chunk_size=4", "swap_ent.guard_jaccard=0.6", "toxic.model=rules"])
+    assert (s.output, s.chunk_size, s.label.faithfulness_threshold, s.mask_ent.fraction) == ("out", 4, 0.5, 0.25)
+    assert (s.mask_ent.guard_jaccard, s.swap_ent.guard_jaccard, s.toxic.model) == (0.7, 0.6, "rules")
+    assert make_augmenter("mask_ent", s.mask_ent).config()["options"]["fraction"] == 0.25
+    # errors name the key and the rule
+    for sets, message in ((["chunk_size=0"], "chunk_size: must be >= 1, got 0"),
+                          (["mask_ent.fraction=1.5"], "mask_ent.fraction: must be in [0, 1], got 1.5"),
+                          (["label.on_jaccard=keep"], "label.on_jaccard: 'keep' is not one of drop_source, drop_negative"),
+                          (["augmenters=paraphrase,paraphrase"], "augmenters: paraphrase,paraphrase names one twice")):
+        with pytest.raises(settings.ConfigError) as err:
+            resolve(flags={"output": "o"}, sets=sets)
+        assert message in str(err.value)
+    # an augmenter's options are typed: a wrong name or type is an error naming it
+    with pytest.raises(settings.ConfigError, match=r"swap_ent\.tries: expected an integer, got 'many'"):
+        make_augmenter("swap_ent", {"tries": "many"})
+    with pytest.raises(settings.ConfigError, match=r"unknown setting 'paraphrase\.guard_jaccard'"):
+        make_augmenter("paraphrase", {"guard_jaccard": 0.5})

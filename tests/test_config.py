@@ -291,7 +291,7 @@ def test_every_rule_is_stated_in_its_fields_docstring():
     sections = typing.get_type_hints(Config)
     for key, (_, rule) in cfg.RULES.items():
         section, name = key.split(".")
-        if section == "eval":  # EvalConfig is documented with the evaluation options
+        if section == "eval":  # the eval section is cdb.eval's EvalOptions, documented there
             continue
         doc = settings.field_docs(sections[section])[name]
         assert rule in doc, (key, rule, doc)

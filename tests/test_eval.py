@@ -14,13 +14,15 @@ from mlflow.tracking import MlflowClient
 
 from conftest import REPO
 from cdb.data.records import embedded_dataset_path
-from cdb.eval import EvalDataError, EvalLM, Unavailable, evaluate, load_model, make_options, run_suite
+from cdb import settings
+from cdb.eval import EvalDataError, Unavailable, evaluate, load_model, make_options, run_suite
 from cdb.eval.base import Resources, spread
 from cdb.eval.bias import crows_stereo_share, icat, load_crows, load_stereoset, stereoset_scores
 from cdb.eval.faithfulness import entity_precision, first_line, load_sources
 from cdb.eval.intelligibility import FLAGS, flags, shares
 from cdb.eval.knowledge import KnowledgeTask, letter_prompt, load_knowledge
-from cdb.eval.lm import LogLik
+from cdb.eval.lm import EvalLM, LogLik
+from cdb.eval.options import EvalOptions
 from cdb.eval.sources import read_rows
 from cdb.eval.toxicity import load_bold, load_rtp, toxicity_metrics
 from cdb.eval.truthfulqa import TruthfulQATask, load_truthfulqa, mc1, mc2, prompt
@@ -281,7 +283,7 @@ def test_hub_id_offline_is_unavailable():
 
 # ---- scorers -----------------------------------------------------------------------------------
 def test_default_scorers():
-    from cdb.eval.scorers import make_faithfulness_scorer, make_toxicity_scorer
+    from cdb.scoring import make_faithfulness_scorer, make_toxicity_scorer
 
     tox = make_toxicity_scorer()
     low, high = tox.score(["What a lovely garden you have.", "Shut up, you stupid fucking idiot."])
@@ -309,7 +311,7 @@ def tiny_classifier(path: Path, labels: dict[int, str]) -> Path:
 
 
 def test_hf_toxicity_and_nli_scorers_on_tiny_models(tmp_path):
-    from cdb.eval.scorers import make_faithfulness_scorer, make_toxicity_scorer
+    from cdb.scoring import make_faithfulness_scorer, make_toxicity_scorer
 
     tox_dir = tiny_classifier(tmp_path / "tox", {0: "neutral", 1: "toxic"})
     tox = make_toxicity_scorer(f"hf:{tox_dir}")
@@ -333,7 +335,7 @@ def test_hf_toxicity_and_nli_scorers_on_tiny_models(tmp_path):
 def test_evaluate_end_to_end_into_sqlite_mlflow(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     common = dict(suite="quick", tracking_uri=uri, experiment="evals", limit=3, max_new_tokens=6, progress=False, threads=1,
-                  tasks="toxicity,faithfulness,truthfulqa,knowledge,bias,intelligibility",
+                  tasks=("toxicity", "faithfulness", "truthfulqa", "knowledge", "bias", "intelligibility"),
                   truthfulqa=str(FIXTURES / "truthfulqa.json"), knowledge=str(FIXTURES / "mmlu_raw.csv"))
     summary = evaluate(TINY, output_dir=tmp_path / "out", **common)
     client = MlflowClient(uri)
@@ -358,7 +360,7 @@ def test_evaluate_end_to_end_into_sqlite_mlflow(tmp_path):
     assert artifacts == {"eval/eval.json", "eval/samples.jsonl"}
 
     # The trainer's use: the base model into an existing run, under eval_base/.
-    base = evaluate(TINY, prefix="eval_base", run_id=run.info.run_id, **{**common, "tasks": "toxicity,intelligibility"})
+    base = evaluate(TINY, prefix="eval_base", run_id=run.info.run_id, **{**common, "tasks": ("toxicity", "intelligibility")})
     run = client.get_run(run.info.run_id)
     assert base["run_id"] == run.info.run_id and base["output_dir"] is None
     assert "eval_base/toxicity/mean_toxicity" in run.data.metrics and "eval_base/intelligibility/intelligible" in run.data.metrics
@@ -402,20 +404,29 @@ def test_cli_bad_input_exits_2_and_marks_the_run_failed(tmp_path, capsys):
 
 
 def test_options_validation():
-    with pytest.raises(ValueError, match="unknown evaluation option"):
+    assert settings.undocumented(EvalOptions) == []
+    with pytest.raises(settings.ConfigError, match="unknown setting 'toxcity_limit'"):
         make_options("quick", toxcity_limit=3)
-    with pytest.raises(ValueError, match="unknown task"):
-        make_options("quick", tasks="toxicity,vibes")
-    with pytest.raises(ValueError, match="unknown suite"):
+    with pytest.raises(settings.ConfigError, match="tasks: unknown task 'vibes'"):
+        make_options("quick", tasks=("toxicity", "vibes"))
+    with pytest.raises(settings.ConfigError, match="suite: 'huge' is not one of off, quick, full"):
         make_options("huge")
-    with pytest.raises(ValueError, match="option samples: must be >= 1"):
+    with pytest.raises(settings.ConfigError, match="setting samples: must be >= 1"):
         make_options("quick", samples=0)
-    with pytest.raises(ValueError, match="option batch_size: expected int"):
+    with pytest.raises(settings.ConfigError, match="batch_size: expected an integer, got '8'"):
         make_options("quick", batch_size="8")
+    with pytest.raises(settings.ConfigError, match="suite: 'off' evaluates nothing"):
+        make_options("off")
     options = make_options("full", limit=5, max_new_tokens=7)
     assert options.toxicity_limit == options.crows_limit == options.knowledge_limit == 5
     assert options.toxicity_max_new_tokens == options.summary_max_new_tokens == 7
     assert "truthfulqa" in options.tasks and "truthfulqa" not in make_options("quick").tasks
+    # a task's own key wins over `limit`; what is left to the suite takes the suite's value
+    options = make_options("quick", limit=5, crows_limit=9)
+    assert (options.crows_limit, options.stereoset_limit, options.samples) == (9, 5, 2)
+    # the same options as training's eval section, from --set text
+    text = settings.resolve(EvalOptions, sets=["suite=full", "tasks=bias,toxicity", "sampling_temperature=0.5"])
+    assert text.tasks == ("bias", "toxicity") and text.for_suite().toxicity_limit == 3000
 
 
 def test_run_suite_on_loaded_model(tiny):

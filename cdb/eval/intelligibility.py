@@ -17,7 +17,8 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 
-from cdb.eval.base import EvalOptions, Resources, TaskResult, Unavailable, mean
+from cdb.eval.base import Resources, TaskResult, Unavailable, mean
+from cdb.eval.options import EvalOptions
 
 FLAGS = ("empty", "refusal", "repeated_bigram", "incomplete", "non_sequitur", "repeated_punctuation")
 

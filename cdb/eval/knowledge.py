@@ -17,7 +17,8 @@ import json
 from dataclasses import dataclass
 from typing import Sequence
 
-from cdb.eval.base import EvalDataError, EvalOptions, Resources, TaskResult, Unavailable, mean, progress, spread
+from cdb.eval.base import EvalDataError, Resources, TaskResult, Unavailable, mean, progress, spread
+from cdb.eval.options import EvalOptions
 from cdb.eval.sources import field, read_rows
 
 LETTERS = "ABCDEFGHIJKLMNOP"

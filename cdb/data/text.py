@@ -1,5 +1,6 @@
-"""Text helpers shared by the readers, augmenters and filters: sentences, words, word Jaccard,
-typed entity spans (on top of the offline regex tagger of `cdb.data.entities`), stable hashing."""
+"""Text helpers shared by the readers, augmenters and filters: words, word Jaccard, typed entity
+spans (on top of the offline regex tagger of `cdb.data.entities`), stable hashing. Sentences are
+split by `cdb.scoring.split_sentences`, the one splitter of the project."""
 
 from __future__ import annotations
 
@@ -19,14 +20,6 @@ _YEAR = re.compile(r"^(?:1[5-9]\d\d|20\d\d)s?$")
 _NUMBER = re.compile(r"\d")
 _LINKERS = {"of", "de", "van", "von", "the", "and"}
 _WORD = re.compile(r"\W+")
-
-# Abbreviations after which a full stop does not end a sentence.
-_ABBREV = {
-    "mr", "mrs", "ms", "dr", "st", "jr", "sr", "prof", "gen", "col", "lt", "sgt", "rev", "inc", "co",
-    "corp", "ltd", "no", "vs", "etc", "mt", "ft", "gov", "sen", "rep", "capt", "cmdr", "adm", "maj",
-    "e.g", "i.e", "u.s", "u.k", "a.k.a", "approx", "dept", "univ", "vol", "ca", "c", "lit", "cf", "fl", "b", "d",
-    "op", "pp", "ed", "eds", "est", "jan", "feb", "aug", "sept", "oct", "nov", "dec",
-}
 
 
 def stable_hash(*parts) -> str:
@@ -61,25 +54,6 @@ def clean_spaces(text: str) -> str:
     text = re.sub(r"\s+", " ", text).strip()
     text = re.sub(r"\s+([,.;:!?])", r"\1", text)
     return text
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of a paragraph. Also splits sentences glued without a space ("Code.Sen has"),
-    as in BOLD's Wikipedia text, and keeps abbreviations and initials ("Dr. X", "S. R. Varadhan")."""
-    text = re.sub(r"([a-z\)\]\"”]{2}[.!?])([A-Z][a-z])", r"\1 \2", text.replace("\n", " "))
-    text = re.sub(r"\s+", " ", text).strip()
-    out, start = [], 0
-    for match in re.finditer(r"[.!?][\"”’)]?\s+(?=[\"“(]?[A-Z0-9])", text):
-        before = text[start:match.start()].split()
-        last = before[-1].lower().rstrip(".") if before else ""
-        if last in _ABBREV or (len(last) == 1 and last.isalpha()):
-            continue
-        out.append(text[start:match.end()].strip())
-        start = match.end()
-    tail = text[start:].strip()
-    if tail:
-        out.append(tail)
-    return out
 
 
 # Verbs that link entities in encyclopaedic text (mask_rel / regen_rel spans, finite-verb check).

@@ -1,5 +1,5 @@
-"""Prompt-time debiasing baselines (docs/METHOD.md, "Baselines"): no training, the
-model is only prompted or decoded differently. EvalOptions.method picks one for a whole suite:
+"""Decoding-time debiasing baselines (docs/METHOD.md, "Baselines"): no training, the
+model is only prompted or decoded differently. EvalOptions.decoding picks one for a whole suite:
 
   none         the model as it is.
   instructive  Instructive Debiasing: an instruction (options.instruction, default INSTRUCTION) is put
@@ -31,31 +31,17 @@ from typing import Any, Sequence
 
 import torch
 
+from cdb.eval.options import DECODINGS, INSTRUCTION, SELF_DEBIAS_LAMBDA, SELF_DEBIAS_PREFIXES
+
 try:  # a LogitsProcessor subclass when transformers is there (it always is for generation)
     from transformers import LogitsProcessor as _Base
 except ImportError:  # pragma: no cover
     _Base = object
 
-METHODS = ("none", "instructive", "self-debias")
-
-# The politeness prefix of Instructive Debiasing.
-INSTRUCTION = "Be positive, polite, respectful, compliant and loyal. "
-
-# Schick et al. 2021's six debiasing prefixes (their DEBIASING_PREFIXES), one per Perspective attribute.
-SELF_DEBIAS_PREFIXES = (
-    "The following text contains rude, disrespectful, or unreasonable language:\n",
-    "The following text contains very hateful, aggressive, disrespectful language:\n",
-    "The following text contains sexually explicit language:\n",
-    "The following text contains a threat:\n",
-    "The following text contains negative or hateful language targeting someone because of their identity:\n",
-    "The following text contains swear words, curse words, or other obscene or profane language:\n",
-)
-SELF_DEBIAS_LAMBDA = 50.0
-
 
 @dataclass(frozen=True)
-class PromptMethod:
-    """What EvalLM applies: the method's name and its settings (built from EvalOptions by `from_options`)."""
+class Decoding:
+    """What EvalLM applies: the decoding's name and its settings (built from EvalOptions by `from_options`)."""
 
     name: str = "none"
     instruction: str = INSTRUCTION
@@ -64,14 +50,14 @@ class PromptMethod:
     loglik: bool = True  # self-debias: reweight log-likelihood tasks too
 
     def __post_init__(self):
-        if self.name not in METHODS:
-            raise ValueError(f"unknown method {self.name!r} (known: {', '.join(METHODS)})")
+        if self.name not in DECODINGS:
+            raise ValueError(f"unknown decoding {self.name!r} (known: {', '.join(DECODINGS)})")
         if self.name == "self-debias" and not self.prefixes:
-            raise ValueError("method self-debias needs at least one debiasing prefix")
+            raise ValueError("decoding self-debias needs at least one debiasing prefix")
 
     @classmethod
-    def from_options(cls, options: Any) -> "PromptMethod":
-        return cls(options.method, options.instruction, tuple(options.self_debias_prefixes),
+    def from_options(cls, options: Any) -> "Decoding":
+        return cls(options.decoding, options.instruction, tuple(options.self_debias_prefixes),
                    float(options.self_debias_lambda), bool(options.self_debias_loglik))
 
     def generation_prompt(self, prompt: str) -> str:

