@@ -55,6 +55,9 @@ class DataConfig:
     """`regex` (offline), `spacy:MODEL` or `hf:MODEL_ID_OR_DIR` (a token-classification model)."""
     max_records: int = 0
     """Use only the first N valid records; 0 = all."""
+    cda_attributes: tuple[str, ...] = ("gender", "race", "religion")
+    """cda: the attributes whose terms are swapped (any non-empty subset of gender, race, religion;
+    one run per attribute gives the published CDA-gender, -race and -religion)."""
 
 
 @dataclass(frozen=True)
@@ -69,11 +72,20 @@ class ObjectiveConfig:
     projection_dim: int = 0
     """Contrast head output size; 0 = the model's hidden size."""
     scaling: Literal["constant", "ne_density"] = "constant"
+    """`constant`: c_ce = c_cl = 1; `ne_density`: c_ce = 0.1, c_cl = min(0.9, 45 * rho_NE). rho_NE = tagged
+    entity tokens / non-padding tokens of the micro-batch; only candidate tokens are tagged while BOS and
+    source tokens count in the denominator (docs/METHOD.md, "Dynamic loss scaling")."""
     toxic_weight: float = 1.5
     """w_tox when a micro-batch holds a `toxic` negative."""
     label_smoothing: float = 0.0
     lm_normalization: Literal["scored", "all_targets"] = "scored"
     """Divide the LM loss by the tokens scored, or (the authors' choice) by all rows' target tokens."""
+    lm_positives: Literal["all", "last"] = "all"
+    """contrastive: the positives the LM loss scores: `all`, or `last` = only the last positive of each
+    source (the authors' choice; with lm_normalization=all_targets it is their LM loss)."""
+    head_init: Literal["default", "authors"] = "default"
+    """contrastive: the contrast head's initial weights: `default` = torch's Linear init; `authors` = W1 ~
+    N(0, 0.01^2), W2 ~ N(0, (1/H)^2), zero biases."""
     dpo_beta: float = 0.1
     """dpo: strength of the implicit KL constraint to the frozen reference."""
     unlikelihood_weight: float = 1.0
@@ -217,6 +229,18 @@ def finalize(config: Config) -> Config:
 
     if config.objective.method not in METHODS:
         raise ConfigError(f"objective.method: {config.objective.method!r} is not one of {', '.join(METHODS)}")
+    attributes = config.data.cda_attributes
+    from cdb.data.cda import ATTRIBUTES  # word lists only: no spaCy import
+
+    if not attributes or len(set(attributes)) != len(attributes) or not set(attributes) <= set(ATTRIBUTES):
+        raise ConfigError(f"data.cda_attributes: {list(attributes)!r} must be a non-empty list of distinct "
+                          f"attributes out of {', '.join(ATTRIBUTES)}")
+    with_head = METHODS[config.objective.method].contrast_head
+    for key, value, default in (("lm_positives", config.objective.lm_positives, "all"),
+                                ("head_init", config.objective.head_init, "default")):
+        if value != default and not with_head:
+            raise ConfigError(f"objective.{key}: {value!r} applies to the contrastive method only; "
+                              f"objective.method={config.objective.method} needs {default!r}")
     tagger = config.data.entity_tagger
     if tagger != "regex" and not (tagger.partition(":")[0] in ("spacy", "hf") and tagger.partition(":")[2]):
         raise ConfigError(f"data.entity_tagger: {tagger!r} is not 'regex', 'spacy:MODEL' or 'hf:MODEL_ID_OR_DIR'")
