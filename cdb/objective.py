@@ -340,7 +340,7 @@ class MethodSpec:
     """(records, DataConfig) -> the records to train on, before tokenization (e.g. counterfactual augmentation)."""
     policy_dropout: bool = True
     """False: the trained model runs with dropout off (every dropout probability 0, in train mode too),
-    so its log-probabilities compare like with like against a reference in eval mode (as TRL's DPO)."""
+    so its log-probabilities compare like with like against a reference in eval mode."""
 
     def scored_rows(self, positive: Tensor) -> Tensor:
         """Rows whose candidate tokens the forward pass must produce logits for."""
