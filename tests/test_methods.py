@@ -137,3 +137,13 @@ def test_each_method_trains_and_is_tagged(tmp_path, method):
     if method == "dpo":  # starts at log 2 (policy == reference) and moves
         losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)]
         assert losses[0] == pytest.approx(math.log(2), abs=1e-4) and losses[-1] != losses[0]
+
+
+def test_contrastive_only_settings_are_refused_for_other_methods():
+    from cdb.config import ConfigError, resolve
+
+    config = resolve(sets=["objective.lm_positives=last", "objective.head_init=authors"])
+    assert (config.objective.lm_positives, config.objective.head_init) == ("last", "authors")
+    for key, value in (("lm_positives", "last"), ("head_init", "authors")):
+        with pytest.raises(ConfigError, match=f"objective.{key}: '{value}' applies to the contrastive method only"):
+            resolve(sets=["objective.method=sft", f"objective.{key}={value}"])
