@@ -136,9 +136,9 @@ def disable_dropout(lm: nn.Module) -> nn.Module:
 class ContrastiveLM(nn.Module):
     """A causal LM and its contrast head under one module, so ZeRO-3 shards both.
 
-    One forward over all rows gives the last hidden states; the LM's output path (`output_logits`) runs
-    only at the positions the loss scores (not over the whole [rows, length, vocab] grid) and the contrast head only at
-    the positions its representations are pooled over.
+    One forward over all rows gives the last hidden states; the LM's output path (`output_logits`)
+    runs only at the positions the loss scores (not over the whole [rows, length, vocab] grid) and the
+    contrast head only at the positions its representations are pooled over.
     """
 
     def __init__(self, lm: nn.Module, head: ContrastHead | None):

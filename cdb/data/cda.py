@@ -9,11 +9,11 @@ A record that holds a term of an attribute gets one counterfactual copy per alte
 gives one copy, a triple two (shift k = 1, 2: each term becomes the one k places further along its
 tuple, so "christian" yields a "muslim" and a "jewish" copy). Words are resolved with spaCy
 (`SPACY_MODEL`): "her" by its part-of-speech tag (possessive PRP$ -> "his", object -> "him"),
-"his" likewise (PRP$ before a word it can own -> "her", standing alone as in "is his." -> "hers"), "hers" -> "his". Names are never rewritten: a
-term is kept when it lies in a named entity or a run of proper nouns of more than one token ("White
-House", "Mr. Black", "King Charles") or is a one-token PERSON or ORG entity (a surname "Black"). A
-one-token entity of another type is the listed word itself ("Christians" NORP, "Africa" LOC) and is
-swapped. Capitalisation is kept.
+"his" likewise (PRP$ before a word it can own -> "her", standing alone as in "is his." -> "hers"),
+"hers" -> "his". Names are never rewritten: a term is kept when it lies in a named entity or a run of
+proper nouns of more than one token ("White House", "Mr. Black", "King Charles") or is a one-token
+PERSON or ORG entity (a surname "Black"). A one-token entity of another type is the listed word
+itself ("Christians" NORP, "Africa" LOC) and is swapped. Capitalisation is kept.
 """
 
 from __future__ import annotations
