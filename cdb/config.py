@@ -235,6 +235,9 @@ def finalize(config: Config) -> Config:
     if not attributes or len(set(attributes)) != len(attributes) or not set(attributes) <= set(ATTRIBUTES):
         raise ConfigError(f"data.cda_attributes: {list(attributes)!r} must be a non-empty list of distinct "
                           f"attributes out of {', '.join(ATTRIBUTES)}")
+    if set(attributes) != set(ATTRIBUTES) and METHODS[config.objective.method].transform_records is None:
+        raise ConfigError(f"data.cda_attributes: applies to objective.method=cda only, not "
+                          f"{config.objective.method}; leave it at its default")
     with_head = METHODS[config.objective.method].contrast_head
     for key, value, default in (("lm_positives", config.objective.lm_positives, "all"),
                                 ("head_init", config.objective.head_init, "default")):

@@ -109,10 +109,13 @@ def test_cda_swaps_only_the_chosen_attributes(attributes):
 def test_cda_attributes_setting_is_checked():
     from cdb.config import ConfigError, resolve
 
-    assert resolve(sets=["data.cda_attributes=gender"]).data.cda_attributes == ("gender",)
+    cda = "objective.method=cda"
+    assert resolve(sets=[cda, "data.cda_attributes=gender"]).data.cda_attributes == ("gender",)
     for bad in ("gender,age", "gender,gender", "[]"):
-        with pytest.raises(ConfigError, match="data.cda_attributes"):
-            resolve(sets=[f"data.cda_attributes={bad}"])
+        with pytest.raises(ConfigError, match="data.cda_attributes: .* must be a non-empty list"):
+            resolve(sets=[cda, f"data.cda_attributes={bad}"])
+    with pytest.raises(ConfigError, match="data.cda_attributes: applies to objective.method=cda only"):
+        resolve(sets=["data.cda_attributes=race"])
 
 
 @pytest.mark.parametrize("method", ["sft", "dpo", "unlikelihood", "cda"])
