@@ -233,17 +233,17 @@ def finalize(config: Config) -> Config:
     from cdb.data.cda import ATTRIBUTES  # word lists only: no spaCy import
 
     if not attributes or len(set(attributes)) != len(attributes) or not set(attributes) <= set(ATTRIBUTES):
-        raise ConfigError(f"data.cda_attributes: {list(attributes)!r} must be a non-empty list of distinct "
-                          f"attributes out of {', '.join(ATTRIBUTES)}")
+        raise ConfigError(f"data.cda_attributes: must be a non-empty list of distinct attributes out of "
+                          f"{', '.join(ATTRIBUTES)}, got {list(attributes)!r}")
     if set(attributes) != set(ATTRIBUTES) and METHODS[config.objective.method].transform_records is None:
-        raise ConfigError(f"data.cda_attributes: applies to objective.method=cda only, not "
-                          f"{config.objective.method}; leave it at its default")
+        raise ConfigError(f"data.cda_attributes: must be left at its default unless objective.method=cda, "
+                          f"got {list(attributes)!r} with objective.method={config.objective.method}")
     with_head = METHODS[config.objective.method].contrast_head
     for key, value, default in (("lm_positives", config.objective.lm_positives, "all"),
                                 ("head_init", config.objective.head_init, "default")):
         if value != default and not with_head:
-            raise ConfigError(f"objective.{key}: {value!r} applies to the contrastive method only; "
-                              f"objective.method={config.objective.method} needs {default!r}")
+            raise ConfigError(f"objective.{key}: must be {default!r} unless objective.method=contrastive, "
+                              f"got {value!r} with objective.method={config.objective.method}")
     tagger = config.data.entity_tagger
     if tagger != "regex" and not (tagger.partition(":")[0] in ("spacy", "hf") and tagger.partition(":")[2]):
         raise ConfigError(f"data.entity_tagger: {tagger!r} is not 'regex', 'spacy:MODEL' or 'hf:MODEL_ID_OR_DIR'")
