@@ -98,6 +98,9 @@ class DataConfig:
     `hf:MODEL_ID_OR_DIR` (a token-classification model)."""
     max_records: int = 0
     """Train on only the first N valid records; 0 = all; >= 0."""
+    cda_attributes: tuple[str, ...] = ("gender", "race", "religion")
+    """cda: the attributes whose terms are swapped (any non-empty subset of gender, race, religion;
+    one run per attribute gives the published CDA-gender, -race and -religion)."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,9 @@ class ObjectiveConfig:
     """contrastive: output size of the contrast head; 0 = the model's hidden size; >= 0."""
     scaling: Literal["constant", "ne_density"] = "constant"
     """contrastive: loss weights per micro-batch: `constant` c_ce = c_cl = 1; `ne_density` (the authors')
-    c_ce = 0.1 and c_cl = min(0.9, 45 x the share of entity tokens)."""
+    c_ce = 0.1 and c_cl = min(0.9, 45 x rho_NE). rho_NE = tagged entity tokens / non-padding tokens of the
+    micro-batch; only candidate tokens are tagged while BOS and source tokens count in the denominator
+    (docs/METHOD.md, "Dynamic loss scaling")."""
     toxic_weight: float = 1.5
     """contrastive: w_tox, the factor on the contrastive term when a micro-batch holds a `toxic` negative
     (1 otherwise); >= 0."""
@@ -127,6 +132,12 @@ class ObjectiveConfig:
     lm_normalization: Literal["scored", "all_targets"] = "scored"
     """contrastive: divide the summed LM loss by the tokens it scores (positives), or (the authors'
     choice) by all rows' target tokens, negatives included."""
+    lm_positives: Literal["all", "last"] = "all"
+    """contrastive: the positives the LM loss scores: `all`, or `last` = only the last positive of each
+    source (the authors' choice; with lm_normalization=all_targets it is their LM loss)."""
+    head_init: Literal["default", "authors"] = "default"
+    """contrastive: the contrast head's initial weights: `default` = torch's Linear init; `authors` = W1 ~
+    N(0, 0.01^2), W2 ~ N(0, (1/H)^2), zero biases."""
     dpo_beta: float = 0.1
     """dpo: strength of the implicit KL constraint to the frozen reference; > 0."""
     unlikelihood_weight: float = 1.0
@@ -296,6 +307,21 @@ def check(config: Config) -> None:
 
     if config.objective.method not in METHODS:
         raise ConfigError(f"objective.method: must be one of {', '.join(METHODS)}, got {config.objective.method!r}")
+    attributes = config.data.cda_attributes
+    from cdb.data.cda import ATTRIBUTES  # word lists only: no spaCy import
+
+    if not attributes or len(set(attributes)) != len(attributes) or not set(attributes) <= set(ATTRIBUTES):
+        raise ConfigError(f"data.cda_attributes: must be a non-empty list of distinct attributes out of "
+                          f"{', '.join(ATTRIBUTES)}, got {list(attributes)!r}")
+    if set(attributes) != set(ATTRIBUTES) and METHODS[config.objective.method].transform_records is None:
+        raise ConfigError(f"data.cda_attributes: must be left at its default unless objective.method=cda, "
+                          f"got {list(attributes)!r} with objective.method={config.objective.method}")
+    with_head = METHODS[config.objective.method].contrast_head
+    for key, value, default in (("lm_positives", config.objective.lm_positives, "all"),
+                                ("head_init", config.objective.head_init, "default")):
+        if value != default and not with_head:
+            raise ConfigError(f"objective.{key}: must be {default!r} unless objective.method=contrastive, "
+                              f"got {value!r} with objective.method={config.objective.method}")
     tagger = config.data.entity_tagger
     if tagger != "regex" and not (tagger.partition(":")[0] in ("spacy", "hf") and tagger.partition(":")[2]):
         raise ConfigError(f"data.entity_tagger: must be 'regex', 'spacy:MODEL' or 'hf:MODEL_ID_OR_DIR', got {tagger!r}")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from cdb.config import Config, ConfigError
-from cdb.model import DTYPES, ContrastiveLM, build_lm
+from cdb.model import DTYPES, ContrastiveLM, build_lm, disable_dropout
 from cdb.objective import ContrastHead, MethodSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -125,6 +125,8 @@ class Strategy:
         # zero.Init, partitioned from the start.
         self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
         lm = self._build_lm(model_source, len(tokenizer))
+        if not method.policy_dropout:
+            disable_dropout(lm)
         if config.scale.activation_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         head = None
@@ -132,7 +134,7 @@ class Strategy:
             # No dtype argument: zero.Init takes it from the config's bf16/fp16 flags (passing one
             # is mis-parsed by DeepSpeed 0.19 on accelerators without fp16, which then picks bf16).
             with deepspeed.zero.Init(config_dict_or_path=self.ds_config):
-                head = ContrastHead(lm.config.hidden_size, config.objective.projection_dim or None)
+                head = ContrastHead(lm.config.hidden_size, config.objective.projection_dim or None, config.objective.head_init)
         model = ContrastiveLM(lm, head)
         self.reference = self._build_reference(model_source, len(tokenizer)) if method.reference_model else None
 

@@ -199,7 +199,7 @@ def prepare_sources(config: Config, spec, tokenizer) -> list:
     if config.data.max_records:
         records = records[: config.data.max_records]
     if spec.transform_records is not None:
-        records = spec.transform_records(records)
+        records = spec.transform_records(records, config.data)
     scale = config.scale
     return tokenize_records(records, tokenizer, make_tagger(config.data.entity_tagger), scale.max_source_tokens,
                             scale.max_target_tokens)

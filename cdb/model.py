@@ -103,12 +103,42 @@ def count_parameters(source: str, vocab_size: int, trust_remote_code: bool = Fal
     return sum(p.numel() for p in model.parameters())
 
 
+def output_logits(lm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM's logits from its last hidden states, as its own forward computes them: the output
+    embeddings, then what transformers' causal LMs apply after them: a `logit_scale` factor (Cohere),
+    division by `config.logits_scaling` (Granite), soft-capping by `config.final_logit_softcapping`
+    (Gemma-2 and later: cap * tanh(logits / cap))."""
+    logits = lm.get_output_embeddings()(hidden)
+    config = lm.config
+    scale = getattr(lm, "logit_scale", None)
+    if isinstance(scale, (int, float)):
+        logits = logits * scale
+    if getattr(config, "logits_scaling", None):
+        logits = logits / config.logits_scaling
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def disable_dropout(lm: nn.Module) -> nn.Module:
+    """Dropout off for good, in train mode too (gradients untouched): every nn.Dropout gets p = 0, and
+    every attention module's `attention_dropout` (the probability transformers hands the attention
+    kernel while training) 0."""
+    for module in lm.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+    return lm
+
+
 class ContrastiveLM(nn.Module):
     """A causal LM and its contrast head under one module, so ZeRO-3 shards both.
 
-    One forward over all rows gives the last hidden states; the LM head runs only at the positions
-    the loss scores (not over the whole [rows, length, vocab] grid) and the contrast head only at
-    the positions its representations are pooled over.
+    One forward over all rows gives the last hidden states; the LM's output path (`output_logits`)
+    runs only at the positions the loss scores (not over the whole [rows, length, vocab] grid) and the
+    contrast head only at the positions its representations are pooled over.
     """
 
     def __init__(self, lm: nn.Module, head: ContrastHead | None):
@@ -119,7 +149,7 @@ class ContrastiveLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, score_mask: torch.Tensor,
                 pool_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        outputs = {"logits": self.lm.get_output_embeddings()(hidden[score_mask]).float()}
+        outputs = {"logits": output_logits(self.lm, hidden[score_mask]).float()}
         if self.head is not None:
             outputs["z"] = self.head(hidden[pool_mask.bool()])
         return outputs

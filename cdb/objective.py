@@ -19,16 +19,41 @@ from torch import Tensor, nn
 
 POOLING_MODES = ("entity_or_last", "entity_or_target_mean", "target_mean", "last")
 SCALING_SCHEMES = ("constant", "ne_density")
+HEAD_INITS = ("default", "authors")
+
+
+class _Linear(nn.Linear):
+    """nn.Linear whose weights start normal with std `std` and biases at zero (torch's init when
+    `std` is None). The init runs inside nn.Linear's constructor, before ZeRO-3's zero.Init
+    partitions the parameters, so it needs no gather."""
+
+    def __init__(self, in_features: int, out_features: int, std: float | None) -> None:
+        self.std = std  # read by reset_parameters, which nn.Linear.__init__ calls
+        super().__init__(in_features, out_features)
+
+    def reset_parameters(self) -> None:
+        if self.std is None:
+            super().reset_parameters()
+            return
+        nn.init.normal_(self.weight, mean=0.0, std=self.std)
+        nn.init.zeros_(self.bias)
 
 
 class ContrastHead(nn.Module):
-    """z = normalize(W2 gelu(W1 h)); W1: H->H (`dense`), W2: H->P (`proj`), P = H by default."""
+    """z = normalize(W2 gelu(W1 h)); W1: H->H (`dense`), W2: H->P (`proj`), P = H by default.
 
-    def __init__(self, hidden_size: int, projection_dim: int | None = None) -> None:
+    `init`: `default` is torch's Linear init (uniform); `authors` draws W1 from N(0, 0.01^2) and W2
+    from N(0, (1/H)^2), biases zero.
+    """
+
+    def __init__(self, hidden_size: int, projection_dim: int | None = None, init: str = "default") -> None:
         super().__init__()
+        if init not in HEAD_INITS:
+            raise ValueError(f"unknown head init {init!r}; valid: {', '.join(HEAD_INITS)}")
+        authors = init == "authors"
         out_dim = projection_dim or hidden_size  # None or 0 -> H
-        self.dense = nn.Linear(hidden_size, hidden_size)
-        self.proj = nn.Linear(hidden_size, out_dim)
+        self.dense = _Linear(hidden_size, hidden_size, 0.01 if authors else None)
+        self.proj = _Linear(hidden_size, out_dim, 1.0 / hidden_size if authors else None)
 
     def forward(self, h: Tensor) -> Tensor:
         return F.normalize(self.proj(F.gelu(self.dense(h))), dim=-1)
@@ -158,18 +183,30 @@ def score_positions(labels: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
     return mask, targets
 
 
+def last_positive_rows(group: Tensor, positive: Tensor) -> Tensor:
+    """Bool [N]: the last positive row of each source (rows keep the record's order of positives)."""
+    positive = positive.bool()
+    idx = torch.arange(positive.shape[0], device=positive.device)
+    later_positive = (group.unsqueeze(0) == group.unsqueeze(1)) & positive.unsqueeze(0) & (idx.unsqueeze(0) > idx.unsqueeze(1))
+    return positive & ~later_positive.any(dim=1)
+
+
 def contrastive_objective(outputs: dict[str, Tensor], batch: dict[str, Tensor], cfg) -> tuple[Tensor, dict[str, Tensor]]:
     """The full loss of one micro-batch and every factor of it, for logging (`outputs`: see `Objective`)."""
-    targets = outputs["targets"]
+    logits, targets = outputs["logits"], outputs["targets"]
+    if cfg.lm_positives == "last":  # the authors' choice: one positive per source in the LM loss
+        kept = last_positive_rows(batch["group"], batch["positive"])[outputs["target_rows"]]
+        logits, targets = logits[kept], targets[kept]
     if cfg.lm_normalization == "scored":
         normaliser = targets.numel()
     else:  # the authors' choice: all rows' target tokens, negatives included
         normaliser = batch["target_mask"].sum()
-    loss_ce = lm_loss(outputs["logits"], targets, normaliser, cfg.label_smoothing)
+    loss_ce = lm_loss(logits, targets, normaliser, cfg.label_smoothing)
 
     reps = pool_representations(outputs["z"].float(), outputs["pool_mask"])
     loss_cl = contrastive_loss(reps, batch["group"], batch["positive"], cfg.contrast_temperature)
 
+    # rho_NE: tagged (candidate) entity tokens over every non-padding token, BOS and sources included.
     entity_density = batch["entity_mask"].sum() / batch["attention_mask"].sum().clamp_min(1)
     scales = dynamic_scales(batch["has_toxic"], entity_density, cfg.scaling, cfg.toxic_weight)
     loss = combine_losses(loss_ce, loss_cl, scales, cfg.alpha)
@@ -192,11 +229,20 @@ def contrastive_objective(outputs: dict[str, Tensor], batch: dict[str, Tensor], 
 
 
 def unlikelihood_loss(logits: Tensor, targets: Tensor, normaliser: float | Tensor) -> Tensor:
-    """-sum_t log(1 - p(target_t)) over negative tokens, divided by max(normaliser, 1) (Welleck et al. 2020)."""
+    """-sum_t log(1 - p(y_t | y_<t)) over the given tokens, divided by max(normaliser, 1).
+
+    The tokens are every target token of the negative candidates, each at its own position: Welleck
+    et al.'s (2020) sequence-level unlikelihood (candidates = the tokens of a penalised sequence),
+    with the penalised sequences given (the negatives) instead of decoded from the model.
+    log(1 - p_y) = logsumexp(logits without y) - logsumexp(logits): exact and finite with a live
+    gradient as p_y -> 1, where log1p(-p) loses every digit and a clamp zeroes the gradient.
+    """
     if logits.shape[0] == 0:
         return logits.sum() * 0.0
-    p_target = torch.softmax(logits.float(), dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
-    total = -torch.log((1.0 - p_target).clamp_min(1e-5)).sum()
+    logits = logits.float()
+    others = logits.scatter(1, targets.unsqueeze(1), float("-inf"))
+    log_not_target = torch.logsumexp(others, dim=-1) - torch.logsumexp(logits, dim=-1)
+    total = -log_not_target.sum()
     return total / torch.as_tensor(normaliser, dtype=total.dtype, device=total.device).clamp_min(1.0)
 
 
@@ -290,18 +336,21 @@ class MethodSpec:
     """Needs a frozen copy of the starting model (its logits arrive as outputs["ref_logits"])."""
     scores_negatives: bool = False
     """The logits of negative rows' candidate tokens are needed too, not only the positives'."""
-    transform_records: Callable[[list], list] | None = None
-    """Rewrites the training records before tokenization (e.g. counterfactual augmentation)."""
+    transform_records: Callable[[list, Any], list] | None = None
+    """(records, DataConfig) -> the records to train on, before tokenization (e.g. counterfactual augmentation)."""
+    policy_dropout: bool = True
+    """False: the trained model runs with dropout off (every dropout probability 0, in train mode too),
+    so its log-probabilities compare like with like against a reference in eval mode."""
 
     def scored_rows(self, positive: Tensor) -> Tensor:
         """Rows whose candidate tokens the forward pass must produce logits for."""
         return torch.ones_like(positive, dtype=torch.bool) if self.scores_negatives else positive.bool()
 
 
-def _counterfactual(records: list) -> list:
+def _counterfactual(records: list, data_config) -> list:
     from cdb.data.cda import counterfactual_records  # data-side transform, imported on use
 
-    return counterfactual_records(records)
+    return counterfactual_records(records, data_config.cda_attributes)
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -309,7 +358,7 @@ METHODS: dict[str, MethodSpec] = {
                               contrast_head=True),
     "sft": MethodSpec(lm_only_objective, "LM loss on the positives only"),
     "dpo": MethodSpec(dpo_objective, "DPO over same-source (positive, negative) pairs against a frozen reference",
-                      reference_model=True, scores_negatives=True),
+                      reference_model=True, scores_negatives=True, policy_dropout=False),
     "unlikelihood": MethodSpec(unlikelihood_objective, "LM loss on positives + unlikelihood on negatives' tokens",
                                scores_negatives=True),
     "cda": MethodSpec(lm_only_objective, "LM loss on positives plus their demographic counterfactuals",

@@ -53,16 +53,69 @@ def test_dpo_loss_from_log_ratios(beta):
     assert reward_r.tolist() == pytest.approx([-beta * 1.0, beta * 0.5])
 
 
-def test_cda_swaps_each_attribute_and_keeps_both_versions():
-    assert swap_terms("He thanked his mother and her son.", "gender") == "She thanked her father and his daughter."
-    assert swap_terms("The Church stood beside a mosque.", "religion") == "The Mosque stood beside a synagogue."
+@pytest.mark.parametrize("text, expected", [
+    ("He met her yesterday.", "She met him yesterday."),              # object "her" -> "him"
+    ("She gave her book to him.", "He gave his book to her."),        # possessive "her" -> "his"
+    ("I told her that her dog barked.", "I told him that his dog barked."),
+    ("The book is hers, not his.", "The book is his, not hers."),     # "hers" -> "his", a lone "his" -> "hers"
+    ("His car is red.", "Her car is red."),
+    ("The chemist measured the catalyst.", "The chemist measured the catalyst."),
+])
+def test_cda_gender_resolves_her_his_hers_by_part_of_speech(text, expected):
+    assert swap_terms(text, "gender") == expected
+
+
+@pytest.mark.parametrize("text, attribute", [
+    ("The White House said Black Friday sales rose.", "race"),       # multi-token entities
+    ("Mr. Black met Mrs. White.", "race"),                           # names that are list words
+    ("Mr. Black met Mrs. White.", "gender"),                         # a title inside a name run
+])
+def test_cda_never_rewrites_names(text, attribute):
+    assert swap_terms(text, attribute) == text
+
+
+def test_cda_generates_every_alternative_of_a_triple():
+    text = "Christians met at the church beside the Bible shop."
+    assert swap_terms(text, "religion", 1) == "Muslims met at the mosque beside the Quran shop."
+    assert swap_terms(text, "religion", 2) == "Jews met at the synagogue beside the Torah shop."
     assert swap_terms("Black and white photos from Africa.", "race") == "White and asian photos from Europe."
-    assert swap_terms("The chemist measured the catalyst.", "gender") == "The chemist measured the catalyst."
-    record = Record("r1", "He met the priest.", ("He met a priest.", "A priest met him."), (Negative("x", "toxic"),))
-    out = counterfactual_records([record])
-    assert [r.id for r in out] == ["r1", "r1~cda-gender", "r1~cda-religion"]
-    assert out[1].positives == ("She met a priest.", "A priest met her.")
-    assert out[2].source == "He met the imam."
+    assert swap_terms("Black and white photos from Africa.", "race", 2) == "Asian and black photos from Asia."
+    record = Record("r1", "The christian priest spoke.", ("A christian priest spoke.", "The priest spoke."),
+                    (Negative("x", "toxic"),))
+    out = counterfactual_records([record], ("religion",))
+    assert [r.id for r in out] == ["r1", "r1~cda-religion-1", "r1~cda-religion-2"]
+    assert [r.positives[0] for r in out] == ["A christian priest spoke.", "A muslim imam spoke.", "A jewish rabbi spoke."]
+
+
+@pytest.mark.parametrize("attributes", [("gender",), ("race",), ("religion",), ("gender", "religion"),
+                                        ("gender", "race", "religion")])
+def test_cda_swaps_only_the_chosen_attributes(attributes):
+    record = Record("r1", "He met the priest.", ("He met a black priest.", "A priest met him."), (Negative("x", "toxic"),))
+    expected = {"gender": ["r1~cda-gender"], "race": ["r1~cda-race-1", "r1~cda-race-2"],
+                "religion": ["r1~cda-religion-1", "r1~cda-religion-2"]}
+    out = counterfactual_records([record], attributes)
+    assert [r.id for r in out] == ["r1"] + [i for a in attributes for i in expected[a]]
+    copies = {r.id: r for r in out}
+    if "gender" in attributes:
+        assert copies["r1~cda-gender"].positives == ("She met a black priest.", "A priest met her.")
+    if "race" in attributes:
+        assert copies["r1~cda-race-1"].positives[0] == "He met a white priest."
+        assert copies["r1~cda-race-1"].source == "He met the priest."  # nothing to swap there
+    if "religion" in attributes:
+        assert copies["r1~cda-religion-2"].source == "He met the rabbi."
+    assert out[0] is record
+
+
+def test_cda_attributes_setting_is_checked():
+    from cdb.config import ConfigError, resolve
+
+    cda = "objective.method=cda"
+    assert resolve(sets=[cda, "data.cda_attributes=gender"]).data.cda_attributes == ("gender",)
+    for bad in ("gender,age", "gender,gender", "[]"):
+        with pytest.raises(ConfigError, match="data.cda_attributes: must be a non-empty list"):
+            resolve(sets=[cda, f"data.cda_attributes={bad}"])
+    with pytest.raises(ConfigError, match="data.cda_attributes: must be left at its default unless objective.method=cda"):
+        resolve(sets=["data.cda_attributes=race"])
 
 
 @pytest.mark.integration
@@ -77,6 +130,7 @@ def test_each_method_trains_and_is_tagged(tmp_path, method, ray_address):
     client = MlflowClient(uri)
     run = client.search_runs([client.get_experiment_by_name("cdb").experiment_id])[0]
     assert run.data.tags["cdb.method"] == method and run.data.params["method"] == method
+    assert run.data.params["data.cda_attributes"] == "['gender', 'race', 'religion']"  # what a cda run swapped
     expected = {"sft": ["train/loss_ce"], "cda": ["train/loss_ce"], "unlikelihood": ["train/loss_ce", "train/loss_unlikelihood"],
                 "dpo": ["train/dpo_reward_chosen", "train/dpo_reward_rejected", "train/dpo_accuracy"]}[method]
     for name in ["train/loss", *expected]:
@@ -86,3 +140,13 @@ def test_each_method_trains_and_is_tagged(tmp_path, method, ray_address):
     if method == "dpo":  # starts at log 2 (policy == reference) and moves
         losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)]
         assert losses[0] == pytest.approx(math.log(2), abs=1e-4) and losses[-1] != losses[0]
+
+
+def test_contrastive_only_settings_are_refused_for_other_methods():
+    from cdb.config import ConfigError, resolve
+
+    config = resolve(sets=["objective.lm_positives=last", "objective.head_init=authors"])
+    assert (config.objective.lm_positives, config.objective.head_init) == ("last", "authors")
+    for key, value in (("lm_positives", "last"), ("head_init", "authors")):
+        with pytest.raises(ConfigError, match=f"objective.{key}: must be .* unless objective.method=contrastive, got '{value}'"):
+            resolve(sets=["objective.method=sft", f"objective.{key}={value}"])

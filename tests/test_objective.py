@@ -8,12 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cdb.config import ObjectiveConfig
 from cdb.objective import (
     ContrastHead,
     combine_losses,
     contrastive_loss,
+    contrastive_objective,
     dynamic_scales,
+    last_positive_rows,
     lm_loss,
+    unlikelihood_loss,
     pool_representations,
     pooling_mask,
     similarity_stats,
@@ -278,3 +282,83 @@ def test_similarity_stats_no_pairs_is_zero() -> None:
     reps = random_unit(3, seed=6)
     pp, pn = similarity_stats(reps, torch.tensor([0, 1, 2]), torch.tensor([True, True, True]))
     assert pp.item() == 0.0 and pn.item() == 0.0
+
+
+def test_contrast_head_authors_init_is_normal_with_zero_bias() -> None:
+    torch.manual_seed(0)
+    hidden = 200
+    head = ContrastHead(hidden, init="authors")
+    assert head.dense.weight.std().item() == pytest.approx(0.01, rel=0.02)
+    assert head.proj.weight.std().item() == pytest.approx(1 / hidden, rel=0.02)
+    assert head.dense.weight.mean().abs().item() < 1e-3
+    assert head.dense.bias.abs().sum().item() == 0.0 and head.proj.bias.abs().sum().item() == 0.0
+    default = ContrastHead(hidden)  # torch's uniform init: bound 1/sqrt(H), biases non-zero
+    assert default.dense.weight.abs().max().item() <= 1 / math.sqrt(hidden) + 1e-6
+    assert default.dense.weight.std().item() > 0.03 and default.dense.bias.abs().sum().item() > 0
+    with pytest.raises(ValueError, match="head init"):
+        ContrastHead(8, init="xavier")
+
+
+# ---------------------------------------------------------------- unlikelihood
+
+def test_unlikelihood_matches_closed_form() -> None:
+    torch.manual_seed(1)
+    logits = torch.randn(6, 11, dtype=torch.float64) * 3
+    targets = torch.randint(0, 11, (6,))
+    p = torch.softmax(logits, dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+    expected = -torch.log1p(-p).sum() / 4
+    assert unlikelihood_loss(logits, targets, 4).item() == pytest.approx(expected.item(), rel=1e-5)  # computed in fp32
+
+
+def test_unlikelihood_gradient_is_finite_and_alive_where_p_is_near_one() -> None:
+    # p(target) = 1 / (1 + 9 e^-30) ~ 1 - 8.4e-13: 1 - p underflows any clamp at 1e-5.
+    logits = torch.zeros(1, 10)
+    logits[0, 3] = 30.0
+    logits.requires_grad_(True)
+    loss = unlikelihood_loss(logits, torch.tensor([3]), 1)
+    expected = -(math.log(9) - 30.0 - math.log1p(9 * math.exp(-30.0)))  # -log(1 - p), p = e^30 / (e^30 + 9)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()
+    # d(-log(1-p))/d logit_target = 1/(1-p) * p(1-p) = p ~ 1: descent pushes the target down.
+    assert logits.grad[0, 3].item() == pytest.approx(1.0, rel=1e-4)
+    assert (logits.grad[0, [0, 1, 2, 4]] < 0).all()
+
+
+# ---------------------------------------------------------------- which positives the LM loss scores
+
+def test_last_positive_rows_per_source() -> None:
+    group = torch.tensor([0, 0, 0, 1, 1, 1, 2])
+    positive = torch.tensor([True, True, False, True, False, True, False])
+    assert last_positive_rows(group, positive).tolist() == [False, True, False, False, False, True, False]
+
+
+def _lm_case():
+    """Two sources: rows 0,1 positive + 2 negative (source 0); rows 3,4 positive + 5 negative (source 1)."""
+    torch.manual_seed(2)
+    group = torch.tensor([0, 0, 0, 1, 1, 1])
+    positive = torch.tensor([True, True, False, True, True, False])
+    target_rows = torch.tensor([0, 0, 1, 1, 1, 3, 4, 4])  # scored tokens of the positive rows
+    logits = torch.randn(8, 7, dtype=torch.float64)
+    targets = torch.randint(0, 7, (8,))
+    target_mask = torch.zeros(6, 5, dtype=torch.bool)
+    target_mask[:, :3] = True  # 3 target tokens per row: 18 in all
+    batch = {"group": group, "positive": positive, "target_mask": target_mask,
+             "entity_mask": torch.zeros(6, 5, dtype=torch.bool), "attention_mask": torch.ones(6, 5),
+             "has_toxic": torch.tensor(False)}
+    outputs = {"logits": logits, "targets": targets, "target_rows": target_rows,
+               "z": torch.randn(6, 4, dtype=torch.float64), "pool_mask": torch.eye(6, 5)}
+    outputs["pool_mask"][5, 4] = 1.0
+    return outputs, batch
+
+
+@pytest.mark.parametrize("normalization", ["scored", "all_targets"])
+def test_lm_positives_last_scores_only_each_sources_last_positive(normalization) -> None:
+    outputs, batch = _lm_case()
+    token_nll = F.cross_entropy(outputs["logits"], outputs["targets"], reduction="none")
+    last = torch.tensor([False, False, True, True, True, False, True, True])  # tokens of rows 1 and 4
+    for positives, kept in (("all", torch.ones(8, dtype=torch.bool)), ("last", last)):
+        cfg = ObjectiveConfig(lm_positives=positives, lm_normalization=normalization)
+        _, metrics = contrastive_objective(outputs, batch, cfg)
+        denominator = int(kept.sum()) if normalization == "scored" else 18
+        assert metrics["loss_ce"].item() == pytest.approx(token_nll[kept].sum().item() / denominator, rel=1e-6)
