@@ -39,7 +39,7 @@ def load_docs(text: str) -> list[dict]:
     return [json.loads(json.dumps(d)) for d in yaml.safe_load_all(text) if d is not None]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sweep_docs() -> tuple:
     """The rendered k8s/sweep objects (the raw files when neither kubectl nor kustomize is here)."""
     if shutil.which("kubectl"):
@@ -54,7 +54,7 @@ def sweep_docs() -> tuple:
                      "data": {"rayjob-sweep.yaml": (SWEEP / "rayjob-sweep.template.yaml").read_text(),
                               "launch.sh": (SWEEP / "launch.sh").read_text()}})
         return tuple(docs)
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stderr}"
     return tuple(load_docs(res.stdout))
 
@@ -88,7 +88,8 @@ def launched_rayjob(tmp_path_factory) -> dict:
     cdb_image = next(e["value"] for e in container["env"] if e["name"] == "CDB_IMAGE")
     env = {"PATH": f"{tmp}:{os.environ['PATH']}", "FAKE_DIR": str(tmp), "POD_NAMESPACE": "cdb",
            "CDB_IMAGE": cdb_image, "TEMPLATE": str(tmp / "rayjob-sweep.yaml")}
-    res = subprocess.run(["bash", str(tmp / "launch.sh")], env=env, capture_output=True, text=True, timeout=30)
+    res = subprocess.run(["bash", str(tmp / "launch.sh")], check=False, env=env, capture_output=True, text=True,
+                         timeout=30)
     assert res.returncode == 0, res.stdout + res.stderr
     [rj] = load_docs((tmp / "created.yaml").read_text())
     assert rj["kind"] == "RayJob" and rj["metadata"]["name"].startswith("cdb-sweep-")
@@ -106,7 +107,7 @@ def cel_split(s, sep):
 CEL_ENV = celpy.Environment()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def program(expression: str):
     return CEL_ENV.program(CEL_ENV.compile(expression), functions={"split": cel_split})
 
@@ -139,7 +140,7 @@ class LazyVariables(celpy.celtypes.MapType):
 
 
 def admission(policy: dict, params: dict, rayjob: dict, username: str = LAUNCHER, operation: str = "CREATE",
-              old: dict | None = None) -> list[str]:
+              old: dict | None = None) -> list[str] | None:
     """What the policy says to this request: [] when admitted, else the messages of the validations that
     refuse it ("error: ..." for one whose evaluation failed). None when no matchCondition selects it."""
     spec = policy["spec"]
@@ -253,10 +254,8 @@ MUTATIONS = {
                         "no privileged container"),
     "privileged-submitter": (lambda rj: submitter(rj)["containers"][0]["securityContext"].update(privileged=True),
                              "no privileged container"),
-    "privileged-init-container": (
-        lambda rj: gpu_worker(rj).update(initContainers=[
-            {"name": "x", "image": rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
-             ["containers"][0]["image"], "securityContext": {"privileged": True}}]),
+    "privileged-init-container": (lambda rj: gpu_worker(rj).update(initContainers=[
+        {"name": "x", "image": head(rj)["containers"][0]["image"], "securityContext": {"privileged": True}}]),
         "no privileged container"),
     "privileged-autoscaler": (lambda rj: autoscaler(rj)["securityContext"].update(privileged=True),
                               "no privileged container"),
@@ -275,10 +274,10 @@ MUTATIONS = {
                    "a sweep RayJob may use only the Secrets"),
     "secret-env-submitter": (lambda rj: submitter(rj)["containers"][0].update(env=[secret_env(OTHER_SECRET)]),
                              "a sweep RayJob may use only the Secrets"),
-    "secret-env-from": (lambda rj: gpu_worker(rj)["containers"][0].update(envFrom=[{"secretRef": {"name": OTHER_SECRET}}]),
-                        "a sweep RayJob may use only the Secrets"),
-    "secret-volume": (lambda rj: gpu_worker(rj)["volumes"].append({"name": "s", "secret": {"secretName": OTHER_SECRET}}),
-                      "a sweep RayJob may use only the Secrets"),
+    "secret-env-from": (lambda rj: gpu_worker(rj)["containers"][0].update(
+        envFrom=[{"secretRef": {"name": OTHER_SECRET}}]), "a sweep RayJob may use only the Secrets"),
+    "secret-volume": (lambda rj: gpu_worker(rj)["volumes"].append(
+        {"name": "s", "secret": {"secretName": OTHER_SECRET}}), "a sweep RayJob may use only the Secrets"),
     "secret-projected": (lambda rj: head(rj)["volumes"].append(
         {"name": "p", "projected": {"sources": [{"configMap": {"name": "x"}}, {"secret": {"name": OTHER_SECRET}}]}}),
         "a sweep RayJob may use only the Secrets"),
@@ -315,7 +314,8 @@ def test_harmless_changes_are_admitted(policy, params, launched_rayjob, change):
         for p in pod_specs(rj):
             p.pop("volumes", None)
             for c in p["containers"]:
-                c.pop("securityContext", None), c.pop("env", None), c.pop("volumeMounts", None)
+                for field in ("securityContext", "env", "volumeMounts"):
+                    c.pop(field, None)
         del rj["spec"]["rayClusterSpec"]["autoscalerOptions"], rj["spec"]["submitterPodTemplate"]
     assert admission(policy, params, rj) == []
 
