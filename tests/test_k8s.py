@@ -1355,7 +1355,7 @@ def test_sweep_render_wires_configmap_and_image(tmp_path):
 
 def test_sweep_admission_policy():
     """The ValidatingAdmissionPolicy binds to the launcher's ServiceAccount and its params hold the
-    Secrets the sweep's pods really use. (Its CEL runs only in an API server; here: its wiring.)"""
+    Secrets the sweep's pods really use. (Its CEL is executed in tests/test_admission_policy.py.)"""
     [vap] = by_kind("ValidatingAdmissionPolicy")
     [binding] = by_kind("ValidatingAdmissionPolicyBinding")
     [sa] = by_kind("ServiceAccount")
@@ -1371,7 +1371,7 @@ def test_sweep_admission_policy():
     assert f'"system:serviceaccount:cdb:{sa["metadata"]["name"]}"' in cond["expression"]
     cel = " ".join(v["expression"] for v in spec["validations"])
     for needle in ("clusterSelector", "params.data.image", "serviceAccountName", "privileged", "hostPath",
-                   "hostNetwork", "secretKeyRef", "secretRef", "autoscalerOptions", "variables.allowedSecrets"):
+                   "hostNetwork", "secretKeyRef", "secretRef", "variables.autoscaler", "variables.allowedSecrets"):
         assert needle in cel, needle
     # The Secrets the sweep template uses are exactly the allowed ones; the image placeholder is the same.
     used = set()
