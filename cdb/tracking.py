@@ -15,10 +15,15 @@ Default store: sqlite:///<cwd>/mlflow.db with artifacts in <cwd>/mlartifacts, un
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import os
+import re
+import secrets
+import shlex
 import subprocess
+import sys
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -51,6 +56,17 @@ TAG_PARENT_RUN = "mlflow.parentRunId"
 TAG_SWEEP_SCALES = "cdb.sweep.scales"
 TAG_SWEEP_METHODS = "cdb.sweep.methods"
 """On a sweep's parent run: its scales and methods, comma-separated."""
+
+# MLflow's own tags, shown by its UI as Source, Version, Created by and the run's Description.
+TAG_SOURCE_COMMIT = "mlflow.source.git.commit"
+"""The git commit of the code (the same as TAG_COMMIT, where MLflow's UI looks for it)."""
+TAG_SOURCE_NAME = "mlflow.source.name"
+"""The entry point that made the run, e.g. `python -m cdb.train`."""
+TAG_USER = "mlflow.user"
+"""The login of the user who started the run."""
+TAG_NOTE = "mlflow.note.content"
+"""The command line that made the run (its arguments only: nothing from the environment; passwords in
+URLs masked)."""
 
 EVAL_RUN = "eval"
 """TAG_METHOD of an evaluation of a model as it is (no prompt-time method)."""
@@ -87,6 +103,38 @@ def metrics_under(metrics: Mapping[str, float], prefix: str) -> dict[str, float]
     """The metrics logged under `prefix/`, by their names without it."""
     head = f"{prefix}/"
     return {k[len(head):]: v for k, v in metrics.items() if k.startswith(head)}
+
+
+def run_name(scale: str, method: str) -> str:
+    """A default run name that says what the run is: `<scale>-<method>-<4 hex digits>`."""
+    return f"{scale}-{method}-{secrets.token_hex(2)}"
+
+
+def masked(text: str) -> str:
+    """`text` with the password of every `scheme://user:password@host` replaced by ***."""
+    return re.sub(r"(://[^/\s:@]+:)[^/\s@]+@", r"\1***@", text)
+
+
+def entry_point(argv0: str) -> str:
+    """How the program was started: `python -m cdb.<module>` for cdb's own modules, else its file name."""
+    path = Path(argv0).resolve()
+    package = Path(__file__).resolve().parent
+    if path.suffix == ".py" and path.is_relative_to(package):
+        module = ".".join(("cdb", *path.relative_to(package).with_suffix("").parts))
+        return f"python -m {module.removesuffix('.__main__')}"
+    return Path(argv0).name
+
+
+def source_tags(argv: Sequence[str] | None = None) -> dict[str, str]:
+    """MLflow's standard tags of a run made by this process (`argv`: default sys.argv)."""
+    argv = list(sys.argv if argv is None else argv)
+    source = entry_point(argv[0]) if argv else "python"
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a uid without a name (some containers)
+        user = str(os.getuid())
+    return {TAG_SOURCE_COMMIT: git_commit(), TAG_SOURCE_NAME: source, TAG_USER: user,
+            TAG_NOTE: masked(" ".join([source, *map(shlex.quote, argv[1:])]))}
 
 
 def resolve_uri(configured: str) -> str:
@@ -209,9 +257,11 @@ class Run:
 
 
 def create_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> Run:
-    """A new RUNNING run with its params and tags (and TAG_COMMIT) in `experiment`, created if need be."""
+    """A new RUNNING run with its params and tags (and TAG_COMMIT, `source_tags()`) in `experiment`,
+    created if need be."""
+    standard = source_tags()
     created = _client(uri).create_run(experiment_id(uri, experiment), run_name=run_name or None,
-                                      tags={TAG_COMMIT: git_commit(), **tags})
+                                      tags={TAG_COMMIT: standard[TAG_SOURCE_COMMIT], **standard, **tags})
     run = Run(uri, created.info.run_id)
     run.log_params(params)
     return run

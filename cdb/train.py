@@ -285,7 +285,8 @@ def prepare_run(config: cfg.Config, resume: bool, n_records: int, rejected: list
             tags[tracking.TAG_PARENT_RUN] = config.tracking.parent_run_id
         run = {"run_id": None, "ray_name": f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
                "tracking_uri": uri, "experiment": config.tracking.experiment,
-               "run_name": config.tracking.run_name, "params": {k: str(v) for k, v in params.items()}, "tags": tags}
+               "run_name": config.tracking.run_name or tracking.run_name(scale.name, config.objective.method),
+               "params": {k: str(v) for k, v in params.items()}, "tags": tags}
     run["run_id"] = tracking.ensure_run(run, output_dir)
     tracking.write_run_file(run, output_dir)
     return run

@@ -218,3 +218,26 @@ def test_the_exported_models_location_is_recorded_without_copying_it(uri, tmp_pa
     assert client.list_artifacts(run.id) == []
     stored = Path(model.artifact_location.removeprefix("file://"))
     assert not stored.exists() or not any(stored.rglob("*"))  # the weights stay where they are
+
+
+def test_runs_carry_mlflow_standard_tags_and_a_readable_default_name(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with tracking.open_run(uri, "exp", tracking.run_name("tiny", "dpo")) as run:
+        pass
+    got = MlflowClient(uri).get_run(run.id)
+    scale, method, suffix = got.info.run_name.split("-")
+    assert (scale, method, len(suffix)) == ("tiny", "dpo", 4)
+    tags = got.data.tags
+    assert tags[tracking.TAG_SOURCE_COMMIT] == tags[tracking.TAG_COMMIT] == tracking.git_commit()
+    assert tags[tracking.TAG_USER] and tags[tracking.TAG_SOURCE_NAME] and tags[tracking.TAG_NOTE]
+
+
+def test_the_command_line_tag_names_cdb_modules_and_masks_url_passwords():
+    train = str(Path(tracking.__file__).parent / "train.py")
+    tags = tracking.source_tags([train, "--scale", "tiny", "--tracking-uri", "https://me:s3cret@mlflow.example/x",
+                                 "--set", "tracking.run_name=a b"])
+    assert tags[tracking.TAG_SOURCE_NAME] == "python -m cdb.train"
+    assert tags[tracking.TAG_NOTE] == ("python -m cdb.train --scale tiny --tracking-uri https://me:***@mlflow.example/x "
+                                       "--set 'tracking.run_name=a b'")
+    assert "s3cret" not in json.dumps(tags)
+    assert tracking.source_tags(["/usr/bin/pytest", "-q"])[tracking.TAG_SOURCE_NAME] == "pytest"
