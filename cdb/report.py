@@ -82,14 +82,14 @@ def collect(uri: str, experiment: str) -> list[RunRow]:
         raise ReportError(f"experiment '{experiment}' not found in {uri}")
     rows = []
     for run in runs:
-        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-        method = tags.get(tracking.TAG_METHOD) or params.get("method") or "?"
+        tags, metrics = run.data.tags, run.data.metrics
+        method = tags.get(tracking.TAG_METHOD) or "?"
         if method in tracking.BOOKKEEPING_RUNS:  # not models
             continue
         prompt_time = tags.get(tracking.eval_tag(tracking.PREFIX_EVAL, "method"), "none")  # cdb.eval's --method for the eval/ metrics
         if prompt_time not in ("none", method):
             method = f"{method}+{prompt_time}"  # e.g. a trained model then decoded with self-debias
-        scale = tags.get(tracking.TAG_SCALE) or params.get("scale") or tags.get(tracking.TAG_MODEL) or "?"
+        scale = tags.get(tracking.TAG_SCALE) or tags.get(tracking.TAG_MODEL) or "?"
         rows.append(RunRow(
             run.info.run_id, run.info.run_name or "", method, scale, run.info.status, run.info.start_time or 0,
             tracking.metrics_under(metrics, tracking.PREFIX_EVAL), tracking.metrics_under(metrics, tracking.PREFIX_EVAL_BASE),

@@ -68,6 +68,16 @@ TAG_NOTE = "mlflow.note.content"
 """The command line that made the run (its arguments only: nothing from the environment; passwords in
 URLs masked)."""
 
+RUN_SPECIFIC_KEYS = ("train.output_dir", "tracking.uri", "tracking.run_name", "tracking.parent_run_id")
+"""Config keys whose values differ on every run by construction: logged as tags `cdb.<key>`, not as
+params, so the Compare view's params show only what a user chose."""
+
+
+def config_tag(key: str) -> str:
+    """The tag holding a RUN_SPECIFIC_KEYS value."""
+    return f"cdb.{key}"
+
+
 EVAL_RUN = "eval"
 """TAG_METHOD of an evaluation of a model as it is (no prompt-time method)."""
 REPORT_RUN = "report"

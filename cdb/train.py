@@ -256,6 +256,16 @@ def prepare_model(config: cfg.Config) -> tuple[str, int]:
     return model_source, parameters
 
 
+def trained_parameters(config: cfg.Config, lm_parameters: int) -> int:
+    """What the run trains: the LM's parameters plus the contrast head's, for methods that have one."""
+    from cdb.memory import contrast_head_params, model_shape
+
+    if not METHODS[config.objective.method].contrast_head:
+        return lm_parameters
+    hidden = model_shape(config.scale.model, config.scale.trust_remote_code).hidden
+    return lm_parameters + contrast_head_params(hidden, config.objective.projection_dim)
+
+
 def prepare_run(config: cfg.Config, resume: bool, n_records: int, rejected: list, parameters: int) -> dict:
     """The run folder (config.yaml, run.json) and its MLflow run: new, or the saved one on --resume."""
     from cdb import tracking
@@ -275,12 +285,16 @@ def prepare_run(config: cfg.Config, resume: bool, n_records: int, rejected: list
     if resume:
         run = json.loads(run_file.read_text())
     else:
+        # Each setting once, under its config key; what is not a setting under its own name.
+        settings = config.flat()
         params = {
-            "scale": scale.name, "method": config.objective.method, "model": scale.model,
-            "world_size": scale.num_workers, "zero_stage": 3, "records": n_records, "rejected_records": len(rejected),
-            "parameters": parameters, **config.flat(),
+            "zero_stage": 3, "records": n_records, "rejected_records": len(rejected),
+            "parameters": trained_parameters(config, parameters), "parameters_lm": parameters,
+            **{k: v for k, v in settings.items() if k not in tracking.RUN_SPECIFIC_KEYS},
         }
-        tags = {tracking.TAG_SCALE: scale.name, tracking.TAG_METHOD: config.objective.method}
+        tags = {tracking.TAG_SCALE: scale.name, tracking.TAG_METHOD: config.objective.method,
+                **{tracking.config_tag(k): tracking.masked(str(settings[k])) for k in tracking.RUN_SPECIFIC_KEYS
+                   if settings[k] not in ("", None)}}
         if config.tracking.parent_run_id:
             tags[tracking.TAG_PARENT_RUN] = config.tracking.parent_run_id
         run = {"run_id": None, "ray_name": f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",

@@ -37,12 +37,8 @@ def store(tmp_path):
     experiment = client.create_experiment("sweep", artifact_location=(tmp_path / "mlartifacts").as_uri())
     now = int(time.time() * 1000)
     for i, (method, (base, tuned)) in enumerate(RUNS.items()):
-        # The trainer's tags on two runs, only its params on the third: both are read.
-        tags = {"cdb.method": method, "cdb.scale": "smol-135m"} if method != "sft" else {}
+        tags = {"cdb.method": method, "cdb.scale": "smol-135m"}
         run = client.create_run(experiment, run_name=f"smol-{method}", tags=tags, start_time=now + i)
-        if method == "sft":
-            client.log_param(run.info.run_id, "method", method)
-            client.log_param(run.info.run_id, "scale", "smol-135m")
         metrics = [Metric(f"eval_base/{k}", v, now, 0) for k, v in base.items()]
         metrics += [Metric(f"eval/{k}", v, now, 0) for k, v in tuned.items()]
         metrics.append(Metric("train/loss", 1.0, now, 1))

@@ -196,7 +196,7 @@ def test_sweep_records_a_failed_point_goes_on_and_reports(failed_sweep):
     [child] = runs_by_name(uri, "sw")["tiny-contrastive"]
     assert child.info.run_id == tiny["run_id"] and child.info.status == "FINISHED"
     assert child.data.tags["mlflow.parentRunId"] == parent_id
-    assert child.data.params["train.max_steps"] == "2" and child.data.params["tracking.parent_run_id"] == parent_id
+    assert child.data.params["train.max_steps"] == "2" and child.data.tags["cdb.tracking.parent_run_id"] == parent_id
 
     assert "tiny" in (out / "report" / "report.md").read_text()
     logged = {a.path for a in client.list_artifacts(parent_id, "report")}
@@ -239,6 +239,6 @@ def test_sweep_of_two_methods_in_parallel_finishes_with_a_child_run_each(tmp_pat
     for name in ("tiny-contrastive", "tiny-sft"):
         [child] = runs[name]
         assert child.data.tags["mlflow.parentRunId"] == state["parent_run_id"]
-        assert child.data.tags["cdb.method"] == name.split("-", 1)[1] and child.data.params["world_size"] == "1"
+        assert child.data.tags["cdb.method"] == name.split("-", 1)[1] and child.data.params["scale.num_workers"] == "1"
     assert MlflowClient(uri).get_run(state["parent_run_id"]).info.status == "FINISHED"
     assert (out / "report" / "report.md").is_file()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,8 +60,19 @@ def test_tiny_run_end_to_end(tmp_path):
 
     client, run = only_run(uri)
     assert run.info.status == "FINISHED"
-    assert run.data.params["world_size"] == "2" and run.data.params["zero_stage"] == "3"
-    assert run.data.params["scale"] == "tiny" and run.data.params["method"] == "contrastive"
+    params, tags = run.data.params, run.data.tags
+    assert params["scale.num_workers"] == "2" and params["zero_stage"] == "3"
+    assert params["scale.name"] == "tiny" and params["objective.method"] == "contrastive"
+    # Each setting once under its config key; per-run values as tags; the head counted in `parameters`.
+    assert not {"scale", "method", "model", "world_size"} & set(params)
+    assert not {"train.output_dir", "tracking.uri", "tracking.run_name", "tracking.parent_run_id"} & set(params)
+    assert tags["cdb.train.output_dir"] == str(out) and tags["cdb.tracking.uri"] == uri
+    printed = int(re.search(r"\[cdb\] ([\d,]+) parameters", output).group(1).replace(",", ""))
+    assert int(params["parameters"]) == printed > int(params["parameters_lm"])
+    # A readable default name and MLflow's own source tags.
+    assert re.fullmatch(r"tiny-contrastive-[0-9a-f]{4}", run.info.run_name)
+    assert tags["mlflow.source.name"] == "python -m cdb.train" and tags["mlflow.source.git.commit"] == tags["cdb.commit"]
+    assert tags["mlflow.user"] and tags["mlflow.note.content"].startswith("python -m cdb.train --scale tiny")
     assert run.data.tags["cdb.scale"] == "tiny" and run.data.tags["cdb.method"] == "contrastive"
     for name in EXPECTED_METRICS:
         history = client.get_metric_history(run.info.run_id, name)
@@ -166,7 +178,7 @@ def test_smol_135m_trains_offline(tmp_path):
                       "--set", "data.max_records=16"], tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     client, run = only_run(uri)
-    assert run.data.params["scale"] == "smol-135m"
+    assert run.data.params["scale.name"] == "smol-135m"
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 2
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["num_hidden_layers"] == 30 and config["hidden_size"] == 576  # SmolLM2-135M's shape
