@@ -292,7 +292,7 @@ def prepare_run(config: cfg.Config, resume: bool, n_records: int, rejected: list
             "parameters": trained_parameters(config, parameters), "parameters_lm": parameters,
             **{k: v for k, v in settings.items() if k not in tracking.RUN_SPECIFIC_KEYS},
         }
-        tags = {tracking.TAG_SCALE: scale.name, tracking.TAG_METHOD: config.objective.method,
+        tags = {tracking.TAG_KIND: tracking.TRAIN_RUN, tracking.TAG_SCALE: scale.name, tracking.TAG_METHOD: config.objective.method,
                 **{tracking.config_tag(k): tracking.masked(str(settings[k])) for k in tracking.RUN_SPECIFIC_KEYS
                    if settings[k] not in ("", None)}}
         if config.tracking.parent_run_id:

@@ -10,7 +10,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from cdb import settings
-from cdb.report import ReportSettings, main
+from cdb.report import ReportSettings, main, report
 
 # method -> (eval_base values, eval values); deltas below are worked out by hand
 RUNS = {
@@ -120,3 +120,27 @@ def test_bad_settings_exit_2_naming_the_key(tmp_path, monkeypatch, capsys, args,
     assert main(args) == 2
     assert capsys.readouterr().err.strip() == message
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_training_runs_filter_selects_exactly_the_training_runs(tmp_path):
+    """A training run, an evaluation run, a sweep's parent and its report: the documented filter keeps the first."""
+    from cdb import sweep, tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = sweep.ensure_parent({}, uri, "exp", ["tiny"], ["sft"], echo=lambda _: None)
+    trained = tracking.create_run(uri, "exp", "tiny-sft", {}, {tracking.TAG_KIND: tracking.TRAIN_RUN,
+                                                               tracking.TAG_METHOD: "sft", tracking.TAG_PARENT_RUN: parent.id})
+    trained.finish("FINISHED")
+    with tracking.open_run(uri, "exp", "eval-gpt2", {}, {tracking.TAG_METHOD: tracking.EVAL_RUN}):
+        pass
+    result = report("exp", tmp_path / "report", uri)
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("exp").experiment_id
+    assert len(client.search_runs([experiment])) == 4
+    found = client.search_runs([experiment], filter_string=tracking.TRAINING_RUNS_FILTER)
+    assert [r.info.run_id for r in found] == [trained.id]
+    # The report run is not nested among the training runs, and holds the report's files.
+    report_run = client.get_run(result["run_id"])
+    assert tracking.TAG_PARENT_RUN not in report_run.data.tags
+    assert {a.path for a in client.list_artifacts(result["run_id"])} == {"report.md", "report.html", "alignment_tax.png"}

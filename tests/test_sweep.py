@@ -199,8 +199,11 @@ def test_sweep_records_a_failed_point_goes_on_and_reports(failed_sweep):
     assert child.data.params["train.max_steps"] == "2" and child.data.tags["cdb.tracking.parent_run_id"] == parent_id
 
     assert "tiny" in (out / "report" / "report.md").read_text()
-    logged = {a.path for a in client.list_artifacts(parent_id, "report")}
-    assert {"report/report.md", "report/report.html", "report/alignment_tax.png"} <= logged
+    report_id = client.get_run(parent_id).data.tags["cdb.sweep.report"]
+    assert report_id == state["report"]["run_id"] and "mlflow.parentRunId" not in client.get_run(report_id).data.tags
+    logged = {a.path for a in client.list_artifacts(report_id)}
+    assert {"report.md", "report.html", "alignment_tax.png"} <= logged
+    assert not client.list_artifacts(parent_id, "report")  # the files once, on the report run
     assert "sweep.json" in {a.path for a in client.list_artifacts(parent_id)}
 
 
