@@ -315,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"[cdb.report] {result['runs']} runs ({result['evaluated']} with eval metrics): "
           f"{', '.join(result['files'])}; MLflow report run {result['run_id']}")
+    uri = result["tracking_uri"]
+    link = tracking.runs_url(uri, tracking.experiment_id(uri, options.experiment), tracking.TRAINING_RUNS_FILTER)
+    print(f"[cdb.report] the training runs in MLflow: {tracking.ui_hint(uri, link)}")
     return 0
 
 

@@ -184,12 +184,57 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+"""MLflow 3's experiment tag for a model-training experiment: its UI opens such an experiment on the
+runs table, not on the GenAI overview."""
+
+
 def experiment_id(uri: str, name: str) -> str:
     client = _client(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=_artifact_root(uri))
+    return client.create_experiment(name, artifact_location=_artifact_root(uri), tags=EXPERIMENT_KIND)
+
+
+# --- links into MLflow's UI (MLflow 3's routes) ------------------------------------------------
+LOCAL_UI = "http://127.0.0.1:5000"
+"""Where `ui_command`'s `mlflow ui` serves a local store."""
+
+
+def ui_command(uri: str) -> str | None:
+    """The `mlflow ui` command that serves a local store (sqlite, file, database), None for a server."""
+    if uri.startswith(("http://", "https://", "databricks")):
+        return None
+    return f"mlflow ui --backend-store-uri {masked(uri)} --host 127.0.0.1 --port 5000"
+
+
+def ui_hint(uri: str, link: str) -> str:
+    """How to open `link`: start `mlflow ui` first for a local store."""
+    command = ui_command(uri)
+    return f"{command}, then open {link}" if command else link
+
+
+def _ui_base(uri: str) -> str:
+    return masked(uri).rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+
+
+def runs_url(uri: str, experiment: str, search_filter: str = "") -> str:
+    """The runs table of an experiment (by id) in MLflow's UI, with `search_filter` in its search box."""
+    from urllib.parse import quote
+
+    query = f"?searchFilter={quote(search_filter, safe='')}" if search_filter else ""
+    return f"{_ui_base(uri)}/#/experiments/{experiment}/runs{query}"
+
+
+def run_url(uri: str, experiment: str, run_id: str) -> str:
+    """One run's page (experiment by id) in MLflow's UI."""
+    return f"{_ui_base(uri)}/#/experiments/{experiment}/runs/{run_id}"
+
+
+def sweep_filter(parent_run_id: str) -> str:
+    """A search filter for the training runs of one sweep."""
+    return f"{TRAINING_RUNS_FILTER} and tags.{TAG_PARENT_RUN} = '{parent_run_id}'"
 
 
 def experiment_runs(uri: str, name: str) -> list | None:

@@ -366,19 +366,21 @@ def fit(trainer, output_dir: Path):
 
 
 def print_summary(config: cfg.Config, run: dict, result, elapsed: float) -> None:
+    from cdb import tracking
+
     output_dir = Path(config.train.output_dir)
     uri = run["tracking_uri"]
     checkpoint = result.checkpoint.path if result.checkpoint else "(none)"
-    db_hint = f"--backend-store-uri {uri}" if uri.startswith(("sqlite:", "file:", "postgresql:", "mysql:")) else ""
     print(f"\n[cdb] done in {timedelta(seconds=round(elapsed))}: final loss {result.metrics.get('loss', float('nan')):.4f}")
     print(f"  model:       {output_dir / 'model'}")
     print(f"  checkpoints: {checkpoint}")
     print(f"  config:      {output_dir / 'config.yaml'}")
-    print(f"  MLflow run:  {run['run_id']} (experiment '{config.tracking.experiment}', {uri})")
-    if db_hint:
-        print(f"  MLflow UI:   mlflow ui {db_hint} --host 127.0.0.1 --port 5000, then open http://127.0.0.1:5000")
-    else:
-        print(f"  MLflow UI:   open {uri}")
+    print(f"  MLflow run:  {run['run_id']} (experiment '{config.tracking.experiment}', {tracking.masked(uri)})")
+    try:
+        link = tracking.run_url(uri, tracking.experiment_id(uri, config.tracking.experiment), run["run_id"])
+    except Exception:  # a server gone since the run finished (or never reached): the id above is what there is
+        return
+    print(f"  MLflow UI:   {tracking.ui_hint(uri, link)}")
 
 
 def main(argv: list[str] | None = None) -> int:

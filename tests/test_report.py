@@ -53,7 +53,10 @@ def test_report_tables_plot_and_run(store, tmp_path, capsys):
     uri, client, experiment, crashed = store
     out = tmp_path / "report"
     assert main(["--experiment", "sweep", "--tracking-uri", uri, "--output", str(out)]) == 0
-    assert "4 runs (3 with eval metrics)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "4 runs (3 with eval metrics)" in printed
+    link = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs?searchFilter=tags.cdb.kind%20%3D%20%27train%27"
+    assert f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000, then open {link}" in printed
 
     md = (out / "report.md").read_text()
     html = (out / "report.html").read_text()
@@ -88,7 +91,10 @@ def test_report_tables_plot_and_run(store, tmp_path, capsys):
     path = tmp_path / "report.yaml"
     path.write_text(yaml.safe_dump({"experiment": "sweep", "tracking_uri": uri, "output": str(tmp_path / "unused")}))
     assert main(["--config", str(path), "--set", f"output={tmp_path / 'again'}"]) == 0
-    assert "4 runs (3 with eval metrics)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "4 runs (3 with eval metrics)" in printed
+    link = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs?searchFilter=tags.cdb.kind%20%3D%20%27train%27"
+    assert f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000, then open {link}" in printed
     assert (tmp_path / "again" / "report.md").is_file() and not (tmp_path / "unused").exists()
 
 

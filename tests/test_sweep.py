@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 import os
 import signal
 import subprocess
@@ -245,3 +246,10 @@ def test_sweep_of_two_methods_in_parallel_finishes_with_a_child_run_each(tmp_pat
         assert child.data.tags["cdb.method"] == name.split("-", 1)[1] and child.data.params["scale.num_workers"] == "1"
     assert MlflowClient(uri).get_run(state["parent_run_id"]).info.status == "FINISHED"
     assert (out / "report" / "report.md").is_file()
+    # The documented filter returns exactly the training runs; the printed link opens them.
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("cdb-sweep").experiment_id
+    found = client.search_runs([experiment], filter_string="tags.cdb.kind = 'train'")
+    assert sorted(r.info.run_id for r in found) == sorted(p["run_id"] for p in points.values())
+    wanted = quote(f"tags.cdb.kind = 'train' and tags.mlflow.parentRunId = '{state['parent_run_id']}'", safe="")
+    assert f"then open http://127.0.0.1:5000/#/experiments/{experiment}/runs?searchFilter={wanted}" in proc.stdout
