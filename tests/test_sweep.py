@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import json
-from urllib.parse import quote
 import os
 import signal
 import subprocess
 import sys
 from types import SimpleNamespace
+from urllib.parse import quote
 
 import pytest
 import yaml
