@@ -107,6 +107,8 @@ def eval_tag(prefix: str, field: str) -> str:
 # --- metric prefixes: every metric is `<prefix>/<name>` ------------------------------------------
 PREFIX_TRAIN = "train"
 """Training steps, logged by the workers."""
+PREFIX_VAL = "val"
+"""The held-out validation sources, logged by the workers (the same metrics for every method)."""
 PREFIX_EVAL = "eval"
 """cdb.eval of the trained model (or of a model as it is, in an evaluation run)."""
 PREFIX_EVAL_BASE = "eval_base"

@@ -82,11 +82,13 @@ def config_from_args(args: argparse.Namespace) -> cfg.Config:
 def check_batches(config: cfg.Config, n_records: int) -> str | None:
     """A message when the data cannot fill one optimizer step on every worker, else None."""
     from cdb.data.batch import micro_batches_per_epoch
+    from cdb.data.records import validation_count
 
     scale = config.scale
     n_sources = min(n_records, config.data.max_records or n_records)
+    n_sources -= validation_count(n_sources, config.data.val_share)  # held out, never trained on
     if micro_batches_per_epoch(n_sources, scale.micro_batch, scale.num_workers) < scale.grad_accum:
-        return (f"{n_sources} sources cannot fill one optimizer step: it takes micro_batch {scale.micro_batch} x "
+        return (f"{n_sources} training sources cannot fill one optimizer step: it takes micro_batch {scale.micro_batch} x "
                 f"grad_accum {scale.grad_accum} x {scale.num_workers} workers = "
                 f"{scale.micro_batch * scale.grad_accum * scale.num_workers} sources")
     return None

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cdb.data.records import NEGATIVE_TYPES
 from conftest import REPO
 
 EXPECTED_METRICS = [
@@ -51,8 +52,8 @@ def good_record(i):
 def test_tiny_run_end_to_end(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "run"
-    proc = run_train(["--scale", "tiny", "--max-steps", "20", "--output-dir", str(out), "--tracking-uri", uri], tmp_path,
-                     extra_env=SECRETS)
+    proc = run_train(["--scale", "tiny", "--max-steps", "20", "--output-dir", str(out), "--tracking-uri", uri,
+                      "--set", "train.eval_every=5"], tmp_path, extra_env=SECRETS)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert str(out / "model") in proc.stdout and "mlflow ui" in proc.stdout
     output = proc.stdout + proc.stderr
@@ -77,6 +78,15 @@ def test_tiny_run_end_to_end(tmp_path):
     for name in EXPECTED_METRICS:
         history = client.get_metric_history(run.info.run_id, name)
         assert sorted(m.step for m in history) == list(range(1, 21)), name
+    # Validation on the held-out sources, the same metrics for every method, every eval_every steps.
+    by_type = [k for k in run.data.metrics if k.startswith("val/pref_accuracy/")]
+    assert by_type and all(k.split("/")[-1] in NEGATIVE_TYPES for k in by_type)
+    for name in ["val/lm_loss", "val/pref_accuracy", *by_type]:
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, name)}
+        assert sorted(history) == [5, 10, 15, 20], name
+        assert all(0 <= v <= 1 for v in history.values()) if "accuracy" in name else all(v > 0 for v in history.values())
+    val_loss = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/lm_loss")}
+    assert val_loss[20] < val_loss[5]
     loss = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/loss")}
     ce = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/loss_ce")}
     assert loss[20] < loss[1] and ce[20] < ce[1]
