@@ -42,6 +42,7 @@ def store(tmp_path):
         metrics = [Metric(f"eval_base/{k}", v, now, 0) for k, v in base.items()]
         metrics += [Metric(f"eval/{k}", v, now, 0) for k, v in tuned.items()]
         metrics.append(Metric("train/loss", 1.0, now, 1))
+        metrics += [Metric("val/lm_loss", 3.0 - i, now, 5), Metric("val/pref_accuracy", 0.25 * (i + 1), now, 5)]
         client.log_batch(run.info.run_id, metrics=metrics)
         client.set_terminated(run.info.run_id, "FINISHED")
     crashed = client.create_run(experiment, run_name="smol-crashed", tags={"cdb.method": "contrastive", "cdb.scale": "tiny"})
@@ -67,6 +68,12 @@ def test_report_tables_plot_and_run(store, tmp_path, capsys):
             assert cell in row, (method, cell, row)
             assert cell in html
         assert f"smol-{method}" in row
+    # The validation metrics every method shares, in a section of their own.
+    validation = md.split("## Validation")[1].split("##")[0]
+    for i, method in enumerate(RUNS):
+        assert f"| {method} | smol-135m | smol-{method} " in validation
+        assert f"| {3.0 - i:.4f} | {0.25 * (i + 1):.4f} |" in validation
+    assert "<h2>Validation (held-out sources, last validation)</h2>" in html and "0.7500</td>" in html
     # An unmeasured metric is a dash, not a zero; the base table holds the eval_base values.
     sft_row = next(line for line in tuned_table.splitlines() if line.startswith("| sft |"))
     assert sft_row.count("—") == 8
@@ -76,7 +83,7 @@ def test_report_tables_plot_and_run(store, tmp_path, capsys):
     assert '<td class="better">0.5800 (-0.0400)</td>' in html
     # The run without eval metrics is listed, not dropped.
     assert "## Runs without eval metrics" in md and f"contrastive / tiny: run smol-crashed ({crashed[:8]}), status FAILED" in md
-    assert html.count("<table>") == 2 and "smol-crashed" in html
+    assert html.count("<table>") == 3 and "smol-crashed" in html
 
     png = (out / "alignment_tax.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"

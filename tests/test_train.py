@@ -74,6 +74,9 @@ def test_tiny_run_end_to_end(tmp_path):
     assert re.fullmatch(r"tiny-contrastive-[0-9a-f]{4}", run.info.run_name)
     assert tags["mlflow.source.name"] == "python -m cdb.train" and tags["mlflow.source.git.commit"] == tags["cdb.commit"]
     assert tags["mlflow.user"] and tags["mlflow.note.content"].startswith("python -m cdb.train --scale tiny")
+    assert tags["cdb.kind"] == "train"
+    experiment = client.get_experiment_by_name("cdb").experiment_id
+    assert f"then open http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run.info.run_id}" in proc.stdout
     assert run.data.tags["cdb.scale"] == "tiny" and run.data.tags["cdb.method"] == "contrastive"
     for name in EXPECTED_METRICS:
         history = client.get_metric_history(run.info.run_id, name)
