@@ -95,9 +95,9 @@ def validation_metrics(strategy, spec, objective_config, sources: list, micro_ba
     sources repeats one and counts nothing from it. No gradients; dropout off while it runs."""
     import torch
 
+    from cdb import objective
     from cdb.data.batch import collate
     from cdb.data.records import NEGATIVE_TYPES
-    from cdb.objective import pooling_mask, preference_pairs, score_positions, sequence_logprobs
 
     mine, n_types = sources[rank::world], len(NEGATIVE_TYPES)
     # NLL sum, NLL tokens, then per negative type: pairs ranked right, pairs
@@ -107,18 +107,18 @@ def validation_metrics(strategy, spec, objective_config, sources: list, micro_ba
         for start in range(0, len(sources[0::world]), micro_batch):
             chunk = mine[start:start + micro_batch]
             batch = {k: v.to(strategy.device) for k, v in collate(chunk or sources[:1], pad_id).items()}
-            score_mask, targets = score_positions(batch["labels"], torch.ones_like(batch["positive"]))
+            score_mask, targets = objective.score_positions(batch["labels"], torch.ones_like(batch["positive"]))
             pool_mask = None
             if spec.contrast_head:  # the same forward as in training, head included, on every rank
-                pool_mask = pooling_mask(batch["entity_mask"], batch["target_mask"], objective_config.pooling)
+                pool_mask = objective.pooling_mask(batch["entity_mask"], batch["target_mask"], objective_config.pooling)
             outputs = strategy.forward(batch["input_ids"], batch["attention_mask"], score_mask, pool_mask)
             if not chunk:
                 continue
             rows, positive = score_mask.nonzero(as_tuple=True)[0], batch["positive"]
-            logp = sequence_logprobs(outputs["logits"], targets, rows, len(positive)).double()
+            logp = objective.sequence_logprobs(outputs["logits"], targets, rows, len(positive)).double()
             tokens = torch.bincount(rows, minlength=len(positive)).double()
             mean_logp = logp / tokens.clamp_min(1)
-            chosen, rejected = preference_pairs(batch["group"], positive)
+            chosen, rejected = objective.preference_pairs(batch["group"], positive)
             kind = batch["neg_type"][rejected]
             right = (mean_logp[chosen] > mean_logp[rejected]).double()
             sums += torch.cat([torch.stack([-logp[positive].sum(), tokens[positive].sum()]),

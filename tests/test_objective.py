@@ -291,7 +291,7 @@ def test_dpo_logs_trl_names_one_per_quantity():
     logits, ref_logits = torch.randn(6, 7), torch.randn(6, 7)
     batch = {"positive": torch.tensor([True, False, False]), "group": torch.tensor([0, 0, 0])}
     outputs = {"logits": logits, "ref_logits": ref_logits, "targets": targets, "target_rows": rows}
-    loss, metrics = dpo_objective(outputs, batch, SimpleNamespace(dpo_beta=0.5))
+    _, metrics = dpo_objective(outputs, batch, SimpleNamespace(dpo_beta=0.5))
     assert set(metrics) == {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
                             "logps/chosen", "logps/rejected"}
     policy = sequence_logprobs(logits, targets, rows, 3)
