@@ -229,7 +229,7 @@ def test_sweep_of_two_methods_in_parallel_finishes_with_a_child_run_each(tmp_pat
     """One worker per point, so both fit the 2-CPU local cluster at once (--parallel 2)."""
     uri, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "sweep"
     proc = run_sweep(["--scales", "tiny", "--methods", "contrastive,sft", "--max-steps", "2", "--parallel", "2",
-                      "--set", "scale.num_workers=1", "--set", "data.max_records=16",
+                      "--set", "scale.num_workers=1", "--set", "data.max_records=16", "--set", "train.eval_every=1",
                       "--tracking-uri", uri, "--output-dir", str(out)], tmp_path, timeout=175)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     state = json.loads((out / "sweep.json").read_text())
@@ -251,5 +251,12 @@ def test_sweep_of_two_methods_in_parallel_finishes_with_a_child_run_each(tmp_pat
     experiment = client.get_experiment_by_name("cdb-sweep").experiment_id
     found = client.search_runs([experiment], filter_string="tags.cdb.kind = 'train'")
     assert sorted(r.info.run_id for r in found) == sorted(p["run_id"] for p in points.values())
+    for run in found:  # what a method comparison reads: shared validation metrics, source tags, curated params
+        for name in ("val/lm_loss", "val/pref_accuracy"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1, 2], name
+        assert run.data.tags["mlflow.source.name"] == "python -m cdb.train" and run.data.tags["mlflow.source.git.commit"]
+        assert not {"scale", "method", "train.output_dir", "tracking.uri"} & set(run.data.params)
+    report_run = client.get_run(state["report"]["run_id"])
+    assert report_run.data.tags["cdb.method"] == "report" and "mlflow.parentRunId" not in report_run.data.tags
     wanted = quote(f"tags.cdb.kind = 'train' and tags.mlflow.parentRunId = '{state['parent_run_id']}'", safe="")
     assert f"then open http://127.0.0.1:5000/#/experiments/{experiment}/runs?searchFilter={wanted}" in proc.stdout
