@@ -6,8 +6,9 @@
   log into it from rank 0 (`RunLogger`), spooling what an unreachable server cannot take.
 - Lineage of a training run: its data as a dataset input (`log_training_data`) and where its
   exported model lies (`log_model_location`).
-- The contract between the modules that write runs and those that read them: the TAG_* names and the
-  PREFIX_* metric prefixes below.
+- The contract between the modules that write runs and those that read them: the TAG_* names, the
+  PREFIX_* metric prefixes and TRAINING_RUNS_FILTER below; every run gets MLflow's source tags.
+- Links into MLflow's UI for the user (`runs_url`, `run_url`, `ui_hint`).
 
 Default store: sqlite:///<cwd>/mlflow.db with artifacts in <cwd>/mlartifacts, unless
 --tracking-uri / tracking.uri or MLFLOW_TRACKING_URI says otherwise.
