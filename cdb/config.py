@@ -101,6 +101,10 @@ class DataConfig:
     cda_attributes: tuple[str, ...] = ("gender", "race", "religion")
     """cda: the attributes whose terms are swapped (any non-empty subset of gender, race, religion;
     one run per attribute gives the published CDA-gender, -race and -religion)."""
+    val_share: float = 0.05
+    """Share of the sources (of the first max_records) held out for validation and never trained on:
+    round(val_share x sources), at least 2 but at most half of them; the same ones on every run of the
+    same data (those whose record id has the smallest SHA-256); 0 = none; in [0, 0.5]."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,9 @@ class TrainConfig:
     """Newest checkpoints kept in OUTPUT_DIR/checkpoints, older ones deleted; >= 1."""
     log_every: int = 1
     """Optimizer steps between train/ metrics logged to MLflow and printed; >= 1."""
+    eval_every: int = 10
+    """Optimizer steps between val/ metrics (LM loss and preference accuracy on the held-out sources,
+    the same for every method; also at the last step); >= 1."""
     max_failures: int = 1
     """Ray Train restarts of the worker group from the latest checkpoint after a failure; -1 = no limit;
     >= -1."""
@@ -193,7 +200,7 @@ class TrackingConfig:
     experiment: str = "cdb"
     """MLflow experiment of the run (created when missing)."""
     run_name: str = ""
-    """MLflow run name; empty = MLflow picks one."""
+    """MLflow run name; empty = `<scale>-<method>-<4 hex digits>`."""
     parent_run_id: str = ""
     """Nest this run under another (a sweep's parent run); empty = a top-level run."""
 
@@ -272,6 +279,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "scale.max_source_tokens": _at_least(8),
     "scale.max_target_tokens": _at_least(4),
     "data.max_records": _at_least(0),
+    "data.val_share": (lambda v: 0 <= v <= 0.5, "in [0, 0.5]"),
     "objective.alpha": _at_least(0),
     "objective.contrast_temperature": _above(0),
     "objective.projection_dim": _at_least(0),
@@ -289,6 +297,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.checkpoint_every": _at_least(1),
     "train.keep_checkpoints": _at_least(1),
     "train.log_every": _at_least(1),
+    "train.eval_every": _at_least(1),
     "train.max_failures": _at_least(-1),
     "train.max_nonfinite_in_row": _at_least(1),
     "eval.limit": _at_least(0),

@@ -192,6 +192,16 @@ class Strategy:
                 outputs["ref_logits"] = self.reference(input_ids, attention_mask, score_mask)["logits"]
         return outputs
 
+    @contextmanager
+    def evaluating(self):
+        """Forward passes without dropout and without gradients (validation); training mode after."""
+        self.engine.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.engine.train()
+
     def backward_and_step(self, loss: torch.Tensor) -> None:
         """Backward; the optimizer step applies at accumulation boundaries (DeepSpeed counts them)."""
         self.engine.backward(loss)

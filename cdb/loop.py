@@ -81,13 +81,66 @@ def micro_step(strategy, spec, objective_config, batch: dict) -> tuple[dict, boo
     return metrics, True
 
 
-class Trainer:
-    """Runs `steps` optimizer steps of one method on one rank's share of the sources."""
+def validation_metrics(strategy, spec, objective_config, sources: list, micro_batch: int, pad_id: int, rank: int,
+                       world: int) -> dict[str, float]:
+    """The val/ metrics every method shares, over the held-out `sources` (each rank scores
+    sources[rank::world]; the sums are added over ranks, so every rank returns the same numbers):
 
-    def __init__(self, config: Config, strategy, spec, sources: list, pad_id: int, rank: int, world: int,
-                 steps: int, logger, peak_flops: float):
+    - `lm_loss`: token NLL of the positives' candidate tokens;
+    - `pref_accuracy`: the share of same-source (positive, negative) pairs whose positive has the higher
+      length-normalised log-likelihood (mean token log-prob), and `pref_accuracy/<negative type>` for
+      the types present.
+
+    Collective: every rank runs as many forward passes as rank 0 (the most loaded); a rank short of
+    sources repeats one and counts nothing from it. No gradients; dropout off while it runs."""
+    import torch
+
+    from cdb import objective
+    from cdb.data.batch import collate
+    from cdb.data.records import NEGATIVE_TYPES
+
+    mine, n_types = sources[rank::world], len(NEGATIVE_TYPES)
+    # NLL sum, NLL tokens, then per negative type: pairs ranked right, pairs
+    sums = torch.zeros(2 + 2 * n_types, dtype=torch.float64)
+    with strategy.evaluating():
+        for start in range(0, len(sources[0::world]), micro_batch):
+            chunk = mine[start:start + micro_batch]
+            batch = {k: v.to(strategy.device) for k, v in collate(chunk or sources[:1], pad_id).items()}
+            score_mask, targets = objective.score_positions(batch["labels"], torch.ones_like(batch["positive"]))
+            pool_mask = None
+            if spec.contrast_head:  # the same forward as in training, head included, on every rank
+                pool_mask = objective.pooling_mask(batch["entity_mask"], batch["target_mask"], objective_config.pooling)
+            outputs = strategy.forward(batch["input_ids"], batch["attention_mask"], score_mask, pool_mask)
+            if not chunk:
+                continue
+            rows, positive = score_mask.nonzero(as_tuple=True)[0], batch["positive"]
+            logp = objective.sequence_logprobs(outputs["logits"], targets, rows, len(positive)).double()
+            tokens = torch.bincount(rows, minlength=len(positive)).double()
+            mean_logp = logp / tokens.clamp_min(1)
+            chosen, rejected = objective.preference_pairs(batch["group"], positive)
+            kind = batch["neg_type"][rejected]
+            right = (mean_logp[chosen] > mean_logp[rejected]).double()
+            sums += torch.cat([torch.stack([-logp[positive].sum(), tokens[positive].sum()]),
+                               torch.bincount(kind, weights=right, minlength=n_types),
+                               torch.bincount(kind, minlength=n_types).double()]).cpu()
+    total = strategy.sum_over_ranks(sums.float()).double()
+    right, pairs = total[2:2 + n_types], total[2 + n_types:]
+    metrics = {"lm_loss": (total[0] / total[1].clamp_min(1)).item(),
+               "pref_accuracy": (right.sum() / pairs.sum().clamp_min(1)).item()}
+    metrics.update({f"pref_accuracy/{name}": (right[t] / pairs[t]).item()
+                    for t, name in enumerate(NEGATIVE_TYPES) if pairs[t] > 0})
+    return metrics
+
+
+class Trainer:
+    """Runs `steps` optimizer steps of one method on one rank's share of the sources, validating on
+    the held-out `val_sources` every train.eval_every steps and at the last."""
+
+    def __init__(self, config: Config, strategy, spec, sources: list, val_sources: list, pad_id: int, rank: int,
+                 world: int, steps: int, logger, peak_flops: float):
         self.config, self.strategy, self.spec = config, strategy, spec
-        self.sources, self.pad_id, self.rank, self.world, self.steps = sources, pad_id, rank, world, steps
+        self.sources, self.val_sources = sources, val_sources
+        self.pad_id, self.rank, self.world, self.steps = pad_id, rank, world, steps
         self.logger, self.peak_flops = logger, peak_flops
         self.consumed, self.skipped = 0, 0  # micro-batches taken from the data order / skipped as non-finite
 
@@ -101,13 +154,18 @@ class Trainer:
     def micro_step(self, batch: dict) -> tuple[dict, bool]:
         return micro_step(self.strategy, self.spec, self.config.objective, batch)
 
+    def validate(self) -> dict[str, float]:
+        """The val/ metrics now (collective: every rank calls it at the same step)."""
+        return validation_metrics(self.strategy, self.spec, self.config.objective, self.val_sources,
+                                  self.config.scale.micro_batch, self.pad_id, self.rank, self.world)
+
     def fit(self, save: CheckpointSink, stop_requested: Callable[[], bool]) -> bool:
         """Train to the last step; True when stopped early on request (after a checkpoint)."""
         import torch
 
         from cdb.data.batch import assign_micro_batches, collate, micro_batches_per_epoch
         from cdb.perf import flops_per_token, mfu, peak_memory_bytes
-        from cdb.tracking import PREFIX_TRAIN, metric_key
+        from cdb.tracking import PREFIX_TRAIN, PREFIX_VAL, metric_key
 
         config, scale, strategy = self.config, self.config.scale, self.strategy
         per_epoch = micro_batches_per_epoch(len(self.sources), scale.micro_batch, self.world)
@@ -149,6 +207,7 @@ class Trainer:
             stop = packed[-1].item() > 0
             sums, tokens = None, 0
 
+            logged = {}
             if step % config.train.log_every == 0 or step == self.steps or stop:
                 now = time.perf_counter()
                 tokens_per_s = window_tokens / max(now - window_start, 1e-9)
@@ -158,13 +217,19 @@ class Trainer:
                 if step == self.steps or stop:  # every rank is here: gather each one's peak memory
                     peaks = strategy.gather_objects(peak_memory_bytes(strategy.device))
                     row.update({f"peak_memory_gib/rank{r}": b / 2**30 for r, b in enumerate(peaks)})
-                self.logger.log_metrics({metric_key(PREFIX_TRAIN, k): v for k, v in row.items()}, step)
+                logged.update({metric_key(PREFIX_TRAIN, k): v for k, v in row.items()})
                 if self.rank == 0:
                     eta = (now - started) / max(step - first_step, 1) * (self.steps - step)
                     terms = ", ".join(f"{k[5:]} {v:.4f}" for k, v in averaged.items() if k.startswith("loss_"))
                     say(f"[cdb] step {step}/{self.steps} | loss {averaged['loss']:.4f}" + (f" ({terms})" if terms else "")
                         + f" | {tokens_per_s:,.0f} tok/s | eta {timedelta(seconds=round(eta))}")
                 window_start, window_tokens = now, 0.0
+            if self.val_sources and (step % config.train.eval_every == 0 or step == self.steps or stop):
+                validation_start = time.perf_counter()
+                logged.update({metric_key(PREFIX_VAL, k): v for k, v in self.validate().items()})
+                window_start += time.perf_counter() - validation_start  # validating is not training time
+            if logged:  # one call per step: the logger logs a step once
+                self.logger.log_metrics(logged, step)
 
             if step % config.train.checkpoint_every == 0 or step == self.steps or stop:
                 with tempfile.TemporaryDirectory(prefix="cdb-ckpt-") as directory:
@@ -189,20 +254,23 @@ def _worker_environment(args: WorkerArgs) -> None:
     warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor).*", category=FutureWarning)
 
 
-def prepare_sources(config: Config, spec, tokenizer) -> list:
-    """The run's records, transformed as the method asks, tokenized into rows."""
+def prepare_sources(config: Config, spec, tokenizer) -> tuple[list, list]:
+    """(training sources, validation sources), tokenized into rows: the run's records split
+    (data.val_share), the training ones transformed as the method asks; the held-out ones as they
+    are, so every method is validated on the same rows."""
     from cdb.data.batch import tokenize_records
     from cdb.data.entities import make_tagger
-    from cdb.data.records import load_records
+    from cdb.data.records import load_records, split_validation
 
     records, _ = load_records(config.data.path, config.data.split, "skip")
     if config.data.max_records:
         records = records[: config.data.max_records]
+    records, held_out = split_validation(records, config.data.val_share)
     if spec.transform_records is not None:
         records = spec.transform_records(records, config.data)
-    scale = config.scale
-    return tokenize_records(records, tokenizer, make_tagger(config.data.entity_tagger), scale.max_source_tokens,
-                            scale.max_target_tokens)
+    scale, tagger = config.scale, make_tagger(config.data.entity_tagger)
+    return tuple(tokenize_records(part, tokenizer, tagger, scale.max_source_tokens, scale.max_target_tokens)
+                 if part else [] for part in (records, held_out))
 
 
 def run_worker(args: WorkerArgs, rank: int, world: int, checkpoint, save: CheckpointSink,
@@ -227,7 +295,7 @@ def run_worker(args: WorkerArgs, rank: int, world: int, checkpoint, save: Checkp
             return (output_dir / STOP_FILE).exists()
 
     tokenizer = load_tokenizer(args.model_source, scale.trust_remote_code)
-    sources = prepare_sources(config, spec, tokenizer)
+    sources, val_sources = prepare_sources(config, spec, tokenizer)
     steps = total_steps(config, micro_batches_per_epoch(len(sources), scale.micro_batch, world))
     strategy = Strategy(config, args.model_source, tokenizer, world, rank, steps, spec)
     if rank == 0:
@@ -235,7 +303,8 @@ def run_worker(args: WorkerArgs, rank: int, world: int, checkpoint, save: Checkp
         say(f"[cdb] {total:,} parameters, {local:,} on rank 0 (ZeRO-3 over {world} ranks); {steps} steps")
     logger = RunLogger(args.tracking_uri, args.run_id, rank, output_dir / SPOOL_FILE)
     peak = device_peak_flops("cpu" if args.cpu else strategy.device_name(), scale.precision)
-    trainer = Trainer(config, strategy, spec, sources, special_ids(tokenizer)[2], rank, world, steps, logger, peak)
+    trainer = Trainer(config, strategy, spec, sources, val_sources, special_ids(tokenizer)[2], rank, world, steps,
+                      logger, peak)
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             trainer.restore(strategy.load_checkpoint(directory))

@@ -302,12 +302,15 @@ def dpo_objective(outputs: dict[str, Tensor], batch: dict[str, Tensor], cfg) -> 
                                                     reference[rejected], cfg.dpo_beta)
     zero = loss.detach() * 0.0
     mean = lambda x: x.float().mean() if x.numel() else zero  # noqa: E731
+    # TRL's DPOTrainer names, where users of TRL look for them; log-probs summed over each row's tokens.
     return loss, {
         "loss": loss.detach(),
-        "dpo_reward_chosen": mean(reward_chosen),
-        "dpo_reward_rejected": mean(reward_rejected),
-        "dpo_reward_margin": mean(reward_chosen - reward_rejected),
-        "dpo_accuracy": mean((reward_chosen > reward_rejected).float()),
+        "rewards/chosen": mean(reward_chosen),
+        "rewards/rejected": mean(reward_rejected),
+        "rewards/margins": mean(reward_chosen - reward_rejected),
+        "rewards/accuracies": mean((reward_chosen > reward_rejected).float()),
+        "logps/chosen": mean(policy[chosen].detach()),
+        "logps/rejected": mean(policy[rejected].detach()),
     }
 
 

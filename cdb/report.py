@@ -1,11 +1,12 @@
 """python -m cdb.report: method x scale table and alignment-tax plot of an MLflow experiment.
 
-Reads every run of the experiment (method: tag cdb.method or param method, plus "+<m>" when its
-eval/ metrics were taken under a prompt-time method m other than the run's own, tag cdb.eval.method;
-scale: tag cdb.scale or param scale), its metrics `eval/<task>/<metric>` (the tuned model) and
-`eval_base/<task>/<metric>` (the base model, logged into the same run before training), and writes
-to OUTPUT:
-  report.md, report.html   one row per run: each metric with its change against the run's base model
+Reads every run of the experiment (method: tag cdb.method, plus "+<m>" when its eval/ metrics were
+taken under a prompt-time method m other than the run's own, tag cdb.eval.method; scale: tag
+cdb.scale), its metrics `eval/<task>/<metric>` (the tuned model), `eval_base/<task>/<metric>` (the
+base model, logged into the same run before training) and `val/...` (the training run's held-out
+sources, at its last validation), and writes to OUTPUT:
+  report.md, report.html   one row per run: each metric with its change against the run's base model;
+                           the validation metrics every method shares
   alignment_tax.png        toxicity (x) against faithfulness (y), an arrow per run from base to tuned
 and logs the three as artifacts of a new run tagged cdb.method=report. Runs without eval metrics are
 listed as such. Exit codes: 0 done, 1 no such experiment or no runs in it, 2 bad arguments.
@@ -38,6 +39,12 @@ class Column:
     digits: int = 4
 
 
+VAL_COLUMNS = (
+    Column("Val LM loss ↓", "lm_loss", "lower"),
+    Column("Val pref. accuracy ↑", "pref_accuracy", "higher"),
+)
+"""The val/ metrics every training method logs (cdb.loop.validation_metrics), at the run's last validation."""
+
 COLUMNS = (
     Column("Toxicity ↓", "toxicity/mean_toxicity", "lower"),
     Column("Exp. max toxicity ↓", "toxicity/expected_max_toxicity", "lower"),
@@ -66,6 +73,7 @@ class RunRow:
     start_time: int
     tuned: dict[str, float] = field(default_factory=dict)
     base: dict[str, float] = field(default_factory=dict)
+    val: dict[str, float] = field(default_factory=dict)
 
     def delta(self, metric: str) -> float | None:
         if metric in self.tuned and metric in self.base:
@@ -82,17 +90,18 @@ def collect(uri: str, experiment: str) -> list[RunRow]:
         raise ReportError(f"experiment '{experiment}' not found in {uri}")
     rows = []
     for run in runs:
-        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-        method = tags.get(tracking.TAG_METHOD) or params.get("method") or "?"
+        tags, metrics = run.data.tags, run.data.metrics
+        method = tags.get(tracking.TAG_METHOD) or "?"
         if method in tracking.BOOKKEEPING_RUNS:  # not models
             continue
         prompt_time = tags.get(tracking.eval_tag(tracking.PREFIX_EVAL, "method"), "none")  # cdb.eval's --method for the eval/ metrics
         if prompt_time not in ("none", method):
             method = f"{method}+{prompt_time}"  # e.g. a trained model then decoded with self-debias
-        scale = tags.get(tracking.TAG_SCALE) or params.get("scale") or tags.get(tracking.TAG_MODEL) or "?"
+        scale = tags.get(tracking.TAG_SCALE) or tags.get(tracking.TAG_MODEL) or "?"
         rows.append(RunRow(
             run.info.run_id, run.info.run_name or "", method, scale, run.info.status, run.info.start_time or 0,
             tracking.metrics_under(metrics, tracking.PREFIX_EVAL), tracking.metrics_under(metrics, tracking.PREFIX_EVAL_BASE),
+            tracking.metrics_under(metrics, tracking.PREFIX_VAL),
         ))
     if not rows:
         raise ReportError(f"experiment '{experiment}' has no runs to report in {uri}")
@@ -154,6 +163,14 @@ def markdown(rows: Sequence[RunRow], experiment: str, uri: str) -> str:
             cells = [_cell(r, c, r.base, False)[0] for c in COLUMNS]
             lines.append(_md_row([r.method, r.scale, _short(r)] + cells))
         lines.append("")
+    validated = [r for r in rows if r.val]
+    if validated:
+        val_heads = ["Method", "Scale", "Run"] + [c.label for c in VAL_COLUMNS]
+        lines += ["## Validation (held-out sources, last validation)", "", _md_row(val_heads),
+                  "|" + "|".join(["---"] * len(val_heads)) + "|"]
+        lines += [_md_row([r.method, r.scale, _short(r)] + [_cell(r, c, r.val, False)[0] for c in VAL_COLUMNS])
+                  for r in validated]
+        lines.append("")
     if bare:
         lines += ["## Runs without eval metrics", ""]
         lines += [f"- {r.method} / {r.scale}: run {_short(r)}, status {r.status}" for r in bare]
@@ -162,13 +179,15 @@ def markdown(rows: Sequence[RunRow], experiment: str, uri: str) -> str:
     return "\n".join(lines)
 
 
-def _html_table(rows: Sequence[RunRow], base: bool) -> str:
-    heads = ["Method", "Scale", "Run"] + [c.label for c in COLUMNS]
+def _html_table(rows: Sequence[RunRow], base: bool, columns: Sequence[Column] = COLUMNS, which: str = "") -> str:
+    """Eval metrics (tuned with their change, or `base`), or the RunRow field `which` (e.g. "val") as it is."""
+    heads = ["Method", "Scale", "Run"] + [c.label for c in columns]
     out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "</tr>"]
     for r in rows:
         cells = [f"<td>{html.escape(x)}</td>" for x in (r.method, r.scale, _short(r))]
-        for c in COLUMNS:
-            text, improved = _cell(r, c, r.base if base else r.tuned, not base)
+        for c in columns:
+            values = getattr(r, which) if which else (r.base if base else r.tuned)
+            text, improved = _cell(r, c, values, not base and not which)
             css = {True: ' class="better"', False: ' class="worse"'}.get(improved, "")
             cells.append(f"<td{css}>{html.escape(text)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
@@ -192,6 +211,10 @@ def html_report(rows: Sequence[RunRow], experiment: str, uri: str) -> str:
         parts += ["<h2>Tuned models (change against base)</h2>", _html_table(evaluated, base=False)]
     if with_base:
         parts += ["<h2>Base models</h2>", _html_table(with_base, base=True)]
+    validated = [r for r in rows if r.val]
+    if validated:
+        parts += ["<h2>Validation (held-out sources, last validation)</h2>",
+                  _html_table(validated, base=False, columns=VAL_COLUMNS, which="val")]
     if bare:
         parts += ["<h2>Runs without eval metrics</h2>", "<ul>"]
         parts += [f"<li>{html.escape(f'{r.method} / {r.scale}: run {_short(r)}, status {r.status}')}</li>" for r in bare]
@@ -315,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"[cdb.report] {result['runs']} runs ({result['evaluated']} with eval metrics): "
           f"{', '.join(result['files'])}; MLflow report run {result['run_id']}")
+    uri = result["tracking_uri"]
+    link = tracking.runs_url(uri, tracking.experiment_id(uri, options.experiment), tracking.TRAINING_RUNS_FILTER)
+    print(f"[cdb.report] the training runs in MLflow: {tracking.ui_hint(uri, link)}")
     return 0
 
 

@@ -34,7 +34,8 @@ run (tag mlflow.parentRunId). A point's outcome is a tag on the parent, `cdb.swe
 failed point does not stop the sweep. Running the same command again with the same output_dir
 reuses the parent run and skips the points that finished (sweep.json says FINISHED, the model exists,
 same training keys); points stopped by a signal continue from their checkpoint (--resume).
-At the end cdb.report writes DIR/report/ (logged to the parent run under report/).
+At the end cdb.report writes DIR/report/ and logs it to its own report run, beside the training runs
+(not a child of the parent; the parent's tag cdb.sweep.report names it).
 
 Exit codes: 0 every point finished and the report was written; 1 a point failed or the report could
 not be made; 2 bad arguments (nothing started); 75 stopped by SIGTERM/SIGINT (rerun to continue).
@@ -698,10 +699,8 @@ class Sweep:
         self.say(f"[sweep] writing the report of experiment '{experiment}' to {out}")
         try:
             result = report(experiment, out, uri)
-            tracking.Run(uri, result["run_id"]).set_tags({tracking.TAG_PARENT_RUN: parent})  # the report run under the sweep
-            parent_run = tracking.Run(uri, parent)
-            for path in result["files"]:
-                parent_run.log_artifact(path, "report")
+            # The report run stays beside the training runs, not among them; the parent points to it.
+            tracking.Run(uri, parent).set_tags({tracking.TAG_SWEEP_REPORT: result["run_id"]})
         except ReportError as exc:
             self.say(f"[sweep] report: {exc}")
             state["report"] = {"error": str(exc)}
@@ -723,6 +722,13 @@ class Sweep:
         if state.get("report", {}).get("dir"):
             lines.append(f"  report: {state['report']['dir']}/report.md")
         lines.append(f"  state:  {self.output_dir / STATE_FILE}")
+        uri = state["tracking_uri"]
+        try:  # the sweep's training runs in MLflow's runs table
+            link = tracking.runs_url(uri, tracking.experiment_id(uri, state["experiment"]),
+                                     tracking.sweep_filter(state["parent_run_id"]))
+            lines.append(f"  MLflow: {tracking.ui_hint(uri, link)}")
+        except Exception as exc:  # an unreachable server: the parent run id above is what there is
+            lines.append(f"  MLflow: no link ({type(exc).__name__}: {exc})")
         self.say("\n".join(lines))
 
 

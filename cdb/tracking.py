@@ -6,8 +6,9 @@
   log into it from rank 0 (`RunLogger`), spooling what an unreachable server cannot take.
 - Lineage of a training run: its data as a dataset input (`log_training_data`) and where its
   exported model lies (`log_model_location`).
-- The contract between the modules that write runs and those that read them: the TAG_* names and the
-  PREFIX_* metric prefixes below.
+- The contract between the modules that write runs and those that read them: the TAG_* names, the
+  PREFIX_* metric prefixes and TRAINING_RUNS_FILTER below; every run gets MLflow's source tags.
+- Links into MLflow's UI for the user (`runs_url`, `run_url`, `ui_hint`).
 
 Default store: sqlite:///<cwd>/mlflow.db with artifacts in <cwd>/mlartifacts, unless
 --tracking-uri / tracking.uri or MLFLOW_TRACKING_URI says otherwise.
@@ -15,10 +16,15 @@ Default store: sqlite:///<cwd>/mlflow.db with artifacts in <cwd>/mlartifacts, un
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import os
+import re
+import secrets
+import shlex
 import subprocess
+import sys
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -47,10 +53,39 @@ TAG_MODEL = "cdb.model"
 TAG_EXPORTED_MODEL = "cdb.exported_model"
 """Where a training run's exported model lies (a URI; the weights are not in the artifact store)."""
 TAG_PARENT_RUN = "mlflow.parentRunId"
-"""MLflow's own: the run this one is nested under (a sweep's points and report)."""
+"""MLflow's own: the run this one is nested under (a sweep's training runs)."""
+TAG_KIND = "cdb.kind"
+"""On every training run: TRAIN_RUN (see TRAINING_RUNS_FILTER)."""
+TRAIN_RUN = "train"
+TRAINING_RUNS_FILTER = f"tags.{TAG_KIND} = '{TRAIN_RUN}'"
+"""The MLflow search filter (UI search box, `mlflow.search_runs(filter_string=...)`) that selects
+exactly the training runs of an experiment: not evaluation runs, sweep parents or reports."""
+TAG_SWEEP_REPORT = "cdb.sweep.report"
+"""On a sweep's parent run: the id of its report run (the report's files live there, once)."""
 TAG_SWEEP_SCALES = "cdb.sweep.scales"
 TAG_SWEEP_METHODS = "cdb.sweep.methods"
 """On a sweep's parent run: its scales and methods, comma-separated."""
+
+# MLflow's own tags, shown by its UI as Source, Version, Created by and the run's Description.
+TAG_SOURCE_COMMIT = "mlflow.source.git.commit"
+"""The git commit of the code (the same as TAG_COMMIT, where MLflow's UI looks for it)."""
+TAG_SOURCE_NAME = "mlflow.source.name"
+"""The entry point that made the run, e.g. `python -m cdb.train`."""
+TAG_USER = "mlflow.user"
+"""The login of the user who started the run."""
+TAG_NOTE = "mlflow.note.content"
+"""The command line that made the run (its arguments only: nothing from the environment; passwords in
+URLs masked)."""
+
+RUN_SPECIFIC_KEYS = ("train.output_dir", "tracking.uri", "tracking.run_name", "tracking.parent_run_id")
+"""Config keys whose values differ on every run by construction: logged as tags `cdb.<key>`, not as
+params, so the Compare view's params show only what a user chose."""
+
+
+def config_tag(key: str) -> str:
+    """The tag holding a RUN_SPECIFIC_KEYS value."""
+    return f"cdb.{key}"
+
 
 EVAL_RUN = "eval"
 """TAG_METHOD of an evaluation of a model as it is (no prompt-time method)."""
@@ -73,6 +108,8 @@ def eval_tag(prefix: str, field: str) -> str:
 # --- metric prefixes: every metric is `<prefix>/<name>` ------------------------------------------
 PREFIX_TRAIN = "train"
 """Training steps, logged by the workers."""
+PREFIX_VAL = "val"
+"""The held-out validation sources, logged by the workers (the same metrics for every method)."""
 PREFIX_EVAL = "eval"
 """cdb.eval of the trained model (or of a model as it is, in an evaluation run)."""
 PREFIX_EVAL_BASE = "eval_base"
@@ -87,6 +124,38 @@ def metrics_under(metrics: Mapping[str, float], prefix: str) -> dict[str, float]
     """The metrics logged under `prefix/`, by their names without it."""
     head = f"{prefix}/"
     return {k[len(head):]: v for k, v in metrics.items() if k.startswith(head)}
+
+
+def run_name(scale: str, method: str) -> str:
+    """A default run name that says what the run is: `<scale>-<method>-<4 hex digits>`."""
+    return f"{scale}-{method}-{secrets.token_hex(2)}"
+
+
+def masked(text: str) -> str:
+    """`text` with the password of every `scheme://user:password@host` replaced by ***."""
+    return re.sub(r"(://[^/\s:@]+:)[^/\s@]+@", r"\1***@", text)
+
+
+def entry_point(argv0: str) -> str:
+    """How the program was started: `python -m cdb.<module>` for cdb's own modules, else its file name."""
+    path = Path(argv0).resolve()
+    package = Path(__file__).resolve().parent
+    if path.suffix == ".py" and path.is_relative_to(package):
+        module = ".".join(("cdb", *path.relative_to(package).with_suffix("").parts))
+        return f"python -m {module.removesuffix('.__main__')}"
+    return Path(argv0).name
+
+
+def source_tags(argv: Sequence[str] | None = None) -> dict[str, str]:
+    """MLflow's standard tags of a run made by this process (`argv`: default sys.argv)."""
+    argv = list(sys.argv if argv is None else argv)
+    source = entry_point(argv[0]) if argv else "python"
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a uid without a name (some containers)
+        user = str(os.getuid())
+    return {TAG_SOURCE_COMMIT: git_commit(), TAG_SOURCE_NAME: source, TAG_USER: user,
+            TAG_NOTE: masked(" ".join([source, *map(shlex.quote, argv[1:])]))}
 
 
 def resolve_uri(configured: str) -> str:
@@ -118,12 +187,57 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+"""MLflow 3's experiment tag for a model-training experiment: its UI opens such an experiment on the
+runs table, not on the GenAI overview."""
+
+
 def experiment_id(uri: str, name: str) -> str:
     client = _client(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=_artifact_root(uri))
+    return client.create_experiment(name, artifact_location=_artifact_root(uri), tags=EXPERIMENT_KIND)
+
+
+# --- links into MLflow's UI (MLflow 3's routes) ------------------------------------------------
+LOCAL_UI = "http://127.0.0.1:5000"
+"""Where `ui_command`'s `mlflow ui` serves a local store."""
+
+
+def ui_command(uri: str) -> str | None:
+    """The `mlflow ui` command that serves a local store (sqlite, file, database), None for a server."""
+    if uri.startswith(("http://", "https://", "databricks")):
+        return None
+    return f"mlflow ui --backend-store-uri {masked(uri)} --host 127.0.0.1 --port 5000"
+
+
+def ui_hint(uri: str, link: str) -> str:
+    """How to open `link`: start `mlflow ui` first for a local store."""
+    command = ui_command(uri)
+    return f"{command}, then open {link}" if command else link
+
+
+def _ui_base(uri: str) -> str:
+    return masked(uri).rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+
+
+def runs_url(uri: str, experiment: str, search_filter: str = "") -> str:
+    """The runs table of an experiment (by id) in MLflow's UI, with `search_filter` in its search box."""
+    from urllib.parse import quote
+
+    query = f"?searchFilter={quote(search_filter, safe='')}" if search_filter else ""
+    return f"{_ui_base(uri)}/#/experiments/{experiment}/runs{query}"
+
+
+def run_url(uri: str, experiment: str, run_id: str) -> str:
+    """One run's page (experiment by id) in MLflow's UI."""
+    return f"{_ui_base(uri)}/#/experiments/{experiment}/runs/{run_id}"
+
+
+def sweep_filter(parent_run_id: str) -> str:
+    """A search filter for the training runs of one sweep."""
+    return f"{TRAINING_RUNS_FILTER} and tags.{TAG_PARENT_RUN} = '{parent_run_id}'"
 
 
 def experiment_runs(uri: str, name: str) -> list | None:
@@ -209,9 +323,11 @@ class Run:
 
 
 def create_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> Run:
-    """A new RUNNING run with its params and tags (and TAG_COMMIT) in `experiment`, created if need be."""
+    """A new RUNNING run with its params and tags (and TAG_COMMIT, `source_tags()`) in `experiment`,
+    created if need be."""
+    standard = source_tags()
     created = _client(uri).create_run(experiment_id(uri, experiment), run_name=run_name or None,
-                                      tags={TAG_COMMIT: git_commit(), **tags})
+                                      tags={TAG_COMMIT: standard[TAG_SOURCE_COMMIT], **standard, **tags})
     run = Run(uri, created.info.run_id)
     run.log_params(params)
     return run

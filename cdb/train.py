@@ -82,11 +82,13 @@ def config_from_args(args: argparse.Namespace) -> cfg.Config:
 def check_batches(config: cfg.Config, n_records: int) -> str | None:
     """A message when the data cannot fill one optimizer step on every worker, else None."""
     from cdb.data.batch import micro_batches_per_epoch
+    from cdb.data.records import validation_count
 
     scale = config.scale
     n_sources = min(n_records, config.data.max_records or n_records)
+    n_sources -= validation_count(n_sources, config.data.val_share)  # held out, never trained on
     if micro_batches_per_epoch(n_sources, scale.micro_batch, scale.num_workers) < scale.grad_accum:
-        return (f"{n_sources} sources cannot fill one optimizer step: it takes micro_batch {scale.micro_batch} x "
+        return (f"{n_sources} training sources cannot fill one optimizer step: it takes micro_batch {scale.micro_batch} x "
                 f"grad_accum {scale.grad_accum} x {scale.num_workers} workers = "
                 f"{scale.micro_batch * scale.grad_accum * scale.num_workers} sources")
     return None
@@ -255,6 +257,16 @@ def prepare_model(config: cfg.Config) -> tuple[str, int]:
     return model_source, parameters
 
 
+def trained_parameters(config: cfg.Config, lm_parameters: int) -> int:
+    """What the run trains: the LM's parameters plus the contrast head's, for methods that have one."""
+    from cdb.memory import contrast_head_params, model_shape
+
+    if not METHODS[config.objective.method].contrast_head:
+        return lm_parameters
+    hidden = model_shape(config.scale.model, config.scale.trust_remote_code).hidden
+    return lm_parameters + contrast_head_params(hidden, config.objective.projection_dim)
+
+
 def prepare_run(config: cfg.Config, resume: bool, n_records: int, rejected: list, parameters: int) -> dict:
     """The run folder (config.yaml, run.json) and its MLflow run: new, or the saved one on --resume."""
     from cdb import tracking
@@ -274,17 +286,22 @@ def prepare_run(config: cfg.Config, resume: bool, n_records: int, rejected: list
     if resume:
         run = json.loads(run_file.read_text())
     else:
+        # Each setting once, under its config key; what is not a setting under its own name.
+        settings = config.flat()
         params = {
-            "scale": scale.name, "method": config.objective.method, "model": scale.model,
-            "world_size": scale.num_workers, "zero_stage": 3, "records": n_records, "rejected_records": len(rejected),
-            "parameters": parameters, **config.flat(),
+            "zero_stage": 3, "records": n_records, "rejected_records": len(rejected),
+            "parameters": trained_parameters(config, parameters), "parameters_lm": parameters,
+            **{k: v for k, v in settings.items() if k not in tracking.RUN_SPECIFIC_KEYS},
         }
-        tags = {tracking.TAG_SCALE: scale.name, tracking.TAG_METHOD: config.objective.method}
+        tags = {tracking.TAG_KIND: tracking.TRAIN_RUN, tracking.TAG_SCALE: scale.name, tracking.TAG_METHOD: config.objective.method,
+                **{tracking.config_tag(k): tracking.masked(str(settings[k])) for k in tracking.RUN_SPECIFIC_KEYS
+                   if settings[k] not in ("", None)}}
         if config.tracking.parent_run_id:
             tags[tracking.TAG_PARENT_RUN] = config.tracking.parent_run_id
         run = {"run_id": None, "ray_name": f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
                "tracking_uri": uri, "experiment": config.tracking.experiment,
-               "run_name": config.tracking.run_name, "params": {k: str(v) for k, v in params.items()}, "tags": tags}
+               "run_name": config.tracking.run_name or tracking.run_name(scale.name, config.objective.method),
+               "params": {k: str(v) for k, v in params.items()}, "tags": tags}
     run["run_id"] = tracking.ensure_run(run, output_dir)
     tracking.write_run_file(run, output_dir)
     return run
@@ -350,19 +367,21 @@ def fit(trainer, output_dir: Path):
 
 
 def print_summary(config: cfg.Config, run: dict, result, elapsed: float) -> None:
+    from cdb import tracking
+
     output_dir = Path(config.train.output_dir)
     uri = run["tracking_uri"]
     checkpoint = result.checkpoint.path if result.checkpoint else "(none)"
-    db_hint = f"--backend-store-uri {uri}" if uri.startswith(("sqlite:", "file:", "postgresql:", "mysql:")) else ""
     print(f"\n[cdb] done in {timedelta(seconds=round(elapsed))}: final loss {result.metrics.get('loss', float('nan')):.4f}")
     print(f"  model:       {output_dir / 'model'}")
     print(f"  checkpoints: {checkpoint}")
     print(f"  config:      {output_dir / 'config.yaml'}")
-    print(f"  MLflow run:  {run['run_id']} (experiment '{config.tracking.experiment}', {uri})")
-    if db_hint:
-        print(f"  MLflow UI:   mlflow ui {db_hint} --host 127.0.0.1 --port 5000, then open http://127.0.0.1:5000")
-    else:
-        print(f"  MLflow UI:   open {uri}")
+    print(f"  MLflow run:  {run['run_id']} (experiment '{config.tracking.experiment}', {tracking.masked(uri)})")
+    try:
+        link = tracking.run_url(uri, tracking.experiment_id(uri, config.tracking.experiment), run["run_id"])
+    except Exception:  # a server gone since the run finished (or never reached): the id above is what there is
+        return
+    print(f"  MLflow UI:   {tracking.ui_hint(uri, link)}")
 
 
 def main(argv: list[str] | None = None) -> int:

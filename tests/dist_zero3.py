@@ -137,8 +137,10 @@ def trainer_stop_and_resume(workdir: str, rank: int, world: int) -> dict:
     finished_stopped = run_worker(args, rank, world, SavedCheckpoint(out / "step_3"), save, lambda: False)
     dist.barrier()
     history = MlflowClient(uri).get_metric_history(run_id[0], "train/loss") if rank == 0 else []
+    validated = MlflowClient(uri).get_metric_history(run_id[0], "val/pref_accuracy") if rank == 0 else []
     return {"stopped": stopped, "exported_after_stop": exported_after_stop, "resumed_stopped": finished_stopped,
             "checkpoints": saved, "logged_steps": sorted(m.step for m in history),
+            "validated_steps": sorted(m.step for m in validated),
             "exported": (out / "model" / "config.json").exists()}
 
 

@@ -661,3 +661,17 @@ def test_hf_ner_tagger_from_a_local_model(tmp_path):
     for text, row in zip(texts, spans):
         for start, end in row:
             assert 0 <= start < end <= len(text) and text[start:end].strip()
+
+
+def test_validation_split_is_deterministic_disjoint_and_sized_by_its_share():
+    from cdb.data.records import split_validation, validation_count
+
+    records = [Record(f"r{i}", "s", ("p",), ()) for i in range(100)]
+    train, held = split_validation(records, 0.05)
+    assert len(held) == 5 and len(train) == 95 and not {r.id for r in train} & {r.id for r in held}
+    assert [r.id for r in train] == [r.id for r in records if r not in held]  # training order kept
+    shuffled = records[:]
+    random.Random(1).shuffle(shuffled)
+    assert {r.id for r in split_validation(shuffled, 0.05)[1]} == {r.id for r in held}  # the records decide, not the order
+    assert [validation_count(n, 0.05) for n in (1, 3, 4, 10, 1000)] == [0, 1, 2, 2, 50]
+    assert split_validation(records, 0.0) == (records, [])

@@ -81,3 +81,4 @@ def test_trainer_stops_on_request_and_resumes_without_gaps(zero3_run):
     # every 2 steps, the stop at step 3, the last step: each checkpoint once per rank
     assert trainer["checkpoints"] == [2, 3, 4]
     assert trainer["logged_steps"] == [1, 2, 3, 4]  # the resumed run logs no step twice and skips none
+    assert trainer["validated_steps"] == [3, 4]  # held-out sources scored at the stop and the last step, over 2 ranks

@@ -129,10 +129,11 @@ def test_each_method_trains_and_is_tagged(tmp_path, method, ray_address):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(uri)
     run = client.search_runs([client.get_experiment_by_name("cdb").experiment_id])[0]
-    assert run.data.tags["cdb.method"] == method and run.data.params["method"] == method
+    assert run.data.tags["cdb.method"] == method and run.data.params["objective.method"] == method
     assert run.data.params["data.cda_attributes"] == "['gender', 'race', 'religion']"  # what a cda run swapped
     expected = {"sft": ["train/loss_ce"], "cda": ["train/loss_ce"], "unlikelihood": ["train/loss_ce", "train/loss_unlikelihood"],
-                "dpo": ["train/dpo_reward_chosen", "train/dpo_reward_rejected", "train/dpo_accuracy"]}[method]
+                "dpo": ["train/rewards/chosen", "train/rewards/rejected", "train/rewards/margins",
+                        "train/rewards/accuracies", "train/logps/chosen", "train/logps/rejected"]}[method]
     for name in ["train/loss", *expected]:
         assert len(client.get_metric_history(run.info.run_id, name)) == 5, name
     assert "train/loss_contrast" not in run.data.metrics

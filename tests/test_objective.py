@@ -362,3 +362,26 @@ def test_lm_positives_last_scores_only_each_sources_last_positive(normalization)
         _, metrics = contrastive_objective(outputs, batch, cfg)
         denominator = int(kept.sum()) if normalization == "scored" else 18
         assert metrics["loss_ce"].item() == pytest.approx(token_nll[kept].sum().item() / denominator, rel=1e-6)
+
+
+def test_dpo_logs_trl_names_one_per_quantity():
+    from types import SimpleNamespace
+
+    from cdb.objective import dpo_objective, sequence_logprobs
+
+    torch.manual_seed(0)
+    rows = torch.tensor([0, 0, 1, 1, 2, 2])  # two tokens on each of 3 rows: a positive and two negatives of one source
+    targets = torch.randint(0, 7, (6,))
+    logits, ref_logits = torch.randn(6, 7), torch.randn(6, 7)
+    batch = {"positive": torch.tensor([True, False, False]), "group": torch.tensor([0, 0, 0])}
+    outputs = {"logits": logits, "ref_logits": ref_logits, "targets": targets, "target_rows": rows}
+    _, metrics = dpo_objective(outputs, batch, SimpleNamespace(dpo_beta=0.5))
+    assert set(metrics) == {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                            "logps/chosen", "logps/rejected"}
+    policy = sequence_logprobs(logits, targets, rows, 3)
+    reference = sequence_logprobs(ref_logits, targets, rows, 3)
+    assert float(metrics["logps/chosen"]) == pytest.approx(float(policy[0]))
+    assert float(metrics["logps/rejected"]) == pytest.approx(float(policy[1:].mean()))
+    rewards = 0.5 * (policy - reference)
+    assert float(metrics["rewards/margins"]) == pytest.approx(float((rewards[0] - rewards[1:]).mean()), abs=1e-6)
+    assert float(metrics["rewards/accuracies"]) == float((rewards[0] > rewards[1:]).float().mean())

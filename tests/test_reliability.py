@@ -205,7 +205,7 @@ def test_unreachable_server_at_start_then_sync_creates_the_run(tmp_path):
         assert sync.returncode == 0, sync.stderr
         run, losses = history(uri)
         assert [s for s, _ in losses] == [1, 2, 3]
-        assert run.data.params["scale"] == "tiny" and run.data.tags["cdb.method"] == "contrastive"
+        assert run.data.params["scale.name"] == "tiny" and run.data.tags["cdb.method"] == "contrastive"
     finally:
         stop_server(server)
 

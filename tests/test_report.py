@@ -10,7 +10,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from cdb import settings
-from cdb.report import ReportSettings, main
+from cdb.report import ReportSettings, main, report
 
 # method -> (eval_base values, eval values); deltas below are worked out by hand
 RUNS = {
@@ -37,15 +37,12 @@ def store(tmp_path):
     experiment = client.create_experiment("sweep", artifact_location=(tmp_path / "mlartifacts").as_uri())
     now = int(time.time() * 1000)
     for i, (method, (base, tuned)) in enumerate(RUNS.items()):
-        # The trainer's tags on two runs, only its params on the third: both are read.
-        tags = {"cdb.method": method, "cdb.scale": "smol-135m"} if method != "sft" else {}
+        tags = {"cdb.method": method, "cdb.scale": "smol-135m"}
         run = client.create_run(experiment, run_name=f"smol-{method}", tags=tags, start_time=now + i)
-        if method == "sft":
-            client.log_param(run.info.run_id, "method", method)
-            client.log_param(run.info.run_id, "scale", "smol-135m")
         metrics = [Metric(f"eval_base/{k}", v, now, 0) for k, v in base.items()]
         metrics += [Metric(f"eval/{k}", v, now, 0) for k, v in tuned.items()]
         metrics.append(Metric("train/loss", 1.0, now, 1))
+        metrics += [Metric("val/lm_loss", 3.0 - i, now, 5), Metric("val/pref_accuracy", 0.25 * (i + 1), now, 5)]
         client.log_batch(run.info.run_id, metrics=metrics)
         client.set_terminated(run.info.run_id, "FINISHED")
     crashed = client.create_run(experiment, run_name="smol-crashed", tags={"cdb.method": "contrastive", "cdb.scale": "tiny"})
@@ -57,7 +54,10 @@ def test_report_tables_plot_and_run(store, tmp_path, capsys):
     uri, client, experiment, crashed = store
     out = tmp_path / "report"
     assert main(["--experiment", "sweep", "--tracking-uri", uri, "--output", str(out)]) == 0
-    assert "4 runs (3 with eval metrics)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "4 runs (3 with eval metrics)" in printed
+    link = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs?searchFilter=tags.cdb.kind%20%3D%20%27train%27"
+    assert f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000, then open {link}" in printed
 
     md = (out / "report.md").read_text()
     html = (out / "report.html").read_text()
@@ -68,6 +68,12 @@ def test_report_tables_plot_and_run(store, tmp_path, capsys):
             assert cell in row, (method, cell, row)
             assert cell in html
         assert f"smol-{method}" in row
+    # The validation metrics every method shares, in a section of their own.
+    validation = md.split("## Validation")[1].split("##")[0]
+    for i, method in enumerate(RUNS):
+        assert f"| {method} | smol-135m | smol-{method} " in validation
+        assert f"| {3.0 - i:.4f} | {0.25 * (i + 1):.4f} |" in validation
+    assert "<h2>Validation (held-out sources, last validation)</h2>" in html and "0.7500</td>" in html
     # An unmeasured metric is a dash, not a zero; the base table holds the eval_base values.
     sft_row = next(line for line in tuned_table.splitlines() if line.startswith("| sft |"))
     assert sft_row.count("—") == 8
@@ -77,7 +83,7 @@ def test_report_tables_plot_and_run(store, tmp_path, capsys):
     assert '<td class="better">0.5800 (-0.0400)</td>' in html
     # The run without eval metrics is listed, not dropped.
     assert "## Runs without eval metrics" in md and f"contrastive / tiny: run smol-crashed ({crashed[:8]}), status FAILED" in md
-    assert html.count("<table>") == 2 and "smol-crashed" in html
+    assert html.count("<table>") == 3 and "smol-crashed" in html
 
     png = (out / "alignment_tax.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
@@ -92,7 +98,10 @@ def test_report_tables_plot_and_run(store, tmp_path, capsys):
     path = tmp_path / "report.yaml"
     path.write_text(yaml.safe_dump({"experiment": "sweep", "tracking_uri": uri, "output": str(tmp_path / "unused")}))
     assert main(["--config", str(path), "--set", f"output={tmp_path / 'again'}"]) == 0
-    assert "4 runs (3 with eval metrics)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "4 runs (3 with eval metrics)" in printed
+    link = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs?searchFilter=tags.cdb.kind%20%3D%20%27train%27"
+    assert f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000, then open {link}" in printed
     assert (tmp_path / "again" / "report.md").is_file() and not (tmp_path / "unused").exists()
 
 
@@ -124,3 +133,27 @@ def test_bad_settings_exit_2_naming_the_key(tmp_path, monkeypatch, capsys, args,
     assert main(args) == 2
     assert capsys.readouterr().err.strip() == message
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_training_runs_filter_selects_exactly_the_training_runs(tmp_path):
+    """A training run, an evaluation run, a sweep's parent and its report: the documented filter keeps the first."""
+    from cdb import sweep, tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = sweep.ensure_parent({}, uri, "exp", ["tiny"], ["sft"], echo=lambda _: None)
+    trained = tracking.create_run(uri, "exp", "tiny-sft", {}, {tracking.TAG_KIND: tracking.TRAIN_RUN,
+                                                               tracking.TAG_METHOD: "sft", tracking.TAG_PARENT_RUN: parent.id})
+    trained.finish("FINISHED")
+    with tracking.open_run(uri, "exp", "eval-gpt2", {}, {tracking.TAG_METHOD: tracking.EVAL_RUN}):
+        pass
+    result = report("exp", tmp_path / "report", uri)
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("exp").experiment_id
+    assert len(client.search_runs([experiment])) == 4
+    found = client.search_runs([experiment], filter_string=tracking.TRAINING_RUNS_FILTER)
+    assert [r.info.run_id for r in found] == [trained.id]
+    # The report run is not nested among the training runs, and holds the report's files.
+    report_run = client.get_run(result["run_id"])
+    assert tracking.TAG_PARENT_RUN not in report_run.data.tags
+    assert {a.path for a in client.list_artifacts(result["run_id"])} == {"report.md", "report.html", "alignment_tax.png"}

@@ -344,7 +344,7 @@ def test_ray_job_submit_runs_tiny_on_the_cluster_into_the_mlflow_server(cluster,
 
     client, run = _only_run(cluster.mlflow, "submit")
     assert run.info.status == "FINISHED"
-    assert run.data.params["world_size"] == "2" and run.data.params["scale"] == "tiny"
+    assert run.data.params["scale.num_workers"] == "2" and run.data.params["scale.name"] == "tiny"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert sorted(steps) == [1, 2, 3]
     assert (out / "model" / "config.json").is_file()

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from types import SimpleNamespace
+from urllib.parse import quote
 
 import pytest
 import yaml
@@ -198,11 +199,14 @@ def test_sweep_records_a_failed_point_goes_on_and_reports(failed_sweep):
     [child] = runs_by_name(uri, "sw")["tiny-contrastive"]
     assert child.info.run_id == tiny["run_id"] and child.info.status == "FINISHED"
     assert child.data.tags["mlflow.parentRunId"] == parent_id
-    assert child.data.params["train.max_steps"] == "2" and child.data.params["tracking.parent_run_id"] == parent_id
+    assert child.data.params["train.max_steps"] == "2" and child.data.tags["cdb.tracking.parent_run_id"] == parent_id
 
     assert "tiny" in (out / "report" / "report.md").read_text()
-    logged = {a.path for a in client.list_artifacts(parent_id, "report")}
-    assert {"report/report.md", "report/report.html", "report/alignment_tax.png"} <= logged
+    report_id = client.get_run(parent_id).data.tags["cdb.sweep.report"]
+    assert report_id == state["report"]["run_id"] and "mlflow.parentRunId" not in client.get_run(report_id).data.tags
+    logged = {a.path for a in client.list_artifacts(report_id)}
+    assert {"report.md", "report.html", "alignment_tax.png"} <= logged
+    assert not client.list_artifacts(parent_id, "report")  # the files once, on the report run
     assert "sweep.json" in {a.path for a in client.list_artifacts(parent_id)}
 
 
@@ -229,7 +233,7 @@ def test_sweep_of_two_methods_in_parallel_finishes_with_a_child_run_each(tmp_pat
     """One worker per point, so both fit the 2-CPU local cluster at once (--parallel 2)."""
     uri, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "sweep"
     proc = run_sweep(["--scales", "tiny", "--methods", "contrastive,sft", "--max-steps", "2", "--parallel", "2",
-                      "--set", "scale.num_workers=1", "--set", "data.max_records=16",
+                      "--set", "scale.num_workers=1", "--set", "data.max_records=16", "--set", "train.eval_every=1",
                       "--tracking-uri", uri, "--output-dir", str(out)], tmp_path, timeout=175)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     state = json.loads((out / "sweep.json").read_text())
@@ -243,6 +247,20 @@ def test_sweep_of_two_methods_in_parallel_finishes_with_a_child_run_each(tmp_pat
     for name in ("tiny-contrastive", "tiny-sft"):
         [child] = runs[name]
         assert child.data.tags["mlflow.parentRunId"] == state["parent_run_id"]
-        assert child.data.tags["cdb.method"] == name.split("-", 1)[1] and child.data.params["world_size"] == "1"
+        assert child.data.tags["cdb.method"] == name.split("-", 1)[1] and child.data.params["scale.num_workers"] == "1"
     assert MlflowClient(uri).get_run(state["parent_run_id"]).info.status == "FINISHED"
     assert (out / "report" / "report.md").is_file()
+    # The documented filter returns exactly the training runs; the printed link opens them.
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("cdb-sweep").experiment_id
+    found = client.search_runs([experiment], filter_string="tags.cdb.kind = 'train'")
+    assert sorted(r.info.run_id for r in found) == sorted(p["run_id"] for p in points.values())
+    for run in found:  # what a method comparison reads: shared validation metrics, source tags, curated params
+        for name in ("val/lm_loss", "val/pref_accuracy"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1, 2], name
+        assert run.data.tags["mlflow.source.name"] == "python -m cdb.train" and run.data.tags["mlflow.source.git.commit"]
+        assert not {"scale", "method", "train.output_dir", "tracking.uri"} & set(run.data.params)
+    report_run = client.get_run(state["report"]["run_id"])
+    assert report_run.data.tags["cdb.method"] == "report" and "mlflow.parentRunId" not in report_run.data.tags
+    wanted = quote(f"tags.cdb.kind = 'train' and tags.mlflow.parentRunId = '{state['parent_run_id']}'", safe="")
+    assert f"then open http://127.0.0.1:5000/#/experiments/{experiment}/runs?searchFilter={wanted}" in proc.stdout

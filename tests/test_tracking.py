@@ -218,3 +218,45 @@ def test_the_exported_models_location_is_recorded_without_copying_it(uri, tmp_pa
     assert client.list_artifacts(run.id) == []
     stored = Path(model.artifact_location.removeprefix("file://"))
     assert not stored.exists() or not any(stored.rglob("*"))  # the weights stay where they are
+
+
+def test_runs_carry_mlflow_standard_tags_and_a_readable_default_name(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with tracking.open_run(uri, "exp", tracking.run_name("tiny", "dpo")) as run:
+        pass
+    got = MlflowClient(uri).get_run(run.id)
+    scale, method, suffix = got.info.run_name.split("-")
+    assert (scale, method, len(suffix)) == ("tiny", "dpo", 4)
+    tags = got.data.tags
+    assert tags[tracking.TAG_SOURCE_COMMIT] == tags[tracking.TAG_COMMIT] == tracking.git_commit()
+    assert tags[tracking.TAG_USER] and tags[tracking.TAG_SOURCE_NAME] and tags[tracking.TAG_NOTE]
+
+
+def test_the_command_line_tag_names_cdb_modules_and_masks_url_passwords():
+    train = str(Path(tracking.__file__).parent / "train.py")
+    tags = tracking.source_tags([train, "--scale", "tiny", "--tracking-uri", "https://me:s3cret@mlflow.example/x",
+                                 "--set", "tracking.run_name=a b"])
+    assert tags[tracking.TAG_SOURCE_NAME] == "python -m cdb.train"
+    assert tags[tracking.TAG_NOTE] == ("python -m cdb.train --scale tiny --tracking-uri https://me:***@mlflow.example/x "
+                                       "--set 'tracking.run_name=a b'")
+    assert "s3cret" not in json.dumps(tags)
+    assert tracking.source_tags(["/usr/bin/pytest", "-q"])[tracking.TAG_SOURCE_NAME] == "pytest"
+
+
+def test_links_go_to_the_runs_table_or_the_run_in_mlflow_3s_ui(tmp_path):
+    local = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert tracking.runs_url(local, "7", tracking.TRAINING_RUNS_FILTER) == (
+        "http://127.0.0.1:5000/#/experiments/7/runs?searchFilter=tags.cdb.kind%20%3D%20%27train%27")
+    assert tracking.run_url("https://me:pw@mlflow.example/", "7", "abc") == "https://me:***@mlflow.example/#/experiments/7/runs/abc"
+    assert tracking.ui_hint(local, "LINK") == f"mlflow ui --backend-store-uri {local} --host 127.0.0.1 --port 5000, then open LINK"
+    assert tracking.ui_hint("http://mlflow:5000", "LINK") == "LINK"
+    # The routes and the search parameter exist in the installed MLflow's UI.
+    import mlflow
+
+    bundle = "".join(p.read_text(errors="replace") for p in
+                     (Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js").glob("*.js"))
+    assert '"/experiments/:experimentId/runs"' in bundle and '"/experiments/:experimentId/runs/:runUuid"' in bundle
+    assert '"searchFilter"' in bundle and "createHashRouter" in bundle
+    # New experiments open on the runs table (MLflow 3's model-training kind), not the GenAI overview.
+    experiment = MlflowClient(local).get_experiment(tracking.experiment_id(local, "exp"))
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cdb.data.records import NEGATIVE_TYPES
 from conftest import REPO
 
 EXPECTED_METRICS = [
@@ -54,8 +56,8 @@ def good_record(i):
 def test_tiny_run_end_to_end(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "run"
-    proc = run_train(["--scale", "tiny", "--max-steps", "20", "--output-dir", str(out), "--tracking-uri", uri], tmp_path,
-                     extra_env=SECRETS)
+    proc = run_train(["--scale", "tiny", "--max-steps", "20", "--output-dir", str(out), "--tracking-uri", uri,
+                      "--set", "train.eval_every=5"], tmp_path, extra_env=SECRETS)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert str(out / "model") in proc.stdout and "mlflow ui" in proc.stdout
     output = proc.stdout + proc.stderr
@@ -63,12 +65,35 @@ def test_tiny_run_end_to_end(tmp_path):
 
     client, run = only_run(uri)
     assert run.info.status == "FINISHED"
-    assert run.data.params["world_size"] == "2" and run.data.params["zero_stage"] == "3"
-    assert run.data.params["scale"] == "tiny" and run.data.params["method"] == "contrastive"
+    params, tags = run.data.params, run.data.tags
+    assert params["scale.num_workers"] == "2" and params["zero_stage"] == "3"
+    assert params["scale.name"] == "tiny" and params["objective.method"] == "contrastive"
+    # Each setting once under its config key; per-run values as tags; the head counted in `parameters`.
+    assert not {"scale", "method", "model", "world_size"} & set(params)
+    assert not {"train.output_dir", "tracking.uri", "tracking.run_name", "tracking.parent_run_id"} & set(params)
+    assert tags["cdb.train.output_dir"] == str(out) and tags["cdb.tracking.uri"] == uri
+    printed = int(re.search(r"\[cdb\] ([\d,]+) parameters", output).group(1).replace(",", ""))
+    assert int(params["parameters"]) == printed > int(params["parameters_lm"])
+    # A readable default name and MLflow's own source tags.
+    assert re.fullmatch(r"tiny-contrastive-[0-9a-f]{4}", run.info.run_name)
+    assert tags["mlflow.source.name"] == "python -m cdb.train" and tags["mlflow.source.git.commit"] == tags["cdb.commit"]
+    assert tags["mlflow.user"] and tags["mlflow.note.content"].startswith("python -m cdb.train --scale tiny")
+    assert tags["cdb.kind"] == "train"
+    experiment = client.get_experiment_by_name("cdb").experiment_id
+    assert f"then open http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run.info.run_id}" in proc.stdout
     assert run.data.tags["cdb.scale"] == "tiny" and run.data.tags["cdb.method"] == "contrastive"
     for name in EXPECTED_METRICS:
         history = client.get_metric_history(run.info.run_id, name)
         assert sorted(m.step for m in history) == list(range(1, 21)), name
+    # Validation on the held-out sources, the same metrics for every method, every eval_every steps.
+    by_type = [k for k in run.data.metrics if k.startswith("val/pref_accuracy/")]
+    assert by_type and all(k.split("/")[-1] in NEGATIVE_TYPES for k in by_type)
+    for name in ["val/lm_loss", "val/pref_accuracy", *by_type]:
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, name)}
+        assert sorted(history) == [5, 10, 15, 20], name
+        assert all(0 <= v <= 1 for v in history.values()) if "accuracy" in name else all(v > 0 for v in history.values())
+    val_loss = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/lm_loss")}
+    assert val_loss[20] < val_loss[5]
     loss = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/loss")}
     ce = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/loss_ce")}
     assert loss[20] < loss[1] and ce[20] < ce[1]
@@ -179,7 +204,7 @@ def test_smol_135m_trains_offline(tmp_path, ray_address):
                       "--set", "data.max_records=16"], tmp_path, ray_address=ray_address)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     client, run = only_run(uri)
-    assert run.data.params["scale"] == "smol-135m"
+    assert run.data.params["scale.name"] == "smol-135m"
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 2
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["num_hidden_layers"] == 30 and config["hidden_size"] == 576  # SmolLM2-135M's shape

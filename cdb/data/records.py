@@ -8,6 +8,7 @@ A bad record is a DataError naming the file, the line (or row) and the field, or
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -194,6 +195,23 @@ def load_records(location: str = "", split: str = "train", on_bad_record: str = 
             raise DataError(f"{name}: no valid records ({len(rejected)} rejected, first: {rejected[0].reason})")
         raise DataError(f"{name}: the dataset is empty")
     return records, rejected
+
+
+def validation_count(n_records: int, share: float) -> int:
+    """How many of `n_records` sources `split_validation` holds out: round(share x n), at least 2 but
+    at most half of them; 0 when share is 0."""
+    if share <= 0:
+        return 0
+    return min(max(2, round(share * n_records)), n_records // 2)
+
+
+def split_validation(records: list[Record], share: float) -> tuple[list[Record], list[Record]]:
+    """(training records, validation records): the `validation_count` records whose id has the smallest
+    SHA-256 are held out, so the split depends on the records alone (not their order or the run);
+    the training records keep their order."""
+    ranked = sorted(records, key=lambda r: hashlib.sha256(r.id.encode()).hexdigest())
+    held = {id(r) for r in ranked[:validation_count(len(records), share)]}
+    return [r for r in records if id(r) not in held], [r for r in records if id(r) in held]
 
 
 def write_rejected(rejected: list[Rejected], path: Path) -> None:
