@@ -39,7 +39,7 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 
-def _stop_session(process: subprocess.Popen, grace: float = 20) -> None:
+def stop_session(process: subprocess.Popen, grace: float = 20) -> None:
     """Stop a process started as the leader of a session of its own: it, its group, and its descendants
     that left the group (Ray's workers have groups of their own)."""
     import psutil
@@ -102,5 +102,5 @@ def ray_address():
             time.sleep(0.2)
         yield address_file.read_text().strip()
     finally:
-        _stop_session(head)
+        stop_session(head)
         shutil.rmtree(temp, ignore_errors=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, free_port
+from conftest import REPO, free_port, stop_session
 
 VENV_BIN = Path(sys.executable).parent  # the venv running the tests
 RAY = VENV_BIN / "ray"
@@ -177,37 +176,6 @@ def _wait_http(url: str, process: subprocess.Popen, what: str, timeout: float) -
     raise TimeoutError(f"{what} did not answer {url} within {timeout:.0f} s")
 
 
-def _stop(process: subprocess.Popen | None, grace: float = 10) -> None:
-    """Stop a server started in its own session: SIGTERM to its leader, then SIGKILL to whatever of its
-    process group and of its descendants (by pid, creation time checked) is left."""
-    if process is None:
-        return
-    import psutil
-
-    try:
-        descendants = psutil.Process(process.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        descendants = []
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    for child in descendants:
-        try:
-            if child.is_running():  # same pid *and* creation time: never a recycled pid
-                child.kill()
-        except psutil.NoSuchProcess:
-            pass
-    if process.poll() is None:
-        process.wait(timeout=10)
-
-
 ADMIN = ("admin", "cdb-test-admin-password-0001")
 RAY_USER = ("cdb-ray", FAKE_PASSWORD)  # the Ray pods' client credentials (k8s: Secret cdb-mlflow-client)
 
@@ -283,8 +251,9 @@ def cluster():
         _wait_http(f"http://127.0.0.1:{dashboard}/api/jobs/", head, "the Ray job server", 60)
         yield SimpleNamespace(address=f"http://127.0.0.1:{dashboard}", mlflow=mlflow_uri, tmp=tmp, env=env)
     finally:
-        _stop(server)
-        _stop(head)
+        for process in (server, head):
+            if process is not None:
+                stop_session(process, grace=10)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
