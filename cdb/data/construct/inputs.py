@@ -22,11 +22,8 @@ from cdb.data.text import clean_spaces, stable_hash
 # --- file readers ---------------------------------------------------------------------------------
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _has_bad_bytes(value: str) -> bool:
