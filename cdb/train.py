@@ -125,8 +125,12 @@ def train_loop_per_worker(loop: dict) -> None:
     context = ray.train.get_context()
 
     def save(directory: str, metrics: dict) -> None:
+        # Uploaded (and the local copy deleted) in the background while the next steps train; Ray
+        # Train waits for pending uploads before the worker ends, and only an uploaded checkpoint
+        # becomes the one a rerun resumes from.
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
-                         checkpoint_dir_name=f"step_{metrics['step']:07d}")
+                         checkpoint_dir_name=f"step_{metrics['step']:07d}",
+                         checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
 
     run_worker(loop["args"], context.get_world_rank(), context.get_world_size(), ray.train.get_checkpoint(), save)
 
