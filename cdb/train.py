@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import sys
@@ -166,17 +167,20 @@ def _ray_init(config: cfg.Config) -> None:
 
 
 def run_eval(config: cfg.Config, model: str, prefix: str, run: dict, output_dir: Path) -> None:
-    """cdb.eval on the driver, into this run under `prefix/` (eval_base: before, eval: after)."""
-    from cdb.eval import evaluate
+    """cdb.eval into this run under `prefix/` (eval_base: before, eval: after), as a Ray task with a
+    training worker's GPUs and the scale's precision: the driver loads no weights."""
+    from cdb.eval.remote import evaluate_on_cluster
 
     if not run["run_id"]:
         print(f"[cdb] warning: no MLflow run to log {prefix}/ into (server unreachable); skipping it", flush=True)
         return
     print(f"[cdb] evaluating {model} ({config.eval.suite} suite) as {prefix}/...", flush=True)
     try:
-        summary = evaluate(model, config.eval, prefix=prefix, run_id=run["run_id"],
-                           tracking_uri=run["tracking_uri"], output_dir=output_dir / prefix,
-                           experiment=config.tracking.experiment)
+        gpus = config.scale.gpus_per_worker
+        summary = evaluate_on_cluster(model, config.eval, gpus, prefix=prefix, run_id=run["run_id"],
+                                      tracking_uri=run["tracking_uri"], output_dir=output_dir / prefix,
+                                      experiment=config.tracking.experiment,
+                                      precision=config.scale.precision if gpus else "fp32")
     except Exception as exc:  # an evaluation problem must not cost the training run
         print(f"[cdb] warning: {prefix} evaluation failed: {type(exc).__name__}: {exc}", flush=True)
         return
@@ -380,6 +384,8 @@ def print_summary(config: cfg.Config, run: dict, result, elapsed: float) -> None
     print(f"  model:       {output_dir / 'model'}")
     print(f"  checkpoints: {checkpoint}")
     print(f"  config:      {output_dir / 'config.yaml'}")
+    # The driver (the Ray head on a cluster) holds no weights: evaluation and training ran as Ray tasks.
+    print(f"  driver:      peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
     print(f"  MLflow run:  {run['run_id']} (experiment '{config.tracking.experiment}', {tracking.masked(uri)})")
     try:
         link = tracking.run_url(uri, tracking.experiment_id(uri, config.tracking.experiment), run["run_id"])

@@ -24,7 +24,7 @@ import re
 import tempfile
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -70,6 +70,7 @@ def run_suite(model, tokenizer, suite: str = "quick", options: EvalOptions | Map
     """Run a suite's tasks on a loaded model. `options`: an EvalOptions (its own suite applies) or
     overrides of `suite`'s preset."""
     opts = options.for_suite() if isinstance(options, EvalOptions) else make_options(suite, **dict(options or {}))
+    opts = replace(opts, device=resolve_device(opts.device))
     with _torch_threads(opts.threads):
         return _run_tasks(model, tokenizer, opts)
 
@@ -117,21 +118,34 @@ def _run_tasks(model, tokenizer, opts: EvalOptions) -> SuiteResult:
     return SuiteResult(metrics, samples, skipped, seconds, resources.scorer_versions())
 
 
-def load_model(model_source: str, seed: int = 0):
-    """(model, tokenizer, resolved source) for anything cdb.model.prepare_model_source accepts; fp32."""
+def resolve_device(device: str) -> str:
+    """`auto`: cuda where this process sees a GPU (a Ray task sees only the GPUs it was given), else cpu."""
+    if device != "auto":
+        return device
     import torch
 
-    from cdb.model import TINY, build_lm, load_tokenizer, prepare_model_source
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(model_source: str, seed: int = 0, precision: str = "fp32", device: str = "cpu"):
+    """(model, tokenizer, resolved source) for anything cdb.model.prepare_model_source accepts, in
+    `precision` (fp32, bf16, fp16); on cuda with several GPUs visible, spread over them (a model too
+    big for one)."""
+    import torch
+
+    from cdb.model import DTYPES, TINY, build_lm, load_tokenizer, prepare_model_source
 
     resolved = prepare_model_source(model_source)
     tokenizer = load_tokenizer(resolved)
+    dtype = DTYPES[precision]
     if resolved == TINY:
         torch.manual_seed(seed)  # random weights: the seed names the model
-        model = build_lm(TINY, torch.float32, "sdpa", len(tokenizer))
+        model = build_lm(TINY, dtype, "sdpa", len(tokenizer))
     else:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch.float32)
+        spread = device == "cuda" and torch.cuda.device_count() > 1
+        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype, device_map="auto" if spread else None)
     return model, tokenizer, resolved
 
 
@@ -156,13 +170,14 @@ def _log(run: tracking.Run, prefix: str, summary: dict[str, Any], files: list[Pa
 
 def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str = tracking.PREFIX_EVAL, run_id: str | None = None,
              tracking_uri: str | None = None, output_dir: str | Path | None = None, experiment: str = "cdb",
-             **overrides: Any) -> dict[str, Any]:
+             precision: str = "fp32", **overrides: Any) -> dict[str, Any]:
     """Load `model_source`, run the suite of `options` (an EvalOptions; else the quick suite) with
     `overrides` (EvalOptions fields, `suite` among them), log metrics `<prefix>/<task>/<metric>` and
     the per-sample table (artifacts `<prefix>/eval.json`, `<prefix>/samples.jsonl`) to MLflow run
     `run_id` (its status left to its owner), or to a new run (tags cdb.model, cdb.method=eval, or cdb.method=<decoding> for a
     decoding-time debiasing: see run_tag) in `experiment`, FINISHED at the end or FAILED; write both files to `output_dir` too.
-    Either way the run gets tag cdb.<prefix>.method=<decoding>. Returns the summary written to
+    Either way the run gets tag cdb.<prefix>.method=<decoding>. The model is loaded in `precision`
+    (a training run passes its scale's when it evaluates on GPUs). Returns the summary written to
     eval.json: method (the decoding), metrics (full names), skipped tasks, seconds per task, scorer
     versions, options, run id and tracking URI."""
     if not re.fullmatch(r"[\w.-]+", prefix):
@@ -181,7 +196,7 @@ def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str 
         opened = nullcontext(tracking.Run(uri, run_id))
     with opened as run:
         start = time.perf_counter()
-        model, tokenizer, resolved = load_model(model_source, opts.seed)
+        model, tokenizer, resolved = load_model(model_source, opts.seed, precision, resolve_device(opts.device))
         result = run_suite(model, tokenizer, suite, opts)
         summary = {
             "model": model_source, "resolved_model": resolved, "suite": suite, "prefix": prefix, "method": opts.decoding,

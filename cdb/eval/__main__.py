@@ -38,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, help="= --set max_new_tokens=...: tokens per continuation and per summary")
     p.add_argument("--samples", type=int, help="= --set samples=...: samples per toxicity prompt")
     p.add_argument("--seed", type=int, help="= --set seed=...")
-    p.add_argument("--device", help="= --set device=...: cpu (default) or cuda; always fp32")
+    p.add_argument("--device", help="= --set device=...: auto (default: cuda when a GPU is visible), cpu or cuda")
     p.add_argument("--threads", type=int, help="= --set threads=...: torch CPU threads")
     p.add_argument("--toxicity-data", help="= --set toxicity_data=...: RealToxicityPrompts JSONL or hub id")
     p.add_argument("--summary-data", help="= --set summary_data=...: JSON/JSONL with a `source` field")
