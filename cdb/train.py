@@ -167,8 +167,9 @@ def _ray_init(config: cfg.Config) -> None:
 
 
 def run_eval(config: cfg.Config, model: str, prefix: str, run: dict, output_dir: Path) -> None:
-    """cdb.eval into this run under `prefix/` (eval_base: before, eval: after), as a Ray task with a
-    training worker's GPUs and the scale's precision: the driver loads no weights."""
+    """cdb.eval into this run under `prefix/` (eval_base: before, eval: after), on the training
+    workers' resources (as many copies of the model as workers, each with a worker's GPUs, in the
+    scale's precision), data-parallel over the items: the driver loads no weights."""
     from cdb.eval.remote import evaluate_on_cluster
 
     if not run["run_id"]:
@@ -176,11 +177,12 @@ def run_eval(config: cfg.Config, model: str, prefix: str, run: dict, output_dir:
         return
     print(f"[cdb] evaluating {model} ({config.eval.suite} suite) as {prefix}/...", flush=True)
     try:
-        gpus = config.scale.gpus_per_worker
-        summary = evaluate_on_cluster(model, config.eval, gpus, prefix=prefix, run_id=run["run_id"],
+        scale = config.scale
+        gpus = scale.gpus_per_worker
+        summary = evaluate_on_cluster(model, config.eval, scale.num_workers, gpus, prefix=prefix, run_id=run["run_id"],
                                       tracking_uri=run["tracking_uri"], output_dir=output_dir / prefix,
                                       experiment=config.tracking.experiment,
-                                      precision=config.scale.precision if gpus else "fp32")
+                                      precision=scale.precision if gpus else "fp32")
     except Exception as exc:  # an evaluation problem must not cost the training run
         print(f"[cdb] warning: {prefix} evaluation failed: {type(exc).__name__}: {exc}", flush=True)
         return

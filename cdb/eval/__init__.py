@@ -66,13 +66,15 @@ def _say(message: str) -> None:
     print(f"[cdb.eval] {message}", flush=True)
 
 
-def run_suite(model, tokenizer, suite: str = "quick", options: EvalOptions | Mapping[str, Any] | None = None) -> SuiteResult:
+def run_suite(model, tokenizer, suite: str = "quick", options: EvalOptions | Mapping[str, Any] | None = None,
+              replicas: list = ()) -> SuiteResult:
     """Run a suite's tasks on a loaded model. `options`: an EvalOptions (its own suite applies) or
-    overrides of `suite`'s preset."""
+    overrides of `suite`'s preset. `replicas`: Ray actors holding copies of the model
+    (cdb.eval.remote), sharing every LM call with this process."""
     opts = options.for_suite() if isinstance(options, EvalOptions) else make_options(suite, **dict(options or {}))
     opts = replace(opts, device=resolve_device(opts.device))
     with _torch_threads(opts.threads):
-        return _run_tasks(model, tokenizer, opts)
+        return _run_tasks(model, tokenizer, opts, replicas)
 
 
 @contextmanager
@@ -89,11 +91,27 @@ def _torch_threads(threads: int):
         torch.set_num_threads(previous)
 
 
-def _run_tasks(model, tokenizer, opts: EvalOptions) -> SuiteResult:
+def _eval_lm(model, tokenizer, opts: EvalOptions):
     from cdb.eval.decoding import Decoding
     from cdb.eval.lm import EvalLM
 
-    lm = EvalLM(model, tokenizer, batch_size=opts.batch_size, device=opts.device, decoding=Decoding.from_options(opts))
+    return EvalLM(model, tokenizer, batch_size=opts.batch_size, device=opts.device, decoding=Decoding.from_options(opts))
+
+
+def make_lm(model_source: str, options: EvalOptions, precision: str = "fp32"):
+    """The EvalLM a suite with `options` runs on, for a model source (what a replica holds)."""
+    opts = replace(options.for_suite(), device=resolve_device(options.device))
+    model, tokenizer, _ = load_model(model_source, opts.seed, precision, opts.device)
+    return _eval_lm(model, tokenizer, opts)
+
+
+def _run_tasks(model, tokenizer, opts: EvalOptions, replicas: list = ()) -> SuiteResult:
+    lm = _eval_lm(model, tokenizer, opts)
+    if replicas:
+        from cdb.eval.remote import ShardedLM
+
+        lm = ShardedLM(lm, list(replicas))
+        _say(f"items split over {1 + len(replicas)} copies of the model")
     if opts.decoding != "none":
         _say(f"decoding {opts.decoding}")
     resources = Resources(opts)
@@ -170,14 +188,16 @@ def _log(run: tracking.Run, prefix: str, summary: dict[str, Any], files: list[Pa
 
 def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str = tracking.PREFIX_EVAL, run_id: str | None = None,
              tracking_uri: str | None = None, output_dir: str | Path | None = None, experiment: str = "cdb",
-             precision: str = "fp32", **overrides: Any) -> dict[str, Any]:
+             precision: str = "fp32", workers: int = 1, gpus_per_worker: int = 0, **overrides: Any) -> dict[str, Any]:
     """Load `model_source`, run the suite of `options` (an EvalOptions; else the quick suite) with
     `overrides` (EvalOptions fields, `suite` among them), log metrics `<prefix>/<task>/<metric>` and
     the per-sample table (artifacts `<prefix>/eval.json`, `<prefix>/samples.jsonl`) to MLflow run
     `run_id` (its status left to its owner), or to a new run (tags cdb.model, cdb.method=eval, or cdb.method=<decoding> for a
     decoding-time debiasing: see run_tag) in `experiment`, FINISHED at the end or FAILED; write both files to `output_dir` too.
     Either way the run gets tag cdb.<prefix>.method=<decoding>. The model is loaded in `precision`
-    (a training run passes its scale's when it evaluates on GPUs). Returns the summary written to
+    (a training run passes its scale's when it evaluates on GPUs). With `workers` > 1 (inside a Ray
+    cluster), `workers - 1` more copies of the model, each on one CPU and `gpus_per_worker` GPUs,
+    share the items (cdb.eval.remote). Returns the summary written to
     eval.json: method (the decoding), metrics (full names), skipped tasks, seconds per task, scorer
     versions, options, run id and tracking URI."""
     if not re.fullmatch(r"[\w.-]+", prefix):
@@ -197,7 +217,16 @@ def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str 
     with opened as run:
         start = time.perf_counter()
         model, tokenizer, resolved = load_model(model_source, opts.seed, precision, resolve_device(opts.device))
-        result = run_suite(model, tokenizer, suite, opts)
+        replicas = []
+        if workers > 1:
+            from cdb.eval.remote import start_replicas, stop_replicas
+
+            replicas = start_replicas(workers - 1, gpus_per_worker, resolved, opts, precision)
+        try:
+            result = run_suite(model, tokenizer, suite, opts, replicas)
+        finally:
+            if replicas:
+                stop_replicas(replicas)
         summary = {
             "model": model_source, "resolved_model": resolved, "suite": suite, "prefix": prefix, "method": opts.decoding,
             "metrics": {tracking.metric_key(prefix, k): _finite(v) for k, v in result.metrics.items()},

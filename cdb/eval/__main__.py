@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from cdb import settings
 from cdb.eval.options import DECODINGS, SUITES, TASK_NAMES, EvalOptions
@@ -47,6 +48,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--self-debias-prefix", action="append", dest="self_debias_prefixes", metavar="TEXT",
                    help="= self_debias_prefixes: a debiasing prefix, repeatable")
     p.add_argument("--no-progress", action="store_true", help="= --set progress=false")
+    p.add_argument("--num-workers", type=int, default=1,
+                   help="copies of the model sharing the items, as Ray tasks on the cluster of $RAY_ADDRESS "
+                        "(else a local one); with this or --gpus-per-worker this process loads no weights (default 1)")
+    p.add_argument("--gpus-per-worker", type=int, default=0, help="GPUs of each copy (default 0: CPU)")
     settings.add_arguments(p, "evaluation")
     return p
 
@@ -67,9 +72,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     suffix = f"-{options.decoding}" if options.decoding != "none" else ""
     output = args.output or f"runs/eval/{model_slug(args.model)}{suffix}"
+    if args.num_workers < 1 or args.gpus_per_worker < 0:
+        print("cdb.eval: error: --num-workers must be >= 1 and --gpus-per-worker >= 0", file=sys.stderr)
+        return 2
+    where = dict(prefix=args.prefix, run_id=args.run_id, tracking_uri=args.tracking_uri,
+                 output_dir=str(Path(output).resolve()), experiment=args.experiment)
     try:
-        summary = evaluate(args.model, options, prefix=args.prefix, run_id=args.run_id,
-                           tracking_uri=args.tracking_uri, output_dir=output, experiment=args.experiment)
+        if args.num_workers > 1 or args.gpus_per_worker > 0:
+            import ray
+
+            from cdb.eval.remote import evaluate_on_cluster
+
+            ray.init(log_to_driver=True)  # $RAY_ADDRESS when set, else a local cluster
+            summary = evaluate_on_cluster(args.model, options, args.num_workers, args.gpus_per_worker,
+                                          precision="bf16" if args.gpus_per_worker else "fp32", **where)
+        else:
+            summary = evaluate(args.model, options, **where)
     except (EvalDataError, ValueError, FileNotFoundError) as e:
         print(f"cdb.eval: error: {e}", file=sys.stderr)
         return 2
