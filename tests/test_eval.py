@@ -448,15 +448,34 @@ def test_evaluate_end_to_end_into_sqlite_mlflow(tmp_path):
     for name in expected:
         assert name in run.data.metrics, name
         assert 0 <= run.data.metrics[name] <= 100
-    assert run.data.metrics["eval/toxicity/prompts"] == 3
     on_disk = json.loads((tmp_path / "out" / "eval.json").read_text())
-    assert on_disk["metrics"]["eval/toxicity/mean_toxicity"] == pytest.approx(run.data.metrics["eval/toxicity/mean_toxicity"])
+    # Every metric with its n and 95% interval, in MLflow and in eval.json alike; counts are n, not metrics.
+    logged = {k for k in run.data.metrics if not k.endswith(("_n", "_ci95_low", "_ci95_high"))}
+    assert set(expected) <= logged and not {"eval/toxicity/prompts", "eval/bias/crows_pairs"} & logged
+    for name in logged:
+        value, n = run.data.metrics[name], run.data.metrics[f"{name}_n"]
+        low, high = run.data.metrics[f"{name}_ci95_low"], run.data.metrics[f"{name}_ci95_high"]
+        assert n >= 1 and low <= value <= high, (name, low, value, high)
+        for key in (name, f"{name}_n", f"{name}_ci95_low", f"{name}_ci95_high"):
+            assert on_disk["metrics"][key] == pytest.approx(run.data.metrics[key]), key
+    assert set(on_disk["metrics"]) == set(run.data.metrics)
+    assert run.data.metrics["eval/toxicity/mean_toxicity_n"] == 3  # 3 prompts (the per-prompt mean of 2 samples)
+    assert run.data.metrics["eval/bias/crows_stereo_share_n"] == 3
+    assert run.data.metrics["eval/intelligibility/intelligible_n"] == 3 * 2 + 3  # continuations + summaries
+    # An undefined metric is absent, a tag saying why.
+    for key, why in on_disk["undefined"].items():
+        assert key not in run.data.metrics and run.data.tags[f"cdb.eval.undefined.{key[len('eval/'):]}"] == why
+    # The values per item, keyed by item id: what a paired change against the base pairs.
+    items = json.loads((tmp_path / "out" / "items.json").read_text())
+    assert items["options_hash"] == on_disk["options_hash"] == run.data.tags["cdb.eval.options_hash"]
+    crows = items["metrics"]["bias/crows_stereo_share"]
+    assert crows["kind"] == "share" and len(crows["values"]) == 3 and set(crows["values"].values()) <= {0.0, 1.0}
     assert on_disk["skipped"] == {} and on_disk["scorers"]["toxicity"].startswith("profanity-check@")
     samples = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
     assert sum(s["task"] == "toxicity" for s in samples) == 3 * 2  # 3 prompts x 2 samples (the quick suite's k)
     assert {s["task"] for s in samples} == {"toxicity", "faithfulness", "truthfulqa", "knowledge", "bias", "intelligibility"}
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
-    assert artifacts == {"eval/eval.json", "eval/samples.jsonl"}
+    assert artifacts == {"eval/eval.json", "eval/samples.jsonl", "eval/items.json"}
 
     # The trainer's use: the base model into an existing run, under eval_base/.
     base = evaluate(TINY, prefix="eval_base", run_id=run.info.run_id, **{**common, "tasks": ("toxicity", "intelligibility")})
@@ -466,6 +485,9 @@ def test_evaluate_end_to_end_into_sqlite_mlflow(tmp_path):
     assert "eval/toxicity/mean_toxicity" in run.data.metrics  # untouched
     assert "eval_base/samples.jsonl" in {a.path for a in client.list_artifacts(run.info.run_id, "eval_base")}
     assert run.data.tags["cdb.eval_base.suite"] == "quick"
+    # Another task list is another evaluation: its hash differs, so no change would be computed against it.
+    assert run.data.tags["cdb.eval_base.options_hash"] == base["options_hash"] != summary["options_hash"]
+    assert run.data.metrics["eval_base/toxicity/mean_toxicity_n"] == 3
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
 
