@@ -16,9 +16,9 @@ from conftest import REPO
 from cdb.data.records import embedded_dataset_path
 from cdb import settings
 from cdb.eval import EvalDataError, Unavailable, evaluate, load_model, make_options, run_suite
-from cdb.eval.base import Items, Resources, per_item, spread
-from cdb.eval.estimates import estimate
+from cdb.eval.base import Resources, per_item, spread
 from cdb.eval.bias import crows_stereo_share, icat, load_crows, load_stereoset, stereoset_items, stereoset_scores
+from cdb.eval.estimates import estimate
 from cdb.eval.faithfulness import entity_precision, first_line, load_sources
 from cdb.eval.intelligibility import FLAGS, flags, shares
 from cdb.eval.knowledge import KnowledgeTask, letter_prompt, load_knowledge
