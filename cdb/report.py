@@ -12,7 +12,8 @@ last validation), and writes to OUTPUT:
                            interval holds 0; withheld, with the reason, when the two evaluations are
                            not comparable; an undefined metric with why); the validation metrics
                            every method shares
-  alignment_tax.png        toxicity (x) against faithfulness (y), an arrow per run from base to tuned
+  alignment_tax.png        toxicity (x) against faithfulness (y), an arrow per run from base to tuned,
+                           the tuned model's 95% intervals as bars
 and logs the three as artifacts of a new run tagged cdb.method=report. Runs without eval metrics are
 listed as such. Exit codes: 0 done, 1 no such experiment or no runs in it, 2 bad arguments.
 
@@ -316,6 +317,13 @@ def html_report(rows: Sequence[RunRow], experiment: str, uri: str) -> str:
     return "\n".join(parts)
 
 
+def _whisker(m: Measure) -> list[list[float]] | None:
+    """The interval as matplotlib's error bar lengths below and above the value."""
+    if m.low is None or m.high is None:
+        return None
+    return [[max(m.value - m.low, 0.0)], [max(m.high - m.value, 0.0)]]
+
+
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
 
 
@@ -342,6 +350,9 @@ def plot(rows: Sequence[RunRow], path: Path) -> Path:
             ax.scatter(*start, marker=marker, facecolors="none", edgecolors=colour, s=50, zorder=2)
             ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="->", color=colour, lw=1.6, shrinkA=4, shrinkB=6), zorder=1)
         ax.scatter(*end, marker=marker, color=colour, s=60, zorder=3)
+        xerr, yerr = _whisker(r.tuned[tox]), _whisker(r.tuned[faith])
+        if xerr is not None or yerr is not None:
+            ax.errorbar(*end, xerr=xerr, yerr=yerr, fmt="none", ecolor=colour, alpha=0.5, lw=1, zorder=2)
     if plotted:
         ax.update_datalim([(r.base.get(tox, r.tuned[tox]).value, r.base.get(faith, r.tuned[faith]).value) for r in plotted])
         ax.autoscale_view()
@@ -355,7 +366,7 @@ def plot(rows: Sequence[RunRow], path: Path) -> Path:
                 transform=ax.transAxes)
     ax.set_xlabel("toxicity: mean P(toxic) of continuations (lower is better)")
     ax.set_ylabel("faithfulness of summaries (higher is better)")
-    ax.set_title("Alignment tax: base model → tuned model")
+    ax.set_title("Alignment tax: base model → tuned model (bars: 95% intervals)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
