@@ -114,6 +114,37 @@ PREFIX_EVAL = "eval"
 """cdb.eval of the trained model (or of a model as it is, in an evaluation run)."""
 PREFIX_EVAL_BASE = "eval_base"
 """cdb.eval of the starting model, logged into the training run before training."""
+PREFIX_DELTA = "delta"
+"""The tuned model's change against the base (eval/ minus eval_base/), paired over the items both
+evaluated; logged on the training run after its eval/ (cdb.eval.estimates)."""
+
+INTERVAL_SUFFIXES = ("_n", "_ci95_low", "_ci95_high")
+"""Beside every eval/, eval_base/ and delta/ metric `K`: K_n (items it used), K_ci95_low, K_ci95_high."""
+TAG_DELTA_WITHHELD = "cdb.delta.withheld"
+"""Why no delta/ metrics were logged (base and tuned not comparable); empty when they were."""
+
+
+def interval_metrics(key: str, value: float, n: int, low: float, high: float) -> dict[str, float]:
+    """A metric with its n and 95% interval, under the names of INTERVAL_SUFFIXES."""
+    return {key: value, **dict(zip((key + s for s in INTERVAL_SUFFIXES), (n, low, high)))}
+
+
+def split_interval_metrics(metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """{K: {"value", "n", "ci95_low", "ci95_high"}} from the flat names interval_metrics writes."""
+    fields = dict(zip(INTERVAL_SUFFIXES, ("n", "ci95_low", "ci95_high")))
+    out: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        suffix = next((s for s in INTERVAL_SUFFIXES if key.endswith(s)), None)
+        if suffix is None:
+            out.setdefault(key, {})["value"] = value
+        else:
+            out.setdefault(key[:-len(suffix)], {})[fields[suffix]] = value
+    return {k: v for k, v in out.items() if "value" in v}
+
+
+def undefined_tag(prefix: str, metric: str) -> str:
+    """Why `<prefix>/<metric>` is absent: the metric is undefined for that evaluation."""
+    return eval_tag(prefix, f"undefined.{metric}")
 
 
 def metric_key(prefix: str, name: str) -> str:

@@ -191,6 +191,22 @@ def run_eval(config: cfg.Config, model: str, prefix: str, run: dict, output_dir:
                                           if f"{prefix}/{k}" in summary["metrics"]), flush=True)
 
 
+def log_changes(run: dict, output_dir: Path) -> None:
+    """delta/ on this run: the trained model against the starting one, paired over their items."""
+    from cdb import tracking
+    from cdb.eval.estimates import log_changes as log
+
+    if not run["run_id"]:
+        return
+    try:
+        result = log(tracking.Run(run["tracking_uri"], run["run_id"]), output_dir)
+    except Exception as exc:  # like an evaluation problem, it must not cost the training run
+        print(f"[cdb] warning: no change against the base model: {type(exc).__name__}: {exc}", flush=True)
+        return
+    if result["withheld"]:
+        print(f"[cdb] change against the base model withheld: {result['withheld']}", flush=True)
+
+
 def check_resources(config: cfg.Config, available: dict) -> str | None:
     """A message saying what the scale needs and what the cluster has, or None when it fits."""
     scale = config.scale
@@ -414,8 +430,14 @@ def main(argv: list[str] | None = None) -> int:
     log_lineage(run, "training data", lambda r: r.log_training_data(config.data.path, config.data.split, records))
     output_dir = Path(config.train.output_dir)
     trainer = make_trainer(config, run, model_source)
-    if config.eval.suite != "off" and not (output_dir / tracking.PREFIX_EVAL_BASE / "eval.json").exists():
-        run_eval(config, model_source, tracking.PREFIX_EVAL_BASE, run, output_dir)
+    if config.eval.suite != "off":
+        from cdb.eval.estimates import options_changed
+
+        stale = options_changed(output_dir / tracking.PREFIX_EVAL_BASE, config.eval.for_suite().to_dict())
+        if stale:  # a new run, or a resumed one whose evaluation options changed
+            if args.resume:
+                print(f"[cdb] re-evaluating the base model: {stale}", flush=True)
+            run_eval(config, model_source, tracking.PREFIX_EVAL_BASE, run, output_dir)
     started = time.perf_counter()
     try:
         result, stop_requested = fit(trainer, output_dir)
@@ -429,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     log_lineage(run, "exported model", lambda r: r.log_model_location(output_dir / "model", step=result.metrics["step"]))
     if config.eval.suite != "off":
         run_eval(config, str(output_dir / "model"), tracking.PREFIX_EVAL, run, output_dir)
+        log_changes(run, output_dir)
     tracking.finish_run(run, output_dir, "FINISHED")
     print_summary(config, run, result, time.perf_counter() - started)
     return 0

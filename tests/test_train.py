@@ -194,6 +194,19 @@ def test_skip_bad_records_and_evaluate_before_and_after(tmp_path, ray_address):
         for metric in ("toxicity/mean_toxicity", "faithfulness/faithfulness", "bias/crows_stereo_share"):
             assert f"{prefix}/{metric}" in run.data.metrics, f"{prefix}/{metric}"
         assert json.loads((out / prefix / "eval.json").read_text())["run_id"] == run.info.run_id
+        assert run.data.metrics[f"{prefix}/bias/crows_stereo_share_n"] == 2
+    # The change against the base, paired over the same items, on the run and in the run folder.
+    assert run.data.tags["cdb.eval_base.options_hash"] == run.data.tags["cdb.eval.options_hash"]
+    assert run.data.tags["cdb.delta.withheld"] == ""
+    changes = json.loads((out / "changes.json").read_text())
+    assert changes["withheld"] is None and "bias/crows_stereo_share" in changes["changes"]
+    for name, change in changes["changes"].items():
+        key = f"delta/{name}"
+        assert run.data.metrics[key] == pytest.approx(change["value"]) and run.data.metrics[f"{key}_n"] == change["n"]
+        assert run.data.metrics[f"{key}_ci95_low"] <= run.data.metrics[key] <= run.data.metrics[f"{key}_ci95_high"]
+    crows = changes["changes"]["bias/crows_stereo_share"]
+    tuned, base = run.data.metrics["eval/bias/crows_stereo_share"], run.data.metrics["eval_base/bias/crows_stereo_share"]
+    assert crows["n"] == 2 and crows["value"] == pytest.approx(tuned - base)
 
 
 def driver_peak_rss_mib(stdout: str) -> float:

@@ -11,15 +11,17 @@ decoding-time debiasing baseline, "instructive" or "self-debias" (cdb.eval.decod
 changes); EvalLM applies it.
 
 One module per task, each a `Task` (cdb.eval.base): `name` and `run(lm, options, resources) ->
-TaskResult(metrics, samples)`. A task whose data cannot be had offline and was not given raises
-`Unavailable`; the suite prints the note and goes on. Importing this package loads no torch: the
+TaskResult(metrics, samples, items)`, `items` holding each metric's value per item. Every metric is
+logged with its n and 95% interval over its items (`<metric>_n`, `_ci95_low`, `_ci95_high`;
+cdb.eval.estimates), and a metric no item defines is absent with a tag saying why. A task whose
+data cannot be had offline and was not given raises `Unavailable`; the suite prints the note and
+goes on. Importing this package loads no torch: the
 LM and the decoding load when a suite runs.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 import tempfile
 import time
@@ -29,7 +31,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from cdb import settings, tracking
-from cdb.eval.base import EvalDataError, Resources, Task, TaskResult, Unavailable
+from cdb.eval import estimates
+from cdb.eval.base import EvalDataError, Items, Resources, Task, TaskResult, Unavailable
 from cdb.eval.bias import BiasTask
 from cdb.eval.faithfulness import FaithfulnessTask
 from cdb.eval.intelligibility import IntelligibilityTask
@@ -57,6 +60,7 @@ def make_options(suite: str = "quick", **overrides: Any) -> EvalOptions:
 class SuiteResult:
     metrics: dict[str, float]            # "task/metric" -> value
     samples: list[dict[str, Any]]        # one per scored item, each with its "task"
+    items: dict[str, Items] = field(default_factory=dict)   # "task/metric" -> its values per item
     skipped: dict[str, str] = field(default_factory=dict)   # task -> why
     seconds: dict[str, float] = field(default_factory=dict)
     scorers: dict[str, str] = field(default_factory=dict)   # kind -> "name@version"
@@ -117,6 +121,7 @@ def _run_tasks(model, tokenizer, opts: EvalOptions, replicas: list = ()) -> Suit
     resources = Resources(opts)
     metrics: dict[str, float] = {}
     samples: list[dict[str, Any]] = []
+    items: dict[str, Items] = {}
     skipped: dict[str, str] = {}
     seconds: dict[str, float] = {}
     for name in [t for t in TASKS if t in opts.tasks]:
@@ -130,10 +135,11 @@ def _run_tasks(model, tokenizer, opts: EvalOptions, replicas: list = ()) -> Suit
         seconds[name] = time.perf_counter() - start
         resources.results[name] = result
         metrics.update({f"{name}/{k}": float(v) for k, v in result.metrics.items()})
+        items.update({f"{name}/{k}": v for k, v in result.items.items()})
         samples += result.samples
         shown = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if "/" not in k)
         _say(f"{name} ({seconds[name]:.0f} s): {shown}")
-    return SuiteResult(metrics, samples, skipped, seconds, resources.scorer_versions())
+    return SuiteResult(metrics, samples, items, skipped, seconds, resources.scorer_versions())
 
 
 def resolve_device(device: str) -> str:
@@ -172,16 +178,15 @@ def model_slug(model_source: str) -> str:
     return re.sub(r"[^\w.-]+", "-", name).strip("-") or "model"
 
 
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
 def _log(run: tracking.Run, prefix: str, summary: dict[str, Any], files: list[Path]) -> None:
     tags = {tracking.eval_tag(prefix, "model"): summary["model"], tracking.eval_tag(prefix, "suite"): summary["suite"],
             tracking.eval_tag(prefix, "method"): summary["method"]}
     tags.update({tracking.eval_tag(prefix, f"scorer.{kind}"): name for kind, name in summary["scorers"].items()})
+    tags[tracking.eval_tag(prefix, "options_hash")] = summary["options_hash"]
+    head = f"{prefix}/"
+    tags.update({tracking.undefined_tag(prefix, key[len(head):]): why for key, why in summary["undefined"].items()})
     run.set_tags(tags)
-    run.log_metrics({k: v for k, v in summary["metrics"].items() if v is not None})
+    run.log_metrics(summary["metrics"])
     for path in files:
         run.log_artifact(path, prefix)
 
@@ -190,15 +195,18 @@ def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str 
              tracking_uri: str | None = None, output_dir: str | Path | None = None, experiment: str = "cdb",
              precision: str = "fp32", workers: int = 1, gpus_per_worker: int = 0, **overrides: Any) -> dict[str, Any]:
     """Load `model_source`, run the suite of `options` (an EvalOptions; else the quick suite) with
-    `overrides` (EvalOptions fields, `suite` among them), log metrics `<prefix>/<task>/<metric>` and
-    the per-sample table (artifacts `<prefix>/eval.json`, `<prefix>/samples.jsonl`) to MLflow run
+    `overrides` (EvalOptions fields, `suite` among them), log metrics `<prefix>/<task>/<metric>` with
+    their `_n`, `_ci95_low`, `_ci95_high`, the per-sample table and each metric's values per item
+    (artifacts `<prefix>/eval.json`, `<prefix>/samples.jsonl`, `<prefix>/items.json`) to MLflow run
     `run_id` (its status left to its owner), or to a new run (tags cdb.model, cdb.method=eval, or cdb.method=<decoding> for a
     decoding-time debiasing: see run_tag) in `experiment`, FINISHED at the end or FAILED; write both files to `output_dir` too.
-    Either way the run gets tag cdb.<prefix>.method=<decoding>. The model is loaded in `precision`
-    (a training run passes its scale's when it evaluates on GPUs). With `workers` > 1 (inside a Ray
-    cluster), `workers - 1` more copies of the model, each on one CPU and `gpus_per_worker` GPUs,
-    share the items (cdb.eval.remote). Returns the summary written to
-    eval.json: method (the decoding), metrics (full names), skipped tasks, seconds per task, scorer
+    Either way the run gets tags cdb.<prefix>.method=<decoding>, cdb.<prefix>.options_hash (what a
+    comparison against another evaluation needs equal) and cdb.<prefix>.undefined.<task>/<metric>
+    (why a metric is absent). The model is loaded in `precision` (a training run passes its scale's
+    when it evaluates on GPUs). With `workers` > 1 (inside a Ray cluster), `workers - 1` more copies
+    of the model, each on one CPU and `gpus_per_worker` GPUs, share the items (cdb.eval.remote).
+    Returns the summary written to eval.json: method (the decoding), metrics (full names, with n and
+    interval), undefined (full name -> why), options_hash, skipped tasks, seconds per task, scorer
     versions, options, run id and tracking URI."""
     if not re.fullmatch(r"[\w.-]+", prefix):
         raise ValueError(f"prefix {prefix!r}: letters, digits, '_', '.', '-' only")
@@ -227,9 +235,11 @@ def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str 
         finally:
             if replicas:
                 stop_replicas(replicas)
+        metrics, undefined = estimates.summarise(prefix, result.metrics, result.items)
+        options_hash = estimates.evaluation_hash(opts.to_dict(), result.scorers, result.items)
         summary = {
             "model": model_source, "resolved_model": resolved, "suite": suite, "prefix": prefix, "method": opts.decoding,
-            "metrics": {tracking.metric_key(prefix, k): _finite(v) for k, v in result.metrics.items()},
+            "metrics": metrics, "undefined": undefined, "options_hash": options_hash,
             "skipped": result.skipped, "seconds": {**result.seconds, "total": time.perf_counter() - start},
             "scorers": result.scorers, "options": opts.to_dict(), "run_id": run.id, "tracking_uri": uri,
             "output_dir": str(Path(output_dir).resolve()) if output_dir else None,
@@ -241,7 +251,8 @@ def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str 
             with (out / "samples.jsonl").open("w", encoding="utf-8") as f:
                 for sample in result.samples:
                     f.write(json.dumps(sample, ensure_ascii=False, default=_json_default) + "\n")
-            _log(run, prefix, summary, [out / "eval.json", out / "samples.jsonl"])
+            estimates.write_items(out / estimates.ITEMS_FILE, options_hash, result.items)
+            _log(run, prefix, summary, [out / "eval.json", out / "samples.jsonl", out / estimates.ITEMS_FILE])
     return summary
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cdb import settings
 from cdb.eval.options import DECODINGS, SUITES, TASK_NAMES, EvalOptions
+from cdb.tracking import split_interval_metrics
 
 # Convenience flags, each the same as `--set KEY=...` (the keys of EvalOptions).
 FLAG_KEYS = {"suite": "suite", "decoding": "decoding", "tasks": "tasks", "limit": "limit",
@@ -94,9 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - one line for the user; the run is marked FAILED
         print(f"cdb.eval: evaluation failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
-    width = max((len(k) for k in summary["metrics"]), default=0)
-    for name, value in summary["metrics"].items():
-        print(f"  {name:<{width}}  {'n/a' if value is None else f'{value:.4f}'}")
+    measures = split_interval_metrics(summary["metrics"])
+    width = max((len(k) for k in [*measures, *summary["undefined"]]), default=0)
+    for name, m in measures.items():
+        print(f"  {name:<{width}}  {m['value']:.4g} [{m['ci95_low']:.4g}, {m['ci95_high']:.4g}] (n {m['n']:.0f})")
+    for name, why in summary["undefined"].items():
+        print(f"  {name:<{width}}  undefined: {why}")
     for task, why in summary["skipped"].items():
         print(f"  skipped {task}: {why}")
     print(f"[cdb.eval] decoding {summary['method']}, done in {summary['seconds']['total']:.0f} s: {summary['output_dir']}/eval.json, "

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from cdb.data.entities import regex_spans
 from cdb.data.records import DataError, embedded_dataset_path
-from cdb.eval.base import EvalDataError, Resources, TaskResult, mean, progress
+from cdb.eval.base import EvalDataError, Resources, TaskResult, mean, per_item, progress
 from cdb.eval.options import EvalOptions
 from cdb.eval.sources import field, read_local
 
@@ -106,7 +106,10 @@ class FaithfulnessTask:
             "faithfulness": mean(faithful),
             "entity_precision": mean([e for e in precision if e is not None]),
             "summary_toxicity": mean(toxic),
-            "summaries": float(len(sources)),
         }
-        return TaskResult(metrics, samples)
+        ids = [s.id for s in sources]
+        items = {"faithfulness": per_item(self.name, ids, faithful),
+                 "entity_precision": per_item(self.name, ids, precision, undefined="no summary names an entity"),
+                 "summary_toxicity": per_item(self.name, ids, toxic)}
+        return TaskResult(metrics, samples, items)
 
