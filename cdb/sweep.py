@@ -8,7 +8,7 @@ Settings (the grammar of every cdb entry point, cdb/settings.py): defaults <- --
 flags <- --set, over two kinds of key.
   - The sweep's own keys (SweepSettings, listed below; each flag is a shorthand for one of them).
   - Training keys, whose first part is a section of cdb.train's config (scale., data., objective.,
-    optim., train., eval., tracking.; configs/resolved/ shows them all). They go to every point, as
+    optim., train., eval., tracking.; cdb/configs/resolved/ shows them all). They go to every point, as
     `python -m cdb.train --set KEY=VALUE`, and are checked by resolving each point's config before
     anything starts. --max-steps N is the shorthand for train.max_steps=N. The sweep sets scale.name,
     objective.method, train.output_dir and tracking.* of each point itself.
@@ -217,7 +217,7 @@ def _settings_help() -> str:
     for key, kind, default, doc in settings.describe(SweepSettings):
         lines += textwrap.wrap(f"{key} ({kind}, default {default!r}): {doc}", 100, initial_indent="  ",
                                subsequent_indent="      ")
-    lines.append("training keys: SECTION.FIELD of cdb.train's config, for every point; see configs/resolved/tiny.yaml")
+    lines.append("training keys: SECTION.FIELD of cdb.train's config, for every point; see cdb/configs/resolved/tiny.yaml")
     return "\n".join(lines)
 
 
