@@ -82,6 +82,9 @@ RESERVED_KEYS = {"scale.name": "scales", "objective.method": "methods", "train.o
                  "tracking.uri": "tracking_uri", "tracking.experiment": "experiment", "tracking.run_name": "",
                  "tracking.parent_run_id": ""}
 TRAINING_SECTIONS = tuple(f.name for f in dataclasses.fields(cfg.Config))
+PERIOD_FORMATS = {"week": "%G-W%V", "day": "%Y-%m-%d"}
+"""A period's folder name (strftime, UTC); both sort in time order as text."""
+PERIOD_NAMES = {"week": r"\d{4}-W\d{2}", "day": r"\d{4}-\d{2}-\d{2}"}
 
 
 class UsageError(Exception):
@@ -122,10 +125,21 @@ class SweepSettings:
     fresh: bool = False
     """Start a new sweep (new parent run, every point trained again) even if OUTPUT_DIR holds one; the
     old sweep.json is kept beside it."""
+    period: str = ""
+    """For scheduled sweeps: `week` keeps each ISO week's sweep in OUTPUT_DIR/<ISO year>-W<week> (e.g.
+    2026-W49), `day` each UTC day's in OUTPUT_DIR/<YYYY-MM-DD>. A new period is a new sweep in a new
+    folder (new parent run; every point trained and its base evaluated again; nothing of an earlier
+    period's runs reused); the same command again within the period continues it. Empty: the sweep
+    lives in OUTPUT_DIR itself."""
+    keep_periods: int = 4
+    """With `period`: how many period folders, the current one included, keep their points'
+    checkpoints; a sweep deletes <point>/checkpoints/ in the older ones (their models, logs, reports and
+    sweep.json stay). 0 keeps every checkpoint."""
 
 
 FLAG_KEYS = {"scales": "scales", "methods": "methods", "output_dir": "output_dir", "experiment": "experiment",
-             "tracking_uri": "tracking_uri", "parallel": "parallel", "fresh": "fresh", "max_steps": "train.max_steps"}
+             "tracking_uri": "tracking_uri", "parallel": "parallel", "fresh": "fresh", "period": "period",
+             "max_steps": "train.max_steps"}
 """Each flag (argparse dest) is a shorthand for one key: a sweep key, or a training key for every point."""
 
 
@@ -167,6 +181,10 @@ def resolve_settings(config_file: str | None = None, sets: Sequence[str] = ()) -
         raise cfg.ConfigError("methods: give at least one training method, e.g. --methods contrastive")
     if sweep.parallel < 1:
         raise cfg.ConfigError(f"parallel: must be >= 1, got {sweep.parallel}")
+    if sweep.period not in ("", *PERIOD_FORMATS):
+        raise cfg.ConfigError(f"period: {sweep.period!r} is not one of: '' (none), {', '.join(PERIOD_FORMATS)}")
+    if sweep.keep_periods < 0:
+        raise cfg.ConfigError(f"keep_periods: must be >= 0 (0 keeps every checkpoint), got {sweep.keep_periods}")
     for item in training:
         key = item.split("=", 1)[0]
         if key in RESERVED_KEYS:
@@ -231,6 +249,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--tracking-uri", metavar="URI", help="= --set tracking_uri=URI")
     p.add_argument("--parallel", type=int, metavar="N", help="= --set parallel=N")
     p.add_argument("--fresh", action="store_true", default=None, help="= --set fresh=true")
+    p.add_argument("--period", choices=tuple(PERIOD_FORMATS), help="= --set period=P")
     p.add_argument("--max-steps", type=int, metavar="N", help="= --set train.max_steps=N (every point)")
     settings.add_arguments(p, "sweep and training")
     return p.parse_args(argv)
@@ -280,27 +299,71 @@ def is_done(entry: Mapping | None, point_dir: Path, spec: Mapping) -> bool:
 # --- scheduling ---------------------------------------------------------------------------------
 
 
-def fits(point: Point, total: Mapping[str, float], used_cpus: int = 0, used_gpus: int = 0) -> bool:
-    return point.cpus + used_cpus <= int(total.get("CPU", 0)) and point.gpus + used_gpus <= int(total.get("GPU", 0))
+def fits(point: Point, resources: Mapping[str, float], used_cpus: int = 0, used_gpus: int = 0) -> bool:
+    return point.cpus + used_cpus <= int(resources.get("CPU", 0)) and point.gpus + used_gpus <= int(resources.get("GPU", 0))
 
 
-def admit(pending: Sequence[Point], running: Iterable[Point], total: Mapping[str, float], parallel: int) -> list[Point]:
+def admit(pending: Sequence[Point], running: Iterable[Point], total: Mapping[str, float], parallel: int,
+          available: Mapping[str, float] | None = None) -> list[Point]:
     """The pending points to start now, in order (later ones may fill room an earlier one cannot use).
 
-    A point starts when fewer than `parallel` run and the cluster's CPUs and GPUs hold it beside the
-    running ones. A point that would not fit even an empty cluster starts only when nothing runs:
-    the trainer then decides (it fails at once with what it needs and what there is)."""
+    A point starts when fewer than `parallel` run and the cluster's free (available) CPUs and GPUs
+    hold it beside the running ones: another sweep or job on the cluster holds what it uses. This
+    sweep's running points count against the free resources even when they hold theirs already (a
+    point just started may not have claimed them yet), so a sweep may start fewer points than would
+    fit, never more. A point that would not fit even the whole, empty cluster starts only when nothing
+    of this sweep runs: the trainer then decides (it fails at once with what it needs and what there is).
+    `available` None: the whole cluster is free."""
+    available = total if available is None else available
     running = list(running)
     started: list[Point] = []
     for point in pending:
         active = running + started
         if len(active) >= parallel:
             break
-        if not active:
-            started.append(point)
-        elif fits(point, total) and fits(point, total, sum(p.cpus for p in active), sum(p.gpus for p in active)):
+        used = sum(p.cpus for p in active), sum(p.gpus for p in active)
+        if not fits(point, total):
+            if not active:
+                started.append(point)
+        elif fits(point, total, *used) and fits(point, available, *used):
             started.append(point)
     return started
+
+
+def period_folder(base: Path, period: str, now: datetime) -> Path:
+    """The sweep's folder: `base`, or its subfolder for the period `now` falls in (see SweepSettings.period)."""
+    return base / now.astimezone(timezone.utc).strftime(PERIOD_FORMATS[period]) if period else base
+
+
+def _locked(folder: Path) -> bool:
+    """Whether a sweep holds `folder`'s lock now."""
+    if not (folder / LOCK_FILE).exists():
+        return False
+    with (folder / LOCK_FILE).open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def prune_checkpoints(base: Path, period: str, keep: int, current: Path) -> list[Path]:
+    """Delete <point>/checkpoints/ in `base`'s period folders older than the newest `keep` (`current`
+    counted among them); a folder a running sweep holds is left alone. Returns what was deleted."""
+    if keep <= 0 or not base.is_dir():
+        return []
+    folders = sorted({p for p in base.iterdir() if p.is_dir() and re.fullmatch(PERIOD_NAMES[period], p.name)
+                      and p.name < current.name})
+    removed = []
+    for folder in folders[:max(len(folders) - (keep - 1), 0)]:
+        if not (folder / STATE_FILE).is_file() or _locked(folder):
+            continue
+        for checkpoints in sorted(folder.glob("*/checkpoints")):
+            if (checkpoints.parent / tracking.RUN_FILE).is_file():  # a point's run folder
+                shutil.rmtree(checkpoints)
+                removed.append(checkpoints)
+    return removed
 
 
 # --- one point: a cdb.train subprocess ----------------------------------------------------------
@@ -450,13 +513,14 @@ def _remove_tree(path: str, attempts: int = 10) -> None:
         time.sleep(1)
 
 
-def cluster_total() -> dict:
+def cluster_resources() -> tuple[dict, dict]:
+    """(the cluster's total resources, those free now)."""
     import ray
 
     try:
-        return dict(ray.cluster_resources())
+        return dict(ray.cluster_resources()), dict(ray.available_resources())
     except Exception:  # a hiccup reading resources: assume only what already runs fits
-        return {}
+        return {}, {}
 
 
 # --- the sweep ----------------------------------------------------------------------------------
@@ -470,7 +534,8 @@ class Sweep:
     def __init__(self, sweep_settings: SweepSettings, overrides: Sequence[str], points: list[Point],
                  echo: Callable[[str], None] = print):
         self.settings, self.overrides, self.points, self.echo = sweep_settings, tuple(overrides), points, echo
-        self.output_dir = Path(sweep_settings.output_dir).resolve()
+        self.output_dir = period_folder(Path(sweep_settings.output_dir).resolve(), sweep_settings.period,
+                                        datetime.now(timezone.utc))
         self.spec = spec_of(overrides)
         self.jobs: dict[str, Job] = {}
         self.stop_signals: list[int] = []
@@ -537,6 +602,10 @@ class Sweep:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         lock = self.lock_output_dir()
         try:
+            if self.settings.period:
+                for removed in prune_checkpoints(self.output_dir.parent, self.settings.period,
+                                                 self.settings.keep_periods, self.output_dir):
+                    self.say(f"[sweep] removed {removed} (keep_periods={self.settings.keep_periods})")
             return self._run()
         finally:
             lock.close()
@@ -613,10 +682,18 @@ class Sweep:
     def loop(self, pending: list[Point], state: dict, env: dict, index: dict, n: int) -> None:
         uri, experiment, parent = state["tracking_uri"], state["experiment"], state["parent_run_id"]
         last_beat = time.monotonic()
+        waiting = False  # said that nothing of this sweep runs and the next point does not fit
         while (pending and not self.stop_signals) or self.jobs:
             if pending and not self.stop_signals:
-                total = cluster_total() if self.settings.parallel > 1 else {}
-                for point in admit(pending, [j.point for j in self.jobs.values()], total, self.settings.parallel):
+                total, available = cluster_resources()
+                admitted = admit(pending, [j.point for j in self.jobs.values()], total, self.settings.parallel, available)
+                if not admitted and not self.jobs and not waiting:
+                    waiting = True
+                    self.say(f"[sweep] waiting for room for {pending[0].name}: the cluster has "
+                             f"{int(available.get('CPU', 0))} CPUs, {int(available.get('GPU', 0))} GPUs free "
+                             "(other jobs hold the rest)")
+                for point in admitted:
+                    waiting = False
                     pending.remove(point)
                     self.launch(point, index[point.name], n, state, env, uri, experiment, parent)
             for name, job in list(self.jobs.items()):
@@ -696,9 +773,9 @@ class Sweep:
         from cdb.report import ReportError, report
 
         out = self.output_dir / "report"
-        self.say(f"[sweep] writing the report of experiment '{experiment}' to {out}")
+        self.say(f"[sweep] writing the report of this sweep (parent run {parent}) to {out}")
         try:
-            result = report(experiment, out, uri)
+            result = report(experiment, out, uri, parent_run_id=parent)
             # The report run stays beside the training runs, not among them; the parent points to it.
             tracking.Run(uri, parent).set_tags({tracking.TAG_SWEEP_REPORT: result["run_id"]})
         except ReportError as exc:
