@@ -2,7 +2,7 @@
 
     python -m cdb.sweep --scales tiny,smol-135m,7b,13b --methods contrastive,sft,dpo
         [--config SWEEP.yaml] [--set KEY.PATH=VALUE ...] [--output-dir DIR] [--max-steps N] [--parallel N]
-        [--experiment NAME] [--tracking-uri URI] [--fresh]
+        [--experiment NAME] [--tracking-uri URI] [--fresh] [--period week|day]
 
 Settings (the grammar of every cdb entry point, cdb/settings.py): defaults <- --config FILE.yaml <-
 flags <- --set, over two kinds of key.
@@ -25,8 +25,8 @@ Each point runs `python -m cdb.train --scale S --method M --output-dir DIR/S-M -
 --set tracking.parent_run_id=PARENT` (plus the training keys) in a subprocess of this driver. All of
 them join one Ray cluster: the one in RAY_ADDRESS (as under `ray job submit`), else a local one this
 command starts and stops. Points run one after another, or up to `parallel` at once while the
-cluster's CPUs and GPUs hold them (a point that cannot fit even an empty cluster is started alone, and
-the trainer's message recorded).
+cluster's free CPUs and GPUs (ray.available_resources: other sweeps and jobs hold theirs) hold them (a
+point that cannot fit even an empty cluster is started alone, and the trainer's message recorded).
 
 MLflow: one parent run per sweep (tag cdb.method=sweep, params scales/methods), every point a child
 run (tag mlflow.parentRunId). A point's outcome is a tag on the parent, `cdb.sweep.<scale>-<method>`
@@ -34,8 +34,14 @@ run (tag mlflow.parentRunId). A point's outcome is a tag on the parent, `cdb.swe
 failed point does not stop the sweep. Running the same command again with the same output_dir
 reuses the parent run and skips the points that finished (sweep.json says FINISHED, the model exists,
 same training keys); points stopped by a signal continue from their checkpoint (--resume).
-At the end cdb.report writes DIR/report/ and logs it to its own report run, beside the training runs
-(not a child of the parent; the parent's tag cdb.sweep.report names it).
+At the end cdb.report writes DIR/report/ over this sweep's points (the parent's children) and logs it
+to its own report run, beside the training runs (not a child of the parent; the parent's tag
+cdb.sweep.report names it).
+
+Scheduled sweeps (--period week|day): DIR becomes OUTPUT_DIR/<period> (2026-W49, 2026-12-02), so a new
+period is a new sweep in a new folder (new parent run, every point and its base evaluated anew) and the
+same command within a period continues that period's sweep; at its start a sweep deletes the point
+checkpoints of period folders older than the newest keep_periods.
 
 Exit codes: 0 every point finished and the report was written; 1 a point failed or the report could
 not be made; 2 bad arguments (nothing started); 75 stopped by SIGTERM/SIGINT (rerun to continue).
