@@ -119,7 +119,8 @@ class SweepSettings:
     methods: tuple[str, ...] = ()
     """Training methods (objective.method) to train at every scale, e.g. [contrastive, sft]; at least one."""
     output_dir: str = DEFAULT_OUTPUT
-    """Sweep folder: sweep.json, logs/, report/ and one run folder per point (<scale>-<method>)."""
+    """Sweep folder: sweep.json, logs/, report/ and one run folder per point (<scale>-<method>); with
+    `period`, the folder that holds one such folder per period."""
     experiment: str = ""
     """MLflow experiment of the sweep and its runs; empty = the one in OUTPUT_DIR/sweep.json when
     continuing, else cdb-sweep."""
