@@ -1,6 +1,7 @@
-"""The project as users install it (the training image does `pip install .`), and what a run prints.
+"""The project as users install it (the training image, k8s/images/train.Dockerfile, does `pip install`
+of the source), and what a run prints.
 
-One module-scoped run: the wheel built from the package's files alone, installed (no dependencies,
+The image's pins are read statically (no Docker here). Then one module-scoped run: the wheel built from the package's files alone, installed (no dependencies,
 so nothing is downloaded) into a fresh venv that sees the shared environment's packages but not this
 repository, and `python -m cdb.train --max-steps 2` started from a folder outside the repository with
 its own local Ray. The same run's console is what the console test reads.
@@ -9,6 +10,7 @@ its own local Ray. The same run's console is what the console test reads.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,10 +19,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import REPO, stop_session
-
-pytestmark = pytest.mark.integration
 
 # Lines of Ray's internals that must stay in Ray's log files (cdb/raylog.py), with the logger each comes from.
 RAY_INTERNALS = (
@@ -37,6 +38,24 @@ def _run(cmd, **kwargs) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, **kwargs)
     assert proc.returncode == 0, f"{' '.join(map(str, cmd))}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
+
+
+def test_training_image_installs_the_pinned_project_as_uid_1000():
+    dockerfile = (REPO / "k8s" / "images" / "train.Dockerfile").read_text()
+    pins = dict(re.findall(r'"([\w-]+)(?:\[[\w,]+\])?==([\w.]+)"', (REPO / "pyproject.toml").read_text()))
+    # The project from its source, not editable: its pins (torch, Ray) are what the image gets.
+    assert re.search(r"pip install --no-cache-dir /tmp/cdb-src\b", dockerfile) and " -e " not in dockerfile
+    # It checks the Ray it got against the pin and against the manifests' rayVersion.
+    assert f"ray.__version__ == '{pins['ray']}'" in dockerfile
+    rayjob = next(d for d in yaml.safe_load_all((REPO / "k8s" / "base" / "rayjob-train.yaml").read_text()) if d)
+    assert rayjob["spec"]["rayClusterSpec"]["rayVersion"] == pins["ray"]
+    # A CUDA base of the CUDA torch's wheel is built for, checked in the build.
+    cuda = re.search(r"ARG CUDA_IMAGE=nvidia/cuda:(\d+\.\d+)\.\d+-", dockerfile).group(1)
+    assert f"torch.version.cuda.startswith('{cuda}')" in dockerfile
+    assert re.search(r"^USER 1000:1000$", dockerfile, re.M)
+    # The build context is what the wheel needs and no more.
+    ignore = (REPO / "k8s" / "images" / "train.Dockerfile.dockerignore").read_text().split()
+    assert ignore[ignore.index("*"):ignore.index("*") + 4] == ["*", "!pyproject.toml", "!README.md", "!cdb"]
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +101,7 @@ def installed_run():
         shutil.rmtree(work, ignore_errors=True)
 
 
+@pytest.mark.integration
 def test_installed_wheel_trains_from_outside_the_repository(installed_run):
     output, cdb_file, work = installed_run
     assert not cdb_file.resolve().is_relative_to(REPO), f"cdb imported from the repository: {cdb_file}"
@@ -93,6 +113,7 @@ def test_installed_wheel_trains_from_outside_the_repository(installed_run):
     assert (work / "run" / "runs" / "tiny-contrastive" / "model").is_dir()
 
 
+@pytest.mark.integration
 def test_console_shows_cdb_lines_not_ray_internals(installed_run):
     output, _, work = installed_run
     assert "[cdb] step 2/2" in output and "[cdb] done in" in output
