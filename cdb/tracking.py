@@ -452,7 +452,7 @@ class RunLogger:
         """Called after a restore: find the last step already in the run (or in the spool)."""
         if not self.active:
             return
-        steps = [entry["step"] for entry in read_spool(self.spool)]
+        steps = [entry["step"] for entry in read_spool(self.spool, self.run_id)]
         try:
             steps += [m.step for m in self._client.get_metric_history(self.run_id, metric)]
         except Exception as exc:  # an unreachable server: the spool alone tells
@@ -462,7 +462,8 @@ class RunLogger:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         if not self.active or step <= self.logged_through:
             return
-        entry = {"step": step, "timestamp": int(time.time() * 1000), "metrics": {k: float(v) for k, v in metrics.items()}}
+        entry = {"run_id": self.run_id, "step": step, "timestamp": int(time.time() * 1000),
+                 "metrics": {k: float(v) for k, v in metrics.items()}}
         try:
             replay_spool(self._client, self.run_id, self.spool)
             _log_entries(self._client, self.run_id, [entry])
@@ -486,19 +487,35 @@ def _log_entries(client, run_id: str, entries: list[dict]) -> None:
         client.log_batch(run_id, metrics=metrics[start:start + 500])
 
 
-def read_spool(spool: Path) -> list[dict]:
+def _spooled(spool: Path) -> list[dict]:
     if not spool.exists():
         return []
     return [json.loads(line) for line in spool.read_text().splitlines() if line.strip()]
 
 
+def _of_run(entry: dict, run_id: str | None) -> bool:
+    # Spooled before the run had an id (the server was down at its start): the folder's current run.
+    return entry.get("run_id") in (None, run_id)
+
+
+def read_spool(spool: Path, run_id: str | None) -> list[dict]:
+    """The spooled entries of run `run_id`: an earlier run's, left in the same folder, are never its."""
+    return [entry for entry in _spooled(spool) if _of_run(entry, run_id)]
+
+
 def replay_spool(client, run_id: str, spool: Path) -> int:
-    """Log every spooled entry, then empty the spool. Returns how many steps were replayed."""
-    entries = read_spool(spool)
-    if entries:
-        _log_entries(client, run_id, entries)
-        spool.unlink()
-    return len(entries)
+    """Log the run's spooled entries, then drop them from the spool (another run's stay, never
+    replayed into this one). Returns how many steps were replayed."""
+    entries = _spooled(spool)
+    mine = [entry for entry in entries if _of_run(entry, run_id)]
+    if mine:
+        _log_entries(client, run_id, mine)
+        others = [entry for entry in entries if not _of_run(entry, run_id)]
+        if others:
+            spool.write_text("".join(json.dumps(entry) + "\n" for entry in others))
+        else:
+            spool.unlink()
+    return len(mine)
 
 
 def sync(output_dir: str | Path) -> int:

@@ -23,6 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from cdb import config as cfg
+from cdb import raylog
 from cdb.data.records import DataError, load_records, write_rejected
 from cdb.loop import STOP_FILE
 from cdb.model import cache_dir, count_parameters, load_tokenizer, prepare_model_source
@@ -158,12 +159,13 @@ def _ray_init(config: cfg.Config) -> None:
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+        ray.init(log_to_driver=True, runtime_env=raylog.RUNTIME_ENV)
         return
     # One folder per driver: two local clusters sharing one would find each other and clash.
     temp_dir = Path(tempfile.gettempdir()) / f"cdb-ray-{os.getuid()}" / str(os.getpid())
     ray.init(num_cpus=max(os.cpu_count() or 1, config.scale.num_workers), include_dashboard=False,
-             _temp_dir=str(temp_dir), configure_logging=False, log_to_driver=True)
+             _temp_dir=str(temp_dir), configure_logging=False, log_to_driver=True,
+             runtime_env=raylog.RUNTIME_ENV)
 
 
 def run_eval(config: cfg.Config, model: str, prefix: str, run: dict, output_dir: Path) -> None:
@@ -368,6 +370,7 @@ def make_trainer(config: cfg.Config, run: dict, model_source: str):
             storage_path=str(Path(config.train.output_dir) / "checkpoints"),
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=config.train.max_failures),
+            logging_config=raylog.train_logging_config(),
         ),
     )
 

@@ -56,7 +56,7 @@ GPUS_PER_NODE = 8
 
 SWEEP_ENTRYPOINT = (
     "python -m cdb.sweep --scales smol-135m,7b,13b --methods contrastive,sft,dpo "
-    "--output-dir /shared/sweeps/weekly --fresh --set train.autoscaling=true"
+    "--output-dir /shared/sweeps/weekly --period week --set train.autoscaling=true"
 )
 
 # Custom resources kubernetes-validate has no schema for; validated by k8s/schemas.
