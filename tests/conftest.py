@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 import signal
@@ -164,12 +165,14 @@ class ClusterBed:
         self._wait(lambda: (temp / "ray_current_cluster").is_file(), "the head", self.root / "head.log")
         worker = [str(bin_dir / "ray"), "start", "--address", self.address, "--block", "--num-cpus", "1",
                   "--disable-usage-stats"]
+        # One node at a time: a raylet must register within Ray's fixed 30 s, hard on a busy machine.
         self.processes.append(_start_in_session([*worker, *_ray_ports()], self.env, self.root / "worker-1.log"))
+        self._wait(lambda: self._nodes() == 2, "worker node 1", self.root / "worker-1.log")
         private_node = " ".join([*worker, *_ray_ports()])
         self.processes.append(_start_in_session(
             ["unshare", "--mount", "--propagation", "private", "bash", "-c",
              f"mount -t tmpfs tmpfs {self.private} && exec {private_node}"], self.env, self.root / "worker-2.log"))
-        self._wait(self._cluster_ready, "two worker nodes", self.root / "worker-2.log")
+        self._wait(lambda: self._nodes() == 3, "worker node 2", self.root / "worker-2.log")
         self._wait(self._s3_ready, "the S3 server", self.root / "s3.log")
 
     def _wait(self, ready, what: str, log: Path, timeout: float = 180) -> None:
@@ -179,10 +182,12 @@ class ClusterBed:
                 raise RuntimeError(f"cluster bed: {what} did not come up:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
 
-    def _cluster_ready(self) -> bool:
-        out = subprocess.run([str(Path(sys.executable).parent / "ray"), "status", "--address", self.address],
+    def _nodes(self) -> int:
+        """Alive nodes, as the GCS counts them."""
+        out = subprocess.run([str(Path(sys.executable).parent / "ray"), "list", "nodes", "--address", self.dashboard,
+                              "--filter", "state=ALIVE", "--format", "json"],
                              env=self.env, capture_output=True, text=True, timeout=60)
-        return out.returncode == 0 and out.stdout.count("node_") >= 3
+        return len(json.loads(out.stdout)) if out.returncode == 0 else 0
 
     def _s3_ready(self) -> bool:
         import pyarrow.fs
