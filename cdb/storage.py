@@ -72,8 +72,10 @@ class Storage:
         """`parts` (a file or a folder) to the local path `local`."""
         import pyarrow.fs
 
-        Path(local).parent.mkdir(parents=True, exist_ok=True)
-        pyarrow.fs.copy_files(self.path(*parts), str(Path(local).resolve()), source_filesystem=self.fs,
+        local = Path(local)
+        is_folder = self.fs.get_file_info(self.path(*parts)).type == pyarrow.fs.FileType.Directory
+        (local if is_folder else local.parent).mkdir(parents=True, exist_ok=True)
+        pyarrow.fs.copy_files(self.path(*parts), str(local.resolve()), source_filesystem=self.fs,
                               destination_filesystem=pyarrow.fs.LocalFileSystem())
 
 

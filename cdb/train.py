@@ -247,12 +247,12 @@ def run_eval(config: cfg.Config, model: str, prefix: str, run: dict, output_dir:
         summary = evaluate(model, config.eval, prefix=prefix, run_id=run["run_id"],
                            tracking_uri=run["tracking_uri"], output_dir=output_dir / prefix,
                            experiment=config.tracking.experiment)
+        storage = Storage.of(config)
+        if storage.remote:  # beside the checkpoints and the model
+            storage.upload(output_dir / prefix, prefix)
     except Exception as exc:  # an evaluation problem must not cost the training run
         print(f"[cdb] warning: {prefix} evaluation failed: {type(exc).__name__}: {exc}", flush=True)
         return
-    storage = Storage.of(config)
-    if storage.remote:  # beside the checkpoints and the model
-        storage.upload(output_dir / prefix, prefix)
     shown = ("toxicity/mean_toxicity", "faithfulness/faithfulness", "bias/crows_stereo_share")
     print(f"[cdb] {prefix}: " + ", ".join(f"{k} {summary['metrics'][f'{prefix}/{k}']:.4f}" for k in shown
                                           if f"{prefix}/{k}" in summary["metrics"]), flush=True)
