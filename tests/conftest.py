@@ -1,4 +1,3 @@
-import json
 import os
 import shutil
 import signal
@@ -183,11 +182,13 @@ class ClusterBed:
             time.sleep(0.5)
 
     def _nodes(self) -> int:
-        """Alive nodes, as the GCS counts them."""
-        out = subprocess.run([str(Path(sys.executable).parent / "ray"), "list", "nodes", "--address", self.dashboard,
-                              "--filter", "state=ALIVE", "--format", "json"],
-                             env=self.env, capture_output=True, text=True, timeout=60)
-        return len(json.loads(out.stdout)) if out.returncode == 0 else 0
+        """Alive nodes, as the head's state API counts them (0 until it answers)."""
+        from ray.util.state import list_nodes
+
+        try:
+            return len(list_nodes(address=self.dashboard, filters=[("state", "=", "ALIVE")], timeout=10))
+        except Exception:  # the dashboard is not up yet
+            return 0
 
     def _s3_ready(self) -> bool:
         import pyarrow.fs

@@ -62,14 +62,10 @@ def wait_for_end(bed, job_id: str, timeout: float = 600):
     return jobs(bed).get_job_info(job_id), jobs(bed).get_job_logs(job_id)
 
 
-def driver_processes(out: Path) -> list[psutil.Process]:
-    """The job's entrypoint processes (`python -m cdb.train ... --output-dir OUT`) and all under them."""
-    tree = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if "cdb.train" in cmdline and str(out) in cmdline:
-            tree += [proc, *proc.children(recursive=True)]
-    return tree
+def driver_processes(out: Path) -> tuple[list[psutil.Process], list[psutil.Process]]:
+    """(the job's drivers: `python -m cdb.train ... --output-dir OUT`, them and every process under them)."""
+    drivers = [p for p in psutil.process_iter(["cmdline"]) if {"cdb.train", str(out)} <= set(p.info["cmdline"] or [])]
+    return drivers, [tree for p in drivers for tree in (p, *p.children(recursive=True))]
 
 
 def s3(bed):
@@ -82,21 +78,20 @@ def s3(bed):
 def s3_files(bed, prefix: str) -> list[str]:
     import pyarrow.fs
 
-    return [info.path for info in s3(bed).get_file_info(pyarrow.fs.FileSelector(f"{bed.bucket}/{prefix}", recursive=True))]
+    selector = pyarrow.fs.FileSelector(f"{bed.bucket}/{prefix}", recursive=True, allow_not_found=True)
+    return [info.path for info in s3(bed).get_file_info(selector)]
 
 
 def wait_for_s3_checkpoint(bed, prefix: str, job_id: str, timeout: float = 400) -> None:
     """Until Ray Train's checkpoint manager has registered a checkpoint under `prefix`."""
     deadline = time.monotonic() + timeout
     while True:
-        snapshots = [p for p in s3_files(bed, prefix) if p.endswith("checkpoint_manager_snapshot.json")] \
-            if s3(bed).get_file_info(f"{bed.bucket}/{prefix}").type.name != "NotFound" else []
+        snapshots = [p for p in s3_files(bed, prefix) if p.endswith("checkpoint_manager_snapshot.json")]
         if any("step_" in s3(bed).open_input_stream(p).read().decode() for p in snapshots):
             return
         assert time.monotonic() < deadline and not jobs(bed).get_job_status(job_id).is_terminal(), \
             jobs(bed).get_job_logs(job_id)[-4000:]
         time.sleep(0.5)
-
 
 
 def test_run_folder_that_one_node_does_not_see_is_refused_before_training(cluster_bed):
@@ -127,7 +122,7 @@ def test_same_command_continues_after_kill_and_stop_with_checkpoints_in_s3(clust
     record = {name: (out / name).read_bytes() for name in ("config.yaml", "run.json")}
     ray_name = json.loads(record["run.json"])["ray_name"]
     wait_for_s3_checkpoint(bed, f"runs/tiny/checkpoints/{ray_name}", "first")
-    victims = driver_processes(out)
+    _, victims = driver_processes(out)
     assert victims, "no driver process found"
     for proc in victims:
         proc.send_signal(signal.SIGKILL)
@@ -140,7 +135,7 @@ def test_same_command_continues_after_kill_and_stop_with_checkpoints_in_s3(clust
     resumed = int(logs.split("[cdb] resumed at step ")[1].split()[0])
     assert resumed >= 2
     wait_for_log(bed, "second", f"[cdb] step {resumed + 1}/12")
-    [driver] = [p for p in driver_processes(out) if p.name().startswith("python")]
+    [driver], _ = driver_processes(out)
     driver.send_signal(signal.SIGTERM)
     info, logs = wait_for_end(bed, "second")
     assert info.driver_exit_code == 75, logs[-4000:]  # stopped, not success
@@ -148,8 +143,7 @@ def test_same_command_continues_after_kill_and_stop_with_checkpoints_in_s3(clust
     assert stopped < 12
     step_dir = f"runs/tiny/checkpoints/{ray_name}/step_{stopped:07d}"
     shards = {Path(p).name for p in s3_files(bed, step_dir)}
-    assert {f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= shards \
-        or {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= shards, shards
+    assert {f"zero_pp_rank_{r}_mp_rank_00_{part}_states.pt" for r in (0, 1) for part in ("model", "optim")} <= shards, shards
 
     # 3. The same command again finishes the run.
     submit(bed, "third", *command)
