@@ -166,7 +166,7 @@ def test_same_command_continues_after_kill_and_stop_with_checkpoints_in_s3(clust
     proc = subprocess.run([sys.executable, "-m", "cdb.train", *command, "--set", "optim.lr=0.5"], env=bed.env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert f"error: {out} holds a run with another config: optim.lr (0.003 in the run, 0.5 now)" in proc.stderr
+    assert f"error: {out} holds a run with another config: optim.lr (0.01 in the run, 0.5 now)" in proc.stderr
     assert "--fresh" in proc.stderr and "--resume" in proc.stderr
 
 
