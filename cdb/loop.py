@@ -36,8 +36,9 @@ class StopRequest:
 
 
 CheckpointSink = Callable[[str, dict], None]
-"""(directory holding this rank's checkpoint shard, metrics of the step): hand the checkpoint over
-(Ray Train's report uploads it) before the directory goes away."""
+"""(directory holding this rank's checkpoint shard, metrics of the step): hand the checkpoint over.
+The sink owns the directory from then on: Ray Train's asynchronous report uploads it while the next
+steps run and deletes it once uploaded."""
 
 
 @dataclass(frozen=True)
@@ -245,9 +246,9 @@ class Trainer:
                 self.logger.log_metrics(logged, step)
 
             if step % config.train.checkpoint_every == 0 or step == self.steps or stop:
-                with tempfile.TemporaryDirectory(prefix="cdb-ckpt-") as directory:
-                    strategy.save_checkpoint(directory, self.state(step))
-                    save(directory, {"step": step, "loss": averaged["loss"], "stopped": stop})
+                directory = tempfile.mkdtemp(prefix="cdb-ckpt-")
+                strategy.save_checkpoint(directory, self.state(step))
+                save(directory, {"step": step, "loss": averaged["loss"], "stopped": stop})
             if stop:
                 if self.rank == 0:
                     say(f"[cdb] stop requested: checkpointed step {step}, exiting")

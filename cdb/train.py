@@ -198,8 +198,12 @@ def train_loop_per_worker(loop: dict) -> None:
     stop = loop["stop"]
 
     def save(directory: str, metrics: dict) -> None:
+        # Uploaded (and the local copy deleted) in the background while the next steps train; Ray
+        # Train waits for pending uploads before the worker ends, and only an uploaded checkpoint
+        # becomes the one a rerun resumes from.
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
-                         checkpoint_dir_name=f"step_{metrics['step']:07d}")
+                         checkpoint_dir_name=f"step_{metrics['step']:07d}",
+                         checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
 
     run_worker(loop["args"], context.get_world_rank(), context.get_world_size(), ray.train.get_checkpoint(), save,
                lambda: ray.get(stop.is_requested.remote()))
