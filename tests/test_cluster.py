@@ -11,6 +11,7 @@ conftest (a head that trains nothing, two worker nodes, one with a private disk,
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -29,9 +30,10 @@ RAY = Path(sys.executable).parent / "ray"
 
 
 def submit(bed, job_id: str, *args: str) -> None:
-    """`ray job submit --no-wait` of `python -m cdb.train ARGS` to the bed's head, as a user does."""
+    """`ray job submit --no-wait` of `python -m cdb.train ARGS` to the bed's head, as a user does (the
+    entrypoint is a shell command line: quoted, as a user quotes an S3 URI's `&`)."""
     cmd = [str(RAY), "job", "submit", "--address", bed.dashboard, "--submission-id", job_id, "--no-wait", "--",
-           sys.executable, "-m", "cdb.train", *args]
+           sys.executable, "-m", "cdb.train", *map(shlex.quote, args)]
     proc = subprocess.run(cmd, env=bed.env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
