@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 RUN_FILE = "run.json"
-"""In OUTPUT_DIR: the MLflow run and Ray run name of the job, for --resume and cdb.sync."""
+"""In OUTPUT_DIR: the MLflow run and Ray run name of the job, for a rerun (which continues it) and cdb.sync."""
 SPOOL_FILE = "metrics.jsonl"
 """In OUTPUT_DIR: metrics that could not reach the tracking server yet."""
 

@@ -453,7 +453,7 @@ def make_trainer(config: cfg.Config, run: dict, model_source: str, stop):
             resources_per_worker={"CPU": 1, **({} if cpu else {"GPU": scale.gpus_per_worker})},
         ),
         run_config=RunConfig(
-            name=run["ray_name"],  # the same name on --resume: Ray Train restores its latest checkpoint
+            name=run["ray_name"],  # the same name when continuing: Ray Train restores its latest checkpoint
             storage_path=storage.path("checkpoints"), storage_filesystem=storage.fs,
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=config.train.max_failures),
