@@ -42,6 +42,9 @@ __all__ = [
     "with_run_output_dir",
 ]
 
+OBJECT_STORES = ("s3://", "gs://")
+"""URI schemes train.storage_path takes (pyarrow filesystems)."""
+
 RESOLVED_DIR = Path(__file__).resolve().parent / "configs" / "resolved"
 """cdb/configs/resolved/ (shipped in the package): each scale preset's resolved config, written by `python -m cdb.config --write-resolved`."""
 
@@ -165,9 +168,14 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     output_dir: str = ""
-    """Run folder for config.yaml, checkpoints and the exported model; empty = runs/<scale>-<method>.
-    Taken from the current directory when the run starts; the run's config.yaml records the absolute
-    path."""
+    """Run folder for config.yaml, run.json, checkpoints, the exported model and evaluation outputs;
+    empty = runs/<scale>-<method>. Taken from the current directory when the run starts; the run's
+    config.yaml records the absolute path. On a multi-node cluster every node must see it (a shared
+    mount), unless storage_path is set. Running the same command again continues the run in it."""
+    storage_path: str = ""
+    """Where checkpoints, the exported model and evaluation outputs go instead of output_dir: an
+    object-store URI (s3://bucket/path, gs://bucket/path; pyarrow filesystems, credentials from the
+    environment, S3 options such as endpoint_override as URI query parameters); empty = output_dir."""
     max_steps: int = 0
     """Optimizer steps to train; 0 = as many as `epochs` take; >= 0."""
     epochs: int = 1
@@ -334,6 +342,12 @@ def check(config: Config) -> None:
     tagger = config.data.entity_tagger
     if tagger != "regex" and not (tagger.partition(":")[0] in ("spacy", "hf") and tagger.partition(":")[2]):
         raise ConfigError(f"data.entity_tagger: must be 'regex', 'spacy:MODEL' or 'hf:MODEL_ID_OR_DIR', got {tagger!r}")
+    if "://" in config.train.output_dir:
+        raise ConfigError(f"train.output_dir: a folder, got {config.train.output_dir!r}; an object store goes in "
+                          "train.storage_path (checkpoints, model and evaluation outputs go there)")
+    if config.train.storage_path and not config.train.storage_path.startswith(OBJECT_STORES):
+        raise ConfigError(f"train.storage_path: must be an object-store URI ({', '.join(OBJECT_STORES)}) or empty "
+                          f"(= train.output_dir, which may be a shared mount), got {config.train.storage_path!r}")
     if config.scale.gpus_per_worker == 0 and config.scale.precision == "fp16":
         raise ConfigError("scale.precision: fp16 needs GPUs (scale.gpus_per_worker >= 1); use fp32 or bf16 on CPU")
 

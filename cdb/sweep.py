@@ -409,8 +409,7 @@ def train_command(point: Point, point_dir: Path, uri: str, experiment: str, pare
     for item in overrides:
         cmd += ["--set", item]
     cmd += ["--set", f"tracking.parent_run_id={parent_run_id}"]
-    if resume:
-        cmd.append("--resume")
+    cmd.append("--resume" if resume else "--fresh")  # a point not resumed starts anew, its old folder archived
     return cmd
 
 

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 RUN_FILE = "run.json"
-"""In OUTPUT_DIR: the MLflow run and Ray run name of the job, for --resume and cdb.sync."""
+"""In OUTPUT_DIR: the MLflow run and Ray run name of the job, for a rerun (which continues it) and cdb.sync."""
 SPOOL_FILE = "metrics.jsonl"
 """In OUTPUT_DIR: metrics that could not reach the tracking server yet."""
 
@@ -77,7 +77,7 @@ TAG_NOTE = "mlflow.note.content"
 """The command line that made the run (its arguments only: nothing from the environment; passwords in
 URLs masked)."""
 
-RUN_SPECIFIC_KEYS = ("train.output_dir", "tracking.uri", "tracking.run_name", "tracking.parent_run_id")
+RUN_SPECIFIC_KEYS = ("train.output_dir", "train.storage_path", "tracking.uri", "tracking.run_name", "tracking.parent_run_id")
 """Config keys whose values differ on every run by construction: logged as tags `cdb.<key>`, not as
 params, so the Compare view's params show only what a user chose."""
 

@@ -10,11 +10,14 @@ worker's share: free before training starts and after it ends). There the model 
 task (log-likelihoods, generations) is split into one contiguous part per replica, run at once, and
 the results put back in order, so the tasks and their scoring are unchanged. Sampled generations
 depend on the number of workers (each part is seeded on its own). The task writes eval.json and
-samples.jsonl to `output_dir`, which must be storage every node sees (cdb.train checks that first).
+samples.jsonl to `output_dir`, which must be storage every node sees (cdb.train checks that first),
+or to an object store (`storage`).
 """
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from cdb.eval.options import EvalOptions
@@ -92,18 +95,31 @@ class ShardedLM:
         return results
 
 
-def _evaluate(model_source: str, options: EvalOptions, kwargs: dict[str, Any]) -> dict[str, Any]:
+def _evaluate(model_source: str, options: EvalOptions, kwargs: dict[str, Any], storage) -> dict[str, Any]:
     from cdb.eval import evaluate
 
-    return evaluate(model_source, options, **kwargs)
+    if storage is None:
+        return evaluate(model_source, options, **kwargs)
+    with tempfile.TemporaryDirectory(prefix="cdb-eval-") as folder:
+        local = Path(folder)
+        if model_source.startswith(storage.uri() + "/"):  # a model in the object store: fetched to this node
+            part = model_source[len(storage.uri()):].strip("/")
+            model_source = str(local / part)
+            storage.download(model_source, part)
+        summary = evaluate(model_source, options, **{**kwargs, "output_dir": local / kwargs["prefix"]})
+        storage.upload(local / kwargs["prefix"], kwargs["prefix"])
+        return summary
 
 
-def evaluate_on_cluster(model_source: str, options: EvalOptions, workers: int = 1, gpus: int = 0,
+def evaluate_on_cluster(model_source: str, options: EvalOptions, workers: int = 1, gpus: int = 0, storage=None,
                         **kwargs: Any) -> dict[str, Any]:
     """cdb.eval.evaluate(model_source, options, workers=..., gpus_per_worker=..., **kwargs) in a Ray
     task with one CPU and `gpus` GPUs of the connected cluster; returns its summary. An exception in
-    the task is raised here."""
+    the task is raised here. With `storage` (a cdb.storage.Storage in an object store), the task
+    writes its files to `<storage>/<prefix>/` and reads a `model_source` under the storage's URI
+    from there."""
     import ray
 
     task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(_evaluate)
-    return ray.get(task.remote(model_source, options, {**kwargs, "workers": workers, "gpus_per_worker": gpus}))
+    return ray.get(task.remote(model_source, options, {**kwargs, "workers": workers, "gpus_per_worker": gpus},
+                               storage))
