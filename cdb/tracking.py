@@ -3,7 +3,8 @@
 - `open_run` (a context manager) for a run that lives as long as a block (evaluation, report);
   `create_run` / `reopen_run` and `Run.finish` for runs whose end the caller decides (a sweep's parent).
 - The training job: one resumable run, created on the driver (`ensure_run`, `finish_run`); workers
-  log into it from rank 0 (`RunLogger`), spooling what an unreachable server cannot take.
+  log into it from rank 0 (`RunLogger`), spooling what an unreachable server cannot take;
+  `system_metrics` samples each node's CPU, memory and GPUs into it.
 - Lineage of a training run: its data as a dataset input (`log_training_data`) and where its
   exported model lies (`log_model_location`).
 - The contract between the modules that write runs and those that read them: the TAG_* names, the
@@ -445,6 +446,33 @@ class RunLogger:
         if not self._warned:
             print(f"[cdb] warning: MLflow unreachable ({type(exc).__name__}); spooling metrics to {self.spool}", flush=True)
             self._warned = True
+
+
+PREFIX_SYSTEM = "system"
+"""MLflow's system metrics (CPU, memory, disk, network; GPU utilisation and memory where pynvml finds
+NVIDIA GPUs), sampled on the run's nodes by `system_metrics`."""
+
+
+@contextmanager
+def system_metrics(uri: str, run_id: str | None, interval_s: float) -> Iterator[None]:
+    """MLflow's system metrics of this node, logged to run `run_id` every `interval_s` seconds while the
+    block runs. Sampled by the first process of each node (LOCAL_RANK 0, as Ray Train and torchrun set
+    it); a run over several nodes logs node k's under `system/node<k>/`. Off for interval_s 0 and while
+    the run does not exist yet (an unreachable server). A resumed run continues the steps it holds."""
+    if not run_id or interval_s <= 0 or os.environ.get("LOCAL_RANK", "0") != "0":
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    multi_node = int(os.environ.get("WORLD_SIZE", "1")) > int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    node = f"node{os.environ.get('NODE_RANK', '0')}" if multi_node else None
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, resume_logging=True, node_id=node,
+                                   tracking_uri=uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
 
 
 def _log_entries(client, run_id: str, entries: list[dict]) -> None:
