@@ -456,7 +456,7 @@ NVIDIA GPUs), sampled on the run's nodes by `system_metrics`."""
 @contextmanager
 def system_metrics(uri: str, run_id: str | None, interval_s: float) -> Iterator[None]:
     """MLflow's system metrics of this node, logged to run `run_id` every `interval_s` seconds while the
-    block runs. Sampled by the first process of each node (LOCAL_RANK 0, as Ray Train and torchrun set
+    block runs and once as it ends. Sampled by the first process of each node (LOCAL_RANK 0, as Ray Train and torchrun set
     it); a run over several nodes logs node k's under `system/node<k>/`. Off for interval_s 0 and while
     the run does not exist yet (an unreachable server). A resumed run continues the steps it holds."""
     if not run_id or interval_s <= 0 or os.environ.get("LOCAL_RANK", "0") != "0":
@@ -473,6 +473,12 @@ def system_metrics(uri: str, run_id: str | None, interval_s: float) -> Iterator[
         yield
     finally:
         monitor.finish()
+        try:  # and one sample at the end, so that a run shorter than an interval has one too
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+        except Exception as exc:  # an unreachable server: the sample is what is lost
+            print(f"[cdb] warning: could not log system metrics ({type(exc).__name__}: {exc})", flush=True)
 
 
 def _log_entries(client, run_id: str, entries: list[dict]) -> None:

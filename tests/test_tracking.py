@@ -220,6 +220,31 @@ def test_the_exported_models_location_is_recorded_without_copying_it(uri, tmp_pa
     assert not stored.exists() or not any(stored.rglob("*"))  # the weights stay where they are
 
 
+def _system_metrics_logged(uri: str, client, monkeypatch, node: dict[str, str], interval_s: float) -> set[str]:
+    """The metrics a run gets from `system_metrics` in a process with these Ray Train / torchrun variables."""
+    for name in ("LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in node.items():
+        monkeypatch.setenv(name, value)
+    with tracking.open_run(uri, "exp") as run, tracking.system_metrics(uri, run.id, interval_s):
+        pass  # shorter than an interval: the sample at the end is the one
+    return set(client.get_run(run.id).data.metrics)
+
+
+def test_system_metrics_are_sampled_once_per_node_and_can_be_off(uri, monkeypatch):
+    client = MlflowClient(uri)
+    wanted = {"cpu_utilization_percentage", "system_memory_usage_megabytes"}
+    one_node = {"LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "NODE_RANK": "0"}
+    for node in ({}, one_node):  # one process; the first of a node's ranks
+        logged = _system_metrics_logged(uri, client, monkeypatch, node, 10)
+        assert {f"system/{name}" for name in wanted} <= logged and all(k.startswith("system/") for k in logged)
+    second_node = {"LOCAL_RANK": "0", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2", "NODE_RANK": "1"}
+    logged = _system_metrics_logged(uri, client, monkeypatch, second_node, 10)
+    assert {f"system/node1/{name}" for name in wanted} <= logged and all(k.startswith("system/node1/") for k in logged)
+    assert _system_metrics_logged(uri, client, monkeypatch, {**one_node, "LOCAL_RANK": "1"}, 10) == set()
+    assert _system_metrics_logged(uri, client, monkeypatch, one_node, 0) == set()
+
+
 def test_runs_carry_mlflow_standard_tags_and_a_readable_default_name(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with tracking.open_run(uri, "exp", tracking.run_name("tiny", "dpo")) as run:
