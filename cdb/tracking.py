@@ -223,17 +223,21 @@ def _ui_base(uri: str) -> str:
     return masked(uri).rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
 
 
+UI_MODEL_TRAINING = "workflowType=machine_learning"
+"""The query that opens MLflow 3's UI in its model-training view (not the GenAI one) in any browser."""
+
+
 def runs_url(uri: str, experiment: str, search_filter: str = "") -> str:
     """The runs table of an experiment (by id) in MLflow's UI, with `search_filter` in its search box."""
     from urllib.parse import quote
 
-    query = f"?searchFilter={quote(search_filter, safe='')}" if search_filter else ""
-    return f"{_ui_base(uri)}/#/experiments/{experiment}/runs{query}"
+    search = f"searchFilter={quote(search_filter, safe='')}&" if search_filter else ""
+    return f"{_ui_base(uri)}/#/experiments/{experiment}/runs?{search}{UI_MODEL_TRAINING}"
 
 
 def run_url(uri: str, experiment: str, run_id: str) -> str:
     """One run's page (experiment by id) in MLflow's UI."""
-    return f"{_ui_base(uri)}/#/experiments/{experiment}/runs/{run_id}"
+    return f"{_ui_base(uri)}/#/experiments/{experiment}/runs/{run_id}?{UI_MODEL_TRAINING}"
 
 
 def sweep_filter(parent_run_id: str) -> str:

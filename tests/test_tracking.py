@@ -271,8 +271,9 @@ def test_the_command_line_tag_names_cdb_modules_and_masks_url_passwords():
 def test_links_go_to_the_runs_table_or_the_run_in_mlflow_3s_ui(tmp_path):
     local = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert tracking.runs_url(local, "7", tracking.TRAINING_RUNS_FILTER) == (
-        "http://127.0.0.1:5000/#/experiments/7/runs?searchFilter=tags.cdb.kind%20%3D%20%27train%27")
-    assert tracking.run_url("https://me:pw@mlflow.example/", "7", "abc") == "https://me:***@mlflow.example/#/experiments/7/runs/abc"
+        "http://127.0.0.1:5000/#/experiments/7/runs?searchFilter=tags.cdb.kind%20%3D%20%27train%27&workflowType=machine_learning")
+    assert tracking.run_url("https://me:pw@mlflow.example/", "7", "abc") == \
+        "https://me:***@mlflow.example/#/experiments/7/runs/abc?workflowType=machine_learning"
     assert tracking.ui_hint(local, "LINK") == f"mlflow ui --backend-store-uri {local} --host 127.0.0.1 --port 5000, then open LINK"
     assert tracking.ui_hint("http://mlflow:5000", "LINK") == "LINK"
     # The routes and the search parameter exist in the installed MLflow's UI.
@@ -282,6 +283,7 @@ def test_links_go_to_the_runs_table_or_the_run_in_mlflow_3s_ui(tmp_path):
                      (Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js").glob("*.js"))
     assert '"/experiments/:experimentId/runs"' in bundle and '"/experiments/:experimentId/runs/:runUuid"' in bundle
     assert '"searchFilter"' in bundle and "createHashRouter" in bundle
+    assert 'get("workflowType")' in bundle and 'MACHINE_LEARNING="machine_learning"' in bundle
     # New experiments open on the runs table (MLflow 3's model-training kind), not the GenAI overview.
     experiment = MlflowClient(local).get_experiment(tracking.experiment_id(local, "exp"))
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
