@@ -306,8 +306,8 @@ def test_the_training_runs_compare_across_methods_in_mlflow(method_sweep):
     assert client.get_run(state["parent_run_id"]).data.tags["cdb.sweep.report"] == report.info.run_id
     # The printed link opens this sweep's training runs.
     wanted = quote(tracking.sweep_filter(state["parent_run_id"]), safe="")
-    assert f"then open http://127.0.0.1:5000/#/experiments/{method_sweep.experiment}/runs?searchFilter={wanted}&workflowType=machine_learning" \
-        in method_sweep.proc.stdout
+    link = f"http://127.0.0.1:5000/#/experiments/{method_sweep.experiment}/runs?searchFilter={wanted}&workflowType=machine_learning"
+    assert f"then open {link}\n" in method_sweep.proc.stdout
 
 
 @pytest.mark.integration
