@@ -8,7 +8,8 @@ Needs Debian's Chromium (`sudo apt-get install -y chromium`). Writes OUT_DIR/mlf
 OUT_DIR/mlflow_compare.png (256-colour PNGs). The store, the runs and the logs go to a temporary folder,
 removed at the end; the mlflow server and Chromium it starts are stopped by their process group ids.
 Chromium is driven over its DevTools protocol, as a first-time user's browser with two clicks done: the
-MLflow assistant panel closed, the sweep's row expanded to show its training runs.
+MLflow assistant panel (which opens itself on a first visit) closed, the sweep's row expanded to show its
+training runs.
 """
 
 from __future__ import annotations
@@ -32,8 +33,6 @@ REPO = Path(__file__).resolve().parent.parent
 SWEEP = ["--scales", "tiny", "--methods", "contrastive,sft,dpo", "--max-steps", "12", "--set", "train.eval_every=3"]
 """The sweep of the pictures (README, "MLflow", shows the same command)."""
 WINDOW = (1600, 1000)
-FIRST_VISIT = {"mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": "true", "mlflow.assistant.panelOpen_v1": "false"}
-"""MLflow UI's browser storage: the assistant panel already seen and closed."""
 
 
 def free_port() -> int:
@@ -80,7 +79,7 @@ def run_sweep(work: Path) -> tuple[str, dict, str]:
     uri = f"sqlite:///{work / 'mlflow.db'}"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "cdb.sweep", *SWEEP, "--tracking-uri", uri, "--output-dir",
-                           str(work / "sweep")], cwd=work, env=env, capture_output=True, text=True)
+                           str(work / "sweep")], cwd=work, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         sys.exit(f"mlflow_screenshots: cdb.sweep failed ({proc.returncode}):\n{proc.stdout[-4000:]}{proc.stderr[-3000:]}")
     links = [w for line in proc.stdout.splitlines() if "then open " in line for w in line.split() if w.startswith("http")]
@@ -109,15 +108,27 @@ class Page:
         result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
         return result["result"].get("value")
 
-    async def open(self, url: str, shows: str, timeout: float = 60) -> None:
+    async def open(self, url: str, shows: str) -> None:
         """Go to `url` and wait until the page's text shows `shows`, then for the page to settle."""
         await self.call("Page.navigate", url=url)
+        await self.wait_for_text(shows)
+
+    async def wait_for_text(self, shows: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while not await self.js(f"document.body !== null && document.body.innerText.includes({json.dumps(shows)})"):
             if time.monotonic() > deadline:
-                sys.exit(f"mlflow_screenshots: {url} never showed {shows!r}")
+                sys.exit(f"mlflow_screenshots: the page never showed {shows!r}")
             await asyncio.sleep(0.5)
         await asyncio.sleep(3)  # charts and lazy columns
+
+    async def close_assistant(self) -> None:
+        """Close the MLflow assistant panel, which opens itself on a first visit and hides the page's right side."""
+        if await self.js("""(() => {
+                const close = document.querySelector('button[aria-label="Close"]');
+                if (close && document.body.innerText.includes('MLflow Assistant')) close.click();
+                return Boolean(close);
+            })()"""):
+            await asyncio.sleep(2)
 
     async def screenshot(self, path: Path) -> None:
         data = (await self.call("Page.captureScreenshot", format="png"))["data"]
@@ -128,26 +139,31 @@ class Page:
         print(f"[screenshots] {path} ({path.stat().st_size // 1024} KB)")
 
 
-async def shoot(devtools_port: int, base: str, runs_link: str, compare_link: str, out: Path) -> None:
+async def shoot(page_ws: str, base: str, runs_link: str, sweep_name: str, compare_link: str, out: Path) -> None:
+    """The pictures, through the Chromium tab whose DevTools socket is `page_ws`."""
     import aiohttp
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{devtools_port}/json/list") as response:
-        [target] = [t for t in json.load(response) if t["type"] == "page"]
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-            page = Page(ws)
-            await page.call("Emulation.setDeviceMetricsOverride", width=WINDOW[0], height=WINDOW[1],
-                            deviceScaleFactor=1, mobile=False)
-            await page.open(base, "MLflow")
-            await page.js(f"Object.entries({json.dumps(FIRST_VISIT)}).forEach(([k, v]) => localStorage.setItem(k, v))")
-            await page.open(runs_link, "matching runs")
-            # Expand the sweep's row (MLflow keeps that choice per experiment in the browser's storage).
-            await page.js("Object.keys(localStorage).filter(k => k.endsWith('-expandRows'))"
-                          ".forEach(k => localStorage.setItem(k, 'true'))")
-            await page.open(runs_link, "tiny-dpo")
-            await page.screenshot(out / "mlflow_runs_table.png")
-            await page.open(compare_link, "Comparing 3 Runs")
-            await page.screenshot(out / "mlflow_compare.png")
+    async with aiohttp.ClientSession() as session, session.ws_connect(page_ws, max_msg_size=0) as ws:
+        page = Page(ws)
+        await page.call("Emulation.setDeviceMetricsOverride", width=WINDOW[0], height=WINDOW[1],
+                        deviceScaleFactor=1, mobile=False)
+        await page.open(runs_link, sweep_name)
+        await page.close_assistant()
+        # Expand the sweep's row: its expander is the text-less button in the row of its name.
+        clicked = await page.js(f"""(() => {{
+            const button = document.querySelector('[data-component-id$="runnamecellrenderer.tsx_46"]') ||
+                [...document.querySelectorAll('[role=row] button')].find(b =>
+                    b.closest('[role=row]').innerText.includes({json.dumps(sweep_name)}) && !b.innerText.trim());
+            if (button) button.click();
+            return Boolean(button);
+        }})()""")
+        if not clicked:
+            sys.exit("mlflow_screenshots: found no expander on the sweep's row")
+        await page.wait_for_text("tiny-dpo")
+        await page.screenshot(out / "mlflow_runs_table.png")
+        await page.open(compare_link, "Comparing 3 Runs")
+        await page.close_assistant()
+        await page.screenshot(out / "mlflow_compare.png")
 
 
 def main(argv: list[str]) -> int:
@@ -172,7 +188,9 @@ def main(argv: list[str]) -> int:
 
         from mlflow.tracking import MlflowClient
 
-        experiment = MlflowClient(uri).get_experiment_by_name(state["experiment"]).experiment_id
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name(state["experiment"]).experiment_id
+        sweep_name = client.get_run(state["parent_run_id"]).info.run_name
         runs = sorted(point["run_id"] for point in state["points"].values())
         compare_link = (f"{base}/#/compare-runs?runs={quote(json.dumps(runs), safe='')}"
                         f"&experiments={quote(json.dumps([experiment]), safe='')}")
@@ -184,7 +202,10 @@ def main(argv: list[str]) -> int:
                               "--remote-debugging-port=0", "about:blank"], work / "chromium.log"))
         port_file = profile / "DevToolsActivePort"
         wait_for("chromium", lambda: port_file.is_file() and port_file.read_text().strip() != "", timeout=60)
-        asyncio.run(shoot(int(port_file.read_text().split()[0]), base, runs_link, compare_link, out))
+        devtools = f"http://127.0.0.1:{port_file.read_text().split()[0]}/json/list"
+        with urllib.request.urlopen(devtools) as response:
+            [tab] = [t for t in json.load(response) if t["type"] == "page"]
+        asyncio.run(shoot(tab["webSocketDebuggerUrl"], base, runs_link, sweep_name, compare_link, out))
         print(f"[screenshots] runs table: {runs_link}\n[screenshots] compare: {compare_link}")
         return 0
     finally:
