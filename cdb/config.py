@@ -211,6 +211,10 @@ class TrackingConfig:
     """MLflow run name; empty = `<scale>-<method>-<4 hex digits>`."""
     parent_run_id: str = ""
     """Nest this run under another (a sweep's parent run); empty = a top-level run."""
+    system_metrics_interval: float = 10.0
+    """Seconds between samples of MLflow's system metrics (`system/`: CPU, memory, disk, network, and GPU
+    utilisation and memory where the nvidia-ml-py package finds NVIDIA GPUs), taken on every node of
+    the run while it trains; 0 = none; >= 0."""
 
 
 @dataclass(frozen=True)
@@ -308,6 +312,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.eval_every": _at_least(1),
     "train.max_failures": _at_least(-1),
     "train.max_nonfinite_in_row": _at_least(1),
+    "tracking.system_metrics_interval": _at_least(0),
     "eval.limit": _at_least(0),
 }
 """`section.field` -> (check, the rule in words). Each field's docstring states its rule too."""

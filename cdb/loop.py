@@ -310,7 +310,7 @@ def run_worker(args: WorkerArgs, rank: int, world: int, checkpoint, save: Checkp
     from cdb.model import load_tokenizer
     from cdb.objective import METHODS
     from cdb.perf import device_peak_flops
-    from cdb.tracking import SPOOL_FILE, RunLogger
+    from cdb.tracking import SPOOL_FILE, RunLogger, system_metrics
 
     Strategy.init_distributed(args.cpu)
     config, scale = args.config, args.config.scale
@@ -334,7 +334,8 @@ def run_worker(args: WorkerArgs, rank: int, world: int, checkpoint, save: Checkp
             say(f"[cdb] resumed at step {strategy.global_step} from {checkpoint.path}")
     # After a worker-group restart the run may hold steps past the checkpoint: log none twice.
     logger.skip_logged_steps()
-    stopped = trainer.fit(save, stop_requested)
+    with system_metrics(args.tracking_uri, args.run_id, config.tracking.system_metrics_interval):
+        stopped = trainer.fit(save, stop_requested)
     if not stopped:
         export_model(strategy, Storage.of(config))
     strategy.close()

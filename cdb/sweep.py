@@ -11,7 +11,8 @@ flags <- --set, over two kinds of key.
     optim., train., eval., tracking.; cdb/configs/resolved/ shows them all). They go to every point, as
     `python -m cdb.train --set KEY=VALUE`, and are checked by resolving each point's config before
     anything starts. --max-steps N is the shorthand for train.max_steps=N. The sweep sets scale.name,
-    objective.method, train.output_dir and tracking.* of each point itself.
+    objective.method, train.output_dir and tracking.{uri,experiment,run_name,parent_run_id} of each point
+    itself.
 A key of neither kind, a wrong value or a broken rule is an error naming the key (exit 2). In a
 --config file the sweep's keys sit at the top level, beside training sections:
 

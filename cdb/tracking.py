@@ -3,7 +3,8 @@
 - `open_run` (a context manager) for a run that lives as long as a block (evaluation, report);
   `create_run` / `reopen_run` and `Run.finish` for runs whose end the caller decides (a sweep's parent).
 - The training job: one resumable run, created on the driver (`ensure_run`, `finish_run`); workers
-  log into it from rank 0 (`RunLogger`), spooling what an unreachable server cannot take.
+  log into it from rank 0 (`RunLogger`), spooling what an unreachable server cannot take;
+  `system_metrics` samples each node's CPU, memory and GPUs into it.
 - Lineage of a training run: its data as a dataset input (`log_training_data`) and where its
   exported model lies (`log_model_location`).
 - The contract between the modules that write runs and those that read them: the TAG_* names, the
@@ -253,17 +254,21 @@ def _ui_base(uri: str) -> str:
     return masked(uri).rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
 
 
+UI_MODEL_TRAINING = "workflowType=machine_learning"
+"""The query that opens MLflow 3's UI in its model-training view (not the GenAI one) in any browser."""
+
+
 def runs_url(uri: str, experiment: str, search_filter: str = "") -> str:
     """The runs table of an experiment (by id) in MLflow's UI, with `search_filter` in its search box."""
     from urllib.parse import quote
 
-    query = f"?searchFilter={quote(search_filter, safe='')}" if search_filter else ""
-    return f"{_ui_base(uri)}/#/experiments/{experiment}/runs{query}"
+    search = f"searchFilter={quote(search_filter, safe='')}&" if search_filter else ""
+    return f"{_ui_base(uri)}/#/experiments/{experiment}/runs?{search}{UI_MODEL_TRAINING}"
 
 
 def run_url(uri: str, experiment: str, run_id: str) -> str:
     """One run's page (experiment by id) in MLflow's UI."""
-    return f"{_ui_base(uri)}/#/experiments/{experiment}/runs/{run_id}"
+    return f"{_ui_base(uri)}/#/experiments/{experiment}/runs/{run_id}?{UI_MODEL_TRAINING}"
 
 
 def sweep_filter(parent_run_id: str) -> str:
@@ -477,6 +482,39 @@ class RunLogger:
         if not self._warned:
             print(f"[cdb] warning: MLflow unreachable ({type(exc).__name__}); spooling metrics to {self.spool}", flush=True)
             self._warned = True
+
+
+PREFIX_SYSTEM = "system"
+"""MLflow's system metrics (CPU, memory, disk, network; GPU utilisation and memory where pynvml finds
+NVIDIA GPUs), sampled on the run's nodes by `system_metrics`."""
+
+
+@contextmanager
+def system_metrics(uri: str, run_id: str | None, interval_s: float) -> Iterator[None]:
+    """MLflow's system metrics of this node, logged to run `run_id` every `interval_s` seconds while the
+    block runs and once as it ends. Sampled by the first process of each node (LOCAL_RANK 0, as Ray Train and torchrun set
+    it); a run over several nodes logs node k's under `system/node<k>/`. Off for interval_s 0 and while
+    the run does not exist yet (an unreachable server). A resumed run continues the steps it holds."""
+    if not run_id or interval_s <= 0 or os.environ.get("LOCAL_RANK", "0") != "0":
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    multi_node = int(os.environ.get("WORLD_SIZE", "1")) > int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    node = f"node{os.environ.get('NODE_RANK', '0')}" if multi_node else None
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, resume_logging=True, node_id=node,
+                                   tracking_uri=uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+        try:  # and one sample at the end, so that a run shorter than an interval has one too
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+        except Exception as exc:  # an unreachable server: the sample is what is lost
+            print(f"[cdb] warning: could not log system metrics ({type(exc).__name__}: {exc})", flush=True)
 
 
 def _log_entries(client, run_id: str, entries: list[dict]) -> None:

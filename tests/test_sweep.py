@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from conftest import REPO
 from mlflow.tracking import MlflowClient
 
 from cdb import config as cfg
-from cdb import settings, sweep
+from cdb import settings, sweep, tracking
 from cdb.sweep import Point, admit, last_error_line
 
 TINY = Point("tiny", "contrastive", cpus=2, gpus=0)
@@ -114,11 +115,14 @@ def test_unknown_key_in_the_config_file_names_the_file(tmp_path):
         sweep.resolve_settings(str(path))
 
 
-def run_sweep(args, cwd, timeout) -> subprocess.CompletedProcess:
-    """The sweep in a session of its own; past `timeout` that whole group is killed (its points die
-    with it by their parent-death signal), then the test fails with the output so far."""
+def run_sweep(args, cwd, timeout, ray_address=None) -> subprocess.CompletedProcess:
+    """The sweep in a session of its own, on a local cluster of its own or joining the one at
+    `ray_address`; past `timeout` that whole group is killed (its points die with it by their
+    parent-death signal), then the test fails with the output so far."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("RAY_ADDRESS", None)  # a local cluster of the sweep's own
+    env.pop("RAY_ADDRESS", None)
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
     cmd = [sys.executable, "-m", "cdb.sweep", *args]
     process = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
@@ -228,45 +232,104 @@ def test_rerun_reuses_the_parent_and_skips_finished_points(failed_sweep):
     assert sum(1 for rs in runs.values() for r in rs if r.data.tags.get("cdb.method") == "sweep") == 1
 
 
-@pytest.mark.integration
-def test_sweep_of_two_methods_in_parallel_finishes_with_a_child_run_each(tmp_path):
-    """One worker per point, so both fit the 2-CPU local cluster at once (--parallel 2)."""
-    uri, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "sweep"
-    proc = run_sweep(["--scales", "tiny", "--methods", "contrastive,sft", "--max-steps", "2", "--parallel", "2",
+@pytest.fixture(scope="module")
+def method_sweep(tmp_path_factory, ray_address):
+    """The sweep a method comparison in MLflow starts from: tiny contrastive, sft and dpo, two at once (one
+    worker each, so two fit the 2-CPU cluster), validated at every one of their 3 steps."""
+    tmp = tmp_path_factory.mktemp("methods")
+    uri, out = f"sqlite:///{tmp / 'mlflow.db'}", tmp / "sweep"
+    proc = run_sweep(["--scales", "tiny", "--methods", "contrastive,sft,dpo", "--max-steps", "3", "--parallel", "2",
                       "--set", "scale.num_workers=1", "--set", "data.max_records=16", "--set", "train.eval_every=1",
-                      "--tracking-uri", uri, "--output-dir", str(out)], tmp_path, timeout=175)
+                      "--tracking-uri", uri, "--output-dir", str(out)],
+                     tmp, timeout=240, ray_address=ray_address)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     state = json.loads((out / "sweep.json").read_text())
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(state["experiment"]).experiment_id
+    training = {name: client.get_run(point["run_id"]) for name, point in state["points"].items()}
+    return SimpleNamespace(proc=proc, out=out, uri=uri, state=state, client=client, experiment=experiment,
+                           training=training)
+
+
+@pytest.mark.integration
+def test_sweep_of_three_methods_two_at_once_finishes_with_a_child_run_each(method_sweep):
+    state, client = method_sweep.state, method_sweep.client
     assert state["status"] == "FINISHED" and state["experiment"] == "cdb-sweep"
     points = state["points"]
-    assert {k: v["status"] for k, v in points.items()} == {"tiny-contrastive": "FINISHED", "tiny-sft": "FINISHED"}
-    # Both ran at once: each started before the other ended.
+    assert {k: v["status"] for k, v in points.items()} == {f"tiny-{m}": "FINISHED" for m in ("contrastive", "sft", "dpo")}
+    # The first two ran at once: each started before the other ended.
     a, b = points["tiny-contrastive"], points["tiny-sft"]
     assert a["started"] <= b["ended"] and b["started"] <= a["ended"]
-    runs = runs_by_name(uri, "cdb-sweep")
-    for name in ("tiny-contrastive", "tiny-sft"):
-        [child] = runs[name]
-        assert child.data.tags["mlflow.parentRunId"] == state["parent_run_id"]
-        assert child.data.tags["cdb.method"] == name.split("-", 1)[1] and child.data.params["scale.num_workers"] == "1"
-    assert MlflowClient(uri).get_run(state["parent_run_id"]).info.status == "FINISHED"
-    assert (out / "report" / "report.md").is_file()
-    # The documented filter returns exactly the training runs; the printed link opens them.
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("cdb-sweep").experiment_id
-    found = client.search_runs([experiment], filter_string="tags.cdb.kind = 'train'")
-    assert sorted(r.info.run_id for r in found) == sorted(p["run_id"] for p in points.values())
-    for run in found:  # what a method comparison reads: shared validation metrics, source tags, curated params
-        for name in ("val/lm_loss", "val/pref_accuracy"):
-            assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1, 2], name
-        assert run.data.tags["mlflow.source.name"] == "python -m cdb.train" and run.data.tags["mlflow.source.git.commit"]
-        assert not {"scale", "method", "train.output_dir", "tracking.uri"} & set(run.data.params)
-    report_run = client.get_run(state["report"]["run_id"])
-    assert report_run.data.tags["cdb.method"] == "report" and "mlflow.parentRunId" not in report_run.data.tags
-    wanted = quote(f"tags.cdb.kind = 'train' and tags.mlflow.parentRunId = '{state['parent_run_id']}'", safe="")
-    assert f"then open http://127.0.0.1:5000/#/experiments/{experiment}/runs?searchFilter={wanted}" in proc.stdout
+    for name, run in method_sweep.training.items():
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == state["parent_run_id"]
+        assert run.data.tags["cdb.method"] == name.split("-", 1)[1] and run.data.params["scale.num_workers"] == "1"
+        assert (method_sweep.out / name / "model" / "config.json").is_file()
+    assert client.get_run(state["parent_run_id"]).info.status == "FINISHED"
+    assert (method_sweep.out / "report" / "report.md").is_file()
 
 
-# --- repeatable scheduled sweeps (issue 13, item 6) ---------------------------------------------
+def readme_training_runs_filter() -> str:
+    """The filter the README tells users to type into MLflow's search box."""
+    text = (REPO / "README.md").read_text()
+    [found] = set(re.findall(r"filter with `([^`]+)`", text))
+    return found
+
+
+@pytest.mark.integration
+def test_the_training_runs_compare_across_methods_in_mlflow(method_sweep):
+    """What a user comparing methods in MLflow's UI reads: the README's filter gives exactly the training
+    runs (not the sweep parent or the report), each with a readable name, MLflow's source tags, the
+    shared validation metrics at every step, and params that are the settings once each."""
+    client, state, training = method_sweep.client, method_sweep.state, method_sweep.training
+    found = client.search_runs([method_sweep.experiment], filter_string=readme_training_runs_filter())
+    assert sorted(r.info.run_id for r in found) == sorted(run.info.run_id for run in training.values())
+    for name, run in training.items():
+        assert run.info.run_name == name
+        tags = run.data.tags
+        assert tags["mlflow.source.name"] == "python -m cdb.train" and tags["mlflow.source.git.commit"] == tags["cdb.commit"]
+        assert tags["mlflow.user"] and tags["mlflow.note.content"].startswith("python -m cdb.train --scale tiny")
+        for metric in ("val/lm_loss", "val/pref_accuracy"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2, 3], (name, metric)
+    # Params: every setting once under its config key, nothing per-run (paths, URIs, names, parent ids).
+    settings_ = set(cfg.resolve(scale="tiny").flat())
+    params = [set(run.data.params) for run in training.values()]
+    assert all(p == params[0] for p in params)
+    assert not params[0] & set(tracking.RUN_SPECIFIC_KEYS)
+    assert params[0] - settings_ == {"zero_stage", "records", "rejected_records", "parameters", "parameters_lm"}
+    differing = {k for k in params[0] if len({run.data.params[k] for run in training.values()}) > 1}
+    assert differing == {"objective.method", "parameters"}  # what the methods are, and the contrast head
+    # TRL's names for DPO's quantities.
+    assert {"train/rewards/margins", "train/logps/chosen"} <= set(training["tiny-dpo"].data.metrics)
+    # The report: a run of its own outside the training runs, named by the sweep's parent.
+    report = client.get_run(state["report"]["run_id"])
+    assert report.data.tags["cdb.method"] == "report" and "mlflow.parentRunId" not in report.data.tags
+    assert client.get_run(state["parent_run_id"]).data.tags["cdb.sweep.report"] == report.info.run_id
+    # The printed link opens this sweep's training runs.
+    wanted = quote(tracking.sweep_filter(state["parent_run_id"]), safe="")
+    link = f"http://127.0.0.1:5000/#/experiments/{method_sweep.experiment}/runs?searchFilter={wanted}&workflowType=machine_learning"
+    assert f"then open {link}\n" in method_sweep.proc.stdout
+
+
+@pytest.mark.integration
+def test_each_training_run_records_its_data_model_and_system_metrics(method_sweep):
+    """Lineage where MLflow's UI shows it (Datasets: the training data; Models: the exported model,
+    referenced, not copied) and MLflow's system metrics, sampled while the run trained (and as it ended)."""
+    client = method_sweep.client
+    digests = set()
+    for name, run in method_sweep.training.items():
+        [given] = run.inputs.dataset_inputs
+        assert {t.key: t.value for t in given.tags}["mlflow.data.context"] == "training"
+        digests.add(given.dataset.digest)
+        location = (method_sweep.out / name / "model").as_uri()
+        assert run.data.tags["cdb.exported_model"] == location
+        [output] = run.outputs.model_outputs
+        model = client.get_logged_model(output.model_id)
+        assert model.source_run_id == run.info.run_id and model.tags["cdb.exported_model"] == location
+        assert not client.list_artifacts(run.info.run_id, "model")  # the weights stay where they are
+        assert float(run.data.params["tracking.system_metrics_interval"]) > 0  # on by default
+        for metric in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
+            assert client.get_metric_history(run.info.run_id, metric), (name, metric)
+    assert len(digests) == 1 and digests != {""}  # the same data, identified by its digest
 
 
 def test_admit_counts_what_other_jobs_hold():

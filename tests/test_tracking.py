@@ -220,6 +220,31 @@ def test_the_exported_models_location_is_recorded_without_copying_it(uri, tmp_pa
     assert not stored.exists() or not any(stored.rglob("*"))  # the weights stay where they are
 
 
+def _system_metrics_logged(uri: str, client, monkeypatch, node: dict[str, str], interval_s: float) -> set[str]:
+    """The metrics a run gets from `system_metrics` in a process with these Ray Train / torchrun variables."""
+    for name in ("LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in node.items():
+        monkeypatch.setenv(name, value)
+    with tracking.open_run(uri, "exp") as run, tracking.system_metrics(uri, run.id, interval_s):
+        pass  # shorter than an interval: the sample at the end is the one
+    return set(client.get_run(run.id).data.metrics)
+
+
+def test_system_metrics_are_sampled_once_per_node_and_can_be_off(uri, monkeypatch):
+    client = MlflowClient(uri)
+    wanted = {"cpu_utilization_percentage", "system_memory_usage_megabytes"}
+    one_node = {"LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "NODE_RANK": "0"}
+    for node in ({}, one_node):  # one process; the first of a node's ranks
+        logged = _system_metrics_logged(uri, client, monkeypatch, node, 10)
+        assert {f"system/{name}" for name in wanted} <= logged and all(k.startswith("system/") for k in logged)
+    second_node = {"LOCAL_RANK": "0", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2", "NODE_RANK": "1"}
+    logged = _system_metrics_logged(uri, client, monkeypatch, second_node, 10)
+    assert {f"system/node1/{name}" for name in wanted} <= logged and all(k.startswith("system/node1/") for k in logged)
+    assert _system_metrics_logged(uri, client, monkeypatch, {**one_node, "LOCAL_RANK": "1"}, 10) == set()
+    assert _system_metrics_logged(uri, client, monkeypatch, one_node, 0) == set()
+
+
 def test_runs_carry_mlflow_standard_tags_and_a_readable_default_name(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with tracking.open_run(uri, "exp", tracking.run_name("tiny", "dpo")) as run:
@@ -246,8 +271,9 @@ def test_the_command_line_tag_names_cdb_modules_and_masks_url_passwords():
 def test_links_go_to_the_runs_table_or_the_run_in_mlflow_3s_ui(tmp_path):
     local = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert tracking.runs_url(local, "7", tracking.TRAINING_RUNS_FILTER) == (
-        "http://127.0.0.1:5000/#/experiments/7/runs?searchFilter=tags.cdb.kind%20%3D%20%27train%27")
-    assert tracking.run_url("https://me:pw@mlflow.example/", "7", "abc") == "https://me:***@mlflow.example/#/experiments/7/runs/abc"
+        "http://127.0.0.1:5000/#/experiments/7/runs?searchFilter=tags.cdb.kind%20%3D%20%27train%27&workflowType=machine_learning")
+    assert tracking.run_url("https://me:pw@mlflow.example/", "7", "abc") == \
+        "https://me:***@mlflow.example/#/experiments/7/runs/abc?workflowType=machine_learning"
     assert tracking.ui_hint(local, "LINK") == f"mlflow ui --backend-store-uri {local} --host 127.0.0.1 --port 5000, then open LINK"
     assert tracking.ui_hint("http://mlflow:5000", "LINK") == "LINK"
     # The routes and the search parameter exist in the installed MLflow's UI.
@@ -257,6 +283,7 @@ def test_links_go_to_the_runs_table_or_the_run_in_mlflow_3s_ui(tmp_path):
                      (Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js").glob("*.js"))
     assert '"/experiments/:experimentId/runs"' in bundle and '"/experiments/:experimentId/runs/:runUuid"' in bundle
     assert '"searchFilter"' in bundle and "createHashRouter" in bundle
+    assert 'get("workflowType")' in bundle and 'MACHINE_LEARNING="machine_learning"' in bundle
     # New experiments open on the runs table (MLflow 3's model-training kind), not the GenAI overview.
     experiment = MlflowClient(local).get_experiment(tracking.experiment_id(local, "exp"))
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
