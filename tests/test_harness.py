@@ -5,19 +5,23 @@ import json
 import math
 import statistics
 
+from pathlib import Path
+
+import lm_eval
 import pytest
 import torch
+import yaml
 from lm_eval.api.instance import Instance
-from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+from lm_eval.utils import apply_template, get_rolling_token_windows, make_disjoint_window
 
 from cdb.eval import load_model, make_options
 from cdb.eval.base import Resources
 from cdb.eval.bias import BiasTask
 from cdb.eval.decoding import Decoding
-from cdb.eval.harness import HarnessLM, run_harness
-from cdb.eval.knowledge import KnowledgeTask
+from cdb.eval.harness import HarnessLM, knowledge_configs, run_harness, truthfulqa_configs
+from cdb.eval.knowledge import KnowledgeTask, MCItem, letter_prompt
 from cdb.eval.lm import EvalLM
-from cdb.eval.truthfulqa import TruthfulQATask
+from cdb.eval.truthfulqa import TruthfulQATask, prompt
 from cdb.model import TINY
 
 # True answers not always first, 2..4 choices: the configs must follow the labels, not the order.
@@ -78,6 +82,21 @@ def flat(lists):
     return [x for values in lists for x in values]
 
 
+def test_prompts_are_lm_evals_own(data):
+    """The configs' prompts render as lm-eval's own TruthfulQA and MMLU templates (shipped in the
+    installed package) and as cdb's tasks' prompts."""
+    tasks = Path(lm_eval.__file__).parent / "tasks"
+    doc = {"question": "Can pigs fly?", "choices": ["Yes", "No", "Only in cartoons", "Sometimes"], "answer": 1}
+    own_truthfulqa = yaml.safe_load((tasks / "truthfulqa" / "truthfulqa_mc1.yaml").read_text())["doc_to_text"]
+    own_mmlu = yaml.safe_load((tasks / "mmlu" / "default" / "_default_template_yaml").read_text())["doc_to_text"]
+    options = options_for(data)
+    ours_truthfulqa = truthfulqa_configs(options)[0]["doc_to_text"](doc)
+    ours_knowledge = apply_template(knowledge_configs(options)[0]["doc_to_text"], doc)
+    assert ours_truthfulqa == apply_template(own_truthfulqa, doc) == prompt(doc["question"])
+    assert ours_knowledge == apply_template(own_mmlu, doc) == letter_prompt(MCItem("q", doc["question"], tuple(doc["choices"]), 1))
+
+
+@pytest.mark.integration
 def test_harness_equals_cdb_tasks(tiny, data):
     model, tokenizer = tiny
     options = options_for(data)
@@ -155,6 +174,7 @@ def test_adapter_loglikelihood_is_the_models(tiny):
     assert windowed != pytest.approx(whole, abs=1e-3)
 
 
+@pytest.mark.integration
 def test_self_debias_applies_through_the_adapter(tiny, data):
     model, tokenizer = tiny
     pairs = [("The cat sat", " on the mat."), ("", "Those people are all lazy and stupid.")]
