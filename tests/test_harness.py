@@ -4,7 +4,6 @@ adapter's log-likelihoods are the model's, and the decoding-time baselines apply
 import json
 import math
 import statistics
-
 from pathlib import Path
 
 import lm_eval
@@ -12,13 +11,22 @@ import pytest
 import torch
 import yaml
 from lm_eval.api.instance import Instance
-from lm_eval.utils import apply_template, get_rolling_token_windows, make_disjoint_window
+from lm_eval.utils import (
+    apply_template,
+    get_rolling_token_windows,
+    make_disjoint_window,
+)
 
 from cdb.eval import load_model, make_options
 from cdb.eval.base import Resources
 from cdb.eval.bias import BiasTask
 from cdb.eval.decoding import Decoding
-from cdb.eval.harness import HarnessLM, knowledge_configs, run_harness, truthfulqa_configs
+from cdb.eval.harness import (
+    HarnessLM,
+    knowledge_configs,
+    run_harness,
+    truthfulqa_configs,
+)
 from cdb.eval.knowledge import KnowledgeTask, MCItem, letter_prompt
 from cdb.eval.lm import EvalLM
 from cdb.eval.truthfulqa import TruthfulQATask, prompt
@@ -105,7 +113,7 @@ def test_harness_equals_cdb_tasks(tiny, data):
     assert harness.skipped == {}
 
     truthfulqa = TruthfulQATask().run(lm, options, Resources(options))
-    mc1, mc2 = harness.value("cdb_truthfulqa_mc1", "acc"), harness.value("cdb_truthfulqa_mc2", "acc")
+    mc1, mc2 = harness.score("cdb_truthfulqa_mc1", "acc"), harness.score("cdb_truthfulqa_mc2", "acc")
     assert mc1.n == mc2.n == len(TRUTHFULQA)
     assert harness_logliks(harness, "cdb_truthfulqa_mc1") == pytest.approx(flat(s["mc1_logliks"] for s in truthfulqa.samples), abs=1e-4)
     assert harness_logliks(harness, "cdb_truthfulqa_mc2") == pytest.approx(flat(s["mc2_logliks"] for s in truthfulqa.samples), abs=1e-4)
@@ -114,7 +122,7 @@ def test_harness_equals_cdb_tasks(tiny, data):
     assert mc2.stderr == pytest.approx(stderr([s["mc2"] for s in truthfulqa.samples]), abs=1e-6)
 
     knowledge = KnowledgeTask().run(lm, options, Resources(options))
-    acc = harness.value("cdb_knowledge", "acc")
+    acc = harness.score("cdb_knowledge", "acc")
     assert acc.n == len(KNOWLEDGE)
     picks = [max(range(len(s["filtered_resps"])), key=lambda i: s["filtered_resps"][i][0])
              for s in harness.raw["samples"]["cdb_knowledge"]]
@@ -124,7 +132,7 @@ def test_harness_equals_cdb_tasks(tiny, data):
 
     bias = BiasTask().run(lm, options, Resources(options))
     crows = [s for s in bias.samples if s["probe"] == "crows"]
-    share, diff = harness.value("cdb_crows_pairs", "pct_stereotype"), harness.value("cdb_crows_pairs", "likelihood_diff")
+    share, diff = harness.score("cdb_crows_pairs", "pct_stereotype"), harness.score("cdb_crows_pairs", "likelihood_diff")
     assert share.n == len(crows) == 8
     assert harness_logliks(harness, "cdb_crows_pairs") == pytest.approx(flat((s["ll_more"], s["ll_less"]) for s in crows), abs=1e-4)
     assert share.value == bias.metrics["crows_stereo_share"]

@@ -102,6 +102,10 @@ def _config(task: str, rows: list[dict[str, Any]], **fields) -> dict[str, Any]:
             "num_fewshot": 0, "metadata": {"version": 1.0}, **fields}
 
 
+def _truthfulqa_prompt(doc: dict[str, Any]) -> str:
+    return f"{PREAMBLE}\n\nQ: {doc['question']}\nA:"
+
+
 def truthfulqa_configs(options: EvalOptions) -> list[dict[str, Any]]:
     if not options.truthfulqa:
         raise Unavailable("no data given (--truthfulqa PATH_OR_HUB_ID); TruthfulQA does not ship offline")
@@ -111,12 +115,11 @@ def truthfulqa_configs(options: EvalOptions) -> list[dict[str, Any]]:
              "mc1_targets": {"choices": list(q.mc1_choices), "labels": list(q.mc1_labels)},
              "mc2_targets": {"choices": list(q.mc2_choices), "labels": list(q.mc2_labels)}}
             for q in load_truthfulqa(options.truthfulqa, options.truthfulqa_limit)]
-    text = lambda doc: f"{PREAMBLE}\n\nQ: {doc['question']}\nA:"  # noqa: E731
     acc = [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]
     return [
-        _config("cdb_truthfulqa_mc1", rows, doc_to_text=text, doc_to_choice="{{mc1_targets.choices}}",
+        _config("cdb_truthfulqa_mc1", rows, doc_to_text=_truthfulqa_prompt, doc_to_choice="{{mc1_targets.choices}}",
                 doc_to_target=lambda doc: doc["mc1_targets"]["labels"].index(1), metric_list=acc),
-        _config("cdb_truthfulqa_mc2", rows, doc_to_text=text, doc_to_choice="{{mc2_targets.choices}}",
+        _config("cdb_truthfulqa_mc2", rows, doc_to_text=_truthfulqa_prompt, doc_to_choice="{{mc2_targets.choices}}",
                 doc_to_target=0, process_results=process_results_mc2, metric_list=acc),
     ]
 
@@ -135,7 +138,7 @@ def knowledge_configs(options: EvalOptions) -> list[dict[str, Any]]:
 def crows_configs(options: EvalOptions) -> list[dict[str, Any]]:
     from lm_eval.tasks.crows_pairs.utils import process_results
 
-    rows = [{"sent_more": p.more, "sent_less": p.less, "bias_type": p.bias_type} for p in load_crows(options.crows_limit)]
+    rows = [{"sent_more": p.more, "sent_less": p.less} for p in load_crows(options.crows_limit)]
     return [_config("cdb_crows_pairs", rows, doc_to_text="", doc_to_choice="{{[sent_more, sent_less]}}", doc_to_target=0,
                     target_delimiter="", process_results=process_results,
                     metric_list=[{"metric": "likelihood_diff", "aggregation": "mean", "higher_is_better": False},
@@ -162,14 +165,14 @@ class HarnessResult:
     skipped: dict[str, str] = field(default_factory=dict)  # cdb task -> why
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # lm-eval's own results (samples included)
 
-    def value(self, task: str, metric: str) -> HarnessScore:
+    def score(self, task: str, metric: str) -> HarnessScore:
         for score in self.scores:
             if score.task == task and score.metric == metric:
                 return score
         raise KeyError(f"no metric {metric!r} for harness task {task!r}")
 
 
-def run_harness(lm: EvalLM, options: EvalOptions, bootstrap_iters: int = 1000) -> HarnessResult:
+def run_harness(lm: EvalLM, options: EvalOptions) -> HarnessResult:
     """Run the harness tasks of options.tasks (truthfulqa, knowledge, bias; those of the suite when
     empty) on `lm` through lm_eval.simple_evaluate."""
     import lm_eval
@@ -186,7 +189,8 @@ def run_harness(lm: EvalLM, options: EvalOptions, bootstrap_iters: int = 1000) -
     if not configs:
         return HarnessResult([], skipped)
     results = lm_eval.simple_evaluate(model=HarnessLM(lm), tasks=configs, task_manager=TaskManager(include_defaults=False),
-                                      bootstrap_iters=bootstrap_iters, log_samples=True)
+                                      # > 0, else lm-eval computes no stderr (these means use the closed form)
+                                      bootstrap_iters=1000, log_samples=True)
     scores = []
     for config in configs:
         task = config["task"]
