@@ -15,6 +15,7 @@ import torch
 
 from cdb import scoring, settings
 from cdb.data.construct import LabelConfig, Scored, is_positive, label_source, make_augmenter, resolve, run_build
+from cdb.data.entities import regex_spans
 from cdb.data.construct import lm
 from cdb.data.construct.__main__ import main as cli
 from cdb.data.construct.augmenters import AUGMENTERS, AugmenterError, lm_based, register, rules
@@ -141,7 +142,7 @@ def test_toxic_rewrites_are_scored_toxic(tox):
     scored = [Scored(ITEM.reference, "reference", "reference", 0.0, 1.0), Scored("ok", "positive", "p", 0.0, 1.0)]
     values = tox.score([c.text for c in cands])
     scored += [Scored(c.text, "toxic", c.origin, v, 0.5) for c, v in zip(cands, values)]
-    kept = label_source("t", ITEM.source, scored, LabelConfig()).negatives
+    kept = label_source("t", ITEM.source, scored, LabelConfig(), regex_spans).negatives
     assert len(kept) == 1 and kept[0].toxicity >= 0.4
 
 
@@ -255,7 +256,7 @@ def test_positive_iff_toxicity_at_most_half_and_faithful_enough():
     assert not is_positive(0.5001, 0.9, config)
     assert not is_positive(0.0, 0.3999, config)
     outcome = label_source("s", "src", [P(REF, kind="reference"), P(PARA, tox=0.7), P("Lyon has a mayor.", faith=0.2),
-                                        P("Maria Lopez is mayor of Lyon.", tox=0.5, faith=0.4), N(SWAP, "swap_ent")], config)
+                                        P("Maria Lopez is mayor of Lyon.", tox=0.5, faith=0.4), N(SWAP, "swap_ent")], config, regex_spans)
     assert [p.text for p in outcome.positives] == [REF, "Maria Lopez is mayor of Lyon."]
     assert outcome.dropped == {"positive_toxic": 1, "positive_unfaithful": 1}
     assert outcome.record is not None and outcome.record.positives == (REF, "Maria Lopez is mayor of Lyon.")
@@ -265,7 +266,7 @@ def test_toxic_negatives_need_toxicity_and_types_are_capped():
     cands = [P(REF, kind="reference"), P(PARA), N("You idiots, nobody cares about mayors anyway.", "toxic", tox=0.39),
              N("What crap, the stupid mayor elections of this damn city again.", "toxic", tox=0.97),
              N("Another crap rant about idiots.", "toxic", tox=0.99), N(SWAP, "swap_ent")]
-    outcome = label_source("s", "src", cands, LabelConfig(max_per_type=1))
+    outcome = label_source("s", "src", cands, LabelConfig(max_per_type=1), regex_spans)
     assert [(n.kind, n.toxicity) for n in outcome.negatives] == [("toxic", 0.97), ("swap_ent", 0.0)]
     assert outcome.dropped == {"toxic_below_threshold": 1, "over_type_cap": 1}
     assert [n.type for n in outcome.record.negatives] == ["toxic", "swap_ent"]  # NEGATIVE_TYPES order
@@ -273,22 +274,22 @@ def test_toxic_negatives_need_toxicity_and_types_are_capped():
 
 def test_source_filters_each_give_their_reason():
     config = LabelConfig()
-    assert label_source("s", "src", [P(REF, kind="reference"), N(SWAP, "swap_ent")], config).reason == "too_few_positives"
-    assert label_source("s", "src", [P(REF, kind="reference"), P(PARA)], config).reason == "no_negatives"
+    assert label_source("s", "src", [P(REF, kind="reference"), N(SWAP, "swap_ent")], config, regex_spans).reason == "too_few_positives"
+    assert label_source("s", "src", [P(REF, kind="reference"), P(PARA)], config, regex_spans).reason == "no_negatives"
     late = "the election last spring in the old town was won in the end by Maria Lopez."
-    assert not has_early_entity(late, 10)
-    assert label_source("s", "src", [P(late, kind="reference"), P(PARA), N(SWAP, "swap_ent")], config).reason == "no_early_entity"
+    assert not has_early_entity(late, regex_spans(late), 10)
+    assert label_source("s", "src", [P(late, kind="reference"), P(PARA), N(SWAP, "swap_ent")], config, regex_spans).reason == "no_early_entity"
     close = "Maria Lopez was elected mayor of Lyon in 2021."  # one of 9 words changed: Jaccard 8/10
     closer = "Maria Lopez was elected the mayor of Lyon in 2020 ."
     assert word_jaccard(REF, closer) > 0.8
-    jac = label_source("s", "src", [P(REF, kind="reference"), P(PARA), N(closer, "mask_ent"), N(SWAP, "swap_ent")], config)
+    jac = label_source("s", "src", [P(REF, kind="reference"), P(PARA), N(closer, "mask_ent"), N(SWAP, "swap_ent")], config, regex_spans)
     assert jac.reason == "jaccard" and jac.record is None
     kept = label_source("s", "src", [P(REF, kind="reference"), P(PARA), N(closer, "mask_ent"), N(SWAP, "swap_ent")],
-                        LabelConfig(on_jaccard="drop_negative"))
+                        LabelConfig(on_jaccard="drop_negative"), regex_spans)
     assert kept.record is not None and [n.type for n in kept.record.negatives] == ["swap_ent"]
     assert kept.dropped["jaccard_negative"] == 1
     assert word_jaccard(REF, close) <= 0.8
-    ok = label_source("s", "src", [P(REF, kind="reference"), P(PARA), N(close, "mask_ent")], config)
+    ok = label_source("s", "src", [P(REF, kind="reference"), P(PARA), N(close, "mask_ent")], config, regex_spans)
     assert ok.reason is None and ok.record.negatives[0].type == "mask_ent"
 
 
