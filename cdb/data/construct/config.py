@@ -18,9 +18,9 @@ from typing import Any
 from cdb import settings
 from cdb.data.construct.augmenters import AUGMENTERS, DEFAULT_AUGMENTERS, AugmenterOptions, NegativeOptions
 from cdb.data.construct.augmenters.lm_based import (
-    BackTranslateOptions, MaskFillOptions, RegenerateOptions, SysLowConfidenceOptions,
+    BackTranslateOptions, MaskFillOptions, ParaphraseOptions, RegenerateOptions, SysLowConfidenceOptions,
 )
-from cdb.data.construct.augmenters.rules import ParaphraseOptions, SwapOptions
+from cdb.data.construct.augmenters.rules import SwapOptions
 from cdb.data.construct.augmenters.toxic import ToxicOptions
 from cdb.data.construct.label import LabelConfig
 from cdb.data.entities import DEFAULT_TAGGER, valid_tagger_spec

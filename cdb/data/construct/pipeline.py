@@ -320,6 +320,7 @@ def run_build(build: BuildSettings, command: str = "", log: Callable[[str], None
 
     # 4. write
     from cdb.data.construct.card import make_card, render_markdown
+    from cdb.data.construct.probe import shortcut_probe
 
     records = [o.record for _, o in outcomes if o.record is not None]
     lines = []
@@ -339,7 +340,8 @@ def run_build(build: BuildSettings, command: str = "", log: Callable[[str], None
                        for it, o in outcomes if o.record is None]
     write_atomic(out / "rejected.jsonl", "".join(line + "\n" for line in rejected_lines))
 
-    card = make_card(build, command, use_ray, data, augs, scorer_info, outcomes, len(chunks))
+    card = make_card(build, command, use_ray, data, augs, scorer_info, outcomes, len(chunks),
+                     shortcut_probe(records, tagger))
     write_atomic(out / "card.json", json.dumps(card, indent=2, ensure_ascii=False) + "\n")
     write_atomic(out / "card.md", render_markdown(card))
     seconds = time.time() - t0
