@@ -29,7 +29,7 @@ class ParaphraseOptions(AugmenterOptions):
                    "Sentence: {reference}")
     """The instruction (a chat turn when the model has a chat template); `{reference}` is replaced."""
     samples: int = 4
-    """Sampled paraphrases per source (one prompt pass serves them all)."""
+    """Sampled paraphrases per source (one prompt pass serves them all; a chunk's sources decode as one batch)."""
     max_new_tokens: int = 40
     """Length limit of a paraphrase, in tokens; an unfinished one is dropped."""
     temperature: float = 0.7
@@ -79,13 +79,10 @@ class Paraphrase(Augmenter):
 
     def _lm_paraphrases(self, items, rng) -> list[list[str]]:
         tok, model, _ = lm.load(self.options.model, self.device, "causal")
-        drafts = []
-        for it in items:
-            prompt = lm.chat_prompt(tok, self.options.prompt.replace("{reference}", it.reference))
-            texts = lm.sample(tok, model, prompt, self.options.samples, self.options.max_new_tokens,
-                              seed=rng.randrange(2**31), top_p=self.options.top_p,
-                              temperature=self.options.temperature, stop_text="\n")
-            drafts.append([clean_spaces(t) for t in texts])
+        prompts = [lm.chat_prompt(tok, self.options.prompt.replace("{reference}", it.reference)) for it in items]
+        drafts = [[clean_spaces(t) for t in texts] for texts in lm.sample_many(
+            tok, model, prompts, self.options.samples, self.options.max_new_tokens, seed=rng.randrange(2**31),
+            top_p=self.options.top_p, temperature=self.options.temperature, stop_text="\n")]
         tagger = make_tagger()
         flat = [t for texts in drafts for t in texts]
         spans = tagger([it.reference for it in items] + flat)
