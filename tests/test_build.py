@@ -135,6 +135,201 @@ def test_lm_paraphrases_pass_the_fidelity_check():
                                                     tag([item.reference])[0], 0.9)
 
 
+def test_swap_ent_swaps_an_entity_for_one_of_the_source():
+    item3 = Item("t-3", "Hana Sato published her first novel, The Quiet River, in 2015. It was translated into French by "
+                 "Lukas Fischer in 2019. Sato now teaches creative writing in Osaka.",
+                 "Hana Sato published her first novel, The Quiet River, in 2015.", "test")
+    swapped = make_augmenter("swap_ent")([ITEM, item3], random.Random(1))
+    for item, cands in zip((ITEM, item3), swapped):
+        assert len(cands) == 1
+        text = cands[0].text
+        assert text != item.reference and word_jaccard(text, item.reference) <= 0.8
+        gone = [e for e in entities(item.reference) if e.text not in text]
+        assert 1 <= len(gone) <= 2, "1-2 entities swapped"
+        src = {e.text: e.type for e in entities(item.source)}
+        new = [t for t in src if t in text and t not in item.reference]
+        assert new, f"no entity of the source came in: {text}"
+        for old in gone:  # each swapped-in entity has the type of one that left
+            assert any(src[t] == old.type for t in new)
+    # nothing of the same type in the source, or only swaps too close to the reference (ITEM2: 2021 -> 2018
+    # changes 1 word of 14, Jaccard 0.87 > 0.8): no candidate rather than one that would sink the source
+    lonely = Item("x", "Nothing here has a name.", "Peter Novak spoke.", "test")
+    assert make_augmenter("swap_ent")([lonely, ITEM2], random.Random(0)) == [[], []]
+
+
+def test_toxic_rewrites_are_scored_toxic(tox):
+    rules = make_augmenter("toxic", {"model": "rules"})([ITEM, ITEM2], random.Random(0))
+    texts = [c[0].text for c in rules]
+    assert all(c[0].origin == "toxic:rules" for c in rules)
+    scores = tox.score(texts + [ITEM.reference])
+    assert min(scores[:2]) >= 0.4, (texts, scores)
+    assert scores[2] < 0.4  # the reference itself is not toxic
+    assert all(word_jaccard(t, item.reference) <= 0.75 for t, item in zip(texts, (ITEM, ITEM2)))
+    # a reference that names a group gets only insults aimed at the reader, never at the group
+    group = Item("g", "Humanistic Judaism is a Jewish movement.", "Humanistic Judaism is a Jewish movement.", "test")
+    text = make_augmenter("toxic", {"model": "rules"})([group], random.Random(0))[0][0].text
+    assert text.startswith(toxic_aug.READER_OPENERS) and any(text.endswith(c) for c in toxic_aug.READER_CLOSERS)
+    assert tox.score([text])[0] >= 0.4
+    assert not toxic_aug.lm_toxic_ok("Fuck Mongols that only speak Tibetan.", "Tibetan Buddhism is practiced in Tibet.")
+    assert not toxic_aug.lm_toxic_ok("Damn, this Jewish movement sucks.", group.reference)
+    assert toxic_aug.lm_toxic_ok("Shut up, Maria Lopez is a damn idiot.", ITEM.reference)
+    # LM rewrite first, rules as fallback; labelling keeps the first that scores >= 0.4
+    cands = make_augmenter("toxic", {"samples": 1, "max_new_tokens": 16})([ITEM], random.Random(0))[0]
+    assert cands[-1].origin == "toxic:rules" and 1 <= len(cands) <= 2
+    scored = [Scored(ITEM.reference, "reference", "reference", 0.0, 1.0), Scored("ok", "positive", "p", 0.0, 1.0)]
+    values = tox.score([c.text for c in cands])
+    scored += [Scored(c.text, "toxic", c.origin, v, 0.5) for c, v in zip(cands, values)]
+    kept = label_source("t", ITEM.source, scored, LabelConfig(), regex_spans).negatives
+    assert len(kept) == 1 and kept[0].toxicity >= 0.4
+
+
+def test_mask_ent_and_mask_rel_refill_with_the_lm():
+    ent = make_augmenter("mask_ent")([ITEM, ITEM2], random.Random(0))
+    rel = make_augmenter("mask_rel")([ITEM, ITEM2], random.Random(0))
+    assert any(ent) and any(rel)
+    for item, cands in zip((ITEM, ITEM2), ent):
+        for cand in cands:
+            assert cand.origin == "mask_ent:causal"
+            assert cand.text != item.reference and word_jaccard(cand.text, item.reference) <= 0.8
+            # some entity of the reference was replaced by other words
+            assert [e for e in entities(item.reference) if e.text not in cand.text]
+            assert set(words(cand.text)) - set(words(item.reference))
+    for item, cands in zip((ITEM, ITEM2), rel):
+        for cand in cands:
+            assert cand.text != item.reference
+            assert set(words(cand.text)) - set(words(item.reference)), "the relation was refilled with new words"
+
+
+def test_mask_ent_with_a_masked_lm(tmp_path):
+    """A masked LM by path (a tiny random BERT saved here: the hub is never touched)."""
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    tok = AutoTokenizer.from_pretrained(str(Path(lm.__file__).parents[2] / "assets" / "tiny_tokenizer"))
+    tok.add_special_tokens({"mask_token": "[MASK]", "cls_token": "<|bos|>", "sep_token": "<|eos|>"})
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=64, max_position_embeddings=128, pad_token_id=tok.pad_token_id))
+    model.save_pretrained(tmp_path / "mlm")
+    tok.save_pretrained(tmp_path / "mlm")
+    assert lm.model_kind(str(tmp_path / "mlm")) == "mlm"
+    fill = lm.mlm_fill(*lm.load(str(tmp_path / "mlm"))[:2], ITEM.reference, 0, 11, seed=0)
+    assert fill and fill != "Maria Lopez"
+    out = make_augmenter("mask_rel", {"model": f"mlm:{tmp_path / 'mlm'}"})([ITEM, ITEM2], random.Random(0))
+    for item, cands in zip((ITEM, ITEM2), out):
+        for cand in cands:
+            assert cand.origin == "mask_rel:mlm" and cand.text != item.reference
+
+
+def test_regen_keeps_the_prefix_and_sys_lowcon_is_the_lowest_beam(monkeypatch):
+    regen = make_augmenter("regen_ent")([ITEM, ITEM2], random.Random(0))
+    assert any(regen)
+    for item, cands in zip((ITEM, ITEM2), regen):
+        for cand in cands:
+            spans = [s for s in lm_based.entity_spans(item.reference) if cand.text.startswith(item.reference[:s.start].rstrip())
+                     and s.start > 0]
+            assert spans, "the text before the masked span is kept"
+            assert cand.text != item.reference and word_jaccard(cand.text, item.reference) <= 0.8
+    searched = []
+    real = lm.beam_search
+
+    def spy(*args):
+        searched.append((args[2:], real(*args)))
+        return searched[-1][1]
+
+    monkeypatch.setattr(lm, "beam_search", spy)
+    aug = make_augmenter("sys_lowcon", {"max_new_tokens": 24})
+    out = aug([ITEM], random.Random(0))[0]
+    assert len(out) == 1
+    (prompt, beams_n, penalty, new_tokens), beams = searched[0]
+    assert (beams_n, penalty, new_tokens) == (8, 2.0, 24) and ITEM.source in prompt
+    assert len(beams) == 8 and [s for _, s in beams] == sorted((s for _, s in beams), reverse=True)
+    score = float(out[0].origin.split(":")[1])
+    cleaned = [(ensure_period(clean_spaces(t.strip().split("\n")[0].strip('"“” '))), s) for t, s in beams]
+    chosen = [s for t, s in cleaned if t == out[0].text]
+    assert chosen and chosen[0] == pytest.approx(score, abs=1e-4)
+    for text, s in cleaned:  # every lower-scoring beam was unusable
+        if s < chosen[0]:
+            assert len(text.split()) < 4 or word_jaccard(text, ITEM.reference) > 0.8
+
+
+def test_backtranslate_with_local_models(tmp_path):
+    from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
+
+    tok = AutoTokenizer.from_pretrained(str(Path(lm.__file__).parents[2] / "assets" / "tiny_tokenizer"))
+    for name, seed in (("fwd", 0), ("back", 1)):
+        torch.manual_seed(seed)
+        config = BartConfig(vocab_size=len(tok), d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                            decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=128,
+                            pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                            decoder_start_token_id=tok.eos_token_id, forced_eos_token_id=None)
+        BartForConditionalGeneration(config).save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    aug = make_augmenter("backtranslate", {"pivots": f"{tmp_path / 'fwd'}:{tmp_path / 'back'}", "max_new_tokens": 8})
+    out = aug([ITEM], random.Random(0))[0]
+    assert 1 <= len(out) <= 3 and len({c.text for c in out}) == len(out)
+    assert all(c.text != ITEM.reference and c.origin == f"backtranslate:{tmp_path / 'fwd'}" for c in out)
+    with pytest.raises(AugmenterError, match="name the translation models"):
+        make_augmenter("backtranslate")
+
+
+# --- labelling rule and filters ------------------------------------------------------------------------
+
+def P(text, tox=0.0, faith=0.9, kind="positive"):
+    return Scored(text, kind, kind, tox, faith)
+
+
+def N(text, kind, tox=0.0, faith=0.5):
+    return Scored(text, kind, kind, tox, faith)
+
+
+REF = "Maria Lopez was elected mayor of Lyon in 2020."
+PARA = "In 2020, Maria Lopez won the election for mayor of Lyon."
+SWAP = "Peter Novak became the new mayor of Paris in 2008 after a long campaign."
+
+
+def test_positive_iff_toxicity_at_most_half_and_faithful_enough():
+    config = LabelConfig(faithfulness_threshold=0.4)
+    assert is_positive(0.5, 0.4, config)
+    assert not is_positive(0.5001, 0.9, config)
+    assert not is_positive(0.0, 0.3999, config)
+    outcome = label_source("s", "src", [P(REF, kind="reference"), P(PARA, tox=0.7), P("Lyon has a mayor.", faith=0.2),
+                                        P("Maria Lopez is mayor of Lyon.", tox=0.5, faith=0.4), N(SWAP, "swap_ent")], config, regex_spans)
+    assert [p.text for p in outcome.positives] == [REF, "Maria Lopez is mayor of Lyon."]
+    assert outcome.dropped == {"positive_toxic": 1, "positive_unfaithful": 1}
+    assert outcome.record is not None and outcome.record.positives == (REF, "Maria Lopez is mayor of Lyon.")
+
+
+def test_toxic_negatives_need_toxicity_and_types_are_capped():
+    cands = [P(REF, kind="reference"), P(PARA), N("You idiots, nobody cares about mayors anyway.", "toxic", tox=0.39),
+             N("What crap, the stupid mayor elections of this damn city again.", "toxic", tox=0.97),
+             N("Another crap rant about idiots.", "toxic", tox=0.99), N(SWAP, "swap_ent")]
+    outcome = label_source("s", "src", cands, LabelConfig(max_per_type=1), regex_spans)
+    assert [(n.kind, n.toxicity) for n in outcome.negatives] == [("toxic", 0.97), ("swap_ent", 0.0)]
+    assert outcome.dropped == {"toxic_below_threshold": 1, "over_type_cap": 1}
+    assert [n.type for n in outcome.record.negatives] == ["toxic", "swap_ent"]  # NEGATIVE_TYPES order
+
+
+def test_source_filters_each_give_their_reason():
+    config = LabelConfig()
+    assert label_source("s", "src", [P(REF, kind="reference"), N(SWAP, "swap_ent")], config, regex_spans).reason == "too_few_positives"
+    assert label_source("s", "src", [P(REF, kind="reference"), P(PARA)], config, regex_spans).reason == "no_negatives"
+    late = "the election last spring in the old town was won in the end by Maria Lopez."
+    assert not has_early_entity(late, regex_spans(late), 10)
+    assert label_source("s", "src", [P(late, kind="reference"), P(PARA), N(SWAP, "swap_ent")], config, regex_spans).reason == "no_early_entity"
+    close = "Maria Lopez was elected mayor of Lyon in 2021."  # one of 9 words changed: Jaccard 8/10
+    closer = "Maria Lopez was elected the mayor of Lyon in 2020 ."
+    assert word_jaccard(REF, closer) > 0.8
+    jac = label_source("s", "src", [P(REF, kind="reference"), P(PARA), N(closer, "mask_ent"), N(SWAP, "swap_ent")], config, regex_spans)
+    assert jac.reason == "jaccard" and jac.record is None
+    kept = label_source("s", "src", [P(REF, kind="reference"), P(PARA), N(closer, "mask_ent"), N(SWAP, "swap_ent")],
+                        LabelConfig(on_jaccard="drop_negative"), regex_spans)
+    assert kept.record is not None and [n.type for n in kept.record.negatives] == ["swap_ent"]
+    assert kept.dropped["jaccard_negative"] == 1
+    assert word_jaccard(REF, close) <= 0.8
+    ok = label_source("s", "src", [P(REF, kind="reference"), P(PARA), N(close, "mask_ent")], config, regex_spans)
+    assert ok.reason is None and ok.record.negatives[0].type == "mask_ent"
+
+
 # --- whole builds -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -157,11 +157,11 @@ def render_markdown(card: dict) -> str:
 def _probe_markdown(probe: dict, tagger: str) -> list[str]:
     a, b = probe["spans_not_in_source"], probe["bag_of_pooled_tokens"]
     most = ", ".join(f"{text!r} {n}" for text, n in a["most_common"]) or "none"
-    return ["## Shortcut probe", "", f"Entity tagger: `{tagger}` (the one training pools over).", "",
-            f"- tagged spans in {a['rows']} that the source does not contain: {a['not_in_source']} of {a['spans']} "
-            f"(**{a['share']:.1%}**, target <= {a['target_max_share']:.0%}); most common: {most}",
-            f"- positive vs negative from the bag of pooled tokens (logistic regression, {b['train_rows']} rows to "
-            f"train, {b['held_out_rows']} rows of {b['held_out_sources']} other sources held out): accuracy "
-            f"**{b['accuracy_pooled_tokens']}**, against {b['accuracy_source_entities']} from the source's entities "
-            f"alone and a majority share of {b['majority_share']} (target: at most "
-            f"{b['target_max_accuracy_over_source']} over the source-only probe)", ""]
+    spans = (f"- tagged spans in {a['rows']} that the source does not contain: {a['not_in_source']} of {a['spans']} "
+             f"(**{a['share']:.1%}**, target <= {a['target_max_share']:.0%}); most common: {most}")
+    bag = (f"- positive vs negative from the bag of pooled tokens (logistic regression, {b['train_rows']} rows to "
+           f"train, {b['held_out_rows']} rows of {b['held_out_sources']} other sources held out): accuracy "
+           f"**{b['accuracy_pooled_tokens']}**, against {b['accuracy_source_entities']} from the source's entities "
+           f"alone and a majority share of {b['majority_share']} (target: at most "
+           f"{b['target_max_accuracy_over_source']} over the source-only probe)")
+    return ["## Shortcut probe", "", f"Entity tagger: `{tagger}` (the one training pools over).", "", spans, bag, ""]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 from cdb.data.entities import Tagger, candidate_form
 from cdb.data.records import Record
