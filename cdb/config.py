@@ -26,6 +26,7 @@ from typing import Any, Literal
 import yaml
 
 from cdb import settings
+from cdb.data.entities import DEFAULT_TAGGER, valid_tagger_spec
 from cdb.eval.options import EvalOptions
 from cdb.scales import ALIASES, DEFAULT_SCALE, SCALES, scale_preset
 from cdb.settings import ConfigError, load_yaml
@@ -96,9 +97,12 @@ class DataConfig:
     on_bad_record: Literal["error", "skip"] = "error"
     """A record that fails validation: `error` stops before training, naming file, line and field;
     `skip` leaves it out and writes it to OUTPUT_DIR/rejected.jsonl."""
-    entity_tagger: str = "regex"
-    """Named-entity tagger for the entity tokens that pooling uses: `regex` (offline), `spacy:MODEL` or
-    `hf:MODEL_ID_OR_DIR` (a token-classification model)."""
+    entity_tagger: str = DEFAULT_TAGGER
+    """Named-entity tagger for the entity tokens that pooling uses: `spacy:MODEL` (default: spaCy's small
+    English NER, offline; ORDINAL and spelled-out CARDINAL entities do not count, docs/METHOD.md "Entity
+    tagging"; the regex tagger, with a warning, when spaCy or the model is not installed), `regex`
+    (offline: capitalised words, numbers, dates) or `hf:MODEL_ID_OR_DIR` (a token-classification model).
+    The data build's early-entity filter uses the same default."""
     max_records: int = 0
     """Train on only the first N valid records; 0 = all; >= 0."""
     cda_attributes: tuple[str, ...] = ("gender", "race", "religion")
@@ -345,7 +349,7 @@ def check(config: Config) -> None:
             raise ConfigError(f"objective.{key}: must be {default!r} unless objective.method=contrastive, "
                               f"got {value!r} with objective.method={config.objective.method}")
     tagger = config.data.entity_tagger
-    if tagger != "regex" and not (tagger.partition(":")[0] in ("spacy", "hf") and tagger.partition(":")[2]):
+    if not valid_tagger_spec(tagger):
         raise ConfigError(f"data.entity_tagger: must be 'regex', 'spacy:MODEL' or 'hf:MODEL_ID_OR_DIR', got {tagger!r}")
     if "://" in config.train.output_dir:
         raise ConfigError(f"train.output_dir: a folder, got {config.train.output_dir!r}; an object store goes in "

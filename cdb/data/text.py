@@ -136,9 +136,10 @@ def word_index(text: str, char: int) -> int:
     return len(text[:char].split())
 
 
-def has_early_entity(text: str, max_words: int) -> bool:
-    """True when an entity span of the regex tagger starts within the first `max_words` words."""
-    return any(word_index(text, e.start) < max_words for e in entities(text))
+def has_early_entity(text: str, spans, max_words: int) -> bool:
+    """True when one of the entity `spans` (character spans of `text`, from the build's tagger)
+    starts within the first `max_words` words."""
+    return any(word_index(text, start) < max_words for start, _ in spans)
 
 
 def replace_spans(text: str, replacements: list[tuple[int, int, str]]) -> str:

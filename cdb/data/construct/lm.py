@@ -196,6 +196,52 @@ def sample(tokenizer, model, prompt: str, n: int, max_new_tokens: int, seed: int
 
 
 @torch.inference_mode()
+def sample_many(tokenizer, model, prompts: Sequence[str], n: int, max_new_tokens: int, seed: int, top_p: float = 1.0,
+                temperature: float = 1.0, stop_text: str = "") -> list[list[str]]:
+    """n sampled continuations of each prompt, all prompts decoded together as one left-padded batch
+    (on CPU a decoding step costs about the same for 1 row as for 64: the weights are read once).
+    Each prompt is run once and its cache copied to its n rows. Seeded, so reproducible for the same
+    prompts; rows stop as in `sample`."""
+    if not prompts:
+        return []
+    device = next(model.parameters()).device
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    past = _cache_of(out)
+    past.batch_repeat_interleave(n)
+    logits = out.logits[:, -1, :].float().cpu().repeat_interleave(n, dim=0)
+    mask = mask.repeat_interleave(n, dim=0)
+    position = positions[:, -1:].repeat_interleave(n, dim=0) + 1
+    generator = torch.Generator().manual_seed(int(seed))
+    stops = stop_ids(tokenizer, model)
+    rows: list[list[int]] = [[] for _ in range(len(prompts) * n)]
+    done = [False] * len(rows)
+    for step in range(max_new_tokens):
+        probs = torch.softmax(_filter_logits(logits, 0, top_p, temperature), dim=-1)
+        picked = torch.multinomial(probs, 1, generator=generator).view(-1)
+        for i, token in enumerate(picked.tolist()):
+            if done[i]:
+                continue
+            if token in stops:
+                done[i] = True
+                continue
+            rows[i].append(token)
+            if stop_text and any(ch in tokenizer.decode(rows[i][-1:]) for ch in stop_text):
+                done[i] = True
+        if all(done) or step == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(input_ids=picked.view(-1, 1).to(device), attention_mask=mask, position_ids=position, use_cache=True,
+                    logits_to_keep=1, **{_cache_kwarg(model): past})
+        past, logits = _cache_of(out), out.logits[:, -1, :].float().cpu()
+        position = position + 1
+    texts = [tokenizer.decode(r, skip_special_tokens=True) for r in rows]
+    return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
+@torch.inference_mode()
 def beam_search(tokenizer, model, prompt: str, num_beams: int = 8, length_penalty: float = 2.0,
                 max_new_tokens: int = 40) -> list[tuple[str, float]]:
     """All `num_beams` hypotheses of a beam search over one prompt as (text, score), best first;

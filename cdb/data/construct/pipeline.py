@@ -26,7 +26,8 @@ from cdb.data.construct.cache import ChunkCache, write_atomic
 from cdb.data.construct.config import BuildSettings
 from cdb.data.construct.inputs import read_input
 from cdb.data.sources import Item
-from cdb.data.construct.label import Outcome, Scored, label_source
+from cdb.data.construct.label import POSITIVE_KINDS, Outcome, Scored, label_source
+from cdb.data.entities import make_tagger
 from cdb.data.text import derived_rng, stable_hash
 from cdb.data.records import DataError, validate
 
@@ -301,19 +302,25 @@ def run_build(build: BuildSettings, command: str = "", log: Callable[[str], None
     finally:
         runner.close()
 
-    # 3. label and filter
+    # 3. label and filter; the early-entity filter tags every positive candidate in one batch with the
+    # tagger training pools over
     scorer_info = next((s["scorers"] for s in scores if s and "scorers" in s), None)
+    tagger = make_tagger(build.entity_tagger)
+    positive_texts = sorted({text for groups in groups_per_chunk for _, cands in groups
+                             for kind, text, _ in cands if kind in POSITIVE_KINDS})
+    spans_of = dict(zip(positive_texts, tagger(positive_texts)))
     outcomes: list[tuple[Item, Outcome]] = []
     bar = _progress(build.progress, len(chunks), "label")
     for index, groups in enumerate(groups_per_chunk):
         for (it, cands), sc in zip(groups, scores[index]["scores"]):
             scored_cands = [Scored(text, kind, origin, t, f) for (kind, text, origin), (t, f) in zip(cands, sc)]
-            outcomes.append((it, label_source(it.id, it.source, scored_cands, build.label)))
+            outcomes.append((it, label_source(it.id, it.source, scored_cands, build.label, spans_of.__getitem__)))
         bar.update(1)
     bar.close()
 
     # 4. write
     from cdb.data.construct.card import make_card, render_markdown
+    from cdb.data.construct.probe import shortcut_probe
 
     records = [o.record for _, o in outcomes if o.record is not None]
     lines = []
@@ -333,7 +340,8 @@ def run_build(build: BuildSettings, command: str = "", log: Callable[[str], None
                        for it, o in outcomes if o.record is None]
     write_atomic(out / "rejected.jsonl", "".join(line + "\n" for line in rejected_lines))
 
-    card = make_card(build, command, use_ray, data, augs, scorer_info, outcomes, len(chunks))
+    card = make_card(build, command, use_ray, data, augs, scorer_info, outcomes, len(chunks),
+                     shortcut_probe(records, tagger))
     write_atomic(out / "card.json", json.dumps(card, indent=2, ensure_ascii=False) + "\n")
     write_atomic(out / "card.md", render_markdown(card))
     seconds = time.time() - t0

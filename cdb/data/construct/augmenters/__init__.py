@@ -1,13 +1,13 @@
 """Augmenters: the interface and registry (base.py), the rule-based ones (rules.py), the toxic one
-(toxic.py), the LM-based ones (lm_based.py)."""
+(toxic.py), the LM-based ones (lm_based.py, the paraphraser among them)."""
 
 from cdb.data.construct.augmenters.base import (
     AUGMENTERS, Augmenter, AugmenterError, AugmenterOptions, Candidate, NegativeOptions, make_augmenter, register,
 )
 from cdb.data.construct.augmenters.lm_based import (
-    BackTranslate, MaskEntities, MaskRelations, RegenEntities, RegenRelations, SysLowConfidence,
+    BackTranslate, MaskEntities, MaskRelations, Paraphrase, RegenEntities, RegenRelations, SysLowConfidence,
 )
-from cdb.data.construct.augmenters.rules import Paraphrase, SwapEntities
+from cdb.data.construct.augmenters.rules import SwapEntities
 from cdb.data.construct.augmenters.toxic import Toxic
 
 for _cls in (Paraphrase, BackTranslate, SwapEntities, MaskEntities, MaskRelations, RegenEntities, RegenRelations,

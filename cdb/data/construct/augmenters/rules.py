@@ -1,4 +1,5 @@
-"""Rule-based augmenters (deterministic, offline): `paraphrase` (positives) and `swap_ent` (negatives)."""
+"""Rule-based augmenters (deterministic, offline): `swap_ent` (negatives), and the rule-based paraphrases
+that the `paraphrase` augmenter (lm_based.py) falls back on."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from cdb.data.construct.augmenters.base import Augmenter, AugmenterOptions, Candidate, NegativeOptions
+from cdb.data.construct.augmenters.base import Augmenter, Candidate, NegativeOptions
 from cdb.data.text import (
     Entity, capitalise, clean_spaces, ensure_period, entities, lower_first, normalise, replace_spans, word_jaccard, words,
 )
@@ -44,7 +45,6 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "professional": ("career",), "known": ("recognised",),
 }
 
-_FRAMES = ("In short, {}", "Put simply, {}", "Briefly, {}", "In brief, {}")
 _DATE_PHRASE = (r"(?:the )?(?:(?:early |late |mid-)?\d{4}s?|[A-Z][a-z]+ \d{4}|\d{1,2} [A-Z][a-z]+ \d{4}"
                 r"|[A-Z][a-z]+ \d{1,2}, \d{4})")
 _TRAILING_DATE = re.compile(rf"^(?P<main>.{{12,}}?),? (?P<pp>(?:in|on|during|since|from|after|before|until|by) {_DATE_PHRASE})(?P<tail>[.!?])$")
@@ -165,20 +165,16 @@ STRUCTURAL = (_front_trailing_date, _back_leading_phrase, _passive_voice, _copul
 
 
 def paraphrases(reference: str, rng: random.Random, n: int = 2, max_synonyms: int = 3) -> list[str]:
-    """Up to n distinct rule-based paraphrases: a structural rewrite (clause fronting or backing,
-    passive voice, copula fronting, coordination swap) where one applies, else a framing template,
-    plus up to `max_synonyms` synonym substitutions from a fixed table (never inside an entity)."""
+    """Up to n distinct rule-based paraphrases: each structural rewrite that applies (clause fronting
+    or backing, passive voice, copula fronting, coordination swap), else the reference itself, with up
+    to `max_synonyms` synonym substitutions from a fixed table (never inside an entity). No framing
+    phrase is added: a frame shared by many positives is a token the contrast could separate them by."""
     structural = [t for t in (f(reference) for f in STRUCTURAL) if t and normalise(t) != normalise(reference)]
     rng.shuffle(structural)
     out: list[str] = []
     seen = {normalise(reference)}
     for attempt in range(n * 3):
-        if attempt < len(structural):
-            base = structural[attempt]
-        elif _LEADING_PHRASE.match(reference) or reference.split(" ", 1)[0].endswith(","):
-            base = reference
-        else:
-            base = rng.choice(_FRAMES).format(lower_first(reference))
+        base = structural[attempt] if attempt < len(structural) else reference
         text = ensure_period(clean_spaces(apply_synonyms(base, rng, max_synonyms)))
         key = normalise(text)
         if key in seen:
@@ -188,25 +184,6 @@ def paraphrases(reference: str, rng: random.Random, n: int = 2, max_synonyms: in
         if len(out) >= n:
             break
     return out
-
-
-@dataclass(frozen=True)
-class ParaphraseOptions(AugmenterOptions):
-    n: int = 2
-    """Paraphrases per source (at most)."""
-    max_synonyms: int = 3
-    """Synonym substitutions per paraphrase (at most), never inside an entity."""
-
-
-class Paraphrase(Augmenter):
-    """Offline rule-based paraphraser (positives)."""
-
-    name, kind, Options = "paraphrase", "positive", ParaphraseOptions
-
-    def __call__(self, items, rng):
-        return [[Candidate(t, self.name) for t in paraphrases(it.reference, rng, self.options.n, self.options.max_synonyms)]
-                for it in items]
-
 
 
 def _swap_options(reference: str, source: str) -> list[tuple[Entity, list[str]]]:
