@@ -101,7 +101,7 @@ class SpacyTagger:
         except (OSError, ValueError):  # absent or unreadable: tag again
             pass
         spans = self.tag(texts)
-        from cdb.data.construct.cache import write_atomic
+        from cdb.data.files import write_atomic
 
         try:
             write_atomic(path, json.dumps(spans))

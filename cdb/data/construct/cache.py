@@ -10,9 +10,9 @@ chunk's content. A changed input, config, seed or chunk gets new files; stale on
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from cdb.data.files import write_atomic
 
 
 class ChunkCache:
@@ -38,28 +38,3 @@ class ChunkCache:
     def count(self, stage: str) -> int:
         folder = self.root / stage
         return len(list(folder.glob("*.json"))) if folder.is_dir() else 0
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

@@ -22,7 +22,8 @@ from typing import Callable
 from cdb import scoring
 from cdb.data.bold import bold_corpus
 from cdb.data.construct.augmenters import AugmenterError, Candidate, make_augmenter
-from cdb.data.construct.cache import ChunkCache, write_atomic
+from cdb.data.construct.cache import ChunkCache
+from cdb.data.files import write_atomic
 from cdb.data.construct.config import BuildSettings
 from cdb.data.construct.inputs import read_input
 from cdb.data.sources import Item
