@@ -60,6 +60,7 @@ class SuiteResult:
     skipped: dict[str, str] = field(default_factory=dict)   # task -> why
     seconds: dict[str, float] = field(default_factory=dict)
     scorers: dict[str, str] = field(default_factory=dict)   # kind -> "name@version"
+    tags: dict[str, str] = field(default_factory=dict)      # "task.tag" -> text (TaskResult.tags)
 
 
 def _say(message: str) -> None:
@@ -100,6 +101,7 @@ def _run_tasks(model, tokenizer, opts: EvalOptions) -> SuiteResult:
     samples: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     seconds: dict[str, float] = {}
+    tags: dict[str, str] = {}
     for name in [t for t in TASKS if t in opts.tasks]:
         start = time.perf_counter()
         try:
@@ -112,9 +114,10 @@ def _run_tasks(model, tokenizer, opts: EvalOptions) -> SuiteResult:
         resources.results[name] = result
         metrics.update({f"{name}/{k}": float(v) for k, v in result.metrics.items()})
         samples += result.samples
+        tags.update({f"{name}.{k}": v for k, v in result.tags.items()})
         shown = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if "/" not in k)
         _say(f"{name} ({seconds[name]:.0f} s): {shown}")
-    return SuiteResult(metrics, samples, skipped, seconds, resources.scorer_versions())
+    return SuiteResult(metrics, samples, skipped, seconds, resources.scorer_versions(), tags)
 
 
 def load_model(model_source: str, seed: int = 0):
@@ -148,6 +151,7 @@ def _log(run: tracking.Run, prefix: str, summary: dict[str, Any], files: list[Pa
     tags = {tracking.eval_tag(prefix, "model"): summary["model"], tracking.eval_tag(prefix, "suite"): summary["suite"],
             tracking.eval_tag(prefix, "method"): summary["method"]}
     tags.update({tracking.eval_tag(prefix, f"scorer.{kind}"): name for kind, name in summary["scorers"].items()})
+    tags.update({tracking.eval_tag(prefix, key): text for key, text in summary["tags"].items()})
     run.set_tags(tags)
     run.log_metrics({k: v for k, v in summary["metrics"].items() if v is not None})
     for path in files:
@@ -164,7 +168,8 @@ def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str 
     decoding-time debiasing: see run_tag) in `experiment`, FINISHED at the end or FAILED; write both files to `output_dir` too.
     Either way the run gets tag cdb.<prefix>.method=<decoding>. Returns the summary written to
     eval.json: method (the decoding), metrics (full names), skipped tasks, seconds per task, scorer
-    versions, options, run id and tracking URI."""
+    versions, tags (TaskResult.tags as "task.tag", also run tags cdb.<prefix>.<task>.<tag>), options, run id
+    and tracking URI."""
     if not re.fullmatch(r"[\w.-]+", prefix):
         raise ValueError(f"prefix {prefix!r}: letters, digits, '_', '.', '-' only")
     # bad options fail before any model loads
@@ -187,7 +192,7 @@ def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str 
             "model": model_source, "resolved_model": resolved, "suite": suite, "prefix": prefix, "method": opts.decoding,
             "metrics": {tracking.metric_key(prefix, k): _finite(v) for k, v in result.metrics.items()},
             "skipped": result.skipped, "seconds": {**result.seconds, "total": time.perf_counter() - start},
-            "scorers": result.scorers, "options": opts.to_dict(), "run_id": run.id, "tracking_uri": uri,
+            "scorers": result.scorers, "tags": result.tags, "options": opts.to_dict(), "run_id": run.id, "tracking_uri": uri,
             "output_dir": str(Path(output_dir).resolve()) if output_dir else None,
         }
         with nullcontext(output_dir) if output_dir else tempfile.TemporaryDirectory(prefix="cdb-eval-") as folder:

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from cdb.data.construct import lm
 from cdb.data.construct.augmenters.base import Augmenter, AugmenterError, AugmenterOptions, Candidate, NegativeOptions
 from cdb.data.text import (
-    VERBS, capitalise, clean_spaces, derived_seed, ensure_period, entities, normalise, words,
+    VERBS, capitalise, clean_spaces, derived_seed, ensure_period, entities, normalise, split_build_sentences, words,
 )
-from cdb.scoring import split_sentences
 
 @dataclass(frozen=True)
 class BackTranslateOptions(AugmenterOptions):
@@ -318,7 +317,7 @@ class Regenerate(_LMAugmenter):
         for i, prompt, draws in zip(todo, prompts, samples):
             for raw in draws:
                 continuation = raw.split("\n")[0]
-                sentences = split_sentences(continuation.strip())
+                sentences = split_build_sentences(continuation.strip())
                 head = sentences[0] if sentences else ""
                 text = ensure_period(clean_spaces(prompt + " " + head))
                 if not head or len(text.split()) < 5:
