@@ -49,7 +49,7 @@ COLUMNS = (
     Column("Toxicity ↓", "toxicity/mean_toxicity", "lower"),
     Column("Exp. max toxicity ↓", "toxicity/expected_max_toxicity", "lower"),
     Column("Faithfulness ↑", "faithfulness/faithfulness", "higher"),
-    Column("Entity precision ↑", "faithfulness/entity_precision", "higher"),
+    Column("Similarity (MiniLM) ↑", "faithfulness/similarity_minilm", "higher"),
     Column("TruthfulQA MC1 ↑", "truthfulqa/mc1", "higher"),
     Column("TruthfulQA MC2 ↑", "truthfulqa/mc2", "higher"),
     Column("Knowledge ↑", "knowledge/accuracy", "higher"),

