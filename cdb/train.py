@@ -178,7 +178,7 @@ def run_eval(config: cfg.Config, model: str, prefix: str, run: dict, output_dir:
         return
     shown = ("toxicity/mean_toxicity", "faithfulness/faithfulness", "bias/crows_stereo_share")
     print(f"[cdb] {prefix}: " + ", ".join(f"{k} {summary['metrics'][f'{prefix}/{k}']:.4f}" for k in shown
-                                          if f"{prefix}/{k}" in summary["metrics"]), flush=True)
+                                          if summary["metrics"].get(f"{prefix}/{k}") is not None), flush=True)
 
 
 def check_resources(config: cfg.Config, available: dict) -> str | None:

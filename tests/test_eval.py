@@ -334,7 +334,7 @@ def test_evaluate_end_to_end_into_sqlite_mlflow(tmp_path):
                 "eval/toxicity/toxicity_probability_at2", "eval/faithfulness/similarity_minilm",
                 "eval/faithfulness/summary_toxicity", "eval/truthfulqa/mc1",
                 "eval/truthfulqa/mc2", "eval/knowledge/accuracy", "eval/bias/crows_stereo_share",
-                "eval/bias/stereoset_icat", "eval/intelligibility/intelligible", "eval/intelligibility/faithfulness/incomplete"]
+                "eval/bias/stereoset_icat", "eval/intelligibility/intelligible", "eval/intelligibility/faithfulness/ended"]
     for name in expected:
         assert name in run.data.metrics, name
         assert 0 <= run.data.metrics[name] <= 100
