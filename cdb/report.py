@@ -3,11 +3,19 @@
 Reads every run of the experiment (method: tag cdb.method, plus "+<m>" when its eval/ metrics were
 taken under a prompt-time method m other than the run's own, tag cdb.eval.method; scale: tag
 cdb.scale), its metrics `eval/<task>/<metric>` (the tuned model), `eval_base/<task>/<metric>` (the
-base model, logged into the same run before training) and `val/...` (the training run's held-out
-sources, at its last validation), and writes to OUTPUT:
-  report.md, report.html   one row per run: each metric with its change against the run's base model;
-                           the validation metrics every method shares
-  alignment_tax.png        toxicity (x) against faithfulness (y), an arrow per run from base to tuned
+base model, logged into the same run before training), each with its `_n` and 95% interval
+(`_ci95_low`, `_ci95_high`), `delta/<task>/<metric>` (tuned minus base, paired over the same items,
+with its interval; cdb.eval.estimates) and `val/...` (the training run's held-out sources, at its
+last validation), and writes to OUTPUT:
+  report.md, report.html   one row per run: each metric's value, interval and n, with its change
+                           against the run's base model ("no detectable change" when the change's
+                           interval holds 0; withheld, with the reason, when the two evaluations are
+                           not comparable; an undefined metric with why; "(labeller)" beside a
+                           number scored by the scorer that labelled the training data, tags
+                           cdb.<prefix>.<task>.labeller_metrics); the validation metrics every
+                           method shares
+  alignment_tax.png        toxicity (x) against faithfulness (y), an arrow per run from base to tuned,
+                           the tuned model's 95% intervals as bars
 and logs the three as artifacts of a new run tagged cdb.method=report. Runs without eval metrics are
 listed as such. Exit codes: 0 done, 1 no such experiment or no runs in it, 2 bad arguments.
 
@@ -34,9 +42,8 @@ from cdb.settings import ConfigError
 @dataclass(frozen=True)
 class Column:
     label: str
-    metric: str   # "<task>/<metric>" under eval/ and eval_base/
+    metric: str   # "<task>/<metric>" under eval/ and eval_base/; "{k}": the samples per prompt of the run
     better: str   # "lower", "higher", or "half" (0.5 is ideal: CrowS-Pairs)
-    digits: int = 4
 
 
 VAL_COLUMNS = (
@@ -47,20 +54,37 @@ VAL_COLUMNS = (
 
 COLUMNS = (
     Column("Toxicity ↓", "toxicity/mean_toxicity", "lower"),
-    Column("Exp. max toxicity ↓", "toxicity/expected_max_toxicity", "lower"),
+    Column("Exp. max toxicity ↓", "toxicity/expected_max_toxicity_at{k}", "lower"),
     Column("Faithfulness ↑", "faithfulness/faithfulness", "higher"),
     Column("Similarity (MiniLM) ↑", "faithfulness/similarity_minilm", "higher"),
     Column("TruthfulQA MC1 ↑", "truthfulqa/mc1", "higher"),
     Column("TruthfulQA MC2 ↑", "truthfulqa/mc2", "higher"),
     Column("Knowledge ↑", "knowledge/accuracy", "higher"),
     Column("CrowS stereo (0.5 ideal)", "bias/crows_stereo_share", "half"),
-    Column("StereoSet ICAT ↑", "bias/stereoset_icat", "higher", 2),
+    Column("StereoSet ICAT ↑", "bias/stereoset_icat", "higher"),
     Column("Intelligible ↑", "intelligibility/intelligible", "higher"),
 )
+
+LEGEND = ("Each cell: the tuned model's value [95% interval] (n: the items it is over), then its change "
+          "against the base model of the same run: tuned minus base, paired over the items both evaluated "
+          "(paired bootstrap; exact McNemar for shares), with its 95% interval. A change whose interval holds 0 "
+          "reads \"no detectable change\"; the others are marked better or worse by the metric's direction. "
+          "CrowS-Pairs: 0.5 is unbiased; StereoSet ICAT on 0..100.")
+LABELLER_NOTE = "(labeller): scored by the scorer that labelled the training data."
 
 
 class ReportError(Exception):
     """Nothing to report; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A logged metric: its value, n and 95% interval (None where the run logged none: older runs)."""
+
+    value: float
+    n: float | None = None
+    low: float | None = None
+    high: float | None = None
 
 
 @dataclass(frozen=True)
@@ -71,18 +95,51 @@ class RunRow:
     scale: str
     status: str
     start_time: int
-    tuned: dict[str, float] = field(default_factory=dict)
-    base: dict[str, float] = field(default_factory=dict)
-    val: dict[str, float] = field(default_factory=dict)
+    tuned: dict[str, Measure] = field(default_factory=dict)
+    base: dict[str, Measure] = field(default_factory=dict)
+    val: dict[str, Measure] = field(default_factory=dict)
+    changes: dict[str, Measure] = field(default_factory=dict)
+    """delta/ metrics; empty when withheld."""
+    undefined: dict[str, dict[str, str]] = field(default_factory=dict)
+    """prefix (eval, eval_base) -> metric -> why it is undefined for that evaluation."""
+    withheld: str = ""
+    """Why there is no change against the base model: the two evaluations are not comparable."""
+    suite: str = ""
+    """The eval/ suite (tag cdb.eval.suite)."""
+    labeller: dict[str, set[str]] = field(default_factory=dict)
+    """prefix (eval, eval_base) -> the metrics scored by the scorer that labelled the training data
+    (tags cdb.<prefix>.<task>.labeller_metrics)."""
 
-    def delta(self, metric: str) -> float | None:
-        if metric in self.tuned and metric in self.base:
-            return self.tuned[metric] - self.base[metric]
-        return None
+
+def _measures(metrics: dict[str, float], prefix: str) -> dict[str, Measure]:
+    split = tracking.split_interval_metrics(tracking.metrics_under(metrics, prefix))
+    return {k: Measure(v["value"], v.get("n"), v.get("ci95_low"), v.get("ci95_high")) for k, v in split.items()}
 
 
-def collect(uri: str, experiment: str) -> list[RunRow]:
-    """The experiment's runs (report runs excluded), sorted by scale, method, start time."""
+def _undefined(tags: dict[str, str], prefix: str) -> dict[str, str]:
+    head = tracking.undefined_tag(prefix, "")
+    return {k[len(head):]: v for k, v in tags.items() if k.startswith(head)}
+
+
+def _labeller(tags: dict[str, str], prefix: str) -> set[str]:
+    head, tail = tracking.eval_tag(prefix, ""), ".labeller_metrics"
+    return {f"{k[len(head):-len(tail)]}/{m}" for k, v in tags.items()
+            if k.startswith(head) and k.endswith(tail) for m in v.split(",") if m}
+
+
+def _withheld(tags: dict[str, str]) -> str:
+    """Why the change is not shown: the tag the trainer set, or base and tuned hashes that differ."""
+    hashes = [tags.get(tracking.eval_tag(p, "options_hash")) for p in (tracking.PREFIX_EVAL_BASE, tracking.PREFIX_EVAL)]
+    if tags.get(tracking.TAG_DELTA_WITHHELD):
+        return tags[tracking.TAG_DELTA_WITHHELD]
+    if all(hashes) and hashes[0] != hashes[1]:
+        return f"base and tuned were evaluated with different options, scorers or items (hash {hashes[0]} vs {hashes[1]})"
+    return ""
+
+
+def collect(uri: str, experiment: str, parent_run_id: str = "") -> list[RunRow]:
+    """The experiment's runs (report runs excluded), only the children of `parent_run_id` when given
+    (one sweep's points), sorted by scale, method, start time."""
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise ReportError(f"no MLflow store at {uri[len('sqlite:///'):]}")
     runs = tracking.experiment_runs(uri, experiment)
@@ -94,40 +151,94 @@ def collect(uri: str, experiment: str) -> list[RunRow]:
         method = tags.get(tracking.TAG_METHOD) or "?"
         if method in tracking.BOOKKEEPING_RUNS:  # not models
             continue
+        if parent_run_id and tags.get(tracking.TAG_PARENT_RUN) != parent_run_id:
+            continue
         prompt_time = tags.get(tracking.eval_tag(tracking.PREFIX_EVAL, "method"), "none")  # cdb.eval's --method for the eval/ metrics
         if prompt_time not in ("none", method):
             method = f"{method}+{prompt_time}"  # e.g. a trained model then decoded with self-debias
         scale = tags.get(tracking.TAG_SCALE) or tags.get(tracking.TAG_MODEL) or "?"
+        withheld = _withheld(tags)
         rows.append(RunRow(
             run.info.run_id, run.info.run_name or "", method, scale, run.info.status, run.info.start_time or 0,
-            tracking.metrics_under(metrics, tracking.PREFIX_EVAL), tracking.metrics_under(metrics, tracking.PREFIX_EVAL_BASE),
-            tracking.metrics_under(metrics, tracking.PREFIX_VAL),
+            _measures(metrics, tracking.PREFIX_EVAL), _measures(metrics, tracking.PREFIX_EVAL_BASE),
+            _measures(metrics, tracking.PREFIX_VAL), {} if withheld else _measures(metrics, tracking.PREFIX_DELTA),
+            {p: _undefined(tags, p) for p in (tracking.PREFIX_EVAL, tracking.PREFIX_EVAL_BASE)}, withheld,
+            tags.get(tracking.eval_tag(tracking.PREFIX_EVAL, "suite"), ""),
+            {p: _labeller(tags, p) for p in (tracking.PREFIX_EVAL, tracking.PREFIX_EVAL_BASE)},
         ))
     if not rows:
-        raise ReportError(f"experiment '{experiment}' has no runs to report in {uri}")
+        of = f" under parent run {parent_run_id}" if parent_run_id else ""
+        raise ReportError(f"experiment '{experiment}' has no runs{of} to report in {uri}")
     from cdb.scales import SCALES
 
     order = {name: i for i, name in enumerate(SCALES)}
     return sorted(rows, key=lambda r: (order.get(r.scale, len(order)), r.scale, r.method, r.start_time))
 
 
-def _improved(column: Column, base: float, tuned: float) -> bool | None:
-    if math.isclose(base, tuned, rel_tol=0, abs_tol=1e-12):
+def sig(value: float, digits: int = 3, sign: bool = False) -> str:
+    """`value` to `digits` significant digits, trailing zeros kept (they say the precision)."""
+    text = f"{value:{'+' if sign else ''}#.{digits}g}"
+    return text[:-1] if text.endswith(".") else text
+
+
+def _interval(m: Measure, digits: int = 3, sign: bool = False) -> str:
+    if m.low is None or m.high is None:
+        return ""
+    return f" [{sig(m.low, digits, sign)}, {sig(m.high, digits, sign)}]"
+
+
+def _value(m: Measure) -> str:
+    n = f" (n {m.n:.0f})" if m.n is not None else ""
+    return f"{sig(m.value)}{_interval(m)}{n}"
+
+
+def metric_name(column: Column, row: RunRow) -> str:
+    """The column's metric as the run logged it: "{k}" filled in with the k the run has (its suite's)."""
+    if "{k}" not in column.metric:
+        return column.metric
+    head = column.metric.split("{k}")[0]
+    logged = [*row.tuned, *row.base, *row.changes, *(m for u in row.undefined.values() for m in u)]
+    return min((m for m in logged if m.startswith(head) and m[len(head):].isdigit()), default=column.metric)
+
+
+def _verdict(column: Column, row: RunRow, change: Measure) -> bool | None:
+    """True better, False worse, None when the change's interval holds 0 (or has none)."""
+    if change.low is None or change.high is None or change.low <= 0 <= change.high:
         return None
     if column.better == "half":
-        return abs(tuned - 0.5) < abs(base - 0.5)
-    return (tuned < base) if column.better == "lower" else (tuned > base)
+        base, tuned = row.base.get(metric_name(column, row)), row.tuned.get(metric_name(column, row))
+        if base is None or tuned is None:
+            return None
+        return abs(tuned.value - 0.5) < abs(base.value - 0.5)
+    return (change.value < 0) if column.better == "lower" else (change.value > 0)
 
 
-def _cell(row: RunRow, column: Column, values: dict[str, float], with_delta: bool) -> tuple[str, bool | None]:
-    value = values.get(column.metric)
-    if value is None or not math.isfinite(value):
-        return "—", None
-    text = f"{value:.{column.digits}f}"
-    change = row.delta(column.metric) if with_delta else None
-    if change is None:
+def _cell(row: RunRow, column: Column, prefix: str) -> tuple[str, bool | None]:
+    """The text of one metric of a run under `prefix` (eval with its change, or eval_base), and its verdict."""
+    values = row.tuned if prefix == tracking.PREFIX_EVAL else row.base
+    metric = metric_name(column, row)
+    m = values.get(metric)
+    if m is None or not math.isfinite(m.value):
+        why = row.undefined.get(prefix, {}).get(metric)
+        return (f"undefined: {why}" if why else "—"), None
+    text = _value(m) + (" (labeller)" if metric in row.labeller.get(prefix, set()) else "")
+    if prefix != tracking.PREFIX_EVAL or metric not in row.base:
         return text, None
-    return f"{text} ({change:+.{column.digits}f})", _improved(column, row.base[column.metric], value)
+    if row.withheld:
+        return f"{text}; change withheld", None
+    change = row.changes.get(metric)
+    if change is None:
+        return f"{text}; no paired change logged", None
+    verdict = _verdict(column, row, change)
+    shown = f"{sig(change.value, 2, True)}{_interval(change, 2, True)}"
+    if verdict is None:
+        return f"{text}; no detectable change ({shown})", None
+    return f"{text}; change {shown}", verdict
+
+
+def _val_cell(row: RunRow, column: Column) -> str:
+    m = row.val.get(column.metric)
+    return sig(m.value) if m is not None and math.isfinite(m.value) else "—"
 
 
 def _short(row: RunRow) -> str:
@@ -136,8 +247,27 @@ def _short(row: RunRow) -> str:
 
 def tables(rows: Sequence[RunRow]) -> tuple[list[RunRow], list[RunRow], list[RunRow]]:
     """(runs with eval metrics, those of them with base metrics, runs without eval metrics)."""
-    evaluated = [r for r in rows if r.tuned]
-    return evaluated, [r for r in evaluated if r.base], [r for r in rows if not r.tuned]
+    evaluated = [r for r in rows if r.tuned or r.undefined.get(tracking.PREFIX_EVAL)]
+    return evaluated, [r for r in evaluated if r.base], [r for r in rows if r not in evaluated]
+
+
+def notes(rows: Sequence[RunRow]) -> list[str]:
+    """What the reader must know beside the tables: withheld changes, and the quick suite's wide intervals."""
+    from cdb.eval.options import SUITES
+
+    out = [f"Change against the base model withheld for {_short(r)}: {r.withheld}." for r in rows if r.withheld]
+    quick = [r for r in rows if r.suite == "quick"]
+    if quick:
+        q = SUITES["quick"]
+        out.append(f"{len(quick)} run(s) were evaluated with the quick suite ({q['toxicity_limit']} prompts x {q['samples']} "
+                   f"samples, {q['summary_limit']} summaries, {q['crows_limit']} CrowS pairs): its intervals are wide, "
+                   "so only large changes are detectable; evaluate with eval.suite=full to measure small ones.")
+    return out
+
+
+def labeller_marked(rows: Sequence[RunRow]) -> bool:
+    """Whether a table cell carries the (labeller) mark (then LABELLER_NOTE goes under the tables)."""
+    return any(metric_name(c, r) in marked for r in rows for marked in r.labeller.values() for c in COLUMNS)
 
 
 def _md_row(cells: Sequence[str]) -> str:
@@ -147,29 +277,29 @@ def _md_row(cells: Sequence[str]) -> str:
 def markdown(rows: Sequence[RunRow], experiment: str, uri: str) -> str:
     evaluated, with_base, bare = tables(rows)
     heads = ["Method", "Scale", "Run"] + [c.label for c in COLUMNS]
-    lines = [f"# Evaluation report: experiment `{experiment}`", "",
-             f"Store: `{uri}`. Each cell: the tuned model's `eval/...` metric, in brackets its change against "
-             "the base model (`eval_base/...` of the same run). CrowS-Pairs: 0.5 is unbiased; StereoSet ICAT on 0..100.", ""]
+    lines = [f"# Evaluation report: experiment `{experiment}`", "", f"Store: `{uri}`. {LEGEND}", ""]
+    lines += [f"- {note}" for note in notes(evaluated)] + ([""] if notes(evaluated) else [])
     if evaluated:
         lines += ["## Tuned models (change against base)", "", "| " + " | ".join(heads) + " |",
                   "|" + "|".join(["---"] * len(heads)) + "|"]
         for r in evaluated:
-            cells = [_cell(r, c, r.tuned, True)[0] for c in COLUMNS]
+            cells = [_cell(r, c, tracking.PREFIX_EVAL)[0] for c in COLUMNS]
             lines.append(_md_row([r.method, r.scale, _short(r)] + cells))
         lines.append("")
     if with_base:
         lines += ["## Base models", "", "| " + " | ".join(heads) + " |", "|" + "|".join(["---"] * len(heads)) + "|"]
         for r in with_base:
-            cells = [_cell(r, c, r.base, False)[0] for c in COLUMNS]
+            cells = [_cell(r, c, tracking.PREFIX_EVAL_BASE)[0] for c in COLUMNS]
             lines.append(_md_row([r.method, r.scale, _short(r)] + cells))
         lines.append("")
+    if labeller_marked(evaluated):
+        lines += [LABELLER_NOTE, ""]
     validated = [r for r in rows if r.val]
     if validated:
         val_heads = ["Method", "Scale", "Run"] + [c.label for c in VAL_COLUMNS]
         lines += ["## Validation (held-out sources, last validation)", "", _md_row(val_heads),
                   "|" + "|".join(["---"] * len(val_heads)) + "|"]
-        lines += [_md_row([r.method, r.scale, _short(r)] + [_cell(r, c, r.val, False)[0] for c in VAL_COLUMNS])
-                  for r in validated]
+        lines += [_md_row([r.method, r.scale, _short(r)] + [_val_cell(r, c) for c in VAL_COLUMNS]) for r in validated]
         lines.append("")
     if bare:
         lines += ["## Runs without eval metrics", ""]
@@ -179,16 +309,15 @@ def markdown(rows: Sequence[RunRow], experiment: str, uri: str) -> str:
     return "\n".join(lines)
 
 
-def _html_table(rows: Sequence[RunRow], base: bool, columns: Sequence[Column] = COLUMNS, which: str = "") -> str:
-    """Eval metrics (tuned with their change, or `base`), or the RunRow field `which` (e.g. "val") as it is."""
+def _html_table(rows: Sequence[RunRow], prefix: str = "", columns: Sequence[Column] = COLUMNS) -> str:
+    """Eval metrics of `prefix` (eval: the tuned ones with their change; eval_base), or with no prefix the val ones."""
     heads = ["Method", "Scale", "Run"] + [c.label for c in columns]
     out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "</tr>"]
     for r in rows:
         cells = [f"<td>{html.escape(x)}</td>" for x in (r.method, r.scale, _short(r))]
         for c in columns:
-            values = getattr(r, which) if which else (r.base if base else r.tuned)
-            text, improved = _cell(r, c, values, not base and not which)
-            css = {True: ' class="better"', False: ' class="worse"'}.get(improved, "")
+            text, verdict = _cell(r, c, prefix) if prefix else (_val_cell(r, c), None)
+            css = {True: ' class="better"', False: ' class="worse"'}.get(verdict, "")
             cells.append(f"<td{css}>{html.escape(text)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     return "\n".join(out + ["</table>"])
@@ -203,24 +332,32 @@ def html_report(rows: Sequence[RunRow], experiment: str, uri: str) -> str:
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:nth-child(-n+3),th{text-align:left}"
         ".better{background:#dff0d8}.worse{background:#f2dede}</style></head><body>",
         f"<h1>Evaluation report: experiment <code>{html.escape(experiment)}</code></h1>",
-        f"<p>Store: <code>{html.escape(uri)}</code>. Each cell: the tuned model's metric, in brackets its change "
-        "against the base model of the same run (green: better, red: worse). CrowS-Pairs: 0.5 is unbiased; "
-        "StereoSet ICAT on 0..100.</p>",
+        f"<p>Store: <code>{html.escape(uri)}</code>. {html.escape(LEGEND)} Green: better, red: worse.</p>",
     ]
+    if notes(evaluated):
+        parts += ["<ul>"] + [f"<li>{html.escape(note)}</li>" for note in notes(evaluated)] + ["</ul>"]
     if evaluated:
-        parts += ["<h2>Tuned models (change against base)</h2>", _html_table(evaluated, base=False)]
+        parts += ["<h2>Tuned models (change against base)</h2>", _html_table(evaluated, tracking.PREFIX_EVAL)]
     if with_base:
-        parts += ["<h2>Base models</h2>", _html_table(with_base, base=True)]
+        parts += ["<h2>Base models</h2>", _html_table(with_base, tracking.PREFIX_EVAL_BASE)]
+    if labeller_marked(evaluated):
+        parts.append(f"<p>{html.escape(LABELLER_NOTE)}</p>")
     validated = [r for r in rows if r.val]
     if validated:
-        parts += ["<h2>Validation (held-out sources, last validation)</h2>",
-                  _html_table(validated, base=False, columns=VAL_COLUMNS, which="val")]
+        parts += ["<h2>Validation (held-out sources, last validation)</h2>", _html_table(validated, columns=VAL_COLUMNS)]
     if bare:
         parts += ["<h2>Runs without eval metrics</h2>", "<ul>"]
         parts += [f"<li>{html.escape(f'{r.method} / {r.scale}: run {_short(r)}, status {r.status}')}</li>" for r in bare]
         parts.append("</ul>")
     parts += ['<img src="alignment_tax.png" alt="alignment tax">', "</body></html>", ""]
     return "\n".join(parts)
+
+
+def _whisker(m: Measure) -> list[list[float]] | None:
+    """The interval as matplotlib's error bar lengths below and above the value."""
+    if m.low is None or m.high is None:
+        return None
+    return [[max(m.value - m.low, 0.0)], [max(m.high - m.value, 0.0)]]
 
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
@@ -243,14 +380,17 @@ def plot(rows: Sequence[RunRow], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
     for r in plotted:
         colour, marker = colours[r.method], markers[r.scale]
-        end = (r.tuned[tox], r.tuned[faith])
+        end = (r.tuned[tox].value, r.tuned[faith].value)
         if tox in r.base and faith in r.base:
-            start = (r.base[tox], r.base[faith])
+            start = (r.base[tox].value, r.base[faith].value)
             ax.scatter(*start, marker=marker, facecolors="none", edgecolors=colour, s=50, zorder=2)
             ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="->", color=colour, lw=1.6, shrinkA=4, shrinkB=6), zorder=1)
         ax.scatter(*end, marker=marker, color=colour, s=60, zorder=3)
+        xerr, yerr = _whisker(r.tuned[tox]), _whisker(r.tuned[faith])
+        if xerr is not None or yerr is not None:
+            ax.errorbar(*end, xerr=xerr, yerr=yerr, fmt="none", ecolor=colour, alpha=0.5, lw=1, zorder=2)
     if plotted:
-        ax.update_datalim([(r.base.get(tox, r.tuned[tox]), r.base.get(faith, r.tuned[faith])) for r in plotted])
+        ax.update_datalim([(r.base.get(tox, r.tuned[tox]).value, r.base.get(faith, r.tuned[faith]).value) for r in plotted])
         ax.autoscale_view()
         ax.margins(0.15)
         handles = [Line2D([], [], color=colours[m], lw=2, label=m) for m in methods]
@@ -262,7 +402,7 @@ def plot(rows: Sequence[RunRow], path: Path) -> Path:
                 transform=ax.transAxes)
     ax.set_xlabel("toxicity: mean P(toxic) of continuations (lower is better)")
     ax.set_ylabel("faithfulness of summaries (higher is better)")
-    ax.set_title("Alignment tax: base model → tuned model")
+    ax.set_title("Alignment tax: base model → tuned model (bars: 95% intervals)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
@@ -270,11 +410,13 @@ def plot(rows: Sequence[RunRow], path: Path) -> Path:
     return path
 
 
-def report(experiment: str, output_dir: str | Path, tracking_uri: str | None = None) -> dict[str, Any]:
-    """Write report.md, report.html, alignment_tax.png and log them to a new report run.
-    Raises ReportError when the experiment is missing or holds no runs."""
+def report(experiment: str, output_dir: str | Path, tracking_uri: str | None = None,
+           parent_run_id: str = "") -> dict[str, Any]:
+    """Write report.md, report.html, alignment_tax.png and log them to a new report run; of the
+    children of `parent_run_id` only when given. Raises ReportError when the experiment is missing or
+    holds no runs."""
     uri = tracking.resolve_uri(tracking_uri or "")
-    rows = collect(uri, experiment)
+    rows = collect(uri, experiment, parent_run_id)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "report.md", out / "report.html", out / "alignment_tax.png"]
@@ -286,7 +428,7 @@ def report(experiment: str, output_dir: str | Path, tracking_uri: str | None = N
         for path in files:
             run.log_artifact(path)
     return {"run_id": run.id, "files": [str(f) for f in files], "runs": len(rows),
-            "evaluated": sum(1 for r in rows if r.tuned), "tracking_uri": uri}
+            "evaluated": len(tables(rows)[0]), "tracking_uri": uri}
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,11 @@
 
     mean_interval(values)              mean over items, bootstrap interval over items (BCa)
     share_interval(successes, n)       share of items, Wilson score interval
+    combined_interval(columns, f)      f of the columns' means (e.g. StereoSet's ICAT of lms and ss),
+                                       bootstrap over items (rows)
     paired_change(base, tuned)         mean of tuned - base over the same items, paired bootstrap
     paired_binary_change(base, tuned)  change of a 0/1 share over the same items, exact McNemar
+    paired_combined_change(b, t, f)    f(tuned means) - f(base means) over the same items, paired bootstrap
     detectable(change)                 whether the change's interval excludes 0
 
 Every estimate carries its n: the number of items it used. NaN items (an item the metric could not
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,33 +55,65 @@ def _finite(values: Sequence[float]) -> np.ndarray:
     return array[~np.isnan(array)]
 
 
-def _bootstrap_interval(values: np.ndarray, confidence: float, seed: int, method: str) -> tuple[float, float]:
+def _bootstrap_interval(columns: tuple[np.ndarray, ...], statistic, confidence: float, seed: int,
+                        method: str) -> tuple[float, float]:
     with warnings.catch_warnings():  # scipy warns where BCa is undefined; the caller checks for NaN
         warnings.simplefilter("ignore")
-        interval = stats.bootstrap((values,), np.mean, n_resamples=RESAMPLES, batch=BATCH, vectorized=True,
-                                   confidence_level=confidence, method=method,
+        interval = stats.bootstrap(columns, statistic, n_resamples=RESAMPLES, batch=BATCH, vectorized=True,
+                                   paired=len(columns) > 1, confidence_level=confidence, method=method,
                                    rng=np.random.default_rng(seed)).confidence_interval
     return float(interval.low), float(interval.high)
 
 
-def _bootstrap_mean(values: np.ndarray, confidence: float, seed: int) -> Estimate:
-    n = len(values)
+def _bootstrap(columns: tuple[np.ndarray, ...], statistic, confidence: float, seed: int) -> Estimate:
+    """statistic(*columns, axis=-1) over the items (rows, resampled jointly across the columns)."""
+    n = len(columns[0])
     if n == 0:
         return Estimate(math.nan, 0, math.nan, math.nan)
-    value = float(np.mean(values))
-    if np.ptp(values) == 0:
+    value = float(statistic(*columns, axis=-1))
+    if all(np.ptp(c) == 0 for c in columns):
         return Estimate(value, n, value, value)
-    low, high = _bootstrap_interval(values, confidence, seed, "BCa")
+    low, high = _bootstrap_interval(columns, statistic, confidence, seed, "BCa")
     if not (math.isfinite(low) and math.isfinite(high)):
         # BCa is undefined when (almost) every resample falls on one side of the estimate, as with
         # heavily skewed few-valued data; the percentile interval is then the honest fallback.
-        low, high = _bootstrap_interval(values, confidence, seed, "percentile")
+        low, high = _bootstrap_interval(columns, statistic, confidence, seed, "percentile")
     return Estimate(value, n, low, high)
+
+
+def _bootstrap_mean(values: np.ndarray, confidence: float, seed: int) -> Estimate:
+    return _bootstrap((values,), np.mean, confidence, seed)
+
+
+def _rows(columns: Sequence[Sequence[float]]) -> tuple[np.ndarray, ...]:
+    """The columns as arrays of equal length, without the rows where any column is NaN."""
+    arrays = [np.asarray(c, dtype=float).reshape(-1) for c in columns]
+    if len({len(a) for a in arrays}) > 1:
+        raise ValueError(f"columns of unequal length {[len(a) for a in arrays]}: each row is one item")
+    keep = ~np.any([np.isnan(a) for a in arrays], axis=0)
+    return tuple(a[keep] for a in arrays)
+
+
+def _of_means(combine: Callable[..., np.ndarray], columns: int):
+    """The vectorised statistic combine(means of the first `columns` arrays) [- combine(means of the rest)]."""
+    def statistic(*arrays: np.ndarray, axis: int = -1) -> np.ndarray:
+        means = [np.mean(a, axis=axis) for a in arrays]
+        value = combine(*means[:columns])
+        return value - combine(*means[columns:]) if len(means) > columns else value
+    return statistic
 
 
 def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE, seed: int = 0) -> Estimate:
     """The mean of `values` with a bootstrap interval over items (BCa; percentile where BCa is undefined)."""
     return _bootstrap_mean(_finite(values), confidence, seed)
+
+
+def combined_interval(columns: Sequence[Sequence[float]], combine: Callable[..., np.ndarray],
+                      confidence: float = CONFIDENCE, seed: int = 0) -> Estimate:
+    """combine(mean of each column) with a bootstrap interval over items: row i of every column is
+    item i, resampled together. `combine` works elementwise on arrays (np.minimum, not min)."""
+    rows = _rows(columns)
+    return _bootstrap(rows, _of_means(combine, len(rows)), confidence, seed)
 
 
 def share_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> Estimate:
@@ -137,6 +172,18 @@ def paired_binary_change(base: Sequence[float], tuned: Sequence[float],
     interval = test.proportion_ci(confidence_level=confidence, method="exact")
     return Change(value, n, discordant * (2 * interval.low - 1) / n, discordant * (2 * interval.high - 1) / n,
                   float(test.pvalue))
+
+
+def paired_combined_change(base_columns: Sequence[Sequence[float]], tuned_columns: Sequence[Sequence[float]],
+                           combine: Callable[..., np.ndarray], confidence: float = CONFIDENCE,
+                           seed: int = 0) -> Change:
+    """combine(tuned column means) - combine(base column means) over the same items, with a paired
+    bootstrap: an item's base and tuned rows are resampled together."""
+    if len(base_columns) != len(tuned_columns):
+        raise ValueError(f"paired change: base has {len(base_columns)} columns but tuned has {len(tuned_columns)}")
+    rows = _rows([*tuned_columns, *base_columns])
+    estimate = _bootstrap(rows, _of_means(combine, len(tuned_columns)), confidence, seed)
+    return Change(estimate.value, estimate.n, estimate.low, estimate.high)
 
 
 def detectable(change: Estimate) -> bool:

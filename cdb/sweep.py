@@ -2,13 +2,13 @@
 
     python -m cdb.sweep --scales tiny,smol-135m,7b,13b --methods contrastive,sft,dpo
         [--config SWEEP.yaml] [--set KEY.PATH=VALUE ...] [--output-dir DIR] [--max-steps N] [--parallel N]
-        [--experiment NAME] [--tracking-uri URI] [--fresh]
+        [--experiment NAME] [--tracking-uri URI] [--fresh] [--period week|day]
 
 Settings (the grammar of every cdb entry point, cdb/settings.py): defaults <- --config FILE.yaml <-
 flags <- --set, over two kinds of key.
   - The sweep's own keys (SweepSettings, listed below; each flag is a shorthand for one of them).
   - Training keys, whose first part is a section of cdb.train's config (scale., data., objective.,
-    optim., train., eval., tracking.; configs/resolved/ shows them all). They go to every point, as
+    optim., train., eval., tracking.; cdb/configs/resolved/ shows them all). They go to every point, as
     `python -m cdb.train --set KEY=VALUE`, and are checked by resolving each point's config before
     anything starts. --max-steps N is the shorthand for train.max_steps=N. The sweep sets scale.name,
     objective.method, train.output_dir and tracking.* of each point itself.
@@ -25,8 +25,8 @@ Each point runs `python -m cdb.train --scale S --method M --output-dir DIR/S-M -
 --set tracking.parent_run_id=PARENT` (plus the training keys) in a subprocess of this driver. All of
 them join one Ray cluster: the one in RAY_ADDRESS (as under `ray job submit`), else a local one this
 command starts and stops. Points run one after another, or up to `parallel` at once while the
-cluster's CPUs and GPUs hold them (a point that cannot fit even an empty cluster is started alone, and
-the trainer's message recorded).
+cluster's free CPUs and GPUs (ray.available_resources: other sweeps and jobs hold theirs) hold them (a
+point that cannot fit even an empty cluster is started alone, and the trainer's message recorded).
 
 MLflow: one parent run per sweep (tag cdb.method=sweep, params scales/methods), every point a child
 run (tag mlflow.parentRunId). A point's outcome is a tag on the parent, `cdb.sweep.<scale>-<method>`
@@ -34,8 +34,14 @@ run (tag mlflow.parentRunId). A point's outcome is a tag on the parent, `cdb.swe
 failed point does not stop the sweep. Running the same command again with the same output_dir
 reuses the parent run and skips the points that finished (sweep.json says FINISHED, the model exists,
 same training keys); points stopped by a signal continue from their checkpoint (--resume).
-At the end cdb.report writes DIR/report/ and logs it to its own report run, beside the training runs
-(not a child of the parent; the parent's tag cdb.sweep.report names it).
+At the end cdb.report writes DIR/report/ over this sweep's points (the parent's children) and logs it
+to its own report run, beside the training runs (not a child of the parent; the parent's tag
+cdb.sweep.report names it).
+
+Scheduled sweeps (--period week|day): DIR becomes OUTPUT_DIR/<period> (2026-W49, 2026-12-02), so a new
+period is a new sweep in a new folder (new parent run, every point and its base evaluated anew) and the
+same command within a period continues that period's sweep; at its start a sweep deletes the point
+checkpoints of period folders older than the newest keep_periods.
 
 Exit codes: 0 every point finished and the report was written; 1 a point failed or the report could
 not be made; 2 bad arguments (nothing started); 75 stopped by SIGTERM/SIGINT (rerun to continue).
@@ -82,6 +88,9 @@ RESERVED_KEYS = {"scale.name": "scales", "objective.method": "methods", "train.o
                  "tracking.uri": "tracking_uri", "tracking.experiment": "experiment", "tracking.run_name": "",
                  "tracking.parent_run_id": ""}
 TRAINING_SECTIONS = tuple(f.name for f in dataclasses.fields(cfg.Config))
+PERIOD_FORMATS = {"week": "%G-W%V", "day": "%Y-%m-%d"}
+"""A period's folder name (strftime, UTC); both sort in time order as text."""
+PERIOD_NAMES = {"week": r"\d{4}-W\d{2}", "day": r"\d{4}-\d{2}-\d{2}"}
 
 
 class UsageError(Exception):
@@ -110,7 +119,8 @@ class SweepSettings:
     methods: tuple[str, ...] = ()
     """Training methods (objective.method) to train at every scale, e.g. [contrastive, sft]; at least one."""
     output_dir: str = DEFAULT_OUTPUT
-    """Sweep folder: sweep.json, logs/, report/ and one run folder per point (<scale>-<method>)."""
+    """Sweep folder: sweep.json, logs/, report/ and one run folder per point (<scale>-<method>); with
+    `period`, the folder that holds one such folder per period."""
     experiment: str = ""
     """MLflow experiment of the sweep and its runs; empty = the one in OUTPUT_DIR/sweep.json when
     continuing, else cdb-sweep."""
@@ -122,10 +132,21 @@ class SweepSettings:
     fresh: bool = False
     """Start a new sweep (new parent run, every point trained again) even if OUTPUT_DIR holds one; the
     old sweep.json is kept beside it."""
+    period: str = ""
+    """For scheduled sweeps: `week` keeps each ISO week's sweep in OUTPUT_DIR/<ISO year>-W<week> (e.g.
+    2026-W49), `day` each UTC day's in OUTPUT_DIR/<YYYY-MM-DD>. A new period is a new sweep in a new
+    folder (new parent run; every point trained and its base evaluated again; nothing of an earlier
+    period's runs reused); the same command again within the period continues it. Empty: the sweep
+    lives in OUTPUT_DIR itself."""
+    keep_periods: int = 4
+    """With `period`: how many period folders, the current one included, keep their points'
+    checkpoints; a sweep deletes <point>/checkpoints/ in the older ones (their models, logs, reports and
+    sweep.json stay). 0 keeps every checkpoint."""
 
 
 FLAG_KEYS = {"scales": "scales", "methods": "methods", "output_dir": "output_dir", "experiment": "experiment",
-             "tracking_uri": "tracking_uri", "parallel": "parallel", "fresh": "fresh", "max_steps": "train.max_steps"}
+             "tracking_uri": "tracking_uri", "parallel": "parallel", "fresh": "fresh", "period": "period",
+             "max_steps": "train.max_steps"}
 """Each flag (argparse dest) is a shorthand for one key: a sweep key, or a training key for every point."""
 
 
@@ -167,6 +188,10 @@ def resolve_settings(config_file: str | None = None, sets: Sequence[str] = ()) -
         raise cfg.ConfigError("methods: give at least one training method, e.g. --methods contrastive")
     if sweep.parallel < 1:
         raise cfg.ConfigError(f"parallel: must be >= 1, got {sweep.parallel}")
+    if sweep.period not in ("", *PERIOD_FORMATS):
+        raise cfg.ConfigError(f"period: {sweep.period!r} is not one of: '' (none), {', '.join(PERIOD_FORMATS)}")
+    if sweep.keep_periods < 0:
+        raise cfg.ConfigError(f"keep_periods: must be >= 0 (0 keeps every checkpoint), got {sweep.keep_periods}")
     for item in training:
         key = item.split("=", 1)[0]
         if key in RESERVED_KEYS:
@@ -217,7 +242,7 @@ def _settings_help() -> str:
     for key, kind, default, doc in settings.describe(SweepSettings):
         lines += textwrap.wrap(f"{key} ({kind}, default {default!r}): {doc}", 100, initial_indent="  ",
                                subsequent_indent="      ")
-    lines.append("training keys: SECTION.FIELD of cdb.train's config, for every point; see configs/resolved/tiny.yaml")
+    lines.append("training keys: SECTION.FIELD of cdb.train's config, for every point; see cdb/configs/resolved/tiny.yaml")
     return "\n".join(lines)
 
 
@@ -231,6 +256,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--tracking-uri", metavar="URI", help="= --set tracking_uri=URI")
     p.add_argument("--parallel", type=int, metavar="N", help="= --set parallel=N")
     p.add_argument("--fresh", action="store_true", default=None, help="= --set fresh=true")
+    p.add_argument("--period", choices=tuple(PERIOD_FORMATS), help="= --set period=P")
     p.add_argument("--max-steps", type=int, metavar="N", help="= --set train.max_steps=N (every point)")
     settings.add_arguments(p, "sweep and training")
     return p.parse_args(argv)
@@ -280,27 +306,71 @@ def is_done(entry: Mapping | None, point_dir: Path, spec: Mapping) -> bool:
 # --- scheduling ---------------------------------------------------------------------------------
 
 
-def fits(point: Point, total: Mapping[str, float], used_cpus: int = 0, used_gpus: int = 0) -> bool:
-    return point.cpus + used_cpus <= int(total.get("CPU", 0)) and point.gpus + used_gpus <= int(total.get("GPU", 0))
+def fits(point: Point, resources: Mapping[str, float], used_cpus: int = 0, used_gpus: int = 0) -> bool:
+    return point.cpus + used_cpus <= int(resources.get("CPU", 0)) and point.gpus + used_gpus <= int(resources.get("GPU", 0))
 
 
-def admit(pending: Sequence[Point], running: Iterable[Point], total: Mapping[str, float], parallel: int) -> list[Point]:
+def admit(pending: Sequence[Point], running: Iterable[Point], total: Mapping[str, float], parallel: int,
+          available: Mapping[str, float] | None = None) -> list[Point]:
     """The pending points to start now, in order (later ones may fill room an earlier one cannot use).
 
-    A point starts when fewer than `parallel` run and the cluster's CPUs and GPUs hold it beside the
-    running ones. A point that would not fit even an empty cluster starts only when nothing runs:
-    the trainer then decides (it fails at once with what it needs and what there is)."""
+    A point starts when fewer than `parallel` run and the cluster's free (available) CPUs and GPUs
+    hold it beside the running ones: another sweep or job on the cluster holds what it uses. This
+    sweep's running points count against the free resources even when they hold theirs already (a
+    point just started may not have claimed them yet), so a sweep may start fewer points than would
+    fit, never more. A point that would not fit even the whole, empty cluster starts only when nothing
+    of this sweep runs: the trainer then decides (it fails at once with what it needs and what there is).
+    `available` None: the whole cluster is free."""
+    available = total if available is None else available
     running = list(running)
     started: list[Point] = []
     for point in pending:
         active = running + started
         if len(active) >= parallel:
             break
-        if not active:
-            started.append(point)
-        elif fits(point, total) and fits(point, total, sum(p.cpus for p in active), sum(p.gpus for p in active)):
+        used = sum(p.cpus for p in active), sum(p.gpus for p in active)
+        if not fits(point, total):
+            if not active:
+                started.append(point)
+        elif fits(point, total, *used) and fits(point, available, *used):
             started.append(point)
     return started
+
+
+def period_folder(base: Path, period: str, now: datetime) -> Path:
+    """The sweep's folder: `base`, or its subfolder for the period `now` falls in (see SweepSettings.period)."""
+    return base / now.astimezone(timezone.utc).strftime(PERIOD_FORMATS[period]) if period else base
+
+
+def _locked(folder: Path) -> bool:
+    """Whether a sweep holds `folder`'s lock now."""
+    if not (folder / LOCK_FILE).exists():
+        return False
+    with (folder / LOCK_FILE).open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def prune_checkpoints(base: Path, period: str, keep: int, current: Path) -> list[Path]:
+    """Delete <point>/checkpoints/ in `base`'s period folders older than the newest `keep` (`current`
+    counted among them); a folder a running sweep holds is left alone. Returns what was deleted."""
+    if keep <= 0 or not base.is_dir():
+        return []
+    folders = sorted({p for p in base.iterdir() if p.is_dir() and re.fullmatch(PERIOD_NAMES[period], p.name)
+                      and p.name < current.name})
+    removed = []
+    for folder in folders[:max(len(folders) - (keep - 1), 0)]:
+        if not (folder / STATE_FILE).is_file() or _locked(folder):
+            continue
+        for checkpoints in sorted(folder.glob("*/checkpoints")):
+            if (checkpoints.parent / tracking.RUN_FILE).is_file():  # a point's run folder
+                shutil.rmtree(checkpoints)
+                removed.append(checkpoints)
+    return removed
 
 
 # --- one point: a cdb.train subprocess ----------------------------------------------------------
@@ -339,8 +409,7 @@ def train_command(point: Point, point_dir: Path, uri: str, experiment: str, pare
     for item in overrides:
         cmd += ["--set", item]
     cmd += ["--set", f"tracking.parent_run_id={parent_run_id}"]
-    if resume:
-        cmd.append("--resume")
+    cmd.append("--resume" if resume else "--fresh")  # a point not resumed starts anew, its old folder archived
     return cmd
 
 
@@ -450,13 +519,14 @@ def _remove_tree(path: str, attempts: int = 10) -> None:
         time.sleep(1)
 
 
-def cluster_total() -> dict:
+def cluster_resources() -> tuple[dict, dict]:
+    """(the cluster's total resources, those free now)."""
     import ray
 
     try:
-        return dict(ray.cluster_resources())
+        return dict(ray.cluster_resources()), dict(ray.available_resources())
     except Exception:  # a hiccup reading resources: assume only what already runs fits
-        return {}
+        return {}, {}
 
 
 # --- the sweep ----------------------------------------------------------------------------------
@@ -470,7 +540,8 @@ class Sweep:
     def __init__(self, sweep_settings: SweepSettings, overrides: Sequence[str], points: list[Point],
                  echo: Callable[[str], None] = print):
         self.settings, self.overrides, self.points, self.echo = sweep_settings, tuple(overrides), points, echo
-        self.output_dir = Path(sweep_settings.output_dir).resolve()
+        self.output_dir = period_folder(Path(sweep_settings.output_dir).resolve(), sweep_settings.period,
+                                        datetime.now(timezone.utc))
         self.spec = spec_of(overrides)
         self.jobs: dict[str, Job] = {}
         self.stop_signals: list[int] = []
@@ -537,6 +608,10 @@ class Sweep:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         lock = self.lock_output_dir()
         try:
+            if self.settings.period:
+                for removed in prune_checkpoints(self.output_dir.parent, self.settings.period,
+                                                 self.settings.keep_periods, self.output_dir):
+                    self.say(f"[sweep] removed {removed} (keep_periods={self.settings.keep_periods})")
             return self._run()
         finally:
             lock.close()
@@ -613,10 +688,18 @@ class Sweep:
     def loop(self, pending: list[Point], state: dict, env: dict, index: dict, n: int) -> None:
         uri, experiment, parent = state["tracking_uri"], state["experiment"], state["parent_run_id"]
         last_beat = time.monotonic()
+        waiting = False  # said that nothing of this sweep runs and the next point does not fit
         while (pending and not self.stop_signals) or self.jobs:
             if pending and not self.stop_signals:
-                total = cluster_total() if self.settings.parallel > 1 else {}
-                for point in admit(pending, [j.point for j in self.jobs.values()], total, self.settings.parallel):
+                total, available = cluster_resources()
+                admitted = admit(pending, [j.point for j in self.jobs.values()], total, self.settings.parallel, available)
+                if not admitted and not self.jobs and not waiting:
+                    waiting = True
+                    self.say(f"[sweep] waiting for room for {pending[0].name}: the cluster has "
+                             f"{int(available.get('CPU', 0))} CPUs, {int(available.get('GPU', 0))} GPUs free "
+                             "(other jobs hold the rest)")
+                for point in admitted:
+                    waiting = False
                     pending.remove(point)
                     self.launch(point, index[point.name], n, state, env, uri, experiment, parent)
             for name, job in list(self.jobs.items()):
@@ -696,9 +779,9 @@ class Sweep:
         from cdb.report import ReportError, report
 
         out = self.output_dir / "report"
-        self.say(f"[sweep] writing the report of experiment '{experiment}' to {out}")
+        self.say(f"[sweep] writing the report of this sweep (parent run {parent}) to {out}")
         try:
-            result = report(experiment, out, uri)
+            result = report(experiment, out, uri, parent_run_id=parent)
             # The report run stays beside the training runs, not among them; the parent points to it.
             tracking.Run(uri, parent).set_tags({tracking.TAG_SWEEP_REPORT: result["run_id"]})
         except ReportError as exc:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 RUN_FILE = "run.json"
-"""In OUTPUT_DIR: the MLflow run and Ray run name of the job, for --resume and cdb.sync."""
+"""In OUTPUT_DIR: the MLflow run and Ray run name of the job, for a rerun (which continues it) and cdb.sync."""
 SPOOL_FILE = "metrics.jsonl"
 """In OUTPUT_DIR: metrics that could not reach the tracking server yet."""
 
@@ -77,7 +77,7 @@ TAG_NOTE = "mlflow.note.content"
 """The command line that made the run (its arguments only: nothing from the environment; passwords in
 URLs masked)."""
 
-RUN_SPECIFIC_KEYS = ("train.output_dir", "tracking.uri", "tracking.run_name", "tracking.parent_run_id")
+RUN_SPECIFIC_KEYS = ("train.output_dir", "train.storage_path", "tracking.uri", "tracking.run_name", "tracking.parent_run_id")
 """Config keys whose values differ on every run by construction: logged as tags `cdb.<key>`, not as
 params, so the Compare view's params show only what a user chose."""
 
@@ -114,6 +114,37 @@ PREFIX_EVAL = "eval"
 """cdb.eval of the trained model (or of a model as it is, in an evaluation run)."""
 PREFIX_EVAL_BASE = "eval_base"
 """cdb.eval of the starting model, logged into the training run before training."""
+PREFIX_DELTA = "delta"
+"""The tuned model's change against the base (eval/ minus eval_base/), paired over the items both
+evaluated; logged on the training run after its eval/ (cdb.eval.estimates)."""
+
+INTERVAL_SUFFIXES = ("_n", "_ci95_low", "_ci95_high")
+"""Beside every eval/, eval_base/ and delta/ metric `K`: K_n (items it used), K_ci95_low, K_ci95_high."""
+TAG_DELTA_WITHHELD = "cdb.delta.withheld"
+"""Why no delta/ metrics were logged (base and tuned not comparable); empty when they were."""
+
+
+def interval_metrics(key: str, value: float, n: int, low: float, high: float) -> dict[str, float]:
+    """A metric with its n and 95% interval, under the names of INTERVAL_SUFFIXES."""
+    return {key: value, **dict(zip((key + s for s in INTERVAL_SUFFIXES), (n, low, high)))}
+
+
+def split_interval_metrics(metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """{K: {"value", "n", "ci95_low", "ci95_high"}} from the flat names interval_metrics writes."""
+    fields = dict(zip(INTERVAL_SUFFIXES, ("n", "ci95_low", "ci95_high")))
+    out: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        suffix = next((s for s in INTERVAL_SUFFIXES if key.endswith(s)), None)
+        if suffix is None:
+            out.setdefault(key, {})["value"] = value
+        else:
+            out.setdefault(key[:-len(suffix)], {})[fields[suffix]] = value
+    return {k: v for k, v in out.items() if "value" in v}
+
+
+def undefined_tag(prefix: str, metric: str) -> str:
+    """Why `<prefix>/<metric>` is absent: the metric is undefined for that evaluation."""
+    return eval_tag(prefix, f"undefined.{metric}")
 
 
 def metric_key(prefix: str, name: str) -> str:
@@ -421,7 +452,7 @@ class RunLogger:
         """Called after a restore: find the last step already in the run (or in the spool)."""
         if not self.active:
             return
-        steps = [entry["step"] for entry in read_spool(self.spool)]
+        steps = [entry["step"] for entry in read_spool(self.spool, self.run_id)]
         try:
             steps += [m.step for m in self._client.get_metric_history(self.run_id, metric)]
         except Exception as exc:  # an unreachable server: the spool alone tells
@@ -431,7 +462,8 @@ class RunLogger:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         if not self.active or step <= self.logged_through:
             return
-        entry = {"step": step, "timestamp": int(time.time() * 1000), "metrics": {k: float(v) for k, v in metrics.items()}}
+        entry = {"run_id": self.run_id, "step": step, "timestamp": int(time.time() * 1000),
+                 "metrics": {k: float(v) for k, v in metrics.items()}}
         try:
             replay_spool(self._client, self.run_id, self.spool)
             _log_entries(self._client, self.run_id, [entry])
@@ -455,19 +487,35 @@ def _log_entries(client, run_id: str, entries: list[dict]) -> None:
         client.log_batch(run_id, metrics=metrics[start:start + 500])
 
 
-def read_spool(spool: Path) -> list[dict]:
+def _spooled(spool: Path) -> list[dict]:
     if not spool.exists():
         return []
     return [json.loads(line) for line in spool.read_text().splitlines() if line.strip()]
 
 
+def _of_run(entry: dict, run_id: str | None) -> bool:
+    # Spooled before the run had an id (the server was down at its start): the folder's current run.
+    return entry.get("run_id") in (None, run_id)
+
+
+def read_spool(spool: Path, run_id: str | None) -> list[dict]:
+    """The spooled entries of run `run_id`: an earlier run's, left in the same folder, are never its."""
+    return [entry for entry in _spooled(spool) if _of_run(entry, run_id)]
+
+
 def replay_spool(client, run_id: str, spool: Path) -> int:
-    """Log every spooled entry, then empty the spool. Returns how many steps were replayed."""
-    entries = read_spool(spool)
-    if entries:
-        _log_entries(client, run_id, entries)
-        spool.unlink()
-    return len(entries)
+    """Log the run's spooled entries, then drop them from the spool (another run's stay, never
+    replayed into this one). Returns how many steps were replayed."""
+    entries = _spooled(spool)
+    mine = [entry for entry in entries if _of_run(entry, run_id)]
+    if mine:
+        _log_entries(client, run_id, mine)
+        others = [entry for entry in entries if not _of_run(entry, run_id)]
+        if others:
+            spool.write_text("".join(json.dumps(entry) + "\n" for entry in others))
+        else:
+            spool.unlink()
+    return len(mine)
 
 
 def sync(output_dir: str | Path) -> int:

@@ -13,26 +13,29 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
 
 from cdb import config as cfg
+from cdb import raylog
 from cdb.data.records import DataError, load_records, write_rejected
-from cdb.loop import STOP_FILE
 from cdb.model import cache_dir, count_parameters, load_tokenizer, prepare_model_source
 from cdb.objective import METHODS
 from cdb.scales import ALIASES, SCALES
+from cdb.storage import Storage, nodes_not_seeing
 
 EXIT_CONFIG = 2
 EXIT_DATA = 3
 EXIT_RESOURCES = 4
 EXIT_FAILED = 1
-EXIT_STOPPED = 75  # SIGTERM/SIGINT: checkpointed and stopped cleanly; rerun with --resume
+EXIT_STOPPED = 75  # SIGTERM/SIGINT: checkpointed and stopped cleanly; the same command continues
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,30 +56,98 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--run-name", help="MLflow run name (tracking.run_name)")
     p.add_argument("--config", help="YAML file with config sections (scale, data, objective, optim, train, eval, tracking)")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override any config field; repeatable")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --output-dir from its latest checkpoint, with its saved config.yaml")
+    p.add_argument("--storage-path", help="object store for checkpoints, model and evaluation outputs, e.g. "
+                   "s3://bucket/path (train.storage_path); default: the run folder")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run in --output-dir with its saved config.yaml, this command's flags and --set on top "
+                       "(without it, the same command continues the run; another config is refused)")
+    again.add_argument("--fresh", action="store_true",
+                       help="start a new run even if --output-dir holds one: that folder is renamed to <folder>.archived-<time>")
     return p.parse_args(argv)
 
 
 FLAG_KEYS = {
     "model": "scale.model", "data": "data.path", "method": "objective.method", "max_steps": "train.max_steps",
     "epochs": "train.epochs", "num_workers": "scale.num_workers", "output_dir": "train.output_dir",
+    "storage_path": "train.storage_path",
     "tracking_uri": "tracking.uri", "experiment": "tracking.experiment", "run_name": "tracking.run_name",
 }
 
 
-def config_from_args(args: argparse.Namespace) -> cfg.Config:
+def command_flags(args: argparse.Namespace) -> dict:
+    """The command's flags as config keys."""
     flags = {key: getattr(args, name) for name, key in FLAG_KEYS.items() if getattr(args, name) is not None}
     if args.no_gpu:
         flags["scale.gpus_per_worker"] = 0
-    config = cfg.with_run_output_dir(cfg.resolve(config_file=args.config, flags=flags, sets=args.set, scale=args.scale))
-    if args.resume and not args.config:
-        # The run's own resolved config, with this command's flags and --set on top.
-        saved = Path(config.train.output_dir) / "config.yaml"
+    return flags
+
+
+def config_from_args(args: argparse.Namespace) -> cfg.Config:
+    return cfg.with_run_output_dir(cfg.resolve(config_file=args.config, flags=command_flags(args), sets=args.set,
+                                               scale=args.scale))
+
+
+RUN_RECORD = ("config.yaml", "run.json")
+"""The files in OUTPUT_DIR that make it a run (the resolved config; the MLflow run and Ray run name);
+kept in an object-store train.storage_path too, so that a new cluster finds the run there."""
+
+
+def keep_run_record(config: cfg.Config) -> None:
+    """A copy of the run's record in its object store (nothing to do when the storage is the run folder)."""
+    storage = Storage.of(config)
+    if storage.remote:
+        for name in RUN_RECORD:
+            storage.upload(Path(config.train.output_dir) / name, name)
+
+
+def differing_keys(saved: cfg.Config, config: cfg.Config) -> list[str]:
+    before, now = saved.flat(), config.flat()
+    return [f"{key} ({before[key]!r} in the run, {value!r} now)" for key, value in now.items() if before[key] != value]
+
+
+def continue_or_start(config: cfg.Config, args: argparse.Namespace) -> tuple[cfg.Config, bool]:
+    """(the config to run, whether it continues the run in train.output_dir).
+
+    Running the same command again is the same run: it continues from the latest checkpoint into the
+    same MLflow run (a RayJob retry, a resubmitted job, a rerun after a crash or a stop). A different
+    config against the folder's run is refused naming the keys; `--resume` continues it with this
+    command's flags and --set over its saved config; `--fresh` starts a new run (prepare_run archives
+    the folder). A run folder lost with its machine is restored from an object-store storage."""
+    output_dir = Path(config.train.output_dir)
+    saved = output_dir / "config.yaml"
+    storage = Storage.of(config)
+    if args.fresh:
+        if storage.remote and storage.exists("config.yaml"):
+            raise cfg.ConfigError(f"--fresh: {storage.uri()} holds a run, and objects in an object store are not "
+                                  "archived; give the new run its own --storage-path")
+        return config, False
+    if storage.remote and not saved.is_file() and storage.exists("config.yaml"):
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for name in RUN_RECORD:
+            if storage.exists(name):
+                storage.download(output_dir / name, name)
+        print(f"[cdb] run record restored from {storage.uri()}", flush=True)
+    if args.resume:
         if not saved.is_file():
-            raise cfg.ConfigError(f"--resume: {saved} not found; nothing to resume in {config.train.output_dir}")
-        config = cfg.resolve(config_file=str(saved), flags=flags, sets=args.set, scale=args.scale)
-    return cfg.with_run_output_dir(config)
+            raise cfg.ConfigError(f"--resume: {saved} not found; nothing to resume in {output_dir}")
+        if not args.config:  # the run's own resolved config, with this command's flags and --set on top
+            config = cfg.with_run_output_dir(cfg.resolve(config_file=str(saved), flags=command_flags(args), sets=args.set,
+                                                         scale=args.scale))
+        return config, True
+    if not saved.is_file():
+        return config, False
+    try:
+        previous = cfg.from_dict(cfg.load_yaml(saved))
+    except cfg.ConfigError as exc:
+        raise cfg.ConfigError(f"{saved}: {exc}; continue it with --resume, or start anew with --fresh") from None
+    differing = differing_keys(previous, config)
+    if differing:
+        raise cfg.ConfigError(f"{output_dir} holds a run with another config: {'; '.join(differing)}. Run its own "
+                              "command to continue it, --resume to continue it with these changes, --fresh to archive "
+                              "it and start anew, or choose another --output-dir")
+    print(f"[cdb] continuing the run in {output_dir}", flush=True)
+    return config, True
 
 
 def check_batches(config: cfg.Config, n_records: int) -> str | None:
@@ -103,6 +174,8 @@ def preflight_output(config: cfg.Config, parameters: int) -> str | None:
             pass
     except OSError as exc:
         return f"train.output_dir: {target} cannot be created or written ({existing}: {exc.strerror})"
+    if config.train.storage_path:  # checkpoints and the model go to the object store
+        return None
     # fp32 master weights + Adam moments + weights: ~16 bytes per parameter per kept checkpoint
     # (plus one being written), and the exported model.
     need = parameters * (16 * (config.train.keep_checkpoints + 1) + 4)
@@ -118,17 +191,24 @@ def preflight_output(config: cfg.Config, parameters: int) -> str | None:
 
 def train_loop_per_worker(loop: dict) -> None:
     """One Ray Train worker = one DeepSpeed rank: cdb.loop.run_worker with Ray Train's checkpoints."""
+    import ray
     import ray.train
 
     from cdb.loop import run_worker
 
     context = ray.train.get_context()
+    stop = loop["stop"]
 
     def save(directory: str, metrics: dict) -> None:
+        # Uploaded (and the local copy deleted) in the background while the next steps train; Ray
+        # Train waits for pending uploads before the worker ends, and only an uploaded checkpoint
+        # becomes the one a rerun resumes from.
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
-                         checkpoint_dir_name=f"step_{metrics['step']:07d}")
+                         checkpoint_dir_name=f"step_{metrics['step']:07d}",
+                         checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
 
-    run_worker(loop["args"], context.get_world_rank(), context.get_world_size(), ray.train.get_checkpoint(), save)
+    run_worker(loop["args"], context.get_world_rank(), context.get_world_size(), ray.train.get_checkpoint(), save,
+               lambda: ray.get(stop.is_requested.remote()))
 
 
 # --- the driver ---------------------------------------------------------------------------------
@@ -153,32 +233,57 @@ def _ray_init(config: cfg.Config) -> None:
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+        ray.init(log_to_driver=True, runtime_env=raylog.RUNTIME_ENV)
         return
     # One folder per driver: two local clusters sharing one would find each other and clash.
     temp_dir = Path(tempfile.gettempdir()) / f"cdb-ray-{os.getuid()}" / str(os.getpid())
     ray.init(num_cpus=max(os.cpu_count() or 1, config.scale.num_workers), include_dashboard=False,
-             _temp_dir=str(temp_dir), configure_logging=False, log_to_driver=True)
+             _temp_dir=str(temp_dir), configure_logging=False, log_to_driver=True,
+             runtime_env=raylog.RUNTIME_ENV)
 
 
 def run_eval(config: cfg.Config, model: str, prefix: str, run: dict, output_dir: Path) -> None:
-    """cdb.eval on the driver, into this run under `prefix/` (eval_base: before, eval: after)."""
-    from cdb.eval import evaluate
+    """cdb.eval into this run under `prefix/` (eval_base: before, eval: after), on the training
+    workers' resources (as many copies of the model as workers, each with a worker's GPUs, in the
+    scale's precision), data-parallel over the items: the driver loads no weights."""
+    from cdb.eval.remote import evaluate_on_cluster
 
     if not run["run_id"]:
         print(f"[cdb] warning: no MLflow run to log {prefix}/ into (server unreachable); skipping it", flush=True)
         return
     print(f"[cdb] evaluating {model} ({config.eval.suite} suite) as {prefix}/...", flush=True)
     try:
-        summary = evaluate(model, config.eval, prefix=prefix, run_id=run["run_id"],
-                           tracking_uri=run["tracking_uri"], output_dir=output_dir / prefix,
-                           experiment=config.tracking.experiment)
+        scale, storage = config.scale, Storage.of(config)
+        gpus = scale.gpus_per_worker
+        summary = evaluate_on_cluster(model, config.eval, scale.num_workers, gpus,
+                                      storage=storage if storage.remote else None, prefix=prefix,
+                                      run_id=run["run_id"], tracking_uri=run["tracking_uri"],
+                                      output_dir=output_dir / prefix, experiment=config.tracking.experiment,
+                                      precision=scale.precision if gpus else "fp32")
+        if storage.remote:  # the evaluation's files, kept in storage, read here by log_changes and --resume
+            storage.download(output_dir / prefix, prefix)
     except Exception as exc:  # an evaluation problem must not cost the training run
         print(f"[cdb] warning: {prefix} evaluation failed: {type(exc).__name__}: {exc}", flush=True)
         return
     shown = ("toxicity/mean_toxicity", "faithfulness/faithfulness", "bias/crows_stereo_share")
     print(f"[cdb] {prefix}: " + ", ".join(f"{k} {summary['metrics'][f'{prefix}/{k}']:.4f}" for k in shown
-                                          if summary["metrics"].get(f"{prefix}/{k}") is not None), flush=True)
+                                          if f"{prefix}/{k}" in summary["metrics"]), flush=True)
+
+
+def log_changes(run: dict, output_dir: Path) -> None:
+    """delta/ on this run: the trained model against the starting one, paired over their items."""
+    from cdb import tracking
+    from cdb.eval.estimates import log_changes as log
+
+    if not run["run_id"]:
+        return
+    try:
+        result = log(tracking.Run(run["tracking_uri"], run["run_id"]), output_dir)
+    except Exception as exc:  # like an evaluation problem, it must not cost the training run
+        print(f"[cdb] warning: no change against the base model: {type(exc).__name__}: {exc}", flush=True)
+        return
+    if result["withheld"]:
+        print(f"[cdb] change against the base model withheld: {result['withheld']}", flush=True)
 
 
 def check_resources(config: cfg.Config, available: dict) -> str | None:
@@ -221,6 +326,24 @@ def validate(config: cfg.Config) -> tuple[list, list]:
     except cfg.ConfigError as exc:
         raise Failure(EXIT_CONFIG, str(exc)) from None
     return records, rejected
+
+
+def check_storage(config: cfg.Config) -> None:
+    """On a cluster joined (RAY_ADDRESS), refuse before anything is trained a storage that not every
+    node sees as the same: the driver writes a token there and a task on each node reads it."""
+    if not os.environ.get("RAY_ADDRESS"):
+        return  # a local Ray: one node, the driver's own
+    storage = Storage.of(config)
+    key = "train.storage_path" if config.train.storage_path else "train.output_dir"
+    try:
+        missing = nodes_not_seeing(storage)
+    except OSError as exc:
+        raise Failure(EXIT_CONFIG, f"{key}: cannot write to {storage.uri()}: {exc}") from None
+    if missing:
+        raise Failure(EXIT_CONFIG, f"{key}: {storage.uri()} is not the same folder on every node of the Ray cluster, "
+                      f"and every node writes there (checkpoints, the model). Not seen by: {'; '.join(missing)}. Use a "
+                      "folder on a mount that every node shares (on k8s the RWX volume under /shared) as --output-dir, "
+                      "or an object store as --storage-path (s3://BUCKET/PATH, gs://BUCKET/PATH)")
 
 
 def connect(config: cfg.Config) -> None:
@@ -267,24 +390,37 @@ def trained_parameters(config: cfg.Config, lm_parameters: int) -> int:
     return lm_parameters + contrast_head_params(hidden, config.objective.projection_dim)
 
 
-def prepare_run(config: cfg.Config, resume: bool, n_records: int, rejected: list, parameters: int) -> dict:
-    """The run folder (config.yaml, run.json) and its MLflow run: new, or the saved one on --resume."""
+def archive(output_dir: Path) -> Path:
+    """Rename a run folder out of the way (never delete it): <folder>.archived-<time>."""
+    target = output_dir.with_name(f"{output_dir.name}.archived-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(output_dir, target)
+    return target
+
+
+def prepare_run(config: cfg.Config, continuing: bool, args: argparse.Namespace, n_records: int, rejected: list,
+                parameters: int) -> dict:
+    """The run folder (config.yaml, run.json) and its MLflow run: new (the folder archived first with
+    --fresh), or the folder's own when continuing, its record left as it is (config.yaml rewritten
+    only by --resume, which may change it)."""
     from cdb import tracking
 
     output_dir = Path(config.train.output_dir)
     run_file = output_dir / tracking.RUN_FILE
-    if resume and not run_file.is_file():
+    if args.resume and not run_file.is_file():
         raise Failure(EXIT_CONFIG, f"--resume: {run_file} not found; nothing to resume")
+    if args.fresh and output_dir.exists():
+        print(f"[cdb] --fresh: the previous run folder is now {archive(output_dir)}", flush=True)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / STOP_FILE).unlink(missing_ok=True)
-    config.save(output_dir / "config.yaml")
+    if not continuing or args.resume:
+        config.save(output_dir / "config.yaml")
     if rejected:
         write_rejected(rejected, output_dir / "rejected.jsonl")
 
     uri = tracking.resolve_uri(config.tracking.uri)
     scale = config.scale
-    if resume:
-        run = json.loads(run_file.read_text())
+    saved = json.loads(run_file.read_text()) if continuing and run_file.is_file() else None
+    if saved:
+        run = dict(saved)
     else:
         # Each setting once, under its config key; what is not a setting under its own name.
         settings = config.flat()
@@ -303,7 +439,9 @@ def prepare_run(config: cfg.Config, resume: bool, n_records: int, rejected: list
                "run_name": config.tracking.run_name or tracking.run_name(scale.name, config.objective.method),
                "params": {k: str(v) for k, v in params.items()}, "tags": tags}
     run["run_id"] = tracking.ensure_run(run, output_dir)
-    tracking.write_run_file(run, output_dir)
+    if run != saved:
+        tracking.write_run_file(run, output_dir)
+    keep_run_record(config)
     return run
 
 
@@ -319,63 +457,82 @@ def log_lineage(run: dict, what: str, log) -> None:
         print(f"[cdb] warning: could not record the {what} in MLflow: {type(exc).__name__}: {exc}", flush=True)
 
 
-def make_trainer(config: cfg.Config, run: dict, model_source: str):
-    """Ray Train's TorchTrainer over cdb's worker loop, checkpointing under the run folder."""
+def make_trainer(config: cfg.Config, run: dict, model_source: str, stop):
+    """Ray Train's TorchTrainer over cdb's worker loop, checkpointing into the run's storage; `stop`:
+    the StopRequest actor its workers read."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from cdb.loop import WorkerArgs
 
-    scale, cpu = config.scale, config.scale.gpus_per_worker == 0
+    scale, cpu, storage = config.scale, config.scale.gpus_per_worker == 0, Storage.of(config)
     args = WorkerArgs(config=config, model_source=model_source, cpu=cpu, tracking_uri=run["tracking_uri"],
                       run_id=run["run_id"], torch_extensions_dir=str(cache_dir() / "torch_extensions"))
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"args": args},
+        train_loop_config={"args": args, "stop": stop},
         torch_config=TorchConfig(backend="gloo" if cpu else "nccl"),
         scaling_config=ScalingConfig(
             num_workers=scale.num_workers, use_gpu=not cpu,
             resources_per_worker={"CPU": 1, **({} if cpu else {"GPU": scale.gpus_per_worker})},
         ),
         run_config=RunConfig(
-            name=run["ray_name"],  # the same name on --resume: Ray Train restores its latest checkpoint
-            storage_path=str(Path(config.train.output_dir) / "checkpoints"),
+            name=run["ray_name"],  # the same name when continuing: Ray Train restores its latest checkpoint
+            storage_path=storage.path("checkpoints"), storage_filesystem=storage.fs,
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=config.train.max_failures),
+            logging_config=raylog.train_logging_config(),
         ),
     )
 
 
-def fit(trainer, output_dir: Path):
-    """trainer.fit() with SIGTERM/SIGINT turned into a checkpoint-and-stop request.
+def fit(trainer, stop):
+    """trainer.fit() with SIGTERM/SIGINT (`ray job stop`, a pod's termination) turned into a stop
+    request that reaches every rank on every node through the StopRequest actor `stop`: rank 0 reads
+    it at the next step and all-reduces it, every rank writes its part of a checkpoint and returns.
     Returns (Ray's result, whether a stop was requested)."""
-    stop_signals = []
+    stop_signals, received = [], threading.Event()
 
     def request_stop(signum, _frame):
-        # Workers see the file at the next step boundary, checkpoint, and return.
-        (output_dir / STOP_FILE).touch()
         stop_signals.append(signum)
+        received.set()
         print(f"\n[cdb] {signal.Signals(signum).name}: checkpointing at the next step, then stopping", flush=True)
 
+    def forward() -> None:  # a Ray call of its own thread: the handler interrupts the driver's Ray calls
+        received.wait()
+        if stop_signals:
+            stop.request.remote()
+
+    threading.Thread(target=forward, name="cdb-stop-request", daemon=True).start()
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         return trainer.fit(), bool(stop_signals)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        (output_dir / STOP_FILE).unlink(missing_ok=True)
+        received.set()
+
+
+def finish(config: cfg.Config, run: dict, status: str) -> None:
+    """The MLflow run's final status (spooled metrics replayed), and the run record kept in storage."""
+    from cdb import tracking
+
+    tracking.finish_run(run, Path(config.train.output_dir), status)
+    keep_run_record(config)
 
 
 def print_summary(config: cfg.Config, run: dict, result, elapsed: float) -> None:
     from cdb import tracking
 
-    output_dir = Path(config.train.output_dir)
+    output_dir, storage = Path(config.train.output_dir), Storage.of(config)
     uri = run["tracking_uri"]
-    checkpoint = result.checkpoint.path if result.checkpoint else "(none)"
+    checkpoint = storage.uri(result.checkpoint.path[len(storage.root):].strip("/")) if result.checkpoint else "(none)"
     print(f"\n[cdb] done in {timedelta(seconds=round(elapsed))}: final loss {result.metrics.get('loss', float('nan')):.4f}")
-    print(f"  model:       {output_dir / 'model'}")
+    print(f"  model:       {storage.uri('model')}")
     print(f"  checkpoints: {checkpoint}")
     print(f"  config:      {output_dir / 'config.yaml'}")
+    # The driver (the Ray head on a cluster) holds no weights: evaluation and training ran as Ray tasks.
+    print(f"  driver:      peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
     print(f"  MLflow run:  {run['run_id']} (experiment '{config.tracking.experiment}', {tracking.masked(uri)})")
     try:
         link = tracking.run_url(uri, tracking.experiment_id(uri, config.tracking.experiment), run["run_id"])
@@ -387,37 +544,53 @@ def print_summary(config: cfg.Config, run: dict, result, elapsed: float) -> None
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        config = config_from_args(args)
+        config, continuing = continue_or_start(config_from_args(args), args)
         records, rejected = validate(config)
         connect(config)
+        check_storage(config)
         model_source, parameters = prepare_model(config)
-        run = prepare_run(config, args.resume, len(records), rejected, parameters)
+        run = prepare_run(config, continuing, args, len(records), rejected, parameters)
     except cfg.ConfigError as exc:
         return _fail(EXIT_CONFIG, str(exc))
     except Failure as exc:
         return _fail(exc.code, str(exc))
 
+    import ray
+
     from cdb import tracking
+    from cdb.loop import StopRequest
 
     log_lineage(run, "training data", lambda r: r.log_training_data(config.data.path, config.data.split, records))
-    output_dir = Path(config.train.output_dir)
-    trainer = make_trainer(config, run, model_source)
-    if config.eval.suite != "off" and not (output_dir / tracking.PREFIX_EVAL_BASE / "eval.json").exists():
-        run_eval(config, model_source, tracking.PREFIX_EVAL_BASE, run, output_dir)
+    output_dir, storage = Path(config.train.output_dir), Storage.of(config)
+    stop = ray.remote(num_cpus=0)(StopRequest).remote()
+    trainer = make_trainer(config, run, model_source, stop)
+    if config.eval.suite != "off":
+        from cdb.eval.estimates import options_changed
+
+        if storage.remote and storage.exists(tracking.PREFIX_EVAL_BASE, "eval.json"):
+            storage.download(output_dir / tracking.PREFIX_EVAL_BASE, tracking.PREFIX_EVAL_BASE)
+        stale = options_changed(output_dir / tracking.PREFIX_EVAL_BASE, config.eval.for_suite().to_dict())
+        if stale:  # a new run, or a continued one whose evaluation options changed
+            if (output_dir / tracking.PREFIX_EVAL_BASE).exists():
+                print(f"[cdb] re-evaluating the base model: {stale}", flush=True)
+            run_eval(config, model_source, tracking.PREFIX_EVAL_BASE, run, output_dir)
     started = time.perf_counter()
     try:
-        result, stop_requested = fit(trainer, output_dir)
+        result, stop_requested = fit(trainer, stop)
     except Exception as exc:  # Ray wraps worker errors; the run is marked failed, the message shown
-        tracking.finish_run(run, output_dir, "FAILED")
+        finish(config, run, "FAILED")
         return _fail(EXIT_FAILED, f"training failed: {_root_cause(exc)}")
     if stop_requested and result.metrics.get("stopped"):
-        tracking.finish_run(run, output_dir, "KILLED")
-        print(f"[cdb] stopped at step {result.metrics['step']}; continue with: python -m cdb.train --output-dir {output_dir} --resume")
+        finish(config, run, "KILLED")
+        print(f"[cdb] stopped at step {result.metrics['step']}; the same command continues the run")
         return EXIT_STOPPED
-    log_lineage(run, "exported model", lambda r: r.log_model_location(output_dir / "model", step=result.metrics["step"]))
+    log_lineage(run, "exported model", lambda r: r.log_model_location(storage.uri("model"), step=result.metrics["step"]))
     if config.eval.suite != "off":
-        run_eval(config, str(output_dir / "model"), tracking.PREFIX_EVAL, run, output_dir)
-    tracking.finish_run(run, output_dir, "FINISHED")
+        # In an object store, the evaluation task fetches the model to its own node.
+        run_eval(config, storage.uri("model") if storage.remote else storage.path("model"), tracking.PREFIX_EVAL,
+                 run, output_dir)
+        log_changes(run, output_dir)
+    finish(config, run, "FINISHED")
     print_summary(config, run, result, time.perf_counter() - started)
     return 0
 

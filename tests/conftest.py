@@ -104,3 +104,115 @@ def ray_address():
     finally:
         stop_session(head)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _ray_ports() -> list[str]:
+    """Ports for one more Ray node: none of Ray's fixed defaults, which another Ray here may hold."""
+    flags = []
+    for flag in ("--node-manager-port", "--object-manager-port", "--metrics-export-port", "--runtime-env-agent-port",
+                 "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port"):
+        flags += [flag, str(free_port())]
+    return flags
+
+
+def _start_in_session(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
+    with log.open("w") as out:
+        return subprocess.Popen(cmd, env=env, cwd=log.parent, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+
+
+class ClusterBed:
+    """A Ray cluster shaped like the k8s one, on this machine: a head that trains nothing (no CPUs, as
+    rayStartParams num-cpus "0"; its dashboard takes `ray job submit`), two worker nodes of one CPU
+    each, the second in a mount namespace of its own with a private tmpfs over `private` (a node-local
+    disk: what the driver writes there that node does not see), `shared` seen by every node (the RWX
+    volume), and an S3 server (moto) at `s3_endpoint` with bucket `bucket`. Every node and job gets
+    the AWS variables in `s3_env`."""
+
+    bucket = "cdb-bed"
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.shared, self.private = root / "shared", root / "private"
+        self.shared.mkdir()
+        self.private.mkdir()
+        self.processes: list[subprocess.Popen] = []
+        self.s3_port, self.gcs_port, self.dashboard_port = free_port(), free_port(), free_port()
+        self.address = f"127.0.0.1:{self.gcs_port}"
+        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+        self.s3_endpoint = f"127.0.0.1:{self.s3_port}"
+        self.s3_env = {"AWS_ACCESS_KEY_ID": "bed", "AWS_SECRET_ACCESS_KEY": "bed", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_EC2_METADATA_DISABLED": "true"}
+        self.env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **self.s3_env,
+                    # `ray job stop` gives the driver this long to checkpoint before SIGKILL (k8s: the same)
+                    "RAY_JOB_STOP_WAIT_TIME_S": "120"}
+        self.env.pop("RAY_ADDRESS", None)
+
+    def storage_uri(self, path: str) -> str:
+        return f"s3://{self.bucket}/{path}?endpoint_override={self.s3_endpoint}&scheme=http&region=us-east-1"
+
+    def start(self) -> None:
+        bin_dir, temp = Path(sys.executable).parent, self.root / "ray"  # short: Ray's socket paths live under it
+        self.processes.append(_start_in_session([str(bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(self.s3_port)],
+                                                self.env, self.root / "s3.log"))
+        self.processes.append(_start_in_session(
+            [str(bin_dir / "ray"), "start", "--head", "--block", "--num-cpus", "0", "--num-gpus", "0",
+             "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+             "--ray-client-server-port", str(free_port()), "--disable-usage-stats", "--temp-dir", str(temp), *_ray_ports()],
+            self.env, self.root / "head.log"))
+        self._wait(lambda: (temp / "ray_current_cluster").is_file(), "the head", self.root / "head.log")
+        worker = [str(bin_dir / "ray"), "start", "--address", self.address, "--block", "--num-cpus", "1",
+                  "--disable-usage-stats"]
+        # One node at a time: a raylet must register within Ray's fixed 30 s, hard on a busy machine.
+        self.processes.append(_start_in_session([*worker, *_ray_ports()], self.env, self.root / "worker-1.log"))
+        self._wait(lambda: self._nodes() == 2, "worker node 1", self.root / "worker-1.log")
+        private_node = " ".join([*worker, *_ray_ports()])
+        self.processes.append(_start_in_session(
+            ["unshare", "--mount", "--propagation", "private", "bash", "-c",
+             f"mount -t tmpfs tmpfs {self.private} && exec {private_node}"], self.env, self.root / "worker-2.log"))
+        self._wait(lambda: self._nodes() == 3, "worker node 2", self.root / "worker-2.log")
+        self._wait(self._s3_ready, "the S3 server", self.root / "s3.log")
+
+    def _wait(self, ready, what: str, log: Path, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if time.monotonic() > deadline or any(p.poll() is not None for p in self.processes):
+                raise RuntimeError(f"cluster bed: {what} did not come up:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+
+    def _nodes(self) -> int:
+        """Alive nodes, as the head's state API counts them (0 until it answers)."""
+        from ray.util.state import list_nodes
+
+        try:
+            return len(list_nodes(address=self.dashboard, filters=[("state", "=", "ALIVE")], timeout=10))
+        except Exception:  # the dashboard is not up yet
+            return 0
+
+    def _s3_ready(self) -> bool:
+        import pyarrow.fs
+
+        try:
+            s3 = pyarrow.fs.S3FileSystem(access_key="bed", secret_key="bed", endpoint_override=self.s3_endpoint,
+                                         scheme="http", region="us-east-1", allow_bucket_creation=True)
+            s3.create_dir(self.bucket)
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):  # the nodes before the head
+            stop_session(process)
+
+
+@pytest.fixture(scope="module")
+def cluster_bed():
+    """A ClusterBed for the tests of one module, stopped (by pid) after them."""
+    bed = ClusterBed(Path(tempfile.mkdtemp(prefix="cdbbed-", dir="/tmp")))
+    try:
+        bed.start()
+        yield bed
+    finally:
+        bed.stop()
+        shutil.rmtree(bed.root, ignore_errors=True)

@@ -124,6 +124,7 @@ def trainer_stop_and_resume(workdir: str, rank: int, world: int) -> dict:
     def save(directory: str, metrics: dict) -> None:  # what Ray Train's report does: keep every rank's files
         saved.append(metrics["step"])
         shutil.copytree(directory, out / f"step_{metrics['step']}", dirs_exist_ok=True)
+        shutil.rmtree(directory)  # the sink owns the directory
 
     asked = []
 

@@ -1,7 +1,7 @@
 """Tests for cdb.config (presets, YAML, flags, --set, checks, field docs, the committed resolved
 configs, round trip) and engine.build_ds_config.
 
-No DeepSpeed or Ray is imported: build_ds_config only reads JSON from ds_configs/.
+No DeepSpeed or Ray is imported: build_ds_config only reads JSON from cdb/ds_configs/.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ import yaml
 from cdb import config as cfg
 from cdb import settings
 from cdb.config import Config, ConfigError, from_dict, resolve
-from cdb.engine import REPO_ROOT, build_ds_config
+from cdb.engine import DS_CONFIG_DIR, build_ds_config
 from cdb.scales import ALIASES, SCALES
 
-DS_DIR = REPO_ROOT / "ds_configs"
+from conftest import REPO
+
 SCALE_FIELDS = ("model", "ds_config", "num_workers", "gpus_per_worker", "micro_batch", "grad_accum",
                 "max_source_tokens", "max_target_tokens", "precision", "activation_checkpointing")
 
@@ -393,7 +394,7 @@ def test_every_field_has_a_docstring(cls):
     assert settings.undocumented(cls) == []
 
 
-RESOLVED = REPO_ROOT / "configs" / "resolved"
+RESOLVED = cfg.RESOLVED_DIR
 
 
 def test_every_scale_preset_has_a_resolved_config_and_no_other_file_is_there():
@@ -405,14 +406,14 @@ def test_every_scale_preset_has_a_resolved_config_and_no_other_file_is_there():
 def test_committed_resolved_config_is_what_resolve_gives(name):
     text = (RESOLVED / f"{name}.yaml").read_text()
     assert text == cfg.resolved_yaml(name), \
-        f"configs/resolved/{name}.yaml is stale; review the change, then: python -m cdb.config --write-resolved"
+        f"cdb/configs/resolved/{name}.yaml is stale; review the change, then: python -m cdb.config --write-resolved"
     # It reads back as the same config, from a file and as --config.
     assert from_dict(yaml.safe_load(text)) == resolve(scale=name)
     assert resolve(config_file=str(RESOLVED / f"{name}.yaml")) == resolve(scale=name)
 
 
 def test_config_command_prints_the_resolved_config(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "cdb.config", "--scale", "13b", "--set", "optim.lr=2e-5"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -547,7 +548,7 @@ def test_ds_config_70b_offload_gets_optimizer():
 
 
 def test_ds_config_files_are_valid():
-    files = sorted(DS_DIR.glob("*.json"))
+    files = sorted(DS_CONFIG_DIR.glob("*.json"))
     assert files
     for path in files:
         ds = json.loads(path.read_text())
@@ -557,7 +558,7 @@ def test_ds_config_files_are_valid():
 
 @pytest.mark.parametrize("name", list(SCALES))
 def test_every_scale_ds_config_exists_and_builds(name):
-    assert (DS_DIR / SCALES[name]["ds_config"]).is_file()
+    assert (DS_CONFIG_DIR / SCALES[name]["ds_config"]).is_file()
     config = resolve(scale=name)
     ds = build_ds_config(config, world_size=config.scale.num_workers)
     assert ds["train_batch_size"] == config.scale.micro_batch * config.scale.grad_accum * config.scale.num_workers

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from cdb.eval import make_options
+from cdb.eval.estimates import estimate
 from cdb.eval.faithfulness import finish
-from cdb.eval.intelligibility import flags, shares
+from cdb.eval.intelligibility import flags, share_items, shares
 from cdb.eval.lm import EvalLM, Generation
 from cdb.eval.options import INSTRUCTION, bias_type_prefix
 from cdb.eval.toxicity import Prompt, by_prompt_toxicity, load_bold, load_rtp, toxicity_metrics
@@ -147,11 +148,13 @@ def test_toxicity_metrics_carry_k_and_split_by_prompt_toxicity():
     m = toxicity_metrics(scores, k=2)
     assert set(m) == {"mean_toxicity", "expected_max_toxicity_at2", "toxicity_probability_at2"}
     prompts = [Prompt("a", "x", 0.7), Prompt("b", "y", 0.1), Prompt("c", "z", None)]
-    split = by_prompt_toxicity(prompts, scores, k=2)
+    split, items = by_prompt_toxicity(prompts, scores, k=2)
     assert split["toxic_prompts/expected_max_toxicity_at2"] == pytest.approx(0.6)
     assert split["nontoxic_prompts/expected_max_toxicity_at2"] == pytest.approx(0.3)
-    assert split["toxic_prompts/prompts"] == split["nontoxic_prompts/prompts"] == 1  # "c" has no toxicity
-    assert by_prompt_toxicity([Prompt("a", "x")], [[0.5]], k=1) == {}
+    assert set(items) == set(split)
+    assert items["toxic_prompts/toxicity_probability_at2"].values == {"a": 1.0}  # "c" has no toxicity
+    assert items["nontoxic_prompts/expected_max_toxicity_at2"].values == {"b": pytest.approx(0.3)}
+    assert by_prompt_toxicity([Prompt("a", "x")], [[0.5]], k=1) == ({}, {})
     assert make_options("full").samples == 25 and make_options("quick").samples == 2
 
 
@@ -188,6 +191,12 @@ def test_completeness_is_judged_only_on_ended_texts():
     assert s["incomplete"] == pytest.approx(1 / 2)  # over the two ended texts
     assert s["ended"] == pytest.approx(2 / 3)
     assert s["intelligible"] == pytest.approx(2 / 3)  # the cut text raises no flag
+    items = share_items(["cut", "ended", "and"], [flags("The cat sat on the mat and", ended=False),
+                                                  flags("The cat sat.", ended=True), flags("And so on and", ended=True)])
+    assert estimate(items["incomplete"]).n == 2 and math.isnan(items["incomplete"].values["cut"])
+    assert items["ended"].values == {"cut": 0.0, "ended": 1.0, "and": 1.0}
+    unjudged = share_items(["cut"], [flags("The cat sat on the mat and", ended=False)])["incomplete"]
+    assert estimate(unjudged).n == 0 and unjudged.undefined
     assert finish(Generation("A summary.\nMore", "length")) == "newline"
     assert finish(Generation("\n A summary that runs on", "length")) == "length"
     assert finish(Generation("A summary.", "eos")) == "eos"

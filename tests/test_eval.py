@@ -16,15 +16,16 @@ from conftest import REPO
 from cdb.data.records import embedded_dataset_path
 from cdb import settings
 from cdb.eval import EvalDataError, Unavailable, evaluate, load_model, make_options, run_suite
-from cdb.eval.base import Resources, spread
-from cdb.eval.bias import crows_stereo_share, icat, load_crows, load_stereoset, stereoset_scores
+from cdb.eval.base import Resources, per_item, spread
+from cdb.eval.bias import crows_stereo_share, icat, load_crows, load_stereoset, stereoset_items, stereoset_scores
+from cdb.eval.estimates import estimate
 from cdb.eval.faithfulness import first_line, load_sources
 from cdb.eval.intelligibility import FLAGS, flags, shares
 from cdb.eval.knowledge import KnowledgeTask, letter_prompt, load_knowledge
 from cdb.eval.lm import EvalLM, LogLik
 from cdb.eval.options import EvalOptions
 from cdb.eval.sources import read_rows
-from cdb.eval.toxicity import load_bold, load_rtp, toxicity_metrics
+from cdb.eval.toxicity import load_bold, load_rtp, toxicity_items, toxicity_metrics
 from cdb.eval.truthfulqa import TruthfulQATask, load_truthfulqa, mc1, mc2, prompt
 from cdb.model import TINY
 
@@ -60,6 +61,11 @@ def test_truthfulqa_task_on_controlled_logliks():
     result = TruthfulQATask().run(lm, options, Resources(options))
     assert result.metrics["mc1"] == pytest.approx(0.5)
     assert result.metrics["mc2"] == pytest.approx((0.75 + 0.25) / 2)
+    # per question, keyed by where it is in the file: what intervals and paired changes use
+    mc1_items, mc2_items = result.items["mc1"], result.items["mc2"]
+    assert mc1_items.kind == "share" and list(mc1_items.values.values()) == [1.0, 0.0]
+    assert mc2_items.kind == "mean" and list(mc2_items.values.values()) == pytest.approx([0.75, 0.25])
+    assert list(mc1_items.values) == [s["id"] for s in result.samples] and len(set(mc1_items.values)) == 2
     context, continuation = lm.requests[0]
     assert context == prompt("What is the capital of France?") and context.endswith("\n\nQ: What is the capital of France?\nA:")
     assert continuation == " Paris."
@@ -86,6 +92,13 @@ def test_toxicity_metrics_worked():
     assert m["expected_max_toxicity_at2"] == pytest.approx((0.6 + 0.3 + 0.9) / 3)
     assert m["toxicity_probability_at2"] == pytest.approx(2 / 3)
     assert toxicity_metrics([[0.5]], k=1)["toxicity_probability_at1"] == 1.0  # >= 0.5 counts
+    items = toxicity_items(["p1", "p2", "p3"], scores, k=2)
+    assert items["mean_toxicity"].values == pytest.approx({"p1": 0.35, "p2": 0.25, "p3": 0.65})
+    assert items["expected_max_toxicity_at2"].values == pytest.approx({"p1": 0.6, "p2": 0.3, "p3": 0.9})
+    assert items["toxicity_probability_at2"].values == {"p1": 1.0, "p2": 0.0, "p3": 1.0}
+    assert items["toxicity_probability_at2"].kind == "share"
+    with pytest.raises(EvalDataError, match="toxicity: item id 'p1' occurs twice"):
+        toxicity_items(["p1", "p1", "p3"], scores, k=2)
 
 
 def test_icat_crows_and_stereoset_worked():
@@ -99,6 +112,11 @@ def test_icat_crows_and_stereoset_worked():
     assert m["stereoset_ss"] == pytest.approx(75.0)
     assert m["stereoset_lms"] == pytest.approx(37.5)
     assert m["stereoset_icat"] == pytest.approx(37.5 * 25 / 50)
+    items = stereoset_items(["a", "a", "b"], [-1, -2, -1], [-2, -1, -3], [-3, -1.5, -0.5])
+    assert items["stereoset_ss"].values == {"a": 50.0, "b": 100.0}
+    assert items["stereoset_lms"].values == {"a": 75.0, "b": 0.0}
+    assert items["stereoset_icat"].values == {"a": [75.0, 50.0], "b": [0.0, 100.0]}
+    assert estimate(items["stereoset_icat"]).value == pytest.approx(m["stereoset_icat"])
 
 
 def test_first_line():
@@ -142,6 +160,88 @@ def test_intelligibility_shares():
 def test_spread_is_even_and_total():
     assert spread(list(range(10)), 5) == [0, 2, 4, 6, 8]
     assert spread(list(range(3)), 0) == [0, 1, 2] and spread(list(range(3)), 7) == [0, 1, 2]
+
+
+# ---- n, intervals and paired changes (cdb.eval.estimates) -----------------------------------------
+def test_summarise_gives_n_and_interval_and_says_why_a_metric_is_absent():
+    from cdb.eval.estimates import summarise
+
+    items = {"toxicity/toxicity_probability_at2": per_item("toxicity", "abcdefghij", [1, 0, 0, 1, 0, 0, 0, 1, 0, 0], "share"),
+             "faithfulness/similarity_minilm": per_item("faithfulness", "abcd", [0.2, 0.4, 0.6, 0.8]),
+             "faithfulness/faithfulness": per_item("faithfulness", "abcd", [None] * 4, undefined="no summary names an entity")}
+    metrics = {"toxicity/toxicity_probability_at2": 0.3, "faithfulness/similarity_minilm": 0.5,
+               "faithfulness/faithfulness": float("nan")}
+    fields, undefined = summarise("eval", metrics, items)
+    # 3 of 10: Wilson (0.1078, 0.6032); the mean of 4 spread values: an interval around 0.5 inside their range
+    assert fields["eval/toxicity/toxicity_probability_at2"] == 0.3 and fields["eval/toxicity/toxicity_probability_at2_n"] == 10
+    assert fields["eval/toxicity/toxicity_probability_at2_ci95_low"] == pytest.approx(0.1078, abs=1e-4)
+    assert fields["eval/toxicity/toxicity_probability_at2_ci95_high"] == pytest.approx(0.6032, abs=1e-4)
+    assert fields["eval/faithfulness/similarity_minilm_n"] == 4
+    low, high = fields["eval/faithfulness/similarity_minilm_ci95_low"], fields["eval/faithfulness/similarity_minilm_ci95_high"]
+    assert 0.2 <= low < 0.5 < high <= 0.8
+    # undefined: absent with its n and interval, and the reason instead
+    assert not any(k.startswith("eval/faithfulness/faithfulness") for k in fields)
+    assert undefined == {"eval/faithfulness/faithfulness": "no summary names an entity"}
+    # a metric whose items disagree with it, or that has none, is a bug that must not pass silently
+    with pytest.raises(ValueError, match="its items give 0.5 but the task says 0.6"):
+        summarise("eval", {"faithfulness/similarity_minilm": 0.6}, items)
+    with pytest.raises(ValueError, match="metric bias/x: the task gave no per-item values"):
+        summarise("eval", {"bias/x": 0.6}, items)
+
+
+def _evaluation(folder, items, options_hash="same"):
+    from cdb.eval.estimates import write_items
+
+    folder.mkdir(parents=True)
+    write_items(folder / "items.json", options_hash, items)
+    return folder
+
+
+def test_paired_changes_same_shifted_undefined_and_withheld(tmp_path):
+    from cdb.eval.estimates import changes
+    from cdb.stats import Estimate, detectable
+
+    ids = [f"s{i}" for i in range(40)]
+    faith = [0.3 + 0.01 * (i % 17) for i in range(40)]
+    correct = [float(i % 3 == 0) for i in range(40)]
+    base = {"faithfulness/similarity_minilm": per_item("f", ids, faith), "truthfulqa/mc1": per_item("q", ids, correct, "share"),
+            "faithfulness/faithfulness": per_item("f", ids, [0.5] * 40)}
+    # identical items: every change is 0 with an interval holding 0 -> no detectable change
+    same = changes(_evaluation(tmp_path / "b", base), _evaluation(tmp_path / "t", base))
+    assert same["withheld"] is None and set(same["changes"]) == set(base)
+    for name, c in same["changes"].items():
+        assert c["value"] == 0 and c["ci95_low"] <= 0 <= c["ci95_high"] and c["n"] == 40, name
+        assert not detectable(Estimate(c["value"], c["n"], c["ci95_low"], c["ci95_high"]))
+    # every summary 0.05 more similar (small next to the 0.16 spread between items), 12 of 27 wrong
+    # answers now right and none lost: both detectable, McNemar p = 2 / 2**12
+    shifted = {"faithfulness/similarity_minilm": per_item("f", ids, [f + 0.05 for f in faith]),
+               "truthfulqa/mc1": per_item("q", ids, [1.0 if i % 3 == 0 or i < 18 else 0.0 for i in range(40)], "share"),
+               "faithfulness/faithfulness": per_item("f", ids, [None] * 40, undefined="no summary names an entity")}
+    moved = changes(_evaluation(tmp_path / "b2", base), _evaluation(tmp_path / "t2", shifted))
+    similar, mc1_change = moved["changes"]["faithfulness/similarity_minilm"], moved["changes"]["truthfulqa/mc1"]
+    assert similar["value"] == pytest.approx(0.05) and similar["ci95_low"] > 0
+    assert mc1_change["value"] == pytest.approx(12 / 40) and mc1_change["ci95_low"] > 0
+    assert mc1_change["p_value"] == pytest.approx(2 / 2 ** 12)
+    assert detectable(Estimate(**{k: mc1_change[k] for k in ("value", "n")}, low=mc1_change["ci95_low"],
+                               high=mc1_change["ci95_high"]))
+    # undefined on one side: no change, and why
+    assert moved["not_measured"] == {"faithfulness/faithfulness": "undefined for the tuned model: no summary names an entity"}
+    # evaluated differently (another options hash): nothing compared
+    other = changes(_evaluation(tmp_path / "b3", base), _evaluation(tmp_path / "t3", shifted, "other"))
+    assert other["changes"] == {} and "different options, scorers or items (hash same vs other)" in other["withheld"]
+
+
+def test_options_changed_names_what_differs(tmp_path):
+    from cdb.eval.estimates import options_changed
+
+    options = make_options("quick", limit=3)
+    assert options_changed(tmp_path, options.to_dict()) == f"{tmp_path / 'eval.json'} not found"
+    (tmp_path / "eval.json").write_text(json.dumps({"options": options.to_dict()}))
+    assert options_changed(tmp_path, options.to_dict()) is None
+    # how it runs is not what it measures
+    assert options_changed(tmp_path, make_options("quick", limit=3, batch_size=2, progress=False).to_dict()) is None
+    assert options_changed(tmp_path, make_options("quick", limit=3, samples=5).to_dict()) == \
+        "evaluation options changed: samples 2 -> 5"
 
 
 # ---- EvalLM on a tiny random Llama ----------------------------------------------------------
@@ -308,7 +408,7 @@ def tiny_classifier(path: Path, labels: dict[int, str]) -> Path:
 
 
 def test_hf_toxicity_scorer_on_a_tiny_model(tmp_path):
-    from cdb.scoring import make_faithfulness_scorer, make_toxicity_scorer
+    from cdb.scoring import make_toxicity_scorer
 
     tox_dir = tiny_classifier(tmp_path / "tox", {0: "neutral", 1: "toxic"})
     tox = make_toxicity_scorer(f"hf:{tox_dir}")
@@ -338,12 +438,32 @@ def test_evaluate_end_to_end_into_sqlite_mlflow(tmp_path):
     for name in expected:
         assert name in run.data.metrics, name
         assert 0 <= run.data.metrics[name] <= 100
-    assert run.data.metrics["eval/toxicity/prompts"] == 3
     on_disk = json.loads((tmp_path / "out" / "eval.json").read_text())
-    assert on_disk["metrics"]["eval/toxicity/mean_toxicity"] == pytest.approx(run.data.metrics["eval/toxicity/mean_toxicity"])
+    # Every metric with its n and 95% interval, in MLflow and in eval.json alike; counts are n, not metrics.
+    logged = {k for k in run.data.metrics if not k.endswith(("_n", "_ci95_low", "_ci95_high"))}
+    assert set(expected) <= logged and not {"eval/toxicity/prompts", "eval/bias/crows_pairs"} & logged
+    for name in logged:
+        value, n = run.data.metrics[name], run.data.metrics[f"{name}_n"]
+        low, high = run.data.metrics[f"{name}_ci95_low"], run.data.metrics[f"{name}_ci95_high"]
+        assert n >= 1 and low <= value <= high, (name, low, value, high)
+        for key in (name, f"{name}_n", f"{name}_ci95_low", f"{name}_ci95_high"):
+            assert on_disk["metrics"][key] == pytest.approx(run.data.metrics[key]), key
+    assert set(on_disk["metrics"]) == set(run.data.metrics)
+    assert run.data.metrics["eval/toxicity/mean_toxicity_n"] == 3  # 3 prompts (the per-prompt mean of 2 samples)
+    assert run.data.metrics["eval/bias/crows_stereo_share_n"] == 3
+    assert run.data.metrics["eval/intelligibility/intelligible_n"] == 3 * 2 + 3  # continuations + summaries
+    # An undefined metric is absent, a tag saying why.
+    for key, why in on_disk["undefined"].items():
+        assert key not in run.data.metrics and run.data.tags[f"cdb.eval.undefined.{key[len('eval/'):]}"] == why
+    # The values per item, keyed by item id: what a paired change against the base pairs.
+    items = json.loads((tmp_path / "out" / "items.json").read_text())
+    assert items["options_hash"] == on_disk["options_hash"] == run.data.tags["cdb.eval.options_hash"]
+    crows = items["metrics"]["bias/crows_stereo_share"]
+    assert crows["kind"] == "share" and len(crows["values"]) == 3 and set(crows["values"].values()) <= {0.0, 1.0}
     assert on_disk["skipped"] == {} and on_disk["scorers"]["toxicity"].startswith("profanity-check@")
-    # Faithfulness judges summaries that name entities: the tiny random model's may name none (null).
-    assert "eval/faithfulness/faithfulness" in on_disk["metrics"]
+    # Faithfulness judges summaries that name entities: the tiny random model's may name none (undefined).
+    assert ("eval/faithfulness/faithfulness" in on_disk["metrics"]
+            or on_disk["undefined"]["eval/faithfulness/faithfulness"] == "no summary names an entity")
     # Numbers scored by the scorers that labelled the embedded dataset are marked so, on the run too.
     assert run.data.tags["cdb.eval.faithfulness.labeller_metrics"] == "similarity_minilm,summary_toxicity"
     assert "expected_max_toxicity_at2" in run.data.tags["cdb.eval.toxicity.labeller_metrics"].split(",")
@@ -353,7 +473,7 @@ def test_evaluate_end_to_end_into_sqlite_mlflow(tmp_path):
     assert sum(s["task"] == "toxicity" for s in samples) == 3 * 2  # 3 prompts x 2 samples (the quick suite's k)
     assert {s["task"] for s in samples} == {"toxicity", "faithfulness", "truthfulqa", "knowledge", "bias", "intelligibility"}
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
-    assert artifacts == {"eval/eval.json", "eval/samples.jsonl"}
+    assert artifacts == {"eval/eval.json", "eval/samples.jsonl", "eval/items.json"}
 
     # The trainer's use: the base model into an existing run, under eval_base/.
     base = evaluate(TINY, prefix="eval_base", run_id=run.info.run_id, **{**common, "tasks": ("toxicity", "intelligibility")})
@@ -363,6 +483,9 @@ def test_evaluate_end_to_end_into_sqlite_mlflow(tmp_path):
     assert "eval/toxicity/mean_toxicity" in run.data.metrics  # untouched
     assert "eval_base/samples.jsonl" in {a.path for a in client.list_artifacts(run.info.run_id, "eval_base")}
     assert run.data.tags["cdb.eval_base.suite"] == "quick"
+    # Another task list is another evaluation: its hash differs, so no change would be computed against it.
+    assert run.data.tags["cdb.eval_base.options_hash"] == base["options_hash"] != summary["options_hash"]
+    assert run.data.metrics["eval_base/toxicity/mean_toxicity_n"] == 3
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
 
@@ -379,7 +502,7 @@ def test_cli_full_suite_skips_what_is_not_given(tmp_path):
     assert "skipped truthfulqa: no data given" in proc.stdout and "skipped knowledge: no data given" in proc.stdout
     summary = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert set(summary["skipped"]) == {"truthfulqa", "knowledge"} and summary["suite"] == "full"
-    assert summary["options"]["toxicity_limit"] == 2 and summary["metrics"]["eval/toxicity/prompts"] == 2
+    assert summary["options"]["toxicity_limit"] == 2 and summary["metrics"]["eval/toxicity/mean_toxicity_n"] == 2
     run = MlflowClient(uri).get_run(summary["run_id"])
     assert run.info.status == "FINISHED" and "eval/bias/crows_stereo_share" in run.data.metrics
 
@@ -428,6 +551,9 @@ def test_options_validation():
 def test_run_suite_on_loaded_model(tiny):
     model, tokenizer = tiny
     result = run_suite(model, tokenizer, "quick", {"tasks": "bias", "limit": 4, "progress": False})
-    assert result.metrics["bias/crows_pairs"] == 4 and result.metrics["bias/stereoset_items"] == 4
+    assert "bias/crows_pairs" not in result.metrics  # a count is the metric's n, not a metric
+    assert estimate(result.items["bias/crows_stereo_share"]).n == 4
+    targets = {s["target"] for s in result.samples if s["probe"] == "stereoset"}
+    assert set(result.items["bias/stereoset_icat"].values) == targets
     assert len([s for s in result.samples if s["probe"] == "crows"]) == 4
     assert result.skipped == {} and set(result.seconds) == {"bias"}

@@ -56,7 +56,7 @@ GPUS_PER_NODE = 8
 
 SWEEP_ENTRYPOINT = (
     "python -m cdb.sweep --scales smol-135m,7b,13b --methods contrastive,sft,dpo "
-    "--output-dir /shared/sweeps/weekly --fresh --set train.autoscaling=true"
+    "--output-dir /shared/sweeps/weekly --period week --set train.autoscaling=true"
 )
 
 # Custom resources kubernetes-validate has no schema for; validated by k8s/schemas.
@@ -886,6 +886,12 @@ def test_rayjob_contract(where, spec):
             "/shared/runs": "runs", "/shared/sweeps": "sweeps", "/shared/hf-cache": "hf-cache"}
         assert tpl["metadata"]["labels"]["app.kubernetes.io/part-of"] == "cdb"
         assert tpl["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
+    # A stop reaches every rank, which checkpoints before `ray job stop` SIGKILLs the driver, and the
+    # pods' grace period outlasts that wait.
+    for w, tpl, c in ray_containers(doc):
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        assert int(env["RAY_JOB_STOP_WAIT_TIME_S"]) >= 600, f"{where} {w}"
+        assert tpl["spec"]["terminationGracePeriodSeconds"] > int(env["RAY_JOB_STOP_WAIT_TIME_S"]), f"{where} {w}"
     priority = "cdb-sweep" if "cdb.sweep" in spec["entrypoint"] else "cdb-training"
     for w, tpl in rayjob_spec_templates(spec, where):
         assert tpl["spec"]["priorityClassName"] == priority, w

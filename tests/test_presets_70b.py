@@ -6,15 +6,15 @@ from __future__ import annotations
 import json
 
 from cdb.config import resolve
+from cdb.engine import DS_CONFIG_DIR
 from cdb.memory import GiB, estimate_memory
 from cdb.scales import SCALES
 
-from conftest import REPO
 
 
 def test_70b_preset_offloads_nothing_and_fits_80gb_gpus():
     config = resolve(scale="70b")
-    ds = json.loads((REPO / "ds_configs" / config.scale.ds_config).read_text())
+    ds = json.loads((DS_CONFIG_DIR / config.scale.ds_config).read_text())
     assert "offload_optimizer" not in ds["zero_optimization"] and "offload_param" not in ds["zero_optimization"]
     gpus = config.scale.num_workers * config.scale.gpus_per_worker
     plan = estimate_memory(config, gpus, 80 * GiB)

@@ -1,4 +1,5 @@
-"""cdb.report on a fixture experiment in a real sqlite MLflow: tables with hand-computed deltas,
+"""cdb.report on a fixture experiment in a real sqlite MLflow: tables with values, n, intervals and
+paired changes (detectable or not, withheld, undefined),
 the alignment-tax PNG, the report run's artifacts, the empty / missing cases, and its settings."""
 
 import struct
@@ -10,23 +11,38 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from cdb import settings
-from cdb.report import ReportSettings, main, report
+from cdb.report import ReportSettings, main, report, sig
 
-# method -> (eval_base values, eval values); deltas below are worked out by hand
+# method -> (eval_base, eval, delta): metric -> (value, n, ci95_low, ci95_high); the cells below are worked by hand
 RUNS = {
-    "contrastive": ({"toxicity/mean_toxicity": 0.0500, "faithfulness/faithfulness": 0.6000, "truthfulqa/mc1": 0.2300,
-                     "bias/crows_stereo_share": 0.6200, "bias/stereoset_icat": 70.00},
-                    {"toxicity/mean_toxicity": 0.0300, "faithfulness/faithfulness": 0.6500, "truthfulqa/mc1": 0.2400,
-                     "bias/crows_stereo_share": 0.5800, "bias/stereoset_icat": 71.50}),
-    "sft": ({"toxicity/mean_toxicity": 0.0500, "faithfulness/faithfulness": 0.6000},
-            {"toxicity/mean_toxicity": 0.0450, "faithfulness/faithfulness": 0.5200}),
-    "dpo": ({"toxicity/mean_toxicity": 0.0500, "faithfulness/faithfulness": 0.6000, "intelligibility/intelligible": 0.8000},
-            {"toxicity/mean_toxicity": 0.0600, "faithfulness/faithfulness": 0.6100, "intelligibility/intelligible": 0.7500}),
+    "contrastive": ({"toxicity/mean_toxicity": (0.05, 24, 0.04, 0.06), "faithfulness/faithfulness": (0.6, 16, 0.55, 0.65),
+                     "toxicity/expected_max_toxicity_at2": (0.2, 24, 0.15, 0.25),
+                     "bias/crows_stereo_share": (0.62, 100, 0.52, 0.71), "bias/stereoset_icat": (70.0, 80, 66.2, 73.9)},
+                    {"toxicity/mean_toxicity": (0.03, 24, 0.021, 0.041), "faithfulness/faithfulness": (0.65, 16, 0.6, 0.7),
+                     "toxicity/expected_max_toxicity_at2": (0.19, 24, 0.14, 0.24),
+                     "bias/crows_stereo_share": (0.58, 100, 0.48, 0.67), "bias/stereoset_icat": (71.5, 80, 67.0, 75.25)},
+                    {"toxicity/mean_toxicity": (-0.02, 24, -0.03, -0.01), "faithfulness/faithfulness": (0.05, 16, -0.01, 0.11),
+                     "toxicity/expected_max_toxicity_at2": (-0.01, 24, -0.03, 0.01),
+                     "bias/crows_stereo_share": (-0.04, 100, -0.07, -0.01), "bias/stereoset_icat": (1.5, 80, -2.0, 5.0)}),
+    "sft": ({"toxicity/mean_toxicity": (0.05, 24, 0.04, 0.06), "faithfulness/faithfulness": (0.6, 16, 0.55, 0.65),
+             "faithfulness/similarity_minilm": (0.5, 9, 0.3, 0.7)},
+            {"toxicity/mean_toxicity": (0.045, 24, 0.035, 0.055), "faithfulness/faithfulness": (0.52, 16, 0.47, 0.57)},
+            {"toxicity/mean_toxicity": (-0.005, 24, -0.02, 0.01), "faithfulness/faithfulness": (-0.08, 16, -0.12, -0.04)}),
+    # evaluated with other options after training (another hash): its delta metrics must not be shown
+    "dpo": ({"toxicity/mean_toxicity": (0.05, 24, 0.04, 0.06)}, {"toxicity/mean_toxicity": (0.06, 12, 0.05, 0.07)},
+            {"toxicity/mean_toxicity": (0.01, 12, 0.005, 0.015)}),
 }
+HASHES = {"contrastive": ("a1", "a1"), "sft": ("b2", "b2"), "dpo": ("c3", "d4")}
 EXPECTED_CELLS = {
-    "contrastive": ["0.0300 (-0.0200)", "0.6500 (+0.0500)", "0.2400 (+0.0100)", "0.5800 (-0.0400)", "71.50 (+1.50)"],
-    "sft": ["0.0450 (-0.0050)", "0.5200 (-0.0800)"],
-    "dpo": ["0.0600 (+0.0100)", "0.6100 (+0.0100)", "0.7500 (-0.0500)"],
+    # toxicity scored by the scorer that labelled the training data: marked (labeller)
+    "contrastive": ["0.0300 [0.0210, 0.0410] (n 24) (labeller); change -0.020 [-0.030, -0.010]",
+                    "0.650 [0.600, 0.700] (n 16); no detectable change (+0.050 [-0.010, +0.11])",
+                    "0.580 [0.480, 0.670] (n 100); change -0.040 [-0.070, -0.010]",
+                    "71.5 [67.0, 75.2] (n 80); no detectable change (+1.5 [-2.0, +5.0])",
+                    "0.190 [0.140, 0.240] (n 24) (labeller); no detectable change (-0.010 [-0.030, +0.010])"],
+    "sft": ["0.0450 [0.0350, 0.0550] (n 24); no detectable change (-0.0050 [-0.020, +0.010])",
+            "0.520 [0.470, 0.570] (n 16); change -0.080 [-0.12, -0.040]", "undefined: no item defines it"],
+    "dpo": ["0.0600 [0.0500, 0.0700] (n 12); change withheld"],
 }
 
 
@@ -36,11 +52,19 @@ def store(tmp_path):
     client = MlflowClient(uri)
     experiment = client.create_experiment("sweep", artifact_location=(tmp_path / "mlartifacts").as_uri())
     now = int(time.time() * 1000)
-    for i, (method, (base, tuned)) in enumerate(RUNS.items()):
-        tags = {"cdb.method": method, "cdb.scale": "smol-135m"}
+    for i, (method, sides) in enumerate(RUNS.items()):
+        tags = {"cdb.method": method, "cdb.scale": "smol-135m", "cdb.eval.suite": "quick" if method != "dpo" else "full",
+                "cdb.eval_base.options_hash": HASHES[method][0], "cdb.eval.options_hash": HASHES[method][1]}
+        if method == "sft":
+            tags["cdb.eval.undefined.faithfulness/similarity_minilm"] = "no item defines it"
+        if method == "contrastive":
+            tags["cdb.eval.toxicity.labeller_metrics"] = "mean_toxicity,expected_max_toxicity_at2"
         run = client.create_run(experiment, run_name=f"smol-{method}", tags=tags, start_time=now + i)
-        metrics = [Metric(f"eval_base/{k}", v, now, 0) for k, v in base.items()]
-        metrics += [Metric(f"eval/{k}", v, now, 0) for k, v in tuned.items()]
+        metrics = []
+        for prefix, values in zip(("eval_base", "eval", "delta"), sides):
+            for name, (value, n, low, high) in values.items():
+                for suffix, number in (("", value), ("_n", n), ("_ci95_low", low), ("_ci95_high", high)):
+                    metrics.append(Metric(f"{prefix}/{name}{suffix}", number, now, 0))
         metrics.append(Metric("train/loss", 1.0, now, 1))
         metrics += [Metric("val/lm_loss", 3.0 - i, now, 5), Metric("val/pref_accuracy", 0.25 * (i + 1), now, 5)]
         client.log_batch(run.info.run_id, metrics=metrics)
@@ -48,6 +72,11 @@ def store(tmp_path):
     crashed = client.create_run(experiment, run_name="smol-crashed", tags={"cdb.method": "contrastive", "cdb.scale": "tiny"})
     client.set_terminated(crashed.info.run_id, "FAILED")
     return uri, client, experiment, crashed.info.run_id
+
+
+def test_significant_digits():
+    assert [sig(0.03), sig(71.5), sig(100.0), sig(0.6), sig(1234.5)] == ["0.0300", "71.5", "100", "0.600", "1.23e+03"]
+    assert [sig(-0.02, 2, True), sig(0.11, 2, True), sig(0.0, 2, True)] == ["-0.020", "+0.11", "+0.0"]
 
 
 def test_report_tables_plot_and_run(store, tmp_path, capsys):
@@ -61,7 +90,7 @@ def test_report_tables_plot_and_run(store, tmp_path, capsys):
 
     md = (out / "report.md").read_text()
     html = (out / "report.html").read_text()
-    tuned_table = md.split("## Base models")[0]
+    tuned_table = md.split("## Tuned models")[1].split("## Base models")[0]
     for method, cells in EXPECTED_CELLS.items():
         row = next(line for line in tuned_table.splitlines() if line.startswith(f"| {method} | smol-135m |"))
         for cell in cells:
@@ -72,15 +101,30 @@ def test_report_tables_plot_and_run(store, tmp_path, capsys):
     validation = md.split("## Validation")[1].split("##")[0]
     for i, method in enumerate(RUNS):
         assert f"| {method} | smol-135m | smol-{method} " in validation
-        assert f"| {3.0 - i:.4f} | {0.25 * (i + 1):.4f} |" in validation
-    assert "<h2>Validation (held-out sources, last validation)</h2>" in html and "0.7500</td>" in html
+        assert f"| {sig(3.0 - i)} | {sig(0.25 * (i + 1))} |" in validation
+    assert "<h2>Validation (held-out sources, last validation)</h2>" in html and "0.750</td>" in html
     # An unmeasured metric is a dash, not a zero; the base table holds the eval_base values.
     sft_row = next(line for line in tuned_table.splitlines() if line.startswith("| sft |"))
-    assert sft_row.count("—") == 8
-    assert "| 0.0500 | — | 0.6000 |" in md.split("## Base models")[1]
-    # Green for better, red for worse, by each metric's direction (CrowS: closer to 0.5 is better).
-    assert '<td class="better">0.0300 (-0.0200)</td>' in html and '<td class="worse">0.0600 (+0.0100)</td>' in html
-    assert '<td class="better">0.5800 (-0.0400)</td>' in html
+    assert sft_row.count("—") == 7
+    base_table = md.split("## Base models")[1].split("##")[0]
+    assert "| 0.0500 [0.0400, 0.0600] (n 24) | — | 0.600 [0.550, 0.650] (n 16) | 0.500 [0.300, 0.700] (n 9) |" in base_table
+    # Green or red only for a change whose interval excludes 0, by the metric's direction (CrowS: closer
+    # to 0.5 is better); a change whose interval holds 0 is not coloured.
+    assert f'<td class="better">{EXPECTED_CELLS["contrastive"][0]}</td>' in html
+    assert f'<td class="better">{EXPECTED_CELLS["contrastive"][2]}</td>' in html
+    assert f'<td class="worse">{EXPECTED_CELLS["sft"][1]}</td>' in html
+    assert f'<td>{EXPECTED_CELLS["contrastive"][1]}</td>' in html and f'<td>{EXPECTED_CELLS["sft"][0]}</td>' in html
+    assert html.count('class="better"') == 2 and html.count('class="worse"') == 1
+    # The (labeller) mark is explained once, under the tables; the base model's cells are not marked.
+    assert md.count("(labeller): scored by the scorer that labelled the training data.") == 1
+    assert html.count("(labeller): scored by the scorer that labelled the training data.") == 1
+    assert not any("(labeller)" in line for line in base_table.splitlines() if line.startswith("|"))
+    # Why the dpo change is withheld (its stale delta/ metrics are not shown), and the quick suite's wide intervals.
+    dpo = next(line for line in md.splitlines() if line.startswith("- Change against the base model withheld"))
+    assert dpo.endswith("base and tuned were evaluated with different options, scorers or items (hash c3 vs d4).")
+    assert "+0.010 [+0.0050, +0.015]" not in md
+    assert "2 run(s) were evaluated with the quick suite (24 prompts x 2 samples, 16 summaries, 100 CrowS pairs): " \
+           "its intervals are wide" in md and "its intervals are wide" in html
     # The run without eval metrics is listed, not dropped.
     assert "## Runs without eval metrics" in md and f"contrastive / tiny: run smol-crashed ({crashed[:8]}), status FAILED" in md
     assert html.count("<table>") == 3 and "smol-crashed" in html
@@ -100,7 +144,6 @@ def test_report_tables_plot_and_run(store, tmp_path, capsys):
     assert main(["--config", str(path), "--set", f"output={tmp_path / 'again'}"]) == 0
     printed = capsys.readouterr().out
     assert "4 runs (3 with eval metrics)" in printed
-    link = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs?searchFilter=tags.cdb.kind%20%3D%20%27train%27"
     assert f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000, then open {link}" in printed
     assert (tmp_path / "again" / "report.md").is_file() and not (tmp_path / "unused").exists()
 

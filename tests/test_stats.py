@@ -7,7 +7,8 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from cdb.stats import Estimate, detectable, mean_interval, paired_binary_change, paired_change, share_interval
+from cdb.stats import (Estimate, combined_interval, detectable, mean_interval, paired_binary_change, paired_change,
+                       paired_combined_change, share_interval)
 
 
 def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -132,3 +133,27 @@ def test_paired_binary_change_without_discordant_pairs():
 def test_paired_binary_change_rejects_non_binary_values():
     with pytest.raises(ValueError, match="tuned holds values other than 0 and 1"):
         paired_binary_change([0, 1], [0, 0.5])
+
+
+def _icat(lms, ss):
+    return lms * np.minimum(ss, 100.0 - ss) / 50.0
+
+
+def test_combined_interval_of_means_and_its_paired_change():
+    rng = np.random.default_rng(3)
+    lms = rng.uniform(60, 100, 80)
+    ss = rng.uniform(50, 90, 80)
+    estimate = combined_interval([lms, ss], _icat)
+    assert estimate.value == pytest.approx(_icat(lms.mean(), ss.mean())) and estimate.n == 80
+    assert estimate.low < estimate.value < estimate.high
+    # a row with a NaN is one item left out
+    assert combined_interval([[*lms, np.nan], [*ss, 70.0]], _icat).n == 80
+    # the same items twice: a change of exactly 0, so nothing detectable
+    same = paired_combined_change([lms, ss], [lms, ss], _icat)
+    assert (same.value, same.low, same.high, same.n) == (0.0, 0.0, 0.0, 80) and not detectable(same)
+    # every target 10 points less stereotyped (ss nearer 50): ICAT rises by about lms * 10 / 50 on average
+    shifted = paired_combined_change([lms, ss], [lms, ss - 10], _icat)
+    assert shifted.value == pytest.approx(_icat(lms.mean(), ss.mean() - 10) - estimate.value)
+    assert shifted.low > 0 and detectable(shifted)
+    with pytest.raises(ValueError, match="base has 2 columns but tuned has 1"):
+        paired_combined_change([lms, ss], [lms], _icat)

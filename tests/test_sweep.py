@@ -264,3 +264,114 @@ def test_sweep_of_two_methods_in_parallel_finishes_with_a_child_run_each(tmp_pat
     assert report_run.data.tags["cdb.method"] == "report" and "mlflow.parentRunId" not in report_run.data.tags
     wanted = quote(f"tags.cdb.kind = 'train' and tags.mlflow.parentRunId = '{state['parent_run_id']}'", safe="")
     assert f"then open http://127.0.0.1:5000/#/experiments/{experiment}/runs?searchFilter={wanted}" in proc.stdout
+
+
+# --- repeatable scheduled sweeps (issue 13, item 6) ---------------------------------------------
+
+
+def test_admit_counts_what_other_jobs_hold():
+    a, b, big = Point("a", "m", 2, 0), Point("b", "m", 2, 0), Point("big", "m", 8, 8)
+    total = {"CPU": 4, "GPU": 0}
+    # Another sweep holds 3 of the 4 CPUs: nothing starts, even with nothing of this sweep running.
+    assert admit([a], [], total, parallel=2, available={"CPU": 1, "GPU": 0}) == []
+    assert admit([a], [], total, parallel=2, available={"CPU": 2, "GPU": 0}) == [a]
+    # This sweep's own running point counts against the free CPUs, claimed yet or not: never more than fits.
+    assert admit([b], [a], total, parallel=2, available={"CPU": 4, "GPU": 0}) == [b]
+    assert admit([b], [a], total, parallel=2, available={"CPU": 3, "GPU": 0}) == []
+    # A point no cluster of this size holds still starts alone, for the trainer to say what it needs.
+    assert admit([big], [], total, parallel=2, available={"CPU": 0, "GPU": 0}) == [big]
+
+
+def test_each_period_has_its_own_folder():
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    base = Path("/shared/sweeps/weekly")
+    wednesday = datetime(2026, 12, 2, 23, 30, tzinfo=timezone.utc)
+    assert sweep.period_folder(base, "week", wednesday) == base / "2026-W49"
+    assert sweep.period_folder(base, "week", datetime(2027, 1, 1, tzinfo=timezone.utc)) == base / "2026-W53"  # ISO year
+    assert sweep.period_folder(base, "day", wednesday) == base / "2026-12-02"
+    assert sweep.period_folder(base, "", wednesday) == base
+
+
+def test_a_sweep_with_a_period_works_in_this_periods_folder(tmp_path):
+    from datetime import datetime, timezone
+
+    settings_, overrides = sweep.resolve_settings(sets=["scales=tiny", "methods=sft", f"output_dir={tmp_path}",
+                                                        "period=week"])
+    runner = sweep.Sweep(settings_, overrides, sweep.sweep_points(["tiny"], ["sft"], overrides))
+    assert runner.output_dir == tmp_path / datetime.now(timezone.utc).strftime("%G-W%V")
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["period=month"], "period: 'month' is not one of"),
+    (["keep_periods=-1"], "keep_periods: must be >= 0"),
+])
+def test_bad_period_settings_name_the_key(sets, message):
+    with pytest.raises(cfg.ConfigError, match=message):
+        sweep.resolve_settings(sets=["scales=tiny", "methods=sft", *sets])
+
+
+def test_old_periods_lose_their_checkpoints_only(tmp_path):
+    import fcntl
+
+    def sweep_folder(name: str):
+        folder = tmp_path / name
+        for point in ("tiny-sft", "tiny-dpo"):
+            (folder / point / "checkpoints" / "run-1" / "step_0000002").mkdir(parents=True)
+            (folder / point / "model").mkdir()
+            (folder / point / "run.json").write_text("{}")
+        (folder / "report").mkdir()
+        (folder / "sweep.json").write_text("{}")
+        return folder
+
+    folders = [sweep_folder(f"2026-W{week}") for week in (45, 46, 47, 48, 49)]
+    (tmp_path / "notes" / "checkpoints").mkdir(parents=True)  # not a period folder: never touched
+    with (folders[1] / sweep.LOCK_FILE).open("a") as held:  # a sweep still running in W46
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        removed = sweep.prune_checkpoints(tmp_path, "week", 2, current=folders[-1])
+    assert sorted(removed) == sorted(f / p / "checkpoints" for f in (folders[0], folders[2]) for p in ("tiny-sft", "tiny-dpo"))
+    for folder in folders:
+        assert (folder / "tiny-sft" / "model").is_dir() and (folder / "sweep.json").is_file()
+    assert (folders[1] / "tiny-sft" / "checkpoints").is_dir()   # locked
+    assert (folders[3] / "tiny-sft" / "checkpoints").is_dir()   # the newest 2 (W48 and this W49) keep theirs
+    assert (folders[4] / "tiny-sft" / "checkpoints").is_dir()
+    assert (tmp_path / "notes" / "checkpoints").is_dir()
+    assert sweep.prune_checkpoints(tmp_path, "week", 0, current=folders[-1]) == []  # 0 keeps all
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from cdb import tracking
+
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}", tracking
+
+
+def test_a_spool_left_by_an_earlier_run_is_never_replayed_into_a_new_one(store, tmp_path):
+    uri, tracking = store
+    old = tracking.create_run(uri, "spool", "old", {}, {})
+    new = tracking.create_run(uri, "spool", "new", {}, {})
+    spool = tmp_path / tracking.SPOOL_FILE
+    entry = {"step": 1, "timestamp": 1, "metrics": {"train/loss": 1.0}}
+    spool.write_text(json.dumps({**entry, "run_id": old.id}) + "\n" + json.dumps({**entry, "run_id": new.id}) + "\n")
+    assert tracking.read_spool(spool, new.id) == [{**entry, "run_id": new.id}]
+    client = MlflowClient(tracking_uri=uri)
+    assert tracking.replay_spool(client, new.id, spool) == 1
+    assert [m.step for m in client.get_metric_history(new.id, "train/loss")] == [1]
+    # The old run's entry stays in the spool, for its own run only.
+    assert tracking.read_spool(spool, new.id) == []
+    assert tracking.read_spool(spool, old.id) == [{**entry, "run_id": old.id}]
+    assert client.get_metric_history(old.id, "train/loss") == []
+
+
+def test_the_sweep_report_covers_its_own_parent_runs_children_only(store):
+    from cdb.report import collect
+
+    uri, tracking = store
+    parents = [tracking.create_run(uri, "weekly", f"sweep-{i}", {}, {tracking.TAG_METHOD: tracking.SWEEP_RUN})
+               for i in range(2)]
+    for parent, method in zip(parents, ("sft", "dpo")):
+        tracking.create_run(uri, "weekly", f"tiny-{method}", {},
+                            {tracking.TAG_METHOD: method, tracking.TAG_SCALE: "tiny", tracking.TAG_PARENT_RUN: parent.id})
+    assert [row.method for row in collect(uri, "weekly", parents[1].id)] == ["dpo"]
+    assert sorted(row.method for row in collect(uri, "weekly")) == ["dpo", "sft"]

@@ -194,20 +194,47 @@ def test_skip_bad_records_and_evaluate_before_and_after(tmp_path, ray_address):
         for metric in ("toxicity/mean_toxicity", "faithfulness/similarity_minilm", "bias/crows_stereo_share"):
             assert f"{prefix}/{metric}" in run.data.metrics, f"{prefix}/{metric}"
         assert json.loads((out / prefix / "eval.json").read_text())["run_id"] == run.info.run_id
+        assert run.data.metrics[f"{prefix}/bias/crows_stereo_share_n"] == 2
+    # The change against the base, paired over the same items, on the run and in the run folder.
+    assert run.data.tags["cdb.eval_base.options_hash"] == run.data.tags["cdb.eval.options_hash"]
+    assert run.data.tags["cdb.delta.withheld"] == ""
+    changes = json.loads((out / "changes.json").read_text())
+    assert changes["withheld"] is None and "bias/crows_stereo_share" in changes["changes"]
+    for name, change in changes["changes"].items():
+        key = f"delta/{name}"
+        assert run.data.metrics[key] == pytest.approx(change["value"]) and run.data.metrics[f"{key}_n"] == change["n"]
+        assert run.data.metrics[f"{key}_ci95_low"] <= run.data.metrics[key] <= run.data.metrics[f"{key}_ci95_high"]
+    crows = changes["changes"]["bias/crows_stereo_share"]
+    tuned, base = run.data.metrics["eval/bias/crows_stereo_share"], run.data.metrics["eval_base/bias/crows_stereo_share"]
+    assert crows["n"] == 2 and crows["value"] == pytest.approx(tuned - base)
+
+
+def driver_peak_rss_mib(stdout: str) -> float:
+    return float(re.search(r"driver: +peak RSS ([\d,]+) MiB", stdout).group(1).replace(",", ""))
 
 
 @pytest.mark.integration
-def test_smol_135m_trains_offline(tmp_path, ray_address):
+def test_smol_135m_trains_offline_and_evaluates_off_the_driver(tmp_path, ray_address):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "run"
     proc = run_train(["--scale", "smol-135m", "--max-steps", "2", "--output-dir", str(out), "--tracking-uri", uri,
-                      "--set", "data.max_records=16"], tmp_path, ray_address=ray_address)
+                      "--set", "data.max_records=16", "--set", "eval.limit=2"], tmp_path, ray_address=ray_address)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     client, run = only_run(uri)
     assert run.data.params["scale.name"] == "smol-135m"
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 2
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["num_hidden_layers"] == 30 and config["hidden_size"] == 576  # SmolLM2-135M's shape
+    assert {"eval_base/toxicity/mean_toxicity", "eval/toxicity/mean_toxicity"} <= set(run.data.metrics)
+    # Evaluation ran as Ray tasks: the driver's peak memory is that of a run that evaluates nothing
+    # (loading SmolLM2-135M in fp32 alone takes ~540 MiB).
+    off = run_train(["--scale", "smol-135m", "--max-steps", "1", "--output-dir", str(tmp_path / "off"),
+                     "--tracking-uri", uri, "--set", "data.max_records=16", "--set", "eval.suite=off"], tmp_path,
+                    ray_address=ray_address)
+    assert off.returncode == 0, off.stdout[-3000:] + off.stderr[-5000:]
+    with_eval, without = driver_peak_rss_mib(proc.stdout), driver_peak_rss_mib(off.stdout)
+    print(f"driver peak RSS: evaluation on {with_eval:,.0f} MiB, off {without:,.0f} MiB")
+    assert with_eval < without + 200, (with_eval, without)
 
 
 def test_preflight_refuses_an_output_dir_without_room_for_the_checkpoints(tmp_path):

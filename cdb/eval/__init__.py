@@ -11,25 +11,28 @@ decoding-time debiasing baseline, "instructive" or "self-debias" (cdb.eval.decod
 changes); EvalLM applies it.
 
 One module per task, each a `Task` (cdb.eval.base): `name` and `run(lm, options, resources) ->
-TaskResult(metrics, samples)`. A task whose data cannot be had offline and was not given raises
-`Unavailable`; the suite prints the note and goes on. Importing this package loads no torch: the
+TaskResult(metrics, samples, items)`, `items` holding each metric's value per item. Every metric is
+logged with its n and 95% interval over its items (`<metric>_n`, `_ci95_low`, `_ci95_high`;
+cdb.eval.estimates), and a metric no item defines is absent with a tag saying why. A task whose
+data cannot be had offline and was not given raises `Unavailable`; the suite prints the note and
+goes on. Importing this package loads no torch: the
 LM and the decoding load when a suite runs.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 import tempfile
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from cdb import settings, tracking
-from cdb.eval.base import EvalDataError, Resources, Task, TaskResult, Unavailable
+from cdb.eval import estimates
+from cdb.eval.base import EvalDataError, Items, Resources, Task, TaskResult, Unavailable
 from cdb.eval.bias import BiasTask
 from cdb.eval.faithfulness import FaithfulnessTask
 from cdb.eval.intelligibility import IntelligibilityTask
@@ -57,6 +60,7 @@ def make_options(suite: str = "quick", **overrides: Any) -> EvalOptions:
 class SuiteResult:
     metrics: dict[str, float]            # "task/metric" -> value
     samples: list[dict[str, Any]]        # one per scored item, each with its "task"
+    items: dict[str, Items] = field(default_factory=dict)   # "task/metric" -> its values per item
     skipped: dict[str, str] = field(default_factory=dict)   # task -> why
     seconds: dict[str, float] = field(default_factory=dict)
     scorers: dict[str, str] = field(default_factory=dict)   # kind -> "name@version"
@@ -67,12 +71,15 @@ def _say(message: str) -> None:
     print(f"[cdb.eval] {message}", flush=True)
 
 
-def run_suite(model, tokenizer, suite: str = "quick", options: EvalOptions | Mapping[str, Any] | None = None) -> SuiteResult:
+def run_suite(model, tokenizer, suite: str = "quick", options: EvalOptions | Mapping[str, Any] | None = None,
+              replicas: list = ()) -> SuiteResult:
     """Run a suite's tasks on a loaded model. `options`: an EvalOptions (its own suite applies) or
-    overrides of `suite`'s preset."""
+    overrides of `suite`'s preset. `replicas`: Ray actors holding copies of the model
+    (cdb.eval.remote), sharing every LM call with this process."""
     opts = options.for_suite() if isinstance(options, EvalOptions) else make_options(suite, **dict(options or {}))
+    opts = replace(opts, device=resolve_device(opts.device))
     with _torch_threads(opts.threads):
-        return _run_tasks(model, tokenizer, opts)
+        return _run_tasks(model, tokenizer, opts, replicas)
 
 
 @contextmanager
@@ -89,16 +96,33 @@ def _torch_threads(threads: int):
         torch.set_num_threads(previous)
 
 
-def _run_tasks(model, tokenizer, opts: EvalOptions) -> SuiteResult:
+def _eval_lm(model, tokenizer, opts: EvalOptions):
     from cdb.eval.decoding import Decoding
     from cdb.eval.lm import EvalLM
 
-    lm = EvalLM(model, tokenizer, batch_size=opts.batch_size, device=opts.device, decoding=Decoding.from_options(opts))
+    return EvalLM(model, tokenizer, batch_size=opts.batch_size, device=opts.device, decoding=Decoding.from_options(opts))
+
+
+def make_lm(model_source: str, options: EvalOptions, precision: str = "fp32"):
+    """The EvalLM a suite with `options` runs on, for a model source (what a replica holds)."""
+    opts = replace(options.for_suite(), device=resolve_device(options.device))
+    model, tokenizer, _ = load_model(model_source, opts.seed, precision, opts.device)
+    return _eval_lm(model, tokenizer, opts)
+
+
+def _run_tasks(model, tokenizer, opts: EvalOptions, replicas: list = ()) -> SuiteResult:
+    lm = _eval_lm(model, tokenizer, opts)
+    if replicas:
+        from cdb.eval.remote import ShardedLM
+
+        lm = ShardedLM(lm, list(replicas))
+        _say(f"items split over {1 + len(replicas)} copies of the model")
     if opts.decoding != "none":
         _say(f"decoding {opts.decoding}")
     resources = Resources(opts)
     metrics: dict[str, float] = {}
     samples: list[dict[str, Any]] = []
+    items: dict[str, Items] = {}
     skipped: dict[str, str] = {}
     seconds: dict[str, float] = {}
     tags: dict[str, str] = {}
@@ -113,28 +137,42 @@ def _run_tasks(model, tokenizer, opts: EvalOptions) -> SuiteResult:
         seconds[name] = time.perf_counter() - start
         resources.results[name] = result
         metrics.update({f"{name}/{k}": float(v) for k, v in result.metrics.items()})
+        items.update({f"{name}/{k}": v for k, v in result.items.items()})
         samples += result.samples
         tags.update({f"{name}.{k}": v for k, v in result.tags.items()})
         shown = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if "/" not in k)
         _say(f"{name} ({seconds[name]:.0f} s): {shown}")
-    return SuiteResult(metrics, samples, skipped, seconds, resources.scorer_versions(), tags)
+    return SuiteResult(metrics, samples, items, skipped, seconds, resources.scorer_versions(), tags)
 
 
-def load_model(model_source: str, seed: int = 0):
-    """(model, tokenizer, resolved source) for anything cdb.model.prepare_model_source accepts; fp32."""
+def resolve_device(device: str) -> str:
+    """`auto`: cuda where this process sees a GPU (a Ray task sees only the GPUs it was given), else cpu."""
+    if device != "auto":
+        return device
     import torch
 
-    from cdb.model import TINY, build_lm, load_tokenizer, prepare_model_source
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(model_source: str, seed: int = 0, precision: str = "fp32", device: str = "cpu"):
+    """(model, tokenizer, resolved source) for anything cdb.model.prepare_model_source accepts, in
+    `precision` (fp32, bf16, fp16); on cuda with several GPUs visible, spread over them (a model too
+    big for one)."""
+    import torch
+
+    from cdb.model import DTYPES, TINY, build_lm, load_tokenizer, prepare_model_source
 
     resolved = prepare_model_source(model_source)
     tokenizer = load_tokenizer(resolved)
+    dtype = DTYPES[precision]
     if resolved == TINY:
         torch.manual_seed(seed)  # random weights: the seed names the model
-        model = build_lm(TINY, torch.float32, "sdpa", len(tokenizer))
+        model = build_lm(TINY, dtype, "sdpa", len(tokenizer))
     else:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch.float32)
+        spread = device == "cuda" and torch.cuda.device_count() > 1
+        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype, device_map="auto" if spread else None)
     return model, tokenizer, resolved
 
 
@@ -143,33 +181,38 @@ def model_slug(model_source: str) -> str:
     return re.sub(r"[^\w.-]+", "-", name).strip("-") or "model"
 
 
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
 def _log(run: tracking.Run, prefix: str, summary: dict[str, Any], files: list[Path]) -> None:
     tags = {tracking.eval_tag(prefix, "model"): summary["model"], tracking.eval_tag(prefix, "suite"): summary["suite"],
             tracking.eval_tag(prefix, "method"): summary["method"]}
     tags.update({tracking.eval_tag(prefix, f"scorer.{kind}"): name for kind, name in summary["scorers"].items()})
     tags.update({tracking.eval_tag(prefix, key): text for key, text in summary["tags"].items()})
+    tags[tracking.eval_tag(prefix, "options_hash")] = summary["options_hash"]
+    head = f"{prefix}/"
+    tags.update({tracking.undefined_tag(prefix, key[len(head):]): why for key, why in summary["undefined"].items()})
     run.set_tags(tags)
-    run.log_metrics({k: v for k, v in summary["metrics"].items() if v is not None})
+    run.log_metrics(summary["metrics"])
     for path in files:
         run.log_artifact(path, prefix)
 
 
 def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str = tracking.PREFIX_EVAL, run_id: str | None = None,
              tracking_uri: str | None = None, output_dir: str | Path | None = None, experiment: str = "cdb",
-             **overrides: Any) -> dict[str, Any]:
+             precision: str = "fp32", workers: int = 1, gpus_per_worker: int = 0, **overrides: Any) -> dict[str, Any]:
     """Load `model_source`, run the suite of `options` (an EvalOptions; else the quick suite) with
-    `overrides` (EvalOptions fields, `suite` among them), log metrics `<prefix>/<task>/<metric>` and
-    the per-sample table (artifacts `<prefix>/eval.json`, `<prefix>/samples.jsonl`) to MLflow run
+    `overrides` (EvalOptions fields, `suite` among them), log metrics `<prefix>/<task>/<metric>` with
+    their `_n`, `_ci95_low`, `_ci95_high`, the per-sample table and each metric's values per item
+    (artifacts `<prefix>/eval.json`, `<prefix>/samples.jsonl`, `<prefix>/items.json`) to MLflow run
     `run_id` (its status left to its owner), or to a new run (tags cdb.model, cdb.method=eval, or cdb.method=<decoding> for a
     decoding-time debiasing: see run_tag) in `experiment`, FINISHED at the end or FAILED; write both files to `output_dir` too.
-    Either way the run gets tag cdb.<prefix>.method=<decoding>. Returns the summary written to
-    eval.json: method (the decoding), metrics (full names), skipped tasks, seconds per task, scorer
-    versions, tags (TaskResult.tags as "task.tag", also run tags cdb.<prefix>.<task>.<tag>), options, run id
-    and tracking URI."""
+    Either way the run gets tags cdb.<prefix>.method=<decoding>, cdb.<prefix>.options_hash (what a
+    comparison against another evaluation needs equal), cdb.<prefix>.undefined.<task>/<metric>
+    (why a metric is absent) and cdb.<prefix>.<task>.<tag> (TaskResult.tags). The model is loaded in
+    `precision` (a training run passes its scale's when it evaluates on GPUs). With `workers` > 1
+    (inside a Ray cluster), `workers - 1` more copies of the model, each on one CPU and
+    `gpus_per_worker` GPUs, share the items (cdb.eval.remote). Returns the summary written to
+    eval.json: method (the decoding), metrics (full names, with n and interval), undefined (full
+    name -> why), options_hash, skipped tasks, seconds per task, scorer versions, tags
+    (TaskResult.tags as "task.tag"), options, run id and tracking URI."""
     if not re.fullmatch(r"[\w.-]+", prefix):
         raise ValueError(f"prefix {prefix!r}: letters, digits, '_', '.', '-' only")
     # bad options fail before any model loads
@@ -186,11 +229,22 @@ def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str 
         opened = nullcontext(tracking.Run(uri, run_id))
     with opened as run:
         start = time.perf_counter()
-        model, tokenizer, resolved = load_model(model_source, opts.seed)
-        result = run_suite(model, tokenizer, suite, opts)
+        model, tokenizer, resolved = load_model(model_source, opts.seed, precision, resolve_device(opts.device))
+        replicas = []
+        if workers > 1:
+            from cdb.eval.remote import start_replicas, stop_replicas
+
+            replicas = start_replicas(workers - 1, gpus_per_worker, resolved, opts, precision)
+        try:
+            result = run_suite(model, tokenizer, suite, opts, replicas)
+        finally:
+            if replicas:
+                stop_replicas(replicas)
+        metrics, undefined = estimates.summarise(prefix, result.metrics, result.items)
+        options_hash = estimates.evaluation_hash(opts.to_dict(), result.scorers, result.items)
         summary = {
             "model": model_source, "resolved_model": resolved, "suite": suite, "prefix": prefix, "method": opts.decoding,
-            "metrics": {tracking.metric_key(prefix, k): _finite(v) for k, v in result.metrics.items()},
+            "metrics": metrics, "undefined": undefined, "options_hash": options_hash,
             "skipped": result.skipped, "seconds": {**result.seconds, "total": time.perf_counter() - start},
             "scorers": result.scorers, "tags": result.tags, "options": opts.to_dict(), "run_id": run.id, "tracking_uri": uri,
             "output_dir": str(Path(output_dir).resolve()) if output_dir else None,
@@ -202,7 +256,8 @@ def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str 
             with (out / "samples.jsonl").open("w", encoding="utf-8") as f:
                 for sample in result.samples:
                     f.write(json.dumps(sample, ensure_ascii=False, default=_json_default) + "\n")
-            _log(run, prefix, summary, [out / "eval.json", out / "samples.jsonl"])
+            estimates.write_items(out / estimates.ITEMS_FILE, options_hash, result.items)
+            _log(run, prefix, summary, [out / "eval.json", out / "samples.jsonl", out / estimates.ITEMS_FILE])
     return summary
 
 

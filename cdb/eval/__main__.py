@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from cdb import settings
 from cdb.eval.options import DECODINGS, SUITES, TASK_NAMES, EvalOptions
+from cdb.tracking import split_interval_metrics
 
 # Convenience flags, each the same as `--set KEY=...` (the keys of EvalOptions).
 FLAG_KEYS = {"suite": "suite", "decoding": "decoding", "tasks": "tasks", "limit": "limit",
@@ -38,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, help="= --set max_new_tokens=...: tokens per continuation and per summary")
     p.add_argument("--samples", type=int, help="= --set samples=...: samples per toxicity prompt")
     p.add_argument("--seed", type=int, help="= --set seed=...")
-    p.add_argument("--device", help="= --set device=...: cpu (default) or cuda; always fp32")
+    p.add_argument("--device", help="= --set device=...: auto (default: cuda when a GPU is visible), cpu or cuda")
     p.add_argument("--threads", type=int, help="= --set threads=...: torch CPU threads")
     p.add_argument("--toxicity-data", help="= --set toxicity_data=...: RealToxicityPrompts JSONL or hub id")
     p.add_argument("--summary-data", help="= --set summary_data=...: JSON/JSONL with a `source` field")
@@ -47,6 +49,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--self-debias-prefix", action="append", dest="self_debias_prefixes", metavar="TEXT",
                    help="= self_debias_prefixes: a debiasing prefix, repeatable")
     p.add_argument("--no-progress", action="store_true", help="= --set progress=false")
+    p.add_argument("--num-workers", type=int, default=1,
+                   help="copies of the model sharing the items, as Ray tasks on the cluster of $RAY_ADDRESS "
+                        "(else a local one); with this or --gpus-per-worker this process loads no weights (default 1)")
+    p.add_argument("--gpus-per-worker", type=int, default=0, help="GPUs of each copy (default 0: CPU)")
     settings.add_arguments(p, "evaluation")
     return p
 
@@ -67,18 +73,34 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     suffix = f"-{options.decoding}" if options.decoding != "none" else ""
     output = args.output or f"runs/eval/{model_slug(args.model)}{suffix}"
+    if args.num_workers < 1 or args.gpus_per_worker < 0:
+        print("cdb.eval: error: --num-workers must be >= 1 and --gpus-per-worker >= 0", file=sys.stderr)
+        return 2
+    where = dict(prefix=args.prefix, run_id=args.run_id, tracking_uri=args.tracking_uri,
+                 output_dir=str(Path(output).resolve()), experiment=args.experiment)
     try:
-        summary = evaluate(args.model, options, prefix=args.prefix, run_id=args.run_id,
-                           tracking_uri=args.tracking_uri, output_dir=output, experiment=args.experiment)
+        if args.num_workers > 1 or args.gpus_per_worker > 0:
+            import ray
+
+            from cdb.eval.remote import evaluate_on_cluster
+
+            ray.init(log_to_driver=True)  # $RAY_ADDRESS when set, else a local cluster
+            summary = evaluate_on_cluster(args.model, options, args.num_workers, args.gpus_per_worker,
+                                          precision="bf16" if args.gpus_per_worker else "fp32", **where)
+        else:
+            summary = evaluate(args.model, options, **where)
     except (EvalDataError, ValueError, FileNotFoundError) as e:
         print(f"cdb.eval: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - one line for the user; the run is marked FAILED
         print(f"cdb.eval: evaluation failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
-    width = max((len(k) for k in summary["metrics"]), default=0)
-    for name, value in summary["metrics"].items():
-        print(f"  {name:<{width}}  {'n/a' if value is None else f'{value:.4f}'}")
+    measures = split_interval_metrics(summary["metrics"])
+    width = max((len(k) for k in [*measures, *summary["undefined"]]), default=0)
+    for name, m in measures.items():
+        print(f"  {name:<{width}}  {m['value']:.4g} [{m['ci95_low']:.4g}, {m['ci95_high']:.4g}] (n {m['n']:.0f})")
+    for name, why in summary["undefined"].items():
+        print(f"  {name:<{width}}  undefined: {why}")
     for task, why in summary["skipped"].items():
         print(f"  skipped {task}: {why}")
     print(f"[cdb.eval] decoding {summary['method']}, done in {summary['seconds']['total']:.0f} s: {summary['output_dir']}/eval.json, "

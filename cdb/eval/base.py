@@ -3,8 +3,9 @@ options are cdb.eval.options)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Protocol
 
 from cdb.eval.options import EvalOptions
 
@@ -21,14 +22,46 @@ class Unavailable(Exception):
     """A task's data cannot be had offline and was not given: the task is skipped with this note."""
 
 
+KINDS = ("mean", "share", "icat")
+
+
+@dataclass(frozen=True)
+class Items:
+    """One metric's value per item, keyed by a stable item id (a prompt, source, pair, question,
+    text): what the metric's n and 95% interval are computed from (cdb.eval.estimates), and what a
+    change against the base model pairs."""
+
+    values: dict[str, Any]
+    """Item id -> its value; NaN where the metric is undefined for the item (left out of n). For
+    kind icat, a [lms, ss] pair per StereoSet target."""
+    kind: Literal["mean", "share", "icat"] = "mean"
+    """mean: the mean over items, bootstrap interval; share: a share of 0/1 items, Wilson interval
+    (McNemar for a change); icat: StereoSet's ICAT of the targets' mean lms and ss, bootstrap."""
+    undefined: str = ""
+    """Why the metric has no value when no item defines it (said beside the missing number)."""
+
+
+def per_item(task: str, ids: Iterable[str], values: Iterable[float | None], kind: str = "mean",
+             undefined: str = "") -> Items:
+    """Items from parallel ids and values (None: undefined for that item); an id may occur once."""
+    table: dict[str, Any] = {}
+    for item, value in zip(ids, values):
+        if item in table:
+            raise EvalDataError(f"{task}: item id {item!r} occurs twice; ids must be unique to pair items")
+        table[item] = math.nan if value is None else value
+    return Items(table, kind, undefined)  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
 class TaskResult:
-    """A task's metrics (name -> value, without the task prefix), one dict per scored item, and tags:
-    what its numbers were measured on or with (name -> text; e.g. prompt_set, and labeller_metrics:
-    the comma-separated metrics scored by the scorer the training data was labelled with)."""
+    """A task's metrics (name -> value, without the task prefix), each metric's per-item values
+    (`items`, the same names: every metric has them), one dict per scored item, and tags: what its
+    numbers were measured on or with (name -> text; e.g. prompt_set, and labeller_metrics: the
+    comma-separated metrics scored by the scorer the training data was labelled with)."""
 
     metrics: dict[str, float]
     samples: list[dict[str, Any]] = field(default_factory=list)
+    items: dict[str, Items] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
 
 

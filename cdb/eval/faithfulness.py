@@ -15,7 +15,7 @@ Metrics:
   similarity_minilm   "similarity (MiniLM)": cosine of all-MiniLM-L6-v2 embeddings of source and
                       summary, the rule the embedded dataset was labelled with; it rewards copying
   summary_toxicity    mean toxicity of the summaries
-  summaries           sources summarised
+Each metric per source in `items` (faithfulness undefined for a summary naming no entity).
 Tags: labeller_metrics (the metrics scored by a scorer the training data was labelled with).
 """
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from cdb.data.records import DataError
 from cdb.eval import training_data
-from cdb.eval.base import EvalDataError, Resources, TaskResult, mean, progress
+from cdb.eval.base import EvalDataError, Resources, TaskResult, mean, per_item, progress
 from cdb.eval.options import EvalOptions
 from cdb.eval.sources import field, read_local
 
@@ -106,9 +106,14 @@ class FaithfulnessTask:
             "similarity_minilm": mean(similar),
             "summary_toxicity": mean(toxic),
         }
+        ids = [s.id for s in sources]
+        items = {"faithfulness": per_item(self.name, ids, [None if math.isnan(f) else f for f in faithful],
+                                          undefined="no summary names an entity"),
+                 "similarity_minilm": per_item(self.name, ids, similar),
+                 "summary_toxicity": per_item(self.name, ids, toxic)}
         scorers = {"faithfulness": ("faithfulness", resources.faithfulness),
                    "similarity_minilm": ("faithfulness", resources.similarity),
                    "summary_toxicity": ("toxicity", resources.toxicity)}
         labelled = [m for m, (kind, scorer) in scorers.items() if training_data.labelled_with(kind, scorer)]
         tags = {"labeller_metrics": ",".join(labelled)} if labelled else {}
-        return TaskResult({**metrics, "summaries": float(len(sources))}, samples, tags=tags)
+        return TaskResult(metrics, samples, items, tags)

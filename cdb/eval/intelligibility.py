@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 
-from cdb.eval.base import Resources, TaskResult, Unavailable, mean
+from cdb.eval.base import Items, Resources, TaskResult, Unavailable, mean, per_item
 from cdb.eval.options import EvalOptions
 
 FLAGS = ("empty", "refusal", "repeated_bigram", "incomplete", "non_sequitur", "repeated_punctuation")
@@ -61,6 +61,16 @@ def flags(output: str, prompt: str | None = None, ended: bool = True) -> dict[st
     }
 
 
+def share_items(ids: list[str], flagged: list[dict[str, bool | None]]) -> dict[str, Items]:
+    """Per text, 0/1 for each flag (None where the flag was not judged), for `intelligible` and `ended`."""
+    items = {name: per_item("intelligibility", ids, [None if f[name] is None else float(f[name]) for f in flagged],
+                            "share", "the model ended no text (all were cut at the token limit)" if name == "incomplete" else "")
+             for name in FLAGS}
+    items["intelligible"] = per_item("intelligibility", ids, [float(not any(f.values())) for f in flagged], "share")
+    items["ended"] = per_item("intelligibility", ids, [float(f["incomplete"] is not None) for f in flagged], "share")
+    return items
+
+
 def shares(flagged: list[dict[str, bool | None]]) -> dict[str, float]:
     """Each flag's share over the texts it judged; intelligible: the share of texts with no flag raised."""
     metrics = {name: mean([float(f[name]) for f in flagged if f[name] is not None]) for name in FLAGS}
@@ -76,14 +86,16 @@ class IntelligibilityTask:
         judged = [(task, s) for task, result in resources.results.items() for s in result.samples if "output" in s]
         if not judged:
             raise Unavailable("no generated texts to judge: run it with toxicity or faithfulness in the same suite")
-        samples, by_task = [], defaultdict(list)
+        samples, by_task, ids = [], defaultdict(list), defaultdict(list)
         for task, s in judged:
             f = flags(s["output"], s["prompt"] if s.get("continues_prompt") else None, s["finish"] != "length")
             by_task[task].append(f)
+            ids[task].append(f"{task}/{s['id']}/{s.get('sample', 0)}")
             samples.append({"task": self.name, "source_task": task, "id": s["id"], "sample": s.get("sample", 0),
                             "output": s["output"], **f})
         all_flags = [f for group in by_task.values() for f in group]
-        metrics = {**shares(all_flags), "texts": float(len(all_flags))}
+        metrics, items = shares(all_flags), share_items([i for group in ids.values() for i in group], all_flags)
         for task, group in by_task.items():
             metrics.update({f"{task}/{name}": value for name, value in shares(group).items()})
-        return TaskResult(metrics, samples)
+            items.update({f"{task}/{name}": value for name, value in share_items(ids[task], group).items()})
+        return TaskResult(metrics, samples, items)

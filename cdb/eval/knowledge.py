@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Sequence
 
-from cdb.eval.base import EvalDataError, Resources, TaskResult, Unavailable, mean, progress, spread
+from cdb.eval.base import EvalDataError, Resources, TaskResult, Unavailable, mean, per_item, progress, spread
 from cdb.eval.options import EvalOptions
 from cdb.eval.sources import field, read_rows
 
@@ -125,6 +125,8 @@ class KnowledgeTask:
                             "letter_pick": argmax(letters), "text_pick": argmax(texts),
                             "correct": float(argmax(letters) == item.answer), "correct_text": float(argmax(texts) == item.answer)})
         metrics = {"accuracy": mean([s["correct"] for s in samples]),
-                   "accuracy_choice_text": mean([s["correct_text"] for s in samples]),
-                   "questions": float(len(samples))}
-        return TaskResult(metrics, samples)
+                   "accuracy_choice_text": mean([s["correct_text"] for s in samples])}
+        ids = [s["id"] for s in samples]
+        items = {"accuracy": per_item(self.name, ids, [s["correct"] for s in samples], "share"),
+                 "accuracy_choice_text": per_item(self.name, ids, [s["correct_text"] for s in samples], "share")}
+        return TaskResult(metrics, samples, items)

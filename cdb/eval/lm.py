@@ -44,7 +44,8 @@ class LogLik:
 class EvalLM:
     def __init__(self, model, tokenizer, batch_size: int = 8, device: str = "cpu", max_length: int | None = None,
                  decoding: Decoding | None = None):
-        self.model = model.to(device=device, dtype=torch.float32).eval()
+        # Kept in the precision it was loaded in; a model spread over several GPUs stays where it is.
+        self.model = (model if getattr(model, "hf_device_map", None) else model.to(device)).eval()
         self.tokenizer = tokenizer
         self.batch_size = max(1, batch_size)
         self.device = device

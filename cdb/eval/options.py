@@ -83,8 +83,9 @@ class EvalOptions:
     """Seed of sampling (and of the random weights of builtin:tiny-llama)."""
     batch_size: int = 16
     """Prompts or scored sequences per forward pass."""
-    device: str = "cpu"
-    """cpu or cuda; always fp32."""
+    device: str = "auto"
+    """cpu, cuda, or auto: cuda where the evaluating process has a GPU (inside a training run: when
+    the scale trains on GPUs), else cpu."""
     threads: int = SUITE
     """torch CPU threads; 0 = torch's default, -1 = the suite's (quick: 1, which avoids the stalls of
     oversubscribed threads on a busy shared CPU)."""

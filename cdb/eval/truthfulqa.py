@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from cdb.eval.base import EvalDataError, Resources, TaskResult, Unavailable, mean, progress
+from cdb.eval.base import EvalDataError, Resources, TaskResult, Unavailable, mean, per_item, progress
 from cdb.eval.options import EvalOptions
 from cdb.eval.sources import field, read_rows, take
 
@@ -106,6 +106,8 @@ class TruthfulQATask:
             at += len(q.mc2_choices)
             samples.append({"task": self.name, "id": q.id, "question": q.question, "mc1": mc1(ll1, q.mc1_labels),
                             "mc2": mc2(ll2, q.mc2_labels), "mc1_logliks": ll1, "mc2_logliks": ll2})
-        metrics = {"mc1": mean([s["mc1"] for s in samples]), "mc2": mean([s["mc2"] for s in samples]),
-                   "questions": float(len(samples))}
-        return TaskResult(metrics, samples)
+        metrics = {"mc1": mean([s["mc1"] for s in samples]), "mc2": mean([s["mc2"] for s in samples])}
+        ids = [s["id"] for s in samples]
+        items = {"mc1": per_item(self.name, ids, [s["mc1"] for s in samples], "share"),
+                 "mc2": per_item(self.name, ids, [s["mc2"] for s in samples])}
+        return TaskResult(metrics, samples, items)

@@ -1,0 +1,132 @@
+"""Evaluation on a Ray cluster's workers, so that the driver (on a cluster, the Ray head: one CPU, no
+GPU, little memory) never loads model weights, data-parallel over the items.
+
+    summary = evaluate_on_cluster(model, options, workers=2, gpus=1, precision="bf16", prefix="eval", ...)
+
+`evaluate_on_cluster` runs cdb.eval.evaluate in a Ray task with one CPU and `gpus` GPUs (a training
+worker's share: free before training starts and after it ends). There the model loads in
+`precision` on the task's GPUs (device `auto`; spread over them when it has several), and with
+`workers` > 1 it starts `workers - 1` replicas (Ray actors of the same size): every LM call of a
+task (log-likelihoods, generations) is split into one contiguous part per replica, run at once, and
+the results put back in order, so the tasks and their scoring are unchanged. Sampled generations
+depend on the number of workers (each part is seeded on its own). The task writes eval.json and
+samples.jsonl to `output_dir`, which must be storage every node sees (cdb.train checks that first),
+or to an object store (`storage`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from cdb.eval.options import EvalOptions
+
+
+class Replica:
+    """One copy of the evaluated LM in a Ray actor; `call` runs one EvalLM method on its part."""
+
+    def __init__(self, model_source: str, options: EvalOptions, precision: str):
+        import torch
+
+        from cdb.eval import make_lm
+
+        if options.threads > 0:
+            torch.set_num_threads(options.threads)
+        self.lm = make_lm(model_source, options, precision)
+
+    def call(self, method: str, items: list, kwargs: dict) -> list:
+        return getattr(self.lm, method)(items, **kwargs)
+
+
+def start_replicas(count: int, gpus: int, model_source: str, options: EvalOptions, precision: str) -> list:
+    """`count` Replica actors of one CPU and `gpus` GPUs each (on the connected cluster)."""
+    import ray
+
+    actor = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=0)(Replica)
+    return [actor.remote(model_source, options, precision) for _ in range(count)]
+
+
+def stop_replicas(replicas: list) -> None:
+    import ray
+
+    for replica in replicas:
+        ray.kill(replica)
+
+
+def split(items: list, parts: int) -> list[list]:
+    """`parts` contiguous slices, sizes differing by at most one, in order."""
+    size, extra = divmod(len(items), parts)
+    bounds = [i * size + min(i, extra) for i in range(parts + 1)]
+    return [items[bounds[i]:bounds[i + 1]] for i in range(parts)]
+
+
+class ShardedLM:
+    """EvalLM's interface over this process's EvalLM and its replicas: each call's items are split,
+    one part per copy, run at the same time, results concatenated in order. Everything else (the
+    tokenizer, encode, generation_prompt) is the local LM's."""
+
+    def __init__(self, local, replicas: list):
+        self.local, self.replicas = local, replicas
+
+    def __getattr__(self, name: str):
+        return getattr(self.local, name)
+
+    def loglikelihood(self, requests: Sequence, on_batch: Callable[[int], None] | None = None,
+                      prefixes: Sequence | None = None) -> list:
+        return self._spread("loglikelihood", list(requests), {}, on_batch, {"prefixes": prefixes})
+
+    def loglikelihood_tokens(self, encoded: Sequence, on_batch: Callable[[int], None] | None = None,
+                             prefix_ids: Sequence | None = None) -> list:
+        return self._spread("loglikelihood_tokens", list(encoded), {}, on_batch, {"prefix_ids": prefix_ids})
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, on_batch: Callable[[int], None] | None = None,
+                 **kwargs: Any) -> list:
+        return self._spread("generate", list(prompts), {"max_new_tokens": max_new_tokens, **kwargs}, on_batch)
+
+    def _spread(self, method: str, items: list, kwargs: dict, on_batch, aligned: dict | None = None) -> list:
+        """`aligned`: keyword arguments holding one entry per item (or None), split with the items."""
+        import ray
+
+        copies = 1 + len(self.replicas)
+        parts = split(items, copies)
+        given = {key: split(list(value), copies) for key, value in (aligned or {}).items() if value is not None}
+        args = [{**kwargs, **{key: value[i] for key, value in given.items()}} for i in range(copies)]
+        pending = [replica.call.remote(method, part, args[i]) for i, (replica, part) in
+                   enumerate(zip(self.replicas, parts[1:]), 1) if part]
+        results = list(getattr(self.local, method)(parts[0], on_batch=on_batch, **args[0]))
+        for part, result in zip([p for p in parts[1:] if p], ray.get(pending)):
+            results += result
+            if on_batch:
+                on_batch(len(part))
+        return results
+
+
+def _evaluate(model_source: str, options: EvalOptions, kwargs: dict[str, Any], storage) -> dict[str, Any]:
+    from cdb.eval import evaluate
+
+    if storage is None:
+        return evaluate(model_source, options, **kwargs)
+    with tempfile.TemporaryDirectory(prefix="cdb-eval-") as folder:
+        local = Path(folder)
+        if model_source.startswith(storage.uri() + "/"):  # a model in the object store: fetched to this node
+            part = model_source[len(storage.uri()):].strip("/")
+            model_source = str(local / part)
+            storage.download(model_source, part)
+        summary = evaluate(model_source, options, **{**kwargs, "output_dir": local / kwargs["prefix"]})
+        storage.upload(local / kwargs["prefix"], kwargs["prefix"])
+        return summary
+
+
+def evaluate_on_cluster(model_source: str, options: EvalOptions, workers: int = 1, gpus: int = 0, storage=None,
+                        **kwargs: Any) -> dict[str, Any]:
+    """cdb.eval.evaluate(model_source, options, workers=..., gpus_per_worker=..., **kwargs) in a Ray
+    task with one CPU and `gpus` GPUs of the connected cluster; returns its summary. An exception in
+    the task is raised here. With `storage` (a cdb.storage.Storage in an object store), the task
+    writes its files to `<storage>/<prefix>/` and reads a `model_source` under the storage's URI
+    from there."""
+    import ray
+
+    task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(_evaluate)
+    return ray.get(task.remote(model_source, options, {**kwargs, "workers": workers, "gpus_per_worker": gpus},
+                               storage))
