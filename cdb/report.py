@@ -10,8 +10,10 @@ last validation), and writes to OUTPUT:
   report.md, report.html   one row per run: each metric's value, interval and n, with its change
                            against the run's base model ("no detectable change" when the change's
                            interval holds 0; withheld, with the reason, when the two evaluations are
-                           not comparable; an undefined metric with why); the validation metrics
-                           every method shares
+                           not comparable; an undefined metric with why; "(labeller)" beside a
+                           number scored by the scorer that labelled the training data, tags
+                           cdb.<prefix>.<task>.labeller_metrics); the validation metrics every
+                           method shares
   alignment_tax.png        toxicity (x) against faithfulness (y), an arrow per run from base to tuned,
                            the tuned model's 95% intervals as bars
 and logs the three as artifacts of a new run tagged cdb.method=report. Runs without eval metrics are
@@ -40,7 +42,7 @@ from cdb.settings import ConfigError
 @dataclass(frozen=True)
 class Column:
     label: str
-    metric: str   # "<task>/<metric>" under eval/ and eval_base/
+    metric: str   # "<task>/<metric>" under eval/ and eval_base/; "{k}": the samples per prompt of the run
     better: str   # "lower", "higher", or "half" (0.5 is ideal: CrowS-Pairs)
 
 
@@ -52,9 +54,9 @@ VAL_COLUMNS = (
 
 COLUMNS = (
     Column("Toxicity ↓", "toxicity/mean_toxicity", "lower"),
-    Column("Exp. max toxicity ↓", "toxicity/expected_max_toxicity", "lower"),
+    Column("Exp. max toxicity ↓", "toxicity/expected_max_toxicity_at{k}", "lower"),
     Column("Faithfulness ↑", "faithfulness/faithfulness", "higher"),
-    Column("Entity precision ↑", "faithfulness/entity_precision", "higher"),
+    Column("Similarity (MiniLM) ↑", "faithfulness/similarity_minilm", "higher"),
     Column("TruthfulQA MC1 ↑", "truthfulqa/mc1", "higher"),
     Column("TruthfulQA MC2 ↑", "truthfulqa/mc2", "higher"),
     Column("Knowledge ↑", "knowledge/accuracy", "higher"),
@@ -68,6 +70,7 @@ LEGEND = ("Each cell: the tuned model's value [95% interval] (n: the items it is
           "(paired bootstrap; exact McNemar for shares), with its 95% interval. A change whose interval holds 0 "
           "reads \"no detectable change\"; the others are marked better or worse by the metric's direction. "
           "CrowS-Pairs: 0.5 is unbiased; StereoSet ICAT on 0..100.")
+LABELLER_NOTE = "(labeller): scored by the scorer that labelled the training data."
 
 
 class ReportError(Exception):
@@ -103,6 +106,9 @@ class RunRow:
     """Why there is no change against the base model: the two evaluations are not comparable."""
     suite: str = ""
     """The eval/ suite (tag cdb.eval.suite)."""
+    labeller: dict[str, set[str]] = field(default_factory=dict)
+    """prefix (eval, eval_base) -> the metrics scored by the scorer that labelled the training data
+    (tags cdb.<prefix>.<task>.labeller_metrics)."""
 
 
 def _measures(metrics: dict[str, float], prefix: str) -> dict[str, Measure]:
@@ -113,6 +119,12 @@ def _measures(metrics: dict[str, float], prefix: str) -> dict[str, Measure]:
 def _undefined(tags: dict[str, str], prefix: str) -> dict[str, str]:
     head = tracking.undefined_tag(prefix, "")
     return {k[len(head):]: v for k, v in tags.items() if k.startswith(head)}
+
+
+def _labeller(tags: dict[str, str], prefix: str) -> set[str]:
+    head, tail = tracking.eval_tag(prefix, ""), ".labeller_metrics"
+    return {f"{k[len(head):-len(tail)]}/{m}" for k, v in tags.items()
+            if k.startswith(head) and k.endswith(tail) for m in v.split(",") if m}
 
 
 def _withheld(tags: dict[str, str]) -> str:
@@ -152,6 +164,7 @@ def collect(uri: str, experiment: str, parent_run_id: str = "") -> list[RunRow]:
             _measures(metrics, tracking.PREFIX_VAL), {} if withheld else _measures(metrics, tracking.PREFIX_DELTA),
             {p: _undefined(tags, p) for p in (tracking.PREFIX_EVAL, tracking.PREFIX_EVAL_BASE)}, withheld,
             tags.get(tracking.eval_tag(tracking.PREFIX_EVAL, "suite"), ""),
+            {p: _labeller(tags, p) for p in (tracking.PREFIX_EVAL, tracking.PREFIX_EVAL_BASE)},
         ))
     if not rows:
         of = f" under parent run {parent_run_id}" if parent_run_id else ""
@@ -179,12 +192,21 @@ def _value(m: Measure) -> str:
     return f"{sig(m.value)}{_interval(m)}{n}"
 
 
+def metric_name(column: Column, row: RunRow) -> str:
+    """The column's metric as the run logged it: "{k}" filled in with the k the run has (its suite's)."""
+    if "{k}" not in column.metric:
+        return column.metric
+    head = column.metric.split("{k}")[0]
+    logged = [*row.tuned, *row.base, *row.changes, *(m for u in row.undefined.values() for m in u)]
+    return min((m for m in logged if m.startswith(head) and m[len(head):].isdigit()), default=column.metric)
+
+
 def _verdict(column: Column, row: RunRow, change: Measure) -> bool | None:
     """True better, False worse, None when the change's interval holds 0 (or has none)."""
     if change.low is None or change.high is None or change.low <= 0 <= change.high:
         return None
     if column.better == "half":
-        base, tuned = row.base.get(column.metric), row.tuned.get(column.metric)
+        base, tuned = row.base.get(metric_name(column, row)), row.tuned.get(metric_name(column, row))
         if base is None or tuned is None:
             return None
         return abs(tuned.value - 0.5) < abs(base.value - 0.5)
@@ -194,16 +216,17 @@ def _verdict(column: Column, row: RunRow, change: Measure) -> bool | None:
 def _cell(row: RunRow, column: Column, prefix: str) -> tuple[str, bool | None]:
     """The text of one metric of a run under `prefix` (eval with its change, or eval_base), and its verdict."""
     values = row.tuned if prefix == tracking.PREFIX_EVAL else row.base
-    m = values.get(column.metric)
+    metric = metric_name(column, row)
+    m = values.get(metric)
     if m is None or not math.isfinite(m.value):
-        why = row.undefined.get(prefix, {}).get(column.metric)
+        why = row.undefined.get(prefix, {}).get(metric)
         return (f"undefined: {why}" if why else "—"), None
-    text = _value(m)
-    if prefix != tracking.PREFIX_EVAL or column.metric not in row.base:
+    text = _value(m) + (" (labeller)" if metric in row.labeller.get(prefix, set()) else "")
+    if prefix != tracking.PREFIX_EVAL or metric not in row.base:
         return text, None
     if row.withheld:
         return f"{text}; change withheld", None
-    change = row.changes.get(column.metric)
+    change = row.changes.get(metric)
     if change is None:
         return f"{text}; no paired change logged", None
     verdict = _verdict(column, row, change)
@@ -242,6 +265,11 @@ def notes(rows: Sequence[RunRow]) -> list[str]:
     return out
 
 
+def labeller_marked(rows: Sequence[RunRow]) -> bool:
+    """Whether a table cell carries the (labeller) mark (then LABELLER_NOTE goes under the tables)."""
+    return any(metric_name(c, r) in marked for r in rows for marked in r.labeller.values() for c in COLUMNS)
+
+
 def _md_row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
@@ -264,6 +292,8 @@ def markdown(rows: Sequence[RunRow], experiment: str, uri: str) -> str:
             cells = [_cell(r, c, tracking.PREFIX_EVAL_BASE)[0] for c in COLUMNS]
             lines.append(_md_row([r.method, r.scale, _short(r)] + cells))
         lines.append("")
+    if labeller_marked(evaluated):
+        lines += [LABELLER_NOTE, ""]
     validated = [r for r in rows if r.val]
     if validated:
         val_heads = ["Method", "Scale", "Run"] + [c.label for c in VAL_COLUMNS]
@@ -310,6 +340,8 @@ def html_report(rows: Sequence[RunRow], experiment: str, uri: str) -> str:
         parts += ["<h2>Tuned models (change against base)</h2>", _html_table(evaluated, tracking.PREFIX_EVAL)]
     if with_base:
         parts += ["<h2>Base models</h2>", _html_table(with_base, tracking.PREFIX_EVAL_BASE)]
+    if labeller_marked(evaluated):
+        parts.append(f"<p>{html.escape(LABELLER_NOTE)}</p>")
     validated = [r for r in rows if r.val]
     if validated:
         parts += ["<h2>Validation (held-out sources, last validation)</h2>", _html_table(validated, columns=VAL_COLUMNS)]

@@ -1,20 +1,24 @@
-"""The scorers shared by data construction (the labelling rule) and evaluation: toxicity,
-faithfulness (sentence-embedding similarity, or NLI), sentence embeddings and sentence splitting.
+"""The scorers shared by data construction (the labelling rule) and evaluation: toxicity and
+faithfulness of a text against its source.
 
     ToxicityScorer.score(texts) -> [P(toxic) in 0..1]
-    FaithfulnessScorer.score(sources, candidates) -> [faithfulness, higher = more faithful]
+    FaithfulnessScorer.score(sources, candidates) -> [faithfulness, higher = more faithful; NaN = nothing to judge]
     toxicity_scorer(spec) / faithfulness_scorer(spec): one scorer per spec and device per process
     score_groups(tox, faith, groups): (toxicity, faithfulness) of candidate texts against their source
-    split_sentences(text): the one sentence splitter (BOLD readers, augmenters, NLI chunks)
 
 Each has a `name` and a `version`, recorded beside every score so that numbers from different
 scorers are never compared unknowingly. Specs (make_*_scorer):
   toxicity:      "profanity-check" (offline default: alt-profanity-check's linear model)
                  "hf:MODEL_ID_OR_DIR" (a text-classification model; P of its toxic label)
-  faithfulness:  "embedding" (offline default: cosine of all-MiniLM-L6-v2 sentence embeddings)
+  faithfulness:  "entity" (offline default: entity-level factual consistency, precision-source:
+                 the share of the candidate's named entities, numbers and dates that the source
+                 supports; NaN when it names none; cdb.eval.factual_consistency)
+                 "embedding" (cosine of all-MiniLM-L6-v2 sentence embeddings: the similarity the
+                 embedded dataset was labelled with; it rewards copying, so evaluation reports it
+                 as "similarity (MiniLM)", never as faithfulness)
                  "embedding:MODEL_ID_OR_DIR" (another sentence-transformers model)
-                 "nli:MODEL_ID_OR_DIR" (SummaC-style: the source in 2-sentence chunks, the max
-                 P(entailment) over chunks for each candidate sentence, then their mean)
+                 "nli:MODEL_ID_OR_DIR" (SummaC-ZS: see NLIFaithfulness)
+Sentences are split by cdb.sentences.split_sentences.
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, Sequence
 
+from cdb.sentences import split_sentences
+
 if TYPE_CHECKING:
     import torch
 
-# torch and the model libraries load on first use: the BOLD reader and the augmenters import the
-# sentence splitter from here.
+# torch and the model libraries load on first use: data construction imports this module.
 
 
 class ToxicityScorer(Protocol):
@@ -57,35 +62,6 @@ def _package_version(dist: str) -> str:
 def _model_version(model) -> str:
     commit = getattr(model.config, "_commit_hash", None)
     return commit[:12] if commit else "local"
-
-
-# ---- sentences ------------------------------------------------------------------------------
-# Abbreviations after which a full stop does not end a sentence.
-_ABBREV = {
-    "mr", "mrs", "ms", "dr", "st", "jr", "sr", "prof", "gen", "col", "lt", "sgt", "rev", "inc", "co",
-    "corp", "ltd", "no", "vs", "etc", "mt", "ft", "gov", "sen", "rep", "capt", "cmdr", "adm", "maj",
-    "e.g", "i.e", "u.s", "u.k", "a.k.a", "approx", "dept", "univ", "vol", "ca", "c", "lit", "cf", "fl", "b", "d",
-    "op", "pp", "ed", "eds", "est", "jan", "feb", "aug", "sept", "oct", "nov", "dec",
-}
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of a paragraph. Also splits sentences glued without a space ("Code.Sen has"),
-    as in BOLD's Wikipedia text, and keeps abbreviations and initials ("Dr. X", "S. R. Varadhan")."""
-    text = re.sub(r"([a-z\)\]\"”]{2}[.!?])([A-Z][a-z])", r"\1 \2", text.replace("\n", " "))
-    text = re.sub(r"\s+", " ", text).strip()
-    out, start = [], 0
-    for match in re.finditer(r"[.!?][\"”’)]?\s+(?=[\"“(]?[A-Z0-9])", text):
-        before = text[start:match.start()].split()
-        last = before[-1].lower().rstrip(".") if before else ""
-        if last in _ABBREV or (len(last) == 1 and last.isalpha()):
-            continue
-        out.append(text[start:match.end()].strip())
-        start = match.end()
-    tail = text[start:].strip()
-    if tail:
-        out.append(tail)
-    return out
 
 
 # ---- toxicity -----------------------------------------------------------------------------
@@ -168,7 +144,7 @@ def minilm_dir() -> Path:
 
 class EmbeddingFaithfulness:
     """Cosine similarity of the sentence embeddings of source and candidate (the labelling rule of
-    the training data); an empty candidate scores 0."""
+    the embedded dataset); an empty candidate scores 0. Copying the source scores 1."""
 
     def __init__(self, model: str = "", device: str = "cpu", batch_size: int = 32):
         from sentence_transformers import SentenceTransformer
@@ -195,43 +171,52 @@ class EmbeddingFaithfulness:
         return [c if cand.strip() else 0.0 for c, cand in zip(cosine, candidates)]
 
 
-def _entailment_label(id2label: dict[int, str], where: str) -> int:
-    found = [int(i) for i, name in id2label.items() if str(name).lower().startswith("entail")]
+def _nli_label(id2label: dict[int, str], prefix: str, where: str) -> int:
+    found = [int(i) for i, name in id2label.items() if str(name).lower().startswith(prefix)]
     if not found:
-        raise ValueError(f"faithfulness scorer {where}: no entailment label among {sorted(map(str, id2label.values()))}")
+        raise ValueError(f"faithfulness scorer {where}: no {prefix}... label among {sorted(map(str, id2label.values()))} "
+                         "(SummaC-ZS needs a 3-way NLI model: entailment, neutral, contradiction)")
     return found[0]
 
 
 class NLIFaithfulness:
-    """SummaC-style zero-shot: premise = a 2-sentence chunk of the source, hypothesis = one sentence of
-    the candidate; a sentence scores its best chunk, the candidate the mean over its sentences."""
+    """SummaC-ZS (Laban et al. 2022, zero-shot): the source in overlapping windows of WINDOW sentences
+    with stride 1 (one window when it has fewer), each candidate sentence scored against every window
+    as P(entailment) - P(contradiction), a sentence's score its best window, the candidate's the mean
+    over its sentences; in -1..1. A pair longer than the model takes is cut in the premise (the
+    window) only, never in the sentence judged. A blank candidate scores 0."""
 
-    def __init__(self, model: str, device: str = "cpu", batch_size: int = 32, chunk_sentences: int = 2):
+    WINDOW = 2
+
+    def __init__(self, model: str, device: str = "cpu", batch_size: int = 32):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.model = AutoModelForSequenceClassification.from_pretrained(model, dtype=torch.float32).to(device).eval()
-        self.entail = _entailment_label(self.model.config.id2label, model)
-        self.device, self.batch_size, self.chunk = device, batch_size, chunk_sentences
+        self.entail = _nli_label(self.model.config.id2label, "entail", model)
+        self.contradict = _nli_label(self.model.config.id2label, "contradict", model)
+        self.max_length = min(int(getattr(self.tokenizer, "model_max_length", 512) or 512), 512)
+        self.device, self.batch_size = device, batch_size
         self.name = f"nli:{model}"
         self.version = _model_version(self.model)
 
-    def chunks(self, source: str) -> list[str]:
+    def windows(self, source: str) -> list[str]:
         sentences = split_sentences(source) or [source]
-        return [" ".join(sentences[i:i + self.chunk]) for i in range(0, len(sentences), self.chunk)]
+        return [" ".join(sentences[i:i + self.WINDOW]) for i in range(max(len(sentences) - self.WINDOW + 1, 1))]
 
-    def entailment(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+    def support(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """P(entailment) - P(contradiction) of each (premise, hypothesis)."""
         import torch
 
         out: list[float] = []
         for start in range(0, len(pairs), self.batch_size):
             premises, hypotheses = zip(*pairs[start:start + self.batch_size])
-            batch = self.tokenizer(list(premises), list(hypotheses), padding=True, truncation=True,
-                                   max_length=512, return_tensors="pt").to(self.device)
+            batch = self.tokenizer(list(premises), list(hypotheses), padding=True, truncation="only_first",
+                                   max_length=self.max_length, return_tensors="pt").to(self.device)
             with torch.no_grad():
-                logits = self.model(**batch).logits.float()
-            out += torch.softmax(logits, dim=-1)[:, self.entail].tolist()
+                probs = torch.softmax(self.model(**batch).logits.float(), dim=-1)
+            out += (probs[:, self.entail] - probs[:, self.contradict]).tolist()
         return out
 
     def score(self, sources: Sequence[str], candidates: Sequence[str]) -> list[float]:
@@ -239,26 +224,31 @@ class NLIFaithfulness:
             raise ValueError(f"faithfulness: {len(sources)} sources but {len(candidates)} candidates")
         pairs, owners = [], []  # owners: (candidate index, sentence index) per pair
         for c, (source, candidate) in enumerate(zip(sources, candidates)):
+            windows = self.windows(source)
             for s, sentence in enumerate(split_sentences(candidate)):
-                for chunk in self.chunks(source):
-                    pairs.append((chunk, sentence))
-                    owners.append((c, s))
+                pairs += [(window, sentence) for window in windows]
+                owners += [(c, s)] * len(windows)
         best: dict[tuple[int, int], float] = {}
-        for owner, p in zip(owners, self.entailment(pairs)):
-            best[owner] = max(best.get(owner, 0.0), p)
+        for owner, value in zip(owners, self.support(pairs)):
+            best[owner] = max(best.get(owner, -1.0), value)
         per_candidate: list[list[float]] = [[] for _ in candidates]
-        for (c, _), p in best.items():
-            per_candidate[c].append(p)
+        for (c, _), value in best.items():
+            per_candidate[c].append(value)
         return [sum(v) / len(v) if v else 0.0 for v in per_candidate]
 
 
-def make_faithfulness_scorer(spec: str = "embedding", device: str = "cpu") -> FaithfulnessScorer:
+def make_faithfulness_scorer(spec: str = "entity", device: str = "cpu") -> FaithfulnessScorer:
     kind, _, name = spec.partition(":")
-    if kind in ("", "embedding"):
+    if kind in ("", "entity") and not name:
+        from cdb.eval.factual_consistency import EntityConsistency
+
+        return EntityConsistency()
+    if kind == "embedding":
         return EmbeddingFaithfulness(name, device=device)
     if kind == "nli" and name:
         return NLIFaithfulness(name, device=device)
-    raise ValueError(f"faithfulness scorer {spec!r}: expected 'embedding', 'embedding:MODEL' or 'nli:MODEL_ID_OR_DIR'")
+    raise ValueError(f"faithfulness scorer {spec!r}: expected 'entity', 'embedding', 'embedding:MODEL' or "
+                     "'nli:MODEL_ID_OR_DIR'")
 
 
 # ---- built once per process, and scoring candidates against their sources ----------------------
@@ -279,7 +269,7 @@ def toxicity_scorer(spec: str = "profanity-check", device: str = "cpu") -> Toxic
     return _built_once("toxicity", make_toxicity_scorer, spec, device)
 
 
-def faithfulness_scorer(spec: str = "embedding", device: str = "cpu") -> FaithfulnessScorer:
+def faithfulness_scorer(spec: str = "entity", device: str = "cpu") -> FaithfulnessScorer:
     return _built_once("faithfulness", make_faithfulness_scorer, spec, device)
 
 

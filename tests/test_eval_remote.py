@@ -37,8 +37,10 @@ def run_eval(tmp_path: Path, name: str, flags: list[str], ray_address: str | Non
 
 @pytest.mark.integration
 def test_items_split_over_workers_give_the_numbers_of_one(tmp_path, ray_address):
-    _, alone = run_eval(tmp_path, "one", [])
-    proc, shared = run_eval(tmp_path, "two", ["--num-workers", "2"], ray_address)
+    # Under self-debias each CrowS/StereoSet item is scored under its bias type's prefix: the
+    # per-request prefixes must travel with their items to the copy that scores them.
+    _, alone = run_eval(tmp_path, "one", ["--decoding", "self-debias"])
+    proc, shared = run_eval(tmp_path, "two", ["--decoding", "self-debias", "--num-workers", "2"], ray_address)
     assert "items split over 2 copies of the model" in proc.stdout + proc.stderr
     bias = {k: v for k, v in alone["metrics"].items() if k.startswith("eval/bias/") and v is not None}
     assert bias, alone["metrics"]

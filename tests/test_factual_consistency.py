@@ -1,4 +1,5 @@
-"""Entity-level factual consistency on source/summary pairs written here, with the real spaCy NER."""
+"""Entity-level factual consistency on source/summary pairs written here, with the real spaCy NER: the
+headline faithfulness scorer, as make_faithfulness_scorer() returns it."""
 
 import math
 
@@ -28,7 +29,11 @@ PAIRS = [
 
 @pytest.fixture(scope="module")
 def scorer():
-    return EntityConsistency()
+    from cdb.scoring import make_faithfulness_scorer
+
+    made = make_faithfulness_scorer()
+    assert isinstance(made, EntityConsistency)
+    return made
 
 
 def test_faithful_rewording_beats_a_copy_with_one_fact_changed(scorer):
@@ -44,10 +49,13 @@ def test_faithful_rewording_beats_a_copy_with_one_fact_changed(scorer):
 
 def test_a_verbatim_copy_does_not_beat_a_faithful_rewording(scorer):
     sources = [source for source, _, _ in PAIRS]
+    summaries = [summary for _, summary, _ in PAIRS]
     copy = scorer.score(sources, sources)
-    abstractive = scorer.score(sources, [summary for _, summary, _ in PAIRS])
+    abstractive = scorer.score(sources, summaries)
     assert copy == [1.0] * len(PAIRS)
-    assert sum(copy) / len(copy) - sum(abstractive) / len(abstractive) <= 0.1
+    # The metric's own noise on a summary: one of its entities (a single NER slip) either way.
+    for c, a, entities in zip(copy, abstractive, scorer.entities(summaries)):
+        assert c - a <= 1 / len(entities)
 
 
 @pytest.mark.parametrize("source,summary", [

@@ -43,9 +43,10 @@ class StubLM(torch.nn.Module):
         return SimpleNamespace(logits=logits)
 
 
-def expected(decay, biased):
-    """p' by the formula, written out: alpha = 1 where p_biased <= p, else exp(-decay * delta)."""
-    weighted = [p * (1.0 if b - p <= 0 else math.exp(-decay * (b - p))) for p, b in zip(P_REGULAR, biased)]
+def expected(decay, biased, epsilon=0.01):
+    """p' by the formula, written out: alpha = 1 where p_biased <= p, else exp(-decay * delta),
+    floored at epsilon."""
+    weighted = [p * max(1.0 if b - p <= 0 else math.exp(-decay * (b - p)), epsilon) for p, b in zip(P_REGULAR, biased)]
     return [w / sum(weighted) for w in weighted]
 
 
@@ -76,11 +77,15 @@ def test_self_debias_on_stub_logits_one_prefix():
         assert float(row[2]) / P_REGULAR[2] == pytest.approx(1 / z, rel=1e-5)
         # ... those it makes likelier lose mass, the more the larger their rise.
         assert float(row[1]) / P_REGULAR[1] < float(row[3]) / P_REGULAR[3] < 1 / z
-    # lambda 0: the scores untouched; a huge lambda removes every risen token.
+    # lambda 0: the scores untouched; a huge lambda leaves every risen token epsilon (0.01) of its p,
+    # and removes it without the floor.
     plain = SelfDebiasingLogitsProcessor(stub, [PREFIX_A], decay=0.0, attention_mask=mask, bos_token_id=BOS)
     assert torch.equal(plain(ids, scores.clone()), scores)
     harsh = SelfDebiasingLogitsProcessor(stub, [PREFIX_A], decay=1e4, attention_mask=mask, bos_token_id=BOS)
-    assert harsh(ids, scores.clone()).exp()[0].tolist() == pytest.approx([0.4 / 0.6, 0.0, 0.2 / 0.6, 0.0], abs=1e-6)
+    z = 0.4 + 0.3 * 0.01 + 0.2 + 0.1 * 0.01
+    assert harsh(ids, scores.clone()).exp()[0].tolist() == pytest.approx([0.4 / z, 0.003 / z, 0.2 / z, 0.001 / z], abs=1e-6)
+    unfloored = SelfDebiasingLogitsProcessor(stub, [PREFIX_A], decay=1e4, epsilon=0.0, attention_mask=mask, bos_token_id=BOS)
+    assert unfloored(ids, scores.clone()).exp()[0].tolist() == pytest.approx([0.4 / 0.6, 0.0, 0.2 / 0.6, 0.0], abs=1e-6)
 
 
 def test_self_debias_on_stub_logits_two_prefixes_and_steps():
@@ -111,6 +116,8 @@ def test_self_debias_function_and_prefix_insertion():
     out = self_debias(logp, [torch.tensor(P_A).log()], 10.0)
     assert out.exp().tolist() == pytest.approx(expected(10.0, P_A), abs=1e-6)
     assert torch.allclose(self_debias(logp, torch.tensor(P_A).log()[None], 0.0), logp)
+    floored = self_debias(logp, [torch.tensor(P_A).log()], 1e4, epsilon=0.01)
+    assert floored.exp().tolist() == pytest.approx(expected(1e4, P_A, 0.01), abs=1e-6)
     assert with_prefix([BOS, 5, 6], [7, 8], BOS) == [BOS, 7, 8, 5, 6]
     assert with_prefix([5, 6], [7, 8], BOS) == [7, 8, 5, 6]
     assert with_prefix([BOS, 4, 5, 6], [7, 8], BOS, limit=5) == [BOS, 7, 8, 5, 6]  # oldest tokens dropped
@@ -198,6 +205,30 @@ def test_self_debias_reweights_loglikelihoods(tiny):
     assert [r.logprob for r in unchanged] == pytest.approx([r.logprob for r in plain], abs=1e-5)
 
 
+def test_self_debias_scores_bias_items_under_their_bias_type_prefix(tiny):
+    from cdb.eval.bias import BiasTask, load_crows, load_stereoset
+    from cdb.eval.base import Resources
+    from cdb.eval.options import bias_type_prefix
+
+    model, tokenizer = tiny
+    options = make_options("quick", limit=3, progress=False, decoding="self-debias", self_debias_lambda=200.0)
+    lm = EvalLM(model, tokenizer, batch_size=4, decoding=Decoding.from_options(options))
+    result = BiasTask().run(lm, options, Resources(options))
+    crows = [s for s in result.samples if s["probe"] == "crows"]
+    pairs, items = load_crows(3), load_stereoset(3)
+    assert {p.bias_type for p in pairs} != {pairs[0].bias_type}  # more than one bias type in play
+    for pair, sample in zip(pairs, crows):
+        own = Decoding("self-debias", prefixes=(bias_type_prefix(pair.bias_type),), decay=200.0)
+        want = EvalLM(model, tokenizer, batch_size=1, decoding=own).loglikelihood([("", pair.more), ("", pair.less)])
+        assert [sample["ll_more"], sample["ll_less"]] == pytest.approx([w.logprob for w in want], abs=1e-3)
+    toxicity_prefixes = EvalLM(model, tokenizer, batch_size=1, decoding=Decoding.from_options(options))
+    assert crows[0]["ll_more"] != pytest.approx(toxicity_prefixes.loglikelihood([("", pairs[0].more)])[0].logprob, abs=1e-3)
+    stereo = [s for s in result.samples if s["probe"] == "stereoset"][0]
+    own = Decoding("self-debias", prefixes=(bias_type_prefix(items[0].bias_type),), decay=200.0)
+    want = EvalLM(model, tokenizer, batch_size=1, decoding=own).loglikelihood([("", items[0].stereotype)])[0]
+    assert stereo["mean_ll_stereotype"] == pytest.approx(want.mean, abs=1e-3)
+
+
 def test_instructive_feeds_the_instruction(tiny):
     model, tokenizer = tiny
     options = {"tasks": ("toxicity", "bias"), "limit": 2, "samples": 1, "max_new_tokens": 4, "progress": False,
@@ -228,6 +259,9 @@ def test_decoding_options():
         make_options("quick", self_debias_lambda=-1.0)
     with pytest.raises(ValueError, match="at least one prefix"):
         make_options("quick", decoding="self-debias", self_debias_prefixes=[])
+    assert Decoding.from_options(make_options("quick", self_debias_epsilon=0.05)).epsilon == 0.05
+    with pytest.raises(ValueError, match="self_debias_epsilon: must be in"):
+        make_options("quick", self_debias_epsilon=2.0)
 
 
 # ---- the CLI into MLflow, and the report's rows ----------------------------------------------------

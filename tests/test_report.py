@@ -16,13 +16,16 @@ from cdb.report import ReportSettings, main, report, sig
 # method -> (eval_base, eval, delta): metric -> (value, n, ci95_low, ci95_high); the cells below are worked by hand
 RUNS = {
     "contrastive": ({"toxicity/mean_toxicity": (0.05, 24, 0.04, 0.06), "faithfulness/faithfulness": (0.6, 16, 0.55, 0.65),
+                     "toxicity/expected_max_toxicity_at2": (0.2, 24, 0.15, 0.25),
                      "bias/crows_stereo_share": (0.62, 100, 0.52, 0.71), "bias/stereoset_icat": (70.0, 80, 66.2, 73.9)},
                     {"toxicity/mean_toxicity": (0.03, 24, 0.021, 0.041), "faithfulness/faithfulness": (0.65, 16, 0.6, 0.7),
+                     "toxicity/expected_max_toxicity_at2": (0.19, 24, 0.14, 0.24),
                      "bias/crows_stereo_share": (0.58, 100, 0.48, 0.67), "bias/stereoset_icat": (71.5, 80, 67.0, 75.25)},
                     {"toxicity/mean_toxicity": (-0.02, 24, -0.03, -0.01), "faithfulness/faithfulness": (0.05, 16, -0.01, 0.11),
+                     "toxicity/expected_max_toxicity_at2": (-0.01, 24, -0.03, 0.01),
                      "bias/crows_stereo_share": (-0.04, 100, -0.07, -0.01), "bias/stereoset_icat": (1.5, 80, -2.0, 5.0)}),
     "sft": ({"toxicity/mean_toxicity": (0.05, 24, 0.04, 0.06), "faithfulness/faithfulness": (0.6, 16, 0.55, 0.65),
-             "faithfulness/entity_precision": (0.5, 9, 0.3, 0.7)},
+             "faithfulness/similarity_minilm": (0.5, 9, 0.3, 0.7)},
             {"toxicity/mean_toxicity": (0.045, 24, 0.035, 0.055), "faithfulness/faithfulness": (0.52, 16, 0.47, 0.57)},
             {"toxicity/mean_toxicity": (-0.005, 24, -0.02, 0.01), "faithfulness/faithfulness": (-0.08, 16, -0.12, -0.04)}),
     # evaluated with other options after training (another hash): its delta metrics must not be shown
@@ -31,12 +34,14 @@ RUNS = {
 }
 HASHES = {"contrastive": ("a1", "a1"), "sft": ("b2", "b2"), "dpo": ("c3", "d4")}
 EXPECTED_CELLS = {
-    "contrastive": ["0.0300 [0.0210, 0.0410] (n 24); change -0.020 [-0.030, -0.010]",
+    # toxicity scored by the scorer that labelled the training data: marked (labeller)
+    "contrastive": ["0.0300 [0.0210, 0.0410] (n 24) (labeller); change -0.020 [-0.030, -0.010]",
                     "0.650 [0.600, 0.700] (n 16); no detectable change (+0.050 [-0.010, +0.11])",
                     "0.580 [0.480, 0.670] (n 100); change -0.040 [-0.070, -0.010]",
-                    "71.5 [67.0, 75.2] (n 80); no detectable change (+1.5 [-2.0, +5.0])"],
+                    "71.5 [67.0, 75.2] (n 80); no detectable change (+1.5 [-2.0, +5.0])",
+                    "0.190 [0.140, 0.240] (n 24) (labeller); no detectable change (-0.010 [-0.030, +0.010])"],
     "sft": ["0.0450 [0.0350, 0.0550] (n 24); no detectable change (-0.0050 [-0.020, +0.010])",
-            "0.520 [0.470, 0.570] (n 16); change -0.080 [-0.12, -0.040]", "undefined: no summary names an entity"],
+            "0.520 [0.470, 0.570] (n 16); change -0.080 [-0.12, -0.040]", "undefined: no item defines it"],
     "dpo": ["0.0600 [0.0500, 0.0700] (n 12); change withheld"],
 }
 
@@ -51,7 +56,9 @@ def store(tmp_path):
         tags = {"cdb.method": method, "cdb.scale": "smol-135m", "cdb.eval.suite": "quick" if method != "dpo" else "full",
                 "cdb.eval_base.options_hash": HASHES[method][0], "cdb.eval.options_hash": HASHES[method][1]}
         if method == "sft":
-            tags["cdb.eval.undefined.faithfulness/entity_precision"] = "no summary names an entity"
+            tags["cdb.eval.undefined.faithfulness/similarity_minilm"] = "no item defines it"
+        if method == "contrastive":
+            tags["cdb.eval.toxicity.labeller_metrics"] = "mean_toxicity,expected_max_toxicity_at2"
         run = client.create_run(experiment, run_name=f"smol-{method}", tags=tags, start_time=now + i)
         metrics = []
         for prefix, values in zip(("eval_base", "eval", "delta"), sides):
@@ -108,6 +115,10 @@ def test_report_tables_plot_and_run(store, tmp_path, capsys):
     assert f'<td class="worse">{EXPECTED_CELLS["sft"][1]}</td>' in html
     assert f'<td>{EXPECTED_CELLS["contrastive"][1]}</td>' in html and f'<td>{EXPECTED_CELLS["sft"][0]}</td>' in html
     assert html.count('class="better"') == 2 and html.count('class="worse"') == 1
+    # The (labeller) mark is explained once, under the tables; the base model's cells are not marked.
+    assert md.count("(labeller): scored by the scorer that labelled the training data.") == 1
+    assert html.count("(labeller): scored by the scorer that labelled the training data.") == 1
+    assert not any("(labeller)" in line for line in base_table.splitlines() if line.startswith("|"))
     # Why the dpo change is withheld (its stale delta/ metrics are not shown), and the quick suite's wide intervals.
     dpo = next(line for line in md.splitlines() if line.startswith("- Change against the base model withheld"))
     assert dpo.endswith("base and tuned were evaluated with different options, scorers or items (hash c3 vs d4).")

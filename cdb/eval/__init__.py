@@ -64,6 +64,7 @@ class SuiteResult:
     skipped: dict[str, str] = field(default_factory=dict)   # task -> why
     seconds: dict[str, float] = field(default_factory=dict)
     scorers: dict[str, str] = field(default_factory=dict)   # kind -> "name@version"
+    tags: dict[str, str] = field(default_factory=dict)      # "task.tag" -> text (TaskResult.tags)
 
 
 def _say(message: str) -> None:
@@ -124,6 +125,7 @@ def _run_tasks(model, tokenizer, opts: EvalOptions, replicas: list = ()) -> Suit
     items: dict[str, Items] = {}
     skipped: dict[str, str] = {}
     seconds: dict[str, float] = {}
+    tags: dict[str, str] = {}
     for name in [t for t in TASKS if t in opts.tasks]:
         start = time.perf_counter()
         try:
@@ -137,9 +139,10 @@ def _run_tasks(model, tokenizer, opts: EvalOptions, replicas: list = ()) -> Suit
         metrics.update({f"{name}/{k}": float(v) for k, v in result.metrics.items()})
         items.update({f"{name}/{k}": v for k, v in result.items.items()})
         samples += result.samples
+        tags.update({f"{name}.{k}": v for k, v in result.tags.items()})
         shown = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if "/" not in k)
         _say(f"{name} ({seconds[name]:.0f} s): {shown}")
-    return SuiteResult(metrics, samples, items, skipped, seconds, resources.scorer_versions())
+    return SuiteResult(metrics, samples, items, skipped, seconds, resources.scorer_versions(), tags)
 
 
 def resolve_device(device: str) -> str:
@@ -182,6 +185,7 @@ def _log(run: tracking.Run, prefix: str, summary: dict[str, Any], files: list[Pa
     tags = {tracking.eval_tag(prefix, "model"): summary["model"], tracking.eval_tag(prefix, "suite"): summary["suite"],
             tracking.eval_tag(prefix, "method"): summary["method"]}
     tags.update({tracking.eval_tag(prefix, f"scorer.{kind}"): name for kind, name in summary["scorers"].items()})
+    tags.update({tracking.eval_tag(prefix, key): text for key, text in summary["tags"].items()})
     tags[tracking.eval_tag(prefix, "options_hash")] = summary["options_hash"]
     head = f"{prefix}/"
     tags.update({tracking.undefined_tag(prefix, key[len(head):]): why for key, why in summary["undefined"].items()})
@@ -201,13 +205,14 @@ def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str 
     `run_id` (its status left to its owner), or to a new run (tags cdb.model, cdb.method=eval, or cdb.method=<decoding> for a
     decoding-time debiasing: see run_tag) in `experiment`, FINISHED at the end or FAILED; write both files to `output_dir` too.
     Either way the run gets tags cdb.<prefix>.method=<decoding>, cdb.<prefix>.options_hash (what a
-    comparison against another evaluation needs equal) and cdb.<prefix>.undefined.<task>/<metric>
-    (why a metric is absent). The model is loaded in `precision` (a training run passes its scale's
-    when it evaluates on GPUs). With `workers` > 1 (inside a Ray cluster), `workers - 1` more copies
-    of the model, each on one CPU and `gpus_per_worker` GPUs, share the items (cdb.eval.remote).
-    Returns the summary written to eval.json: method (the decoding), metrics (full names, with n and
-    interval), undefined (full name -> why), options_hash, skipped tasks, seconds per task, scorer
-    versions, options, run id and tracking URI."""
+    comparison against another evaluation needs equal), cdb.<prefix>.undefined.<task>/<metric>
+    (why a metric is absent) and cdb.<prefix>.<task>.<tag> (TaskResult.tags). The model is loaded in
+    `precision` (a training run passes its scale's when it evaluates on GPUs). With `workers` > 1
+    (inside a Ray cluster), `workers - 1` more copies of the model, each on one CPU and
+    `gpus_per_worker` GPUs, share the items (cdb.eval.remote). Returns the summary written to
+    eval.json: method (the decoding), metrics (full names, with n and interval), undefined (full
+    name -> why), options_hash, skipped tasks, seconds per task, scorer versions, tags
+    (TaskResult.tags as "task.tag"), options, run id and tracking URI."""
     if not re.fullmatch(r"[\w.-]+", prefix):
         raise ValueError(f"prefix {prefix!r}: letters, digits, '_', '.', '-' only")
     # bad options fail before any model loads
@@ -241,7 +246,7 @@ def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str 
             "model": model_source, "resolved_model": resolved, "suite": suite, "prefix": prefix, "method": opts.decoding,
             "metrics": metrics, "undefined": undefined, "options_hash": options_hash,
             "skipped": result.skipped, "seconds": {**result.seconds, "total": time.perf_counter() - start},
-            "scorers": result.scorers, "options": opts.to_dict(), "run_id": run.id, "tracking_uri": uri,
+            "scorers": result.scorers, "tags": result.tags, "options": opts.to_dict(), "run_id": run.id, "tracking_uri": uri,
             "output_dir": str(Path(output_dir).resolve()) if output_dir else None,
         }
         with nullcontext(output_dir) if output_dir else tempfile.TemporaryDirectory(prefix="cdb-eval-") as folder:

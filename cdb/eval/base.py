@@ -55,11 +55,14 @@ def per_item(task: str, ids: Iterable[str], values: Iterable[float | None], kind
 @dataclass(frozen=True)
 class TaskResult:
     """A task's metrics (name -> value, without the task prefix), each metric's per-item values
-    (`items`, the same names: every metric has them), and one dict per scored item."""
+    (`items`, the same names: every metric has them), one dict per scored item, and tags: what its
+    numbers were measured on or with (name -> text; e.g. prompt_set, and labeller_metrics: the
+    comma-separated metrics scored by the scorer the training data was labelled with)."""
 
     metrics: dict[str, float]
     samples: list[dict[str, Any]] = field(default_factory=list)
     items: dict[str, Items] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -71,6 +74,7 @@ class Resources:
     results: dict[str, TaskResult] = field(default_factory=dict)
     _toxicity: "ToxicityScorer | None" = None
     _faithfulness: "FaithfulnessScorer | None" = None
+    _similarity: "FaithfulnessScorer | None" = None
 
     @property
     def toxicity(self) -> "ToxicityScorer":
@@ -88,8 +92,17 @@ class Resources:
             self._faithfulness = faithfulness_scorer(self.options.faithfulness_scorer, device=self.options.device)
         return self._faithfulness
 
+    @property
+    def similarity(self) -> "FaithfulnessScorer":
+        """all-MiniLM-L6-v2 cosine: the embedded dataset's labelling rule, reported beside faithfulness."""
+        if self._similarity is None:
+            from cdb.scoring import faithfulness_scorer
+
+            self._similarity = faithfulness_scorer("embedding", device=self.options.device)
+        return self._similarity
+
     def scorer_versions(self) -> dict[str, str]:
-        built = {"toxicity": self._toxicity, "faithfulness": self._faithfulness}
+        built = {"toxicity": self._toxicity, "faithfulness": self._faithfulness, "similarity": self._similarity}
         return {k: f"{s.name}@{s.version}" for k, s in built.items() if s is not None}
 
 

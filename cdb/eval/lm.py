@@ -7,6 +7,9 @@ in the format it was trained on.
 A decoding-time debiasing (cdb.eval.decoding.Decoding) is applied here, so every task gets
 it: `instructive` prefixes generation prompts (`generation_prompt` says what is fed), `self-debias`
 decodes through SelfDebiasingLogitsProcessor and reweights log-likelihoods the same way.
+
+Each generation says why it ended (`Generation.finish`): "eos" when the model emitted an end token,
+"length" when it was cut at max_new_tokens; only the former may be judged for completeness.
 """
 
 from __future__ import annotations
@@ -19,6 +22,12 @@ import torch
 
 from cdb.data.batch import special_ids
 from cdb.eval.decoding import Decoding, SelfDebiasingLogitsProcessor, self_debias, with_prefix
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str     # the continuation, special tokens dropped
+    finish: str   # "eos": the model ended it; "length": cut at max_new_tokens
 
 
 @dataclass(frozen=True)
@@ -55,8 +64,11 @@ class EvalLM:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
     # ---- log-likelihood -------------------------------------------------------------------
-    def loglikelihood(self, requests: Sequence[tuple[str, str]], on_batch: Callable[[int], None] | None = None) -> list[LogLik]:
-        """log p(continuation | [BOS] + context) for each (context, continuation)."""
+    def loglikelihood(self, requests: Sequence[tuple[str, str]], on_batch: Callable[[int], None] | None = None,
+                      prefixes: Sequence[Sequence[str]] | None = None) -> list[LogLik]:
+        """log p(continuation | [BOS] + context) for each (context, continuation). Under self-debias
+        with log-likelihood reweighting, `prefixes` gives each request its own debiasing prefixes (the
+        same number for all; CrowS/StereoSet: their bias type's); None = the decoding's."""
         encoded = []
         for context, continuation in requests:
             # A trailing space belongs to the continuation (" Paris", not "Paris" after "is "),
@@ -68,10 +80,18 @@ class EvalLM:
             if not cont:
                 raise ValueError(f"loglikelihood: empty continuation after context {context[-60:]!r}")
             encoded.append(([self.bos] + self.encode(stripped), cont))
-        return self.loglikelihood_tokens(encoded, on_batch)
+        prefix_ids = None
+        if prefixes is not None and self.decoding.debiases_loglik:
+            if len(prefixes) != len(requests) or len({len(p) for p in prefixes}) > 1 or not all(prefixes):
+                raise ValueError("loglikelihood: prefixes needs one equally long, non-empty list per request")
+            ids = {text: self.encode(text) for text in {t for p in prefixes for t in p}}
+            prefix_ids = [[ids[text] for text in p] for p in prefixes]
+        return self.loglikelihood_tokens(encoded, on_batch, prefix_ids)
 
     @torch.no_grad()
-    def loglikelihood_tokens(self, encoded: Sequence[tuple[list[int], list[int]]], on_batch=None) -> list[LogLik]:
+    def loglikelihood_tokens(self, encoded: Sequence[tuple[list[int], list[int]]], on_batch=None,
+                             prefix_ids: Sequence[Sequence[list[int]]] | None = None) -> list[LogLik]:
+        """As `loglikelihood`, on token ids; `prefix_ids`: each request's debiasing prefixes, encoded."""
         results: list[LogLik | None] = [None] * len(encoded)
         # Longest first: similar lengths share a batch, and an out-of-memory shows up at once.
         order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
@@ -88,9 +108,11 @@ class EvalLM:
             if self.decoding.debiases_loglik:
                 # The same contexts after each debiasing prefix: their last `keep` positions predict
                 # the same continuation tokens (left padding aligns the ends).
-                biased = [self._last_logprobs([with_prefix(s, prefix, self.bos, self.max_length) for s in inputs], keep)
-                          for prefix in self.prefix_ids]
-                logprobs = self_debias(logprobs, biased, self.decoding.decay)
+                rows = [prefix_ids[i] for i in chunk] if prefix_ids is not None else [self.prefix_ids] * len(chunk)
+                biased = [self._last_logprobs([with_prefix(s, row[k], self.bos, self.max_length)
+                                               for s, row in zip(inputs, rows)], keep)
+                          for k in range(len(rows[0]))]
+                logprobs = self_debias(logprobs, biased, self.decoding.decay, self.decoding.epsilon)
             for row, i in enumerate(chunk):
                 cont = conts[row]
                 scored = logprobs[row, keep - len(cont):]
@@ -124,10 +146,10 @@ class EvalLM:
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], max_new_tokens: int, samples: int = 1, do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
-                 on_batch: Callable[[int], None] | None = None) -> list[list[str]]:
-        """`samples` continuations per prompt (greedy when do_sample is False), special tokens dropped.
-        Each prompt is fed as [BOS] + generation_prompt(prompt); self-debias decodes through
-        SelfDebiasingLogitsProcessor."""
+                 on_batch: Callable[[int], None] | None = None) -> list[list[Generation]]:
+        """`samples` continuations per prompt (greedy when do_sample is False), special tokens dropped,
+        each with why it ended. Each prompt is fed as [BOS] + generation_prompt(prompt); self-debias
+        decodes through SelfDebiasingLogitsProcessor."""
         from transformers import GenerationConfig
 
         eos_ids = {self.eos}
@@ -140,7 +162,7 @@ class EvalLM:
         )
         room = max(self.max_length - max_new_tokens - max((len(p) for p in self.prefix_ids), default=0), 1)
         encoded = [([self.bos] + self.encode(self.generation_prompt(p)))[-room:] for p in prompts]
-        results: list[list[str]] = [[] for _ in prompts]
+        results: list[list[Generation]] = [[] for _ in prompts]
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
         per_batch = max(1, self.batch_size // max(samples, 1))
         for batch_index, start in enumerate(range(0, len(order), per_batch)):
@@ -151,13 +173,17 @@ class EvalLM:
             processors = []
             if self.decoding.debiases_generation:
                 processors.append(SelfDebiasingLogitsProcessor(
-                    self.model, self.prefix_ids, self.decoding.decay, attention_mask=mask, bos_token_id=self.bos,
-                    pad_token_id=self.pad))
+                    self.model, self.prefix_ids, self.decoding.decay, self.decoding.epsilon, attention_mask=mask,
+                    bos_token_id=self.bos, pad_token_id=self.pad))
             out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
                                       **({"logits_processor": processors} if processors else {}))
-            texts = self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+            new = out[:, ids.shape[1]:]
+            texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+            # A row without an end token ran to max_new_tokens (rows are padded only after their end).
+            ended = torch.isin(new, torch.tensor(sorted(eos_ids), device=new.device)).any(-1).tolist()
+            made = [Generation(t, "eos" if e else "length") for t, e in zip(texts, ended)]
             for row, i in enumerate(chunk):
-                results[i] = texts[row * samples:(row + 1) * samples]
+                results[i] = made[row * samples:(row + 1) * samples]
             if on_batch:
                 on_batch(len(chunk))
         return results

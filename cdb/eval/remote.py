@@ -72,22 +72,29 @@ class ShardedLM:
     def __getattr__(self, name: str):
         return getattr(self.local, name)
 
-    def loglikelihood(self, requests: Sequence, on_batch: Callable[[int], None] | None = None) -> list:
-        return self._spread("loglikelihood", list(requests), {}, on_batch)
+    def loglikelihood(self, requests: Sequence, on_batch: Callable[[int], None] | None = None,
+                      prefixes: Sequence | None = None) -> list:
+        return self._spread("loglikelihood", list(requests), {}, on_batch, {"prefixes": prefixes})
 
-    def loglikelihood_tokens(self, encoded: Sequence, on_batch: Callable[[int], None] | None = None) -> list:
-        return self._spread("loglikelihood_tokens", list(encoded), {}, on_batch)
+    def loglikelihood_tokens(self, encoded: Sequence, on_batch: Callable[[int], None] | None = None,
+                             prefix_ids: Sequence | None = None) -> list:
+        return self._spread("loglikelihood_tokens", list(encoded), {}, on_batch, {"prefix_ids": prefix_ids})
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, on_batch: Callable[[int], None] | None = None,
                  **kwargs: Any) -> list:
         return self._spread("generate", list(prompts), {"max_new_tokens": max_new_tokens, **kwargs}, on_batch)
 
-    def _spread(self, method: str, items: list, kwargs: dict, on_batch) -> list:
+    def _spread(self, method: str, items: list, kwargs: dict, on_batch, aligned: dict | None = None) -> list:
+        """`aligned`: keyword arguments holding one entry per item (or None), split with the items."""
         import ray
 
-        parts = split(items, 1 + len(self.replicas))
-        pending = [replica.call.remote(method, part, kwargs) for replica, part in zip(self.replicas, parts[1:]) if part]
-        results = list(getattr(self.local, method)(parts[0], on_batch=on_batch, **kwargs))
+        copies = 1 + len(self.replicas)
+        parts = split(items, copies)
+        given = {key: split(list(value), copies) for key, value in (aligned or {}).items() if value is not None}
+        args = [{**kwargs, **{key: value[i] for key, value in given.items()}} for i in range(copies)]
+        pending = [replica.call.remote(method, part, args[i]) for i, (replica, part) in
+                   enumerate(zip(self.replicas, parts[1:]), 1) if part]
+        results = list(getattr(self.local, method)(parts[0], on_batch=on_batch, **args[0]))
         for part, result in zip([p for p in parts[1:] if p], ray.get(pending)):
             results += result
             if on_batch:
