@@ -8,14 +8,16 @@ Two sources would otherwise fill the console:
     not under `ray.train` and is routed like the cleaner's, below.
   - Ray Train's placement group cleaner (a detached actor) asks Ray's state API every second whether
     the controller lives, and warns at every failed ask; a local cluster started without the dashboard
-    has no state API, so it warns all run long. `route_ray_internals`, run in every Ray worker process
-    of the job (a worker_process_setup_hook), sends that logger to a log file of its own instead.
+    has no state API, so it warns all run long (and its monitor thread may end on that error with a
+    traceback). `route_ray_internals`, run in every Ray worker process of the job (a
+    worker_process_setup_hook), sends that logger and that thread's end to a log file of its own.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 TRAIN_LOG_LEVEL = "WARNING"
@@ -27,6 +29,9 @@ ROUTED_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_c
 ROUTED_FILE_LOGGERS = ("train/v2/_internal/execution/context.py",)
 """The same for Ray modules that name their logger by their file's path (`getLogger(__file__)`), which
 puts it under the root logger rather than `ray.train`: here the per-rank "Reporting training result"."""
+
+ROUTED_THREADS = ("PlacementGroupCleanerMonitor",)
+"""Ray threads whose uncaught exception is written to that file (with its traceback), not to stderr."""
 
 RUNTIME_ENV = {"worker_process_setup_hook": "cdb.raylog.route_ray_internals"}
 """Given to ray.init: every worker process of the job runs the hook (Ray merges it with the runtime
@@ -56,3 +61,14 @@ def route_ray_internals() -> None:
         logger = logging.getLogger(name)
         logger.addHandler(handler)
         logger.propagate = False
+    routed = logging.getLogger(ROUTED_LOGGERS[0])
+    previous = threading.excepthook
+
+    def excepthook(args: threading.ExceptHookArgs) -> None:
+        if args.thread is not None and args.thread.name in ROUTED_THREADS:
+            routed.error("thread %s ended", args.thread.name,
+                         exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+        else:
+            previous(args)
+
+    threading.excepthook = excepthook

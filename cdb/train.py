@@ -335,10 +335,16 @@ def check_storage(config: cfg.Config) -> None:
         return  # a local Ray: one node, the driver's own
     storage = Storage.of(config)
     key = "train.storage_path" if config.train.storage_path else "train.output_dir"
+    # The probe creates a missing run folder; a run refused later (the memory plan) leaves none behind.
+    created = None if storage.remote else next((p for p in reversed([Path(storage.root), *Path(storage.root).parents])
+                                                 if not p.exists()), None)
     try:
         missing = nodes_not_seeing(storage)
     except OSError as exc:
         raise Failure(EXIT_CONFIG, f"{key}: cannot write to {storage.uri()}: {exc}") from None
+    finally:
+        if created is not None and created.is_dir() and not any(p.is_file() for p in created.rglob("*")):
+            shutil.rmtree(created)
     if missing:
         raise Failure(EXIT_CONFIG, f"{key}: {storage.uri()} is not the same folder on every node of the Ray cluster, "
                       f"and every node writes there (checkpoints, the model). Not seen by: {'; '.join(missing)}. Use a "
