@@ -204,7 +204,7 @@ def test_generate_until_uses_the_decoding(tiny):
     instructive = HarnessLM(EvalLM(model, tokenizer, decoding=decoding))
     (got,) = instructive.generate_until([request("generate_until", "The cat", {"until": ["e"], "max_gen_toks": 8})])
     (expected,) = EvalLM(model, tokenizer).generate([decoding.generation_prompt("The cat")], max_new_tokens=8)[0]
-    assert got == expected.split("e", 1)[0]
+    assert got == expected.text.split("e", 1)[0]
     with pytest.raises(ValueError, match="sampling"):
         instructive.generate_until([request("generate_until", "The cat", {"do_sample": True, "temperature": 0.7})])
     with pytest.raises(ValueError, match="num_beams"):

@@ -80,7 +80,7 @@ class HarnessLM(LM):
             max_new_tokens = int(kwargs.pop("max_gen_toks", 256))
             if kwargs:
                 raise ValueError(f"generate_until: unsupported gen_kwargs {sorted(kwargs)}")
-            text = self.lm.generate([context], max_new_tokens=max_new_tokens)[0][0]
+            text = self.lm.generate([context], max_new_tokens=max_new_tokens)[0][0].text
             for stop in until:
                 text = text.split(stop, 1)[0]
             outputs.append(text)
