@@ -191,11 +191,8 @@ def test_self_debias_applies_through_the_adapter(tiny, data):
     debiased = HarnessLM(debiased_lm).loglikelihood([request("loglikelihood", *p) for p in pairs])
     assert all(abs(a[0] - b[0]) > 1e-3 for a, b in zip(plain, debiased))
     assert [d[0] for d in debiased] == pytest.approx([r.logprob for r in debiased_lm.loglikelihood(pairs)], abs=1e-5)
-
-    options = options_for(data, crows_limit=4, decoding="self-debias", tasks=["bias"])
-    harness = run_harness(debiased_lm, options)
-    crows = [s for s in BiasTask().run(debiased_lm, options, Resources(options)).samples if s["probe"] == "crows"]
-    assert harness_logliks(harness, "cdb_crows_pairs") == pytest.approx(flat((s["ll_more"], s["ll_less"]) for s in crows), abs=1e-4)
+    # cdb's BiasTask self-debiases each CrowS pair with its bias type's prefix; the adapter's requests
+    # carry no bias type, so lm-eval's CrowS under self-debias uses the LM's prefixes: not compared.
 
 
 def test_generate_until_uses_the_decoding(tiny):
