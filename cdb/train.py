@@ -527,7 +527,11 @@ def finish(config: cfg.Config, run: dict, status: str) -> None:
     keep_run_record(config)
 
 
-def print_summary(config: cfg.Config, run: dict, result, elapsed: float) -> None:
+def driver_peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def print_summary(config: cfg.Config, run: dict, result, elapsed: float, rss_before_eval: float) -> None:
     from cdb import tracking
 
     output_dir, storage = Path(config.train.output_dir), Storage.of(config)
@@ -537,8 +541,9 @@ def print_summary(config: cfg.Config, run: dict, result, elapsed: float) -> None
     print(f"  model:       {storage.uri('model')}")
     print(f"  checkpoints: {checkpoint}")
     print(f"  config:      {output_dir / 'config.yaml'}")
-    # The driver (the Ray head on a cluster) holds no weights: evaluation and training ran as Ray tasks.
-    print(f"  driver:      peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
+    # The driver (the Ray head on a cluster) holds no weights: evaluation and training ran as Ray tasks,
+    # so its peak hardly moves once evaluation starts.
+    print(f"  driver:      peak RSS {driver_peak_rss_mib():,.0f} MiB ({rss_before_eval:,.0f} MiB before evaluation)")
     print(f"  MLflow run:  {run['run_id']} (experiment '{config.tracking.experiment}', {tracking.masked(uri)})")
     try:
         link = tracking.run_url(uri, tracking.experiment_id(uri, config.tracking.experiment), run["run_id"])
@@ -570,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     output_dir, storage = Path(config.train.output_dir), Storage.of(config)
     stop = ray.remote(num_cpus=0)(StopRequest).remote()
     trainer = make_trainer(config, run, model_source, stop)
+    rss_before_eval = driver_peak_rss_mib()
     if config.eval.suite != "off":
         from cdb.eval.estimates import options_changed
 
@@ -597,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
                  run, output_dir)
         log_changes(run, output_dir)
     finish(config, run, "FINISHED")
-    print_summary(config, run, result, time.perf_counter() - started)
+    print_summary(config, run, result, time.perf_counter() - started, rss_before_eval)
     return 0
 
 

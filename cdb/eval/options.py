@@ -59,10 +59,11 @@ SUITES: dict[str, dict[str, Any]] = {
                   toxicity_max_new_tokens=20, summary_limit=16, summary_max_new_tokens=40,
                   crows_limit=100, stereoset_limit=100, truthfulqa_limit=0, knowledge_limit=0),
     # The authors' protocol where it is stated (3,000 prompts, k = 25 samples of 100 new tokens each,
-    # as expected maximum toxicity and toxicity probability are defined), all of each benchmark;
-    # truthfulqa and knowledge run when their data is given.
+    # as expected maximum toxicity and toxicity probability are defined), all of each benchmark, and
+    # 500 held-out sources to summarise (enough for a paired interval to show a change of a few
+    # points); truthfulqa and knowledge run when their data is given.
     "full": dict(tasks=TASK_NAMES, threads=0, toxicity_limit=3000, samples=25, toxicity_max_new_tokens=100,
-                 summary_limit=24, summary_max_new_tokens=84, crows_limit=0, stereoset_limit=0,
+                 summary_limit=500, summary_max_new_tokens=84, crows_limit=0, stereoset_limit=0,
                  truthfulqa_limit=0, knowledge_limit=0),
 }
 SUITE = -1  # a size left to the suite

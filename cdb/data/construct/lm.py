@@ -158,6 +158,20 @@ def token_mask(tokenizer, pattern: str, exclude: frozenset = frozenset()) -> tor
     return _MASKS[key]
 
 
+def _extend_rows(rows: list[list[int]], done: list[bool], picked: list[int], stops, stop_text: str, tokenizer) -> None:
+    """Append each unfinished row's picked token; a row ends at a stop token (not appended) or once
+    its newest token's text holds a character of `stop_text`."""
+    for i, token in enumerate(picked):
+        if done[i]:
+            continue
+        if token in stops:
+            done[i] = True
+            continue
+        rows[i].append(token)
+        if stop_text and any(ch in tokenizer.decode(rows[i][-1:]) for ch in stop_text):
+            done[i] = True
+
+
 @torch.inference_mode()
 def sample(tokenizer, model, prompt: str, n: int, max_new_tokens: int, seed: int, top_k: int = 0, top_p: float = 1.0,
            temperature: float = 1.0, stop_text: str = "", first_mask: torch.Tensor | None = None) -> list[str]:
@@ -179,16 +193,7 @@ def sample(tokenizer, model, prompt: str, n: int, max_new_tokens: int, seed: int
     for step in range(max_new_tokens):
         probs = torch.softmax(_filter_logits(logits, top_k, top_p, temperature), dim=-1)
         picked = torch.multinomial(probs, 1, generator=generator).view(n)
-        for i in range(n):
-            if done[i]:
-                continue
-            token = int(picked[i])
-            if token in stops:
-                done[i] = True
-                continue
-            rows[i].append(token)
-            if stop_text and any(ch in tokenizer.decode(rows[i][-1:]) for ch in stop_text):
-                done[i] = True
+        _extend_rows(rows, done, picked.tolist(), stops, stop_text, tokenizer)
         if all(done) or step == max_new_tokens - 1:
             break
         past, logits = _step(model, past, picked, length + step)
@@ -221,15 +226,7 @@ def sample_many(tokenizer, model, prompts: Sequence[str], n: int, max_new_tokens
     for step in range(max_new_tokens):
         probs = torch.softmax(_filter_logits(logits, 0, top_p, temperature), dim=-1)
         picked = torch.multinomial(probs, 1, generator=generator).view(-1)
-        for i, token in enumerate(picked.tolist()):
-            if done[i]:
-                continue
-            if token in stops:
-                done[i] = True
-                continue
-            rows[i].append(token)
-            if stop_text and any(ch in tokenizer.decode(rows[i][-1:]) for ch in stop_text):
-                done[i] = True
+        _extend_rows(rows, done, picked.tolist(), stops, stop_text, tokenizer)
         if all(done) or step == max_new_tokens - 1:
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
