@@ -147,7 +147,9 @@ def test_harness_equals_cdb_tasks(tiny, data):
 def test_task_without_data_is_skipped(tiny):
     model, tokenizer = tiny
     options = make_options("quick", crows_limit=2)
+    state = torch.random.get_rng_state()
     result = run_harness(EvalLM(model, tokenizer), options)
+    assert torch.equal(torch.random.get_rng_state(), state)  # lm-eval seeds torch unless told not to
     assert {s.task for s in result.scores} == {"cdb_crows_pairs"} and set(result.skipped) == {"truthfulqa", "knowledge"}
     assert "no data given" in result.skipped["truthfulqa"]
     task = HarnessTask().run(EvalLM(model, tokenizer), options, Resources(options))

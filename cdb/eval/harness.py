@@ -212,7 +212,10 @@ def run_harness(lm: EvalLM, options: EvalOptions) -> HarnessResult:
         return HarnessResult([], skipped)
     results = lm_eval.simple_evaluate(model=HarnessLM(lm), tasks=configs, task_manager=TaskManager(include_defaults=False),
                                       # > 0, else lm-eval computes no stderr (these means use the closed form)
-                                      bootstrap_iters=1000, log_samples=True)
+                                      bootstrap_iters=1000, log_samples=True,
+                                      # lm-eval reseeds the process's generators unless told not to; cdb's own
+                                      # seeding stays in charge (every request here is deterministic anyway)
+                                      random_seed=None, numpy_random_seed=None, torch_random_seed=None)
     scores = []
     for config in configs:
         task = config["task"]
