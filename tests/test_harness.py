@@ -12,15 +12,14 @@ import pytest
 import torch
 import yaml
 from lm_eval.api.instance import Instance
-from mlflow.tracking import MlflowClient
 from lm_eval.utils import (
     apply_template,
     get_rolling_token_windows,
     make_disjoint_window,
 )
+from mlflow.tracking import MlflowClient
 
-from cdb.eval import evaluate, load_model, make_options
-from cdb.eval import estimates
+from cdb.eval import estimates, evaluate, load_model, make_options
 from cdb.eval.base import Resources
 from cdb.eval.bias import BiasTask
 from cdb.eval.decoding import Decoding

@@ -15,10 +15,10 @@ changes); EvalLM applies it.
 One module per task, each a `Task` (cdb.eval.base): `name` and `run(lm, options, resources) ->
 TaskResult(metrics, samples, items)`, `items` holding each metric's value per item. Every metric is
 logged with its n and 95% interval over its items (`<metric>_n`, `_ci95_low`, `_ci95_high`;
-cdb.eval.estimates; a harness metric's interval is lm-eval's, value +- 1.96 x its stderr), and a metric no item defines is absent with a tag saying why. A task whose
-data cannot be had offline and was not given raises `Unavailable`; the suite prints the note and
-goes on. Importing this package loads no torch: the
-LM and the decoding load when a suite runs.
+cdb.eval.estimates; a harness metric's interval is lm-eval's, value +- 1.96 x its stderr), and a
+metric no item defines is absent with a tag saying why. A task whose data cannot be had offline and
+was not given raises `Unavailable`; the suite prints the note and goes on. Importing this package
+loads no torch: the LM and the decoding load when a suite runs.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ tuned evaluation can be compared, and the paired change between them (docs/METHO
 The statistics are cdb.stats: a mean over items with a bootstrap interval, a share of 0/1 items
 with a Wilson interval; a change is paired over the same items (paired bootstrap; exact McNemar
 for 0/1 items). A metric whose harness states its standard error (Items.stderr: lm-eval's, for the
-harness task) gets the normal interval value +- 1.96 stderr instead, over the same values' n. An evaluation folder holds eval.json and ITEMS_FILE (each metric's values per item).
+harness task) gets that harness's interval instead, value +- 1.96 stderr, its n still the items'.
+An evaluation folder holds eval.json and ITEMS_FILE (each metric's values per item).
 """
 
 from __future__ import annotations

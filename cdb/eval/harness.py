@@ -240,10 +240,11 @@ class HarnessTask:
 
     def run(self, lm, options: EvalOptions, resources: Resources) -> TaskResult:
         result = run_harness(lm, options)
+        skipped = "; ".join(f"{task}: {why}" for task, why in result.skipped.items())
         if not result.scores:
-            raise Unavailable("; ".join(f"{task}: {why}" for task, why in result.skipped.items()))
+            raise Unavailable(skipped)
         metrics = {s.name: s.value for s in result.scores}
-        items = {s.name: per_item(self.name, s.values, s.values.values(),
+        items = {s.name: per_item(self.name, list(s.values), list(s.values.values()),
                                   "share" if s.metric in SHARES.get(s.task, ()) else "mean", stderr=s.stderr)
                  for s in result.scores}
         samples = [{"task": self.name, "lm_eval_task": task, "id": sample["doc"]["id"],
@@ -251,6 +252,6 @@ class HarnessTask:
                     **{metric: sample[metric] for metric in sample["metrics"]}}
                    for task, logged in result.raw["samples"].items() for sample in logged]
         tags = {"lm_eval": version("lm_eval")}
-        if result.skipped:
-            tags["skipped"] = "; ".join(f"{task}: {why}" for task, why in result.skipped.items())
+        if skipped:
+            tags["skipped"] = skipped
         return TaskResult(metrics, samples, items, tags)
