@@ -505,6 +505,9 @@ def test_cli_full_suite_skips_what_is_not_given(tmp_path):
     assert summary["options"]["toxicity_limit"] == 2 and summary["metrics"]["eval/toxicity/mean_toxicity_n"] == 2
     run = MlflowClient(uri).get_run(summary["run_id"])
     assert run.info.status == "FINISHED" and "eval/bias/crows_stereo_share" in run.data.metrics
+    # full runs the harness task too: CrowS-Pairs through lm-eval, the parts without data skipped
+    assert run.data.metrics["eval/harness/crows_pairs_pct_stereotype_n"] == 2
+    assert "truthfulqa: no data given" in run.data.tags["cdb.eval.harness.skipped"]
 
 
 def test_cli_bad_input_exits_2_and_marks_the_run_failed(tmp_path, capsys):

@@ -1,5 +1,6 @@
 """cdb.eval.harness: lm-eval through cdb's EvalLM gives cdb's own numbers on the same items, the
-adapter's log-likelihoods are the model's, and the decoding-time baselines apply through it."""
+adapter's log-likelihoods are the model's, the decoding-time baselines apply through it, and the
+suite's harness task logs lm-eval's numbers with lm-eval's intervals."""
 
 import json
 import math
@@ -16,13 +17,15 @@ from lm_eval.utils import (
     get_rolling_token_windows,
     make_disjoint_window,
 )
+from mlflow.tracking import MlflowClient
 
-from cdb.eval import load_model, make_options
+from cdb.eval import estimates, evaluate, load_model, make_options
 from cdb.eval.base import Resources
 from cdb.eval.bias import BiasTask
 from cdb.eval.decoding import Decoding
 from cdb.eval.harness import (
     HarnessLM,
+    HarnessTask,
     knowledge_configs,
     run_harness,
     truthfulqa_configs,
@@ -142,9 +145,62 @@ def test_harness_equals_cdb_tasks(tiny, data):
 
 def test_task_without_data_is_skipped(tiny):
     model, tokenizer = tiny
-    result = run_harness(EvalLM(model, tokenizer), make_options("quick", tasks=["truthfulqa", "knowledge"]))
-    assert result.scores == [] and set(result.skipped) == {"truthfulqa", "knowledge"}
+    options = make_options("quick", crows_limit=2)
+    state = torch.random.get_rng_state()
+    result = run_harness(EvalLM(model, tokenizer), options)
+    assert torch.equal(torch.random.get_rng_state(), state)  # lm-eval seeds torch unless told not to
+    assert {s.task for s in result.scores} == {"cdb_crows_pairs"} and set(result.skipped) == {"truthfulqa", "knowledge"}
     assert "no data given" in result.skipped["truthfulqa"]
+    task = HarnessTask().run(EvalLM(model, tokenizer), options, Resources(options))
+    assert set(task.metrics) == {"crows_pairs_pct_stereotype", "crows_pairs_likelihood_diff"}
+    assert f"truthfulqa: {result.skipped['truthfulqa']}" in task.tags["skipped"]
+
+
+# lm-eval task and metric -> the harness task's metric
+HARNESS_METRICS = {("cdb_truthfulqa_mc1", "acc"): "truthfulqa_mc1_acc", ("cdb_truthfulqa_mc2", "acc"): "truthfulqa_mc2_acc",
+                   ("cdb_knowledge", "acc"): "knowledge_acc", ("cdb_crows_pairs", "pct_stereotype"): "crows_pairs_pct_stereotype",
+                   ("cdb_crows_pairs", "likelihood_diff"): "crows_pairs_likelihood_diff"}
+
+
+def test_harness_task_in_an_evaluation(data, tmp_path):
+    """The suite's harness task logs each of lm-eval's numbers with lm-eval's n and interval (value
+    +- 1.96 stderr) to MLflow and eval.json, its values per item to items.json (which pair for a
+    change), and equals cdb's own tasks in the same evaluation where test_harness_equals_cdb_tasks
+    shows that they agree."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    options = options_for(data, tasks=["truthfulqa", "knowledge", "bias", "harness"], progress=False, threads=1)
+    summary = evaluate(TINY, options, tracking_uri=uri, experiment="harness", output_dir=tmp_path / "out")
+    model, tokenizer, _ = load_model(TINY, seed=options.seed)
+    expected = run_harness(EvalLM(model, tokenizer, batch_size=options.batch_size), options)
+    z = statistics.NormalDist().inv_cdf(0.975)
+    written = json.loads((tmp_path / "out" / "eval.json").read_text())["metrics"]
+    logged = MlflowClient(uri).get_run(summary["run_id"]).data.metrics
+    _, items = estimates.read_items(tmp_path / "out")
+    assert sorted((s.task, s.metric) for s in expected.scores) == sorted(HARNESS_METRICS)
+    for score in expected.scores:
+        name = HARNESS_METRICS[score.task, score.metric]
+        key = f"eval/harness/{name}"
+        assert score.stderr > 0 and score.n == len(score.values) > 1
+        for metrics in (written, logged):
+            assert metrics[key] == pytest.approx(score.value, abs=1e-6)
+            assert metrics[key + "_n"] == score.n
+            assert metrics[key + "_ci95_low"] == pytest.approx(score.value - z * score.stderr, abs=1e-6)
+            assert metrics[key + "_ci95_high"] == pytest.approx(score.value + z * score.stderr, abs=1e-6)
+        per_item = items[f"harness/{name}"]
+        assert per_item.stderr == pytest.approx(score.stderr, abs=1e-9)
+        assert per_item.values == pytest.approx(score.values, abs=1e-6)
+    # The items are cdb's: the same ids as cdb's own tasks, and the same numbers where they agree.
+    assert items["harness/truthfulqa_mc1_acc"].values == items["truthfulqa/mc1"].values
+    assert items["harness/knowledge_acc"].values == items["knowledge/accuracy"].values
+    assert items["harness/crows_pairs_pct_stereotype"].values == items["bias/crows_stereo_share"].values
+    assert written["eval/harness/truthfulqa_mc2_acc"] == pytest.approx(written["eval/truthfulqa/mc2"], abs=1e-6)
+    # cdb's own share keeps its Wilson interval.
+    assert written["eval/truthfulqa/mc1_ci95_low"] != pytest.approx(written["eval/harness/truthfulqa_mc1_acc_ci95_low"])
+    # Per-item values pair: against itself, every harness metric changes by 0 over all its items.
+    paired = estimates.changes(tmp_path / "out", tmp_path / "out")["changes"]
+    for score in expected.scores:
+        change = paired[f"harness/{HARNESS_METRICS[score.task, score.metric]}"]
+        assert change["value"] == 0 and change["n"] == score.n
 
 
 def request(kind, *arguments):

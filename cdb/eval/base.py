@@ -39,17 +39,21 @@ class Items:
     (McNemar for a change); icat: StereoSet's ICAT of the targets' mean lms and ss, bootstrap."""
     undefined: str = ""
     """Why the metric has no value when no item defines it (said beside the missing number)."""
+    stderr: float | None = None
+    """The metric's standard error as the harness that computed it states it (lm-eval's, for the
+    harness task): the 95% interval is then value +- 1.96 stderr, not one over the values (which
+    still give n and the paired change). None: the interval comes from the values."""
 
 
 def per_item(task: str, ids: Iterable[str], values: Iterable[float | None], kind: str = "mean",
-             undefined: str = "") -> Items:
+             undefined: str = "", stderr: float | None = None) -> Items:
     """Items from parallel ids and values (None: undefined for that item); an id may occur once."""
     table: dict[str, Any] = {}
     for item, value in zip(ids, values):
         if item in table:
             raise EvalDataError(f"{task}: item id {item!r} occurs twice; ids must be unique to pair items")
         table[item] = math.nan if value is None else value
-    return Items(table, kind, undefined)  # type: ignore[arg-type]
+    return Items(table, kind, undefined, stderr)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

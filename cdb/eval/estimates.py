@@ -10,7 +10,9 @@ tuned evaluation can be compared, and the paired change between them (docs/METHO
 
 The statistics are cdb.stats: a mean over items with a bootstrap interval, a share of 0/1 items
 with a Wilson interval; a change is paired over the same items (paired bootstrap; exact McNemar
-for 0/1 items). An evaluation folder holds eval.json and ITEMS_FILE (each metric's values per item).
+for 0/1 items). A metric whose harness states its standard error (Items.stderr: lm-eval's, for the
+harness task) gets that harness's interval instead, value +- 1.96 stderr, its n still the items'.
+An evaluation folder holds eval.json and ITEMS_FILE (each metric's values per item).
 """
 
 from __future__ import annotations
@@ -18,27 +20,38 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any, Mapping
 
 from cdb import tracking
 from cdb.eval.base import Items
 from cdb.eval.bias import icat
-from cdb.stats import Change, Estimate, combined_interval, mean_interval, paired_binary_change, \
+from cdb.stats import CONFIDENCE, Change, Estimate, combined_interval, mean_interval, paired_binary_change, \
     paired_change, paired_combined_change, share_interval
 
 ITEMS_FILE = "items.json"
 """In an evaluation's folder (and artifact folder): {"options_hash", "metrics": {"task/metric":
-{"kind", "undefined", "values": {item id: value or null}}}}."""
+{"kind", "undefined", "stderr", "values": {item id: value or null}}}}."""
 CHANGES_FILE = "changes.json"
 """In a training run's folder: the delta/ metrics with their intervals, or why they were withheld."""
 EXECUTION_OPTIONS = ("progress", "threads", "batch_size", "device")
 """Options that decide how an evaluation runs, not what it measures: left out of the comparison."""
 
 
+Z = statistics.NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)
+"""The normal quantile of a stated standard error's interval (1.96)."""
+
+
 def estimate(items: Items) -> Estimate:
     """The metric over its items with its n and 95% interval (NaN items left out)."""
     values = list(items.values.values())
+    if items.stderr is not None:
+        finite = [float(v) for v in values if not math.isnan(v)]
+        if not finite:
+            return Estimate(math.nan, 0, math.nan, math.nan)
+        value = math.fsum(finite) / len(finite)
+        return Estimate(value, len(finite), value - Z * items.stderr, value + Z * items.stderr)
     if items.kind == "share":
         finite = [float(v) for v in values if not math.isnan(v)]
         if any(v not in (0.0, 1.0) for v in finite):
@@ -98,7 +111,7 @@ def evaluation_hash(options: Mapping[str, Any], scorers: Mapping[str, str], item
 
 
 def write_items(path: Path, options_hash: str, items: Mapping[str, Items]) -> None:
-    metrics = {name: {"kind": i.kind, "undefined": i.undefined,
+    metrics = {name: {"kind": i.kind, "undefined": i.undefined, "stderr": i.stderr,
                       "values": {k: _json_value(v) for k, v in i.values.items()}} for name, i in items.items()}
     path.write_text(json.dumps({"options_hash": options_hash, "metrics": metrics}) + "\n", encoding="utf-8")
 
@@ -115,7 +128,7 @@ def read_items(folder: Path) -> tuple[str, dict[str, Items]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no per-item values (evaluated by an older cdb?)")
     data = json.loads(path.read_text(encoding="utf-8"))
-    items = {name: Items({k: _from_json(v) for k, v in m["values"].items()}, m["kind"], m["undefined"])
+    items = {name: Items({k: _from_json(v) for k, v in m["values"].items()}, m["kind"], m["undefined"], m.get("stderr"))
              for name, m in data["metrics"].items()}
     return data["options_hash"], items
 

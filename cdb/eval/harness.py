@@ -1,9 +1,17 @@
 """The log-likelihood tasks through lm-evaluation-harness (`lm-eval`), the field's reference harness.
 
     from cdb.eval.harness import run_harness
-    result = run_harness(lm, options)     # lm: an EvalLM; options: EvalOptions (its data paths, limits, tasks)
-    for score in result.scores:           # task, metric, value, lm-eval's stderr, n
+    result = run_harness(lm, options)     # lm: an EvalLM; options: EvalOptions (its data paths and limits)
+    for score in result.scores:           # task, metric, value, lm-eval's stderr, n, values per item
         ...
+
+In a suite it is the task `harness` (HarnessTask; in `full`, not in `quick`): each score becomes the
+metric `harness/<lm-eval task without cdb_>_<metric>` (harness/truthfulqa_mc1_acc,
+harness/truthfulqa_mc2_acc, harness/knowledge_acc, harness/crows_pairs_pct_stereotype,
+harness/crows_pairs_likelihood_diff), its 95% interval lm-eval's: value +- 1.96 x lm-eval's stderr
+over lm-eval's n (Items.stderr; cdb's own interval over the items where lm-eval gives no stderr, as
+for one item), and its per-item values, from lm-eval's logged samples under cdb's item ids, give the
+paired change against the base model (delta/harness/...) as for cdb's own tasks.
 
 HarnessLM adapts cdb's EvalLM to lm-eval's `LM` interface, so the decoding EvalLM was built with
 applies through the harness too: self-debias reweights every log-likelihood, instructive prefixes
@@ -22,25 +30,31 @@ task accepts works here too), and no task of lm-eval's own index is loaded (they
         context (the start token only); pct_stereotype and likelihood_diff by lm-eval's own
         crows_pairs process_results.
 
-The cdb task each runs under (options.tasks): truthfulqa, knowledge, bias. A task whose data is not
-given is skipped with the note its cdb task gives. Stderrs are lm-eval's (sample standard deviation
-over sqrt(n) for these means).
+Each runs on the data options of the cdb task named beside it (truthfulqa, knowledge; CrowS-Pairs
+ships offline), whichever cdb tasks the suite runs; one whose data is not given is skipped with the
+note its cdb task gives (the harness task's tag `skipped`). Stderrs are lm-eval's (sample standard
+deviation over sqrt(n) for these means). Under self-debias, CrowS-Pairs here takes the LM's
+prefixes (`self_debias_prefixes`): lm-eval's requests carry no bias type, so unlike cdb's bias task
+it is not scored under its bias type's prefix.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from importlib.metadata import version
+from typing import TYPE_CHECKING, Any
 
 from lm_eval.api.model import LM
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from cdb.eval.base import Unavailable
+from cdb.eval.base import Resources, TaskResult, Unavailable, per_item
 from cdb.eval.bias import load_crows
 from cdb.eval.knowledge import LETTERS, load_knowledge
-from cdb.eval.lm import EvalLM
 from cdb.eval.options import EvalOptions
 from cdb.eval.truthfulqa import PREAMBLE, load_truthfulqa
+
+if TYPE_CHECKING:
+    from cdb.eval.lm import EvalLM
 
 
 class HarnessLM(LM):
@@ -111,7 +125,7 @@ def truthfulqa_configs(options: EvalOptions) -> list[dict[str, Any]]:
         raise Unavailable("no data given (--truthfulqa PATH_OR_HUB_ID); TruthfulQA does not ship offline")
     from lm_eval.tasks.truthfulqa.utils import process_results_mc2
 
-    rows = [{"question": q.question,
+    rows = [{"id": q.id, "question": q.question,
              "mc1_targets": {"choices": list(q.mc1_choices), "labels": list(q.mc1_labels)},
              "mc2_targets": {"choices": list(q.mc2_choices), "labels": list(q.mc2_labels)}}
             for q in load_truthfulqa(options.truthfulqa, options.truthfulqa_limit)]
@@ -127,7 +141,7 @@ def truthfulqa_configs(options: EvalOptions) -> list[dict[str, Any]]:
 def knowledge_configs(options: EvalOptions) -> list[dict[str, Any]]:
     if not options.knowledge:
         raise Unavailable("no data given (--knowledge PATH_OR_HUB_ID); MMLU does not ship offline")
-    rows = [{"question": i.question, "choices": list(i.choices), "answer": i.answer}
+    rows = [{"id": i.id, "question": i.question, "choices": list(i.choices), "answer": i.answer}
             for i in load_knowledge(options.knowledge, options.knowledge_limit)]
     text = ("{{question.strip()}}\n{% for choice in choices %}{{'" + LETTERS + "'[loop.index0]}}. {{choice}}\n"
             "{% endfor %}Answer:")
@@ -138,15 +152,17 @@ def knowledge_configs(options: EvalOptions) -> list[dict[str, Any]]:
 def crows_configs(options: EvalOptions) -> list[dict[str, Any]]:
     from lm_eval.tasks.crows_pairs.utils import process_results
 
-    rows = [{"sent_more": p.more, "sent_less": p.less} for p in load_crows(options.crows_limit)]
+    rows = [{"id": p.id, "sent_more": p.more, "sent_less": p.less} for p in load_crows(options.crows_limit)]
     return [_config("cdb_crows_pairs", rows, doc_to_text="", doc_to_choice="{{[sent_more, sent_less]}}", doc_to_target=0,
                     target_delimiter="", process_results=process_results,
                     metric_list=[{"metric": "likelihood_diff", "aggregation": "mean", "higher_is_better": False},
                                  {"metric": "pct_stereotype", "aggregation": "mean", "higher_is_better": False}])]
 
 
-# cdb task -> the lm-eval task configs it runs as
+# the cdb task whose data each set of configs reads -> its configs
 CONFIGS = {"truthfulqa": truthfulqa_configs, "knowledge": knowledge_configs, "bias": crows_configs}
+# lm-eval task -> its metrics whose per-item values are 0/1 (a share: Wilson, McNemar); the rest are means
+SHARES = {"cdb_truthfulqa_mc1": {"acc"}, "cdb_knowledge": {"acc"}, "cdb_crows_pairs": {"pct_stereotype"}}
 
 
 # ---- running ---------------------------------------------------------------------------------------
@@ -156,7 +172,14 @@ class HarnessScore:
     metric: str
     value: float
     stderr: float | None  # lm-eval's standard error of the value (None where it gives none)
-    n: int                # items scored
+    n: int                # items scored (lm-eval's effective n)
+    values: dict[str, float] = field(default_factory=dict, repr=False)
+    """Item id (cdb's loader's) -> the item's value, from lm-eval's logged samples."""
+
+    @property
+    def name(self) -> str:
+        """The metric's name in the harness task: lm-eval's task without its cdb_ prefix, then the metric."""
+        return f"{self.task.removeprefix('cdb_')}_{self.metric}"
 
 
 @dataclass(frozen=True)
@@ -173,31 +196,62 @@ class HarnessResult:
 
 
 def run_harness(lm: EvalLM, options: EvalOptions) -> HarnessResult:
-    """Run the harness tasks of options.tasks (truthfulqa, knowledge, bias; those of the suite when
-    empty) on `lm` through lm_eval.simple_evaluate."""
+    """Run every harness task whose data `options` give (TruthfulQA, knowledge; CrowS-Pairs ships
+    offline) on `lm` through lm_eval.simple_evaluate."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     options = options.for_suite()
     configs, skipped = [], {}
     for name, build in CONFIGS.items():
-        if name in options.tasks:
-            try:
-                configs += build(options)
-            except Unavailable as e:
-                skipped[name] = str(e)
+        try:
+            configs += build(options)
+        except Unavailable as e:
+            skipped[name] = str(e)
     if not configs:
         return HarnessResult([], skipped)
     results = lm_eval.simple_evaluate(model=HarnessLM(lm), tasks=configs, task_manager=TaskManager(include_defaults=False),
                                       # > 0, else lm-eval computes no stderr (these means use the closed form)
-                                      bootstrap_iters=1000, log_samples=True)
+                                      bootstrap_iters=1000, log_samples=True,
+                                      # lm-eval reseeds the process's generators unless told not to; cdb's own
+                                      # seeding stays in charge (every request here is deterministic anyway)
+                                      random_seed=None, numpy_random_seed=None, torch_random_seed=None)
     scores = []
     for config in configs:
         task = config["task"]
         values = results["results"][task]
+        samples = results["samples"][task]
         n = int(results["n-samples"][task]["effective"])
+        if len({s["doc"]["id"] for s in samples}) != n:
+            raise RuntimeError(f"lm-eval task {task}: its logged samples do not name its {n} items once each")
         for metric in [m["metric"] for m in config["metric_list"]]:
             stderr = values.get(f"{metric}_stderr,none")
             scores.append(HarnessScore(task, metric, float(values[f"{metric},none"]),
-                                       float(stderr) if isinstance(stderr, (int, float)) else None, n))
+                                       float(stderr) if isinstance(stderr, (int, float)) else None, n,
+                                       {s["doc"]["id"]: float(s[metric]) for s in samples}))
     return HarnessResult(scores, skipped, results)
+
+
+class HarnessTask:
+    """The suite's `harness` task: run_harness, each score a metric `<lm-eval task without cdb_>_<metric>`
+    (e.g. harness/truthfulqa_mc1_acc) whose interval is lm-eval's stderr's (Items.stderr)."""
+
+    name = "harness"
+
+    def run(self, lm, options: EvalOptions, resources: Resources) -> TaskResult:
+        result = run_harness(lm, options)
+        skipped = "; ".join(f"{task}: {why}" for task, why in result.skipped.items())
+        if not result.scores:
+            raise Unavailable(skipped)
+        metrics = {s.name: s.value for s in result.scores}
+        items = {s.name: per_item(self.name, list(s.values), list(s.values.values()),
+                                  "share" if s.metric in SHARES.get(s.task, ()) else "mean", stderr=s.stderr)
+                 for s in result.scores}
+        samples = [{"task": self.name, "lm_eval_task": task, "id": sample["doc"]["id"],
+                    "logliks": [resp[0] for resp in sample["filtered_resps"]],
+                    **{metric: sample[metric] for metric in sample["metrics"]}}
+                   for task, logged in result.raw["samples"].items() for sample in logged]
+        tags = {"lm_eval": version("lm_eval")}
+        if skipped:
+            tags["skipped"] = skipped
+        return TaskResult(metrics, samples, items, tags)

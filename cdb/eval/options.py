@@ -17,7 +17,7 @@ from typing import Any, Literal
 from cdb.settings import ConfigError
 
 # Registry order is run order (cdb.eval.TASKS): intelligibility judges what the tasks before it generated.
-TASK_NAMES = ("toxicity", "faithfulness", "truthfulqa", "knowledge", "bias", "intelligibility")
+TASK_NAMES = ("toxicity", "faithfulness", "truthfulqa", "knowledge", "bias", "harness", "intelligibility")
 
 DECODINGS = ("none", "instructive", "self-debias")
 
@@ -61,7 +61,8 @@ SUITES: dict[str, dict[str, Any]] = {
     # The authors' protocol where it is stated (3,000 prompts, k = 25 samples of 100 new tokens each,
     # as expected maximum toxicity and toxicity probability are defined), all of each benchmark, and
     # 500 held-out sources to summarise (enough for a paired interval to show a change of a few
-    # points); truthfulqa and knowledge run when their data is given.
+    # points); truthfulqa and knowledge run when their data is given; harness runs TruthfulQA,
+    # knowledge and CrowS-Pairs again through lm-evaluation-harness (cdb.eval.harness).
     "full": dict(tasks=TASK_NAMES, threads=0, toxicity_limit=3000, samples=25, toxicity_max_new_tokens=100,
                  summary_limit=500, summary_max_new_tokens=84, crows_limit=0, stereoset_limit=0,
                  truthfulqa_limit=0, knowledge_limit=0),
@@ -75,7 +76,8 @@ class EvalOptions:
     """Preset of tasks and sizes (quick: minutes on a CPU; full: the authors' protocol); off = no
     evaluation (training's eval_base/ and eval/ are skipped)."""
     tasks: tuple[str, ...] = ()
-    """Tasks to run, of toxicity, faithfulness, truthfulqa, knowledge, bias, intelligibility; empty = the suite's."""
+    """Tasks to run, of toxicity, faithfulness, truthfulqa, knowledge, bias, harness (the log-likelihood
+    tasks through lm-evaluation-harness), intelligibility; empty = the suite's."""
     limit: int = 0
     """Items per task (prompts, sources, pairs, questions) for every task; 0 = each task's own limit."""
     max_new_tokens: int = 0
