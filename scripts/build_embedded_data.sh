@@ -7,9 +7,10 @@
 #
 # Deterministic (seed 0, one torch thread): the same code and packages give the same bytes. Resumable:
 # re-run the same command after an interruption and only the missing chunks are recomputed.
-# Cheap settings, so it finishes in minutes on 2 CPU cores: 260 sources; every source gets the rule-based
-# paraphrases, entity swaps and toxic rewrites, and the SmolLM2-based augmenters run on a hash-chosen
-# share of them (mask_ent 25%, mask_rel 20%, regen_ent/regen_rel 12%, sys_lowcon 8%).
+# Cheap settings, so it finishes in ~25 minutes on one CPU core: 400 sources (about half pass the
+# filters); every source gets SmolLM2 paraphrases (rule-based rewrites fill up when too few pass the
+# fidelity check), entity swaps and toxic rewrites, and the other SmolLM2-based augmenters run on a
+# hash-chosen share of them (mask_ent 25%, mask_rel 20%, regen_ent/regen_rel 12%, sys_lowcon 8%).
 # Toxic negatives use the rule-based rewrite only (toxic.model=rules): BOLD describes gender, race,
 # religion and political groups, and an LM asked to be rude about such text can attack a group; the
 # rules insert only generic insults (aimed at the reader when the text names a group). The LM rewrite
@@ -21,7 +22,7 @@ py="${PYTHON:-$repo/.venv/bin/python}"
 out="${1:-/tmp/cdb-build}"
 export CDB_CACHE_DIR="${CDB_CACHE_DIR:-$repo/.cache}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-"$py" -m cdb.data build --output "$out" --seed 0 --limit 260 \
+"$py" -m cdb.data build --output "$out" --seed 0 --limit 400 \
   --set torch_threads=1 \
   --set mask_ent.fraction=0.25 --set mask_rel.fraction=0.2 \
   --set regen_ent.fraction=0.12 --set regen_rel.fraction=0.12 \

@@ -78,17 +78,19 @@ def build_flags(command: str) -> list[str]:
     return words[:at] + words[at + 2:]
 
 
-def test_shortcut_probe_holds_on_the_shipped_records():
-    """The shortcut probe (cdb/data/construct/probe.py, the one each build writes into its card)
-    computed from the shipped records with the tagger training uses meets its targets: few tagged
-    spans in positives and toxic negatives that the source lacks, and a bag of the pooled tokens
-    tells positives from negatives no better than the source's entities do."""
+def test_shortcut_probe_of_the_card_is_the_shipped_records_and_holds(card):
+    """The shortcut probe (cdb/data/construct/probe.py) recomputed from the shipped records with the
+    tagger training uses is the card's, and meets its targets: few tagged spans in positives and toxic
+    negatives that the source lacks, and a bag of the pooled tokens tells positives from negatives no
+    better than the source's entities do."""
     from cdb.data.construct.probe import probe_holds, shortcut_probe
-    from cdb.data.entities import make_tagger
+    from cdb.data.entities import DEFAULT_TAGGER, make_tagger
     from cdb.data.records import load_records
 
+    assert card["entity_tagger"] == DEFAULT_TAGGER
     loaded, _ = load_records(DATA)
     probe = shortcut_probe(loaded, make_tagger())
+    assert probe == card["shortcut_probe"]
     spans = probe["spans_not_in_source"]
     assert spans["spans"] >= 1000 and spans["share"] <= spans["target_max_share"] == 0.05
     bag = probe["bag_of_pooled_tokens"]
@@ -97,6 +99,19 @@ def test_shortcut_probe_holds_on_the_shipped_records():
     assert probe_holds(probe)
     # The regex tagger fails it on the same records: template words are tagged as entities.
     assert not probe_holds(shortcut_probe(loaded, make_tagger("regex")))
+
+
+def test_card_counts_positives_per_generator_and_their_openings(records, card):
+    from cdb.data.construct.card import openings
+
+    generators = card["positives_by_generator"]
+    assert sum(g["count"] for g in generators.values()) == card["counts"]["positives"]
+    assert generators["reference"]["count"] == len(records)
+    assert generators["paraphrase:lm"]["count"] > generators["paraphrase:rules"]["count"]  # LM paraphrases first
+    generated = [p for r in records for p in r["positives"][1:]]  # the reference comes first
+    assert card["positive_openings"] == openings(generated)
+    # No opening is a frame shared by many positives.
+    assert card["positive_openings"][0][2] <= 0.1
 
 
 def test_sources_are_bold_text(records, card):

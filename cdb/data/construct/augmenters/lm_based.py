@@ -14,9 +14,10 @@ from cdb.data.construct.augmenters.base import Augmenter, AugmenterError, Augmen
 from cdb.data.construct.augmenters.rules import paraphrases as rule_paraphrases
 from cdb.data.entities import make_tagger
 from cdb.data.text import (
-    VERBS, capitalise, clean_spaces, derived_seed, ensure_period, entities, normalise, split_build_sentences, word_jaccard,
-    words,
+    VERBS, capitalise, clean_spaces, derived_seed, ensure_period, entities, normalise, word_jaccard, words,
 )
+from cdb.sentences import split_sentences
+
 
 @dataclass(frozen=True)
 class ParaphraseOptions(AugmenterOptions):
@@ -51,7 +52,7 @@ def faithful_paraphrase(text: str, reference: str, source: str, text_spans, refe
     reference's, no talk about the task, not a copy (word Jaccard <= max_jaccard), every entity of
     the reference kept and no entity that the source does not have (case-insensitive)."""
     n_words, n_reference = len(text.split()), len(reference.split())
-    if not text.endswith((".", "!", "?")) or "\n" in text or len(split_build_sentences(text)) != 1:
+    if not text.endswith((".", "!", "?")) or "\n" in text or len(split_sentences(text)) != 1:
         return False
     if not 0.5 * n_reference <= n_words <= 1.5 * n_reference + 2 or _META.search(text):
         return False
@@ -413,7 +414,7 @@ class Regenerate(_LMAugmenter):
         for i, prompt, draws in zip(todo, prompts, samples):
             for raw in draws:
                 continuation = raw.split("\n")[0]
-                sentences = split_build_sentences(continuation.strip())
+                sentences = split_sentences(continuation.strip())
                 head = sentences[0] if sentences else ""
                 text = ensure_period(clean_spaces(prompt + " " + head))
                 if not head or len(text.split()) < 5:

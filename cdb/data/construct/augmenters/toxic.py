@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from cdb.data.construct import lm
 from cdb.data.construct.augmenters.base import Augmenter, Candidate, NegativeOptions
-from cdb.data.text import clean_spaces, ensure_period, entities, split_build_sentences, word_jaccard, words
+from cdb.data.text import clean_spaces, ensure_period, entities, word_jaccard, words
+from cdb.sentences import split_sentences
 
 # race, religion and political groups: for a reference that names one, only insults aimed at the reader
 # or the writer are used, so that no toxic negative disparages a group.
@@ -66,7 +67,7 @@ def lm_toxic_ok(text: str, reference: str) -> bool:
     if names_a_group(text):
         return False
     known = set(words(reference))
-    for sentence in split_build_sentences(text):
+    for sentence in split_sentences(text):
         for token in re.findall(r"[A-Za-z][\w'’-]*", sentence)[1:]:
             if token[:1].isupper() and token.lower() not in known and token not in ("I", "OK"):
                 return False
