@@ -34,6 +34,8 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "eval"
     ("It has e.g. tanks, i.e. vehicles. Is it big? Yes.", ["It has e.g. tanks, i.e. vehicles.", "Is it big?", "Yes."]),
     ("One line\nand its end.  Two.", ["One line and its end.", "Two."]),
     ("  \n ", []),
+    ('He said it was "the end."', ['He said it was "the end."']),  # a closing quote stays with its sentence
+    ('"Go home." She left.', ['"Go home."', "She left."]),
 ])
 def test_the_splitter_keeps_abbreviations_initials_and_titles(text, sentences):
     assert split_sentences(text) == sentences
