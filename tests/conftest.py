@@ -27,6 +27,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    """(model, tokenizer): the tiny random Llama with its matrices redrawn at std 0.3. Its own init
+    (std 0.02) is nearly uniform; larger weights make prompts, prefixes, positions and padding move
+    the numbers, so that a bug in any of them shows."""
+    import torch
+
+    from cdb.eval import load_model
+    from cdb.model import TINY
+
+    model, tokenizer, _ = load_model(TINY, seed=0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.3)
+    return model.eval(), tokenizer
+
+
 @pytest.fixture
 def port() -> int:
     return free_port()

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from conftest import REPO
 from cdb.data.records import embedded_dataset_path
 from cdb import settings
-from cdb.eval import EvalDataError, Unavailable, evaluate, load_model, make_options, run_suite
+from cdb.eval import EvalDataError, Unavailable, evaluate, make_options, run_suite
 from cdb.eval.base import Resources, per_item, spread
 from cdb.eval.bias import crows_stereo_share, icat, load_crows, load_stereoset, stereoset_items, stereoset_scores
 from cdb.eval.estimates import estimate
@@ -245,18 +245,6 @@ def test_options_changed_names_what_differs(tmp_path):
 
 
 # ---- EvalLM on a tiny random Llama ----------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny():
-    model, tokenizer, _ = load_model(TINY, seed=0)
-    # Random init is nearly uniform (std 0.02): larger weights make positions and padding matter,
-    # so that a padding bug would show in the numbers.
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.3)
-    return model, tokenizer
-
-
 REQUESTS = [("The cat sat", " on the mat."), ("", "Hello world, said the robot."),
             ("Maria Lopez opened a new library in Leeds on 3 May 2020 after a long campaign", " and a vote."),
             ("The cat ", "sat")]

@@ -56,17 +56,6 @@ KNOWLEDGE = [
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    model, tokenizer, _ = load_model(TINY, seed=0)
-    # Larger than the init's std 0.02, so that answers and prompts change the numbers.
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.3)
-    return model, tokenizer
-
-
-@pytest.fixture(scope="module")
 def data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("harness")
     (folder / "truthfulqa.json").write_text(json.dumps(TRUTHFULQA))

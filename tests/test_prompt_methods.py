@@ -12,7 +12,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from cdb import settings
-from cdb.eval import load_model, make_options, run_suite
+from cdb.eval import make_options, run_suite
 from cdb.eval.decoding import Decoding, SelfDebiasingLogitsProcessor, self_debias, with_prefix
 from cdb.eval.lm import EvalLM
 from cdb.eval.options import INSTRUCTION, SELF_DEBIAS_PREFIXES
@@ -127,16 +127,6 @@ def test_self_debias_function_and_prefix_insertion():
 
 # ---- on the tiny random Llama --------------------------------------------------------------------
 PROMPTS = ["The cat sat", "Maria Lopez opened a new library in Leeds on", "Hi", "He said that the people were"]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    model, tokenizer, _ = load_model(TINY, seed=0)
-    with torch.no_grad():  # larger than init weights, so that prefixes move the distribution
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.3)
-    return model.eval(), tokenizer
 
 
 def test_processor_cache_matches_recomputation_and_direct_logits(tiny):
