@@ -264,8 +264,31 @@ def _worker_environment(args: WorkerArgs) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", args.torch_extensions_dir)
+    _one_ninja()
     # DeepSpeed 0.19 calls collectives torch 2.13 deprecates, once per step: not the user's concern.
     warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor).*", category=FutureWarning)
+
+
+def _one_ninja() -> None:
+    """Build DeepSpeed's JIT ops with the ninja DeepSpeed depends on, whatever the PATH says.
+
+    A system ninja (1.11, build log v5) and the PyPI one (1.13, log v7) each discard the other's log,
+    so processes that find different ones on PATH rebuild the op every time they alternate; a process
+    killed during a build leaves torch's lock file, and later builds wait on it forever.
+    """
+    import ninja
+
+    path = os.environ.get("PATH", "")
+    if not path.startswith(ninja.BIN_DIR + os.pathsep):
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + path
+    for lock in Path(os.environ["TORCH_EXTENSIONS_DIR"]).glob("*/lock"):
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:  # its build just finished
+            continue
+        if age > 1800:
+            print(f"[cdb] warning: {lock} is {age / 60:.0f} minutes old; DeepSpeed will wait on it. If no other "
+                  "process is building that op, a killed build left it: remove the file.", file=sys.stderr, flush=True)
 
 
 def prepare_sources(config: Config, spec, tokenizer) -> tuple[list, list]:

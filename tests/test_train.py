@@ -246,3 +246,31 @@ def test_preflight_refuses_an_output_dir_without_room_for_the_checkpoints(tmp_pa
     assert message and "GiB free" in message and str(tmp_path / "run") in message
     assert preflight_output(cfg.resolve(flags={"train.output_dir": str(tmp_path / "run")}), parameters=10**6) is None
     assert not (tmp_path / "run").exists()  # checking wrote nothing
+
+
+def test_workers_build_deepspeed_ops_with_one_ninja_and_name_a_stale_lock(tmp_path, monkeypatch, capsys):
+    """Two ninjas on PATH (a system 1.11 and DeepSpeed's 1.13) discard each other's build log: every
+    switch between them rebuilds DeepSpeed's op, and a build killed midway leaves a lock all later ones wait on."""
+    import shutil
+    import time
+
+    import ninja
+
+    from cdb.loop import _one_ninja
+
+    (tmp_path / "deepspeed_shm_comm").mkdir()
+    lock = tmp_path / "deepspeed_shm_comm" / "lock"
+    lock.touch()
+    os.utime(lock, (time.time() - 3600, time.time() - 3600))
+    (tmp_path / "fresh_op").mkdir()
+    (tmp_path / "fresh_op" / "lock").touch()  # a build in progress: not named
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    _one_ninja()
+    _one_ninja()  # idempotent: a worker may set up twice
+    assert shutil.which("ninja") == str(Path(ninja.BIN_DIR) / "ninja")
+    assert os.environ["PATH"] == f"{ninja.BIN_DIR}:/usr/bin:/bin"
+    out = subprocess.run(["ninja", "--version"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith(ninja.__version__)
+    err = capsys.readouterr().err
+    assert str(lock) in err and "60 minutes old" in err and "fresh_op" not in err
