@@ -13,7 +13,8 @@ last validation), and writes to OUTPUT:
                            not comparable; an undefined metric with why; "(labeller)" beside a
                            number scored by the scorer that labelled the training data, tags
                            cdb.<prefix>.<task>.labeller_metrics); the validation metrics every
-                           method shares
+                           method shares; a metric no run logged (a suite without the
+                           harness task, say) has no column
   alignment_tax.png        toxicity (x) against faithfulness (y), an arrow per run from base to tuned,
                            the tuned model's 95% intervals as bars
 and logs the three as artifacts of a new run tagged cdb.method=report. Runs without eval metrics are
@@ -63,7 +64,12 @@ COLUMNS = (
     Column("CrowS stereo (0.5 ideal)", "bias/crows_stereo_share", "half"),
     Column("StereoSet ICAT ↑", "bias/stereoset_icat", "higher"),
     Column("Intelligible ↑", "intelligibility/intelligible", "higher"),
+    Column("TruthfulQA MC1 (lm-eval) ↑", "harness/truthfulqa_mc1_acc", "higher"),
+    Column("TruthfulQA MC2 (lm-eval) ↑", "harness/truthfulqa_mc2_acc", "higher"),
+    Column("Knowledge (lm-eval) ↑", "harness/knowledge_acc", "higher"),
+    Column("CrowS stereo (lm-eval, 0.5 ideal)", "harness/crows_pairs_pct_stereotype", "half"),
 )
+"""The eval metrics a table can show; it shows those some run of it logged (shown_columns)."""
 
 LEGEND = ("Each cell: the tuned model's value [95% interval] (n: the items it is over), then its change "
           "against the base model of the same run: tuned minus base, paired over the items both evaluated "
@@ -265,6 +271,16 @@ def notes(rows: Sequence[RunRow]) -> list[str]:
     return out
 
 
+def shown_columns(rows: Sequence[RunRow]) -> list[Column]:
+    """The COLUMNS some run of `rows` logged, tuned or base, or gave a reason for not defining: a suite
+    without the harness task, or without TruthfulQA's data, gets no column of dashes."""
+    def logged(column: Column, row: RunRow) -> bool:
+        name = metric_name(column, row)
+        return name in row.tuned or name in row.base or any(name in u for u in row.undefined.values())
+
+    return [c for c in COLUMNS if any(logged(c, r) for r in rows)]
+
+
 def labeller_marked(rows: Sequence[RunRow]) -> bool:
     """Whether a table cell carries the (labeller) mark (then LABELLER_NOTE goes under the tables)."""
     return any(metric_name(c, r) in marked for r in rows for marked in r.labeller.values() for c in COLUMNS)
@@ -276,20 +292,21 @@ def _md_row(cells: Sequence[str]) -> str:
 
 def markdown(rows: Sequence[RunRow], experiment: str, uri: str) -> str:
     evaluated, with_base, bare = tables(rows)
-    heads = ["Method", "Scale", "Run"] + [c.label for c in COLUMNS]
+    columns = shown_columns(evaluated)
+    heads = ["Method", "Scale", "Run"] + [c.label for c in columns]
     lines = [f"# Evaluation report: experiment `{experiment}`", "", f"Store: `{uri}`. {LEGEND}", ""]
     lines += [f"- {note}" for note in notes(evaluated)] + ([""] if notes(evaluated) else [])
     if evaluated:
         lines += ["## Tuned models (change against base)", "", "| " + " | ".join(heads) + " |",
                   "|" + "|".join(["---"] * len(heads)) + "|"]
         for r in evaluated:
-            cells = [_cell(r, c, tracking.PREFIX_EVAL)[0] for c in COLUMNS]
+            cells = [_cell(r, c, tracking.PREFIX_EVAL)[0] for c in columns]
             lines.append(_md_row([r.method, r.scale, _short(r)] + cells))
         lines.append("")
     if with_base:
         lines += ["## Base models", "", "| " + " | ".join(heads) + " |", "|" + "|".join(["---"] * len(heads)) + "|"]
         for r in with_base:
-            cells = [_cell(r, c, tracking.PREFIX_EVAL_BASE)[0] for c in COLUMNS]
+            cells = [_cell(r, c, tracking.PREFIX_EVAL_BASE)[0] for c in columns]
             lines.append(_md_row([r.method, r.scale, _short(r)] + cells))
         lines.append("")
     if labeller_marked(evaluated):
@@ -309,7 +326,7 @@ def markdown(rows: Sequence[RunRow], experiment: str, uri: str) -> str:
     return "\n".join(lines)
 
 
-def _html_table(rows: Sequence[RunRow], prefix: str = "", columns: Sequence[Column] = COLUMNS) -> str:
+def _html_table(rows: Sequence[RunRow], prefix: str, columns: Sequence[Column]) -> str:
     """Eval metrics of `prefix` (eval: the tuned ones with their change; eval_base), or with no prefix the val ones."""
     heads = ["Method", "Scale", "Run"] + [c.label for c in columns]
     out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "</tr>"]
@@ -337,14 +354,15 @@ def html_report(rows: Sequence[RunRow], experiment: str, uri: str) -> str:
     if notes(evaluated):
         parts += ["<ul>"] + [f"<li>{html.escape(note)}</li>" for note in notes(evaluated)] + ["</ul>"]
     if evaluated:
-        parts += ["<h2>Tuned models (change against base)</h2>", _html_table(evaluated, tracking.PREFIX_EVAL)]
+        parts += ["<h2>Tuned models (change against base)</h2>",
+                  _html_table(evaluated, tracking.PREFIX_EVAL, shown_columns(evaluated))]
     if with_base:
-        parts += ["<h2>Base models</h2>", _html_table(with_base, tracking.PREFIX_EVAL_BASE)]
+        parts += ["<h2>Base models</h2>", _html_table(with_base, tracking.PREFIX_EVAL_BASE, shown_columns(evaluated))]
     if labeller_marked(evaluated):
         parts.append(f"<p>{html.escape(LABELLER_NOTE)}</p>")
     validated = [r for r in rows if r.val]
     if validated:
-        parts += ["<h2>Validation (held-out sources, last validation)</h2>", _html_table(validated, columns=VAL_COLUMNS)]
+        parts += ["<h2>Validation (held-out sources, last validation)</h2>", _html_table(validated, "", VAL_COLUMNS)]
     if bare:
         parts += ["<h2>Runs without eval metrics</h2>", "<ul>"]
         parts += [f"<li>{html.escape(f'{r.method} / {r.scale}: run {_short(r)}, status {r.status}')}</li>" for r in bare]

@@ -29,7 +29,8 @@ RUNS = {
             {"toxicity/mean_toxicity": (0.045, 24, 0.035, 0.055), "faithfulness/faithfulness": (0.52, 16, 0.47, 0.57)},
             {"toxicity/mean_toxicity": (-0.005, 24, -0.02, 0.01), "faithfulness/faithfulness": (-0.08, 16, -0.12, -0.04)}),
     # evaluated with other options after training (another hash): its delta metrics must not be shown
-    "dpo": ({"toxicity/mean_toxicity": (0.05, 24, 0.04, 0.06)}, {"toxicity/mean_toxicity": (0.06, 12, 0.05, 0.07)},
+    "dpo": ({"toxicity/mean_toxicity": (0.05, 24, 0.04, 0.06), "harness/truthfulqa_mc1_acc": (0.25, 40, 0.12, 0.38)},
+            {"toxicity/mean_toxicity": (0.06, 12, 0.05, 0.07), "harness/truthfulqa_mc1_acc": (0.3, 40, 0.16, 0.44)},
             {"toxicity/mean_toxicity": (0.01, 12, 0.005, 0.015)}),
 }
 HASHES = {"contrastive": ("a1", "a1"), "sft": ("b2", "b2"), "dpo": ("c3", "d4")}
@@ -42,7 +43,7 @@ EXPECTED_CELLS = {
                     "0.190 [0.140, 0.240] (n 24) (labeller); no detectable change (-0.010 [-0.030, +0.010])"],
     "sft": ["0.0450 [0.0350, 0.0550] (n 24); no detectable change (-0.0050 [-0.020, +0.010])",
             "0.520 [0.470, 0.570] (n 16); change -0.080 [-0.12, -0.040]", "undefined: no item defines it"],
-    "dpo": ["0.0600 [0.0500, 0.0700] (n 12); change withheld"],
+    "dpo": ["0.0600 [0.0500, 0.0700] (n 12); change withheld", "0.300 [0.160, 0.440] (n 40); change withheld"],
 }
 
 
@@ -105,7 +106,11 @@ def test_report_tables_plot_and_run(store, tmp_path, capsys):
     assert "<h2>Validation (held-out sources, last validation)</h2>" in html and "0.750</td>" in html
     # An unmeasured metric is a dash, not a zero; the base table holds the eval_base values.
     sft_row = next(line for line in tuned_table.splitlines() if line.startswith("| sft |"))
-    assert sft_row.count("—") == 7
+    assert sft_row.count("—") == 4  # exp. max toxicity, CrowS, StereoSet, lm-eval's MC1
+    # A metric no run logged has no column: 7 of the 14 are shown, the lm-eval one dpo's full suite logged among them.
+    head = next(line for line in tuned_table.splitlines() if line.startswith("| Method |"))
+    assert head.count(" | ") == 3 + 7 - 1 and "TruthfulQA MC1 (lm-eval) ↑" in head
+    assert "Knowledge" not in md and "Intelligible" not in md and "Knowledge" not in html
     base_table = md.split("## Base models")[1].split("##")[0]
     assert "| 0.0500 [0.0400, 0.0600] (n 24) | — | 0.600 [0.550, 0.650] (n 16) | 0.500 [0.300, 0.700] (n 9) |" in base_table
     # Green or red only for a change whose interval excludes 0, by the metric's direction (CrowS: closer
