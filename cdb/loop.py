@@ -246,7 +246,7 @@ class Trainer:
                 self.logger.log_metrics(logged, step)
 
             if step % config.train.checkpoint_every == 0 or step == self.steps or stop:
-                directory = tempfile.mkdtemp(prefix="cdb-ckpt-")
+                directory = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-")
                 strategy.save_checkpoint(directory, self.state(step))
                 save(directory, {"step": step, "loss": averaged["loss"], "stopped": stop})
             if stop:
@@ -254,6 +254,35 @@ class Trainer:
                     say(f"[cdb] stop requested: checkpointed step {step}, exiting")
                 return True
         return False
+
+
+STAGING_PREFIX = "cdb-ckpt-"
+"""A step's checkpoint shard is written to a local folder <tmp>/cdb-ckpt-<pid>-<random>, then handed to
+the checkpoint sink, which uploads it and removes it."""
+
+
+def remove_orphaned_staging() -> list[Path]:
+    """Remove the checkpoint staging folders of processes that are gone (killed with an upload pending):
+    one rank's shard each, so on a large model's node they would fill the disk over restarts."""
+    import shutil
+
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*-*"):
+        pid = folder.name[len(STAGING_PREFIX):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _worker_environment(args: WorkerArgs) -> None:
@@ -265,6 +294,7 @@ def _worker_environment(args: WorkerArgs) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", args.torch_extensions_dir)
     _one_ninja()
+    remove_orphaned_staging()
     # DeepSpeed 0.19 calls collectives torch 2.13 deprecates, once per step: not the user's concern.
     warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor).*", category=FutureWarning)
 

@@ -274,3 +274,19 @@ def test_workers_build_deepspeed_ops_with_one_ninja_and_name_a_stale_lock(tmp_pa
     assert out.startswith(ninja.__version__)
     err = capsys.readouterr().err
     assert str(lock) in err and "60 minutes old" in err and "fresh_op" not in err
+
+
+def test_checkpoint_staging_of_a_killed_process_is_removed_at_the_next_start(tmp_path, monkeypatch):
+    import tempfile
+
+    from cdb.loop import STAGING_PREFIX, remove_orphaned_staging
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    orphan = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{gone.pid}-"))
+    (orphan / "shard.pt").write_bytes(b"x" * 1024)
+    live = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-"))  # an upload still pending here
+    unnamed = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX))  # no pid in its name: not ours to judge
+    assert remove_orphaned_staging() == [orphan]
+    assert not orphan.exists() and live.is_dir() and unnamed.is_dir()
