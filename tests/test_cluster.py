@@ -162,6 +162,7 @@ def test_same_command_continues_after_kill_and_stop_with_checkpoints_in_s3(clust
     for name in ("model/model.safetensors", "eval_base/eval.json", "eval/eval.json", "config.yaml", "run.json"):
         assert f"{bed.bucket}/runs/tiny/{name}" in stored, name
     assert run.data.tags["cdb.exported_model"] == f"s3://{bed.bucket}/runs/tiny/model"
+    assert run.data.tags["cdb.eval.model"] == f"s3://{bed.bucket}/runs/tiny/model"  # not the node's temporary copy
 
     # 4. Another config against the run: refused before anything starts, naming the key.
     proc = subprocess.run([sys.executable, "-m", "cdb.train", *command, "--set", "optim.lr=0.5"], env=bed.env,

@@ -201,7 +201,8 @@ def _log(run: tracking.Run, prefix: str, summary: dict[str, Any], files: list[Pa
 
 def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str = tracking.PREFIX_EVAL, run_id: str | None = None,
              tracking_uri: str | None = None, output_dir: str | Path | None = None, experiment: str = "cdb",
-             precision: str = "fp32", workers: int = 1, gpus_per_worker: int = 0, **overrides: Any) -> dict[str, Any]:
+             precision: str = "fp32", workers: int = 1, gpus_per_worker: int = 0, model_name: str | None = None,
+             **overrides: Any) -> dict[str, Any]:
     """Load `model_source`, run the suite of `options` (an EvalOptions; else the quick suite) with
     `overrides` (EvalOptions fields, `suite` among them), log metrics `<prefix>/<task>/<metric>` with
     their `_n`, `_ci95_low`, `_ci95_high`, the per-sample table and each metric's values per item
@@ -216,7 +217,9 @@ def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str 
     `gpus_per_worker` GPUs, share the items (cdb.eval.remote). Returns the summary written to
     eval.json: method (the decoding), metrics (full names, with n and interval), undefined (full
     name -> why), options_hash, skipped tasks, seconds per task, scorer versions, tags
-    (TaskResult.tags as "task.tag"), options, run id and tracking URI."""
+    (TaskResult.tags as "task.tag"), options, run id and tracking URI. `model_name` is what the run
+    and eval.json call the model (default `model_source`): the object-store address when
+    `model_source` is this node's copy of it (cdb.eval.remote)."""
     if not re.fullmatch(r"[\w.-]+", prefix):
         raise ValueError(f"prefix {prefix!r}: letters, digits, '_', '.', '-' only")
     # bad options fail before any model loads
@@ -224,11 +227,12 @@ def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str 
     opts = settings.build(EvalOptions, {**base, **overrides}).for_suite()
     suite = opts.suite
     uri = tracking.resolve_uri(tracking_uri or "")
+    model_name = model_name or model_source
     if run_id is None:
-        params = {"model": model_source, "suite": suite, "prefix": prefix, **{f"eval.{k}": v for k, v in opts.to_dict().items()}}
-        name = f"eval-{model_slug(model_source)}" + (f"-{opts.decoding}" if opts.decoding != "none" else "")
+        params = {"model": model_name, "suite": suite, "prefix": prefix, **{f"eval.{k}": v for k, v in opts.to_dict().items()}}
+        name = f"eval-{model_slug(model_name)}" + (f"-{opts.decoding}" if opts.decoding != "none" else "")
         opened = tracking.open_run(uri, experiment, name, params,
-                                   {tracking.TAG_MODEL: model_source, tracking.TAG_METHOD: run_tag(opts.decoding)})
+                                   {tracking.TAG_MODEL: model_name, tracking.TAG_METHOD: run_tag(opts.decoding)})
     else:
         opened = nullcontext(tracking.Run(uri, run_id))
     with opened as run:
@@ -247,7 +251,7 @@ def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str 
         metrics, undefined = estimates.summarise(prefix, result.metrics, result.items)
         options_hash = estimates.evaluation_hash(opts.to_dict(), result.scorers, result.items)
         summary = {
-            "model": model_source, "resolved_model": resolved, "suite": suite, "prefix": prefix, "method": opts.decoding,
+            "model": model_name, "resolved_model": resolved, "suite": suite, "prefix": prefix, "method": opts.decoding,
             "metrics": metrics, "undefined": undefined, "options_hash": options_hash,
             "skipped": result.skipped, "seconds": {**result.seconds, "total": time.perf_counter() - start},
             "scorers": result.scorers, "tags": result.tags, "options": opts.to_dict(), "run_id": run.id, "tracking_uri": uri,

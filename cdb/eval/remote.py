@@ -109,11 +109,12 @@ def _evaluate(model_source: str, options: EvalOptions, kwargs: dict[str, Any], s
         return evaluate(model_source, options, **kwargs)
     with tempfile.TemporaryDirectory(prefix="cdb-eval-") as folder:
         local = Path(folder)
+        copy = model_source
         if model_source.startswith(storage.uri() + "/"):  # a model in the object store: fetched to this node
             part = model_source[len(storage.uri()):].strip("/")
-            model_source = str(local / part)
-            storage.download(model_source, part)
-        summary = evaluate(model_source, options, **{**kwargs, "output_dir": local / kwargs["prefix"]})
+            copy = str(local / part)
+            storage.download(copy, part)
+        summary = evaluate(copy, options, **{**kwargs, "output_dir": local / kwargs["prefix"], "model_name": model_source})
         storage.upload(local / kwargs["prefix"], kwargs["prefix"])
         return summary
 
