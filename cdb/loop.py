@@ -304,12 +304,13 @@ def _one_ninja() -> None:
 
     A system ninja (1.11, build log v5) and the PyPI one (1.13, log v7) each discard the other's log,
     so processes that find different ones on PATH rebuild the op every time they alternate; a process
-    killed during a build leaves torch's lock file, and later builds wait on it forever.
+    killed during a build leaves torch's lock file, and later builds wait on it forever. (`BIN_DIR` is
+    empty where the package's script is not beside the interpreter: then PATH decides.)
     """
     import ninja
 
     path = os.environ.get("PATH", "")
-    if not path.startswith(ninja.BIN_DIR + os.pathsep):
+    if ninja.BIN_DIR and not path.startswith(ninja.BIN_DIR + os.pathsep):
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + path
     for lock in Path(os.environ["TORCH_EXTENSIONS_DIR"]).glob("*/lock"):
         try:

@@ -88,6 +88,9 @@ def installed_run():
         env = {k: v for k, v in os.environ.items()
                if k not in ("PYTHONPATH", "RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
         env["TMPDIR"] = str(work)  # the run's local Ray keeps its session (and log files) here
+        # The shared environment's scripts (DeepSpeed's ninja among them) on PATH, as an install puts the
+        # dependencies' scripts beside its interpreter: with another ninja the op would be rebuilt.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         cdb_file = _run([str(python), "-c", "import cdb; print(cdb.__file__)"], cwd=outside, env=env).stdout.strip()
         proc = subprocess.Popen([str(python), "-m", "cdb.train", "--max-steps", "2"], cwd=outside, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)

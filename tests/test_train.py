@@ -274,6 +274,11 @@ def test_workers_build_deepspeed_ops_with_one_ninja_and_name_a_stale_lock(tmp_pa
     assert out.startswith(ninja.__version__)
     err = capsys.readouterr().err
     assert str(lock) in err and "60 minutes old" in err and "fresh_op" not in err
+    # An interpreter without the ninja script beside it (BIN_DIR ""): PATH is left as it is, no empty entry.
+    monkeypatch.setattr(ninja, "BIN_DIR", "")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    _one_ninja()
+    assert os.environ["PATH"] == "/usr/bin:/bin"
 
 
 def test_checkpoint_staging_of_a_killed_process_is_removed_at_the_next_start(tmp_path, monkeypatch):
