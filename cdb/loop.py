@@ -293,13 +293,13 @@ def _worker_environment(args: WorkerArgs) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", args.torch_extensions_dir)
-    _one_ninja()
+    use_deepspeeds_ninja()
     remove_orphaned_staging()
     # DeepSpeed 0.19 calls collectives torch 2.13 deprecates, once per step: not the user's concern.
     warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor).*", category=FutureWarning)
 
 
-def _one_ninja() -> None:
+def use_deepspeeds_ninja() -> None:
     """Build DeepSpeed's JIT ops with the ninja DeepSpeed depends on, whatever the PATH says.
 
     A system ninja (1.11, build log v5) and the PyPI one (1.13, log v7) each discard the other's log,

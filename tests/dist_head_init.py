@@ -13,11 +13,13 @@ import torch.distributed as dist  # noqa: E402
 
 from cdb import config as cfg  # noqa: E402
 from cdb.engine import Strategy  # noqa: E402
+from cdb.loop import use_deepspeeds_ninja  # noqa: E402
 from cdb.model import TINY, load_tokenizer  # noqa: E402
 from cdb.objective import METHODS  # noqa: E402
 
 
 def main(out_path: str, workdir: str) -> None:
+    use_deepspeeds_ninja()  # as the training workers do: one ninja builds DeepSpeed's op
     deepspeed.init_distributed(dist_backend="gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     config = cfg.resolve(flags={"scale.num_workers": world, "train.output_dir": workdir,

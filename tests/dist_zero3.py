@@ -21,7 +21,7 @@ from cdb.data.batch import collate, special_ids, tokenize_records  # noqa: E402
 from cdb.data.entities import regex_tagger  # noqa: E402
 from cdb.data.records import load_records  # noqa: E402
 from cdb.engine import Strategy  # noqa: E402
-from cdb.loop import WorkerArgs, micro_step, run_worker  # noqa: E402
+from cdb.loop import WorkerArgs, micro_step, run_worker, use_deepspeeds_ninja  # noqa: E402
 from cdb.model import TINY, cache_dir, load_tokenizer  # noqa: E402
 from cdb.objective import METHODS  # noqa: E402
 
@@ -38,6 +38,7 @@ def gathered(strategy, engine=None):
 
 
 def main(out_path: str, workdir: str) -> None:
+    use_deepspeeds_ninja()  # as the training workers do: one ninja builds DeepSpeed's op
     deepspeed.init_distributed(dist_backend="gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     config = cfg.resolve(flags={"scale.num_workers": world, "train.output_dir": workdir, "optim.lr": LR})

@@ -256,7 +256,7 @@ def test_workers_build_deepspeed_ops_with_one_ninja_and_name_a_stale_lock(tmp_pa
 
     import ninja
 
-    from cdb.loop import _one_ninja
+    from cdb.loop import use_deepspeeds_ninja
 
     (tmp_path / "deepspeed_shm_comm").mkdir()
     lock = tmp_path / "deepspeed_shm_comm" / "lock"
@@ -266,8 +266,8 @@ def test_workers_build_deepspeed_ops_with_one_ninja_and_name_a_stale_lock(tmp_pa
     (tmp_path / "fresh_op" / "lock").touch()  # a build in progress: not named
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    _one_ninja()
-    _one_ninja()  # idempotent: a worker may set up twice
+    use_deepspeeds_ninja()
+    use_deepspeeds_ninja()  # idempotent: a worker may set up twice
     assert shutil.which("ninja") == str(Path(ninja.BIN_DIR) / "ninja")
     assert os.environ["PATH"] == f"{ninja.BIN_DIR}:/usr/bin:/bin"
     out = subprocess.run(["ninja", "--version"], capture_output=True, text=True, check=True).stdout
@@ -277,7 +277,7 @@ def test_workers_build_deepspeed_ops_with_one_ninja_and_name_a_stale_lock(tmp_pa
     # An interpreter without the ninja script beside it (BIN_DIR ""): PATH is left as it is, no empty entry.
     monkeypatch.setattr(ninja, "BIN_DIR", "")
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    _one_ninja()
+    use_deepspeeds_ninja()
     assert os.environ["PATH"] == "/usr/bin:/bin"
 
 
