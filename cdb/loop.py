@@ -312,7 +312,8 @@ def use_deepspeeds_ninja() -> None:
     path = os.environ.get("PATH", "")
     if ninja.BIN_DIR and not path.startswith(ninja.BIN_DIR + os.pathsep):
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + path
-    for lock in Path(os.environ["TORCH_EXTENSIONS_DIR"]).glob("*/lock"):
+    extensions = os.environ.get("TORCH_EXTENSIONS_DIR")  # unset: torch's default, not cdb's cache
+    for lock in Path(extensions).glob("*/lock") if extensions else []:
         try:
             age = time.time() - lock.stat().st_mtime
         except FileNotFoundError:  # its build just finished
