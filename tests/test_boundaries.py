@@ -78,3 +78,12 @@ def test_training_eval_section_is_the_evaluation_options():
     assert isinstance(config.eval, EvalOptions)
     options = config.eval.for_suite()
     assert (options.suite, options.decoding, options.tasks, options.crows_limit) == ("full", "instructive", ("bias",), 3)
+
+
+def test_scorers_reach_neither_evaluation_nor_data_construction():
+    """cdb.scoring sits below both of its users: importing it reaches nothing of either."""
+    everything = imports("cdb")
+    scoring = [m for m in everything if within(m, "cdb.scoring")]
+    assert {"cdb.scoring", "cdb.scoring.entities", "cdb.scoring.toxicity"} <= set(scoring)
+    up = sorted(m for m in reached(everything, scoring) if within(m, "cdb.eval") or within(m, "cdb.data"))
+    assert up == []

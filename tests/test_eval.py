@@ -199,7 +199,7 @@ def _evaluation(folder, items, options_hash="same"):
 
 def test_paired_changes_same_shifted_undefined_and_withheld(tmp_path):
     from cdb.eval.estimates import changes
-    from cdb.stats import Estimate, detectable
+    from cdb.eval.intervals import Estimate, detectable
 
     ids = [f"s{i}" for i in range(40)]
     faith = [0.3 + 0.01 * (i % 17) for i in range(40)]

@@ -8,7 +8,7 @@ tuned evaluation can be compared, and the paired change between them (docs/METHO
     log_changes(run, output_dir)        the changes into a training run and OUTPUT_DIR/changes.json
     options_changed(folder, options)    what differs from the options a saved evaluation used (--resume)
 
-The statistics are cdb.stats: a mean over items with a bootstrap interval, a share of 0/1 items
+The statistics are cdb.eval.intervals: a mean over items with a bootstrap interval, a share of 0/1 items
 with a Wilson interval; a change is paired over the same items (paired bootstrap; exact McNemar
 for 0/1 items). A metric whose harness states its standard error (Items.stderr: lm-eval's, for the
 harness task) gets that harness's interval instead, value +- 1.96 stderr, its n still the items'.
@@ -27,7 +27,7 @@ from typing import Any, Mapping
 from cdb import tracking
 from cdb.eval.base import Items
 from cdb.eval.bias import icat
-from cdb.stats import CONFIDENCE, Change, Estimate, combined_interval, mean_interval, paired_binary_change, \
+from cdb.eval.intervals import CONFIDENCE, Change, Estimate, combined_interval, mean_interval, paired_binary_change, \
     paired_change, paired_combined_change, share_interval
 
 ITEMS_FILE = "items.json"

@@ -1,4 +1,4 @@
-"""cdb.stats: intervals and paired changes, checked against formulas worked out here."""
+"""cdb.eval.intervals: intervals and paired changes, checked against formulas worked out here."""
 
 import math
 import warnings
@@ -7,7 +7,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from cdb.stats import (Estimate, combined_interval, detectable, mean_interval, paired_binary_change, paired_change,
+from cdb.eval.intervals import (Estimate, combined_interval, detectable, mean_interval, paired_binary_change, paired_change,
                        paired_combined_change, share_interval)
 
 

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from cdb.eval.factual_consistency import EntityConsistency, entity_tokens, normalise, positions, supported
+from cdb.scoring.entities import EntityConsistency, entity_tokens, normalise, positions, supported
 
 # (source, faithful abstractive summary: other words, same facts, (a fact in the source, a changed one))
 PAIRS = [

@@ -7,7 +7,7 @@ scores as high as a copy, and one changed name, number or date lowers the score.
     EntityConsistency().score(sources, summaries) -> [share in 0..1, or NaN]
 
 A summary in which the NER finds no entity scores NaN (nothing to check); count them with
-math.isnan, and leave them out of the mean (cdb.stats does).
+math.isnan, and leave them out of the mean (cdb.eval.intervals does).
 
 Entities: every span spaCy's en_core_web_sm NER tags (people, organisations, places, dates, times,
 numbers, money, percentages, ...), each distinct normalised entity counted once per summary.
