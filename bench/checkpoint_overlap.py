@@ -41,12 +41,10 @@ def train(scale: str, every: int, steps: int, work: str, uri: str, name: str) ->
 
 
 def tokens_per_s(uri: str, name: str) -> dict[int, float]:
-    from mlflow.tracking import MlflowClient
+    from cdb import tracking
 
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("cdb")
-    run = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{name}'")[0]
-    return {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/tokens_per_s")}
+    run = tracking.find_run(uri, "cdb", name)
+    return tracking.metric_history(uri, run.id, "train/tokens_per_s")
 
 
 def main() -> None:

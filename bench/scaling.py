@@ -35,13 +35,11 @@ def train(workers: int, steps: int, work: str, uri: str, name: str) -> float:
 
 
 def tokens_per_s(uri: str, name: str, warmup: int) -> list[float]:
-    from mlflow.tracking import MlflowClient
+    from cdb import tracking
 
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("cdb")
-    run = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{name}'")[0]
-    history = sorted(client.get_metric_history(run.info.run_id, "train/tokens_per_s"), key=lambda m: m.step)
-    return [m.value for m in history if m.step > warmup]
+    run = tracking.find_run(uri, "cdb", name)
+    history = tracking.metric_history(uri, run.id, "train/tokens_per_s")
+    return [value for step, value in sorted(history.items()) if step > warmup]
 
 
 def main() -> None:

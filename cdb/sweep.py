@@ -464,13 +464,13 @@ def ensure_parent(state: dict, uri: str, experiment: str, scales: Sequence[str],
     parent = None
     if state.get("parent_run_id"):
         try:
-            parent = tracking.reopen_run(uri, state["parent_run_id"])
+            parent = tracking.attach(uri, state["parent_run_id"], resume=True)
             echo(f"[sweep] continuing sweep: parent run {parent.id} (experiment '{experiment}')")
         except Exception as exc:  # deleted or unknown to this store: a new parent
             echo(f"[sweep] warning: parent run {state['parent_run_id']} not usable ({type(exc).__name__}: {exc}); "
                  "starting a new one")
     if parent is None:
-        parent = tracking.create_run(uri, experiment, state.get("name") or "sweep",
+        parent = tracking.open_run(uri, experiment, state.get("name") or "sweep",
                                      {"scales": ",".join(scales), "methods": ",".join(methods),
                                       "sets": " ".join(state.get("sets", []))},
                                      {tracking.TAG_METHOD: tracking.SWEEP_RUN})
@@ -481,7 +481,7 @@ def ensure_parent(state: dict, uri: str, experiment: str, scales: Sequence[str],
 
 def _tag(uri: str, run_id: str, key: str, value: str, echo: Callable[[str], None]) -> None:
     try:
-        tracking.Run(uri, run_id).set_tags({key: value})
+        tracking.attach(uri, run_id).set_tags({key: value})
     except Exception as exc:  # the tracking server is not a reason to stop the sweep
         echo(f"[sweep] warning: could not tag the parent run ({type(exc).__name__}: {exc})")
 
@@ -676,7 +676,7 @@ class Sweep:
         state["status"] = "STOPPED" if stopped else ("FINISHED" if not failed and report_ok else "FAILED")
         save_state(state, self.output_dir)
         try:
-            parent_run = tracking.Run(uri, parent)
+            parent_run = tracking.attach(uri, parent)
             parent_run.log_artifact(self.output_dir / STATE_FILE)
             parent_run.finish({"STOPPED": "KILLED"}.get(state["status"], state["status"]))
         except Exception as exc:
@@ -721,7 +721,7 @@ class Sweep:
         entry = state["points"].get(point.name) or {}
         # A point a signal stopped, or one an earlier sweep left RUNNING when it died, continues from
         # its checkpoint in its own MLflow run.
-        resume = entry.get("status") in ("STOPPED", "RUNNING") and (point_dir / "run.json").is_file() \
+        resume = entry.get("status") in ("STOPPED", "RUNNING") and (point_dir / tracking.RUN_FILE).is_file() \
             and (point_dir / "config.yaml").is_file() and entry.get("spec", self.spec) == self.spec
         cmd = train_command(point, point_dir, uri, experiment, parent, self.overrides, resume)
         log_path = self.output_dir / "logs" / f"{point.name}.log"
@@ -742,8 +742,8 @@ class Sweep:
         point_dir = self.output_dir / point.name
         run_id = None
         try:
-            run_id = json.loads((point_dir / "run.json").read_text()).get("run_id")
-        except (OSError, json.JSONDecodeError):
+            run_id = tracking.RunRecord.read(point_dir).run_id
+        except (OSError, ValueError):  # no record: the point failed before its run was made
             pass
         elapsed = time.monotonic() - job.started
         entry = state["points"][point.name]
@@ -784,7 +784,7 @@ class Sweep:
         try:
             result = report(experiment, out, uri, parent_run_id=parent)
             # The report run stays beside the training runs, not among them; the parent points to it.
-            tracking.Run(uri, parent).set_tags({tracking.TAG_SWEEP_REPORT: result["run_id"]})
+            tracking.attach(uri, parent).set_tags({tracking.TAG_SWEEP_REPORT: result["run_id"]})
         except ReportError as exc:
             self.say(f"[sweep] report: {exc}")
             state["report"] = {"error": str(exc)}

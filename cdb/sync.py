@@ -15,6 +15,9 @@ def main(argv=None) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc.filename}: not found; is {args.output_dir} a cdb run folder?", file=sys.stderr)
         return 2
+    except ValueError as exc:  # a run.json of something else
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # the server is still down: say so, keep the spool
         print(f"error: could not reach the tracking server: {exc}", file=sys.stderr)
         return 1

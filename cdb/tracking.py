@@ -1,15 +1,23 @@
-"""MLflow, the one door to it: every cdb module logs through here and imports nothing of mlflow itself.
+"""MLflow, the one door to it: every cdb module, bench and script logs and reads through here and
+imports nothing of mlflow itself.
 
-- `open_run` (a context manager) for a run that lives as long as a block (evaluation, report);
-  `create_run` / `reopen_run` and `Run.finish` for runs whose end the caller decides (a sweep's parent).
-- The training job: one resumable run, created on the driver (`ensure_run`, `finish_run`); workers
-  log into it from rank 0 (`RunLogger`), spooling what an unreachable server cannot take;
-  `system_metrics` samples each node's CPU, memory and GPUs into it.
-- Lineage of a training run: its data as a dataset input (`log_training_data`) and where its
-  exported model lies (`log_model_location`).
-- The contract between the modules that write runs and those that read them: the TAG_* names, the
-  PREFIX_* metric prefixes and TRAINING_RUNS_FILTER below; every run gets MLflow's source tags.
-- Links into MLflow's UI for the user (`runs_url`, `run_url`, `ui_hint`).
+The door, in three verbs:
+- open: `open_run(...)` makes a new run (RUNNING); `attach(uri, run_id)` is an existing one
+  (`resume=True` sets it RUNNING again). Used as a context manager (`with open_run(...) as run`), a
+  run is FINISHED when the block ends and FAILED when it raises; otherwise its owner calls `finish`.
+- log: `Run.log_params / set_tags / log_metrics / log_artifact`, lineage (`log_training_data`,
+  `log_model_location`); workers log from rank 0 through `RunLogger`, spooling what an unreachable
+  server cannot take; `system_metrics` samples each node's CPU, memory and GPUs.
+- finish: `Run.finish(status)`.
+The training job's run is resumable and lives in its folder as a typed record (`RunRecord`, in
+OUTPUT_DIR/run.json): `training_record(config, ...)` assembles its params and tags,
+`start_job_run` opens or attaches it (never failing training for the server), `finish_job_run`
+replays the spool and finishes it, `sync` does both later (`python -m cdb.sync`).
+Reading back: `experiment_runs`, `find_run`, `metric_history`.
+
+The contract between the modules that write runs and those that read them: the TAG_* names, the
+PREFIX_* metric prefixes and TRAINING_RUNS_FILTER below; every run gets MLflow's source tags.
+Links into MLflow's UI for the user: `runs_url`, `run_url`, `ui_hint`.
 
 Default store: sqlite:///<cwd>/mlflow.db with artifacts in <cwd>/mlartifacts, unless
 --tracking-uri / tracking.uri or MLFLOW_TRACKING_URI says otherwise.
@@ -17,8 +25,8 @@ Default store: sqlite:///<cwd>/mlflow.db with artifacts in <cwd>/mlartifacts, un
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
-import hashlib
 import json
 import os
 import re
@@ -27,13 +35,13 @@ import shlex
 import subprocess
 import sys
 import time
-from collections import Counter
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Protocol, Sequence
 
 if TYPE_CHECKING:
-    from cdb.data.records import Record
+    from cdb.config import Config
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -292,12 +300,35 @@ def experiment_runs(uri: str, name: str) -> list | None:
             return runs
 
 
+class DatasetIdentity(Protocol):
+    """What identifies a data set as an MLflow dataset input (cdb.data.lineage computes it)."""
+
+    name: str
+    digest: str
+    source_type: str
+    source: str
+    profile: str
+
+
 class Run:
-    """One MLflow run, by id: what cdb logs through. Opening one does not change its status."""
+    """One MLflow run, by id: what cdb logs through (made by open_run or attach). As a context manager
+    it finishes the run: FINISHED when the block ends, FAILED when it raises (the error goes on)."""
 
     def __init__(self, uri: str, run_id: str):
         self.uri, self.id = uri, run_id
         self._client = _client(uri)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.finish("FINISHED")
+            return
+        try:
+            self.finish("FAILED")
+        except Exception as exc:  # the block's own error is the one to show
+            print(f"[cdb] warning: could not mark MLflow run {self.id} FAILED ({type(exc).__name__}: {exc})", flush=True)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -324,21 +355,14 @@ class Run:
 
     # Lineage: what went into the run and what came out, where MLflow users look for them.
 
-    def log_training_data(self, location: str, split: str, records: Sequence[Record]) -> str:
-        """The training data as the run's dataset input (context "training"); returns its digest.
-
-        Data with its data card beside it (card.json next to the file: the embedded data and every
-        `python -m cdb.data build` output) is named and identified by the card: digest = SHA-256 of
-        card.json, profile = the card's counts. Other data: digest = SHA-256 of the file (of the
-        records, for a dataset folder or hub id), profile = the same counts over `records`. A card
-        that counts another number of records than `records` describes other data and is not used.
-        Digests keep the first DIGEST_HEX hex digits. `location` and `split` as in data.path and
-        data.split (empty location: the embedded data); `records`: all valid records loaded from it.
-        Logging the same data again (a resumed run) adds nothing."""
-        from mlflow.entities import DatasetInput, InputTag
+    def log_training_data(self, identity: DatasetIdentity) -> str:
+        """The training data as the run's dataset input (context "training"), identified as
+        cdb.data.lineage.dataset_identity says; returns its digest. Logging the same data again (a
+        resumed run) adds nothing."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-        dataset = _dataset(location, split, records)
+        dataset = Dataset(identity.name, identity.digest, identity.source_type, identity.source, profile=identity.profile)
         self._client.log_inputs(self.id, [DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
         return dataset.digest
 
@@ -358,79 +382,109 @@ class Run:
         return model.model_id
 
 
-def create_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> Run:
+def open_run(uri: str, experiment: str, run_name: str = "", params: Mapping[str, Any] | None = None,
+             tags: Mapping[str, str] | None = None) -> Run:
     """A new RUNNING run with its params and tags (and TAG_COMMIT, `source_tags()`) in `experiment`,
-    created if need be."""
+    created if need be. Its owner finishes it: `with open_run(...) as run:` or `run.finish(status)`."""
     standard = source_tags()
     created = _client(uri).create_run(experiment_id(uri, experiment), run_name=run_name or None,
-                                      tags={TAG_COMMIT: standard[TAG_SOURCE_COMMIT], **standard, **tags})
+                                      tags={TAG_COMMIT: standard[TAG_SOURCE_COMMIT], **standard, **(tags or {})})
     run = Run(uri, created.info.run_id)
-    run.log_params(params)
+    run.log_params(params or {})
     return run
 
 
-def reopen_run(uri: str, run_id: str) -> Run:
-    """An existing run set RUNNING again; LookupError when the store has it deleted."""
-    client = _client(uri)
-    if client.get_run(run_id).info.lifecycle_stage == "deleted":
-        raise LookupError(f"run {run_id} is deleted")
-    client.update_run(run_id, status="RUNNING")
-    return Run(uri, run_id)
+def attach(uri: str, run_id: str, resume: bool = False) -> Run:
+    """An existing run, to log into; its status is left as it is unless `resume` (set RUNNING again:
+    LookupError when the store has it deleted)."""
+    run = Run(uri, run_id)
+    if resume:
+        if run._client.get_run(run_id).info.lifecycle_stage == "deleted":
+            raise LookupError(f"run {run_id} is deleted")
+        run._client.update_run(run_id, status="RUNNING")
+    return run
 
 
-@contextmanager
-def open_run(uri: str, experiment: str, run_name: str = "", params: Mapping[str, Any] | None = None,
-             tags: Mapping[str, str] | None = None) -> Iterator[Run]:
-    """A new run for the duration of the block: FINISHED when the block ends, FAILED when it raises
-    (the exception goes on). Runs whose end the caller decides (a sweep's parent, a resumable
-    training run) use create_run / reopen_run and Run.finish instead."""
-    run = create_run(uri, experiment, run_name, params or {}, tags or {})
+# --- the training job's run: resumable, kept in its folder -----------------------------------------
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A training job's MLflow run as OUTPUT_DIR/RUN_FILE keeps it: what a rerun continues and what
+    `python -m cdb.sync` replays into. run_id is None until the server could be reached."""
+
+    tracking_uri: str
+    experiment: str
+    run_name: str
+    ray_name: str
+    """Ray Train's run name: the same name when continuing restores the latest checkpoint."""
+    params: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+    run_id: str | None = None
+
+    @classmethod
+    def read(cls, output_dir: str | Path) -> RunRecord:
+        """The record in `output_dir` (FileNotFoundError when it holds none)."""
+        path = Path(output_dir) / RUN_FILE
+        data = json.loads(path.read_text(encoding="utf-8"))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown or not {"tracking_uri", "experiment"} <= set(data):
+            raise ValueError(f"{path}: not a cdb run record (fields {sorted(data)})")
+        return cls(**data)
+
+    def write(self, output_dir: str | Path) -> None:
+        staging = Path(output_dir) / f".{RUN_FILE}.tmp"
+        staging.write_text(json.dumps(dataclasses.asdict(self), indent=1))
+        os.replace(staging, Path(output_dir) / RUN_FILE)
+
+
+def training_record(config: Config, extra_params: Mapping[str, Any]) -> RunRecord:
+    """A new training job's record: each setting once, as a param under its config key (or as a tag
+    `cdb.<key>` for RUN_SPECIFIC_KEYS); `extra_params`, what is not a setting, under their own names."""
+    settings = config.flat()
+    params = {**extra_params, **{k: v for k, v in settings.items() if k not in RUN_SPECIFIC_KEYS}}
+    scale, method = config.scale.name, config.objective.method
+    tags = {TAG_KIND: TRAIN_RUN, TAG_SCALE: scale, TAG_METHOD: method,
+            **{config_tag(k): masked(str(settings[k])) for k in RUN_SPECIFIC_KEYS if settings[k] not in ("", None)}}
+    if config.tracking.parent_run_id:
+        tags[TAG_PARENT_RUN] = config.tracking.parent_run_id
+    return RunRecord(tracking_uri=resolve_uri(config.tracking.uri), experiment=config.tracking.experiment,
+                     run_name=config.tracking.run_name or run_name(scale, method),
+                     ray_name=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+                     params={k: str(v) for k, v in params.items()}, tags=tags)
+
+
+def start_job_run(record: RunRecord, output_dir: Path) -> RunRecord:
+    """The record with its run: opened (with params, tags, config.yaml) when the job has none yet,
+    set RUNNING again when it has. While the server is unreachable the record comes back as it was,
+    with a warning: training goes on and `finish_job_run` or `python -m cdb.sync` opens it later."""
+    uri = record.tracking_uri
     try:
-        yield run
-    except BaseException:
-        try:
-            run.finish("FAILED")
-        except Exception as exc:  # the block's own error is the one to show
-            print(f"[cdb] warning: could not mark MLflow run {run.id} FAILED ({type(exc).__name__}: {exc})", flush=True)
-        raise
-    run.finish("FINISHED")
-
-
-def ensure_run(run: dict, output_dir: Path) -> str | None:
-    """The job's run id: created (with params, tags, config.yaml) when the job has none yet, set
-    RUNNING when it has. None, with a warning, while the server is unreachable: training goes on
-    and `finish_run` or `python -m cdb.sync` creates it later."""
-    uri = run["tracking_uri"]
-    try:
-        if run.get("run_id"):
-            return reopen_run(uri, run["run_id"]).id
-        created = create_run(uri, run["experiment"], run.get("run_name", ""), run["params"], run["tags"])
+        if record.run_id:
+            return dataclasses.replace(record, run_id=attach(uri, record.run_id, resume=True).id)
+        run = open_run(uri, record.experiment, record.run_name, record.params, record.tags)
         for name in ("config.yaml", "rejected.jsonl"):
             if (output_dir / name).exists():
-                created.log_artifact(output_dir / name)
-        return created.id
+                run.log_artifact(output_dir / name)
+        return dataclasses.replace(record, run_id=run.id)
     except Exception as exc:  # unreachable or failing server: never a reason to stop training
-        print(f"[cdb] warning: MLflow at {uri} unreachable ({type(exc).__name__}: {exc}); "
+        print(f"[cdb] warning: MLflow at {masked(uri)} unreachable ({type(exc).__name__}: {exc}); "
               f"metrics go to {output_dir / SPOOL_FILE}, replay with `python -m cdb.sync {output_dir}`", flush=True)
-        return run.get("run_id")
+        return record
 
 
-def write_run_file(run: dict, output_dir: Path) -> None:
-    staging = output_dir / f".{RUN_FILE}.tmp"
-    staging.write_text(json.dumps(run, indent=1))
-    os.replace(staging, output_dir / RUN_FILE)
-
-
-def finish_run(run: dict, output_dir: Path, status: str) -> bool:
-    """Create the run if it never could be, replay spooled metrics, set the final status."""
-    run["run_id"] = ensure_run(run, output_dir)
-    write_run_file(run, output_dir)
-    if not run["run_id"]:
+def finish_job_run(record: RunRecord, output_dir: Path, status: str) -> bool:
+    """Open the run if it never could be, replay spooled metrics, set the final status; the record
+    is written to `output_dir` either way. Whether the run could be finished."""
+    record = start_job_run(record, output_dir)
+    record.write(output_dir)
+    if not record.run_id:
         return False
     try:
-        client = _client(run["tracking_uri"])
-        replay_spool(client, run["run_id"], output_dir / SPOOL_FILE)
-        client.set_terminated(run["run_id"], status)
+        client = _client(record.tracking_uri)
+        replay_spool(client, record.run_id, output_dir / SPOOL_FILE)
+        client.set_terminated(record.run_id, status)
         return True
     except Exception as exc:
         print(f"[cdb] warning: could not finish the MLflow run ({exc}); run `python -m cdb.sync {output_dir}` later", flush=True)
@@ -557,59 +611,34 @@ def replay_spool(client, run_id: str, spool: Path) -> int:
 
 
 def sync(output_dir: str | Path) -> int:
-    """Replay a job's spooled metrics into its MLflow run, creating the run if it never could be."""
+    """Replay a job's spooled metrics into its MLflow run, opening the run if it never could be."""
     output_dir = Path(output_dir)
-    run = json.loads((output_dir / RUN_FILE).read_text())
-    run["run_id"] = ensure_run(run, output_dir)
-    write_run_file(run, output_dir)
-    if not run["run_id"]:
-        raise ConnectionError(f"MLflow at {run['tracking_uri']} is still unreachable")
-    return replay_spool(_client(run["tracking_uri"]), run["run_id"], output_dir / SPOOL_FILE)
+    record = start_job_run(RunRecord.read(output_dir), output_dir)
+    record.write(output_dir)
+    if not record.run_id:
+        raise ConnectionError(f"MLflow at {masked(record.tracking_uri)} is still unreachable")
+    return replay_spool(_client(record.tracking_uri), record.run_id, output_dir / SPOOL_FILE)
 
 
-# --- lineage helpers ----------------------------------------------------------------------------
-
-DIGEST_HEX = 32
-"""Hex digits of a SHA-256 kept as a dataset digest (MLflow stores at most 36)."""
-CARD_FILE = "card.json"
+# --- reading back ---------------------------------------------------------------------------------
 
 
-def _sha256_file(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+def find_run(uri: str, experiment: str, run_name: str) -> Run | None:
+    """The newest run of that name in the experiment, or None."""
+    client = _client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs([found.experiment_id], filter_string=f"attributes.run_name = '{run_name}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return Run(uri, runs[0].info.run_id) if runs else None
 
 
-def data_profile(records: Sequence[Record]) -> dict[str, Any]:
-    """The counts a data card keeps (counts.records, positives, negatives, negatives_by_type)."""
-    from cdb.data.records import NEGATIVE_TYPES
-
-    by_type = Counter(n.type for r in records for n in r.negatives)
-    return {"records": len(records), "positives": sum(len(r.positives) for r in records),
-            "negatives": sum(by_type.values()), "negatives_by_type": {t: by_type[t] for t in NEGATIVE_TYPES if by_type[t]}}
+def metric_history(uri: str, run_id: str, key: str) -> dict[int, float]:
+    """step -> value of one metric of a run."""
+    return {m.step: m.value for m in _client(uri).get_metric_history(run_id, key)}
 
 
-def _records_sha256(records: Sequence[Record]) -> str:
-    return hashlib.sha256("".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in records).encode()).hexdigest()
-
-
-def _dataset(location: str, split: str, records: Sequence[Record]):
-    """The MLflow Dataset entity of Run.log_training_data."""
-    from mlflow.entities import Dataset
-
-    from cdb.data.records import embedded_dataset_path
-
-    path = Path(location).expanduser() if location else embedded_dataset_path()
-    if not path.exists():  # a hub dataset id
-        return Dataset(location, _records_sha256(records)[:DIGEST_HEX], "hugging_face",
-                       json.dumps({"path": location, "split": split}), profile=json.dumps(data_profile(records)))
-    source = {"uri": path.resolve().as_uri()}
-    card_path = (path if path.is_dir() else path.parent) / CARD_FILE
-    card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
-    counts = card.get("counts", {})
-    if counts.get("records") == len(records):
-        source["card"] = card_path.resolve().as_uri()
-        profile = {k: counts.get(k) for k in ("records", "positives", "negatives", "negatives_by_type")}
-        return Dataset(card.get("dataset") or path.name, _sha256_file(card_path)[:DIGEST_HEX], "local",
-                       json.dumps(source), profile=json.dumps(profile))
-    digest = _sha256_file(path) if path.is_file() else _records_sha256(records)  # a folder: save_to_disk's arrow files
-    return Dataset(path.name, digest[:DIGEST_HEX], "local", json.dumps(source), profile=json.dumps(data_profile(records)))
+def run_info(uri: str, run_id: str):
+    """The MLflow Run (.info, .data.tags/params/metrics) of `run_id`."""
+    return _client(uri).get_run(run_id)

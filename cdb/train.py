@@ -24,7 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from cdb import config as cfg
-from cdb import raylog
+from cdb import raylog, tracking
 from cdb.data.records import DataError, load_records, write_rejected
 from cdb.model import cache_dir, count_parameters, load_tokenizer, prepare_model_source
 from cdb.objective import METHODS
@@ -242,13 +242,13 @@ def _ray_init(config: cfg.Config) -> None:
              runtime_env=raylog.RUNTIME_ENV)
 
 
-def run_eval(config: cfg.Config, model: str, prefix: str, run: dict, output_dir: Path) -> None:
+def run_eval(config: cfg.Config, model: str, prefix: str, run: tracking.RunRecord, output_dir: Path) -> None:
     """cdb.eval into this run under `prefix/` (eval_base: before, eval: after), on the training
     workers' resources (as many copies of the model as workers, each with a worker's GPUs, in the
     scale's precision), data-parallel over the items: the driver loads no weights."""
     from cdb.eval.remote import evaluate_on_cluster
 
-    if not run["run_id"]:
+    if not run.run_id:
         print(f"[cdb] warning: no MLflow run to log {prefix}/ into (server unreachable); skipping it", flush=True)
         return
     print(f"[cdb] evaluating {model} ({config.eval.suite} suite) as {prefix}/...", flush=True)
@@ -257,7 +257,7 @@ def run_eval(config: cfg.Config, model: str, prefix: str, run: dict, output_dir:
         gpus = scale.gpus_per_worker
         summary = evaluate_on_cluster(model, config.eval, scale.num_workers, gpus,
                                       storage=storage if storage.remote else None, prefix=prefix,
-                                      run_id=run["run_id"], tracking_uri=run["tracking_uri"],
+                                      run_id=run.run_id, tracking_uri=run.tracking_uri,
                                       output_dir=output_dir / prefix, experiment=config.tracking.experiment,
                                       precision=scale.precision if gpus else "fp32")
         if storage.remote:  # the evaluation's files, kept in storage, read here by log_changes and --resume
@@ -270,15 +270,14 @@ def run_eval(config: cfg.Config, model: str, prefix: str, run: dict, output_dir:
                                           if f"{prefix}/{k}" in summary["metrics"]), flush=True)
 
 
-def log_changes(run: dict, output_dir: Path) -> None:
+def log_changes(run: tracking.RunRecord, output_dir: Path) -> None:
     """delta/ on this run: the trained model against the starting one, paired over their items."""
-    from cdb import tracking
     from cdb.eval.estimates import log_changes as log
 
-    if not run["run_id"]:
+    if not run.run_id:
         return
     try:
-        result = log(tracking.Run(run["tracking_uri"], run["run_id"]), output_dir)
+        result = log(tracking.attach(run.tracking_uri, run.run_id), output_dir)
     except Exception as exc:  # like an evaluation problem, it must not cost the training run
         print(f"[cdb] warning: no change against the base model: {type(exc).__name__}: {exc}", flush=True)
         return
@@ -404,12 +403,10 @@ def archive(output_dir: Path) -> Path:
 
 
 def prepare_run(config: cfg.Config, continuing: bool, args: argparse.Namespace, n_records: int, rejected: list,
-                parameters: int) -> dict:
+                parameters: int) -> tracking.RunRecord:
     """The run folder (config.yaml, run.json) and its MLflow run: new (the folder archived first with
     --fresh), or the folder's own when continuing, its record left as it is (config.yaml rewritten
     only by --resume, which may change it)."""
-    from cdb import tracking
-
     output_dir = Path(config.train.output_dir)
     run_file = output_dir / tracking.RUN_FILE
     if args.resume and not run_file.is_file():
@@ -422,48 +419,28 @@ def prepare_run(config: cfg.Config, continuing: bool, args: argparse.Namespace, 
     if rejected:
         write_rejected(rejected, output_dir / "rejected.jsonl")
 
-    uri = tracking.resolve_uri(config.tracking.uri)
-    scale = config.scale
-    saved = json.loads(run_file.read_text()) if continuing and run_file.is_file() else None
-    if saved:
-        run = dict(saved)
-    else:
-        # Each setting once, under its config key; what is not a setting under its own name.
-        settings = config.flat()
-        params = {
-            "zero_stage": 3, "records": n_records, "rejected_records": len(rejected),
-            "parameters": trained_parameters(config, parameters), "parameters_lm": parameters,
-            **{k: v for k, v in settings.items() if k not in tracking.RUN_SPECIFIC_KEYS},
-        }
-        tags = {tracking.TAG_KIND: tracking.TRAIN_RUN, tracking.TAG_SCALE: scale.name, tracking.TAG_METHOD: config.objective.method,
-                **{tracking.config_tag(k): tracking.masked(str(settings[k])) for k in tracking.RUN_SPECIFIC_KEYS
-                   if settings[k] not in ("", None)}}
-        if config.tracking.parent_run_id:
-            tags[tracking.TAG_PARENT_RUN] = config.tracking.parent_run_id
-        run = {"run_id": None, "ray_name": f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
-               "tracking_uri": uri, "experiment": config.tracking.experiment,
-               "run_name": config.tracking.run_name or tracking.run_name(scale.name, config.objective.method),
-               "params": {k: str(v) for k, v in params.items()}, "tags": tags}
-    run["run_id"] = tracking.ensure_run(run, output_dir)
-    if run != saved:
-        tracking.write_run_file(run, output_dir)
+    saved = tracking.RunRecord.read(output_dir) if continuing and run_file.is_file() else None
+    record = saved or tracking.training_record(config, {
+        "zero_stage": 3, "records": n_records, "rejected_records": len(rejected),
+        "parameters": trained_parameters(config, parameters), "parameters_lm": parameters})
+    record = tracking.start_job_run(record, output_dir)
+    if record != saved:
+        record.write(output_dir)
     keep_run_record(config)
-    return run
+    return record
 
 
-def log_lineage(run: dict, what: str, log) -> None:
+def log_lineage(run: tracking.RunRecord, what: str, log) -> None:
     """Lineage (the data in, the model out) through the tracking door; never a reason to fail a run."""
-    from cdb import tracking
-
-    if not run["run_id"]:
+    if not run.run_id:
         return
     try:
-        log(tracking.Run(run["tracking_uri"], run["run_id"]))
+        log(tracking.attach(run.tracking_uri, run.run_id))
     except Exception as exc:  # an unreachable server: the run goes on; the lineage is what is lost
         print(f"[cdb] warning: could not record the {what} in MLflow: {type(exc).__name__}: {exc}", flush=True)
 
 
-def make_trainer(config: cfg.Config, run: dict, model_source: str, stop):
+def make_trainer(config: cfg.Config, run: tracking.RunRecord, model_source: str, stop):
     """Ray Train's TorchTrainer over cdb's worker loop, checkpointing into the run's storage; `stop`:
     the StopRequest actor its workers read."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -472,8 +449,8 @@ def make_trainer(config: cfg.Config, run: dict, model_source: str, stop):
     from cdb.loop import WorkerArgs
 
     scale, cpu, storage = config.scale, config.scale.gpus_per_worker == 0, Storage.of(config)
-    args = WorkerArgs(config=config, model_source=model_source, cpu=cpu, tracking_uri=run["tracking_uri"],
-                      run_id=run["run_id"], torch_extensions_dir=str(cache_dir() / "torch_extensions"))
+    args = WorkerArgs(config=config, model_source=model_source, cpu=cpu, tracking_uri=run.tracking_uri,
+                      run_id=run.run_id, torch_extensions_dir=str(cache_dir() / "torch_extensions"))
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"args": args, "stop": stop},
@@ -483,7 +460,7 @@ def make_trainer(config: cfg.Config, run: dict, model_source: str, stop):
             resources_per_worker={"CPU": 1, **({} if cpu else {"GPU": scale.gpus_per_worker})},
         ),
         run_config=RunConfig(
-            name=run["ray_name"],  # the same name when continuing: Ray Train restores its latest checkpoint
+            name=run.ray_name,  # the same name when continuing: Ray Train restores its latest checkpoint
             storage_path=storage.path("checkpoints"), storage_filesystem=storage.fs,
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=config.train.max_failures),
@@ -519,11 +496,9 @@ def fit(trainer, stop):
         received.set()
 
 
-def finish(config: cfg.Config, run: dict, status: str) -> None:
+def finish(config: cfg.Config, run: tracking.RunRecord, status: str) -> None:
     """The MLflow run's final status (spooled metrics replayed), and the run record kept in storage."""
-    from cdb import tracking
-
-    tracking.finish_run(run, Path(config.train.output_dir), status)
+    tracking.finish_job_run(run, Path(config.train.output_dir), status)
     keep_run_record(config)
 
 
@@ -531,11 +506,9 @@ def driver_peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def print_summary(config: cfg.Config, run: dict, result, elapsed: float, rss_before_eval: float) -> None:
-    from cdb import tracking
-
+def print_summary(config: cfg.Config, run: tracking.RunRecord, result, elapsed: float, rss_before_eval: float) -> None:
     output_dir, storage = Path(config.train.output_dir), Storage.of(config)
-    uri = run["tracking_uri"]
+    uri = run.tracking_uri
     checkpoint = storage.uri(result.checkpoint.path[len(storage.root):].strip("/")) if result.checkpoint else "(none)"
     print(f"\n[cdb] done in {timedelta(seconds=round(elapsed))}: final loss {result.metrics.get('loss', float('nan')):.4f}")
     print(f"  model:       {storage.uri('model')}")
@@ -544,9 +517,9 @@ def print_summary(config: cfg.Config, run: dict, result, elapsed: float, rss_bef
     # The driver (the Ray head on a cluster) holds no weights: evaluation and training ran as Ray tasks,
     # so its peak hardly moves once evaluation starts.
     print(f"  driver:      peak RSS {driver_peak_rss_mib():,.0f} MiB ({rss_before_eval:,.0f} MiB before evaluation)")
-    print(f"  MLflow run:  {run['run_id']} (experiment '{config.tracking.experiment}', {tracking.masked(uri)})")
+    print(f"  MLflow run:  {run.run_id} (experiment '{config.tracking.experiment}', {tracking.masked(uri)})")
     try:
-        link = tracking.run_url(uri, tracking.experiment_id(uri, config.tracking.experiment), run["run_id"])
+        link = tracking.run_url(uri, tracking.experiment_id(uri, config.tracking.experiment), run.run_id)
     except Exception:  # a server gone since the run finished (or never reached): the id above is what there is
         return
     print(f"  MLflow UI:   {tracking.ui_hint(uri, link)}")
@@ -568,10 +541,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from cdb import tracking
+    from cdb.data.lineage import dataset_identity
     from cdb.loop import StopRequest
 
-    log_lineage(run, "training data", lambda r: r.log_training_data(config.data.path, config.data.split, records))
+    log_lineage(run, "training data",
+                lambda r: r.log_training_data(dataset_identity(config.data.path, config.data.split, records)))
     output_dir, storage = Path(config.train.output_dir), Storage.of(config)
     stop = ray.remote(num_cpus=0)(StopRequest).remote()
     trainer = make_trainer(config, run, model_source, stop)

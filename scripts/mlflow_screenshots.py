@@ -186,11 +186,10 @@ def main(argv: list[str]) -> int:
         wait_for("mlflow ui", lambda: answers(f"{base}/health"))
         runs_link = base + printed_link.removeprefix("http://127.0.0.1:5000")
 
-        from mlflow.tracking import MlflowClient
+        from cdb import tracking
 
-        client = MlflowClient(uri)
-        experiment = client.get_experiment_by_name(state["experiment"]).experiment_id
-        sweep_name = client.get_run(state["parent_run_id"]).info.run_name
+        experiment = tracking.experiment_id(uri, state["experiment"])
+        sweep_name = tracking.run_info(uri, state["parent_run_id"]).info.run_name
         runs = sorted(point["run_id"] for point in state["points"].values())
         compare_link = (f"{base}/#/compare-runs?runs={quote(json.dumps(runs), safe='')}"
                         f"&experiments={quote(json.dumps([experiment]), safe='')}")

@@ -121,7 +121,7 @@ def trainer_stop_and_resume(workdir: str, rank: int, world: int) -> dict:
     config = cfg.resolve(flags={"scale.num_workers": world, "train.output_dir": str(out), "train.max_steps": 4,
                                 "train.checkpoint_every": 2, "data.max_records": 8, "eval.suite": "off"})
     uri = f"sqlite:///{Path(workdir) / 'mlflow.db'}"
-    run_id = [tracking.create_run(uri, "trainer", "trainer", {}, {}).id if rank == 0 else None]
+    run_id = [tracking.open_run(uri, "trainer", "trainer", {}, {}).id if rank == 0 else None]
     dist.broadcast_object_list(run_id, src=0)
     args = WorkerArgs(config=config, model_source=TINY, cpu=True, tracking_uri=uri, run_id=run_id[0],
                       torch_extensions_dir=str(cache_dir() / "torch_extensions"))

@@ -87,3 +87,13 @@ def test_scorers_reach_neither_evaluation_nor_data_construction():
     assert {"cdb.scoring", "cdb.scoring.entities", "cdb.scoring.toxicity"} <= set(scoring)
     up = sorted(m for m in reached(everything, scoring) if within(m, "cdb.eval") or within(m, "cdb.data"))
     assert up == []
+
+
+def test_tracking_is_one_door_that_reaches_no_data():
+    """Only cdb.tracking imports mlflow (bench and scripts too), and it imports nothing of cdb.data:
+    the data's lineage is computed by cdb.data.lineage and handed to it (the config it reads for a
+    training run's params is the only layer below it that it names)."""
+    everything = {**imports("cdb"), **imports("bench"), **imports("scripts")}
+    mlflow_users = sorted(m for m, names in everything.items() if any(within(n, "mlflow") for n in names))
+    assert mlflow_users == ["cdb.tracking"]
+    assert sorted(n for n in everything["cdb.tracking"] if within(n, "cdb")) == ["cdb.config", "cdb.config.Config"]

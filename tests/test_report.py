@@ -189,7 +189,7 @@ def test_the_training_runs_filter_selects_exactly_the_training_runs(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent = sweep.ensure_parent({}, uri, "exp", ["tiny"], ["sft"], echo=lambda _: None)
-    trained = tracking.create_run(uri, "exp", "tiny-sft", {}, {tracking.TAG_KIND: tracking.TRAIN_RUN,
+    trained = tracking.open_run(uri, "exp", "tiny-sft", {}, {tracking.TAG_KIND: tracking.TRAIN_RUN,
                                                                tracking.TAG_METHOD: "sft", tracking.TAG_PARENT_RUN: parent.id})
     trained.finish("FINISHED")
     with tracking.open_run(uri, "exp", "eval-gpt2", {}, {tracking.TAG_METHOD: tracking.EVAL_RUN}):

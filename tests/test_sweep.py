@@ -412,8 +412,8 @@ def store(tmp_path_factory):
 
 def test_a_spool_left_by_an_earlier_run_is_never_replayed_into_a_new_one(store, tmp_path):
     uri, tracking = store
-    old = tracking.create_run(uri, "spool", "old", {}, {})
-    new = tracking.create_run(uri, "spool", "new", {}, {})
+    old = tracking.open_run(uri, "spool", "old", {}, {})
+    new = tracking.open_run(uri, "spool", "new", {}, {})
     spool = tmp_path / tracking.SPOOL_FILE
     entry = {"step": 1, "timestamp": 1, "metrics": {"train/loss": 1.0}}
     spool.write_text(json.dumps({**entry, "run_id": old.id}) + "\n" + json.dumps({**entry, "run_id": new.id}) + "\n")
@@ -431,10 +431,10 @@ def test_the_sweep_report_covers_its_own_parent_runs_children_only(store):
     from cdb.report import collect
 
     uri, tracking = store
-    parents = [tracking.create_run(uri, "weekly", f"sweep-{i}", {}, {tracking.TAG_METHOD: tracking.SWEEP_RUN})
+    parents = [tracking.open_run(uri, "weekly", f"sweep-{i}", {}, {tracking.TAG_METHOD: tracking.SWEEP_RUN})
                for i in range(2)]
     for parent, method in zip(parents, ("sft", "dpo")):
-        tracking.create_run(uri, "weekly", f"tiny-{method}", {},
+        tracking.open_run(uri, "weekly", f"tiny-{method}", {},
                             {tracking.TAG_METHOD: method, tracking.TAG_SCALE: "tiny", tracking.TAG_PARENT_RUN: parent.id})
     assert [row.method for row in collect(uri, "weekly", parents[1].id)] == ["dpo"]
     assert sorted(row.method for row in collect(uri, "weekly")) == ["dpo", "sft"]

@@ -13,6 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cdb import tracking
+from cdb.data.lineage import DIGEST_HEX, dataset_identity
 from cdb.data.records import embedded_dataset_path, load_records
 
 PACKAGE = Path(tracking.__file__).resolve().parent
@@ -55,34 +56,49 @@ def test_open_run_marks_the_run_failed_and_reraises(uri):
     assert got.info.status == "FAILED" and got.data.metrics == {"train/loss": 1.0}
 
 
-def test_reopen_sets_running_and_refuses_a_deleted_run(uri):
-    run = tracking.create_run(uri, "exp", "parent", {}, {})
+def test_attach_with_resume_sets_running_and_refuses_a_deleted_run(uri):
+    run = tracking.open_run(uri, "exp", "parent")
     run.finish("KILLED")
     client = MlflowClient(uri)
     assert client.get_run(run.id).info.status == "KILLED"
-    assert tracking.reopen_run(uri, run.id).id == run.id
+    tracking.attach(uri, run.id).set_tags({"a": "b"})  # attaching alone leaves the status
+    assert client.get_run(run.id).info.status == "KILLED"
+    assert tracking.attach(uri, run.id, resume=True).id == run.id
     assert client.get_run(run.id).info.status == "RUNNING"
     client.delete_run(run.id)
     with pytest.raises(LookupError, match="deleted"):
-        tracking.reopen_run(uri, run.id)
+        tracking.attach(uri, run.id, resume=True)
 
 
-def test_a_training_jobs_run_is_created_reopened_and_finished(uri, tmp_path):
-    """ensure_run / finish_run, the resumable run of cdb.train, on the same door."""
+def test_a_training_jobs_run_is_opened_continued_and_finished(uri, tmp_path):
+    """start_job_run / finish_job_run, the resumable run of cdb.train, on the same door; its record
+    is a typed RunRecord in run.json."""
+    from cdb.config import resolve
+
     (tmp_path / "config.yaml").write_text("scale: {name: tiny}\n")
-    job = {"run_id": None, "tracking_uri": uri, "experiment": "exp", "run_name": "tiny-sft",
-           "params": {"scale": "tiny"}, "tags": {tracking.TAG_SCALE: "tiny"}}
-    job["run_id"] = tracking.ensure_run(job, tmp_path)
+    config = resolve(sets=[f"tracking.uri={uri}", "tracking.experiment=exp", "tracking.run_name=tiny-sft",
+                           f"train.output_dir={tmp_path}"])
+    record = tracking.training_record(config, {"records": 7})
+    assert record.run_id is None and record.tags[tracking.TAG_SCALE] == "tiny"
+    assert record.params["records"] == "7" and record.params["scale.name"] == "tiny"
+    assert "train.output_dir" not in record.params and record.tags["cdb.train.output_dir"] == str(tmp_path)
+    record = tracking.start_job_run(record, tmp_path)
     client = MlflowClient(uri)
-    got = client.get_run(job["run_id"])
-    assert got.info.status == "RUNNING" and got.data.params == {"scale": "tiny"}
-    assert [a.path for a in client.list_artifacts(job["run_id"])] == ["config.yaml"]
-    assert tracking.finish_run(job, tmp_path, "KILLED")
-    assert tracking.ensure_run(job, tmp_path) == job["run_id"]  # --resume: the same run, running again
-    assert client.get_run(job["run_id"]).info.status == "RUNNING"
-    assert tracking.finish_run(job, tmp_path, "FINISHED")
-    assert client.get_run(job["run_id"]).info.status == "FINISHED"
-    assert json.loads((tmp_path / tracking.RUN_FILE).read_text())["run_id"] == job["run_id"]
+    got = client.get_run(record.run_id)
+    assert got.info.status == "RUNNING" and got.data.params == dict(record.params)
+    assert [a.path for a in client.list_artifacts(record.run_id)] == ["config.yaml"]
+    assert tracking.finish_job_run(record, tmp_path, "KILLED")
+    assert tracking.RunRecord.read(tmp_path) == record
+    assert tracking.start_job_run(record, tmp_path).run_id == record.run_id  # a rerun: the same run, running again
+    assert client.get_run(record.run_id).info.status == "RUNNING"
+    assert tracking.finish_job_run(record, tmp_path, "FINISHED")
+    assert client.get_run(record.run_id).info.status == "FINISHED"
+
+
+def test_a_run_record_that_is_not_ours_is_named(tmp_path):
+    (tmp_path / tracking.RUN_FILE).write_text(json.dumps({"run_id": "x", "colour": "blue"}))
+    with pytest.raises(ValueError, match=f"{tmp_path / tracking.RUN_FILE}: not a cdb run record"):
+        tracking.RunRecord.read(tmp_path)
 
 
 def test_metrics_under_a_prefix():
@@ -158,10 +174,10 @@ def test_the_embedded_data_is_a_dataset_input_identified_by_its_card(uri):
     card_path = embedded_dataset_path().parent / "card.json"
     card = json.loads(card_path.read_text())
     with tracking.open_run(uri, "exp", "tiny-contrastive") as run:
-        digest = run.log_training_data("", "train", records)
-        run.log_training_data("", "train", records)  # again, as on --resume: still one input
+        digest = run.log_training_data(dataset_identity("", "train", records))
+        run.log_training_data(dataset_identity("", "train", records))  # again, as on --resume: still one input
     dataset = _only_dataset_input(uri, run.id)
-    assert digest == dataset.digest == _sha256(card_path)[:tracking.DIGEST_HEX]
+    assert digest == dataset.digest == _sha256(card_path)[:DIGEST_HEX]
     assert dataset.name == card["dataset"] and dataset.source_type == "local"
     assert json.loads(dataset.source) == {"uri": embedded_dataset_path().resolve().as_uri(), "card": card_path.resolve().as_uri()}
     profile = json.loads(dataset.profile)
@@ -181,9 +197,9 @@ def test_user_data_without_a_card_is_identified_by_its_file(uri, tmp_path):
     path = _user_file(tmp_path, 12)
     records, _ = load_records(str(path))
     with tracking.open_run(uri, "exp", "mine") as run:
-        run.log_training_data(str(path), "train", records)
+        run.log_training_data(dataset_identity(str(path), "train", records))
     dataset = _only_dataset_input(uri, run.id)
-    assert dataset.digest == _sha256(path)[:tracking.DIGEST_HEX] and dataset.name == "mine.jsonl"
+    assert dataset.digest == _sha256(path)[:DIGEST_HEX] and dataset.name == "mine.jsonl"
     profile = json.loads(dataset.profile)
     assert profile["records"] == len(records) == 12
     assert profile["negatives"] == sum(profile["negatives_by_type"].values()) == sum(len(r.negatives) for r in records)
@@ -195,9 +211,9 @@ def test_a_card_that_counts_other_records_is_not_the_datas_identity(uri, tmp_pat
     (path.parent / "card.json").write_text((embedded_dataset_path().parent / "card.json").read_text())
     records, _ = load_records(str(path))
     with tracking.open_run(uri, "exp", "cut") as run:
-        run.log_training_data(str(path), "train", records)
+        run.log_training_data(dataset_identity(str(path), "train", records))
     dataset = _only_dataset_input(uri, run.id)
-    assert dataset.digest == _sha256(path)[:tracking.DIGEST_HEX] and "card" not in json.loads(dataset.source)
+    assert dataset.digest == _sha256(path)[:DIGEST_HEX] and "card" not in json.loads(dataset.source)
     assert json.loads(dataset.profile)["records"] == 12
 
 

@@ -234,7 +234,7 @@ def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str 
         opened = tracking.open_run(uri, experiment, name, params,
                                    {tracking.TAG_MODEL: model_name, tracking.TAG_METHOD: run_tag(opts.decoding)})
     else:
-        opened = nullcontext(tracking.Run(uri, run_id))
+        opened = nullcontext(tracking.attach(uri, run_id))
     with opened as run:
         start = time.perf_counter()
         model, tokenizer, resolved = load_model(model_source, opts.seed, precision, resolve_device(opts.device))
