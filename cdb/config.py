@@ -185,7 +185,9 @@ class TrainConfig:
     epochs: int = 1
     """Passes over the data when max_steps is 0; >= 1."""
     seed: int = 0
-    """Seed of the micro-batch order and of the weights a run initialises (contrast head, random models)."""
+    """Seed of the micro-batch order and of the weights a run initialises (contrast head, random models);
+    the evaluation has its own (eval.seed), so runs that differ only in this seed share their base
+    evaluation."""
     checkpoint_every: int = 50
     """Optimizer steps between checkpoints (the last step and a stop request also checkpoint); >= 1."""
     keep_checkpoints: int = 2
@@ -203,6 +205,11 @@ class TrainConfig:
     GPUs are there now, and let Ray Train wait for them."""
     max_nonfinite_in_row: int = 5
     """Micro-batches with a non-finite loss are skipped; this many in a row stop the run; >= 1."""
+    base_eval_dir: str = ""
+    """A folder of starting-model evaluations shared by runs (a sweep sets it for its points): the
+    base evaluation of the same model under the same evaluation options is read from there when one
+    is kept, else made and kept there, so seeds and methods of one model are compared against one
+    base evaluation; empty = every run evaluates its starting model itself."""
 
 
 @dataclass(frozen=True)

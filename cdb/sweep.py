@@ -2,7 +2,7 @@
 
     python -m cdb.sweep --scales tiny,smol-135m,7b,13b --methods contrastive,sft,dpo
         [--config SWEEP.yaml] [--set KEY.PATH=VALUE ...] [--output-dir DIR] [--max-steps N] [--parallel N]
-        [--experiment NAME] [--tracking-uri URI] [--fresh] [--period week|day]
+        [--seeds N] [--experiment NAME] [--tracking-uri URI] [--fresh] [--period week|day]
 
 Settings (the grammar of every cdb entry point, cdb/settings.py): defaults <- --config FILE.yaml <-
 flags <- --set, over two kinds of key.
@@ -23,7 +23,10 @@ A key of neither kind, a wrong value or a broken rule is an error naming the key
     data: {max_records: 256}
 
 Each point runs `python -m cdb.train --scale S --method M --output-dir DIR/S-M --run-name S-M
---set tracking.parent_run_id=PARENT` (plus the training keys) in a subprocess of this driver. All of
+--set tracking.parent_run_id=PARENT --set train.base_eval_dir=DIR/base_evals` (plus the training keys)
+in a subprocess of this driver; with `seeds` N > 1 every (scale, method) is N points, S-M-seed<k>, k =
+train.seed + i. The points share their starting model's evaluation (DIR/base_evals): one base
+evaluation per scale serves every method and seed. All of
 them join one Ray cluster: the one in RAY_ADDRESS (as under `ray job submit`), else a local one this
 command starts and stops. Points run one after another, or up to `parallel` at once while the
 cluster's free CPUs and GPUs (ray.available_resources: other sweeps and jobs hold theirs) hold them (a
@@ -87,7 +90,7 @@ HEARTBEAT_S = 60.0
 # Each maps to the sweep's own key that sets it, where there is one.
 RESERVED_KEYS = {"scale.name": "scales", "objective.method": "methods", "train.output_dir": "output_dir",
                  "tracking.uri": "tracking_uri", "tracking.experiment": "experiment", "tracking.run_name": "",
-                 "tracking.parent_run_id": ""}
+                 "tracking.parent_run_id": "", "train.base_eval_dir": ""}
 TRAINING_SECTIONS = tuple(f.name for f in dataclasses.fields(cfg.Config))
 PERIOD_FORMATS = {"week": "%G-W%V", "day": "%Y-%m-%d"}
 """A period's folder name (strftime, UTC); both sort in time order as text."""
@@ -104,10 +107,12 @@ class Point:
     method: str
     cpus: int     # what its Ray Train workers hold: one CPU per worker
     gpus: int     # workers x gpus_per_worker
+    seed: int | None = None
+    """train.seed of this point in a sweep of several seeds; None: one seed, the training keys' own."""
 
     @property
     def name(self) -> str:
-        return f"{self.scale}-{self.method}"
+        return f"{self.scale}-{self.method}" + (f"-seed{self.seed}" if self.seed is not None else "")
 
 
 # --- settings and the plan ---------------------------------------------------------------------
@@ -130,6 +135,10 @@ class SweepSettings:
     else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db."""
     parallel: int = 1
     """Points trained at once, while the Ray cluster has room for them; >= 1."""
+    seeds: int = 1
+    """Training runs of every (scale, method), each its own point and MLflow run under the parent, with
+    train.seed = the training keys' train.seed (default 0) + i for i < seeds; the evaluation's seed
+    stays, so one base evaluation serves every seed. cdb.report pools a method's seeds; >= 1."""
     fresh: bool = False
     """Start a new sweep (new parent run, every point trained again) even if OUTPUT_DIR holds one; the
     old sweep.json is kept beside it."""
@@ -146,8 +155,8 @@ class SweepSettings:
 
 
 FLAG_KEYS = {"scales": "scales", "methods": "methods", "output_dir": "output_dir", "experiment": "experiment",
-             "tracking_uri": "tracking_uri", "parallel": "parallel", "fresh": "fresh", "period": "period",
-             "max_steps": "train.max_steps"}
+             "tracking_uri": "tracking_uri", "parallel": "parallel", "seeds": "seeds", "fresh": "fresh",
+             "period": "period", "max_steps": "train.max_steps"}
 """Each flag (argparse dest) is a shorthand for one key: a sweep key, or a training key for every point."""
 
 
@@ -189,6 +198,8 @@ def resolve_settings(config_file: str | None = None, sets: Sequence[str] = ()) -
         raise cfg.ConfigError("methods: give at least one training method, e.g. --methods contrastive")
     if sweep.parallel < 1:
         raise cfg.ConfigError(f"parallel: must be >= 1, got {sweep.parallel}")
+    if sweep.seeds < 1:
+        raise cfg.ConfigError(f"seeds: must be >= 1, got {sweep.seeds}")
     if sweep.period not in ("", *PERIOD_FORMATS):
         raise cfg.ConfigError(f"period: {sweep.period!r} is not one of: '' (none), {', '.join(PERIOD_FORMATS)}")
     if sweep.keep_periods < 0:
@@ -208,8 +219,9 @@ def methods_known() -> tuple[str, ...]:
     return tuple(METHODS)
 
 
-def sweep_points(scales: Sequence[str], methods: Sequence[str], overrides: Sequence[str] = ()) -> list[Point]:
-    """The sweep's points, scale-major, with their resource needs. UsageError on an unknown scale or
+def sweep_points(scales: Sequence[str], methods: Sequence[str], overrides: Sequence[str] = (), seeds: int = 1) -> list[Point]:
+    """The sweep's points, scale-major then method then seed, with their resource needs (with `seeds`
+    > 1, one point per seed: train.seed = the overrides' train.seed + i). UsageError on an unknown scale or
     method, or training keys (`overrides`, key.path=value) some point's config rejects: checked here,
     before anything is started."""
     from cdb.scales import canonical_scale
@@ -234,7 +246,9 @@ def sweep_points(scales: Sequence[str], methods: Sequence[str], overrides: Seque
             except cfg.ConfigError as exc:
                 raise UsageError(f"{scale}-{method}: {exc}") from None
             s = config.scale
-            points.append(Point(scale, method, cpus=s.num_workers, gpus=s.num_workers * s.gpus_per_worker))
+            for i in range(seeds):
+                points.append(Point(scale, method, cpus=s.num_workers, gpus=s.num_workers * s.gpus_per_worker,
+                                    seed=config.train.seed + i if seeds > 1 else None))
     return points
 
 
@@ -256,6 +270,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--experiment", metavar="NAME", help="= --set experiment=NAME")
     p.add_argument("--tracking-uri", metavar="URI", help="= --set tracking_uri=URI")
     p.add_argument("--parallel", type=int, metavar="N", help="= --set parallel=N")
+    p.add_argument("--seeds", type=int, metavar="N", help="= --set seeds=N")
     p.add_argument("--fresh", action="store_true", default=None, help="= --set fresh=true")
     p.add_argument("--period", choices=tuple(PERIOD_FORMATS), help="= --set period=P")
     p.add_argument("--max-steps", type=int, metavar="N", help="= --set train.max_steps=N (every point)")
@@ -403,13 +418,19 @@ class Job:
     reader: threading.Thread | None = None
 
 
+BASE_EVALS = "base_evals"
+"""In the sweep's folder: the starting models' evaluations its points share (train.base_eval_dir)."""
+
+
 def train_command(point: Point, point_dir: Path, uri: str, experiment: str, parent_run_id: str,
                   overrides: Sequence[str], resume: bool) -> list[str]:
     cmd = [sys.executable, "-m", "cdb.train", "--scale", point.scale, "--method", point.method,
            "--output-dir", str(point_dir), "--tracking-uri", uri, "--experiment", experiment, "--run-name", point.name]
     for item in overrides:
         cmd += ["--set", item]
-    cmd += ["--set", f"tracking.parent_run_id={parent_run_id}"]
+    if point.seed is not None:  # after the overrides: the point's own seed wins
+        cmd += ["--set", f"train.seed={point.seed}"]
+    cmd += ["--set", f"tracking.parent_run_id={parent_run_id}", "--set", f"train.base_eval_dir={point_dir.parent / BASE_EVALS}"]
     cmd.append("--resume" if resume else "--fresh")  # a point not resumed starts anew, its old folder archived
     return cmd
 
@@ -820,7 +841,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         sweep, overrides = settings_from_args(args)
-        points = sweep_points(sweep.scales, sweep.methods, overrides)
+        points = sweep_points(sweep.scales, sweep.methods, overrides, sweep.seeds)
         return Sweep(sweep, overrides, points, echo=lambda text: print(text, flush=True)).run()
     except (UsageError, cfg.ConfigError) as exc:
         print(f"cdb.sweep: {exc}", file=sys.stderr)

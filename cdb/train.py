@@ -270,6 +270,52 @@ def run_eval(config: cfg.Config, model: str, prefix: str, run: tracking.RunRecor
                                           if f"{prefix}/{k}" in summary["metrics"]), flush=True)
 
 
+def shared_base_folder(config: cfg.Config) -> Path:
+    """Where train.base_eval_dir keeps the base evaluation of this run's model under its evaluation
+    options: one folder per (model, precision, comparable options)."""
+    import hashlib
+
+    from cdb.eval import model_slug
+    from cdb.eval.estimates import comparable_options
+
+    precision = config.scale.precision if config.scale.gpus_per_worker else "fp32"
+    key = json.dumps([config.scale.model, precision, comparable_options(config.eval.for_suite().to_dict())], sort_keys=True)
+    return Path(config.train.base_eval_dir) / f"{model_slug(config.scale.model)}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def evaluate_base(config: cfg.Config, model_source: str, run: tracking.RunRecord, output_dir: Path) -> None:
+    """eval_base/ of this run: the starting model evaluated here, or, with train.base_eval_dir, the
+    evaluation kept there for the same model and options (made here and kept there when none is).
+    A lock makes runs started at once (a sweep's parallel points) wait for one evaluation."""
+    import fcntl
+
+    folder = output_dir / tracking.PREFIX_EVAL_BASE
+    if not config.train.base_eval_dir:
+        run_eval(config, model_source, tracking.PREFIX_EVAL_BASE, run, output_dir)
+        return
+    from cdb.eval import log_saved
+
+    shared = shared_base_folder(config)
+    shared.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{shared}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (shared / "eval.json").is_file():
+            print(f"[cdb] base model evaluation: the one kept in {shared}", flush=True)
+            if folder.exists():
+                shutil.rmtree(folder)
+            shutil.copytree(shared, folder)
+            if run.run_id:
+                log_saved(folder, tracking.attach(run.tracking_uri, run.run_id))
+            storage = Storage.of(config)
+            if storage.remote:  # kept with the run, as an evaluation made here would be
+                storage.upload(folder, tracking.PREFIX_EVAL_BASE)
+            return
+        run_eval(config, model_source, tracking.PREFIX_EVAL_BASE, run, output_dir)
+        if (folder / "eval.json").is_file():
+            shutil.copytree(folder, shared.with_name(shared.name + ".part"), dirs_exist_ok=True)
+            os.replace(shared.with_name(shared.name + ".part"), shared)
+
+
 def log_changes(run: tracking.RunRecord, output_dir: Path) -> None:
     """delta/ on this run: the trained model against the starting one, paired over their items."""
     from cdb.eval.estimates import log_changes as log
@@ -559,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         if stale:  # a new run, or a continued one whose evaluation options changed
             if (output_dir / tracking.PREFIX_EVAL_BASE).exists():
                 print(f"[cdb] re-evaluating the base model: {stale}", flush=True)
-            run_eval(config, model_source, tracking.PREFIX_EVAL_BASE, run, output_dir)
+            evaluate_base(config, model_source, run, output_dir)
     started = time.perf_counter()
     try:
         result, stop_requested = fit(trainer, stop)

@@ -63,6 +63,21 @@ def test_plan_resolves_aliases_and_needs():
     assert sweep.sweep_points(["tiny"], ["contrastive"], ["scale.num_workers=1"])[0].cpus == 1
 
 
+def test_seeds_are_points_of_their_own_with_the_seed_after_the_training_keys(tmp_path):
+    """--seeds N: N points per (scale, method), train.seed = the training keys' seed + i, given after
+    them so that the point's own wins; every point shares the sweep's base evaluations."""
+    from cdb.train import config_from_args, parse_args
+
+    points = sweep.sweep_points(["tiny"], ["sft", "contrastive"], ["train.seed=5"], seeds=2)
+    assert [p.name for p in points] == ["tiny-sft-seed5", "tiny-sft-seed6", "tiny-contrastive-seed5", "tiny-contrastive-seed6"]
+    assert [p.name for p in sweep.sweep_points(["tiny"], ["sft"])] == ["tiny-sft"]  # one seed: the names as before
+    cmd = sweep.train_command(points[1], tmp_path / points[1].name, "sqlite:///x.db", "e", "PARENT", ["train.seed=5"], False)
+    config = config_from_args(parse_args(cmd[3:]))
+    assert (config.train.seed, config.objective.method, config.tracking.run_name) == (6, "sft", "tiny-sft-seed6")
+    assert config.train.base_eval_dir == str(tmp_path / sweep.BASE_EVALS)
+    assert config.eval.seed == 0  # the evaluation's seed is not the training seed
+
+
 # --- settings -----------------------------------------------------------------------------------
 
 
@@ -98,6 +113,8 @@ def test_config_file_flags_and_set_split_into_sweep_and_training_keys(tmp_path):
     (["optimm.lr=1"], "--set optimm.lr=1: unknown key 'optimm.lr'; sweep keys: scales, methods"),
     (["paralel=2"], "unknown key 'paralel'"),
     (["parallel=0"], "parallel: must be >= 1, got 0"),
+    (["seeds=0"], "seeds: must be >= 1, got 0"),
+    (["train.base_eval_dir=/x"], "train.base_eval_dir: the sweep sets train.base_eval_dir for each point itself"),
     (["methods="], "methods: give at least one training method"),
     (["train.output_dir=/x"],
      "train.output_dir: the sweep sets train.output_dir for each point itself; use the sweep's key 'output_dir'"),

@@ -295,3 +295,35 @@ def test_checkpoint_staging_of_a_killed_process_is_removed_at_the_next_start(tmp
     unnamed = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX))  # no pid in its name: not ours to judge
     assert remove_orphaned_staging() == [orphan]
     assert not orphan.exists() and live.is_dir() and unnamed.is_dir()
+
+
+def test_runs_share_the_base_evaluation_kept_in_base_eval_dir(tmp_path, capsys):
+    """train.base_eval_dir: a kept evaluation of the same model and options is logged into each run's
+    eval_base/ (items and metrics the same), not made again; other options are another folder."""
+    from cdb import tracking
+    from cdb.config import resolve
+    from cdb.eval import evaluate
+    from cdb.train import evaluate_base, shared_base_folder
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = ["eval.suite=quick", "eval.tasks=[bias]", "eval.limit=3", f"train.base_eval_dir={tmp_path / 'base'}",
+            f"tracking.uri={uri}"]
+    config = resolve(sets=sets, scale="tiny")
+    shared = shared_base_folder(config)
+    assert shared != shared_base_folder(resolve(sets=[*sets, "eval.limit=4"], scale="tiny"))
+    assert shared == shared_base_folder(resolve(sets=[*sets, "train.seed=3", "objective.method=sft"], scale="tiny"))
+    made = evaluate(config.scale.model, config.eval, prefix="eval_base", output_dir=shared, tracking_uri=uri)
+    logged = []
+    for name in ("a", "b"):
+        output_dir = tmp_path / name
+        output_dir.mkdir()
+        record = tracking.start_job_run(tracking.training_record(config, {}), output_dir)
+        evaluate_base(config, config.scale.model, record, output_dir)
+        assert "the one kept in" in capsys.readouterr().out
+        logged.append(MlflowClient(uri).get_run(record.run_id))
+        assert json.loads((output_dir / "eval_base" / "eval.json").read_text())["run_id"] == record.run_id
+        assert (output_dir / "eval_base" / "items.json").read_bytes() == (shared / "items.json").read_bytes()
+    for run in logged:
+        assert {k: v for k, v in run.data.metrics.items() if k.startswith("eval_base/")} == made["metrics"]
+        assert run.data.tags["cdb.eval_base.options_hash"] == made["options_hash"]
+

@@ -45,7 +45,7 @@ from cdb.eval.toxicity import ToxicityTask
 from cdb.eval.truthfulqa import TruthfulQATask
 
 __all__ = ["DECODINGS", "EvalDataError", "EvalOptions", "SUITES", "SuiteResult", "TASKS", "Task", "TaskResult",
-           "Unavailable", "evaluate", "load_model", "make_options", "run_suite", "run_tag"]
+           "Unavailable", "evaluate", "load_model", "log_saved", "make_options", "run_suite", "run_tag"]
 
 # Registry order is run order (TASK_NAMES): intelligibility judges what the tasks before it generated.
 TASKS: dict[str, Task] = {t.name: t for t in (
@@ -265,7 +265,23 @@ def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str 
                 for sample in result.samples:
                     f.write(json.dumps(sample, ensure_ascii=False, default=_json_default) + "\n")
             estimates.write_items(out / estimates.ITEMS_FILE, options_hash, result.items)
-            _log(run, prefix, summary, [out / "eval.json", out / "samples.jsonl", out / estimates.ITEMS_FILE])
+            _log(run, prefix, summary, [out / name for name in EVALUATION_FILES])
+    return summary
+
+
+EVALUATION_FILES = ("eval.json", "samples.jsonl", estimates.ITEMS_FILE)
+"""What `evaluate` writes into its output folder (and logs as artifacts under its prefix)."""
+
+
+def log_saved(folder: str | Path, run: tracking.Run) -> dict[str, Any]:
+    """Log an evaluation that `evaluate` saved in `folder` into `run` (an evaluation made once and
+    shared by several runs), under the prefix it was made for; eval.json is rewritten to name `run`.
+    Returns its summary."""
+    folder = Path(folder)
+    summary = json.loads((folder / "eval.json").read_text(encoding="utf-8"))
+    summary.update(run_id=run.id, output_dir=str(folder.resolve()))
+    (folder / "eval.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    _log(run, summary["prefix"], summary, [folder / name for name in EVALUATION_FILES])
     return summary
 
 
