@@ -78,7 +78,8 @@ def main() -> None:
     from cdb.model import TINY as TINY_SOURCE
     from cdb.model import load_tokenizer
     from cdb.loop import micro_step
-    from cdb.objective import METHODS, score_positions
+    from cdb.methods import METHODS
+    from cdb.objective import score_positions
     from cdb.perf import PEAK_FLOPS, device_peak_flops, flops_per_token, measure_matmul_peak, mfu, peak_memory_bytes
     from cdb.memory import GiB, estimate_memory, shape_from_config
 

@@ -22,7 +22,7 @@ def measure(scale: str, pairs: int, warmup: int = 1) -> dict:
     from cdb.data.batch import collate, assign_micro_batches, special_ids
     from cdb.engine import Strategy
     from cdb.loop import micro_step
-    from cdb.objective import METHODS
+    from cdb.methods import METHODS
 
     configs = {m: _common.scale_config(scale, 1, m) for m in ("contrastive", "sft")}
     source, tokenizer = _common.model_source_and_tokenizer(configs["sft"])

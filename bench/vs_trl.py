@@ -51,7 +51,7 @@ def main() -> None:
     from cdb.data.batch import IGNORE, collate, special_ids
     from cdb.engine import Strategy
     from cdb.loop import micro_step
-    from cdb.objective import METHODS
+    from cdb.methods import METHODS
 
     _common.init_single_process()
     configs = {m: _common.scale_config("smol-135m", 1, m) for m in ("dpo", "contrastive")}

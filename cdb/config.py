@@ -28,6 +28,7 @@ import yaml
 from cdb import settings
 from cdb.data.entities import DEFAULT_TAGGER, valid_tagger_spec
 from cdb.eval.options import EvalOptions
+from cdb.methods import LEGACY_KEYS, ObjectiveConfig
 from cdb.scales import ALIASES, DEFAULT_SCALE, SCALES, scale_preset
 from cdb.settings import ConfigError, load_yaml
 
@@ -105,54 +106,10 @@ class DataConfig:
     The data build's early-entity filter uses the same default."""
     max_records: int = 0
     """Train on only the first N valid records; 0 = all; >= 0."""
-    cda_attributes: tuple[str, ...] = ("gender", "race", "religion")
-    """cda: the attributes whose terms are swapped (any non-empty subset of gender, race, religion;
-    one run per attribute gives the published CDA-gender, -race and -religion)."""
     val_share: float = 0.05
     """Share of the sources (of the first max_records) held out for validation and never trained on:
     round(val_share x sources), at least 2 but at most half of them; the same ones on every run of the
     same data (those whose record id has the smallest SHA-256); 0 = none; in [0, 0.5]."""
-
-
-@dataclass(frozen=True)
-class ObjectiveConfig:
-    method: str = "contrastive"
-    """Training objective, a name in cdb.objective.METHODS: contrastive (the method); baselines sft,
-    dpo, unlikelihood, cda (README, "Methods"; docs/METHOD.md)."""
-    alpha: float = 16.0
-    """contrastive: weight of the contrastive term against the LM loss (16 in the authors' final run);
-    >= 0."""
-    contrast_temperature: float = 1.0
-    """contrastive: InfoNCE temperature tau (cosine similarities are divided by it); > 0."""
-    pooling: Literal["entity_or_last", "entity_or_target_mean", "target_mean", "last"] = "entity_or_last"
-    """contrastive: the candidate tokens a row's representation is the mean of: `entity_or_last` its entity
-    tokens, else its last token; `entity_or_target_mean` its entity tokens, else all its tokens;
-    `target_mean` all its tokens; `last` its last token."""
-    projection_dim: int = 0
-    """contrastive: output size of the contrast head; 0 = the model's hidden size; >= 0."""
-    scaling: Literal["constant", "ne_density"] = "constant"
-    """contrastive: loss weights per micro-batch: `constant` c_ce = c_cl = 1; `ne_density` (the authors')
-    c_ce = 0.1 and c_cl = min(0.9, 45 x rho_NE). rho_NE = tagged entity tokens / non-padding tokens of the
-    micro-batch; only candidate tokens are tagged while BOS and source tokens count in the denominator
-    (docs/METHOD.md, "Dynamic loss scaling")."""
-    toxic_weight: float = 1.5
-    """contrastive: w_tox, the factor on the contrastive term when a micro-batch holds a `toxic` negative
-    (1 otherwise); >= 0."""
-    label_smoothing: float = 0.0
-    """Label smoothing of the LM cross-entropy (contrastive, sft, cda, unlikelihood); in [0, 1)."""
-    lm_normalization: Literal["scored", "all_targets"] = "scored"
-    """contrastive: divide the summed LM loss by the tokens it scores (positives), or (the authors'
-    choice) by all rows' target tokens, negatives included."""
-    lm_positives: Literal["all", "last"] = "all"
-    """contrastive: the positives the LM loss scores: `all`, or `last` = only the last positive of each
-    source (the authors' choice; with lm_normalization=all_targets it is their LM loss)."""
-    head_init: Literal["default", "authors"] = "default"
-    """contrastive: the contrast head's initial weights: `default` = torch's Linear init; `authors` = W1 ~
-    N(0, 0.01^2), W2 ~ N(0, (1/H)^2), zero biases."""
-    dpo_beta: float = 0.1
-    """dpo: strength of the implicit KL constraint to the frozen reference; > 0."""
-    unlikelihood_weight: float = 1.0
-    """unlikelihood: weight of the unlikelihood term on negative candidates' tokens; >= 0."""
 
 
 @dataclass(frozen=True)
@@ -242,8 +199,8 @@ class Config:
         return settings.to_dict(self)
 
     def flat(self) -> dict[str, Any]:
-        """`section.key` -> value, for MLflow params."""
-        return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
+        """`section.key` (`objective.<method>.key` for a method's options) -> value, for MLflow params."""
+        return settings.flatten(self.to_dict())
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -257,10 +214,13 @@ def resolve(
 ) -> Config:
     """Defaults <- scale preset <- YAML file <- flags (dotted keys) <- `--set key.path=value`, checked
     (check). train.output_dir stays as given: a run fills and anchors it (with_run_output_dir)."""
-    file_values = load_yaml(config_file) if config_file else {}
+    file_values = upgrade(load_yaml(config_file), str(config_file)) if config_file else {}
     if "scale" in file_values and not isinstance(file_values["scale"], dict):
         raise ConfigError(f"{config_file}: scale: expected a mapping of {', '.join(f.name for f in dataclasses.fields(ScaleConfig))}")
     set_pairs = settings.parse_sets(sets)
+    for key, _ in set_pairs:
+        if key in LEGACY_KEYS:
+            raise ConfigError(f"--set {key}: that setting is {LEGACY_KEYS[key]} now")
 
     # The preset is chosen first so that the file, flags and --set can override its fields.
     scale_name = dict(set_pairs).get("scale.name") or scale or (file_values.get("scale") or {}).get("name") or DEFAULT_SCALE
@@ -303,13 +263,6 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "scale.max_target_tokens": _at_least(4),
     "data.max_records": _at_least(0),
     "data.val_share": (lambda v: 0 <= v <= 0.5, "in [0, 0.5]"),
-    "objective.alpha": _at_least(0),
-    "objective.contrast_temperature": _above(0),
-    "objective.projection_dim": _at_least(0),
-    "objective.toxic_weight": _at_least(0),
-    "objective.label_smoothing": (_unit_interval, "in [0, 1)"),
-    "objective.dpo_beta": _above(0),
-    "objective.unlikelihood_weight": _at_least(0),
     "optim.lr": _above(0),
     "optim.weight_decay": _at_least(0),
     "optim.betas": (_unit_interval, "in [0, 1)"),
@@ -336,25 +289,6 @@ def check(config: Config) -> None:
         value = getattr(getattr(config, section), name)
         if not ok(value):
             raise ConfigError(f"{key}: must be {rule}, got {value!r}")
-    from cdb.objective import METHODS  # the methods' registry (imports torch: only here)
-
-    if config.objective.method not in METHODS:
-        raise ConfigError(f"objective.method: must be one of {', '.join(METHODS)}, got {config.objective.method!r}")
-    attributes = config.data.cda_attributes
-    from cdb.data.cda import ATTRIBUTES  # word lists only: no spaCy import
-
-    if not attributes or len(set(attributes)) != len(attributes) or not set(attributes) <= set(ATTRIBUTES):
-        raise ConfigError(f"data.cda_attributes: must be a non-empty list of distinct attributes out of "
-                          f"{', '.join(ATTRIBUTES)}, got {list(attributes)!r}")
-    if set(attributes) != set(ATTRIBUTES) and METHODS[config.objective.method].transform_records is None:
-        raise ConfigError(f"data.cda_attributes: must be left at its default unless objective.method=cda, "
-                          f"got {list(attributes)!r} with objective.method={config.objective.method}")
-    with_head = METHODS[config.objective.method].contrast_head
-    for key, value, default in (("lm_positives", config.objective.lm_positives, "all"),
-                                ("head_init", config.objective.head_init, "default")):
-        if value != default and not with_head:
-            raise ConfigError(f"objective.{key}: must be {default!r} unless objective.method=contrastive, "
-                              f"got {value!r} with objective.method={config.objective.method}")
     tagger = config.data.entity_tagger
     if not valid_tagger_spec(tagger):
         raise ConfigError(f"data.entity_tagger: must be 'regex', 'spacy:MODEL' or 'hf:MODEL_ID_OR_DIR', got {tagger!r}")
@@ -378,9 +312,24 @@ def with_run_output_dir(config: Config) -> Config:
     return dataclasses.replace(config, train=train)
 
 
-def from_dict(values: dict) -> Config:
+def upgrade(values: dict, where: str) -> dict:
+    """`values` (a config file's mapping) with the keys of LEGACY_KEYS moved to where they live now,
+    saying so in one line: a config.yaml saved before a method's options moved under it still runs."""
+    flat = settings.flatten(values)
+    moved = [old for old in LEGACY_KEYS if old in flat]
+    if not moved:
+        return values
+    upgraded: dict = {}
+    for key, value in flat.items():
+        settings.set_dotted(upgraded, LEGACY_KEYS.get(key, key), value)
+    print(f"[cdb] {where}: read {', '.join(f'{old} as {LEGACY_KEYS[old]}' for old in moved)} (keys of an older cdb)",
+          file=sys.stderr, flush=True)
+    return upgraded
+
+
+def from_dict(values: dict, where: str = "the config") -> Config:
     """Rebuild a Config from `to_dict()` output (what workers receive, what config.yaml holds)."""
-    return settings.build(Config, values)
+    return settings.build(Config, upgrade(values, where))
 
 
 # --- the config as commented YAML ----------------------------------------------------------------
@@ -391,17 +340,24 @@ def _yaml_value(value) -> str:
     return text.removesuffix("\n...\n").rstrip("\n")
 
 
+def _yaml_lines(section, indent: str) -> list[str]:
+    """A settings section's fields under their docstrings; a nested section (a method's options) indented."""
+    docs, hints, lines = settings.field_docs(type(section)), typing.get_type_hints(type(section)), []
+    for f in dataclasses.fields(section):
+        lines += [f"{indent}# {line}" for line in textwrap.wrap(docs.get(f.name, ""), 100 - len(indent))]
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            lines += [f"{indent}{f.name}:", *_yaml_lines(value, indent + "  ")]
+        else:
+            lines.append(f"{indent}{f.name}: {_yaml_value(settings.to_dict(section)[f.name])}")
+    return lines
+
+
 def to_yaml(config: Config) -> str:
     """The config as YAML (what `from_dict` and `--config` read), each field under its docstring."""
-    hints = typing.get_type_hints(Config)
     lines = []
     for section in dataclasses.fields(Config):
-        docs = settings.field_docs(hints[section.name])
-        lines.append(f"{section.name}:")
-        for key, value in settings.to_dict(getattr(config, section.name)).items():
-            lines += [f"  # {line}" for line in textwrap.wrap(docs.get(key, ""), 96)]
-            lines.append(f"  {key}: {_yaml_value(value)}")
-        lines.append("")
+        lines += [f"{section.name}:", *_yaml_lines(getattr(config, section.name), "  "), ""]
     return "\n".join(lines)
 
 

@@ -21,7 +21,8 @@ import torch
 
 from cdb.config import Config, ConfigError
 from cdb.model import DTYPES, ContrastiveLM, build_lm, disable_dropout
-from cdb.objective import ContrastHead, MethodSpec
+from cdb.methods import Method
+from cdb.objective import ContrastHead
 
 DS_CONFIG_DIR = Path(__file__).resolve().parent / "ds_configs"
 """The shipped DeepSpeed configs, package data so that a non-editable install has them."""
@@ -114,7 +115,7 @@ class Strategy:
     """Owns the DeepSpeed engine of one rank. Every method is collective unless it says otherwise."""
 
     def __init__(self, config: Config, model_source: str, tokenizer, world_size: int, rank: int, total_steps: int,
-                 method: MethodSpec):
+                 method: Method):
         import deepspeed
         from transformers.integrations import HfDeepSpeedConfig
 
@@ -135,7 +136,8 @@ class Strategy:
             # No dtype argument: zero.Init takes it from the config's bf16/fp16 flags (passing one
             # is mis-parsed by DeepSpeed 0.19 on accelerators without fp16, which then picks bf16).
             with deepspeed.zero.Init(config_dict_or_path=self.ds_config):
-                head = ContrastHead(lm.config.hidden_size, config.objective.projection_dim or None, config.objective.head_init)
+                head = ContrastHead(lm.config.hidden_size, config.objective.contrastive.projection_dim or None,
+                                    config.objective.contrastive.head_init)
         model = ContrastiveLM(lm, head)
         self.reference = self._build_reference(model_source, len(tokenizer)) if method.reference_model else None
 
@@ -306,7 +308,7 @@ class Strategy:
         if head_state:
             save_file(head_state, str(staging / "contrast_head.safetensors"))
             (staging / "contrast_head.json").write_text(json.dumps(
-                {"hidden_size": module.lm.config.hidden_size, "projection_dim": self.config.objective.projection_dim or None}))
+                {"hidden_size": module.lm.config.hidden_size, "projection_dim": self.config.objective.contrastive.projection_dim or None}))
         previous = directory.with_name(f".{directory.name}.previous")
         if directory.exists():
             shutil.rmtree(previous, ignore_errors=True)

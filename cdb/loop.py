@@ -85,7 +85,7 @@ def micro_step(strategy, spec, objective_config, batch: dict) -> tuple[dict, boo
     score_mask, targets = score_positions(batch["labels"], spec.scored_rows(batch["positive"]))
     pool_mask = None
     if spec.contrast_head:
-        pool_mask = pooling_mask(batch["entity_mask"], batch["target_mask"], objective_config.pooling)
+        pool_mask = pooling_mask(batch["entity_mask"], batch["target_mask"], objective_config.contrastive.pooling)
     outputs = strategy.forward(batch["input_ids"], batch["attention_mask"], score_mask, pool_mask)
     outputs.update(targets=targets, target_rows=score_mask.nonzero(as_tuple=True)[0], pool_mask=pool_mask)
     loss, metrics = spec.objective(outputs, batch, objective_config)
@@ -123,7 +123,8 @@ def validation_metrics(strategy, spec, objective_config, sources: list, micro_ba
             score_mask, targets = objective.score_positions(batch["labels"], torch.ones_like(batch["positive"]))
             pool_mask = None
             if spec.contrast_head:  # the same forward as in training, head included, on every rank
-                pool_mask = objective.pooling_mask(batch["entity_mask"], batch["target_mask"], objective_config.pooling)
+                pool_mask = objective.pooling_mask(batch["entity_mask"], batch["target_mask"],
+                                                   objective_config.contrastive.pooling)
             outputs = strategy.forward(batch["input_ids"], batch["attention_mask"], score_mask, pool_mask)
             if not chunk:
                 continue
@@ -330,13 +331,14 @@ def prepare_sources(config: Config, spec, tokenizer) -> tuple[list, list]:
     from cdb.data.batch import tokenize_records
     from cdb.data.entities import make_tagger
     from cdb.data.records import load_records, split_validation
+    from cdb.methods import options_of
 
     records, _ = load_records(config.data.path, config.data.split, "skip")
     if config.data.max_records:
         records = records[: config.data.max_records]
     records, held_out = split_validation(records, config.data.val_share)
     if spec.transform_records is not None:
-        records = spec.transform_records(records, config.data)
+        records = spec.transform_records(records, options_of(config.objective))
     scale, tagger = config.scale, make_tagger(config.data.entity_tagger)
     return tuple(tokenize_records(part, tokenizer, tagger, scale.max_source_tokens, scale.max_target_tokens)
                  if part else [] for part in (records, held_out))
@@ -362,8 +364,8 @@ def run_worker(args: WorkerArgs, rank: int, world: int, checkpoint, save: Checkp
     _worker_environment(args)
     from cdb.data.batch import micro_batches_per_epoch, special_ids
     from cdb.engine import Strategy
+    from cdb.methods import METHODS
     from cdb.model import load_tokenizer
-    from cdb.objective import METHODS
     from cdb.perf import device_peak_flops
     from cdb.tracking import SPOOL_FILE, RunLogger, system_metrics
 

@@ -404,7 +404,7 @@ def estimate_memory(config, gpus: int, gpu_memory_bytes: int | None, micro_batch
     mode = "none" if cpu else (offload or _offload_of(ds))
     if mode not in OFFLOADS:
         raise ValueError(f"offload {mode!r}: one of {', '.join(OFFLOADS)}")
-    from cdb.objective import METHODS
+    from cdb.methods import METHODS
 
     method = config.objective.method
     spec = METHODS[method]
@@ -412,7 +412,7 @@ def estimate_memory(config, gpus: int, gpu_memory_bytes: int | None, micro_batch
 
     b_p = _bytes_of(scale.precision)
     b_g = _grad_bytes(ds, scale.precision)
-    head = contrast_head_params(shape.hidden, config.objective.projection_dim) if spec.contrast_head else 0
+    head = contrast_head_params(shape.hidden, config.objective.contrastive.projection_dim) if spec.contrast_head else 0
     trainable = shape.total_params + head
     reference = shape.total_params if spec.reference_model else 0
     threshold = float(zero.get("stage3_param_persistence_threshold", 1e5))

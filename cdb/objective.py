@@ -1,17 +1,14 @@
-"""The cdb training objective as pure tensor functions (plus the small contrast head).
+"""The losses of cdb's training methods as pure tensor functions (plus the small contrast head).
 
 Formulas follow the method (docs/METHOD.md, "The objective"): contrast computation (ContrastHead,
-pooling_mask, pool_representations, contrastive_loss), the LM loss (lm_loss) and dynamic loss
-scaling (dynamic_scales, combine_losses). `contrastive_objective` puts them together over one
-forward pass's outputs; the baselines' objectives follow. `METHODS` holds every training method as
-a record (`MethodSpec`) that the engine, the trainer, the memory planner and the sweep read.
+pooling_mask, pool_representations, contrastive_loss), the LM loss (lm_loss), dynamic loss scaling
+(dynamic_scales, combine_losses), and the baselines' terms (unlikelihood_loss, dpo_loss over
+sequence_logprobs of preference_pairs). Each method of cdb.methods composes them into its objective.
 similarity_stats is a logging aid. No I/O here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -191,40 +188,6 @@ def last_positive_rows(group: Tensor, positive: Tensor) -> Tensor:
     return positive & ~later_positive.any(dim=1)
 
 
-def contrastive_objective(outputs: dict[str, Tensor], batch: dict[str, Tensor], cfg) -> tuple[Tensor, dict[str, Tensor]]:
-    """The full loss of one micro-batch and every factor of it, for logging (`outputs`: see `Objective`)."""
-    logits, targets = outputs["logits"], outputs["targets"]
-    if cfg.lm_positives == "last":  # the authors' choice: one positive per source in the LM loss
-        kept = last_positive_rows(batch["group"], batch["positive"])[outputs["target_rows"]]
-        logits, targets = logits[kept], targets[kept]
-    if cfg.lm_normalization == "scored":
-        normaliser = targets.numel()
-    else:  # the authors' choice: all rows' target tokens, negatives included
-        normaliser = batch["target_mask"].sum()
-    loss_ce = lm_loss(logits, targets, normaliser, cfg.label_smoothing)
-
-    reps = pool_representations(outputs["z"].float(), outputs["pool_mask"])
-    loss_cl = contrastive_loss(reps, batch["group"], batch["positive"], cfg.contrast_temperature)
-
-    # rho_NE: tagged (candidate) entity tokens over every non-padding token, BOS and sources included.
-    entity_density = batch["entity_mask"].sum() / batch["attention_mask"].sum().clamp_min(1)
-    scales = dynamic_scales(batch["has_toxic"], entity_density, cfg.scaling, cfg.toxic_weight)
-    loss = combine_losses(loss_ce, loss_cl, scales, cfg.alpha)
-    sim_pos_pos, sim_pos_neg = similarity_stats(reps, batch["group"], batch["positive"])
-    metrics = {
-        "loss": loss.detach(),
-        "loss_ce": loss_ce.detach(),
-        "loss_contrast": loss_cl.detach(),
-        "scale_ce": scales["c_ce"],
-        "scale_contrast": cfg.alpha * scales["c_cl"] * scales["w_tox"],
-        "w_tox": scales["w_tox"],
-        "entity_density": entity_density.detach().float(),
-        "sim_pos_pos": sim_pos_pos,
-        "sim_pos_neg": sim_pos_neg,
-    }
-    return loss, metrics
-
-
 # --- baselines through the same trainer (README, "Methods") ------------------------------------
 
 
@@ -272,99 +235,3 @@ def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor,
         return policy_chosen.sum() * 0.0, chosen_ratio.detach(), rejected_ratio.detach()
     loss = -F.logsigmoid(beta * (chosen_ratio - rejected_ratio)).mean()
     return loss, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
-
-
-def lm_only_objective(outputs: dict[str, Tensor], batch: dict[str, Tensor], cfg) -> tuple[Tensor, dict[str, Tensor]]:
-    """`sft` and `cda`: token NLL on positive rows only (CDA's counterfactual rows are positives too)."""
-    targets = outputs["targets"]
-    loss = lm_loss(outputs["logits"], targets, targets.numel(), cfg.label_smoothing)
-    return loss, {"loss": loss.detach(), "loss_ce": loss.detach()}
-
-
-def unlikelihood_objective(outputs: dict[str, Tensor], batch: dict[str, Tensor], cfg) -> tuple[Tensor, dict[str, Tensor]]:
-    """LM loss on positives plus `unlikelihood_weight` x unlikelihood on negative candidates' tokens."""
-    targets, rows = outputs["targets"], outputs["target_rows"]
-    on_positive = batch["positive"].bool()[rows]
-    loss_ce = lm_loss(outputs["logits"][on_positive], targets[on_positive], int(on_positive.sum()), cfg.label_smoothing)
-    loss_ul = unlikelihood_loss(outputs["logits"][~on_positive], targets[~on_positive], int((~on_positive).sum()))
-    loss = loss_ce + cfg.unlikelihood_weight * loss_ul
-    return loss, {"loss": loss.detach(), "loss_ce": loss_ce.detach(), "loss_unlikelihood": loss_ul.detach()}
-
-
-def dpo_objective(outputs: dict[str, Tensor], batch: dict[str, Tensor], cfg) -> tuple[Tensor, dict[str, Tensor]]:
-    """DPO over every (positive, negative) pair of each source; `outputs["ref_logits"]` from the frozen reference."""
-    targets, rows = outputs["targets"], outputs["target_rows"]
-    n = batch["positive"].shape[0]
-    policy = sequence_logprobs(outputs["logits"], targets, rows, n)
-    reference = sequence_logprobs(outputs["ref_logits"], targets, rows, n)
-    chosen, rejected = preference_pairs(batch["group"], batch["positive"])
-    loss, reward_chosen, reward_rejected = dpo_loss(policy[chosen], policy[rejected], reference[chosen],
-                                                    reference[rejected], cfg.dpo_beta)
-    zero = loss.detach() * 0.0
-    mean = lambda x: x.float().mean() if x.numel() else zero  # noqa: E731
-    # TRL's DPOTrainer names, where users of TRL look for them; log-probs summed over each row's tokens.
-    return loss, {
-        "loss": loss.detach(),
-        "rewards/chosen": mean(reward_chosen),
-        "rewards/rejected": mean(reward_rejected),
-        "rewards/margins": mean(reward_chosen - reward_rejected),
-        "rewards/accuracies": mean((reward_chosen > reward_rejected).float()),
-        "logps/chosen": mean(policy[chosen].detach()),
-        "logps/rejected": mean(policy[rejected].detach()),
-    }
-
-
-# --- the methods as records ---------------------------------------------------------------------
-
-
-Objective = Callable[[dict[str, Tensor], dict[str, Tensor], Any], tuple[Tensor, dict[str, Tensor]]]
-"""(outputs, batch, ObjectiveConfig) -> (loss, metrics). `outputs` of one forward pass: `logits` [M,V] at
-the M scored positions (`score_positions(labels, spec.scored_rows(positive))`), their `targets` [M] and
-`target_rows` [M]; with a contrast head, `z` [K,P] at the K positions of `pool_mask` [N,T]; with a
-reference model, `ref_logits` [M,V] at the same positions as `logits`."""
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """Everything the rest of cdb needs to know about a training method; engine, memory planner,
-    trainer and sweep read these fields and never branch on a method's name."""
-
-    objective: Objective
-    """(outputs of one forward pass, batch, ObjectiveConfig) -> (loss, metrics to log)."""
-    summary: str
-    """One line for --help and docs."""
-    contrast_head: bool = False
-    """Trains a contrast head on the pooled tokens (its output arrives as outputs["z"])."""
-    reference_model: bool = False
-    """Needs a frozen copy of the starting model (its logits arrive as outputs["ref_logits"])."""
-    scores_negatives: bool = False
-    """The logits of negative rows' candidate tokens are needed too, not only the positives'."""
-    transform_records: Callable[[list, Any], list] | None = None
-    """(records, DataConfig) -> the records to train on, before tokenization (e.g. counterfactual augmentation)."""
-    policy_dropout: bool = True
-    """False: the trained model runs with dropout off (every dropout probability 0, in train mode too),
-    so its log-probabilities compare like with like against a reference in eval mode."""
-
-    def scored_rows(self, positive: Tensor) -> Tensor:
-        """Rows whose candidate tokens the forward pass must produce logits for."""
-        return torch.ones_like(positive, dtype=torch.bool) if self.scores_negatives else positive.bool()
-
-
-def _counterfactual(records: list, data_config) -> list:
-    from cdb.data.cda import counterfactual_records  # data-side transform, imported on use
-
-    return counterfactual_records(records, data_config.cda_attributes)
-
-
-METHODS: dict[str, MethodSpec] = {
-    "contrastive": MethodSpec(contrastive_objective, "the method: LM loss + contrast over entity-pooled rows, dynamically scaled",
-                              contrast_head=True),
-    "sft": MethodSpec(lm_only_objective, "LM loss on the positives only"),
-    "dpo": MethodSpec(dpo_objective, "DPO over same-source (positive, negative) pairs against a frozen reference",
-                      reference_model=True, scores_negatives=True, policy_dropout=False),
-    "unlikelihood": MethodSpec(unlikelihood_objective, "LM loss on positives + unlikelihood on negatives' tokens",
-                               scores_negatives=True),
-    "cda": MethodSpec(lm_only_objective, "LM loss on positives plus their demographic counterfactuals",
-                      transform_records=_counterfactual),
-}
-"""Training methods by name (`objective.method`). Adding a method is one entry here."""

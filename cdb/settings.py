@@ -64,6 +64,9 @@ def field_docs(cls) -> dict[str, str]:
     for klass in reversed(cls.__mro__):
         if not dataclasses.is_dataclass(klass):
             continue
+        if "__field_docs__" in vars(klass):  # a class made by dataclasses.make_dataclass has no source
+            docs.update(klass.__field_docs__)
+            continue
         tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
         body = tree.body[0].body
         for node, after in zip(body, body[1:]):

@@ -213,10 +213,21 @@ def resolve_settings(config_file: str | None = None, sets: Sequence[str] = ()) -
 
 
 def methods_known() -> tuple[str, ...]:
-    """The training methods (cdb.objective.METHODS)."""
-    from cdb.objective import METHODS
+    """The training methods (cdb.methods.METHODS)."""
+    from cdb.methods import METHODS
 
     return tuple(METHODS)
+
+
+def method_overrides(overrides: Sequence[str], method: str) -> list[str]:
+    """The training keys for a point of `method`: a method's own options (objective.<m>.KEY) go to that
+    method's points only, so one sweep can set options of several methods."""
+    from cdb.methods import METHODS
+
+    def other_methods(item: str) -> bool:
+        parts = item.split("=", 1)[0].split(".")
+        return len(parts) > 2 and parts[0] == "objective" and parts[1] in METHODS and parts[1] != method
+    return [item for item in overrides if not other_methods(item)]
 
 
 def sweep_points(scales: Sequence[str], methods: Sequence[str], overrides: Sequence[str] = (), seeds: int = 1) -> list[Point]:
@@ -242,7 +253,7 @@ def sweep_points(scales: Sequence[str], methods: Sequence[str], overrides: Seque
     for scale in canonical:
         for method in methods:
             try:
-                config = cfg.resolve(flags={"objective.method": method}, sets=list(overrides), scale=scale)
+                config = cfg.resolve(flags={"objective.method": method}, sets=method_overrides(overrides, method), scale=scale)
             except cfg.ConfigError as exc:
                 raise UsageError(f"{scale}-{method}: {exc}") from None
             s = config.scale
@@ -426,7 +437,7 @@ def train_command(point: Point, point_dir: Path, uri: str, experiment: str, pare
                   overrides: Sequence[str], resume: bool) -> list[str]:
     cmd = [sys.executable, "-m", "cdb.train", "--scale", point.scale, "--method", point.method,
            "--output-dir", str(point_dir), "--tracking-uri", uri, "--experiment", experiment, "--run-name", point.name]
-    for item in overrides:
+    for item in method_overrides(overrides, point.method):
         cmd += ["--set", item]
     if point.seed is not None:  # after the overrides: the point's own seed wins
         cmd += ["--set", f"train.seed={point.seed}"]

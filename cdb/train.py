@@ -27,7 +27,7 @@ from cdb import config as cfg
 from cdb import raylog, tracking
 from cdb.data.records import DataError, load_records, write_rejected
 from cdb.model import cache_dir, count_parameters, load_tokenizer, prepare_model_source
-from cdb.objective import METHODS
+from cdb.methods import METHODS
 from cdb.scales import ALIASES, SCALES
 from cdb.storage import Storage, nodes_not_seeing
 
@@ -138,7 +138,7 @@ def continue_or_start(config: cfg.Config, args: argparse.Namespace) -> tuple[cfg
     if not saved.is_file():
         return config, False
     try:
-        previous = cfg.from_dict(cfg.load_yaml(saved))
+        previous = cfg.from_dict(cfg.load_yaml(saved), str(saved))
     except cfg.ConfigError as exc:
         raise cfg.ConfigError(f"{saved}: {exc}; continue it with --resume, or start anew with --fresh") from None
     differing = differing_keys(previous, config)
@@ -438,7 +438,7 @@ def trained_parameters(config: cfg.Config, lm_parameters: int) -> int:
     if not METHODS[config.objective.method].contrast_head:
         return lm_parameters
     hidden = model_shape(config.scale.model, config.scale.trust_remote_code).hidden
-    return lm_parameters + contrast_head_params(hidden, config.objective.projection_dim)
+    return lm_parameters + contrast_head_params(hidden, config.objective.contrastive.projection_dim)
 
 
 def archive(output_dir: Path) -> Path:

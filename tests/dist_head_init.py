@@ -1,5 +1,5 @@
 """Run by tests/test_head_init_zero3.py under torchrun (2 gloo processes): the Strategy builds the contrast
-head with objective.head_init=authors inside zero.Init; rank 0 writes the gathered head's statistics to
+head with objective.contrastive.head_init=authors inside zero.Init; rank 0 writes the gathered head's statistics to
 the JSON file in argv[1]."""
 
 import json
@@ -15,7 +15,7 @@ from cdb import config as cfg  # noqa: E402
 from cdb.engine import Strategy  # noqa: E402
 from cdb.loop import use_deepspeeds_ninja  # noqa: E402
 from cdb.model import TINY, load_tokenizer  # noqa: E402
-from cdb.objective import METHODS  # noqa: E402
+from cdb.methods import METHODS  # noqa: E402
 
 
 def main(out_path: str, workdir: str) -> None:
@@ -23,7 +23,7 @@ def main(out_path: str, workdir: str) -> None:
     deepspeed.init_distributed(dist_backend="gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     config = cfg.resolve(flags={"scale.num_workers": world, "train.output_dir": workdir,
-                                "objective.head_init": "authors"})
+                                "objective.contrastive.head_init": "authors"})
     strategy = Strategy(config, TINY, load_tokenizer(TINY), world, rank, 4, METHODS["contrastive"])
     head = strategy.engine.module.head
     sharded = all(p.numel() == 0 for p in head.parameters())

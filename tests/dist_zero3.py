@@ -23,7 +23,7 @@ from cdb.data.records import load_records  # noqa: E402
 from cdb.engine import Strategy  # noqa: E402
 from cdb.loop import WorkerArgs, micro_step, run_worker, use_deepspeeds_ninja  # noqa: E402
 from cdb.model import TINY, cache_dir, load_tokenizer  # noqa: E402
-from cdb.objective import METHODS  # noqa: E402
+from cdb.methods import METHODS  # noqa: E402
 
 
 # Below the tiny preset's 0.01, at which the contrastive term of a random tiny model swings from step

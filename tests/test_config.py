@@ -191,10 +191,10 @@ def test_wrong_type_from_yaml(tmp_path, section, key, value, words):
 
 
 def test_yaml_int_for_float_is_accepted(tmp_path):
-    path = write_yaml(tmp_path / "c.yaml", {"objective": {"alpha": 8}})
+    path = write_yaml(tmp_path / "c.yaml", {"objective": {"contrastive": {"alpha": 8}}})
     config = resolve(config_file=str(path))
-    assert config.objective.alpha == 8.0
-    assert isinstance(config.objective.alpha, float)
+    assert config.objective.contrastive.alpha == 8.0
+    assert isinstance(config.objective.contrastive.alpha, float)
 
 
 def test_yaml_exponent_float_without_dot(tmp_path):
@@ -206,8 +206,8 @@ def test_literal_outside_choices():
     message = error_of(sets=["scale.precision=fp8"])
     assert "scale.precision" in message and "fp8" in message
     assert "bf16" in message  # lists the choices
-    message = error_of(flags={"objective.pooling": "max"})
-    assert "objective.pooling" in message and "entity_or_last" in message
+    message = error_of(flags={"objective.contrastive.pooling": "max"})
+    assert "objective.contrastive.pooling" in message and "entity_or_last" in message
 
 
 def test_set_without_equals():
@@ -271,11 +271,11 @@ def test_invalid_yaml(tmp_path):
     ("scale.max_source_tokens=7", "scale.max_source_tokens: must be >= 8, got 7"),
     ("scale.max_target_tokens=3", "scale.max_target_tokens: must be >= 4, got 3"),
     ("data.max_records=-1", "data.max_records: must be >= 0, got -1"),
-    ("objective.contrast_temperature=0", "objective.contrast_temperature: must be > 0, got 0.0"),
-    ("objective.alpha=-1", "objective.alpha: must be >= 0, got -1.0"),
-    ("objective.projection_dim=-8", "objective.projection_dim: must be >= 0, got -8"),
+    ("objective.contrastive.contrast_temperature=0", "objective.contrastive.contrast_temperature: must be > 0, got 0.0"),
+    ("objective.contrastive.alpha=-1", "objective.contrastive.alpha: must be >= 0, got -1.0"),
+    ("objective.contrastive.projection_dim=-8", "objective.contrastive.projection_dim: must be >= 0, got -8"),
     ("objective.label_smoothing=1", "objective.label_smoothing: must be in [0, 1), got 1.0"),
-    ("objective.dpo_beta=0", "objective.dpo_beta: must be > 0, got 0.0"),
+    ("objective.dpo.beta=0", "objective.dpo.beta: must be > 0, got 0.0"),
     ("optim.lr=0", "optim.lr: must be > 0, got 0.0"),
     ("optim.betas=[0.9,1.0]", "optim.betas: must be in [0, 1), got (0.9, 1.0)"),
     ("optim.grad_clip=-1", "optim.grad_clip: must be >= 0, got -1.0"),
@@ -299,11 +299,11 @@ def test_every_rule_is_stated_in_its_fields_docstring():
 
 
 def test_boundary_values_pass_the_rules():
-    config = resolve(sets=["scale.max_source_tokens=8", "scale.max_target_tokens=4", "objective.alpha=0",
+    config = resolve(sets=["scale.max_source_tokens=8", "scale.max_target_tokens=4", "objective.contrastive.alpha=0",
                            "train.max_failures=-1", "optim.warmup_steps=0", "optim.grad_clip=0",
                            "optim.betas=[0.0,0.99]", "objective.label_smoothing=0.5"])
     assert (config.scale.max_source_tokens, config.scale.max_target_tokens) == (8, 4)
-    assert config.objective.alpha == 0.0
+    assert config.objective.contrastive.alpha == 0.0
     assert config.train.max_failures == -1
     assert (config.optim.grad_clip, config.optim.betas, config.objective.label_smoothing) == (0.0, (0.0, 0.99), 0.5)
 
@@ -332,7 +332,7 @@ def test_set_coerces_text():
     config = resolve(sets=[
         "optim.lr=1e-4",
         "optim.weight_decay=0.01",
-        "objective.alpha=3",
+        "objective.contrastive.alpha=3",
         "scale.micro_batch=4",
         "scale.activation_checkpointing=true",
         "optim.betas=[0.9,0.95]",
@@ -341,7 +341,7 @@ def test_set_coerces_text():
     ])
     assert config.optim.lr == pytest.approx(1e-4) and isinstance(config.optim.lr, float)
     assert config.optim.weight_decay == pytest.approx(0.01)
-    assert config.objective.alpha == 3.0 and isinstance(config.objective.alpha, float)
+    assert config.objective.contrastive.alpha == 3.0 and isinstance(config.objective.contrastive.alpha, float)
     assert config.scale.micro_batch == 4 and isinstance(config.scale.micro_batch, int)
     assert config.scale.activation_checkpointing is True
     assert config.optim.betas == (0.9, 0.95)
@@ -429,7 +429,7 @@ def test_config_command_prints_the_resolved_config(tmp_path):
 
 
 def test_save_and_from_dict_round_trip(tmp_path):
-    config = resolve(scale="70b", sets=["optim.betas=[0.8,0.95]", "optim.lr=2.5e-5", "objective.contrast_temperature=0.07",
+    config = resolve(scale="70b", sets=["optim.betas=[0.8,0.95]", "optim.lr=2.5e-5", "objective.contrastive.contrast_temperature=0.07",
                                         "data.on_bad_record=skip", "tracking.run_name=x"])
     path = tmp_path / "config.yaml"
     config.save(path)
@@ -444,10 +444,8 @@ def test_save_and_from_dict_round_trip(tmp_path):
 def test_flat_has_every_field():
     config = resolve()
     flat = config.flat()
-    expected = {f"{section.name}.{f.name}"
-                for section in dataclasses.fields(Config)
-                for f in dataclasses.fields(getattr(config, section.name))}
-    assert set(flat) == expected
+    expected = {key for key, *_ in settings.describe(Config)}
+    assert set(flat) == expected and "objective.dpo.beta" in flat and "objective.contrastive.alpha" in flat
     assert flat["scale.name"] == "tiny"
     assert flat["optim.lr"] == pytest.approx(1e-2)
     assert flat["optim.betas"] == [0.9, 0.999]
@@ -562,3 +560,20 @@ def test_every_scale_ds_config_exists_and_builds(name):
     config = resolve(scale=name)
     ds = build_ds_config(config, world_size=config.scale.num_workers)
     assert ds["train_batch_size"] == config.scale.micro_batch * config.scale.grad_accum * config.scale.num_workers
+
+
+def test_a_config_saved_before_methods_owned_their_options_still_loads(tmp_path, capsys):
+    """config.yaml of an older run (flat objective.alpha, dpo_beta, data.cda_attributes): read under the
+    keys of today with one line saying so; the same keys given to --set name their new place."""
+    old = resolve().to_dict()
+    options = old["objective"].pop("contrastive")
+    old["objective"].pop("dpo"), old["objective"].pop("unlikelihood"), old["objective"].pop("cda")
+    old["objective"].update({**options, "alpha": 4.0, "dpo_beta": 0.1, "unlikelihood_weight": 1.0})
+    old["data"]["cda_attributes"] = ["gender", "race", "religion"]
+    path = write_yaml(tmp_path / "config.yaml", old)
+    config = resolve(config_file=str(path))
+    notice = capsys.readouterr().err
+    assert f"{path}: read objective.alpha as objective.contrastive.alpha" in notice and len(notice.splitlines()) == 1
+    assert config.objective.contrastive.alpha == 4.0 and from_dict(yaml.safe_load(path.read_text())) == config
+    assert "objective.alpha: that setting is objective.contrastive.alpha now" in error_of(sets=["objective.alpha=2"])
+

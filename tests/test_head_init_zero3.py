@@ -1,4 +1,4 @@
-"""objective.head_init=authors under real ZeRO-3 (2 gloo processes): the init survives partitioning."""
+"""objective.contrastive.head_init=authors under real ZeRO-3 (2 gloo processes): the init survives partitioning."""
 
 import json
 import os

@@ -110,12 +110,12 @@ def test_cda_attributes_setting_is_checked():
     from cdb.config import ConfigError, resolve
 
     cda = "objective.method=cda"
-    assert resolve(sets=[cda, "data.cda_attributes=gender"]).data.cda_attributes == ("gender",)
+    assert resolve(sets=[cda, "objective.cda.attributes=gender"]).objective.cda.attributes == ("gender",)
     for bad in ("gender,age", "gender,gender", "[]"):
-        with pytest.raises(ConfigError, match="data.cda_attributes: must be a non-empty list"):
-            resolve(sets=[cda, f"data.cda_attributes={bad}"])
-    with pytest.raises(ConfigError, match="data.cda_attributes: must be left at its default unless objective.method=cda"):
-        resolve(sets=["data.cda_attributes=race"])
+        with pytest.raises(ConfigError, match="objective.cda.attributes: must be a non-empty list"):
+            resolve(sets=[cda, f"objective.cda.attributes={bad}"])
+    with pytest.raises(ConfigError, match="objective.cda.attributes: set, but objective.method is contrastive"):
+        resolve(sets=["objective.cda.attributes=race"])
 
 
 @pytest.mark.integration
@@ -130,7 +130,7 @@ def test_each_method_trains_and_is_tagged(tmp_path, method, ray_address):
     client = MlflowClient(uri)
     run = client.search_runs([client.get_experiment_by_name("cdb").experiment_id])[0]
     assert run.data.tags["cdb.method"] == method and run.data.params["objective.method"] == method
-    assert run.data.params["data.cda_attributes"] == "['gender', 'race', 'religion']"  # what a cda run swapped
+    assert run.data.params["objective.cda.attributes"] == "['gender', 'race', 'religion']"  # what a cda run swapped
     expected = {"sft": ["train/loss_ce"], "cda": ["train/loss_ce"], "unlikelihood": ["train/loss_ce", "train/loss_unlikelihood"],
                 "dpo": ["train/rewards/chosen", "train/rewards/rejected", "train/rewards/margins",
                         "train/rewards/accuracies", "train/logps/chosen", "train/logps/rejected"]}[method]
@@ -143,11 +143,12 @@ def test_each_method_trains_and_is_tagged(tmp_path, method, ray_address):
         assert losses[0] == pytest.approx(math.log(2), abs=1e-4) and losses[-1] != losses[0]
 
 
-def test_contrastive_only_settings_are_refused_for_other_methods():
+def test_a_methods_settings_are_refused_for_other_methods():
     from cdb.config import ConfigError, resolve
 
-    config = resolve(sets=["objective.lm_positives=last", "objective.head_init=authors"])
-    assert (config.objective.lm_positives, config.objective.head_init) == ("last", "authors")
-    for key, value in (("lm_positives", "last"), ("head_init", "authors")):
-        with pytest.raises(ConfigError, match=f"objective.{key}: must be .* unless objective.method=contrastive, got '{value}'"):
+    config = resolve(sets=["objective.contrastive.lm_positives=last", "objective.contrastive.head_init=authors"])
+    assert (config.objective.contrastive.lm_positives, config.objective.contrastive.head_init) == ("last", "authors")
+    for key, value in (("contrastive.lm_positives", "last"), ("contrastive.head_init", "authors"), ("dpo.beta", "0.5"),
+                       ("unlikelihood.weight", "2")):
+        with pytest.raises(ConfigError, match=f"objective.{key}: set, but objective.method is sft"):
             resolve(sets=["objective.method=sft", f"objective.{key}={value}"])

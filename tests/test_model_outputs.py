@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM, Gemma2Config, GPT2Config, LlamaConfig
 
 from cdb.model import ContrastiveLM, disable_dropout
-from cdb.objective import METHODS
+from cdb.methods import METHODS
 
 
 def _batch(vocab: int):

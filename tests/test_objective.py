@@ -8,12 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cdb.config import ObjectiveConfig
+from cdb.methods import ObjectiveConfig
+from cdb.methods.contrastive import ContrastiveOptions
+from cdb.methods.contrastive import objective as contrastive_objective
 from cdb.objective import (
     ContrastHead,
     combine_losses,
     contrastive_loss,
-    contrastive_objective,
     dynamic_scales,
     last_positive_rows,
     lm_loss,
@@ -358,7 +359,7 @@ def test_lm_positives_last_scores_only_each_sources_last_positive(normalization)
     token_nll = F.cross_entropy(outputs["logits"], outputs["targets"], reduction="none")
     last = torch.tensor([False, False, True, True, True, False, True, True])  # tokens of rows 1 and 4
     for positives, kept in (("all", torch.ones(8, dtype=torch.bool)), ("last", last)):
-        cfg = ObjectiveConfig(lm_positives=positives, lm_normalization=normalization)
+        cfg = ObjectiveConfig(contrastive=ContrastiveOptions(lm_positives=positives, lm_normalization=normalization))
         _, metrics = contrastive_objective(outputs, batch, cfg)
         denominator = int(kept.sum()) if normalization == "scored" else 18
         assert metrics["loss_ce"].item() == pytest.approx(token_nll[kept].sum().item() / denominator, rel=1e-6)
@@ -367,7 +368,9 @@ def test_lm_positives_last_scores_only_each_sources_last_positive(normalization)
 def test_dpo_logs_trl_names_one_per_quantity():
     from types import SimpleNamespace
 
-    from cdb.objective import dpo_objective, sequence_logprobs
+    from cdb.methods.dpo import DPOOptions
+    from cdb.methods.dpo import objective as dpo_objective
+    from cdb.objective import sequence_logprobs
 
     torch.manual_seed(0)
     rows = torch.tensor([0, 0, 1, 1, 2, 2])  # two tokens on each of 3 rows: a positive and two negatives of one source
@@ -375,7 +378,7 @@ def test_dpo_logs_trl_names_one_per_quantity():
     logits, ref_logits = torch.randn(6, 7), torch.randn(6, 7)
     batch = {"positive": torch.tensor([True, False, False]), "group": torch.tensor([0, 0, 0])}
     outputs = {"logits": logits, "ref_logits": ref_logits, "targets": targets, "target_rows": rows}
-    _, metrics = dpo_objective(outputs, batch, SimpleNamespace(dpo_beta=0.5))
+    _, metrics = dpo_objective(outputs, batch, SimpleNamespace(dpo=DPOOptions(beta=0.5)))
     assert set(metrics) == {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
                             "logps/chosen", "logps/rejected"}
     policy = sequence_logprobs(logits, targets, rows, 3)

@@ -78,6 +78,16 @@ def test_seeds_are_points_of_their_own_with_the_seed_after_the_training_keys(tmp
     assert config.eval.seed == 0  # the evaluation's seed is not the training seed
 
 
+def test_a_methods_options_go_to_its_own_points_only(tmp_path):
+    overrides = ["objective.dpo.beta=0.5", "objective.contrastive.alpha=2", "objective.label_smoothing=0.1"]
+    points = {p.method: p for p in sweep.sweep_points(["tiny"], ["dpo", "contrastive", "sft"], overrides)}
+    for method, expected in (("dpo", ["objective.dpo.beta=0.5"]), ("contrastive", ["objective.contrastive.alpha=2"]),
+                             ("sft", [])):
+        cmd = sweep.train_command(points[method], tmp_path, "sqlite:///x.db", "e", "P", overrides, False)
+        given = [cmd[i + 1] for i, part in enumerate(cmd) if part == "--set" and cmd[i + 1].startswith("objective.")]
+        assert given == [*expected, "objective.label_smoothing=0.1"], method
+
+
 # --- settings -----------------------------------------------------------------------------------
 
 
@@ -106,7 +116,8 @@ def test_config_file_flags_and_set_split_into_sweep_and_training_keys(tmp_path):
     assert overrides[-2:] == ("train.max_steps=2", "optim.lr=0.5")
     command = sweep.train_command(Point("gpt2", "sft", 1, 1), tmp_path / "p", "sqlite:///m.db", "e", "PARENT",
                                   overrides, resume=False)
-    assert [command[i + 1] for i, a in enumerate(command) if a == "--set"] == [*overrides, "tracking.parent_run_id=PARENT"]
+    assert [command[i + 1] for i, a in enumerate(command) if a == "--set"] == [
+        *overrides, "tracking.parent_run_id=PARENT", f"train.base_eval_dir={tmp_path / sweep.BASE_EVALS}"]
 
 
 @pytest.mark.parametrize("sets, message", [

@@ -151,7 +151,7 @@ def counterfactual_records(records: list[Record], attributes: tuple[str, ...] = 
     for triples). Only texts holding a listed word are parsed, in batches."""
     unknown = sorted(set(attributes) - set(ATTRIBUTES))
     if unknown:
-        raise ValueError(f"data.cda_attributes: unknown {', '.join(unknown)}; valid: {', '.join(ATTRIBUTES)}")
+        raise ValueError(f"objective.cda.attributes: unknown {', '.join(unknown)}; valid: {', '.join(ATTRIBUTES)}")
     if not attributes:
         return list(records)
     pattern = _terms_pattern(attributes)
