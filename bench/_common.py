@@ -54,7 +54,7 @@ def scale_config(scale: str, world: int, method: str = "contrastive", workdir: s
 
 
 def load_sources(config, tokenizer):
-    """The embedded dataset as the trainer tokenizes it (cdb.train.train_loop_per_worker)."""
+    """The embedded dataset as the trainer tokenizes it (cdb.worker.prepare_sources)."""
     from cdb.data.batch import tokenize_records
     from cdb.data.entities import make_tagger
     from cdb.data.records import load_records

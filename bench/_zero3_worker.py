@@ -18,7 +18,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from cdb.data.batch import collate, assign_micro_batches, special_ids  # noqa: E402
-from cdb.engine import Strategy  # noqa: E402
+from cdb.strategy import Strategy  # noqa: E402
 from cdb.loop import micro_step  # noqa: E402
 from cdb.methods import METHODS  # noqa: E402
 from cdb.perf import current_rss_bytes, peak_memory_bytes  # noqa: E402

@@ -1,6 +1,6 @@
 """tokens/s and MFU of the contrastive objective on one GPU: a ~1.1B Llama-shaped model (TinyLlama's
 shape, random weights), bf16, ZeRO-3 at world 1, SDPA (flash-attention 2 when `flash_attn` is
-installed), through the real cdb.engine.Strategy (forward once, backward, optimizer step).
+installed), through the real cdb.strategy.Strategy (forward once, backward, optimizer step).
 
     python bench/gpu.py                 # one H200 (or any CUDA GPU); a few minutes, under 8
     python bench/gpu.py --dry-run       # CPU, tiny sizes, fp32: checks the script end to end
@@ -73,7 +73,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    import cdb.engine
+    import cdb.strategy
     from cdb.data.batch import collate
     from cdb.model import TINY as TINY_SOURCE
     from cdb.model import load_tokenizer
@@ -97,7 +97,7 @@ def main() -> None:
     def build_lm(source, dtype, attn_implementation, vocab_size, trust_remote_code=False):
         return AutoModelForCausalLM.from_config(LlamaConfig(**shape), dtype=dtype, attn_implementation=attn_implementation)
 
-    cdb.engine.build_lm = build_lm
+    cdb.strategy.build_lm = build_lm
     _common.init_single_process("gloo" if dry else "nccl")
     with tempfile.TemporaryDirectory(prefix="cdb-gpu-") as work:
         config = _common.scale_config(
@@ -108,7 +108,7 @@ def main() -> None:
                 "scale.max_target_tokens": target_len, "eval.suite": "off", "optim.lr": 1e-4})
         tokenizer = load_tokenizer(TINY_SOURCE)  # only its length and export use it; ids are synthetic
         spec = METHODS["contrastive"]
-        strategy = cdb.engine.Strategy(config, "synthetic-llama", tokenizer, 1, 0, 10_000, spec)
+        strategy = cdb.strategy.Strategy(config, "synthetic-llama", tokenizer, 1, 0, 10_000, spec)
         local, total = strategy.param_counts()
         sources = synthetic_sources((steps + warmup) * micro, positives, negatives, source_len, target_len,
                                     shape["vocab_size"], seed=0)

@@ -1,5 +1,5 @@
 """Step time (forward + backward + optimizer step) of `--method contrastive` over `--method sft` on
-the very same micro-batches, through the real cdb.engine.Strategy (ZeRO-3, world 1, gloo, CPU).
+the very same micro-batches, through the real cdb.strategy.Strategy (ZeRO-3, world 1, gloo, CPU).
 
 Both engines live in one process and run each micro-batch in turn, alternating which goes first;
 the figure is the median over micro-batches of t_contrastive / t_sft, in process CPU time (one
@@ -20,7 +20,7 @@ _common.setup_env(cpu=True)
 
 def measure(scale: str, pairs: int, warmup: int = 1) -> dict:
     from cdb.data.batch import collate, assign_micro_batches, special_ids
-    from cdb.engine import Strategy
+    from cdb.strategy import Strategy
     from cdb.loop import micro_step
     from cdb.methods import METHODS
 

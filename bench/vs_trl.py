@@ -49,7 +49,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, TrainerCallback
 
     from cdb.data.batch import IGNORE, collate, special_ids
-    from cdb.engine import Strategy
+    from cdb.strategy import Strategy
     from cdb.loop import micro_step
     from cdb.methods import METHODS
 

@@ -1,8 +1,6 @@
-"""The training loop of one rank: micro-steps, metric reduction, logging and checkpoint cadence.
-
-`run_worker` is what a Ray Train worker runs (cdb.train hands it a WorkerArgs); it needs no Ray, so
-tests run it under plain torch.distributed. The Trainer owns the loss (it asks the method's record
-for its objective); the Strategy (cdb.engine) owns DeepSpeed and every collective.
+"""The training loop of one rank, the Trainer: micro-steps, metric reduction, validation, logging and
+checkpoint cadence. It owns the loss (it asks the method's record for its objective); the Strategy
+(cdb.strategy) owns DeepSpeed and every collective; cdb.worker sets a rank up and runs it.
 """
 
 from __future__ import annotations
@@ -11,28 +9,10 @@ import os
 import sys
 import tempfile
 import time
-import warnings
-from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Callable
 
 from cdb.config import Config
-from cdb.storage import Storage
-
-
-class StopRequest:
-    """A request to checkpoint and stop that every node can read: held by a Ray actor (no CPU) that the
-    driver sets on SIGTERM/SIGINT; rank 0 reads it at every step and all-reduces it to the other ranks."""
-
-    def __init__(self):
-        self.requested = False
-
-    def request(self) -> None:
-        self.requested = True
-
-    def is_requested(self) -> bool:
-        return self.requested
 
 
 CheckpointSink = Callable[[str, dict], None]
@@ -41,22 +21,9 @@ The sink owns the directory from then on: Ray Train's asynchronous report upload
 steps run and deletes it once uploaded."""
 
 
-@dataclass(frozen=True)
-class WorkerArgs:
-    """What the driver hands every worker."""
-
-    config: Config
-    """The resolved run configuration."""
-    model_source: str
-    """Local directory (or builtin name) the model and tokenizer load from."""
-    cpu: bool
-    """Train on CPU (gloo) instead of GPUs (NCCL)."""
-    tracking_uri: str
-    """MLflow store the run lives in."""
-    run_id: str | None
-    """The MLflow run to log into; None while the server is unreachable (metrics are spooled)."""
-    torch_extensions_dir: str
-    """Where DeepSpeed's compiled ops are cached."""
+STAGING_PREFIX = "cdb-ckpt-"
+"""A step's checkpoint shard is written to a local folder <tmp>/cdb-ckpt-<pid>-<random>, then handed to
+the checkpoint sink, which uploads it and removes it."""
 
 
 class NonFiniteLoss(RuntimeError):
@@ -257,143 +224,3 @@ class Trainer:
         return False
 
 
-STAGING_PREFIX = "cdb-ckpt-"
-"""A step's checkpoint shard is written to a local folder <tmp>/cdb-ckpt-<pid>-<random>, then handed to
-the checkpoint sink, which uploads it and removes it."""
-
-
-def remove_orphaned_staging() -> list[Path]:
-    """Remove the checkpoint staging folders of processes that are gone (killed with an upload pending):
-    one rank's shard each, so on a large model's node they would fill the disk over restarts."""
-    import shutil
-
-    removed = []
-    for folder in Path(tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*-*"):
-        pid = folder.name[len(STAGING_PREFIX):].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def _worker_environment(args: WorkerArgs) -> None:
-    """Process settings that must be in place before DeepSpeed or MLflow are imported."""
-    if args.cpu:
-        os.environ["DS_ACCELERATOR"] = "cpu"
-    # A dead tracking server must cost seconds, not minutes of retries: metrics get spooled.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", args.torch_extensions_dir)
-    use_deepspeeds_ninja()
-    remove_orphaned_staging()
-    # DeepSpeed 0.19 calls collectives torch 2.13 deprecates, once per step: not the user's concern.
-    warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor).*", category=FutureWarning)
-
-
-def use_deepspeeds_ninja() -> None:
-    """Build DeepSpeed's JIT ops with the ninja DeepSpeed depends on, whatever the PATH says.
-
-    A system ninja (1.11, build log v5) and the PyPI one (1.13, log v7) each discard the other's log,
-    so processes that find different ones on PATH rebuild the op every time they alternate; a process
-    killed during a build leaves torch's lock file, and later builds wait on it forever. (`BIN_DIR` is
-    empty where the package's script is not beside the interpreter: then PATH decides.)
-    """
-    import ninja
-
-    path = os.environ.get("PATH", "")
-    if ninja.BIN_DIR and not path.startswith(ninja.BIN_DIR + os.pathsep):
-        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + path
-    extensions = os.environ.get("TORCH_EXTENSIONS_DIR")  # unset: torch's default, not cdb's cache
-    for lock in Path(extensions).glob("*/lock") if extensions else []:
-        try:
-            age = time.time() - lock.stat().st_mtime
-        except FileNotFoundError:  # its build just finished
-            continue
-        if age > 1800:
-            print(f"[cdb] warning: {lock} is {age / 60:.0f} minutes old; DeepSpeed will wait on it. If no other "
-                  "process is building that op, a killed build left it: remove the file.", file=sys.stderr, flush=True)
-
-
-def prepare_sources(config: Config, spec, tokenizer) -> tuple[list, list]:
-    """(training sources, validation sources), tokenized into rows: the run's records split
-    (data.val_share), the training ones transformed as the method asks; the held-out ones as they
-    are, so every method is validated on the same rows."""
-    from cdb.data.batch import tokenize_records
-    from cdb.data.entities import make_tagger
-    from cdb.data.records import load_records, split_validation
-    from cdb.methods import options_of
-
-    records, _ = load_records(config.data.path, config.data.split, "skip")
-    if config.data.max_records:
-        records = records[: config.data.max_records]
-    records, held_out = split_validation(records, config.data.val_share)
-    if spec.transform_records is not None:
-        records = spec.transform_records(records, options_of(config.objective))
-    scale, tagger = config.scale, make_tagger(config.data.entity_tagger)
-    return tuple(tokenize_records(part, tokenizer, tagger, scale.max_source_tokens, scale.max_target_tokens)
-                 if part else [] for part in (records, held_out))
-
-
-def export_model(strategy, storage) -> None:
-    """The trained model to the run's storage, `model/` (collective; rank 0 writes): in place into a
-    folder, or through a local staging folder into an object store."""
-    if not storage.remote:
-        strategy.export(Path(storage.path("model")))
-        return
-    with tempfile.TemporaryDirectory(prefix="cdb-model-") as local:
-        exported = strategy.export(Path(local) / "model")
-        if exported is not None:
-            storage.upload(exported, "model")
-
-
-def run_worker(args: WorkerArgs, rank: int, world: int, checkpoint, save: CheckpointSink,
-               stop_requested: Callable[[], bool]) -> bool:
-    """One rank from set-up to export; `checkpoint` (with `.as_directory()` and `.path`) to resume
-    from, or None; `stop_requested` asked by rank 0 at every step. Returns True when stopped on
-    request. Process group: the caller's (Ray Train sets it up; a test uses torchrun)."""
-    _worker_environment(args)
-    from cdb.data.batch import micro_batches_per_epoch, special_ids
-    from cdb.engine import Strategy
-    from cdb.methods import METHODS
-    from cdb.model import load_tokenizer
-    from cdb.perf import device_peak_flops
-    from cdb.tracking import SPOOL_FILE, RunLogger, system_metrics
-
-    Strategy.init_distributed(args.cpu)
-    config, scale = args.config, args.config.scale
-    spec = METHODS[config.objective.method]
-    output_dir = Path(config.train.output_dir)
-    tokenizer = load_tokenizer(args.model_source, scale.trust_remote_code)
-    sources, val_sources = prepare_sources(config, spec, tokenizer)
-    steps = total_steps(config, micro_batches_per_epoch(len(sources), scale.micro_batch, world))
-    strategy = Strategy(config, args.model_source, tokenizer, world, rank, steps, spec)
-    if rank == 0:
-        local, total = strategy.param_counts()
-        say(f"[cdb] {total:,} parameters, {local:,} on rank 0 (ZeRO-3 over {world} ranks); {steps} steps")
-    logger = RunLogger(args.tracking_uri, args.run_id, rank, output_dir / SPOOL_FILE)
-    peak = device_peak_flops("cpu" if args.cpu else strategy.device_name(), scale.precision)
-    trainer = Trainer(config, strategy, spec, sources, val_sources, special_ids(tokenizer)[2], rank, world, steps,
-                      logger, peak)
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            trainer.restore(strategy.load_checkpoint(directory))
-        if rank == 0:
-            say(f"[cdb] resumed at step {strategy.global_step} from {checkpoint.path}")
-    # After a worker-group restart the run may hold steps past the checkpoint: log none twice.
-    logger.skip_logged_steps()
-    with system_metrics(args.tracking_uri, args.run_id, config.tracking.system_metrics_interval):
-        stopped = trainer.fit(save, stop_requested)
-    if not stopped:
-        export_model(strategy, Storage.of(config))
-    strategy.close()
-    return stopped

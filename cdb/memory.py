@@ -392,7 +392,7 @@ def estimate_memory(config, gpus: int, gpu_memory_bytes: int | None, micro_batch
     When it does not fit and `suggest` is on, `message` names the first change found that fits.
     `shape`: the model's shape when the caller has it (default: `model_shape(scale.model)`).
     """
-    from cdb.engine import build_ds_config
+    from cdb.strategy import build_ds_config
 
     scale = config.scale
     cpu = scale.gpus_per_worker == 0

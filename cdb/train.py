@@ -3,7 +3,7 @@
 The driver runs named phases: resolve the config, validate (data, batches, ds_config), connect
 (Ray, the scale's resources), prepare the model (disk, memory plan), open the run (folder + MLflow),
 evaluate the starting model, fit a TorchTrainer, evaluate the result, summarise. Each worker runs
-cdb.loop.run_worker (the Trainer over cdb.engine's Strategy). With no RAY_ADDRESS a local Ray is
+cdb.worker.run_worker (the Trainer over cdb.strategy's Strategy). With no RAY_ADDRESS a local Ray is
 started; under `ray job submit` the same command joins the cluster.
 """
 
@@ -186,31 +186,6 @@ def preflight_output(config: cfg.Config, parameters: int) -> str | None:
     return None
 
 
-# --- the worker ---------------------------------------------------------------------------------
-
-
-def train_loop_per_worker(loop: dict) -> None:
-    """One Ray Train worker = one DeepSpeed rank: cdb.loop.run_worker with Ray Train's checkpoints."""
-    import ray
-    import ray.train
-
-    from cdb.loop import run_worker
-
-    context = ray.train.get_context()
-    stop = loop["stop"]
-
-    def save(directory: str, metrics: dict) -> None:
-        # Uploaded (and the local copy deleted) in the background while the next steps train; Ray
-        # Train waits for pending uploads before the worker ends, and only an uploaded checkpoint
-        # becomes the one a rerun resumes from.
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
-                         checkpoint_dir_name=f"step_{metrics['step']:07d}",
-                         checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
-
-    run_worker(loop["args"], context.get_world_rank(), context.get_world_size(), ray.train.get_checkpoint(), save,
-               lambda: ray.get(stop.is_requested.remote()))
-
-
 # --- the driver ---------------------------------------------------------------------------------
 
 
@@ -357,7 +332,7 @@ class Failure(Exception):
 def validate(config: cfg.Config) -> tuple[list, list]:
     """Everything the user gave, checked before anything is written: a bad run must not touch a good one.
     Returns (records, rejected records)."""
-    from cdb.engine import build_ds_config
+    from cdb.strategy import build_ds_config
 
     try:
         records, rejected = load_records(config.data.path, config.data.split, config.data.on_bad_record)
@@ -492,7 +467,7 @@ def make_trainer(config: cfg.Config, run: tracking.RunRecord, model_source: str,
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from cdb.loop import WorkerArgs
+    from cdb.worker import WorkerArgs, train_loop_per_worker
 
     scale, cpu, storage = config.scale, config.scale.gpus_per_worker == 0, Storage.of(config)
     args = WorkerArgs(config=config, model_source=model_source, cpu=cpu, tracking_uri=run.tracking_uri,
@@ -588,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from cdb.data.lineage import dataset_identity
-    from cdb.loop import StopRequest
+    from cdb.worker import StopRequest
 
     log_lineage(run, "training data",
                 lambda r: r.log_training_data(dataset_identity(config.data.path, config.data.split, records)))

@@ -12,8 +12,8 @@ import deepspeed  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from cdb import config as cfg  # noqa: E402
-from cdb.engine import Strategy  # noqa: E402
-from cdb.loop import use_deepspeeds_ninja  # noqa: E402
+from cdb.strategy import Strategy  # noqa: E402
+from cdb.strategy import use_deepspeeds_ninja  # noqa: E402
 from cdb.model import TINY, load_tokenizer  # noqa: E402
 from cdb.methods import METHODS  # noqa: E402
 

@@ -1,6 +1,6 @@
-"""Run by tests/test_engine.py under torchrun (2 gloo processes, no Ray): ZeRO-3 partitioning, training
+"""Run by tests/test_strategy.py under torchrun (2 gloo processes, no Ray): ZeRO-3 partitioning, training
 on a fixed batch, checkpoint save/load and export, DPO's frozen reference, and the Trainer's loop
-(cdb.loop.run_worker: logging, checkpoint cadence, stop and resume). Rank 0 writes what it saw to
+(cdb.worker.run_worker: logging, checkpoint cadence, stop and resume). Rank 0 writes what it saw to
 the JSON file in argv[1]."""
 
 import json
@@ -20,8 +20,10 @@ from cdb import config as cfg  # noqa: E402
 from cdb.data.batch import collate, special_ids, tokenize_records  # noqa: E402
 from cdb.data.entities import regex_tagger  # noqa: E402
 from cdb.data.records import load_records  # noqa: E402
-from cdb.engine import Strategy  # noqa: E402
-from cdb.loop import WorkerArgs, micro_step, run_worker, use_deepspeeds_ninja  # noqa: E402
+from cdb.strategy import Strategy  # noqa: E402
+from cdb.loop import micro_step  # noqa: E402
+from cdb.strategy import use_deepspeeds_ninja  # noqa: E402
+from cdb.worker import WorkerArgs, run_worker  # noqa: E402
 from cdb.model import TINY, cache_dir, load_tokenizer  # noqa: E402
 from cdb.methods import METHODS  # noqa: E402
 

@@ -1,5 +1,5 @@
 """Tests for cdb.config (presets, YAML, flags, --set, checks, field docs, the committed resolved
-configs, round trip) and engine.build_ds_config.
+configs, round trip) and strategy.build_ds_config.
 
 No DeepSpeed or Ray is imported: build_ds_config only reads JSON from cdb/ds_configs/.
 """
@@ -20,7 +20,7 @@ import yaml
 from cdb import config as cfg
 from cdb import settings
 from cdb.config import Config, ConfigError, from_dict, resolve
-from cdb.engine import DS_CONFIG_DIR, build_ds_config
+from cdb.strategy import DS_CONFIG_DIR, build_ds_config
 from cdb.scales import ALIASES, SCALES
 
 from conftest import REPO

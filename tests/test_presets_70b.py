@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from cdb.config import resolve
-from cdb.engine import DS_CONFIG_DIR
+from cdb.strategy import DS_CONFIG_DIR
 from cdb.memory import GiB, estimate_memory
 from cdb.scales import SCALES
 

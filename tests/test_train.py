@@ -256,7 +256,7 @@ def test_workers_build_deepspeed_ops_with_one_ninja_and_name_a_stale_lock(tmp_pa
 
     import ninja
 
-    from cdb.loop import use_deepspeeds_ninja
+    from cdb.strategy import use_deepspeeds_ninja
 
     (tmp_path / "deepspeed_shm_comm").mkdir()
     lock = tmp_path / "deepspeed_shm_comm" / "lock"
@@ -284,7 +284,7 @@ def test_workers_build_deepspeed_ops_with_one_ninja_and_name_a_stale_lock(tmp_pa
 def test_checkpoint_staging_of_a_killed_process_is_removed_at_the_next_start(tmp_path, monkeypatch):
     import tempfile
 
-    from cdb.loop import STAGING_PREFIX, remove_orphaned_staging
+    from cdb.worker import STAGING_PREFIX, remove_orphaned_staging
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     gone = subprocess.Popen([sys.executable, "-c", "pass"])

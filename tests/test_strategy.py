@@ -74,7 +74,7 @@ def test_dpo_reference_is_a_frozen_sharded_engine(zero3_run):
 
 
 def test_trainer_stops_on_request_and_resumes_without_gaps(zero3_run):
-    """cdb.loop.run_worker without Ray: checkpoint cadence, a stop request, a resume, one metric per step."""
+    """cdb.worker.run_worker without Ray: checkpoint cadence, a stop request, a resume, one metric per step."""
     trainer = zero3_run[0]["trainer"]
     assert trainer["stopped"] is True and trainer["exported_after_stop"] is False  # stopped runs export nothing
     assert trainer["resumed_stopped"] is False and trainer["exported"]

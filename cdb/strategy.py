@@ -1,6 +1,7 @@
 """The DeepSpeed strategy: the one place that touches DeepSpeed and torch.distributed.
 
-It builds the ZeRO-3 config from a cdb/ds_configs/ file and the scale, builds LM (+ contrast head, +
+`deepspeed_environment` readies a rank's process for DeepSpeed (CPU accelerator, JIT op builds with
+DeepSpeed's own ninja). The Strategy builds the ZeRO-3 config from a cdb/ds_configs/ file and the scale, builds LM (+ contrast head, +
 frozen reference, as the method's record asks) so that no rank materialises the whole model, owns
 the optimizer, schedule, clipping, the collectives, checkpointing and the HF export. It chooses no
 loss: the Trainer (cdb.loop) computes the method's objective from `forward`'s outputs.
@@ -12,7 +13,10 @@ import json
 import os
 import random
 import shutil
+import sys
 import tempfile
+import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +27,43 @@ from cdb.config import Config, ConfigError
 from cdb.model import DTYPES, ContrastiveLM, build_lm, disable_dropout
 from cdb.methods import Method
 from cdb.objective import ContrastHead
+
+def deepspeed_environment(cpu: bool, torch_extensions_dir: str) -> None:
+    """Process settings that must be in place before DeepSpeed (or MLflow) is imported in a rank."""
+    if cpu:
+        os.environ["DS_ACCELERATOR"] = "cpu"
+    # A dead tracking server must cost seconds, not minutes of retries: metrics get spooled.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", torch_extensions_dir)
+    use_deepspeeds_ninja()
+    # DeepSpeed 0.19 calls collectives torch 2.13 deprecates, once per step: not the user's concern.
+    warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor).*", category=FutureWarning)
+
+
+def use_deepspeeds_ninja() -> None:
+    """Build DeepSpeed's JIT ops with the ninja DeepSpeed depends on, whatever the PATH says.
+
+    A system ninja (1.11, build log v5) and the PyPI one (1.13, log v7) each discard the other's log,
+    so processes that find different ones on PATH rebuild the op every time they alternate; a process
+    killed during a build leaves torch's lock file, and later builds wait on it forever. (`BIN_DIR` is
+    empty where the package's script is not beside the interpreter: then PATH decides.)
+    """
+    import ninja
+
+    path = os.environ.get("PATH", "")
+    if ninja.BIN_DIR and not path.startswith(ninja.BIN_DIR + os.pathsep):
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + path
+    extensions = os.environ.get("TORCH_EXTENSIONS_DIR")  # unset: torch's default, not cdb's cache
+    for lock in Path(extensions).glob("*/lock") if extensions else []:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:  # its build just finished
+            continue
+        if age > 1800:
+            print(f"[cdb] warning: {lock} is {age / 60:.0f} minutes old; DeepSpeed will wait on it. If no other "
+                  "process is building that op, a killed build left it: remove the file.", file=sys.stderr, flush=True)
+
 
 DS_CONFIG_DIR = Path(__file__).resolve().parent / "ds_configs"
 """The shipped DeepSpeed configs, package data so that a non-editable install has them."""
