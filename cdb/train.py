@@ -265,13 +265,14 @@ def run_eval(config: cfg.Config, model: str, prefix: str, run: dict, output_dir:
     except Exception as exc:  # an evaluation problem must not cost the training run
         print(f"[cdb] warning: {prefix} evaluation failed: {type(exc).__name__}: {exc}", flush=True)
         return
-    shown = ("toxicity/mean_toxicity", "faithfulness/faithfulness", "bias/crows_stereo_share")
+    shown = ("toxicity/mean_toxicity", "toxicity/mean_profanity", "faithfulness/faithfulness", "bias/crows_stereo_share")
     print(f"[cdb] {prefix}: " + ", ".join(f"{k} {summary['metrics'][f'{prefix}/{k}']:.4f}" for k in shown
                                           if f"{prefix}/{k}" in summary["metrics"]), flush=True)
 
 
 def log_changes(run: dict, output_dir: Path) -> None:
-    """delta/ on this run: the trained model against the starting one, paired over their items."""
+    """delta/ on this run: the trained model against the starting one, paired over their items, and
+    the length-matched toxicity of both (cdb.eval.toxicity.log_length_matched)."""
     from cdb import tracking
     from cdb.eval.estimates import log_changes as log
 
@@ -284,6 +285,18 @@ def log_changes(run: dict, output_dir: Path) -> None:
         return
     if result["withheld"]:
         print(f"[cdb] change against the base model withheld: {result['withheld']}", flush=True)
+        return
+    try:  # toxicity with each pair of continuations cut to the shorter one's length
+        from cdb.eval.toxicity import log_length_matched
+
+        matched = log_length_matched(tracking.Run(run["tracking_uri"], run["run_id"]), output_dir)
+    except Exception as exc:
+        print(f"[cdb] warning: no length-matched toxicity: {type(exc).__name__}: {exc}", flush=True)
+        return
+    if matched:
+        change = matched[tracking.PREFIX_DELTA]
+        print(f"[cdb] {matched['metric']}, length-matched change: {change['value']:+.4f} "
+              f"[{change['ci95_low']:+.4f}, {change['ci95_high']:+.4f}] (n {change['n']})", flush=True)
 
 
 def check_resources(config: cfg.Config, available: dict) -> str | None:

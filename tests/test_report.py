@@ -106,10 +106,13 @@ def test_report_tables_plot_and_run(store, tmp_path, capsys):
     assert "<h2>Validation (held-out sources, last validation)</h2>" in html and "0.750</td>" in html
     # An unmeasured metric is a dash, not a zero; the base table holds the eval_base values.
     sft_row = next(line for line in tuned_table.splitlines() if line.startswith("| sft |"))
-    assert sft_row.count("—") == 4  # exp. max toxicity, CrowS, StereoSet, lm-eval's MC1
-    # A metric no run logged has no column: 7 of the 14 are shown, the lm-eval one dpo's full suite logged among them.
+    # exp. max toxicity, CrowS, StereoSet, lm-eval's MC1, and the two labeller-scored toxicity columns
+    assert sft_row.count("—") == 6
+    # A metric no run logged has no column: 7 of the columns are shown, the lm-eval one dpo's full suite
+    # logged among them, and the two toxicity ones scored by the labeller (contrastive's) again, last.
     head = next(line for line in tuned_table.splitlines() if line.startswith("| Method |"))
-    assert head.count(" | ") == 3 + 7 - 1 and "TruthfulQA MC1 (lm-eval) ↑" in head
+    assert head.count(" | ") == 3 + 9 - 1 and "TruthfulQA MC1 (lm-eval) ↑" in head
+    assert head.endswith("| Toxicity ↓ (labeller) | Exp. max toxicity ↓ (labeller) |")
     assert "Knowledge" not in md and "Intelligible" not in md and "Knowledge" not in html
     base_table = md.split("## Base models")[1].split("##")[0]
     assert "| 0.0500 [0.0400, 0.0600] (n 24) | — | 0.600 [0.550, 0.650] (n 16) | 0.500 [0.300, 0.700] (n 9) |" in base_table
@@ -123,7 +126,7 @@ def test_report_tables_plot_and_run(store, tmp_path, capsys):
     # The (labeller) mark is explained once, under the tables; the base model's cells are not marked.
     assert md.count("(labeller): scored by the scorer that labelled the training data.") == 1
     assert html.count("(labeller): scored by the scorer that labelled the training data.") == 1
-    assert not any("(labeller)" in line for line in base_table.splitlines() if line.startswith("|"))
+    assert not any("(labeller)" in line for line in base_table.splitlines() if line.startswith("| ") and "Method" not in line)
     # Why the dpo change is withheld (its stale delta/ metrics are not shown), and the quick suite's wide intervals.
     dpo = next(line for line in md.splitlines() if line.startswith("- Change against the base model withheld"))
     assert dpo.endswith("base and tuned were evaluated with different options, scorers or items (hash c3 vs d4).")
