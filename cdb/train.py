@@ -270,9 +270,10 @@ def run_eval(config: cfg.Config, model: str, prefix: str, run: dict, output_dir:
                                           if f"{prefix}/{k}" in summary["metrics"]), flush=True)
 
 
-def log_changes(run: dict, output_dir: Path) -> None:
+def log_changes(run: dict, output_dir: Path, gpus: int = 0) -> None:
     """delta/ on this run: the trained model against the starting one, paired over their items, and
-    the length-matched toxicity of both (cdb.eval.toxicity.log_length_matched)."""
+    the length-matched toxicity of both (cdb.eval.toxicity.log_length_matched; its cut texts scored
+    in a Ray task with `gpus` GPUs, as an evaluation is)."""
     from cdb import tracking
     from cdb.eval.estimates import log_changes as log
 
@@ -287,9 +288,11 @@ def log_changes(run: dict, output_dir: Path) -> None:
         print(f"[cdb] change against the base model withheld: {result['withheld']}", flush=True)
         return
     try:  # toxicity with each pair of continuations cut to the shorter one's length
-        from cdb.eval.toxicity import log_length_matched
+        from cdb.eval.remote import on_cluster
+        from cdb.eval.toxicity import log_length_matched, score_length_matched
 
-        matched = log_length_matched(tracking.Run(run["tracking_uri"], run["run_id"]), output_dir)
+        score = on_cluster(score_length_matched, gpus)  # on an evaluation's resources, off the driver
+        matched = log_length_matched(tracking.Run(run["tracking_uri"], run["run_id"]), output_dir, score)
     except Exception as exc:
         print(f"[cdb] warning: no length-matched toxicity: {type(exc).__name__}: {exc}", flush=True)
         return
@@ -614,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
         # In an object store, the evaluation task fetches the model to its own node.
         run_eval(config, storage.uri("model") if storage.remote else storage.path("model"), tracking.PREFIX_EVAL,
                  run, output_dir)
-        log_changes(run, output_dir)
+        log_changes(run, output_dir, config.scale.gpus_per_worker)
     finish(config, run, "FINISHED")
     print_summary(config, run, result, time.perf_counter() - started, rss_before_eval)
     return 0

@@ -22,7 +22,7 @@ Each metric per prompt in `items` (the prompt's mean, max, and 0/1), so n, inter
 over prompts. A base and a tuned evaluation give one more, length_matched(): `mean_{m}_length_matched`,
 each pair of continuations (sample j of a prompt, base and tuned) scored on its first L words, L the
 shorter of the two, so that ending sooner does not read as being cleaner (a training run logs it
-beside its delta/ metrics: log_length_matched).
+beside its delta/ metrics, log_length_matched, scored in a Ray task: its driver loads no model).
 Tags: prompt_set (where the prompts came from and what was left out), labeller_metrics.
 Samples: `prompt` (the dataset's), `fed_prompt` (what the model was given after [BOS]: the
 instruction + prompt under decoding instructive), `output` (the continuation only), `finish`,
@@ -221,28 +221,40 @@ def read_samples(folder: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def log_length_matched(run, output_dir: Path) -> dict[str, Any] | None:
+def score_length_matched(spec: str, device: str, base: Sequence[dict[str, Any]],
+                         tuned: Sequence[dict[str, Any]]) -> tuple[Items, Items, str, str]:
+    """length_matched() with the instrument `spec` on `device` ("auto": cuda where this process has a
+    GPU): (base items, tuned items, the scorer's "name@version", its measure). What log_length_matched
+    runs, in this process or (a training run's driver loads no model) in a Ray task."""
+    from cdb.eval import resolve_device
+    from cdb.scoring import toxicity_scorer
+
+    scorer = toxicity_scorer(spec, device=resolve_device(device))
+    base_items, tuned_items = length_matched(base, tuned, scorer)
+    return base_items, tuned_items, f"{scorer.name}@{scorer.version}", scorer.measure
+
+
+def log_length_matched(run, output_dir: Path, score=score_length_matched) -> dict[str, Any] | None:
     """length_matched() of OUTPUT_DIR's eval_base/ and eval/ into `run`: eval_base/, eval/ and
     delta/toxicity/mean_{measure}_length_matched with their n and interval, and OUTPUT_DIR/
-    LENGTH_MATCHED_FILE. None when there is nothing to match: the two evaluations are not comparable
-    (their change is withheld, and says why) or ran no toxicity task."""
+    LENGTH_MATCHED_FILE. `score`: score_length_matched, or the same run elsewhere (cdb.train: a Ray
+    task with an evaluation's resources). None when there is nothing to match: the two evaluations
+    are not comparable (their change is withheld, and says why) or ran no toxicity task."""
     from cdb import tracking
-    from cdb.eval import estimates, resolve_device
-    from cdb.scoring import toxicity_scorer
+    from cdb.eval import estimates
 
     base_dir, tuned_dir = output_dir / tracking.PREFIX_EVAL_BASE, output_dir / tracking.PREFIX_EVAL
     base_summary, tuned_summary = (json.loads((d / "eval.json").read_text(encoding="utf-8")) for d in (base_dir, tuned_dir))
     if base_summary["options_hash"] != tuned_summary["options_hash"] or "toxicity" not in tuned_summary["scorers"]:
         return None
-    base, tuned = read_samples(base_dir), read_samples(tuned_dir)
     options = tuned_summary["options"]
-    scorer = toxicity_scorer(options["toxicity_scorer"], device=resolve_device(options["device"]))
-    if f"{scorer.name}@{scorer.version}" != tuned_summary["scorers"]["toxicity"]:
+    base_items, tuned_items, used, measure = score(options["toxicity_scorer"], options["device"],
+                                                   read_samples(base_dir), read_samples(tuned_dir))
+    if used != tuned_summary["scorers"]["toxicity"]:
         raise ValueError(f"length-matched toxicity: the evaluations used {tuned_summary['scorers']['toxicity']}, "
-                         f"this process has {scorer.name}@{scorer.version}")
-    base_items, tuned_items = length_matched(base, tuned, scorer)
-    name = f"{ToxicityTask.name}/mean_{scorer.measure}_length_matched"
-    result: dict[str, Any] = {"metric": name, "scorer": tuned_summary["scorers"]["toxicity"]}
+                         f"the scoring here has {used}")
+    name = f"{ToxicityTask.name}/mean_{measure}_length_matched"
+    result: dict[str, Any] = {"metric": name, "scorer": used}
     metrics: dict[str, float] = {}
     for prefix, items in ((tracking.PREFIX_EVAL_BASE, base_items), (tracking.PREFIX_EVAL, tuned_items),
                           (tracking.PREFIX_DELTA, None)):
