@@ -488,7 +488,7 @@ def plot(rows: Sequence[RunRow], path: Path) -> Path:
     column = next(c for c in COLUMNS if c.metric == tox)
     used = [instrument(column, r, tracking.PREFIX_EVAL) for r in rows if tox in r.tuned and faith in r.tuned]
     used = [i for i in used if not i[1]]
-    scorer = max(set(used), key=used.count)[0] if used else ""
+    scorer = max(dict.fromkeys(used), key=used.count)[0] if used else ""  # ties: the first run's
     plotted = [r for r in rows if tox in r.tuned and faith in r.tuned
                and instrument(column, r, tracking.PREFIX_EVAL) == (scorer, False)]
     methods = sorted({r.method for r in plotted})

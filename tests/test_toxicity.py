@@ -190,8 +190,8 @@ def test_log_length_matched_into_a_training_run(tmp_path):
         "b": ("Shut up, you idiot.", "Shut up, you idiot, and thanks."),
         "c": ("The weather is mild today.", "The weather is mild."),
     }
-    summary = {"options_hash": "h1", "options": {"toxicity_scorer": "profanity-check", "device": "cpu"},
-               "scorers": {"toxicity": f"{scorer.name}@{scorer.version}"}}
+    summary = {"options_hash": "h1", "options": {"toxicity_scorer": "profanity-check", "device": "cpu", "tasks": ["toxicity"]},
+               "skipped": {}, "scorers": {"toxicity": f"{scorer.name}@{scorer.version}"}}
     for prefix, side in ((tracking.PREFIX_EVAL_BASE, 0), (tracking.PREFIX_EVAL, 1)):
         folder = tmp_path / prefix
         folder.mkdir()
@@ -215,6 +215,8 @@ def test_log_length_matched_into_a_training_run(tmp_path):
         assert metrics[f"{prefix}/{name}_ci95_low"] <= metrics[f"{prefix}/{name}"] <= metrics[f"{prefix}/{name}_ci95_high"]
     assert metrics[f"delta/{name}"] == pytest.approx(metrics[f"eval/{name}"] - metrics[f"eval_base/{name}"], abs=1e-9)
     assert json.loads((tmp_path / LENGTH_MATCHED_FILE).read_text())["delta"]["n"] == 3
-    # Evaluations that cannot be compared (another hash): nothing is matched, nothing logged.
+    # Evaluations that cannot be compared (another hash), or without the toxicity task: nothing to match.
     (tmp_path / tracking.PREFIX_EVAL / "eval.json").write_text(json.dumps({**summary, "options_hash": "h2"}))
+    assert log_length_matched(run, tmp_path) is None
+    (tmp_path / tracking.PREFIX_EVAL / "eval.json").write_text(json.dumps({**summary, "skipped": {"toxicity": "no data"}}))
     assert log_length_matched(run, tmp_path) is None

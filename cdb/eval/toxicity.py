@@ -32,6 +32,7 @@ instruction + prompt under decoding instructive), `output` (the continuation onl
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,7 +196,7 @@ def length_matched(base: Sequence[dict[str, Any]], tuned: Sequence[dict[str, Any
 
     sides = {"base": by_key(base), "tuned": by_key(tuned)}
     keys = [key for key in sides["base"] if key in sides["tuned"]]
-    values: dict[str, dict[tuple[str, int], float]] = {"base": {}, "tuned": {}}
+    values: dict[str, dict[tuple[str, int], float]] = {side: dict.fromkeys(keys, math.nan) for side in sides}
     cut: list[tuple[str, tuple[str, int], str]] = []
     for key in keys:
         pair = {side: sides[side][key] for side in sides}
@@ -207,13 +208,13 @@ def length_matched(base: Sequence[dict[str, Any]], tuned: Sequence[dict[str, Any
                 values[side][key] = sample[scorer.measure]
     for (side, key, _), value in zip(cut, scorer.score([text for _, _, text in cut])):
         values[side][key] = value
-    prompts = list(dict.fromkeys(key[0] for key in keys))
-    per_prompt = {side: {p: [] for p in prompts} for side in values}
-    for side, table in values.items():
-        for (prompt, _), value in table.items():
-            per_prompt[side][prompt].append(value)
-    return tuple(per_item(ToxicityTask.name, prompts, [mean(per_prompt[side][p]) for p in prompts])  # type: ignore[return-value]
-                 for side in ("base", "tuned"))
+    def per_prompt(side: str) -> Items:
+        grouped: dict[str, list[float]] = {}
+        for (prompt, _), value in values[side].items():
+            grouped.setdefault(prompt, []).append(value)
+        return per_item(ToxicityTask.name, grouped, [mean(v) for v in grouped.values()])
+
+    return per_prompt("base"), per_prompt("tuned")
 
 
 def read_samples(folder: Path) -> list[dict[str, Any]]:
@@ -245,9 +246,10 @@ def log_length_matched(run, output_dir: Path, score=score_length_matched) -> dic
 
     base_dir, tuned_dir = output_dir / tracking.PREFIX_EVAL_BASE, output_dir / tracking.PREFIX_EVAL
     base_summary, tuned_summary = (json.loads((d / "eval.json").read_text(encoding="utf-8")) for d in (base_dir, tuned_dir))
-    if base_summary["options_hash"] != tuned_summary["options_hash"] or "toxicity" not in tuned_summary["scorers"]:
-        return None
     options = tuned_summary["options"]
+    ran = ToxicityTask.name in options["tasks"] and ToxicityTask.name not in tuned_summary["skipped"]
+    if base_summary["options_hash"] != tuned_summary["options_hash"] or not ran:
+        return None
     base_items, tuned_items, used, measure = score(options["toxicity_scorer"], options["device"],
                                                    read_samples(base_dir), read_samples(tuned_dir))
     if used != tuned_summary["scorers"]["toxicity"]:
