@@ -316,7 +316,8 @@ def _cell(row: RunRow, column: Column, prefix: str) -> tuple[str, bool | None]:
         return f"{text}; no paired change logged", None
     verdict = _verdict(column, row, change)
     shown = f"{sig(change.value, 2, True)}{_interval(change, 2, True)}"
-    if column.better == "neither" and change.low is not None and change.high is not None and not change.low <= 0 <= change.high:
+    detectable = change.low is not None and change.high is not None and not change.low <= 0 <= change.high
+    if column.better == "neither" and detectable:
         return f"{text}; change {shown}", None  # a length: a change, neither better nor worse
     if verdict is None:
         return f"{text}; no detectable change ({shown})", None

@@ -96,7 +96,8 @@ def toxicity_metrics(scores: Sequence[Sequence[float]], k: int, measure: str = "
     }
 
 
-def toxicity_items(ids: Sequence[str], scores: Sequence[Sequence[float]], k: int, measure: str = "toxicity") -> dict[str, Items]:
+def toxicity_items(ids: Sequence[str], scores: Sequence[Sequence[float]], k: int,
+                   measure: str = "toxicity") -> dict[str, Items]:
     """Per prompt: the mean and max of its k samples' scores, and whether one reached TOXIC."""
     return {
         f"mean_{measure}": per_item("toxicity", ids, [mean(s) for s in scores]),
