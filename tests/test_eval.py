@@ -419,7 +419,8 @@ def test_evaluate_end_to_end_into_sqlite_mlflow(tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.tags["cdb.model"] == TINY and run.data.tags["cdb.method"] == "eval"
     expected = ["eval/toxicity/mean_toxicity", "eval/toxicity/expected_max_toxicity_at2",
-                "eval/toxicity/toxicity_probability_at2", "eval/faithfulness/similarity_minilm",
+                "eval/toxicity/toxicity_probability_at2", "eval/toxicity/mean_profanity",
+                "eval/toxicity/expected_max_profanity_at2", "eval/toxicity/mean_words", "eval/faithfulness/similarity_minilm",
                 "eval/faithfulness/summary_toxicity", "eval/truthfulqa/mc1",
                 "eval/truthfulqa/mc2", "eval/knowledge/accuracy", "eval/bias/crows_stereo_share",
                 "eval/bias/stereoset_icat", "eval/intelligibility/intelligible", "eval/intelligibility/faithfulness/ended"]
@@ -448,17 +449,22 @@ def test_evaluate_end_to_end_into_sqlite_mlflow(tmp_path):
     assert items["options_hash"] == on_disk["options_hash"] == run.data.tags["cdb.eval.options_hash"]
     crows = items["metrics"]["bias/crows_stereo_share"]
     assert crows["kind"] == "share" and len(crows["values"]) == 3 and set(crows["values"].values()) <= {0.0, 1.0}
-    assert on_disk["skipped"] == {} and on_disk["scorers"]["toxicity"].startswith("profanity-check@")
+    assert on_disk["skipped"] == {} and on_disk["scorers"]["toxicity"].startswith("tox-block@")
+    assert on_disk["scorers"]["profanity"].startswith("profanity-check@")  # the labeller, beside it
     # Faithfulness judges summaries that name entities: the tiny random model's may name none (undefined).
     assert ("eval/faithfulness/faithfulness" in on_disk["metrics"]
             or on_disk["undefined"]["eval/faithfulness/faithfulness"] == "no summary names an entity")
     # Numbers scored by the scorers that labelled the embedded dataset are marked so, on the run too.
-    assert run.data.tags["cdb.eval.faithfulness.labeller_metrics"] == "similarity_minilm,summary_toxicity"
-    assert "expected_max_toxicity_at2" in run.data.tags["cdb.eval.toxicity.labeller_metrics"].split(",")
+    # The evaluator is never the labeller by default: toxicity is not marked, profanity (its labeller) is.
+    assert run.data.tags["cdb.eval.faithfulness.labeller_metrics"] == "similarity_minilm"
+    assert set(run.data.tags["cdb.eval.toxicity.labeller_metrics"].split(",")) == {
+        "mean_profanity", "expected_max_profanity_at2", "profanity_probability_at2"}
     assert run.data.tags["cdb.eval.toxicity.prompt_set"] == on_disk["tags"]["toxicity.prompt_set"]
     assert "from pages of the embedded dataset left out" in on_disk["tags"]["toxicity.prompt_set"]
     samples = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
     assert sum(s["task"] == "toxicity" for s in samples) == 3 * 2  # 3 prompts x 2 samples (the quick suite's k)
+    continuation = next(s for s in samples if s["task"] == "toxicity")
+    assert {"toxicity", "profanity", "words"} <= set(continuation) and continuation["words"] == len(continuation["output"].split())
     assert {s["task"] for s in samples} == {"toxicity", "faithfulness", "truthfulqa", "knowledge", "bias", "intelligibility"}
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
     assert artifacts == {"eval/eval.json", "eval/samples.jsonl", "eval/items.json"}

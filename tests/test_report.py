@@ -106,10 +106,13 @@ def test_report_tables_plot_and_run(store, tmp_path, capsys):
     assert "<h2>Validation (held-out sources, last validation)</h2>" in html and "0.750</td>" in html
     # An unmeasured metric is a dash, not a zero; the base table holds the eval_base values.
     sft_row = next(line for line in tuned_table.splitlines() if line.startswith("| sft |"))
-    assert sft_row.count("—") == 4  # exp. max toxicity, CrowS, StereoSet, lm-eval's MC1
-    # A metric no run logged has no column: 7 of the 14 are shown, the lm-eval one dpo's full suite logged among them.
+    # exp. max toxicity, CrowS, StereoSet, lm-eval's MC1, and the two labeller-scored toxicity columns
+    assert sft_row.count("—") == 6
+    # A metric no run logged has no column: 7 of the columns are shown, the lm-eval one dpo's full suite
+    # logged among them, and the two toxicity ones scored by the labeller (contrastive's) again, last.
     head = next(line for line in tuned_table.splitlines() if line.startswith("| Method |"))
-    assert head.count(" | ") == 3 + 7 - 1 and "TruthfulQA MC1 (lm-eval) ↑" in head
+    assert head.count(" | ") == 3 + 9 - 1 and "TruthfulQA MC1 (lm-eval) ↑" in head
+    assert head.endswith("| Toxicity ↓ (labeller) | Exp. max toxicity ↓ (labeller) |")
     assert "Knowledge" not in md and "Intelligible" not in md and "Knowledge" not in html
     base_table = md.split("## Base models")[1].split("##")[0]
     assert "| 0.0500 [0.0400, 0.0600] (n 24) | — | 0.600 [0.550, 0.650] (n 16) | 0.500 [0.300, 0.700] (n 9) |" in base_table
@@ -123,7 +126,7 @@ def test_report_tables_plot_and_run(store, tmp_path, capsys):
     # The (labeller) mark is explained once, under the tables; the base model's cells are not marked.
     assert md.count("(labeller): scored by the scorer that labelled the training data.") == 1
     assert html.count("(labeller): scored by the scorer that labelled the training data.") == 1
-    assert not any("(labeller)" in line for line in base_table.splitlines() if line.startswith("|"))
+    assert not any("(labeller)" in line for line in base_table.splitlines() if line.startswith("| ") and "Method" not in line)
     # Why the dpo change is withheld (its stale delta/ metrics are not shown), and the quick suite's wide intervals.
     dpo = next(line for line in md.splitlines() if line.startswith("- Change against the base model withheld"))
     assert dpo.endswith("base and tuned were evaluated with different options, scorers or items (hash c3 vs d4).")
@@ -205,3 +208,96 @@ def test_the_training_runs_filter_selects_exactly_the_training_runs(tmp_path):
     report_run = client.get_run(result["run_id"])
     assert tracking.TAG_PARENT_RUN not in report_run.data.tags
     assert {a.path for a in client.list_artifacts(result["run_id"])} == {"report.md", "report.html", "alignment_tax.png"}
+
+
+# ---- toxicity columns keyed by the instrument; runs logged under the earlier names -------------------
+PROFANITY_CHECK = "profanity-check@alt-profanity-check==1.9.1"
+
+
+def test_earlier_runs_profanity_numbers_read_under_the_profanity_names():
+    from cdb.report import profanity_names
+
+    metrics = {"eval/toxicity/mean_toxicity": 0.9, "eval/toxicity/mean_toxicity_n": 24.0,
+               "eval/toxicity/toxic_prompts/toxicity_probability_at2": 0.5, "eval/faithfulness/summary_toxicity": 0.4,
+               "eval/intelligibility/toxicity/ended": 0.3, "delta/toxicity/expected_max_toxicity_at2_ci95_low": -0.1,
+               "eval_base/toxicity/mean_toxicity": 0.8}
+    tags = {"cdb.eval.scorer.toxicity": PROFANITY_CHECK, "cdb.eval_base.scorer.toxicity": "tox-block@tox-block==0.1.2",
+            "cdb.eval.toxicity.labeller_metrics": "mean_toxicity,expected_max_toxicity_at2",
+            "cdb.eval.faithfulness.labeller_metrics": "similarity_minilm,summary_toxicity",
+            "cdb.eval.undefined.toxicity/nontoxic_prompts/mean_toxicity": "no item defines it"}
+    renamed, retagged = profanity_names(metrics, tags)
+    assert renamed == {"eval/toxicity/mean_profanity": 0.9, "eval/toxicity/mean_profanity_n": 24.0,
+                       "eval/toxicity/toxic_prompts/profanity_probability_at2": 0.5,
+                       "eval/faithfulness/summary_profanity": 0.4, "eval/intelligibility/toxicity/ended": 0.3,
+                       "delta/toxicity/expected_max_profanity_at2_ci95_low": -0.1,
+                       "eval_base/toxicity/mean_toxicity": 0.8}  # eval_base/ was scored by a classifier
+    assert retagged == {"cdb.eval.scorer.profanity": PROFANITY_CHECK,
+                        "cdb.eval_base.scorer.toxicity": "tox-block@tox-block==0.1.2",
+                        "cdb.eval.toxicity.labeller_metrics": "mean_profanity,expected_max_profanity_at2",
+                        "cdb.eval.faithfulness.labeller_metrics": "similarity_minilm,summary_profanity",
+                        "cdb.eval.undefined.toxicity/nontoxic_prompts/mean_profanity": "no item defines it"}
+    assert profanity_names(renamed, retagged) == (renamed, retagged)  # current names stay as they are
+
+
+def test_toxicity_columns_are_keyed_by_instrument_and_the_labeller_never_headlines(tmp_path):
+    """Three runs: one logged before metrics were named by their instrument (profanity-check's numbers
+    as toxicity), one with tox-block beside profanity-check (the labeller) and the length measures, one
+    with the authors' RoBERTa. Each instrument gets its own column, named; the labeller's come last."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("tox", artifact_location=(tmp_path / "mlartifacts").as_uri())
+    roberta = "hf:s-nlp/roberta_toxicity_classifier"
+    runs = {  # method -> (tags on eval/ and eval_base/, eval_base/ metrics, eval/ metrics, delta/ metrics)
+        "earlier": ({"scorer.toxicity": PROFANITY_CHECK, "toxicity.labeller_metrics": "mean_toxicity"},
+                    {"toxicity/mean_toxicity": (0.5, 24, 0.4, 0.6)}, {"toxicity/mean_toxicity": (0.2, 24, 0.1, 0.3)},
+                    {"toxicity/mean_toxicity": (-0.3, 24, -0.4, -0.2)}),
+        "sft": ({"scorer.toxicity": "tox-block@tox-block==0.1.2", "scorer.profanity": PROFANITY_CHECK,
+                 "toxicity.labeller_metrics": "mean_profanity"},
+                {"toxicity/mean_toxicity": (0.3, 24, 0.2, 0.4), "toxicity/mean_profanity": (0.6, 24, 0.5, 0.7),
+                 "toxicity/mean_toxicity_length_matched": (0.3, 24, 0.2, 0.4), "toxicity/mean_words": (18.0, 24, 17.0, 19.0),
+                 "intelligibility/toxicity/ended": (0.1, 48, 0.04, 0.2)},
+                {"toxicity/mean_toxicity": (0.25, 24, 0.15, 0.35), "toxicity/mean_profanity": (0.1, 24, 0.05, 0.15),
+                 "toxicity/mean_toxicity_length_matched": (0.29, 24, 0.19, 0.39), "toxicity/mean_words": (9.0, 24, 8.0, 10.0),
+                 "intelligibility/toxicity/ended": (0.6, 48, 0.46, 0.73)},
+                {"toxicity/mean_toxicity": (-0.05, 24, -0.09, -0.01), "toxicity/mean_profanity": (-0.5, 24, -0.6, -0.4),
+                 "toxicity/mean_toxicity_length_matched": (-0.01, 24, -0.05, 0.03), "toxicity/mean_words": (-9.0, 24, -10.0, -8.0),
+                 "intelligibility/toxicity/ended": (0.5, 48, 0.3, 0.65)}),
+        "dpo": ({"scorer.toxicity": f"{roberta}@0123456789ab"},
+                {"toxicity/mean_toxicity": (0.02, 24, 0.01, 0.03)}, {"toxicity/mean_toxicity": (0.01, 24, 0.005, 0.02)},
+                {"toxicity/mean_toxicity": (-0.01, 24, -0.02, 0.0)}),
+    }
+    for i, (method, (eval_tags, *sides)) in enumerate(runs.items()):
+        tags = {"cdb.method": method, "cdb.scale": "smol-135m"}
+        tags.update({f"cdb.{prefix}.{k}": v for prefix in ("eval", "eval_base") for k, v in eval_tags.items()})
+        run = client.create_run(experiment, run_name=method, tags=tags, start_time=i)
+        metrics = [Metric(f"{prefix}/{name}{suffix}", number, 0, 0)
+                   for prefix, values in zip(("eval_base", "eval", "delta"), sides) for name, (value, n, low, high) in values.items()
+                   for suffix, number in (("", value), ("_n", n), ("_ci95_low", low), ("_ci95_high", high))]
+        client.log_batch(run.info.run_id, metrics=metrics)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    out = tmp_path / "report"
+    report("tox", out, uri)
+    md = (out / "report.md").read_text()
+    tuned = md.split("## Tuned models")[1].split("## Base models")[0].splitlines()
+    head = [cell.strip() for cell in next(line for line in tuned if line.startswith("| Method |")).strip("|").split("|")]
+    assert head[3:] == [f"Toxicity ↓ ({roberta})", "Toxicity ↓ (tox-block)", "Toxicity, length-matched ↓ (tox-block)",
+                        "Words per continuation", "Ended early (toxicity)", "Profanity ↓ (profanity-check, labeller)"]
+    rows = {cells[0]: dict(zip(head, cells)) for line in tuned if line.startswith("| ") and "Method" not in line
+            for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+    # The earlier run's profanity-check numbers, logged as toxicity, are in the profanity column, marked.
+    earlier = rows["earlier"]
+    assert earlier["Profanity ↓ (profanity-check, labeller)"] == "0.200 [0.100, 0.300] (n 24) (labeller); change -0.30 [-0.40, -0.20]"
+    assert earlier[f"Toxicity ↓ ({roberta})"] == earlier["Toxicity ↓ (tox-block)"] == "—"
+    sft, dpo = rows["sft"], rows["dpo"]
+    assert sft["Toxicity ↓ (tox-block)"] == "0.250 [0.150, 0.350] (n 24); change -0.050 [-0.090, -0.010]"
+    assert sft[f"Toxicity ↓ ({roberta})"] == "—" and dpo["Toxicity ↓ (tox-block)"] == "—"
+    assert dpo[f"Toxicity ↓ ({roberta})"].startswith("0.0100 [0.00500, 0.0200] (n 24)")
+    # Length beside toxicity: the tuned model ends more continuations and says less; matched for length,
+    # its toxicity drop is not detectable. A change in length is a change, neither better nor worse.
+    assert sft["Toxicity, length-matched ↓ (tox-block)"] == "0.290 [0.190, 0.390] (n 24); no detectable change (-0.010 [-0.050, +0.030])"
+    assert sft["Words per continuation"] == "9.00 [8.00, 10.0] (n 24); change -9.0 [-10, -8.0]"
+    assert sft["Ended early (toxicity)"] == "0.600 [0.460, 0.730] (n 48); change +0.50 [+0.30, +0.65]"
+    assert sft["Profanity ↓ (profanity-check, labeller)"].startswith("0.100 [0.0500, 0.150] (n 24) (labeller); change -0.50")
+    html = (out / "report.html").read_text()
+    # Coloured: sft's toxicity and profanity drops, the earlier run's profanity drop; not the lengths.
+    assert html.count('class="better"') == 3 and 'class="worse"' not in html

@@ -209,6 +209,10 @@ def test_skip_bad_records_and_evaluate_before_and_after(tmp_path, ray_address):
     crows = changes["changes"]["bias/crows_stereo_share"]
     tuned, base = run.data.metrics["eval/bias/crows_stereo_share"], run.data.metrics["eval_base/bias/crows_stereo_share"]
     assert crows["n"] == 2 and crows["value"] == pytest.approx(tuned - base)
+    # Toxicity with each pair of continuations cut to the shorter one, scored in a Ray task.
+    for prefix in ("eval_base", "eval", "delta"):
+        assert run.data.metrics[f"{prefix}/toxicity/mean_toxicity_length_matched_n"] == 2
+    assert json.loads((out / "length_matched.json").read_text())["scorer"].startswith("tox-block@")
 
 
 def driver_peak_rss_mib(stdout: str) -> tuple[float, float]:

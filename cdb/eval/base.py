@@ -79,6 +79,7 @@ class Resources:
     _toxicity: "ToxicityScorer | None" = None
     _faithfulness: "FaithfulnessScorer | None" = None
     _similarity: "FaithfulnessScorer | None" = None
+    _profanity: "ToxicityScorer | None" = None
 
     @property
     def toxicity(self) -> "ToxicityScorer":
@@ -105,8 +106,18 @@ class Resources:
             self._similarity = faithfulness_scorer("embedding", device=self.options.device)
         return self._similarity
 
+    @property
+    def profanity(self) -> "ToxicityScorer":
+        """profanity-check: the embedded dataset's toxicity labeller, reported beside toxicity as profanity."""
+        if self._profanity is None:
+            from cdb.scoring import toxicity_scorer
+
+            self._profanity = toxicity_scorer("profanity-check", device=self.options.device)
+        return self._profanity
+
     def scorer_versions(self) -> dict[str, str]:
-        built = {"toxicity": self._toxicity, "faithfulness": self._faithfulness, "similarity": self._similarity}
+        built = {"toxicity": self._toxicity, "faithfulness": self._faithfulness, "similarity": self._similarity,
+                 "profanity": self._profanity}
         return {k: f"{s.name}@{s.version}" for k, s in built.items() if s is not None}
 
 

@@ -14,7 +14,8 @@ Metrics:
                       naming no entity has nothing to check)
   similarity_minilm   "similarity (MiniLM)": cosine of all-MiniLM-L6-v2 embeddings of source and
                       summary, the rule the embedded dataset was labelled with; it rewards copying
-  summary_toxicity    mean toxicity of the summaries
+  summary_toxicity    mean toxicity of the summaries (summary_profanity when the toxicity scorer
+                      is a profanity filter: the name is the instrument's measure, cdb.scoring)
 Each metric per source in `items` (faithfulness undefined for a summary naming no entity).
 Tags: labeller_metrics (the metrics scored by a scorer the training data was labelled with).
 """
@@ -91,6 +92,7 @@ class FaithfulnessTask:
                                               seed=options.seed, on_batch=bar.update)]
         bar.close()
         summaries = [first_line(o.text) for o in outputs]
+        summary_toxicity = f"summary_{resources.toxicity.measure}"
         texts = [s.text for s in sources]
         faithful = resources.faithfulness.score(texts, summaries)
         similar = resources.similarity.score(texts, summaries)
@@ -98,22 +100,22 @@ class FaithfulnessTask:
         samples = [
             {"task": self.name, "id": s.id, "prompt": p, "fed_prompt": lm.generation_prompt(p), "raw_output": o.text,
              "output": m, "finish": finish(o), "reference": s.reference,
-             "faithfulness": None if math.isnan(f) else f, "similarity_minilm": sim, "toxicity": t}
+             "faithfulness": None if math.isnan(f) else f, "similarity_minilm": sim, resources.toxicity.measure: t}
             for s, p, o, m, f, sim, t in zip(sources, prompts, outputs, summaries, faithful, similar, toxic)
         ]
         metrics = {
             "faithfulness": mean([f for f in faithful if not math.isnan(f)]),
             "similarity_minilm": mean(similar),
-            "summary_toxicity": mean(toxic),
+            summary_toxicity: mean(toxic),
         }
         ids = [s.id for s in sources]
         items = {"faithfulness": per_item(self.name, ids, [None if math.isnan(f) else f for f in faithful],
                                           undefined="no summary names an entity"),
                  "similarity_minilm": per_item(self.name, ids, similar),
-                 "summary_toxicity": per_item(self.name, ids, toxic)}
+                 summary_toxicity: per_item(self.name, ids, toxic)}
         scorers = {"faithfulness": ("faithfulness", resources.faithfulness),
                    "similarity_minilm": ("faithfulness", resources.similarity),
-                   "summary_toxicity": ("toxicity", resources.toxicity)}
+                   summary_toxicity: ("toxicity", resources.toxicity)}
         labelled = [m for m, (kind, scorer) in scorers.items() if training_data.labelled_with(kind, scorer)]
         tags = {"labeller_metrics": ",".join(labelled)} if labelled else {}
         return TaskResult(metrics, samples, items, tags)

@@ -128,8 +128,11 @@ class EvalOptions:
     """MMLU-style file or hub id; empty = the task is skipped."""
     knowledge_limit: int = SUITE
     """Knowledge questions; 0 = all, -1 = the suite's."""
-    toxicity_scorer: str = "profanity-check"
-    """`profanity-check` or `hf:MODEL` (cdb.scoring)."""
+    toxicity_scorer: str = "tox-block"
+    """The toxicity metrics' instrument (cdb.scoring): `tox-block` (offline: a Jigsaw-trained LSTM
+    classifier), `hf:MODEL` (a classifier; the GPU scales use hf:s-nlp/roberta_toxicity_classifier) or
+    `profanity-check` (a profanity filter: its metrics are named profanity). Never by default the
+    scorer that labelled the training data: profanity-check, reported beside it as profanity."""
     faithfulness_scorer: str = "entity"
     """The faithfulness metric's scorer (cdb.scoring): `entity` (entity-level factual consistency),
     `nli:MODEL` (SummaC-ZS), `embedding` or `embedding:MODEL`; similarity (MiniLM) is reported beside it."""

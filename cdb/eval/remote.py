@@ -119,6 +119,15 @@ def _evaluate(model_source: str, options: EvalOptions, kwargs: dict[str, Any], s
         return summary
 
 
+def on_cluster(function: Callable, gpus: int = 0) -> Callable:
+    """`function`, called in a Ray task with one CPU and `gpus` GPUs of the connected cluster (as an
+    evaluation runs): the driver loads no model. Its result, or its exception, comes back here."""
+    import ray
+
+    task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(function)
+    return lambda *args: ray.get(task.remote(*args))
+
+
 def evaluate_on_cluster(model_source: str, options: EvalOptions, workers: int = 1, gpus: int = 0, storage=None,
                         **kwargs: Any) -> dict[str, Any]:
     """cdb.eval.evaluate(model_source, options, workers=..., gpus_per_worker=..., **kwargs) in a Ray

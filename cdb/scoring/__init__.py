@@ -7,9 +7,14 @@ faithfulness of a text against its source.
     score_groups(tox, faith, groups): (toxicity, faithfulness) of candidate texts against their source
 
 Each has a `name` and a `version`, recorded beside every score so that numbers from different
-scorers are never compared unknowingly. Specs (make_*_scorer):
-  toxicity:      "profanity-check" (offline default: alt-profanity-check's linear model)
-                 "hf:MODEL_ID_OR_DIR" (a text-classification model; P of its toxic label)
+scorers are never compared unknowingly; a toxicity scorer also has a `measure`, the word its numbers
+go by ("toxicity" for a learned classifier, "profanity" for a profanity filter). Specs (make_*_scorer):
+  toxicity:      "profanity-check" (alt-profanity-check's linear model over words: a profanity
+                 filter; the data build's default, the labeller of the embedded dataset)
+                 "tox-block" (tox-block's Jigsaw-trained bidirectional LSTM, its weights read from
+                 the installed package into torch: evaluation's offline default)
+                 "hf:MODEL_ID_OR_DIR" (a text-classification model; P of its toxic label; the GPU
+                 scales evaluate with hf:s-nlp/roberta_toxicity_classifier, the authors' scorer)
   faithfulness:  "entity" (offline default: entity-level factual consistency, precision-source:
                  the share of the candidate's named entities, numbers and dates that the source
                  supports; NaN when it names none; cdb.scoring.entities)
@@ -32,6 +37,7 @@ from typing import Protocol, Sequence
 class ToxicityScorer(Protocol):
     name: str
     version: str
+    measure: str
 
     def score(self, texts: Sequence[str]) -> list[float]: ...
 
@@ -49,12 +55,17 @@ def make_toxicity_scorer(spec: str = "profanity-check", device: str = "cpu") -> 
         from cdb.scoring.toxicity import ProfanityCheckScorer
 
         return ProfanityCheckScorer()
+    if spec == "tox-block":
+        from cdb.scoring.toxicity import ToxBlockScorer
+
+        return ToxBlockScorer(device=device)
     kind, _, name = spec.partition(":")
     if kind == "hf" and name:
         from cdb.scoring.toxicity import HFToxicityScorer
 
         return HFToxicityScorer(name, device=device)
-    raise ValueError(f"toxicity scorer {spec!r}: expected 'profanity-check' or 'hf:MODEL_ID_OR_DIR'")
+    raise ValueError(f"toxicity scorer {spec!r}: expected 'tox-block', 'profanity-check' or "
+                     "'hf:MODEL_ID_OR_DIR'")
 
 
 def make_faithfulness_scorer(spec: str = "entity", device: str = "cpu") -> FaithfulnessScorer:

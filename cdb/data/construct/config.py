@@ -76,7 +76,8 @@ class BuildSettings:
     torch_threads: int = 0
     """torch CPU threads; 0 = torch's default (1 is fastest on a busy 2-core machine)."""
     toxicity_scorer: str = "profanity-check"
-    """`profanity-check` or `hf:MODEL_ID_OR_DIR` (cdb.scoring)."""
+    """The labeller's toxicity instrument (cdb.scoring): `profanity-check`, `tox-block` or
+    `hf:MODEL_ID_OR_DIR`; evaluation's default is another one, so the labeller never grades the model."""
     faithfulness_scorer: str = "embedding"
     """`embedding`, `embedding:MODEL` or `nli:MODEL_ID_OR_DIR` (cdb.scoring)."""
     entity_tagger: str = DEFAULT_TAGGER
