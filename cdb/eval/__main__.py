@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from cdb import settings
-from cdb.eval.anchors import anchor
+from cdb.eval.anchors import anchor, known_model
 from cdb.eval.options import DECODINGS, SUITES, TASK_NAMES, EvalOptions
 from cdb.tracking import split_interval_metrics
 
@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cdb.eval: evaluation failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     measures = split_interval_metrics(summary["metrics"])
+    if summary["suite"] == "paper" and known_model(summary["model"]):
+        print(f"[cdb.eval] the paper suite on {known_model(summary['model'])}: the authors' released figures beside "
+              "these (docs/METHOD.md, \"The paper's protocol\")")
     width = max((len(k) for k in [*measures, *summary["undefined"]]), default=0)
     for name, m in measures.items():
         beside = anchor(summary["model"], name.partition("/")[2]) if summary["suite"] == "paper" else None

@@ -4,8 +4,11 @@ purpose (no torch): cdb.config imports it.
 
 A suite (`quick`, `full`, `paper`) is a preset of the sizes and tasks (and, for `paper`, of the data,
 scorers and prompts of the authors' protocol); a setting left at its default (a size at -1, an empty
-task list) takes the suite's value (`for_suite`). `limit` and `max_new_tokens` set every task's item
-count and every generation's length at once; a task's own key, when set, wins.
+task list) takes the suite's value (`for_suite`). A setting the suite presets is the suite's while it
+is at its default, given or not: under `paper`, summary_first_line=true or faithfulness_premise=source
+read as the paper's false and reference (for those, run `full` with the paper's other settings).
+`limit` and `max_new_tokens` set every task's item count and every generation's length at once; a
+task's own key, when set, wins.
 """
 
 from __future__ import annotations
