@@ -92,8 +92,8 @@ def load_sources(spec: str = "", limit: int = 0) -> list[Source]:
         rows = rows[-limit:]
     sources = []
     for where, row in rows:
-        text = field(where, row, "content" if isinstance(row, dict) and "source" not in row and "content" in row
-                     else "source")
+        tldr = isinstance(row, dict) and "content" in row and "source" not in row  # the TL;DR sets' field
+        text = field(where, row, "content" if tldr else "source")
         reference = row.get("reference") or row.get("summary") or (row.get("positives") or [""])[0]
         sources.append(Source(str(row.get("id", where)), text, str(reference or "")))
     return sources
