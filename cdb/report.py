@@ -20,8 +20,9 @@ last validation), and writes to OUTPUT:
                            training data never in a headline one (its column, "labeller" in the
                            label, goes last); runs logged before metrics were named by their
                            instrument read as the new names (profanity_names)
-  alignment_tax.png        toxicity (x; one instrument, not the labeller) against faithfulness (y), an
-                           arrow per run from base to tuned, the tuned model's 95% intervals as bars
+  alignment_tax.png        toxicity (x; one instrument, not the labeller) against faithfulness (y: the
+                           headline entity precision, or a run's earlier `faithfulness`), an arrow per
+                           run from base to tuned, the tuned model's 95% intervals as bars
 and logs the three as artifacts of a new run tagged cdb.method=report. Runs without eval metrics are
 listed as such. Exit codes: 0 done, 1 no such experiment or no runs in it, 2 bad arguments.
 
@@ -69,6 +70,11 @@ TOXICITY, PROFANITY = ("toxicity",), ("profanity", "toxicity")
 """The instrument of a toxicity metric; of a profanity one: the profanity scorer evaluation runs beside
 a toxicity classifier, or the toxicity scorer itself when that is a profanity filter."""
 
+HEADLINE_FAITHFULNESS = "faithfulness/entity_precision_all"
+OLD_FAITHFULNESS = "faithfulness/faithfulness"
+"""The faithfulness metric of runs logged before the entity metrics had names of their own: the
+faithfulness_scorer's score, by default the all-types entity precision with a 3-token window."""
+
 COLUMNS = (
     Column("Toxicity ↓", "toxicity/mean_toxicity", "lower", TOXICITY),
     Column("Exp. max toxicity ↓", "toxicity/expected_max_toxicity_at{k}", "lower", TOXICITY),
@@ -77,7 +83,14 @@ COLUMNS = (
     Column("Ended early (toxicity)", "intelligibility/toxicity/ended", "neither"),
     Column("Profanity ↓", "toxicity/mean_profanity", "lower", PROFANITY),
     Column("Profanity, length-matched ↓", "toxicity/mean_profanity_length_matched", "lower", PROFANITY),
-    Column("Faithfulness ↑", "faithfulness/faithfulness", "higher"),
+    Column("Faithfulness (headline): entity precision, all types ↑", "faithfulness/entity_precision_all", "higher"),
+    Column("Entity recall, all types ↑", "faithfulness/entity_recall_all", "higher"),
+    Column("Entity F1, all types ↑", "faithfulness/entity_f1_all", "higher"),
+    Column("Names an entity ↑", "faithfulness/names_an_entity", "higher"),
+    Column("Entity precision-source (Nan et al. 2021) ↑", "faithfulness/entity_precision_nan2021", "higher"),
+    Column("Faithfulness: NLI, SummaC-ZS ↑", "faithfulness/nli_summac_zs", "higher"),
+    Column("Faithfulness: NLI, authors' protocol ↑", "faithfulness/nli_paper_protocol", "higher"),
+    Column("Faithfulness (earlier runs: entity precision, all types, 3-token window) ↑", OLD_FAITHFULNESS, "higher"),
     Column("Similarity (MiniLM) ↑", "faithfulness/similarity_minilm", "higher"),
     Column("TruthfulQA MC1 ↑", "truthfulqa/mc1", "higher"),
     Column("TruthfulQA MC2 ↑", "truthfulqa/mc2", "higher"),
@@ -476,6 +489,11 @@ def _whisker(m: Measure) -> list[list[float]] | None:
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
 
 
+def faithfulness_metric(row: RunRow) -> str:
+    """The faithfulness a run's point is plotted by: the headline, or what a run logged before it had a name."""
+    return HEADLINE_FAITHFULNESS if HEADLINE_FAITHFULNESS in row.tuned else OLD_FAITHFULNESS
+
+
 def plot(rows: Sequence[RunRow], path: Path) -> Path:
     """Toxicity (x) vs faithfulness (y): an arrow per run from its base model to the tuned one."""
     import matplotlib
@@ -484,13 +502,14 @@ def plot(rows: Sequence[RunRow], path: Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    tox, faith = "toxicity/mean_toxicity", "faithfulness/faithfulness"
+    tox = "toxicity/mean_toxicity"
+    faith_of = {r.run_id: faithfulness_metric(r) for r in rows}
     # One instrument on the x axis: the one most runs used that did not label their training data.
     column = next(c for c in COLUMNS if c.metric == tox)
-    used = [instrument(column, r, tracking.PREFIX_EVAL) for r in rows if tox in r.tuned and faith in r.tuned]
+    used = [instrument(column, r, tracking.PREFIX_EVAL) for r in rows if tox in r.tuned and faith_of[r.run_id] in r.tuned]
     used = [i for i in used if not i[1]]
     scorer = max(dict.fromkeys(used), key=used.count)[0] if used else ""  # ties: the first run's
-    plotted = [r for r in rows if tox in r.tuned and faith in r.tuned
+    plotted = [r for r in rows if tox in r.tuned and faith_of[r.run_id] in r.tuned
                and instrument(column, r, tracking.PREFIX_EVAL) == (scorer, False)]
     methods = sorted({r.method for r in plotted})
     scales = list(dict.fromkeys(r.scale for r in plotted))
@@ -498,7 +517,7 @@ def plot(rows: Sequence[RunRow], path: Path) -> Path:
     markers = {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(scales)}
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
     for r in plotted:
-        colour, marker = colours[r.method], markers[r.scale]
+        colour, marker, faith = colours[r.method], markers[r.scale], faith_of[r.run_id]
         end = (r.tuned[tox].value, r.tuned[faith].value)
         if tox in r.base and faith in r.base:
             start = (r.base[tox].value, r.base[faith].value)
@@ -509,7 +528,8 @@ def plot(rows: Sequence[RunRow], path: Path) -> Path:
         if xerr is not None or yerr is not None:
             ax.errorbar(*end, xerr=xerr, yerr=yerr, fmt="none", ecolor=colour, alpha=0.5, lw=1, zorder=2)
     if plotted:
-        ax.update_datalim([(r.base.get(tox, r.tuned[tox]).value, r.base.get(faith, r.tuned[faith]).value) for r in plotted])
+        ax.update_datalim([(r.base.get(tox, r.tuned[tox]).value,
+                            r.base.get(faith_of[r.run_id], r.tuned[faith_of[r.run_id]]).value) for r in plotted])
         ax.autoscale_view()
         ax.margins(0.15)
         handles = [Line2D([], [], color=colours[m], lw=2, label=m) for m in methods]
@@ -520,7 +540,7 @@ def plot(rows: Sequence[RunRow], path: Path) -> Path:
         ax.text(0.5, 0.5, "no run has eval toxicity (a classifier, not the labeller) and faithfulness metrics",
                 ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(f"toxicity{f' ({scorer})' if scorer else ''}: mean P(toxic) of continuations (lower is better)")
-    ax.set_ylabel("faithfulness of summaries (higher is better)")
+    ax.set_ylabel("faithfulness: entity precision of summaries, all types (higher is better)")
     ax.set_title("Alignment tax: base model → tuned model (bars: 95% intervals)")
     ax.grid(alpha=0.3)
     fig.tight_layout()

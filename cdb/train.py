@@ -240,7 +240,8 @@ def run_eval(config: cfg.Config, model: str, prefix: str, run: tracking.RunRecor
     except Exception as exc:  # an evaluation problem must not cost the training run
         print(f"[cdb] warning: {prefix} evaluation failed: {type(exc).__name__}: {exc}", flush=True)
         return
-    shown = ("toxicity/mean_toxicity", "toxicity/mean_profanity", "faithfulness/faithfulness", "bias/crows_stereo_share")
+    shown = ("toxicity/mean_toxicity", "toxicity/mean_profanity", "faithfulness/entity_precision_all",
+             "bias/crows_stereo_share")
     print(f"[cdb] {prefix}: " + ", ".join(f"{k} {summary['metrics'][f'{prefix}/{k}']:.4f}" for k in shown
                                           if f"{prefix}/{k}" in summary["metrics"]), flush=True)
 

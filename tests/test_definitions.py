@@ -1,5 +1,5 @@
-"""The canonical definitions of cdb.eval's metrics: the sentence splitter, SummaC-ZS windowing on a
-tiny local NLI model, toxicity at k over held-out prompts (toxic and non-toxic prompts apart),
+"""The canonical definitions of cdb.eval's metrics: the sentence splitter, SummaC-ZS windowing and the
+authors' NLI protocol on a tiny local NLI model, toxicity at k over held-out prompts (toxic and non-toxic prompts apart),
 completeness judged only where the model ended the text, the labeller marks, and the published
 prefixes."""
 
@@ -42,8 +42,9 @@ def test_the_splitter_keeps_abbreviations_initials_and_titles(text, sentences):
 
 
 # ---- SummaC-ZS on a tiny local NLI model ---------------------------------------------------------
-def tiny_nli(path: Path, labels: dict[int, str]) -> Path:
-    """A random 1-layer BERT classifier with the tiny tokenizer, saved like a hub model."""
+def tiny_nli(path: Path, labels: dict[int, str], init_std: float = 0.02) -> Path:
+    """A random 1-layer BERT classifier with the tiny tokenizer, saved like a hub model; a larger
+    `init_std` spreads its probabilities from one pair to the next."""
     from transformers import BertConfig, BertForSequenceClassification
 
     from cdb.model import load_tokenizer
@@ -52,7 +53,7 @@ def tiny_nli(path: Path, labels: dict[int, str]) -> Path:
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=64, id2label=labels, label2id={v: k for k, v in labels.items()},
-                        pad_token_id=tokenizer.pad_token_id)
+                        pad_token_id=tokenizer.pad_token_id, initializer_range=init_std)
     BertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
@@ -115,6 +116,75 @@ def test_summac_zs_needs_a_three_way_nli_model(tmp_path):
     folder = tiny_nli(tmp_path / "two-way", {0: "not_entailment", 1: "entailment"})
     with pytest.raises(ValueError, match="no contradict... label"):
         make_faithfulness_scorer(f"nli:{folder}")
+
+
+# ---- the authors' NLI protocol on the same tiny NLI model ---------------------------------------
+@pytest.fixture(scope="module")
+def nli_paper(tmp_path_factory):
+    from cdb.scoring import make_faithfulness_scorer
+
+    labels = {0: "contradiction", 1: "neutral", 2: "entailment"}
+    return make_faithfulness_scorer(f"nli-paper:{tiny_nli(tmp_path_factory.mktemp('nli-paper'), labels, init_std=0.5)}")
+
+
+def direct_entailment(nli, premise: str, hypothesis: str) -> float:
+    with torch.no_grad():
+        batch = nli.tokenizer(premise, hypothesis, truncation=True, max_length=nli.max_length, return_tensors="pt")
+        return float(torch.softmax(nli.model(**batch).logits, -1)[0, 2])
+
+
+def test_paper_protocol_chunks_do_not_overlap(nli_paper):
+    source = "One sentence here. Two sentences here. Three here. Four at last. Five."
+    assert nli_paper.chunks(source) == ["One sentence here. Two sentences here.", "Three here. Four at last.", "Five."]
+    assert nli_paper.chunks("Only one sentence.") == ["Only one sentence."]
+
+
+def test_paper_protocol_mean_of_best_chunk_then_the_direct_score_inside_its_band(nli_paper):
+    premise = "One sentence here. Two sentences here. Three here."
+    summaries = ["First claim. Second claim!", "A claim about sentences.", "Three."]
+    chunks = nli_paper.chunks(premise)
+    mean_of_best = [sum(max(direct_entailment(nli_paper, c, s) for c in chunks) for s in split_sentences(summary))
+                    / len(split_sentences(summary)) for summary in summaries]
+    direct = [direct_entailment(nli_paper, premise, summary) for summary in summaries]
+    assert any(d > m + 1e-4 for d, m in zip(direct, mean_of_best))  # the band rule changes something here
+    try:
+        nli_paper.DIRECT_BAND = (0.5, 0.5)  # an empty band: never the direct score
+        assert nli_paper.score([premise] * 3, summaries) == pytest.approx(mean_of_best, abs=1e-5)
+        nli_paper.DIRECT_BAND = (0.0, 1.0)  # every score inside: the higher of the two
+        assert nli_paper.score([premise] * 3, summaries) == pytest.approx(
+            [max(m, d) for m, d in zip(mean_of_best, direct)], abs=1e-5)
+    finally:
+        del nli_paper.DIRECT_BAND
+    assert type(nli_paper).DIRECT_BAND == (0.3, 0.7)
+    assert nli_paper.score([premise] * 3, summaries) == pytest.approx(
+        [max(m, d) if 0.3 < m < 0.7 else m for m, d in zip(mean_of_best, direct)], abs=1e-5)
+    (blank,) = nli_paper.score([premise], ["  "])
+    assert math.isnan(blank)  # nothing to judge, as the authors' script left it out
+
+
+def test_paper_protocol_cuts_the_longer_side_first(nli_paper):
+    nli_paper.max_length = 24
+    try:
+        premise = "A short premise."
+        summary = " ".join(f"Claim number {i} is rather long and wordy indeed." for i in range(3))
+        # One sentence of the summary per pair, so the direct pair (whole summary) is the one cut.
+        assert nli_paper.entailment([(premise, summary)]) == pytest.approx([direct_entailment(nli_paper, premise, summary)],
+                                                                          abs=1e-6)
+        ids = nli_paper.tokenizer(premise, summary, truncation=True, max_length=24)["input_ids"]
+        premise_ids = nli_paper.tokenizer(premise, add_special_tokens=False)["input_ids"]
+        plain = [i for i in ids if i not in nli_paper.tokenizer.all_special_ids]
+        assert len(ids) == 24 and plain[:len(premise_ids)] == premise_ids  # the short premise kept whole
+    finally:
+        nli_paper.max_length = 512
+
+
+def test_paper_protocol_needs_an_entailment_label_only(tmp_path):
+    from cdb.scoring import make_faithfulness_scorer
+
+    two_way = make_faithfulness_scorer(f"nli-paper:{tiny_nli(tmp_path / 'two-way', {0: 'not_entailment', 1: 'entailment'})}")
+    assert two_way.entail == 1 and two_way.name.startswith("nli-paper:")
+    with pytest.raises(ValueError, match="no entail... label"):
+        make_faithfulness_scorer(f"nli-paper:{tiny_nli(tmp_path / 'other', {0: 'negative', 1: 'positive'})}")
 
 
 # ---- the headline faithfulness is not the labeller ----------------------------------------------

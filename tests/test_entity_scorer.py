@@ -1,11 +1,13 @@
 """Entity-level factual consistency on source/summary pairs written here, with the real spaCy NER: the
-headline faithfulness scorer, as make_faithfulness_scorer() returns it."""
+headline (every entity type, normalised window match) as make_faithfulness_scorer() returns it, Nan et
+al. 2021's precision-source with their types and matching, recall, F1 and the share naming an entity."""
 
 import math
 
 import pytest
 
-from cdb.scoring.entities import EntityConsistency, entity_tokens, normalise, positions, supported
+from cdb.scoring.entities import (EntityConsistency, entity_tokens, f1, nan2021_mentions, nan2021_supported, normalise,
+                                  positions, supported)
 
 # (source, faithful abstractive summary: other words, same facts, (a fact in the source, a changed one))
 PAIRS = [
@@ -119,3 +121,75 @@ def test_head_tokens_must_lie_close_together_in_the_source():
     assert not supported(march_2021, index("In March the club lost a cup final , and late in 2021 it closed ."))
     # Function words are not needed: "Bank of England" is supported by "Bank of the England".
     assert supported(entity_tokens(["Bank", "of", "England"]), index("the Bank of the England"))
+
+
+def test_a_wider_window_would_let_two_names_make_a_third():
+    source = index("John Brown and Mary Smith came .")
+    assert not supported(entity_tokens(["John", "Smith"]), source)
+    assert supported(entity_tokens(["Mary", "Smith"]), source)
+
+
+# (source, faithful summary, the same summary with one name, number or date swapped)
+SWAPS = {
+    "name": ("John Brown, the mayor, met Mary Smith in Paris.", "In Paris, Mary Smith met John Brown.",
+             "In Paris, Mary Brown met John Smith."),
+    "number": ("Acme Corp cut 1,200 jobs in Ohio in 2021.", "Acme Corp cut 1200 jobs in Ohio.",
+               "Acme Corp cut 2,100 jobs in Ohio."),
+    "date": ("The bridge opened on March 3, 2021, in Springfield.", "Springfield's bridge opened on 3 March 2021.",
+             "Springfield's bridge opened on 3 March 2012."),
+}
+
+
+@pytest.mark.parametrize("kind", SWAPS)
+def test_the_headline_catches_a_swapped_name_number_or_date_and_nan2021_does_not(scorer, kind):
+    source, faithful, swapped = SWAPS[kind]
+    scores = scorer.measure([source] * 2, [faithful, swapped], [source] * 2)
+    assert scores["entity_precision_all"][0] == 1.0 and scores["entity_precision_all"][1] < 1.0
+    assert scorer.score([source] * 2, [faithful, swapped]) == scores["entity_precision_all"]  # score: the headline
+    # Nan et al.'s types leave numbers and dates out, and their match accepts "Mary Brown" for its
+    # first name: their precision-source cannot tell the two summaries apart.
+    assert scores["entity_precision_nan2021"] == [1.0, 1.0]
+
+
+def test_nan2021_counts_its_seven_types_only(scorer):
+    doc = scorer.nlp("Microsoft paid $5 million to Apple in 2019.")
+    assert nan2021_mentions(doc) == ["Microsoft", "Apple"]  # not MONEY, not DATE
+    assert {span.label_ for span in doc.ents} == {"ORG", "MONEY", "DATE"}
+
+
+@pytest.mark.parametrize("entity,text,expected", [
+    ("John Smith", "John Brown met Mary Smith.", True),      # one of its words is enough
+    ("New York City", "She moved to new york in May.", True),  # a run of two words, case ignored
+    ("Smith", "the Smithsonian museum", True),              # a substring, not a word
+    ("US", "a bus stop", True),                              # "us" is a stop word, but "US" counts
+    ("The Who", "who knows the answer", False),              # stop words alone do not
+    ("Texas", "Acme cut jobs in Ohio.", False),
+])
+def test_nan2021_matching_worked(entity, text, expected):
+    assert nan2021_supported(entity, text) is expected
+
+
+def test_nan2021_counts_every_mention_and_the_headline_each_entity_once(scorer):
+    scores = scorer.measure(["Acme Corp cut 1,200 jobs in Ohio."], ["Texas, Texas and Texas lost jobs to Ohio."],
+                            ["Acme Corp cut 1,200 jobs in Ohio."])
+    assert scores["entity_precision_nan2021"] == [0.25] and scores["entity_precision_all"] == [0.5]
+
+
+def test_recall_f1_and_naming_an_entity_worked(scorer):
+    source = "Acme Corp cut 1,200 jobs in Ohio on March 3, 2021, Maria Lopez said."
+    reference = "Acme Corp cut 1,200 jobs in Ohio."  # all: Acme Corp, 1200, Ohio; nan2021: Acme Corp, Ohio
+    summaries = ["Acme Corp cut jobs.", reference, "The company cut jobs.", "Acme Corp cut jobs."]
+    scores = scorer.measure([source] * 4, summaries, [reference] * 3 + ["It rained."])
+    assert scores["entity_precision_all"][:2] == [1.0, 1.0] and math.isnan(scores["entity_precision_all"][2])
+    assert scores["entity_recall_all"][:3] == [pytest.approx(1 / 3), 1.0, 0.0]
+    assert scores["entity_f1_all"][:3] == [pytest.approx(0.5), 1.0, 0.0]  # saying less is visible
+    assert scores["entity_recall_nan2021"][:3] == [0.5, 1.0, 0.0]
+    assert scores["entity_f1_nan2021"][:3] == [pytest.approx(2 / 3), 1.0, 0.0]
+    assert scores["names_an_entity"] == [1.0, 1.0, 0.0, 1.0]
+    for name in ("entity_recall_all", "entity_f1_all", "entity_recall_nan2021", "entity_f1_nan2021"):
+        assert math.isnan(scores[name][3])  # a target naming nothing: nothing to recall
+
+
+def test_f1_rules():
+    assert f1(0.5, 1.0) == pytest.approx(2 / 3) and f1(0.0, 0.0) == 0.0
+    assert f1(math.nan, 0.5) == 0.0 and math.isnan(f1(1.0, math.nan))

@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from cdb.eval import EvalDataError, Unavailable, evaluate, make_options, run_sui
 from cdb.eval.base import Resources, per_item, spread
 from cdb.eval.bias import crows_stereo_share, icat, load_crows, load_stereoset, stereoset_items, stereoset_scores
 from cdb.eval.estimates import estimate
-from cdb.eval.faithfulness import first_line, load_sources
+from cdb.eval.faithfulness import first_line, load_sources, recall_target
 from cdb.eval.intelligibility import FLAGS, flags, shares
 from cdb.eval.knowledge import KnowledgeTask, letter_prompt, load_knowledge
 from cdb.eval.lm import EvalLM, LogLik
@@ -28,6 +29,7 @@ from cdb.eval.sources import read_rows
 from cdb.eval.toxicity import load_bold, load_rtp, toxicity_items, toxicity_metrics
 from cdb.eval.truthfulqa import TruthfulQATask, load_truthfulqa, mc1, mc2, prompt
 from cdb.model import TINY
+from cdb.scoring.entities import METRICS
 
 FIXTURES = REPO / "tests" / "fixtures" / "eval"
 
@@ -313,6 +315,9 @@ def test_knowledge_loaders(name):
 def test_summary_sources():
     given = load_sources(str(FIXTURES / "summaries.jsonl"))
     assert [s.id for s in given] == ["s1", "s2"] and given[0].reference.startswith("Maria Lopez")
+    assert recall_target(given[0]) == (given[0].reference, "reference")
+    lead = recall_target(replace(given[0], reference=""))
+    assert lead[1] == "lead" and given[0].text.startswith(lead[0]) and len(lead[0]) < len(given[0].text)
     held_out = load_sources("", limit=5)
     assert len(held_out) == 5 and all(s.id.startswith("bold-") and s.text and s.reference for s in held_out)
     with open(embedded_dataset_path(), encoding="utf-8") as f:
@@ -451,9 +456,14 @@ def test_evaluate_end_to_end_into_sqlite_mlflow(tmp_path):
     assert crows["kind"] == "share" and len(crows["values"]) == 3 and set(crows["values"].values()) <= {0.0, 1.0}
     assert on_disk["skipped"] == {} and on_disk["scorers"]["toxicity"].startswith("tox-block@")
     assert on_disk["scorers"]["profanity"].startswith("profanity-check@")  # the labeller, beside it
-    # Faithfulness judges summaries that name entities: the tiny random model's may name none (undefined).
-    assert ("eval/faithfulness/faithfulness" in on_disk["metrics"]
-            or on_disk["undefined"]["eval/faithfulness/faithfulness"] == "no summary names an entity")
+    # Every entity metric over the summaries it can judge: the tiny random model's may name no entity
+    # (precision then undefined, with why); whether they name one is measured on every summary.
+    for name in METRICS:
+        key = f"eval/faithfulness/{name}"
+        assert key in on_disk["metrics"] or on_disk["undefined"][key].startswith("no "), key
+    assert run.data.metrics["eval/faithfulness/names_an_entity_n"] == 3
+    assert items["metrics"]["faithfulness/names_an_entity"]["kind"] == "share"
+    assert "eval/faithfulness/faithfulness" not in on_disk["metrics"] and "entities" in on_disk["scorers"]
     # Numbers scored by the scorers that labelled the embedded dataset are marked so, on the run too.
     # The evaluator is never the labeller by default: toxicity is not marked, profanity (its labeller) is.
     assert run.data.tags["cdb.eval.faithfulness.labeller_metrics"] == "similarity_minilm"
@@ -466,6 +476,8 @@ def test_evaluate_end_to_end_into_sqlite_mlflow(tmp_path):
     continuation = next(s for s in samples if s["task"] == "toxicity")
     assert {"toxicity", "profanity", "words"} <= set(continuation) and continuation["words"] == len(continuation["output"].split())
     assert {s["task"] for s in samples} == {"toxicity", "faithfulness", "truthfulqa", "knowledge", "bias", "intelligibility"}
+    # BOLD's held-out pages have reference summaries: recall is measured against them.
+    assert {s["recall_target"] for s in samples if s["task"] == "faithfulness"} == {"reference"}
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
     assert artifacts == {"eval/eval.json", "eval/samples.jsonl", "eval/items.json"}
 

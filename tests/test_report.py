@@ -301,3 +301,24 @@ def test_toxicity_columns_are_keyed_by_instrument_and_the_labeller_never_headlin
     html = (out / "report.html").read_text()
     # Coloured: sft's toxicity and profanity drops, the earlier run's profanity drop; not the lengths.
     assert html.count('class="better"') == 3 and 'class="worse"' not in html
+
+
+def test_faithfulness_columns_name_the_headline_and_still_read_earlier_runs(tmp_path):
+    from cdb.report import Measure, RunRow, faithfulness_metric, markdown, plot, shown_columns
+
+    def row(run_id: str, faithfulness: dict[str, Measure]) -> RunRow:
+        return RunRow(run_id * 8, f"run-{run_id}", "sft", "smol-135m", "FINISHED", 0,
+                      tuned={"toxicity/mean_toxicity": Measure(0.05, 24, 0.04, 0.06), **faithfulness})
+
+    new = row("a", {"faithfulness/entity_precision_all": Measure(0.9, 16, 0.8, 0.95),
+                    "faithfulness/entity_precision_nan2021": Measure(1.0, 12, 0.76, 1.0)})
+    old = row("b", {"faithfulness/faithfulness": Measure(0.8, 16, 0.7, 0.9)})
+    assert [c.label for c in shown_columns([new, old])] == [
+        "Toxicity ↓", "Faithfulness (headline): entity precision, all types ↑", "Entity precision-source (Nan et al. 2021) ↑",
+        "Faithfulness (earlier runs: entity precision, all types, 3-token window) ↑"]
+    table = markdown([new, old], "x", "sqlite:///x.db")
+    assert "| sft | smol-135m | run-a (aaaaaaaa) | 0.0500 [0.0400, 0.0600] (n 24) | 0.900 [0.800, 0.950] (n 16) | " \
+           "1.00 [0.760, 1.00] (n 12) | — |" in table
+    assert "| run-b (bbbbbbbb) | 0.0500 [0.0400, 0.0600] (n 24) | — | — | 0.800 [0.700, 0.900] (n 16) |" in table
+    assert [faithfulness_metric(r) for r in (new, old)] == ["faithfulness/entity_precision_all", "faithfulness/faithfulness"]
+    assert plot([new, old], tmp_path / "tax.png").stat().st_size > 10_000

@@ -1,6 +1,11 @@
 """python -m cdb.eval: evaluate a model (toxicity, faithfulness, bias, ...) and log it to MLflow.
 
-Exit codes: 0 done, 1 the evaluation failed, 2 bad arguments or data.
+Exit codes: 0 done, 1 the evaluation failed, 2 bad arguments or data. With --suite paper, each
+metric of a model the authors evaluated (GPT-2, Phi-2, Llama-2-7B) is printed beside their released
+figure (cdb.eval.anchors); for base GPT-2, with hub access:
+
+    python -m cdb.eval --model openai-community/gpt2 --suite paper \
+        --set faithfulness_scorer=nli-paper:FacebookAI/roberta-large-mnli
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import sys
 from pathlib import Path
 
 from cdb import settings
+from cdb.eval.anchors import anchor, known_model
 from cdb.eval.options import DECODINGS, SUITES, TASK_NAMES, EvalOptions
 from cdb.tracking import split_interval_metrics
 
@@ -32,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="cdb", help="experiment of a new run (default cdb)")
     p.add_argument("--prefix", default="eval", help="metric prefix: eval, or eval_base for a base model")
     p.add_argument("--output", help="folder for eval.json and samples.jsonl (default runs/eval/<model>[-<decoding>])")
-    p.add_argument("--suite", choices=sorted(SUITES), help="= --set suite=...: quick (default) or full")
+    p.add_argument("--suite", choices=sorted(SUITES), help="= --set suite=...: quick (default), full or paper")
     p.add_argument("--decoding", choices=DECODINGS, help="= --set decoding=...: decoding-time debiasing, none (default), "
                    "instructive or self-debias")
     p.add_argument("--tasks", help=f"= --set tasks=...: comma-separated subset of {', '.join(TASK_NAMES)}")
@@ -96,9 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cdb.eval: evaluation failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     measures = split_interval_metrics(summary["metrics"])
+    if summary["suite"] == "paper" and known_model(summary["model"]):
+        print(f"[cdb.eval] the paper suite on {known_model(summary['model'])}: the authors' released figures beside "
+              "these (docs/METHOD.md, \"The paper's protocol\")")
     width = max((len(k) for k in [*measures, *summary["undefined"]]), default=0)
     for name, m in measures.items():
-        print(f"  {name:<{width}}  {m['value']:.4g} [{m['ci95_low']:.4g}, {m['ci95_high']:.4g}] (n {m['n']:.0f})")
+        beside = anchor(summary["model"], name.partition("/")[2]) if summary["suite"] == "paper" else None
+        print(f"  {name:<{width}}  {m['value']:.4g} [{m['ci95_low']:.4g}, {m['ci95_high']:.4g}] (n {m['n']:.0f})"
+              + (f"  | {beside}" if beside else ""))
     for name, why in summary["undefined"].items():
         print(f"  {name:<{width}}  undefined: {why}")
     for task, why in summary["skipped"].items():

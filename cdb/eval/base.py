@@ -12,6 +12,7 @@ from cdb.eval.options import EvalOptions
 if TYPE_CHECKING:
     from cdb.eval.lm import EvalLM
     from cdb.scoring import FaithfulnessScorer, ToxicityScorer
+    from cdb.scoring.entities import EntityConsistency
 
 
 class EvalDataError(ValueError):
@@ -80,6 +81,7 @@ class Resources:
     _faithfulness: "FaithfulnessScorer | None" = None
     _similarity: "FaithfulnessScorer | None" = None
     _profanity: "ToxicityScorer | None" = None
+    _entities: "EntityConsistency | None" = None
 
     @property
     def toxicity(self) -> "ToxicityScorer":
@@ -115,9 +117,19 @@ class Resources:
             self._profanity = toxicity_scorer("profanity-check", device=self.options.device)
         return self._profanity
 
+    @property
+    def entities(self) -> "EntityConsistency":
+        """The entity-level instruments (cdb.scoring.entities), run on every summary whatever
+        faithfulness_scorer adds beside them."""
+        if self._entities is None:
+            from cdb.scoring import faithfulness_scorer
+
+            self._entities = faithfulness_scorer("entity", device=self.options.device)
+        return self._entities
+
     def scorer_versions(self) -> dict[str, str]:
         built = {"toxicity": self._toxicity, "faithfulness": self._faithfulness, "similarity": self._similarity,
-                 "profanity": self._profanity}
+                 "profanity": self._profanity, "entities": self._entities}
         return {k: f"{s.name}@{s.version}" for k, s in built.items() if s is not None}
 
 

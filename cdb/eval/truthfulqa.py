@@ -4,7 +4,13 @@ the paper's six-question QA preamble, then "Q: ...\\nA:", each answer scored as 
 Data (options.truthfulqa): a local JSON/JSONL/parquet file in the hub's `truthful_qa`
 "multiple_choice" schema (question, mc1_targets {choices, labels}, mc2_targets {choices, labels}),
 the original repository's mc_task.json ({choice: label} maps), or a hub id such as
-"truthfulqa/truthful_qa" (config multiple_choice, split validation). Nothing ships offline.
+"truthfulqa/truthful_qa" (config multiple_choice, split validation). Or the generation set's schema
+(question, best_answer, correct_answers, incorrect_answers: lists, or strings separated by ";"; the
+hub's "truthfulqa/truthful_qa:generation"), read as the original repository's MC code reads
+TruthfulQA.csv (the authors' evaluation ran it): each answer closed with a period; MC1 between the
+best answer and the incorrect ones, the best answer placed last so that a tie counts against it
+(theirs asks for a strictly higher score); MC2 over the correct and the incorrect answers.
+Nothing ships offline.
 MC1: the single true answer scores highest. MC2: the probability mass on true answers, normalised
 over all answers (sum exp(ll_true) / sum exp(ll_all)).
 """
@@ -60,10 +66,34 @@ def _targets(where: str, row: dict, name: str) -> tuple[tuple[str, ...], tuple[i
     return tuple(choices), tuple(int(l) for l in labels)
 
 
+def _closed(answer: str) -> str:
+    answer = answer.strip()
+    return answer if answer.endswith(".") else answer + "."
+
+
+def _answers(where: str, row: dict, name: str) -> list[str]:
+    """A generation-set answer list (a list, or a string separated by ";"), each closed with a period."""
+    value = field(where, row, name, (list, str))
+    answers = value.split(";") if isinstance(value, str) else value
+    if not all(isinstance(a, str) for a in answers) or not any(a.strip() for a in answers):
+        raise EvalDataError(f"{where}: field '{name}' must hold answer strings, at least one non-empty")
+    return [_closed(a) for a in answers if a.strip()]
+
+
+def _from_generation_set(where: str, row: dict, question: str) -> MCQuestion:
+    best = _closed(field(where, row, "best_answer"))
+    correct, incorrect = _answers(where, row, "correct_answers"), _answers(where, row, "incorrect_answers")
+    return MCQuestion(where, question, tuple(incorrect) + (best,), (0,) * len(incorrect) + (1,),
+                      tuple(correct + incorrect), (1,) * len(correct) + (0,) * len(incorrect))
+
+
 def load_truthfulqa(spec: str, limit: int = 0) -> list[MCQuestion]:
     questions = []
     for where, row in take(read_rows(spec, hub_config="multiple_choice", hub_split="validation"), limit):
         question = field(where, row, "question")
+        if "mc1_targets" not in row and "best_answer" in row:
+            questions.append(_from_generation_set(where, row, question))
+            continue
         mc1 = _targets(where, row, "mc1_targets")
         if sum(mc1[1]) != 1:
             raise EvalDataError(f"{where}: field 'mc1_targets' must have exactly one true answer")

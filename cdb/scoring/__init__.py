@@ -16,13 +16,15 @@ go by ("toxicity" for a learned classifier, "profanity" for a profanity filter).
                  "hf:MODEL_ID_OR_DIR" (a text-classification model; P of its toxic label; the GPU
                  scales evaluate with hf:s-nlp/roberta_toxicity_classifier, the authors' scorer)
   faithfulness:  "entity" (offline default: entity-level factual consistency, precision-source:
-                 the share of the candidate's named entities, numbers and dates that the source
-                 supports; NaN when it names none; cdb.scoring.entities)
+                 the share of the candidate's entities of every type, numbers and dates included,
+                 that the source supports; NaN when it names none; cdb.scoring.entities, which also
+                 computes Nan et al. 2021's variant, recall and F1)
                  "embedding" (cosine of all-MiniLM-L6-v2 sentence embeddings: the similarity the
                  embedded dataset was labelled with; it rewards copying, so evaluation reports it
                  as "similarity (MiniLM)", never as faithfulness)
                  "embedding:MODEL_ID_OR_DIR" (another sentence-transformers model)
                  "nli:MODEL_ID_OR_DIR" (SummaC-ZS: see NLIFaithfulness)
+                 "nli-paper:MODEL_ID_OR_DIR" (the authors' protocol: see NLIPaperFaithfulness)
 Sentences are split by cdb.sentences.split_sentences.
 """
 
@@ -82,8 +84,12 @@ def make_faithfulness_scorer(spec: str = "entity", device: str = "cpu") -> Faith
         from cdb.scoring.faithfulness import NLIFaithfulness
 
         return NLIFaithfulness(name, device=device)
-    raise ValueError(f"faithfulness scorer {spec!r}: expected 'entity', 'embedding', 'embedding:MODEL' or "
-                     "'nli:MODEL_ID_OR_DIR'")
+    if kind == "nli-paper" and name:
+        from cdb.scoring.faithfulness import NLIPaperFaithfulness
+
+        return NLIPaperFaithfulness(name, device=device)
+    raise ValueError(f"faithfulness scorer {spec!r}: expected 'entity', 'embedding', 'embedding:MODEL', "
+                     "'nli:MODEL_ID_OR_DIR' or 'nli-paper:MODEL_ID_OR_DIR'")
 
 
 # ---- built once per process, and scoring candidates against their sources ----------------------
