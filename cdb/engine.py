@@ -1,6 +1,6 @@
 """The DeepSpeed strategy: the one place that touches DeepSpeed and torch.distributed.
 
-It builds the ZeRO-3 config from a cdb/ds_configs/ file and the scale, builds LM (+ contrast head, +
+It builds the ZeRO-3 config from a ds_configs/ file and the scale, builds LM (+ contrast head, +
 frozen reference, as the method's record asks) so that no rank materialises the whole model, owns
 the optimizer, schedule, clipping, the collectives, checkpointing and the HF export. It chooses no
 loss: the Trainer (cdb.loop) computes the method's objective from `forward`'s outputs.
@@ -23,8 +23,17 @@ from cdb.config import Config, ConfigError
 from cdb.model import DTYPES, ContrastiveLM, build_lm, disable_dropout
 from cdb.objective import ContrastHead, MethodSpec
 
-DS_CONFIG_DIR = Path(__file__).resolve().parent / "ds_configs"
-"""The shipped DeepSpeed configs, package data so that a non-editable install has them."""
+def _ds_config_dir() -> Path:
+    """ds_configs/ inside the installed package (the wheel carries the top-level folder there, mapped in
+    pyproject.toml), else at the top of the source tree the package is imported from (editable installs,
+    PYTHONPATH)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "ds_configs"
+    return installed if installed.is_dir() else package.parent / "ds_configs"
+
+
+DS_CONFIG_DIR = _ds_config_dir()
+"""The shipped DeepSpeed configs: the repository's ds_configs/, one copy, which the wheel carries as package data."""
 CHECKPOINT_TAG = "state"
 
 

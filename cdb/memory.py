@@ -530,7 +530,7 @@ def _suggest(config, gpus: int, memory: int, micro: int, seq: int, offload: str,
         if p.offload != offload:
             parts.append(f"offload {p.offload} (a ds_config with zero_optimization.offload_optimizer"
                          + (" and offload_param" if p.offload == "all" else "")
-                         + " on cpu, as cdb/ds_configs/zero3_bf16_70b_offload.json has; plan it with --offload "
+                         + " on cpu, as ds_configs/zero3_bf16_70b_offload.json has; plan it with --offload "
                          + p.offload + ")")
         if g != gpus:
             parts.append(f"{g} {'ranks' if cpu else 'GPUs'} (--num-workers {g})")

@@ -1,6 +1,6 @@
 # The training image: every Ray pod of the RayJobs in k8s/ (head and workers) runs it; the manifests
 # name it by the placeholder `cdb`, which kustomize `images:` points at your build (k8s/README.md, step 4).
-# Build it from the repository root; only pyproject.toml, README.md and cdb/ go in:
+# Build it from the repository root; only pyproject.toml, setup.py, README.md, cdb/ and ds_configs/ go in:
 #   docker build -f k8s/images/train.Dockerfile -t $REGISTRY/cdb:$TAG .
 #   docker push $REGISTRY/cdb:$TAG
 #
@@ -21,8 +21,9 @@ RUN apt-get update \
 # The project, installed (not editable) into its own venv: its pinned dependencies bring torch 2.13.0
 # (CUDA 13.0), NCCL, DeepSpeed and ray[train,default] 2.60.0, the rayVersion of the manifests.
 ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
-COPY pyproject.toml README.md /tmp/cdb-src/
+COPY pyproject.toml setup.py README.md /tmp/cdb-src/
 COPY cdb /tmp/cdb-src/cdb
+COPY ds_configs /tmp/cdb-src/ds_configs
 RUN python3.12 -m venv /opt/venv \
  && pip install --no-cache-dir /tmp/cdb-src \
  && rm -rf /tmp/cdb-src \
