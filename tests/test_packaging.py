@@ -68,7 +68,9 @@ def test_training_image_installs_the_pinned_project_as_uid_1000():
     assert re.search(r"^USER 1000:1000$", dockerfile, re.M)
     # The build context is what the wheel needs and no more.
     ignore = (REPO / "k8s" / "images" / "train.Dockerfile.dockerignore").read_text().split()
-    assert ignore[ignore.index("*"):ignore.index("*") + 1 + len(WHEEL_SOURCES)] == ["*"] + [f"!{n}" for n in WHEEL_SOURCES]
+    # (plus the offline assets' list and the Ray pods' preStop hook, tests/test_k8s.py)
+    assert ignore[ignore.index("*"):ignore.index("*") + 3 + len(WHEEL_SOURCES)] == \
+        ["*"] + [f"!{n}" for n in WHEEL_SOURCES] + ["!offline-assets.txt", "!k8s/images/ray-prestop.sh"]
     for name in WHEEL_SOURCES:
         assert re.search(rf"^COPY .*\b{re.escape(name)}\b.* /tmp/cdb-src/", dockerfile, re.M), name
 
