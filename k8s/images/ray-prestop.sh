@@ -33,7 +33,7 @@ case "${1:-}" in
     ;;
   worker)
     while ray_work_running; do
-      sleep 5
+      sleep 2
     done
     ;;
   *)
