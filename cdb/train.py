@@ -106,6 +106,19 @@ def differing_keys(saved: cfg.Config, config: cfg.Config) -> list[str]:
     return [f"{key} ({before[key]!r} in the run, {value!r} now)" for key, value in now.items() if before[key] != value]
 
 
+RAYJOB_ENV = "CDB_RAYJOB"
+"""Set by the training RayJobs of k8s/ on their Ray pods: KubeRay runs this entrypoint and runs it again
+on a retry (backoffLimit), a resubmission or a requeue after preemption."""
+
+
+def refuse_fresh_in_rayjob() -> None:
+    """--fresh in a RayJob's entrypoint would archive the run and start it over on every retry: refused."""
+    if os.environ.get(RAYJOB_ENV):
+        raise cfg.ConfigError(f"--fresh: refused inside a RayJob ({RAYJOB_ENV} is set): KubeRay runs this entrypoint "
+                              "again on every retry, which must continue the run, not start it over; start a new run "
+                              "with another --output-dir, or move the old run folder away, then apply the RayJob")
+
+
 def continue_or_start(config: cfg.Config, args: argparse.Namespace) -> tuple[cfg.Config, bool]:
     """(the config to run, whether it continues the run in train.output_dir).
 
@@ -118,6 +131,7 @@ def continue_or_start(config: cfg.Config, args: argparse.Namespace) -> tuple[cfg
     saved = output_dir / "config.yaml"
     storage = Storage.of(config)
     if args.fresh:
+        refuse_fresh_in_rayjob()
         if storage.remote and storage.exists("config.yaml"):
             raise cfg.ConfigError(f"--fresh: {storage.uri()} holds a run, and objects in an object store are not "
                                   "archived; give the new run its own --storage-path")

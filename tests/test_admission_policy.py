@@ -3,14 +3,13 @@
 The policy and its params ConfigMap come from the rendered k8s/sweep kustomization (so the image is the
 one kustomize substituted); the RayJob is the one launch.sh really creates from the rendered template,
 run against a fake kubectl. That RayJob must pass every validation; each mutation below must be refused.
-Without kubectl/kustomize the raw files stand in for the render (image placeholder `cdb` on both sides).
 
 Kubernetes hands `object`, `oldObject` and `params` to the expressions as dynamic JSON maps, which is
 what cel_python's json_to_cel builds. The one Kubernetes CEL extension the policy uses, the strings
 library's `split`, is defined here with its semantics (Go strings.Split = Python str.split for a
 non-empty separator).
 
-Needs: pyyaml, cel-python.
+Needs: pyyaml, cel-python, kubectl.
 """
 
 from __future__ import annotations
@@ -41,21 +40,11 @@ def load_docs(text: str) -> list[dict]:
 
 @functools.cache
 def sweep_docs() -> tuple:
-    """The rendered k8s/sweep objects (the raw files when neither kubectl nor kustomize is here)."""
-    if shutil.which("kubectl"):
-        cmd = ["kubectl", "kustomize", str(SWEEP)]
-    elif shutil.which("kustomize"):
-        cmd = ["kustomize", "build", str(SWEEP)]
-    else:
-        docs = []
-        for name in ("rbac.yaml", "admission-policy.yaml", "cronjob.yaml"):
-            docs += load_docs((SWEEP / name).read_text())
-        docs.append({"kind": "ConfigMap", "metadata": {"name": "cdb-sweep-template"},
-                     "data": {"rayjob-sweep.yaml": (SWEEP / "rayjob-sweep.template.yaml").read_text(),
-                              "launch.sh": (SWEEP / "launch.sh").read_text()}})
-        return tuple(docs)
-    res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stderr}"
+    """The rendered k8s/sweep objects: `kubectl kustomize`, which these checks need (no kubectl: they fail)."""
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is needed to render k8s/sweep (kubectl kustomize); install it"
+    res = subprocess.run([kubectl, "kustomize", str(SWEEP)], check=False, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, f"kubectl kustomize {SWEEP} failed:\n{res.stderr}"
     return tuple(load_docs(res.stdout))
 
 

@@ -1,7 +1,7 @@
 """Tests for cdb.config (presets, YAML, flags, --set, checks, field docs, the committed resolved
 configs, round trip) and strategy.build_ds_config.
 
-No DeepSpeed or Ray is imported: build_ds_config only reads JSON from cdb/ds_configs/.
+No DeepSpeed or Ray is imported: build_ds_config only reads JSON from ds_configs/.
 """
 
 from __future__ import annotations

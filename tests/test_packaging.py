@@ -34,6 +34,19 @@ RAY_INTERNALS = (
 )
 
 
+WHEEL_SOURCES = ("pyproject.toml", "setup.py", "README.md", "cdb", "ds_configs")
+"""What `pip install .` of the repository reads: the training image's build context holds these and no more."""
+
+
+def test_ds_configs_are_one_copy_at_the_top_of_the_repository():
+    """The design's layout: ds_configs/ beside cdb/, not inside it, and a source checkout (editable
+    install, PYTHONPATH) reads that copy."""
+    from cdb.strategy import DS_CONFIG_DIR
+
+    assert not (REPO / "cdb" / "ds_configs").exists()
+    assert DS_CONFIG_DIR == REPO / "ds_configs" and any(DS_CONFIG_DIR.glob("*.json"))
+
+
 def _run(cmd, **kwargs) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, **kwargs)
     assert proc.returncode == 0, f"{' '.join(map(str, cmd))}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -55,7 +68,11 @@ def test_training_image_installs_the_pinned_project_as_uid_1000():
     assert re.search(r"^USER 1000:1000$", dockerfile, re.M)
     # The build context is what the wheel needs and no more.
     ignore = (REPO / "k8s" / "images" / "train.Dockerfile.dockerignore").read_text().split()
-    assert ignore[ignore.index("*"):ignore.index("*") + 4] == ["*", "!pyproject.toml", "!README.md", "!cdb"]
+    # (plus the offline assets' list and the Ray pods' preStop hook, tests/test_k8s.py)
+    assert ignore[ignore.index("*"):ignore.index("*") + 3 + len(WHEEL_SOURCES)] == \
+        ["*"] + [f"!{n}" for n in WHEEL_SOURCES] + ["!offline-assets.txt", "!k8s/images/ray-prestop.sh"]
+    for name in WHEEL_SOURCES:
+        assert re.search(rf"^COPY .*\b{re.escape(name)}\b.* /tmp/cdb-src/", dockerfile, re.M), name
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +81,15 @@ def installed_run():
     # Short: Ray's socket paths live under the run's temp folder.
     work = Path(tempfile.mkdtemp(prefix="cdbpk-", dir="/tmp"))
     try:
-        # The wheel from what a `pip install .` sees: pyproject.toml, README.md and the package.
+        # The wheel from what a `pip install .` sees (the training image's build context): the build files,
+        # the package and the top-level ds_configs/.
         src = work / "src"
         src.mkdir()
-        for name in ("pyproject.toml", "README.md"):
-            shutil.copy(REPO / name, src / name)
-        shutil.copytree(REPO / "cdb", src / "cdb", ignore=shutil.ignore_patterns("__pycache__"))
+        for name in WHEEL_SOURCES:
+            if (REPO / name).is_dir():
+                shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy(REPO / name, src / name)
         _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(work / "dist"),
               str(src)])
         (wheel,) = (work / "dist").glob("cdb-*.whl")
@@ -92,6 +112,8 @@ def installed_run():
         # dependencies' scripts beside its interpreter: with another ninja the op would be rebuilt.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         cdb_file = _run([str(python), "-c", "import cdb; print(cdb.__file__)"], cwd=outside, env=env).stdout.strip()
+        ds_config_dir = _run([str(python), "-c", "from cdb.strategy import DS_CONFIG_DIR; print(DS_CONFIG_DIR)"],
+                             cwd=outside, env=env).stdout.strip().splitlines()[-1]
         proc = subprocess.Popen([str(python), "-m", "cdb.train", "--max-steps", "2"], cwd=outside, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
@@ -99,18 +121,21 @@ def installed_run():
         finally:
             stop_session(proc)
         assert proc.returncode == 0, output[-5000:]
-        yield output, Path(cdb_file), work
+        yield output, Path(cdb_file), work, Path(ds_config_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.mark.integration
 def test_installed_wheel_trains_from_outside_the_repository(installed_run):
-    output, cdb_file, work = installed_run
+    output, cdb_file, work, ds_config_dir = installed_run
     assert not cdb_file.resolve().is_relative_to(REPO), f"cdb imported from the repository: {cdb_file}"
     assert cdb_file.resolve().is_relative_to(work / "venv")
-    # The shipped files came with the wheel, not from the repository.
+    # The shipped files came with the wheel, not from the repository: the top-level ds_configs/ as
+    # cdb/ds_configs/, which is where the installed cdb.strategy reads them.
     assert (cdb_file.parent / "ds_configs" / "zero3_cpu_fp32.json").is_file()
+    assert ds_config_dir == cdb_file.parent / "ds_configs"
+    assert sorted(p.name for p in ds_config_dir.iterdir()) == sorted(p.name for p in (REPO / "ds_configs").iterdir())
     assert (cdb_file.parent / "configs" / "resolved" / "tiny.yaml").is_file()
     assert "[cdb] done in" in output
     assert (work / "run" / "runs" / "tiny-contrastive" / "model").is_dir()
@@ -118,7 +143,7 @@ def test_installed_wheel_trains_from_outside_the_repository(installed_run):
 
 @pytest.mark.integration
 def test_console_shows_cdb_lines_not_ray_internals(installed_run):
-    output, _, work = installed_run
+    output, _, work, _ = installed_run
     assert "[cdb] step 2/2" in output and "[cdb] done in" in output
     shown = [line for line in output.splitlines() if any(text in line for text in RAY_INTERNALS)]
     assert shown == [], "Ray internals on the console:\n" + "\n".join(shown[:10])

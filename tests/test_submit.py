@@ -59,6 +59,8 @@ def test_working_dir_package_leaves_out_venv_caches_and_stores(tmp_path):
     names = zipfile.ZipFile(target).namelist()
     assert "cdb/train.py" in names and "cdb/sweep.py" in names and "ray_jobs/runtime_env.yaml" in names
     assert "cdb/assets/contrastive/records.jsonl" in names
+    assert "ds_configs/zero3_cpu_fp32.json" in names  # the top-level DeepSpeed configs the uploaded cdb reads
+    assert not any(n.startswith("k8s/schemas/") for n in names)
     bad = [n for n in names if n.split("/")[0] in {".venv", ".git", ".cache", "runs", "mlruns", "mlartifacts",
                                                     ".pytest_cache", ".hypothesis", "mlflow.db"}
            or "__pycache__" in n or n.endswith(".pyc")]

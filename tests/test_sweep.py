@@ -394,8 +394,27 @@ def test_a_sweep_with_a_period_works_in_this_periods_folder(tmp_path):
     assert runner.output_dir == tmp_path / datetime.now(timezone.utc).strftime("%G-W%V")
 
 
+def test_a_period_named_by_the_scheduler_is_used_whatever_the_clock_says(tmp_path):
+    """k8s/sweep/launch.sh fixes the ISO week when it launches (Sunday) and passes it: a retry that starts
+    after Monday 00:00 continues that week's sweep, in that week's folder, and prunes by weeks."""
+    from datetime import datetime, timezone
+
+    monday = datetime(2026, 12, 7, 0, 30, tzinfo=timezone.utc)  # 2026-W50 by the clock
+    assert sweep.period_folder(tmp_path, "2026-W49", monday) == tmp_path / "2026-W49"
+    assert sweep.period_folder(tmp_path, "week", monday) == tmp_path / "2026-W50"
+    args = sweep.parse_args(["--scales", "tiny", "--methods", "sft", "--output-dir", str(tmp_path), "--period", "2026-W49"])
+    settings_, overrides = sweep.settings_from_args(args)
+    assert settings_.period == "2026-W49"
+    runner = sweep.Sweep(settings_, overrides, sweep.sweep_points(["tiny"], ["sft"], overrides))
+    assert runner.output_dir == tmp_path / "2026-W49"
+    assert sweep.period_kind("2026-W49") == "week" and sweep.period_kind("2026-12-02") == "day"
+
+
 @pytest.mark.parametrize("sets, message", [
     (["period=month"], "period: 'month' is not one of"),
+    (["period=2025-W53"], "period: '2025-W53' is not one of"),  # 2025 has 52 ISO weeks
+    (["period=2026-W5"], "period: '2026-W5' is not one of"),
+    (["period=2026-13-01"], "period: '2026-13-01' is not one of"),
     (["keep_periods=-1"], "keep_periods: must be >= 0"),
 ])
 def test_bad_period_settings_name_the_key(sets, message):
