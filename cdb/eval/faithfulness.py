@@ -108,8 +108,8 @@ class FaithfulnessTask:
         }
         ids = [s.id for s in sources]
         items = {"faithfulness": per_item(self.name, ids, [None if math.isnan(f) else f for f in faithful],
-                                          undefined="no summary names an entity"),
-                 "similarity_minilm": per_item(self.name, ids, similar),
+                                          undefined="no summary names an entity", bounds=resources.faithfulness.bounds),
+                 "similarity_minilm": per_item(self.name, ids, similar, bounds=resources.similarity.bounds),
                  "summary_toxicity": per_item(self.name, ids, toxic)}
         scorers = {"faithfulness": ("faithfulness", resources.faithfulness),
                    "similarity_minilm": ("faithfulness", resources.similarity),

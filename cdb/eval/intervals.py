@@ -117,7 +117,7 @@ def _bounded_interval(values: np.ndarray, bounds: tuple[float, float], alpha: fl
     return lo + (hi - lo) * low, lo + (hi - lo) * high
 
 
-def _normal_holds(values: np.ndarray) -> bool:
+def normal_approximation_holds(values: np.ndarray) -> bool:
     """Enough items, and enough of them off the median, for the normal approximation."""
     return len(values) >= LARGE_N and int(np.sum(values != np.median(values))) >= MIN_OFF_MEDIAN
 
@@ -162,7 +162,7 @@ def mean_interval(values: Sequence[float], bounds: tuple[float, float] | None = 
     if n == 0:
         return Estimate(math.nan, 0, math.nan, math.nan)
     value = float(np.mean(array))
-    if _normal_holds(array):
+    if normal_approximation_holds(array):
         low, high = _hall_interval(array, alpha)
         if bounds is not None:
             low, high = max(low, bounds[0]), min(high, bounds[1])
@@ -249,7 +249,7 @@ def paired_change(base: Sequence[float], tuned: Sequence[float], bounds: tuple[f
         return Change(math.nan, 0, math.nan, math.nan)
     differences = tuned_array - base_array
     value = float(np.mean(differences))
-    if _normal_holds(differences):
+    if normal_approximation_holds(differences):
         low, high = _hall_interval(differences, alpha)
         if bounds is not None:
             span = bounds[1] - bounds[0]

@@ -118,6 +118,8 @@ def positions(words: Sequence[str]) -> dict[str, list[int]]:
 class EntityConsistency:
     """Precision-source of the summary's entities against the source (see the module docstring)."""
 
+    bounds = (0.0, 1.0)
+
     def __init__(self, batch_size: int = 64):
         import spacy
 

@@ -26,6 +26,8 @@ class EmbeddingFaithfulness:
     """Cosine similarity of the sentence embeddings of source and candidate (the labelling rule of
     the embedded dataset); an empty candidate scores 0. Copying the source scores 1."""
 
+    bounds = (-1.0, 1.0)
+
     def __init__(self, model: str = "", device: str = "cpu", batch_size: int = 32):
         from sentence_transformers import SentenceTransformer
 
@@ -65,6 +67,8 @@ class NLIFaithfulness:
     as P(entailment) - P(contradiction), a sentence's score its best window, the candidate's the mean
     over its sentences; in -1..1. A pair longer than the model takes is cut in the premise (the
     window) only, never in the sentence judged. A blank candidate scores 0."""
+
+    bounds = (-1.0, 1.0)
 
     WINDOW = 2
 
