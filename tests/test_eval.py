@@ -308,6 +308,38 @@ def test_evallm_left_padding_batch_1_equals_batch_3(tiny):
     assert sampled == again and all(len(s) == 2 for s in sampled)
 
 
+def test_a_sample_depends_on_its_prompt_and_the_seed_only(tiny):
+    """Sample j of a prompt is the same whatever prompts share its batch, the batch size, the order,
+    or how the prompts are split over workers (cdb.eval.remote.split, what ShardedLM splits with):
+    sampled generations, hence per-item values, are those of one worker."""
+    from cdb.eval.remote import split
+
+    model, tokenizer = tiny
+    prompts = ["The cat sat", "Maria Lopez opened a new library in Leeds on", "Hi", "A long time ago in a galaxy far",
+               "Yes", "Why do we"]
+    options = dict(max_new_tokens=5, samples=2, do_sample=True, temperature=0.7, top_p=0.9, seed=3)
+    whole = EvalLM(model, tokenizer, batch_size=4).generate(prompts, **options)
+    two_workers = [g for part in split(prompts, 2) for g in EvalLM(model, tokenizer, batch_size=3).generate(part, **options)]
+    alone = [EvalLM(model, tokenizer, batch_size=1).generate([p], **options)[0] for p in prompts[:2]]
+    backwards = EvalLM(model, tokenizer, batch_size=16).generate(prompts[::-1], **options)[::-1]
+    assert whole == two_workers == backwards and whole[:2] == alone
+    assert all(len(g) == 2 and g[0] != g[1] for g in whole)  # a prompt's two samples are two draws
+    assert EvalLM(model, tokenizer, batch_size=4).generate(prompts, **{**options, "seed": 4}) != whole
+
+
+def test_toxicity_items_are_the_same_with_any_batching(tiny):
+    """The toxicity task's per-prompt values (what its interval and the paired change use) do not
+    move with how the prompts are batched."""
+    from cdb.eval.toxicity import ToxicityTask
+
+    model, tokenizer = tiny
+    options = make_options("quick", toxicity_limit=5, toxicity_max_new_tokens=6, progress=False)
+    runs = [ToxicityTask().run(EvalLM(model, tokenizer, batch_size=size), options, Resources(options)) for size in (16, 2)]
+    assert runs[0].items["mean_toxicity"].values == runs[1].items["mean_toxicity"].values
+    assert [s["output"] for s in runs[0].samples] == [s["output"] for s in runs[1].samples]
+    assert len({s["output"] for s in runs[0].samples}) > 5  # sampled, not one text repeated
+
+
 # ---- loaders ---------------------------------------------------------------------------------
 def test_rtp_loader():
     prompts = load_rtp(str(FIXTURES / "rtp.jsonl"))
