@@ -15,8 +15,8 @@ changes); EvalLM applies it.
 One module per task, each a `Task` (cdb.eval.base): `name` and `run(lm, options, resources) ->
 TaskResult(metrics, samples, items)`, `items` holding each metric's value per item. Every metric is
 logged with its n and 95% interval over its items (`<metric>_n`, `_ci95_low`, `_ci95_high`;
-cdb.eval.estimates; a harness metric's interval is lm-eval's, value +- 1.96 x its stderr), and a
-metric no item defines is absent with a tag saying why. A task whose data cannot be had offline and
+cdb.eval.estimates; a harness metric's interval is lm-eval's, value +- 1.96 x its stderr, where that
+normal interval holds), and a metric no item defines is absent with a tag saying why. A task whose data cannot be had offline and
 was not given raises `Unavailable`; the suite prints the note and goes on. Importing this package
 loads no torch: the LM and the decoding load when a suite runs.
 """
@@ -211,7 +211,8 @@ def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str 
     decoding-time debiasing: see run_tag) in `experiment`, FINISHED at the end or FAILED; write both files to `output_dir` too.
     Either way the run gets tags cdb.<prefix>.method=<decoding>, cdb.<prefix>.options_hash (what a
     comparison against another evaluation needs equal), cdb.<prefix>.undefined.<task>/<metric>
-    (why a metric is absent) and cdb.<prefix>.<task>.<tag> (TaskResult.tags). The model is loaded in
+    (why a metric is absent; `<metric>_ci95`: why it has no interval) and cdb.<prefix>.<task>.<tag>
+    (TaskResult.tags). The model is loaded in
     `precision` (a training run passes its scale's when it evaluates on GPUs). With `workers` > 1
     (inside a Ray cluster), `workers - 1` more copies of the model, each on one CPU and
     `gpus_per_worker` GPUs, share the items (cdb.eval.remote). Returns the summary written to

@@ -22,8 +22,9 @@ BCa, percentile) is far too narrow; the Clopper-Pearson interval of the mean, ta
 total on their bounds as the successes, uses the bound instead (Var X <= m (1 - m) on [0, 1], the
 Bernoulli's): conservative, never zero width. With LARGE_N items or more, at least MIN_OFF_MEDIAN
 of them off the median (the normal approximation's n p >= 10), the tail is seen and Hall's (1992)
-transformation of Student's t, which corrects for skewness, holds its level at a third to a half of
-that width. Shares keep Clopper-Pearson at every n: Wilson's dips to 85-92% at some true shares.
+transformation of Student's t, which corrects for skewness, holds its level in less width (about
+half, for per-prompt toxicity at 900 prompts). Shares keep Clopper-Pearson at every n: Wilson's
+dips to 85-93% at some true shares.
 
 Every estimate carries its n: the number of items it used. NaN items (an item the metric could not
 score, e.g. a summary without entities) are left out of n and of the estimate; in a paired change
