@@ -13,8 +13,8 @@ last validation), and writes to OUTPUT:
                            (artifacts <prefix>/items.json; a line under the table says so), "no
                            detectable change" when that interval holds 0; withheld, with the
                            reason, when the two evaluations are not comparable; an undefined
-                           metric with why, a number without a reliable interval with why; "(labeller)" beside a
-                           number scored by the scorer that labelled the training data, tags
+                           metric, or a number without a reliable interval, with why; "(labeller)"
+                           beside a number scored by the scorer that labelled the training data, tags
                            cdb.<prefix>.<task>.labeller_metrics); the validation metrics every
                            method shares; a metric no run logged (a suite without the
                            harness task, say) has no column
@@ -200,8 +200,8 @@ def _interval(m: Measure, digits: int = 3, sign: bool = False) -> str:
 
 def _value(m: Measure, no_interval: str = "") -> str:
     """value [interval] (n); `no_interval`: why a number has none (its n not enough for one)."""
-    n = f" (n {m.n:.0f}" + (f"; no interval: {no_interval}" if no_interval and m.low is None else "") + ")" \
-        if m.n is not None else ""
+    why = f"; no interval: {no_interval}" if no_interval and m.low is None else ""
+    n = f" (n {m.n:.0f}{why})" if m.n is not None else ""
     return f"{sig(m.value)}{_interval(m)}{n}"
 
 

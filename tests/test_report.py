@@ -216,7 +216,8 @@ def test_the_training_runs_filter_selects_exactly_the_training_runs(tmp_path):
 
 
 def _log_evaluations(client, run_id, tmp_path, base, tuned):
-    """eval_base/ and eval/ metrics, delta/ metrics at 95% and both items.json artifacts, as cdb.train logs them."""
+    """eval_base/ and eval/ metrics with the tags of what has no interval, delta/ metrics at 95% and
+    both items.json artifacts, as cdb.eval and cdb.train log them."""
     from cdb import tracking
     from cdb.eval import estimates
 
@@ -226,8 +227,10 @@ def _log_evaluations(client, run_id, tmp_path, base, tuned):
         folder.mkdir(parents=True)
         estimates.write_items(folder / estimates.ITEMS_FILE, "same", items)
         client.log_artifact(run_id, str(folder / estimates.ITEMS_FILE), prefix)
-        for name, values in items.items():
-            metrics.update(estimates.interval_fields(f"{prefix}/{name}", estimates.estimate(values)))
+        fields, undefined = estimates.summarise(prefix, {k: estimates.estimate(v).value for k, v in items.items()}, items)
+        metrics.update(fields)
+        for key, why in undefined.items():
+            client.set_tag(run_id, tracking.undefined_tag(prefix, key[len(prefix) + 1:]), why)
     for name in tuned:
         metrics.update(estimates.interval_fields(f"delta/{name}", estimates.change(base[name], tuned[name])))
     client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
@@ -249,12 +252,16 @@ def test_changes_are_adjusted_for_the_runs_compared(tmp_path):
     def moved(gained, lost):  # `gained` wrong answers now right, `lost` right ones now wrong
         return [0.0 if i < lost else v for i, v in enumerate(base_values[:50])] + [1.0 if i < gained else 0.0 for i in range(50)]
 
-    base = {"knowledge/accuracy": per_item("knowledge", ids, base_values, "share")}
+    # StereoSet over 3 targets: ICAT has no reliable interval, and the cell says why
+    targets = {t: [80.0 + i, 60.0 - i] for i, t in enumerate("abc")}
+    icat = per_item("bias", targets, targets.values(), "icat", bounds=(0.0, 100.0))
+    base = {"knowledge/accuracy": per_item("knowledge", ids, base_values, "share"), "bias/stereoset_icat": icat}
     tuned = {"small": moved(8, 1), "large": moved(25, 0), "none": moved(3, 3)}
     runs = {}
     for i, (method, values) in enumerate(tuned.items()):
         run = client.create_run(experiment, run_name=method, tags={"cdb.method": method, "cdb.scale": "tiny"}, start_time=i)
-        _log_evaluations(client, run.info.run_id, tmp_path, base, {"knowledge/accuracy": per_item("knowledge", ids, values, "share")})
+        _log_evaluations(client, run.info.run_id, tmp_path, base,
+                         {"knowledge/accuracy": per_item("knowledge", ids, values, "share"), "bias/stereoset_icat": icat})
         client.set_terminated(run.info.run_id, "FINISHED")
         runs[method] = run.info.run_id
     logged = client.get_run(runs["small"]).data.metrics
@@ -270,5 +277,7 @@ def test_changes_are_adjusted_for_the_runs_compared(tmp_path):
         assert ("no detectable change" in row) == (adjusted.low <= 0 <= adjusted.high), row
     assert "small" in md and "no detectable change" in next(line for line in md.splitlines() if line.startswith("| small |"))
     assert page.count('class="better"') == 1 and page.count('class="worse"') == 0  # the large change only
+    assert md.count("(n 3; no interval: too few items for a reliable interval: needs 20 items (3 here)); "
+                    "change +0.0, no reliable interval at this n") == 3
     assert ("Changes: intervals Bonferroni-adjusted for the m runs compared in each column (m = 3: each at "
             "1 - 0.05 / m, 98.33%), recomputed from the runs' per-item values") in md
