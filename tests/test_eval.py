@@ -327,6 +327,25 @@ def test_a_sample_depends_on_its_prompt_and_the_seed_only(tiny):
     assert EvalLM(model, tokenizer, batch_size=4).generate(prompts, **{**options, "seed": 4}) != whole
 
 
+def test_item_sampler_draws_from_the_tempered_nucleus():
+    """The argmax of log p - log E, E ~ Exp(1) per token, is a draw from p (Gumbel-max): over 4,000
+    rows with their own seeds the tokens come up as often as softmax(logits / T) says, and never
+    outside the top-p nucleus."""
+    from cdb.eval.lm import ItemSampler, item_seed
+
+    logits = torch.tensor([[2.0, 1.0, 0.5, -3.0]]).repeat(4000, 1)
+    sampler = ItemSampler([item_seed(0, str(i), 0) for i in range(4000)], temperature=0.7, top_p=0.95)
+    drawn = sampler(torch.zeros((4000, 1), dtype=torch.long), logits).argmax(-1)
+    p = torch.softmax(logits[0] / 0.7, -1)  # 0.736, 0.176, 0.086, 0.0006
+    kept = p[:3] / p[:3].sum()  # top-p 0.95 keeps three (0.736 + 0.176 = 0.912 falls short)
+    counts = torch.bincount(drawn, minlength=4).float() / 4000
+    assert counts[3] == 0
+    assert counts[:3].tolist() == pytest.approx(kept.tolist(), abs=4 * math.sqrt(0.25 / 4000))
+    # the same seeds, the same draws
+    again = ItemSampler([item_seed(0, str(i), 0) for i in range(4000)], temperature=0.7, top_p=0.95)
+    assert torch.equal(again(torch.zeros((4000, 1), dtype=torch.long), logits).argmax(-1), drawn)
+
+
 def test_toxicity_items_are_the_same_with_any_batching(tiny):
     """The toxicity task's per-prompt values (what its interval and the paired change use) do not
     move with how the prompts are batched."""

@@ -69,7 +69,7 @@ def crows_stereo_share(more: Sequence[float], less: Sequence[float]) -> float:
 
 
 def icat(lms, ss):
-    """On numbers or, elementwise, on arrays (the bootstrap of cdb.eval.intervals.combined_interval)."""
+    """On numbers or, elementwise, on arrays (the grids and resamples of cdb.eval.intervals)."""
     import numpy as np
 
     return lms * np.minimum(ss, 100.0 - ss) / 50.0

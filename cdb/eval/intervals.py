@@ -37,7 +37,6 @@ bootstrap is deterministic given the seed.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 

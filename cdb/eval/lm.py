@@ -61,11 +61,14 @@ class ItemSampler(LogitsProcessor):
     by its item (`seeds`, one per row, item_seed), so what a row samples does not depend on the
     rows beside it."""
 
-    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, device):
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float):
         self.warpers = [TemperatureLogitsWarper(float(temperature)), TopPLogitsWarper(top_p)]
-        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.seeds = list(seeds)
+        self.generators: list[torch.Generator] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if not self.generators:  # where the logits are (a model spread over GPUs ends on its last one)
+            self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
         scores = scores.float()
         for warp in self.warpers:
             scores = warp(input_ids, scores)
@@ -207,8 +210,7 @@ class EvalLM:
                     self.model, self.prefix_ids, self.decoding.decay, self.decoding.epsilon, attention_mask=mask,
                     bos_token_id=self.bos, pad_token_id=self.pad))
             if do_sample:
-                processors.append(ItemSampler([item_seed(seed, prompts[i], j) for i, j in rows], temperature, top_p,
-                                              ids.device))
+                processors.append(ItemSampler([item_seed(seed, prompts[i], j) for i, j in rows], temperature, top_p))
             out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
                                       **({"logits_processor": processors} if processors else {}))
             new = out[:, ids.shape[1]:]
