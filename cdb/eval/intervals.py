@@ -24,7 +24,7 @@ Bernoulli's): conservative, never zero width. With LARGE_N items or more, at lea
 of them off the median (the normal approximation's n p >= 10), the tail is seen and Hall's (1992)
 transformation of Student's t, which corrects for skewness, holds its level in less width (about
 half, for per-prompt toxicity at 900 prompts). Shares keep Clopper-Pearson at every n: Wilson's
-dips to 85-93% at some true shares.
+dips to 85-94% at some true shares.
 
 Every estimate carries its n: the number of items it used. NaN items (an item the metric could not
 score, e.g. a summary without entities) are left out of n and of the estimate; in a paired change
