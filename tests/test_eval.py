@@ -344,6 +344,11 @@ def test_item_sampler_draws_from_the_tempered_nucleus():
     # the same seeds, the same draws
     again = ItemSampler([item_seed(0, str(i), 0) for i in range(4000)], temperature=0.7, top_p=0.95)
     assert torch.equal(again(torch.zeros((4000, 1), dtype=torch.long), logits).argmax(-1), drawn)
+    # another model (other logits) draws sample j of prompt p with the same noise: base and tuned pair up
+    seeds, ids = [item_seed(0, "p", j) for j in range(3)], torch.zeros((3, 1), dtype=torch.long)
+    base, tuned = torch.randn(3, 50), torch.randn(3, 50)
+    noise = [torch.log_softmax(x, -1) - ItemSampler(seeds, 1.0, 1.0)(ids, x) for x in (base, tuned)]
+    assert torch.allclose(noise[0], noise[1], atol=1e-5)
 
 
 def test_toxicity_items_are_the_same_with_any_batching(tiny):
