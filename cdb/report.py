@@ -8,10 +8,13 @@ base model, logged into the same run before training), each with its `_n` and 95
 with its interval; cdb.eval.estimates) and `val/...` (the training run's held-out sources, at its
 last validation), and writes to OUTPUT:
   report.md, report.html   one row per run: each metric's value, interval and n, with its change
-                           against the run's base model ("no detectable change" when the change's
-                           interval holds 0; withheld, with the reason, when the two evaluations are
-                           not comparable; an undefined metric with why; "(labeller)" beside a
-                           number scored by the scorer that labelled the training data, tags
+                           against the run's base model, its interval Bonferroni-adjusted for the
+                           runs compared in that column and recomputed from their per-item values
+                           (artifacts <prefix>/items.json; a line under the table says so), "no
+                           detectable change" when that interval holds 0; withheld, with the
+                           reason, when the two evaluations are not comparable; an undefined
+                           metric, or a number without a reliable interval, with why; "(labeller)"
+                           beside a number scored by the scorer that labelled the training data, tags
                            cdb.<prefix>.<task>.labeller_metrics); the validation metrics every
                            method shares; a metric no run logged (a suite without the
                            harness task, say) has no column. Toxicity columns are keyed by the
@@ -106,10 +109,10 @@ COLUMNS = (
 """The eval metrics a table can show; it shows those some run of it logged (shown_columns)."""
 
 LEGEND = ("Each cell: the tuned model's value [95% interval] (n: the items it is over), then its change "
-          "against the base model of the same run: tuned minus base, paired over the items both evaluated "
-          "(paired bootstrap; exact McNemar for shares), with its 95% interval. A change whose interval holds 0 "
-          "reads \"no detectable change\"; the others are marked better or worse by the metric's direction. "
-          "CrowS-Pairs: 0.5 is unbiased; StereoSet ICAT on 0..100.")
+          "against the base model of the same run: tuned minus base, paired over the items both evaluated, "
+          "with its interval (adjusted for the runs compared: the line under the table). A change whose "
+          "interval holds 0 reads \"no detectable change\"; the others are marked better or worse by the "
+          "metric's direction. CrowS-Pairs: 0.5 is unbiased; StereoSet ICAT on 0..100.")
 LABELLER_NOTE = "(labeller): scored by the scorer that labelled the training data."
 
 
@@ -151,6 +154,8 @@ class RunRow:
     (tags cdb.<prefix>.<task>.labeller_metrics)."""
     scorers: dict[str, dict[str, str]] = field(default_factory=dict)
     """prefix (eval, eval_base) -> scorer kind -> the scorer's name (tags cdb.<prefix>.scorer.<kind>)."""
+    unadjusted: dict[str, str] = field(default_factory=dict)
+    """metric -> why its change's interval could not be adjusted for the runs compared (adjusted)."""
 
 
 def _measures(metrics: dict[str, float], prefix: str) -> dict[str, Measure]:
@@ -275,8 +280,10 @@ def _interval(m: Measure, digits: int = 3, sign: bool = False) -> str:
     return f" [{sig(m.low, digits, sign)}, {sig(m.high, digits, sign)}]"
 
 
-def _value(m: Measure) -> str:
-    n = f" (n {m.n:.0f})" if m.n is not None else ""
+def _value(m: Measure, no_interval: str = "") -> str:
+    """value [interval] (n); `no_interval`: why a number has none (its n not enough for one)."""
+    why = f"; no interval: {no_interval}" if no_interval and m.low is None else ""
+    n = f" (n {m.n:.0f}{why})" if m.n is not None else ""
     return f"{sig(m.value)}{_interval(m)}{n}"
 
 
@@ -309,6 +316,68 @@ def _verdict(column: Column, row: RunRow, change: Measure) -> bool | None:
     return (change.value < 0) if column.better == "lower" else (change.value > 0)
 
 
+def comparisons(rows: Sequence[RunRow], column: Column) -> list[RunRow]:
+    """The runs whose change against their base the column shows: the family its adjustment counts."""
+    return [r for r in rows if metric_name(column, r) in r.changes and metric_name(column, r) in r.base
+            and (not column.scored_by or instrument(column, r, tracking.PREFIX_EVAL) == (column.scorer, column.labeller))]
+
+
+def adjusted(rows: Sequence[RunRow], columns: Sequence[Column], uri: str) -> list[RunRow]:
+    """`rows` with each column's changes recomputed from the runs' per-item values (artifacts
+    eval_base/items.json and eval/items.json) at 1 - 0.05 / m, m the runs compared in that column
+    (Bonferroni): the chance that any of them reads better or worse by chance stays under 5%.
+    A change whose run has no per-item values keeps its logged 95% interval where m = 1; with
+    m > 1 it is marked unadjusted (RunRow.unadjusted) and gets no verdict."""
+    import tempfile
+
+    from cdb.eval import estimates
+    from cdb.eval.intervals import CONFIDENCE
+
+    changes = {r.run_id: dict(r.changes) for r in rows}
+    unadjusted: dict[str, dict[str, str]] = {r.run_id: {} for r in rows}
+    with tempfile.TemporaryDirectory(prefix="cdb-report-") as folder:
+        items: dict[str, tuple[dict, dict] | None] = {}
+
+        def items_of(row: RunRow) -> tuple[dict, dict] | None:
+            if row.run_id not in items:
+                sides = []
+                for prefix in (tracking.PREFIX_EVAL_BASE, tracking.PREFIX_EVAL):
+                    where = Path(folder) / row.run_id / prefix
+                    found = tracking.download_artifact(uri, row.run_id, f"{prefix}/{estimates.ITEMS_FILE}", where)
+                    sides.append(estimates.read_items(where)[1] if found else None)
+                items[row.run_id] = None if None in sides else (sides[0], sides[1])
+            return items[row.run_id]
+
+        for column in columns:
+            family = comparisons(rows, column)
+            confidence = 1 - (1 - CONFIDENCE) / max(len(family), 1)
+            for row in family:
+                metric, values = metric_name(column, row), items_of(row)
+                if values is None or metric not in values[0] or metric not in values[1]:
+                    if len(family) > 1:
+                        unadjusted[row.run_id][metric] = "no per-item values logged"
+                    continue
+                c = estimates.change(values[0][metric], values[1][metric], confidence)
+                finite = math.isfinite(c.low) and math.isfinite(c.high)
+                changes[row.run_id][metric] = Measure(c.value, c.n, c.low if finite else None, c.high if finite else None)
+    return [replace(r, changes=changes[r.run_id], unadjusted=unadjusted[r.run_id]) for r in rows]
+
+
+def adjustment_note(rows: Sequence[RunRow], columns: Sequence[Column]) -> str:
+    """The one line under the table of changes: how their intervals were adjusted."""
+    from cdb.eval.intervals import CONFIDENCE
+
+    sizes = sorted({len(comparisons(rows, c)) for c in columns} - {0})
+    if not sizes or sizes == [1]:
+        return ("Changes: one run per column, so each interval is its 95% one; better or worse only where it "
+                "excludes 0.")
+    level = " to ".join(f"{100 * (1 - (1 - CONFIDENCE) / m):.4g}%" for m in sorted({sizes[0], sizes[-1]}))
+    many = " to ".join(str(m) for m in sorted({sizes[0], sizes[-1]}))
+    return (f"Changes: intervals Bonferroni-adjusted for the m runs compared in each column (m = {many}: each at "
+            f"1 - 0.05 / m, {level}), recomputed from the runs' per-item values; better or worse only where the "
+            "adjusted interval excludes 0.")
+
+
 def _cell(row: RunRow, column: Column, prefix: str) -> tuple[str, bool | None]:
     """The text of one metric of a run under `prefix` (eval with its change, or eval_base), and its verdict."""
     values = row.tuned if prefix == tracking.PREFIX_EVAL else row.base
@@ -319,7 +388,8 @@ def _cell(row: RunRow, column: Column, prefix: str) -> tuple[str, bool | None]:
     if m is None or not math.isfinite(m.value):
         why = row.undefined.get(prefix, {}).get(metric)
         return (f"undefined: {why}" if why else "—"), None
-    text = _value(m) + (" (labeller)" if metric in row.labeller.get(prefix, set()) else "")
+    no_interval = row.undefined.get(prefix, {}).get(f"{metric}_ci95", "")
+    text = _value(m, no_interval) + (" (labeller)" if metric in row.labeller.get(prefix, set()) else "")
     if prefix != tracking.PREFIX_EVAL or metric not in row.base:
         return text, None
     if row.withheld:
@@ -327,11 +397,14 @@ def _cell(row: RunRow, column: Column, prefix: str) -> tuple[str, bool | None]:
     change = row.changes.get(metric)
     if change is None:
         return f"{text}; no paired change logged", None
-    verdict = _verdict(column, row, change)
     shown = f"{sig(change.value, 2, True)}{_interval(change, 2, True)}"
-    detectable = change.low is not None and change.high is not None and not change.low <= 0 <= change.high
-    if column.better == "neither" and detectable:
+    if change.low is None or change.high is None:
+        return f"{text}; change {shown}, no reliable interval at this n", None
+    if metric in row.unadjusted:
+        return f"{text}; change {shown} at 95%, not adjusted ({row.unadjusted[metric]})", None
+    if column.better == "neither" and not change.low <= 0 <= change.high:
         return f"{text}; change {shown}", None  # a length: a change, neither better nor worse
+    verdict = _verdict(column, row, change)
     if verdict is None:
         return f"{text}; no detectable change ({shown})", None
     return f"{text}; change {shown}", verdict
@@ -410,7 +483,7 @@ def markdown(rows: Sequence[RunRow], experiment: str, uri: str) -> str:
         for r in evaluated:
             cells = [_cell(r, c, tracking.PREFIX_EVAL)[0] for c in columns]
             lines.append(_md_row([r.method, r.scale, _short(r)] + cells))
-        lines.append("")
+        lines += ["", adjustment_note(evaluated, columns), ""]
     if with_base:
         lines += ["## Base models", "", "| " + " | ".join(heads) + " |", "|" + "|".join(["---"] * len(heads)) + "|"]
         for r in with_base:
@@ -463,7 +536,8 @@ def html_report(rows: Sequence[RunRow], experiment: str, uri: str) -> str:
         parts += ["<ul>"] + [f"<li>{html.escape(note)}</li>" for note in notes(evaluated)] + ["</ul>"]
     if evaluated:
         parts += ["<h2>Tuned models (change against base)</h2>",
-                  _html_table(evaluated, tracking.PREFIX_EVAL, shown_columns(evaluated))]
+                  _html_table(evaluated, tracking.PREFIX_EVAL, shown_columns(evaluated)),
+                  f"<p>{html.escape(adjustment_note(evaluated, shown_columns(evaluated)))}</p>"]
     if with_base:
         parts += ["<h2>Base models</h2>", _html_table(with_base, tracking.PREFIX_EVAL_BASE, shown_columns(evaluated))]
     if labeller_marked(evaluated):
@@ -556,6 +630,8 @@ def report(experiment: str, output_dir: str | Path, tracking_uri: str | None = N
     holds no runs."""
     uri = tracking.resolve_uri(tracking_uri or "")
     rows = collect(uri, experiment, parent_run_id)
+    evaluated = tables(rows)[0]
+    rows = adjusted(rows, shown_columns(evaluated), uri)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "report.md", out / "report.html", out / "alignment_tax.png"]

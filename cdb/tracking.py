@@ -18,6 +18,7 @@ Reading back: `experiment_runs`, `find_run`, `metric_history`.
 The contract between the modules that write runs and those that read them: the TAG_* names, the
 PREFIX_* metric prefixes and TRAINING_RUNS_FILTER below; every run gets MLflow's source tags.
 Links into MLflow's UI for the user: `runs_url`, `run_url`, `ui_hint`.
+A run's artifact read back: `download_artifact` (the report's per-item values).
 
 Default store: sqlite:///<cwd>/mlflow.db with artifacts in <cwd>/mlartifacts, unless
 --tracking-uri / tracking.uri or MLFLOW_TRACKING_URI says otherwise.
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from cdb.config import Config
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per small file: noise in logs
 
 RUN_FILE = "run.json"
 """In OUTPUT_DIR: the MLflow run and Ray run name of the job, for a rerun (which continues it) and cdb.sync."""
@@ -308,6 +310,17 @@ class DatasetIdentity(Protocol):
     source_type: str
     source: str
     profile: str
+
+
+def download_artifact(uri: str, run_id: str, path: str, folder: str | Path) -> Path | None:
+    """Run `run_id`'s artifact `path` copied into `folder` (under its own name), or None where the
+    run has no such artifact (a run logged before cdb wrote it)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return Path(_client(uri).download_artifacts(run_id, path, str(folder)))
+    except (MlflowException, OSError):
+        return None
 
 
 class Run:

@@ -166,29 +166,50 @@ def test_spread_is_even_and_total():
 
 # ---- n, intervals and paired changes (cdb.eval.estimates) -----------------------------------------
 def test_summarise_gives_n_and_interval_and_says_why_a_metric_is_absent():
+    from scipy import stats
+
     from cdb.eval.estimates import summarise
 
     items = {"toxicity/toxicity_probability_at2": per_item("toxicity", "abcdefghij", [1, 0, 0, 1, 0, 0, 0, 1, 0, 0], "share"),
              "faithfulness/similarity_minilm": per_item("faithfulness", "abcd", [0.2, 0.4, 0.6, 0.8]),
-             "faithfulness/faithfulness": per_item("faithfulness", "abcd", [None] * 4, undefined="no summary names an entity")}
+             "faithfulness/faithfulness": per_item("faithfulness", "abcd", [None] * 4, undefined="no summary names an entity"),
+             "harness/crows_pairs_likelihood_diff": per_item("harness", "abc", [-3.0, 1.0, 5.0], bounds=None)}
     metrics = {"toxicity/toxicity_probability_at2": 0.3, "faithfulness/similarity_minilm": 0.5,
-               "faithfulness/faithfulness": float("nan")}
+               "faithfulness/faithfulness": float("nan"), "harness/crows_pairs_likelihood_diff": 1.0}
     fields, undefined = summarise("eval", metrics, items)
-    # 3 of 10: Wilson (0.1078, 0.6032); the mean of 4 spread values: an interval around 0.5 inside their range
+    # 3 of 10: Clopper-Pearson; the mean of 4 values on [0, 1] totalling 2: the binomial's 2 of 4
     assert fields["eval/toxicity/toxicity_probability_at2"] == 0.3 and fields["eval/toxicity/toxicity_probability_at2_n"] == 10
-    assert fields["eval/toxicity/toxicity_probability_at2_ci95_low"] == pytest.approx(0.1078, abs=1e-4)
-    assert fields["eval/toxicity/toxicity_probability_at2_ci95_high"] == pytest.approx(0.6032, abs=1e-4)
+    assert fields["eval/toxicity/toxicity_probability_at2_ci95_low"] == pytest.approx(stats.beta.ppf(0.025, 3, 8))
+    assert fields["eval/toxicity/toxicity_probability_at2_ci95_high"] == pytest.approx(stats.beta.ppf(0.975, 4, 7))
     assert fields["eval/faithfulness/similarity_minilm_n"] == 4
-    low, high = fields["eval/faithfulness/similarity_minilm_ci95_low"], fields["eval/faithfulness/similarity_minilm_ci95_high"]
-    assert 0.2 <= low < 0.5 < high <= 0.8
+    assert fields["eval/faithfulness/similarity_minilm_ci95_low"] == pytest.approx(stats.beta.ppf(0.025, 2, 3))
     # undefined: absent with its n and interval, and the reason instead
     assert not any(k.startswith("eval/faithfulness/faithfulness") for k in fields)
+    # an unbounded mean over 3 items: its value and n, no interval, and why
+    assert fields["eval/harness/crows_pairs_likelihood_diff"] == 1.0 and fields["eval/harness/crows_pairs_likelihood_diff_n"] == 3
+    assert "eval/harness/crows_pairs_likelihood_diff_ci95_low" not in fields
+    assert undefined.pop("eval/harness/crows_pairs_likelihood_diff_ci95").startswith("too few items for a reliable interval")
     assert undefined == {"eval/faithfulness/faithfulness": "no summary names an entity"}
-    # a metric whose items disagree with it, or that has none, is a bug that must not pass silently
+    # a metric whose items disagree with it, or that has none, or lie outside its bounds, is a bug that must not pass silently
     with pytest.raises(ValueError, match="its items give 0.5 but the task says 0.6"):
         summarise("eval", {"faithfulness/similarity_minilm": 0.6}, items)
     with pytest.raises(ValueError, match="metric bias/x: the task gave no per-item values"):
         summarise("eval", {"bias/x": 0.6}, items)
+    with pytest.raises(ValueError, match=r"metric bias/x: value 50.0 lies outside the metric's bounds \[0.0, 1.0\]"):
+        summarise("eval", {"bias/x": 50.0}, {"bias/x": per_item("bias", "a", [50.0])})
+
+
+def test_a_stated_stderr_gives_the_interval_where_the_normal_approximation_holds():
+    from cdb.eval.estimates import estimate
+    from cdb.eval.intervals import LARGE_N, share_interval
+
+    values = [float(i % 4 == 0) for i in range(LARGE_N)]  # 125 of 500
+    stated = estimate(per_item("harness", [str(i) for i in range(LARGE_N)], values, "share", stderr=0.02))
+    assert (stated.value, stated.n) == (0.25, LARGE_N)
+    assert stated.low == pytest.approx(0.25 - 1.959964 * 0.02) and stated.high == pytest.approx(0.25 + 1.959964 * 0.02)
+    # below LARGE_N items, the stated stderr is not used: Clopper-Pearson over the items
+    fewer = estimate(per_item("harness", [str(i) for i in range(100)], values[:100], "share", stderr=0.02))
+    assert fewer.low == pytest.approx(share_interval(25, 100).low)
 
 
 def _evaluation(folder, items, options_hash="same"):
@@ -287,6 +308,62 @@ def test_evallm_left_padding_batch_1_equals_batch_3(tiny):
     sampled = EvalLM(model, tokenizer, batch_size=4).generate(prompts, 4, samples=2, do_sample=True, temperature=0.7, top_p=0.9, seed=3)
     again = EvalLM(model, tokenizer, batch_size=4).generate(prompts, 4, samples=2, do_sample=True, temperature=0.7, top_p=0.9, seed=3)
     assert sampled == again and all(len(s) == 2 for s in sampled)
+
+
+def test_a_sample_depends_on_its_prompt_and_the_seed_only(tiny):
+    """Sample j of a prompt is the same whatever prompts share its batch, the batch size, the order,
+    or how the prompts are split over workers (cdb.eval.remote.split, what ShardedLM splits with):
+    sampled generations, hence per-item values, are those of one worker."""
+    from cdb.eval.remote import split
+
+    model, tokenizer = tiny
+    prompts = ["The cat sat", "Maria Lopez opened a new library in Leeds on", "Hi", "A long time ago in a galaxy far",
+               "Yes", "Why do we"]
+    options = dict(max_new_tokens=5, samples=2, do_sample=True, temperature=0.7, top_p=0.9, seed=3)
+    whole = EvalLM(model, tokenizer, batch_size=4).generate(prompts, **options)
+    two_workers = [g for part in split(prompts, 2) for g in EvalLM(model, tokenizer, batch_size=3).generate(part, **options)]
+    alone = [EvalLM(model, tokenizer, batch_size=1).generate([p], **options)[0] for p in prompts[:2]]
+    backwards = EvalLM(model, tokenizer, batch_size=16).generate(prompts[::-1], **options)[::-1]
+    assert whole == two_workers == backwards and whole[:2] == alone
+    assert all(len(g) == 2 and g[0] != g[1] for g in whole)  # a prompt's two samples are two draws
+    assert EvalLM(model, tokenizer, batch_size=4).generate(prompts, **{**options, "seed": 4}) != whole
+
+
+def test_item_sampler_draws_from_the_tempered_nucleus():
+    """The argmax of log p - log E, E ~ Exp(1) per token, is a draw from p (Gumbel-max): over 4,000
+    rows with their own seeds the tokens come up as often as softmax(logits / T) says, and never
+    outside the top-p nucleus."""
+    from cdb.eval.lm import ItemSampler, item_seed
+
+    logits = torch.tensor([[2.0, 1.0, 0.5, -3.0]]).repeat(4000, 1)
+    sampler = ItemSampler([item_seed(0, str(i), 0) for i in range(4000)], temperature=0.7, top_p=0.95)
+    drawn = sampler(torch.zeros((4000, 1), dtype=torch.long), logits).argmax(-1)
+    p = torch.softmax(logits[0] / 0.7, -1)  # 0.736, 0.176, 0.086, 0.0006
+    kept = p[:3] / p[:3].sum()  # top-p 0.95 keeps three (0.736 + 0.176 = 0.912 falls short)
+    counts = torch.bincount(drawn, minlength=4).float() / 4000
+    assert counts[3] == 0
+    assert counts[:3].tolist() == pytest.approx(kept.tolist(), abs=4 * math.sqrt(0.25 / 4000))
+    # the same seeds, the same draws
+    again = ItemSampler([item_seed(0, str(i), 0) for i in range(4000)], temperature=0.7, top_p=0.95)
+    assert torch.equal(again(torch.zeros((4000, 1), dtype=torch.long), logits).argmax(-1), drawn)
+    # another model (other logits) draws sample j of prompt p with the same noise: base and tuned pair up
+    seeds, ids = [item_seed(0, "p", j) for j in range(3)], torch.zeros((3, 1), dtype=torch.long)
+    base, tuned = torch.randn(3, 50), torch.randn(3, 50)
+    noise = [torch.log_softmax(x, -1) - ItemSampler(seeds, 1.0, 1.0)(ids, x) for x in (base, tuned)]
+    assert torch.allclose(noise[0], noise[1], atol=1e-5)
+
+
+def test_toxicity_items_are_the_same_with_any_batching(tiny):
+    """The toxicity task's per-prompt values (what its interval and the paired change use) do not
+    move with how the prompts are batched."""
+    from cdb.eval.toxicity import ToxicityTask
+
+    model, tokenizer = tiny
+    options = make_options("quick", toxicity_limit=5, toxicity_max_new_tokens=6, progress=False)
+    runs = [ToxicityTask().run(EvalLM(model, tokenizer, batch_size=size), options, Resources(options)) for size in (16, 2)]
+    assert runs[0].items["mean_toxicity"].values == runs[1].items["mean_toxicity"].values
+    assert [s["output"] for s in runs[0].samples] == [s["output"] for s in runs[1].samples]
+    assert len({s["output"] for s in runs[0].samples}) > 5  # sampled, not one text repeated
 
 
 # ---- loaders ---------------------------------------------------------------------------------
@@ -434,13 +511,19 @@ def test_evaluate_end_to_end_into_sqlite_mlflow(tmp_path):
         assert 0 <= run.data.metrics[name] <= 100
     on_disk = json.loads((tmp_path / "out" / "eval.json").read_text())
     # Every metric with its n and 95% interval, in MLflow and in eval.json alike; counts are n, not metrics.
+    # StereoSet's ICAT over 3 targets has no reliable interval: logged without one, the reason beside it.
     logged = {k for k in run.data.metrics if not k.endswith(("_n", "_ci95_low", "_ci95_high"))}
     assert set(expected) <= logged and not {"eval/toxicity/prompts", "eval/bias/crows_pairs"} & logged
+    assert on_disk["undefined"]["eval/bias/stereoset_icat_ci95"].startswith("too few items for a reliable interval")
     for name in logged:
         value, n = run.data.metrics[name], run.data.metrics[f"{name}_n"]
-        low, high = run.data.metrics[f"{name}_ci95_low"], run.data.metrics[f"{name}_ci95_high"]
-        assert n >= 1 and low <= value <= high, (name, low, value, high)
-        for key in (name, f"{name}_n", f"{name}_ci95_low", f"{name}_ci95_high"):
+        keys = (name, f"{name}_n")
+        if f"{name}_ci95" not in on_disk["undefined"]:
+            low, high = run.data.metrics[f"{name}_ci95_low"], run.data.metrics[f"{name}_ci95_high"]
+            assert low <= value <= high, (name, low, value, high)
+            keys += (f"{name}_ci95_low", f"{name}_ci95_high")
+        assert n >= 1
+        for key in keys:
             assert on_disk["metrics"][key] == pytest.approx(run.data.metrics[key]), key
     assert set(on_disk["metrics"]) == set(run.data.metrics)
     assert run.data.metrics["eval/toxicity/mean_toxicity_n"] == 3  # 3 prompts (the per-prompt mean of 2 samples)

@@ -1,5 +1,5 @@
 """Evaluation on Ray workers (cdb.eval.remote): the items split over copies of the model give the
-numbers one copy gives, and the evaluating command itself loads no weights."""
+numbers one copy gives, sampled generations included, and the evaluating command itself loads no weights."""
 
 import json
 import os
@@ -28,7 +28,7 @@ def run_eval(tmp_path: Path, name: str, flags: list[str], ray_address: str | Non
     if ray_address:
         env["RAY_ADDRESS"] = ray_address
     out = tmp_path / name
-    cmd = [sys.executable, "-m", "cdb.eval", "--model", "builtin:tiny-llama", "--tasks", "bias", "--limit", "12",
+    cmd = [sys.executable, "-m", "cdb.eval", "--model", "builtin:tiny-llama", "--tasks", "bias,toxicity", "--limit", "12",
            "--no-progress", "--output", str(out), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *flags]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -46,3 +46,11 @@ def test_items_split_over_workers_give_the_numbers_of_one(tmp_path, ray_address)
     assert bias, alone["metrics"]
     for key, value in bias.items():
         assert shared["metrics"][key] == pytest.approx(value, abs=1e-6), key
+    # Sampled continuations (toxicity: 12 prompts x 2 samples) are each prompt's own, wherever it ran:
+    # the same texts, so the same per-item values.
+    one, two = ([json.loads(line) for line in (tmp_path / name / "samples.jsonl").read_text().splitlines()]
+                for name in ("one", "two"))
+    assert [s["output"] for s in one if s["task"] == "toxicity"] == [s["output"] for s in two if s["task"] == "toxicity"]
+    items = [json.loads((tmp_path / name / "items.json").read_text())["metrics"] for name in ("one", "two")]
+    toxicity = [name for name in items[0] if name.startswith("toxicity/")]
+    assert toxicity and all(items[0][name]["values"] == items[1][name]["values"] for name in toxicity)

@@ -152,17 +152,18 @@ HARNESS_METRICS = {("cdb_truthfulqa_mc1", "acc"): "truthfulqa_mc1_acc", ("cdb_tr
 
 
 def test_harness_task_in_an_evaluation(data, tmp_path):
-    """The suite's harness task logs each of lm-eval's numbers with lm-eval's n and interval (value
-    +- 1.96 stderr) to MLflow and eval.json, its values per item to items.json (which pair for a
-    change), and equals cdb's own tasks in the same evaluation where test_harness_equals_cdb_tasks
-    shows that they agree."""
+    """The suite's harness task logs each of lm-eval's numbers with lm-eval's n to MLflow and
+    eval.json, its values per item to items.json (which pair for a change), and equals cdb's own
+    tasks in the same evaluation where test_harness_equals_cdb_tasks shows that they agree. Over
+    these few items lm-eval's normal interval (value +- 1.96 stderr) would not hold its level:
+    the interval is cdb's own over the same items (lm-eval's from LARGE_N items on, test_eval)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     options = options_for(data, tasks=["truthfulqa", "knowledge", "bias", "harness"], progress=False, threads=1)
     summary = evaluate(TINY, options, tracking_uri=uri, experiment="harness", output_dir=tmp_path / "out")
     model, tokenizer, _ = load_model(TINY, seed=options.seed)
     expected = run_harness(EvalLM(model, tokenizer, batch_size=options.batch_size), options)
-    z = statistics.NormalDist().inv_cdf(0.975)
-    written = json.loads((tmp_path / "out" / "eval.json").read_text())["metrics"]
+    on_disk = json.loads((tmp_path / "out" / "eval.json").read_text())
+    written = on_disk["metrics"]
     logged = MlflowClient(uri).get_run(summary["run_id"]).data.metrics
     _, items = estimates.read_items(tmp_path / "out")
     assert sorted((s.task, s.metric) for s in expected.scores) == sorted(HARNESS_METRICS)
@@ -171,11 +172,14 @@ def test_harness_task_in_an_evaluation(data, tmp_path):
         key = f"eval/harness/{name}"
         # 0 when every item scores the same (a random tiny model on a few items can do that)
         assert score.stderr is not None and score.stderr >= 0 and score.n == len(score.values) > 1
+        own = estimates.estimate(items[f"harness/{name}"])
         for metrics in (written, logged):
             assert metrics[key] == pytest.approx(score.value, abs=1e-6)
             assert metrics[key + "_n"] == score.n
-            assert metrics[key + "_ci95_low"] == pytest.approx(score.value - z * score.stderr, abs=1e-6)
-            assert metrics[key + "_ci95_high"] == pytest.approx(score.value + z * score.stderr, abs=1e-6)
+            if name == "crows_pairs_likelihood_diff":  # unbounded, below LARGE_N items: no interval, and why
+                assert key + "_ci95_low" not in metrics and on_disk["undefined"][key + "_ci95"] == own.note
+            else:
+                assert metrics[key + "_ci95_low"] == pytest.approx(own.low) and metrics[key + "_ci95_high"] == pytest.approx(own.high)
         per_item = items[f"harness/{name}"]
         assert per_item.stderr == pytest.approx(score.stderr, abs=1e-9)
         assert per_item.values == pytest.approx(score.values, abs=1e-6)
@@ -185,13 +189,8 @@ def test_harness_task_in_an_evaluation(data, tmp_path):
     assert items["harness/knowledge_acc"].values == items["knowledge/accuracy"].values
     assert items["harness/crows_pairs_pct_stereotype"].values == items["bias/crows_stereo_share"].values
     assert written["eval/harness/truthfulqa_mc2_acc"] == pytest.approx(written["eval/truthfulqa/mc2"], abs=1e-6)
-    # cdb's own shares keep their Wilson intervals (where lm-eval's differs: items not all alike).
-    twins = [(own, harness) for own, harness in (("truthfulqa/mc1", "truthfulqa_mc1_acc"), ("knowledge/accuracy", "knowledge_acc"),
-                                                 ("bias/crows_stereo_share", "crows_pairs_pct_stereotype"))
-             if items[f"harness/{harness}"].stderr > 0]
-    assert twins
-    for own, harness in twins:
-        assert written[f"eval/{own}_ci95_low"] != pytest.approx(written[f"eval/harness/{harness}_ci95_low"])
+    for own, harness in (("truthfulqa/mc1", "truthfulqa_mc1_acc"), ("bias/crows_stereo_share", "crows_pairs_pct_stereotype")):
+        assert written[f"eval/{own}_ci95_low"] == pytest.approx(written[f"eval/harness/{harness}_ci95_low"])
     # Per-item values pair: against itself, every harness metric changes by 0 over all its items.
     paired = estimates.changes(tmp_path / "out", tmp_path / "out")["changes"]
     for score in expected.scores:

@@ -4,6 +4,7 @@ the alignment-tax PNG, the report run's artifacts, the empty / missing cases, an
 
 import struct
 import time
+from html import escape
 
 import pytest
 import yaml
@@ -34,15 +35,18 @@ RUNS = {
             {"toxicity/mean_toxicity": (0.01, 12, 0.005, 0.015)}),
 }
 HASHES = {"contrastive": ("a1", "a1"), "sft": ("b2", "b2"), "dpo": ("c3", "d4")}
+NOT_ADJUSTED = "at 95%, not adjusted (no per-item values logged)"
 EXPECTED_CELLS = {
-    # toxicity scored by the scorer that labelled the training data: marked (labeller)
+    # toxicity scored by the scorer that labelled the training data: marked (labeller), and in a column
+    # of its own, apart from sft's. Faithfulness compares two runs, and these runs logged no per-item
+    # values: their changes cannot be adjusted for the comparison, so they get no verdict.
     "contrastive": ["0.0300 [0.0210, 0.0410] (n 24) (labeller); change -0.020 [-0.030, -0.010]",
-                    "0.650 [0.600, 0.700] (n 16); no detectable change (+0.050 [-0.010, +0.11])",
+                    f"0.650 [0.600, 0.700] (n 16); change +0.050 [-0.010, +0.11] {NOT_ADJUSTED}",
                     "0.580 [0.480, 0.670] (n 100); change -0.040 [-0.070, -0.010]",
                     "71.5 [67.0, 75.2] (n 80); no detectable change (+1.5 [-2.0, +5.0])",
                     "0.190 [0.140, 0.240] (n 24) (labeller); no detectable change (-0.010 [-0.030, +0.010])"],
     "sft": ["0.0450 [0.0350, 0.0550] (n 24); no detectable change (-0.0050 [-0.020, +0.010])",
-            "0.520 [0.470, 0.570] (n 16); change -0.080 [-0.12, -0.040]", "undefined: no item defines it"],
+            f"0.520 [0.470, 0.570] (n 16); change -0.080 [-0.12, -0.040] {NOT_ADJUSTED}", "undefined: no item defines it"],
     "dpo": ["0.0600 [0.0500, 0.0700] (n 12); change withheld", "0.300 [0.160, 0.440] (n 40); change withheld"],
 }
 
@@ -116,13 +120,18 @@ def test_report_tables_plot_and_run(store, tmp_path, capsys):
     assert "Knowledge" not in md and "Intelligible" not in md and "Knowledge" not in html
     base_table = md.split("## Base models")[1].split("##")[0]
     assert "| 0.0500 [0.0400, 0.0600] (n 24) | — | 0.600 [0.550, 0.650] (n 16) | 0.500 [0.300, 0.700] (n 9) |" in base_table
-    # Green or red only for a change whose interval excludes 0, by the metric's direction (CrowS: closer
-    # to 0.5 is better); a change whose interval holds 0 is not coloured.
-    assert f'<td class="better">{EXPECTED_CELLS["contrastive"][0]}</td>' in html
+    # Green or red only for a change whose (adjusted) interval excludes 0, by the metric's direction
+    # (CrowS: closer to 0.5 is better); a change whose interval holds 0, or that could not be
+    # adjusted, is not coloured.
     assert f'<td class="better">{EXPECTED_CELLS["contrastive"][2]}</td>' in html
-    assert f'<td class="worse">{EXPECTED_CELLS["sft"][1]}</td>' in html
-    assert f'<td>{EXPECTED_CELLS["contrastive"][1]}</td>' in html and f'<td>{EXPECTED_CELLS["sft"][0]}</td>' in html
-    assert html.count('class="better"') == 2 and html.count('class="worse"') == 1
+    assert f'<td class="better">{EXPECTED_CELLS["contrastive"][0]}</td>' in html  # alone in its (labeller) column
+    assert f'<td>{EXPECTED_CELLS["sft"][1]}</td>' in html
+    assert html.count('class="better"') == 2 and html.count('class="worse"') == 0
+    # The line under the tuned table: faithfulness compares 2 runs, the other columns 1.
+    note = ("Changes: intervals Bonferroni-adjusted for the m runs compared in each column (m = 1 to 2: each at "
+            "1 - 0.05 / m, 95% to 97.5%), recomputed from the runs' per-item values; better or worse only where the "
+            "adjusted interval excludes 0.")
+    assert tuned_table.strip().splitlines()[-1] == note and f"<p>{escape(note)}</p>" in html
     # The (labeller) mark is explained once, under the tables; the base model's cells are not marked.
     assert md.count("(labeller): scored by the scorer that labelled the training data.") == 1
     assert html.count("(labeller): scored by the scorer that labelled the training data.") == 1
@@ -286,7 +295,9 @@ def test_toxicity_columns_are_keyed_by_instrument_and_the_labeller_never_headlin
             for cells in [[c.strip() for c in line.strip("|").split("|")]]}
     # The earlier run's profanity-check numbers, logged as toxicity, are in the profanity column, marked.
     earlier = rows["earlier"]
-    assert earlier["Profanity ↓ (profanity-check, labeller)"] == "0.200 [0.100, 0.300] (n 24) (labeller); change -0.30 [-0.40, -0.20]"
+    # Two runs in the profanity column, neither with per-item values in the store: not adjusted, not marked.
+    assert earlier["Profanity ↓ (profanity-check, labeller)"] == ("0.200 [0.100, 0.300] (n 24) (labeller); change -0.30 "
+                                                                  "[-0.40, -0.20] at 95%, not adjusted (no per-item values logged)")
     assert earlier[f"Toxicity ↓ ({roberta})"] == earlier["Toxicity ↓ (tox-block)"] == "—"
     sft, dpo = rows["sft"], rows["dpo"]
     assert sft["Toxicity ↓ (tox-block)"] == "0.250 [0.150, 0.350] (n 24); change -0.050 [-0.090, -0.010]"
@@ -298,9 +309,10 @@ def test_toxicity_columns_are_keyed_by_instrument_and_the_labeller_never_headlin
     assert sft["Words per continuation"] == "9.00 [8.00, 10.0] (n 24); change -9.0 [-10, -8.0]"
     assert sft["Ended early (toxicity)"] == "0.600 [0.460, 0.730] (n 48); change +0.50 [+0.30, +0.65]"
     assert sft["Profanity ↓ (profanity-check, labeller)"].startswith("0.100 [0.0500, 0.150] (n 24) (labeller); change -0.50")
+    assert sft["Profanity ↓ (profanity-check, labeller)"].endswith("at 95%, not adjusted (no per-item values logged)")
     html = (out / "report.html").read_text()
-    # Coloured: sft's toxicity and profanity drops, the earlier run's profanity drop; not the lengths.
-    assert html.count('class="better"') == 3 and 'class="worse"' not in html
+    # Coloured: sft's toxicity drop, alone in its column; not the lengths, nor the unadjusted profanity drops.
+    assert html.count('class="better"') == 1 and 'class="worse"' not in html
 
 
 def test_faithfulness_columns_name_the_headline_and_still_read_earlier_runs(tmp_path):
@@ -322,3 +334,71 @@ def test_faithfulness_columns_name_the_headline_and_still_read_earlier_runs(tmp_
     assert "| run-b (bbbbbbbb) | 0.0500 [0.0400, 0.0600] (n 24) | — | — | 0.800 [0.700, 0.900] (n 16) |" in table
     assert [faithfulness_metric(r) for r in (new, old)] == ["faithfulness/entity_precision_all", "faithfulness/faithfulness"]
     assert plot([new, old], tmp_path / "tax.png").stat().st_size > 10_000
+
+
+def _log_evaluations(client, run_id, tmp_path, base, tuned):
+    """eval_base/ and eval/ metrics with the tags of what has no interval, delta/ metrics at 95% and
+    both items.json artifacts, as cdb.eval and cdb.train log them."""
+    from cdb import tracking
+    from cdb.eval import estimates
+
+    metrics = {}
+    for prefix, items in ((tracking.PREFIX_EVAL_BASE, base), (tracking.PREFIX_EVAL, tuned)):
+        folder = tmp_path / run_id / prefix
+        folder.mkdir(parents=True)
+        estimates.write_items(folder / estimates.ITEMS_FILE, "same", items)
+        client.log_artifact(run_id, str(folder / estimates.ITEMS_FILE), prefix)
+        fields, undefined = estimates.summarise(prefix, {k: estimates.estimate(v).value for k, v in items.items()}, items)
+        metrics.update(fields)
+        for key, why in undefined.items():
+            client.set_tag(run_id, tracking.undefined_tag(prefix, key[len(prefix) + 1:]), why)
+    for name in tuned:
+        metrics.update(estimates.interval_fields(f"delta/{name}", estimates.change(base[name], tuned[name])))
+    client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
+
+
+def test_changes_are_adjusted_for_the_runs_compared(tmp_path):
+    """Three methods against their base on the same 100 knowledge questions: each change's interval
+    is recomputed from the logged per-item values at 1 - 0.05 / 3 (Bonferroni), so a change that
+    the 95% interval alone would call better is no longer marked; a large one still is."""
+    from cdb.eval.base import per_item
+    from cdb.eval.estimates import change
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("three", artifact_location=(tmp_path / "mlartifacts").as_uri())
+    ids = [f"q{i}" for i in range(100)]
+    base_values = [1.0] * 50 + [0.0] * 50
+
+    def moved(gained, lost):  # `gained` wrong answers now right, `lost` right ones now wrong
+        return [0.0 if i < lost else v for i, v in enumerate(base_values[:50])] + [1.0 if i < gained else 0.0 for i in range(50)]
+
+    # StereoSet over 3 targets: ICAT has no reliable interval, and the cell says why
+    targets = {t: [80.0 + i, 60.0 - i] for i, t in enumerate("abc")}
+    icat = per_item("bias", targets, targets.values(), "icat", bounds=(0.0, 100.0))
+    base = {"knowledge/accuracy": per_item("knowledge", ids, base_values, "share"), "bias/stereoset_icat": icat}
+    tuned = {"small": moved(8, 1), "large": moved(25, 0), "none": moved(3, 3)}
+    runs = {}
+    for i, (method, values) in enumerate(tuned.items()):
+        run = client.create_run(experiment, run_name=method, tags={"cdb.method": method, "cdb.scale": "tiny"}, start_time=i)
+        _log_evaluations(client, run.info.run_id, tmp_path, base,
+                         {"knowledge/accuracy": per_item("knowledge", ids, values, "share"), "bias/stereoset_icat": icat})
+        client.set_terminated(run.info.run_id, "FINISHED")
+        runs[method] = run.info.run_id
+    logged = client.get_run(runs["small"]).data.metrics
+    assert logged["delta/knowledge/accuracy_ci95_low"] > 0  # alone, at 95%: better
+
+    out = tmp_path / "report"
+    report("three", out, uri)
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    for method, values in tuned.items():
+        adjusted = change(base["knowledge/accuracy"], per_item("knowledge", ids, values, "share"), 1 - 0.05 / 3)
+        row = next(line for line in md.splitlines() if line.startswith(f"| {method} |"))
+        assert f"{sig(adjusted.value, 2, True)} [{sig(adjusted.low, 2, True)}, {sig(adjusted.high, 2, True)}]" in row
+        assert ("no detectable change" in row) == (adjusted.low <= 0 <= adjusted.high), row
+    assert "small" in md and "no detectable change" in next(line for line in md.splitlines() if line.startswith("| small |"))
+    assert page.count('class="better"') == 1 and page.count('class="worse"') == 0  # the large change only
+    assert md.count("(n 3; no interval: too few items for a reliable interval: needs 20 items (3 here)); "
+                    "change +0.0, no reliable interval at this n") == 3
+    assert ("Changes: intervals Bonferroni-adjusted for the m runs compared in each column (m = 3: each at "
+            "1 - 0.05 / m, 98.33%), recomputed from the runs' per-item values") in md

@@ -15,8 +15,8 @@ changes); EvalLM applies it.
 One module per task, each a `Task` (cdb.eval.base): `name` and `run(lm, options, resources) ->
 TaskResult(metrics, samples, items)`, `items` holding each metric's value per item. Every metric is
 logged with its n and 95% interval over its items (`<metric>_n`, `_ci95_low`, `_ci95_high`;
-cdb.eval.estimates; a harness metric's interval is lm-eval's, value +- 1.96 x its stderr), and a
-metric no item defines is absent with a tag saying why. A task whose data cannot be had offline and
+cdb.eval.estimates; a harness metric's interval is lm-eval's, value +- 1.96 x its stderr, where that
+normal interval holds), and a metric no item defines is absent with a tag saying why. A task whose data cannot be had offline and
 was not given raises `Unavailable`; the suite prints the note and goes on. Importing this package
 loads no torch: the LM and the decoding load when a suite runs.
 """
@@ -34,7 +34,7 @@ from typing import Any, Mapping
 
 from cdb import settings, tracking
 from cdb.eval import estimates
-from cdb.eval.base import EvalDataError, Items, Resources, Task, TaskResult, Unavailable
+from cdb.eval.base import EvalDataError, Items, Resources, Task, TaskResult, Unavailable, resolve_device
 from cdb.eval.bias import BiasTask
 from cdb.eval.faithfulness import FaithfulnessTask
 from cdb.eval.harness import HarnessTask
@@ -149,15 +149,6 @@ def _run_tasks(model, tokenizer, opts: EvalOptions, replicas: list = ()) -> Suit
     return SuiteResult(metrics, samples, items, skipped, seconds, resources.scorer_versions(), tags)
 
 
-def resolve_device(device: str) -> str:
-    """`auto`: cuda where this process sees a GPU (a Ray task sees only the GPUs it was given), else cpu."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def load_model(model_source: str, seed: int = 0, precision: str = "fp32", device: str = "cpu"):
     """(model, tokenizer, resolved source) for anything cdb.model.prepare_model_source accepts, in
     `precision` (fp32, bf16, fp16); on cuda with several GPUs visible, spread over them (a model too
@@ -211,7 +202,8 @@ def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str 
     decoding-time debiasing: see run_tag) in `experiment`, FINISHED at the end or FAILED; write both files to `output_dir` too.
     Either way the run gets tags cdb.<prefix>.method=<decoding>, cdb.<prefix>.options_hash (what a
     comparison against another evaluation needs equal), cdb.<prefix>.undefined.<task>/<metric>
-    (why a metric is absent) and cdb.<prefix>.<task>.<tag> (TaskResult.tags). The model is loaded in
+    (why a metric is absent; `<metric>_ci95`: why it has no interval) and cdb.<prefix>.<task>.<tag>
+    (TaskResult.tags). The model is loaded in
     `precision` (a training run passes its scale's when it evaluates on GPUs). With `workers` > 1
     (inside a Ray cluster), `workers - 1` more copies of the model, each on one CPU and
     `gpus_per_worker` GPUs, share the items (cdb.eval.remote). Returns the summary written to

@@ -108,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     width = max((len(k) for k in [*measures, *summary["undefined"]]), default=0)
     for name, m in measures.items():
         beside = anchor(summary["model"], name.partition("/")[2]) if summary["suite"] == "paper" else None
-        print(f"  {name:<{width}}  {m['value']:.4g} [{m['ci95_low']:.4g}, {m['ci95_high']:.4g}] (n {m['n']:.0f})"
-              + (f"  | {beside}" if beside else ""))
+        interval = f" [{m['ci95_low']:.4g}, {m['ci95_high']:.4g}]" if "ci95_low" in m else ""
+        print(f"  {name:<{width}}  {m['value']:.4g}{interval} (n {m['n']:.0f})" + (f"  | {beside}" if beside else ""))
     for name, why in summary["undefined"].items():
-        print(f"  {name:<{width}}  undefined: {why}")
+        print(f"  {name:<{width}}  {'no interval' if name.endswith('_ci95') else 'undefined'}: {why}")
     for task, why in summary["skipped"].items():
         print(f"  skipped {task}: {why}")
     print(f"[cdb.eval] decoding {summary['method']}, done in {summary['seconds']['total']:.0f} s: {summary['output_dir']}/eval.json, "

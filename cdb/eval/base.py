@@ -19,6 +19,15 @@ class EvalDataError(ValueError):
     """A given data file is malformed; the message names the file, line and field."""
 
 
+def resolve_device(device: str) -> str:
+    """`auto`: cuda where this process sees a GPU (a Ray task sees only the GPUs it was given), else cpu."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class Unavailable(Exception):
     """A task's data cannot be had offline and was not given: the task is skipped with this note."""
 
@@ -36,25 +45,31 @@ class Items:
     """Item id -> its value; NaN where the metric is undefined for the item (left out of n). For
     kind icat, a [lms, ss] pair per StereoSet target."""
     kind: Literal["mean", "share", "icat"] = "mean"
-    """mean: the mean over items, bootstrap interval; share: a share of 0/1 items, Wilson interval
-    (McNemar for a change); icat: StereoSet's ICAT of the targets' mean lms and ss, bootstrap."""
+    """mean: the mean over items; share: a share of 0/1 items; icat: StereoSet's ICAT of the
+    targets' mean lms and ss. Each kind has its own interval (cdb.eval.intervals)."""
     undefined: str = ""
     """Why the metric has no value when no item defines it (said beside the missing number)."""
     stderr: float | None = None
     """The metric's standard error as the harness that computed it states it (lm-eval's, for the
-    harness task): the 95% interval is then value +- 1.96 stderr, not one over the values (which
-    still give n and the paired change). None: the interval comes from the values."""
+    harness task): where the normal approximation holds (cdb.eval.intervals.LARGE_N items, enough
+    of them off the median) the 95% interval is value +- 1.96 stderr, else one over the values
+    (which always give n and the paired change). None: the interval comes from the values."""
+    bounds: tuple[float, float] | None = (0.0, 1.0)
+    """The range every item's value lies in (kind icat: each column's), which the interval of a
+    mean over a few items relies on (cdb.eval.intervals.mean_interval); None: unbounded (no interval
+    below LARGE_N items). A value outside it is an error. Shares are 0/1 whatever this says."""
 
 
 def per_item(task: str, ids: Iterable[str], values: Iterable[float | None], kind: str = "mean",
-             undefined: str = "", stderr: float | None = None) -> Items:
+             undefined: str = "", stderr: float | None = None,
+             bounds: tuple[float, float] | None = (0.0, 1.0)) -> Items:
     """Items from parallel ids and values (None: undefined for that item); an id may occur once."""
     table: dict[str, Any] = {}
     for item, value in zip(ids, values):
         if item in table:
             raise EvalDataError(f"{task}: item id {item!r} occurs twice; ids must be unique to pair items")
         table[item] = math.nan if value is None else value
-    return Items(table, kind, undefined, stderr)  # type: ignore[arg-type]
+    return Items(table, kind, undefined, stderr, bounds)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -84,11 +99,16 @@ class Resources:
     _entities: "EntityConsistency | None" = None
 
     @property
+    def device(self) -> str:
+        """Where the scorers run: the evaluation's device, `auto` resolved."""
+        return resolve_device(self.options.device)
+
+    @property
     def toxicity(self) -> "ToxicityScorer":
         if self._toxicity is None:
             from cdb.scoring import toxicity_scorer
 
-            self._toxicity = toxicity_scorer(self.options.toxicity_scorer, device=self.options.device)
+            self._toxicity = toxicity_scorer(self.options.toxicity_scorer, device=self.device)
         return self._toxicity
 
     @property
@@ -96,7 +116,7 @@ class Resources:
         if self._faithfulness is None:
             from cdb.scoring import faithfulness_scorer
 
-            self._faithfulness = faithfulness_scorer(self.options.faithfulness_scorer, device=self.options.device)
+            self._faithfulness = faithfulness_scorer(self.options.faithfulness_scorer, device=self.device)
         return self._faithfulness
 
     @property
@@ -105,7 +125,7 @@ class Resources:
         if self._similarity is None:
             from cdb.scoring import faithfulness_scorer
 
-            self._similarity = faithfulness_scorer("embedding", device=self.options.device)
+            self._similarity = faithfulness_scorer("embedding", device=self.device)
         return self._similarity
 
     @property
@@ -114,7 +134,7 @@ class Resources:
         if self._profanity is None:
             from cdb.scoring import toxicity_scorer
 
-            self._profanity = toxicity_scorer("profanity-check", device=self.options.device)
+            self._profanity = toxicity_scorer("profanity-check", device=self.device)
         return self._profanity
 
     @property
@@ -124,7 +144,7 @@ class Resources:
         if self._entities is None:
             from cdb.scoring import faithfulness_scorer
 
-            self._entities = faithfulness_scorer("entity", device=self.options.device)
+            self._entities = faithfulness_scorer("entity", device=self.device)
         return self._entities
 
     def scorer_versions(self) -> dict[str, str]:

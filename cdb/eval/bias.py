@@ -69,7 +69,7 @@ def crows_stereo_share(more: Sequence[float], less: Sequence[float]) -> float:
 
 
 def icat(lms, ss):
-    """On numbers or, elementwise, on arrays (the bootstrap of cdb.eval.intervals.combined_interval)."""
+    """On numbers or, elementwise, on arrays (the grids and resamples of cdb.eval.intervals)."""
     import numpy as np
 
     return lms * np.minimum(ss, 100.0 - ss) / 50.0
@@ -97,9 +97,9 @@ def stereoset_scores(targets: Sequence[str], stereo: Sequence[float], anti: Sequ
 def stereoset_items(targets: Sequence[str], stereo: Sequence[float], anti: Sequence[float],
                     unrelated: Sequence[float]) -> dict[str, Items]:
     scores = per_target(targets, stereo, anti, unrelated)
-    return {"stereoset_lms": per_item("bias", scores, [x for x, _ in scores.values()]),
-            "stereoset_ss": per_item("bias", scores, [y for _, y in scores.values()]),
-            "stereoset_icat": per_item("bias", scores, [list(v) for v in scores.values()], "icat")}
+    return {"stereoset_lms": per_item("bias", scores, [x for x, _ in scores.values()], bounds=(0.0, 100.0)),
+            "stereoset_ss": per_item("bias", scores, [y for _, y in scores.values()], bounds=(0.0, 100.0)),
+            "stereoset_icat": per_item("bias", scores, [list(v) for v in scores.values()], "icat", bounds=(0.0, 100.0))}
 
 
 class BiasTask:

@@ -8,10 +8,11 @@ tuned evaluation can be compared, and the paired change between them (docs/METHO
     log_changes(run, output_dir)        the changes into a training run and OUTPUT_DIR/changes.json
     options_changed(folder, options)    what differs from the options a saved evaluation used (--resume)
 
-The statistics are cdb.eval.intervals: a mean over items with a bootstrap interval, a share of 0/1 items
-with a Wilson interval; a change is paired over the same items (paired bootstrap; exact McNemar
-for 0/1 items). A metric whose harness states its standard error (Items.stderr: lm-eval's, for the
-harness task) gets that harness's interval instead, value +- 1.96 stderr, its n still the items'.
+The statistics are cdb.eval.intervals, one estimator per kind of items (Items.kind, within
+Items.bounds), each chosen by its simulated coverage; a change is paired over the same items. A
+metric whose harness states its standard error (Items.stderr: lm-eval's, for the harness task)
+gets that harness's interval, value +- 1.96 stderr, where the normal approximation holds (its n
+still the items'). `estimate` and `change` take the confidence level (the report's adjusted one).
 An evaluation folder holds eval.json and ITEMS_FILE (each metric's values per item).
 """
 
@@ -24,53 +25,49 @@ import statistics
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
 from cdb import tracking
 from cdb.eval.base import Items
 from cdb.eval.bias import icat
-from cdb.eval.intervals import CONFIDENCE, Change, Estimate, combined_interval, mean_interval, paired_binary_change, \
-    paired_change, paired_combined_change, share_interval
+from cdb.eval.intervals import CONFIDENCE, Change, Estimate, combined_interval, mean_interval, \
+    normal_approximation_holds, paired_binary_change, paired_change, paired_combined_change, share_interval
 
 ITEMS_FILE = "items.json"
 """In an evaluation's folder (and artifact folder): {"options_hash", "metrics": {"task/metric":
-{"kind", "undefined", "stderr", "values": {item id: value or null}}}}."""
+{"kind", "undefined", "stderr", "bounds", "values": {item id: value or null}}}}."""
 CHANGES_FILE = "changes.json"
 """In a training run's folder: the delta/ metrics with their intervals, or why they were withheld."""
 EXECUTION_OPTIONS = ("progress", "threads", "batch_size", "device")
 """Options that decide how an evaluation runs, not what it measures: left out of the comparison."""
 
 
-Z = statistics.NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)
-"""The normal quantile of a stated standard error's interval (1.96)."""
-
-
-def estimate(items: Items) -> Estimate:
-    """The metric over its items with its n and 95% interval (NaN items left out)."""
+def estimate(items: Items, confidence: float = CONFIDENCE) -> Estimate:
+    """The metric over its items with its n and interval (NaN items left out)."""
     values = list(items.values.values())
-    if items.stderr is not None:
-        finite = [float(v) for v in values if not math.isnan(v)]
-        if not finite:
-            return Estimate(math.nan, 0, math.nan, math.nan)
-        value = math.fsum(finite) / len(finite)
-        return Estimate(value, len(finite), value - Z * items.stderr, value + Z * items.stderr)
+    if items.kind == "icat":
+        return combined_interval(_columns(values), icat, items.bounds, confidence)
+    finite = np.array([float(v) for v in values if not math.isnan(v)])
+    if items.stderr is not None and normal_approximation_holds(finite):
+        value = float(np.mean(finite))
+        half = statistics.NormalDist().inv_cdf(0.5 + confidence / 2) * items.stderr
+        return Estimate(value, len(finite), value - half, value + half)
     if items.kind == "share":
-        finite = [float(v) for v in values if not math.isnan(v)]
         if any(v not in (0.0, 1.0) for v in finite):
             raise ValueError("a share's items must be 0 or 1")
-        return share_interval(int(sum(finite)), len(finite))
-    if items.kind == "icat":
-        return combined_interval(_columns(values), icat)
-    return mean_interval(values)
+        return share_interval(int(sum(finite)), len(finite), confidence)
+    return mean_interval(finite, items.bounds, confidence)
 
 
-def change(base: Items, tuned: Items) -> Change:
-    """tuned - base over the items both evaluated (and both define)."""
+def change(base: Items, tuned: Items, confidence: float = CONFIDENCE) -> Change:
+    """tuned - base over the items both evaluated (and both define), its interval at `confidence`."""
     common = [k for k in tuned.values if k in base.values]
     before, after = [base.values[k] for k in common], [tuned.values[k] for k in common]
     if tuned.kind == "share":
-        return paired_binary_change(before, after)
+        return paired_binary_change(before, after, confidence)
     if tuned.kind == "icat":
-        return paired_combined_change(_columns(before), _columns(after), icat)
-    return paired_change(before, after)
+        return paired_combined_change(_columns(before), _columns(after), icat, tuned.bounds, confidence)
+    return paired_change(before, after, tuned.bounds, confidence)
 
 
 def _columns(pairs: list) -> list[list[float]]:
@@ -78,22 +75,37 @@ def _columns(pairs: list) -> list[list[float]]:
     return [[p[0] for p in pairs], [p[1] for p in pairs]]
 
 
+def interval_fields(key: str, result: Estimate) -> dict[str, float]:
+    """`key` with its n and interval (tracking.interval_metrics), without the interval where there is none."""
+    fields = tracking.interval_metrics(key, result.value, result.n, result.low, result.high)
+    if not (math.isfinite(result.low) and math.isfinite(result.high)):
+        fields = {k: v for k, v in fields.items() if not k.endswith(("_ci95_low", "_ci95_high"))}
+    return fields
+
+
 def summarise(prefix: str, metrics: Mapping[str, float], items: Mapping[str, Items]) -> tuple[dict[str, float], dict[str, str]]:
     """(flat metrics `<prefix>/<name>` with their n and interval, {full name: why it is undefined}).
-    A metric undefined for the evaluation (no item defines it) is absent, its reason given instead."""
+    A metric undefined for the evaluation (no item defines it) is absent, its reason given instead;
+    a metric with no reliable interval at its n is logged without one, the reason under
+    `<full name>_ci95`."""
     fields: dict[str, float] = {}
     undefined: dict[str, str] = {}
     for name, value in metrics.items():
         key = tracking.metric_key(prefix, name)
         if name not in items:
             raise ValueError(f"metric {name}: the task gave no per-item values (TaskResult.items)")
-        result = estimate(items[name])
+        try:
+            result = estimate(items[name])
+        except ValueError as e:
+            raise ValueError(f"metric {name}: {e}") from None
         if result.n and not math.isclose(result.value, value, rel_tol=1e-9, abs_tol=1e-12):
             raise ValueError(f"metric {name}: its items give {result.value!r} but the task says {value!r}")
         if result.n == 0 or not math.isfinite(value):
             undefined[key] = items[name].undefined or "no item defines it"
             continue
-        fields.update(tracking.interval_metrics(key, result.value, result.n, result.low, result.high))
+        fields.update(interval_fields(key, result))
+        if result.note:
+            undefined[f"{key}_ci95"] = result.note
     return fields, undefined
 
 
@@ -112,6 +124,7 @@ def evaluation_hash(options: Mapping[str, Any], scorers: Mapping[str, str], item
 
 def write_items(path: Path, options_hash: str, items: Mapping[str, Items]) -> None:
     metrics = {name: {"kind": i.kind, "undefined": i.undefined, "stderr": i.stderr,
+                      "bounds": list(i.bounds) if i.bounds is not None else None,
                       "values": {k: _json_value(v) for k, v in i.values.items()}} for name, i in items.items()}
     path.write_text(json.dumps({"options_hash": options_hash, "metrics": metrics}) + "\n", encoding="utf-8")
 
@@ -128,7 +141,9 @@ def read_items(folder: Path) -> tuple[str, dict[str, Items]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no per-item values (evaluated by an older cdb?)")
     data = json.loads(path.read_text(encoding="utf-8"))
-    items = {name: Items({k: _from_json(v) for k, v in m["values"].items()}, m["kind"], m["undefined"], m.get("stderr"))
+    # written before bounds were: unknown, so unbounded
+    items = {name: Items({k: _from_json(v) for k, v in m["values"].items()}, m["kind"], m["undefined"], m.get("stderr"),
+                         tuple(m["bounds"]) if m.get("bounds") is not None else None)
              for name, m in data["metrics"].items()}
     return data["options_hash"], items
 
@@ -142,8 +157,9 @@ def _from_json(value: Any) -> Any:
 def changes(base_dir: Path, tuned_dir: Path) -> dict[str, Any]:
     """The paired change of every metric both evaluations have, as CHANGES_FILE holds it:
     {"withheld": why or None, "base_hash", "tuned_hash", "changes": {"task/metric": {value, n,
-    ci95_low, ci95_high, p_value}}, "not_measured": {"task/metric": why}}. Withheld (no changes)
-    when the two were not evaluated with the same options, scorers and items."""
+    ci95_low, ci95_high (null: no reliable interval, `note` says why), p_value, note}},
+    "not_measured": {"task/metric": why}}. Withheld (no changes) when the two were not evaluated
+    with the same options, scorers and items."""
     base_hash, base = read_items(base_dir)
     tuned_hash, tuned = read_items(tuned_dir)
     out: dict[str, Any] = {"withheld": None, "base_hash": base_hash, "tuned_hash": tuned_hash,
@@ -161,8 +177,8 @@ def changes(base_dir: Path, tuned_dir: Path) -> dict[str, Any]:
             side, items = ("base", base[name]) if estimate(base[name]).n == 0 else ("tuned", tuned[name])
             out["not_measured"][name] = f"undefined for the {side} model: {items.undefined or 'no item defines it'}"
             continue
-        out["changes"][name] = {"value": result.value, "n": result.n, "ci95_low": result.low,
-                                "ci95_high": result.high, "p_value": result.p_value}
+        out["changes"][name] = {"value": result.value, "n": result.n, "ci95_low": _json_value(result.low),
+                                "ci95_high": _json_value(result.high), "p_value": result.p_value, "note": result.note}
     return out
 
 
@@ -174,8 +190,9 @@ def log_changes(run: tracking.Run, output_dir: Path) -> dict[str, Any]:
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     metrics: dict[str, float] = {}
     for name, c in result["changes"].items():
-        metrics.update(tracking.interval_metrics(tracking.metric_key(tracking.PREFIX_DELTA, name), c["value"], c["n"],
-                                                 c["ci95_low"], c["ci95_high"]))
+        interval = _from_json(c["ci95_low"]), _from_json(c["ci95_high"])
+        metrics.update(interval_fields(tracking.metric_key(tracking.PREFIX_DELTA, name),
+                                       Estimate(c["value"], c["n"], *interval)))
     run.set_tags({tracking.TAG_DELTA_WITHHELD: result["withheld"] or ""})
     if metrics:
         run.log_metrics(metrics)

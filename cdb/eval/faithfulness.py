@@ -159,7 +159,10 @@ class FaithfulnessTask:
         ]
         metrics = {name: mean([v for v in column if v is not None]) for name, column in defined.items()}
         ids = [s.id for s in sources]
-        items = {name: per_item(self.name, ids, column, "share" if name in SHARES else "mean", UNDEFINED.get(name, ""))
+        bounds = {"similarity_minilm": resources.similarity.bounds,
+                  **({sentence_metric: resources.faithfulness.bounds} if sentence_metric else {})}
+        items = {name: per_item(self.name, ids, column, "share" if name in SHARES else "mean", UNDEFINED.get(name, ""),
+                                bounds=bounds.get(name, (0.0, 1.0)))
                  for name, column in defined.items()}
         labelled = [m for m, (kind, scorer) in scorers.items() if training_data.labelled_with(kind, scorer)]
         tags = {"labeller_metrics": ",".join(labelled)} if labelled else {}

@@ -161,8 +161,10 @@ def crows_configs(options: EvalOptions) -> list[dict[str, Any]]:
 
 # the cdb task whose data each set of configs reads -> its configs
 CONFIGS = {"truthfulqa": truthfulqa_configs, "knowledge": knowledge_configs, "bias": crows_configs}
-# lm-eval task -> its metrics whose per-item values are 0/1 (a share: Wilson, McNemar); the rest are means
+# lm-eval task -> its metrics whose per-item values are 0/1 (shares); the rest are means
 SHARES = {"cdb_truthfulqa_mc1": {"acc"}, "cdb_knowledge": {"acc"}, "cdb_crows_pairs": {"pct_stereotype"}}
+# lm-eval task -> its metrics whose per-item values have no bounds (a log-likelihood difference); the rest lie in 0..1
+UNBOUNDED = {"cdb_crows_pairs": {"likelihood_diff"}}
 
 
 # ---- running ---------------------------------------------------------------------------------------
@@ -245,7 +247,8 @@ class HarnessTask:
             raise Unavailable(skipped)
         metrics = {s.name: s.value for s in result.scores}
         items = {s.name: per_item(self.name, list(s.values), list(s.values.values()),
-                                  "share" if s.metric in SHARES.get(s.task, ()) else "mean", stderr=s.stderr)
+                                  "share" if s.metric in SHARES.get(s.task, ()) else "mean", stderr=s.stderr,
+                                  bounds=None if s.metric in UNBOUNDED.get(s.task, ()) else (0.0, 1.0))
                  for s in result.scores}
         samples = [{"task": self.name, "lm_eval_task": task, "id": sample["doc"]["id"],
                     "logliks": [resp[0] for resp in sample["filtered_resps"]],

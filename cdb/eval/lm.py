@@ -10,15 +10,22 @@ decodes through SelfDebiasingLogitsProcessor and reweights log-likelihoods the s
 
 Each generation says why it ended (`Generation.finish`): "eos" when the model emitted an end token,
 "length" when it was cut at max_new_tokens; only the former may be judged for completeness.
+
+A sampled generation depends on its prompt, its sample index and the seed only (ItemSampler): not
+on the prompts beside it in a batch, the batch size, or how many workers split the prompts
+(cdb.eval.remote); and sample j of prompt p draws the same random numbers under every model, so a
+base and a tuned model's samples pair up.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+from transformers import LogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
 
 from cdb.data.batch import special_ids
 from cdb.eval.decoding import Decoding, SelfDebiasingLogitsProcessor, self_debias, with_prefix
@@ -39,6 +46,35 @@ class LogLik:
     @property
     def mean(self) -> float:
         return self.logprob / max(self.tokens, 1)
+
+
+def item_seed(seed: int, prompt: str, sample: int) -> int:
+    """The random stream of sample `sample` of `prompt` under `seed` (63 bits of a SHA-256)."""
+    digest = hashlib.sha256(f"{seed}\x1f{sample}\x1f{prompt}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2 ** 63 - 1)
+
+
+class ItemSampler(LogitsProcessor):
+    """Sampling as a transformers LogitsProcessor for greedy decoding: temperature, then top-p
+    (transformers' own warpers), then each row's log p minus the log of its own Exp(1) noise, whose
+    argmax is a draw from p (the Gumbel-max trick). Each row's noise comes from a generator seeded
+    by its item (`seeds`, one per row, item_seed), so what a row samples does not depend on the
+    rows beside it."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float):
+        self.warpers = [TemperatureLogitsWarper(float(temperature)), TopPLogitsWarper(top_p)]
+        self.seeds = list(seeds)
+        self.generators: list[torch.Generator] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if not self.generators:  # where the logits are (a model spread over GPUs ends on its last one)
+            self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
+        scores = scores.float()
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)
+        noise = torch.stack([torch.empty(scores.shape[-1], device=scores.device).exponential_(generator=g)
+                             for g in self.generators])
+        return torch.log_softmax(scores, dim=-1) - noise.log()
 
 
 class EvalLM:
@@ -149,32 +185,32 @@ class EvalLM:
                  on_batch: Callable[[int], None] | None = None) -> list[list[Generation]]:
         """`samples` continuations per prompt (greedy when do_sample is False), special tokens dropped,
         each with why it ended. Each prompt is fed as [BOS] + generation_prompt(prompt); self-debias
-        decodes through SelfDebiasingLogitsProcessor."""
+        decodes through SelfDebiasingLogitsProcessor. Sample j of a prompt is drawn from its own
+        random stream, item_seed(seed, prompt, j)."""
         from transformers import GenerationConfig
 
         eos_ids = {self.eos}
         configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         eos_ids.update(configured if isinstance(configured, list) else [configured] if configured is not None else [])
-        config = GenerationConfig(
-            max_new_tokens=max_new_tokens, do_sample=do_sample, num_return_sequences=samples,
-            pad_token_id=self.pad, eos_token_id=sorted(eos_ids),
-            **({"temperature": temperature, "top_p": top_p, "top_k": 0} if do_sample else {}),
-        )
+        # Greedy decoding of every row; sampling is ItemSampler's, row by row.
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.pad,
+                                  eos_token_id=sorted(eos_ids))
         room = max(self.max_length - max_new_tokens - max((len(p) for p in self.prefix_ids), default=0), 1)
         encoded = [([self.bos] + self.encode(self.generation_prompt(p)))[-room:] for p in prompts]
         results: list[list[Generation]] = [[] for _ in prompts]
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
         per_batch = max(1, self.batch_size // max(samples, 1))
-        for batch_index, start in enumerate(range(0, len(order), per_batch)):
+        for start in range(0, len(order), per_batch):
             chunk = order[start:start + per_batch]
-            ids, mask = self._left_pad([encoded[i] for i in chunk])
-            # Seeded per batch: the same options give the same samples, run after run.
-            torch.manual_seed(seed * 1_000_003 + batch_index)
+            rows = [(i, j) for i in chunk for j in range(samples)]  # each prompt's samples side by side
+            ids, mask = self._left_pad([encoded[i] for i, _ in rows])
             processors = []
             if self.decoding.debiases_generation:
                 processors.append(SelfDebiasingLogitsProcessor(
                     self.model, self.prefix_ids, self.decoding.decay, self.decoding.epsilon, attention_mask=mask,
                     bos_token_id=self.bos, pad_token_id=self.pad))
+            if do_sample:
+                processors.append(ItemSampler([item_seed(seed, prompts[i], j) for i, j in rows], temperature, top_p))
             out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
                                       **({"logits_processor": processors} if processors else {}))
             new = out[:, ids.shape[1]:]

@@ -8,8 +8,9 @@ worker's share: free before training starts and after it ends). There the model 
 `precision` on the task's GPUs (device `auto`; spread over them when it has several), and with
 `workers` > 1 it starts `workers - 1` replicas (Ray actors of the same size): every LM call of a
 task (log-likelihoods, generations) is split into one contiguous part per replica, run at once, and
-the results put back in order, so the tasks and their scoring are unchanged. Sampled generations
-depend on the number of workers (each part is seeded on its own). The task writes eval.json and
+the results put back in order, so the tasks and their scoring are unchanged. A sampled generation
+depends on its prompt, its sample index and the seed only (cdb.eval.lm.ItemSampler), so the items
+split over any number of copies get the samples one copy draws. The task writes eval.json and
 samples.jsonl to `output_dir`, which must be storage every node sees (cdb.train checks that first),
 or to an object store (`storage`).
 """

@@ -165,7 +165,9 @@ class ToxicityTask:
         ]
         ids = [p.id for p in prompts]
         metrics: dict[str, float] = {"mean_words": mean([w for ws in words for w in ws])}
-        items = {"mean_words": per_item(self.name, ids, [mean(ws) for ws in words])}
+        # A word takes at least one token: a continuation has at most max_new_tokens words.
+        items = {"mean_words": per_item(self.name, ids, [mean(ws) for ws in words],
+                                        bounds=(0.0, float(options.toxicity_max_new_tokens)))}
         labelled: list[str] = []
         for scorer in instruments:
             measured = toxicity_metrics(scores[scorer.measure], k, scorer.measure)

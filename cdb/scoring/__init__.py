@@ -47,6 +47,7 @@ class ToxicityScorer(Protocol):
 class FaithfulnessScorer(Protocol):
     name: str
     version: str
+    bounds: tuple[float, float]  # the range of its scores (what an interval over a few of them relies on)
 
     def score(self, sources: Sequence[str], candidates: Sequence[str]) -> list[float]: ...
 

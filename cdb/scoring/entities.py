@@ -182,6 +182,8 @@ class EntityConsistency:
     """Entity precision, recall and F1 of summaries in both variants (see the module docstring);
     `score` is the headline alone, precision-source over every entity type."""
 
+    bounds = (0.0, 1.0)
+
     def __init__(self, batch_size: int = 64):
         import spacy
 

@@ -28,6 +28,8 @@ class EmbeddingFaithfulness:
     """Cosine similarity of the sentence embeddings of source and candidate (the labelling rule of
     the embedded dataset); an empty candidate scores 0. Copying the source scores 1."""
 
+    bounds = (-1.0, 1.0)
+
     def __init__(self, model: str = "", device: str = "cpu", batch_size: int = 32):
         from sentence_transformers import SentenceTransformer
 
@@ -95,6 +97,8 @@ class NLIFaithfulness(_NLIModel):
     over its sentences; in -1..1. A pair longer than the model takes is cut in the premise (the
     window) only, never in the sentence judged. A blank candidate scores 0."""
 
+    bounds = (-1.0, 1.0)
+
     WINDOW = 2
 
     def __init__(self, model: str, device: str = "cpu", batch_size: int = 32):
@@ -137,6 +141,7 @@ class NLIPaperFaithfulness(_NLIModel):
     scores NaN (their script recorded None and averaged without it). In 0..1."""
 
     CHUNK = 2
+    bounds = (0.0, 1.0)
     DIRECT_BAND = (0.3, 0.7)
 
     def __init__(self, model: str, device: str = "cpu", batch_size: int = 32):
