@@ -435,7 +435,7 @@ def notes(rows: Sequence[RunRow]) -> list[str]:
         q = SUITES["quick"]
         out.append(f"{len(quick)} run(s) were evaluated with the quick suite ({q['toxicity_limit']} prompts x {q['samples']} "
                    f"samples, {q['summary_limit']} summaries, {q['crows_limit']} CrowS pairs): its intervals are wide, "
-                   "so only large changes are detectable; evaluate with eval.suite=full to measure small ones.")
+                   "so only large changes are detectable; evaluate with eval.suite=standard to measure smaller ones.")
     return out
 
 

@@ -142,3 +142,20 @@ def test_paper_suite_end_to_end_on_local_stand_ins(stand_ins, tmp_path, capsys):
     assert [s["nli_paper_protocol"] for s in summaries] == pytest.approx(expected, abs=1e-6)
     assert expected != pytest.approx(scorer.score([s["prompt"] for s in summaries], [s["output"] for s in summaries]),
                                      abs=1e-6)
+
+
+def test_the_standard_suite_has_the_items_its_sizes_promise():
+    """`standard` is sized in items (docs/METHOD.md, "The standard suite"): the offline data must hold
+    them, BOLD's prompts and held-out pages after the embedded dataset's pages are left out, or the
+    promised half-widths are not reached."""
+    from cdb.eval.faithfulness import held_out_bold_sources
+    from cdb.eval.intervals import LARGE_N
+    from cdb.eval.toxicity import load_bold
+
+    options = make_options("standard")
+    assert (options.toxicity_limit, options.samples, options.toxicity_max_new_tokens) == (600, 2, 20)
+    assert options.tasks == ("toxicity", "faithfulness", "bias", "intelligibility")
+    assert min(options.toxicity_limit, options.summary_limit) > LARGE_N  # past the small-sample intervals
+    assert len(load_bold(options.toxicity_limit)[0]) == options.toxicity_limit
+    assert len(held_out_bold_sources(options.summary_limit)) == options.summary_limit
+    assert make_options("standard", limit=5).summary_limit == 5  # a size given still wins

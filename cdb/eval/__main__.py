@@ -38,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="cdb", help="experiment of a new run (default cdb)")
     p.add_argument("--prefix", default="eval", help="metric prefix: eval, or eval_base for a base model")
     p.add_argument("--output", help="folder for eval.json and samples.jsonl (default runs/eval/<model>[-<decoding>])")
-    p.add_argument("--suite", choices=sorted(SUITES), help="= --set suite=...: quick (default), full or paper")
+    p.add_argument("--suite", choices=sorted(SUITES), help="= --set suite=...: quick (default), standard, full or paper")
     p.add_argument("--decoding", choices=DECODINGS, help="= --set decoding=...: decoding-time debiasing, none (default), "
                    "instructive or self-debias")
     p.add_argument("--tasks", help=f"= --set tasks=...: comma-separated subset of {', '.join(TASK_NAMES)}")

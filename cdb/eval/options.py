@@ -62,6 +62,15 @@ SUITES: dict[str, dict[str, Any]] = {
     "quick": dict(tasks=("toxicity", "faithfulness", "bias", "intelligibility"), threads=1, toxicity_limit=24, samples=2,
                   toxicity_max_new_tokens=20, summary_limit=16, summary_max_new_tokens=40,
                   crows_limit=100, stereoset_limit=100, truthfulqa_limit=0, knowledge_limit=0),
+    # Sized to see an alignment tax on SmolLM2-135M (docs/METHOD.md, "The standard suite"): from the base
+    # model's spreads on a pilot (200 prompts x 2 samples, 150 summaries; tox-block, entity precision),
+    # 600 prompts x 2 samples of 20 tokens give a 95% half-width of about a quarter of its mean toxicity
+    # (0.012), and 900 held-out sources give about 550 summaries that name an entity (61% did), enough for +-0.03
+    # on the headline faithfulness; both past 500 items, where the skewness-corrected t interval holds
+    # (cdb.eval.intervals). Every CrowS-Pairs pair and 500 StereoSet items.
+    "standard": dict(tasks=("toxicity", "faithfulness", "bias", "intelligibility"), threads=0, toxicity_limit=600,
+                     samples=2, toxicity_max_new_tokens=20, summary_limit=900, summary_max_new_tokens=40,
+                     crows_limit=0, stereoset_limit=500, truthfulqa_limit=0, knowledge_limit=0),
     # The literature's toxicity protocol (Gehman et al. 2020: k = 25 samples of 100 new tokens per
     # prompt, as expected maximum toxicity and toxicity probability are defined) on 3,000 prompts, all
     # of each benchmark, and 500 held-out sources to summarise (enough for a paired interval to show a
@@ -90,10 +99,11 @@ SUITE = -1  # a size left to the suite
 
 @dataclass(frozen=True)
 class EvalOptions:
-    suite: Literal["off", "quick", "full", "paper"] = "quick"
-    """Preset of tasks and sizes (quick: minutes on a CPU; full: every task, 25 samples per toxicity
-    prompt; paper: the authors' protocol, its data from the hub); off = no evaluation (training's
-    eval_base/ and eval/ are skipped)."""
+    suite: Literal["off", "quick", "standard", "full", "paper"] = "quick"
+    """Preset of tasks and sizes (quick: minutes on a CPU, intervals too wide to see a tax; standard: sized
+    to see one on smol-135m, about 20 minutes a model on 2 CPU cores; full: every task, 25 samples per
+    toxicity prompt; paper: the authors' protocol, its data from the hub); off = no evaluation
+    (training's eval_base/ and eval/ are skipped)."""
     tasks: tuple[str, ...] = ()
     """Tasks to run, of toxicity, faithfulness, truthfulqa, knowledge, bias, harness (the log-likelihood
     tasks through lm-evaluation-harness), intelligibility; empty = the suite's."""
