@@ -92,7 +92,7 @@ HEARTBEAT_S = 60.0
 # Each maps to the sweep's own key that sets it, where there is one.
 RESERVED_KEYS = {"scale.name": "scales", "objective.method": "methods", "train.output_dir": "output_dir",
                  "tracking.uri": "tracking_uri", "tracking.experiment": "experiment", "tracking.run_name": "",
-                 "tracking.parent_run_id": "", "train.base_eval_dir": ""}
+                 "tracking.parent_run_id": "", "train.base_eval_dir": "base_eval_dir"}
 TRAINING_SECTIONS = tuple(f.name for f in dataclasses.fields(cfg.Config))
 PERIOD_FORMATS = {"week": "%G-W%V", "day": "%Y-%m-%d"}
 """A period's folder name (strftime, UTC); both sort in time order as text."""
@@ -156,6 +156,10 @@ class SweepSettings:
     else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db."""
     parallel: int = 1
     """Points trained at once, while the Ray cluster has room for them; >= 1."""
+    base_eval_dir: str = ""
+    """The folder of starting-model evaluations the points share (train.base_eval_dir of every point): one
+    base evaluation per model and evaluation options serves every method and seed; empty =
+    OUTPUT_DIR/base_evals. Sweeps that name one folder share it."""
     seeds: int = 1
     """Training runs of every (scale, method), each its own point and MLflow run under the parent, with
     train.seed = the training keys' train.seed (default 0) + i for i < seeds; the evaluation's seed
@@ -459,14 +463,15 @@ BASE_EVALS = "base_evals"
 
 
 def train_command(point: Point, point_dir: Path, uri: str, experiment: str, parent_run_id: str,
-                  overrides: Sequence[str], resume: bool) -> list[str]:
+                  overrides: Sequence[str], resume: bool, base_eval_dir: str = "") -> list[str]:
     cmd = [sys.executable, "-m", "cdb.train", "--scale", point.scale, "--method", point.method,
            "--output-dir", str(point_dir), "--tracking-uri", uri, "--experiment", experiment, "--run-name", point.name]
     for item in method_overrides(overrides, point.method):
         cmd += ["--set", item]
     if point.seed is not None:  # after the overrides: the point's own seed wins
         cmd += ["--set", f"train.seed={point.seed}"]
-    cmd += ["--set", f"tracking.parent_run_id={parent_run_id}", "--set", f"train.base_eval_dir={point_dir.parent / BASE_EVALS}"]
+    shared = Path(base_eval_dir).resolve() if base_eval_dir else point_dir.parent / BASE_EVALS
+    cmd += ["--set", f"tracking.parent_run_id={parent_run_id}", "--set", f"train.base_eval_dir={shared}"]
     cmd.append("--resume" if resume else "--fresh")  # a point not resumed starts anew, its old folder archived
     return cmd
 
@@ -780,7 +785,7 @@ class Sweep:
         # its checkpoint in its own MLflow run.
         resume = entry.get("status") in ("STOPPED", "RUNNING") and (point_dir / tracking.RUN_FILE).is_file() \
             and (point_dir / "config.yaml").is_file() and entry.get("spec", self.spec) == self.spec
-        cmd = train_command(point, point_dir, uri, experiment, parent, self.overrides, resume)
+        cmd = train_command(point, point_dir, uri, experiment, parent, self.overrides, resume, self.settings.base_eval_dir)
         log_path = self.output_dir / "logs" / f"{point.name}.log"
         state["points"][point.name] = {
             "scale": point.scale, "method": point.method, "status": "RUNNING", "output_dir": str(point_dir),

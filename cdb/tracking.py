@@ -207,10 +207,14 @@ def resolve_uri(configured: str) -> str:
     return uri
 
 
+ARTIFACTS_DIR = "mlartifacts"
+"""The artifact folder of a local (sqlite) store, beside its database (_artifact_root)."""
+
+
 def _artifact_root(uri: str) -> str | None:
     """Local stores get an explicit, absolute artifact folder beside the database; servers choose their own."""
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+        return (Path(uri[len("sqlite:///"):]).parent / ARTIFACTS_DIR).resolve().as_uri()
     return None
 
 
@@ -314,13 +318,26 @@ class DatasetIdentity(Protocol):
 
 def download_artifact(uri: str, run_id: str, path: str, folder: str | Path) -> Path | None:
     """Run `run_id`'s artifact `path` copied into `folder` (under its own name), or None where the
-    run has no such artifact (a run logged before cdb wrote it)."""
+    run has no such artifact (a run logged before cdb wrote it). A local store moved with its artifact
+    folder (a committed copy, docs/results/) is read where it lies now: its runs still name the folder
+    they were logged to."""
+    import shutil
+
     from mlflow.exceptions import MlflowException
 
     try:
         return Path(_client(uri).download_artifacts(run_id, path, str(folder)))
     except (MlflowException, OSError):
+        pass
+    if not uri.startswith("sqlite:///"):
         return None
+    logged = _client(uri).get_run(run_id).info.artifact_uri
+    _, found, below = logged.partition(f"/{ARTIFACTS_DIR}/")
+    moved = Path(uri[len("sqlite:///"):]).parent / ARTIFACTS_DIR / below / path
+    if not found or not moved.is_file():
+        return None
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy(moved, Path(folder) / moved.name))
 
 
 class Run:

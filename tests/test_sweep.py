@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+from pathlib import Path
 import sys
 from types import SimpleNamespace
 from urllib.parse import quote
@@ -76,6 +77,8 @@ def test_seeds_are_points_of_their_own_with_the_seed_after_the_training_keys(tmp
     assert (config.train.seed, config.objective.method, config.tracking.run_name) == (6, "sft", "tiny-sft-seed6")
     assert config.train.base_eval_dir == str(tmp_path / sweep.BASE_EVALS)
     assert config.eval.seed == 0  # the evaluation's seed is not the training seed
+    other = sweep.train_command(points[0], tmp_path / points[0].name, "sqlite:///x.db", "e", "P", [], False, "shared")
+    assert f"train.base_eval_dir={Path('shared').resolve()}" in other  # sweeps naming one folder share it
 
 
 def test_a_methods_options_go_to_its_own_points_only(tmp_path):
@@ -125,7 +128,8 @@ def test_config_file_flags_and_set_split_into_sweep_and_training_keys(tmp_path):
     (["paralel=2"], "unknown key 'paralel'"),
     (["parallel=0"], "parallel: must be >= 1, got 0"),
     (["seeds=0"], "seeds: must be >= 1, got 0"),
-    (["train.base_eval_dir=/x"], "train.base_eval_dir: the sweep sets train.base_eval_dir for each point itself"),
+    (["train.base_eval_dir=/x"], "train.base_eval_dir: the sweep sets train.base_eval_dir for each point itself; use "
+                                 "the sweep's key 'base_eval_dir'"),
     (["methods="], "methods: give at least one training method"),
     (["train.output_dir=/x"],
      "train.output_dir: the sweep sets train.output_dir for each point itself; use the sweep's key 'output_dir'"),

@@ -303,3 +303,19 @@ def test_links_go_to_the_runs_table_or_the_run_in_mlflow_3s_ui(tmp_path):
     # New experiments open on the runs table (MLflow 3's model-training kind), not the GenAI overview.
     experiment = MlflowClient(local).get_experiment(tracking.experiment_id(local, "exp"))
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_local_store_moved_with_its_artifacts_still_reads_them(tmp_path):
+    """A committed copy of a store (docs/results/) lies elsewhere than where its runs were logged."""
+    import shutil
+
+    logged = tmp_path / "made"
+    logged.mkdir()
+    (logged / "items.json").write_text('{"a": 1}')
+    with tracking.open_run(f"sqlite:///{logged / 'mlflow.db'}", "exp", "r") as run:
+        run.log_artifact(logged / "items.json", "eval")
+    shutil.move(logged, tmp_path / "moved")
+    uri = f"sqlite:///{tmp_path / 'moved' / 'mlflow.db'}"
+    got = tracking.download_artifact(uri, run.id, "eval/items.json", tmp_path / "out")
+    assert got is not None and got.read_text() == '{"a": 1}'
+    assert tracking.download_artifact(uri, run.id, "eval/none.json", tmp_path / "out") is None
