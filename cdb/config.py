@@ -12,7 +12,6 @@ preset's, every field with its docstring.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -26,6 +25,7 @@ from typing import Any, Literal
 import yaml
 
 from cdb import settings
+from cdb.cli import Command, Flag
 from cdb.data.entities import DEFAULT_TAGGER, valid_tagger_spec
 from cdb.eval.options import EvalOptions
 from cdb.methods import LEGACY_KEYS, ObjectiveConfig
@@ -369,17 +369,20 @@ def resolved_yaml(scale: str) -> str:
             + to_yaml(resolve(scale=scale)))
 
 
+COMMAND_FLAGS = (
+    Flag("--scale", help=f"scale preset ({', '.join(list(SCALES) + list(ALIASES))}); default {DEFAULT_SCALE}"),
+    Flag("--write-resolved", action="store_true",
+         help="instead of printing, write cdb/configs/resolved/<scale>.yaml for every scale preset"),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cdb.config", description="Print the resolved training config "
-                                "(defaults <- scale preset <- --config <- --set) as commented YAML.")
-    p.add_argument("--scale", help=f"scale preset ({', '.join(list(SCALES) + list(ALIASES))}); default {DEFAULT_SCALE}")
-    settings.add_arguments(p, "training")
-    p.add_argument("--write-resolved", action="store_true",
-                   help="instead of printing, write cdb/configs/resolved/<scale>.yaml for every scale preset")
-    args = p.parse_args(argv)
+    command = Command("cdb.config", "python -m cdb.config", "Print the resolved training config (defaults <- scale "
+                      "preset <- --config <- --set) as commented YAML.", COMMAND_FLAGS, what="training")
+    args = command.parse(argv)
     if args.write_resolved:
         if args.scale or args.config or args.set:
-            p.error("--write-resolved writes the presets as they are: no --scale, --config or --set")
+            return command.fail("--write-resolved writes the presets as they are: no --scale, --config or --set")
         RESOLVED_DIR.mkdir(parents=True, exist_ok=True)
         for name in SCALES:
             (RESOLVED_DIR / f"{name}.yaml").write_text(resolved_yaml(name))
@@ -388,8 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = resolve(args.config, sets=args.set, scale=args.scale)
     except ConfigError as exc:
-        print(f"cdb.config: {exc}", file=sys.stderr)
-        return 2
+        return command.fail(str(exc))
     sys.stdout.write(to_yaml(config))
     return 0
 

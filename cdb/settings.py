@@ -174,7 +174,8 @@ def build(cls, values: dict, prefix: str = "", from_text: set[str] = frozenset()
     for key, value in values.items():
         dotted = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"unknown setting '{dotted}'; known keys under '{prefix or '.'}': {', '.join(names)}")
+            where = f"known keys under '{prefix.rstrip('.')}'" if prefix else "known top-level keys"
+            raise ConfigError(f"unknown setting '{dotted}'; {where}: {', '.join(names)}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):

@@ -421,7 +421,7 @@ def test_config_command_prints_the_resolved_config(tmp_path):
     assert "  # Peak AdamW learning rate; > 0.\n  lr: 2.0e-05\n" in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "cdb.config", "--set", "train.log_every=0"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 2 and proc.stderr.strip() == "cdb.config: train.log_every: must be >= 1, got 0"
+    assert proc.returncode == 2 and proc.stderr.strip() == "cdb.config: error: train.log_every: must be >= 1, got 0"
     assert proc.stdout == ""
 
 
