@@ -186,7 +186,7 @@ def test_report_settings_are_documented():
 @pytest.mark.parametrize("args, message", [
     (["--output", "r"], "cdb.report: experiment: required; give --experiment or --set experiment=VALUE"),
     (["--experiment", "e", "--set", "outptu=r"],
-     "cdb.report: unknown setting 'outptu'; known keys under '.': experiment, tracking_uri, output"),
+     "cdb.report: unknown setting 'outptu'; known top-level keys: experiment, tracking_uri, output"),
 ])
 def test_bad_settings_exit_2_naming_the_key(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
