@@ -649,3 +649,21 @@ def test_run_suite_on_loaded_model(tiny):
     assert set(result.items["bias/stereoset_icat"].values) == targets
     assert len([s for s in result.samples if s["probe"] == "crows"]) == 4
     assert result.skipped == {} and set(result.seconds) == {"bias"}
+
+
+@pytest.mark.parametrize("temperature", [0.7, 0.3])
+def test_the_samplers_nucleus_is_transformers_top_p(temperature):
+    """ItemSampler looks for the nucleus among the most probable tokens first: the tokens it keeps are
+    those transformers' TopPLogitsWarper keeps, also for a row whose nucleus reaches past them."""
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from cdb.eval.lm import ItemSampler
+
+    torch.manual_seed(0)
+    peaked, flat = torch.randn(6, 5000) * 4, torch.randn(2, 5000) * 0.01  # the flat rows: nucleus > 1,024 tokens
+    scores, ids = torch.cat([peaked, flat]), torch.zeros((8, 1), dtype=torch.long)
+    sampler = ItemSampler(range(8), temperature, 0.9)
+    ours = sampler.nucleus(ids, scores / temperature)
+    theirs = TopPLogitsWarper(0.9)(ids, TemperatureLogitsWarper(temperature)(ids, scores))
+    assert torch.equal(torch.isinf(ours), torch.isinf(theirs))
+    assert (~torch.isinf(ours[6:])).sum(-1).min() > ItemSampler.CANDIDATES

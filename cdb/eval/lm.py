@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-from transformers import LogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import LogitsProcessor, TopPLogitsWarper
 
 from cdb.data.batch import special_ids
 from cdb.eval.decoding import Decoding, SelfDebiasingLogitsProcessor, self_debias, with_prefix
@@ -55,23 +55,43 @@ def item_seed(seed: int, prompt: str, sample: int) -> int:
 
 
 class ItemSampler(LogitsProcessor):
-    """Sampling as a transformers LogitsProcessor for greedy decoding: temperature, then top-p
-    (transformers' own warpers), then each row's log p minus the log of its own Exp(1) noise, whose
+    """Sampling as a transformers LogitsProcessor for greedy decoding: temperature, then top-p (the
+    nucleus transformers' TopPLogitsWarper keeps), then each row's log p minus the log of its own Exp(1) noise, whose
     argmax is a draw from p (the Gumbel-max trick). Each row's noise comes from a generator seeded
     by its item (`seeds`, one per row, item_seed), so what a row samples does not depend on the
     rows beside it."""
 
+    CANDIDATES = 1024
+    """The most probable tokens the nucleus is looked for in first: sorting a whole vocabulary at every
+    step cost a fifth of a sampled generation on CPU; a row whose nucleus reaches past them is sorted
+    whole, as transformers' warper does."""
+
     def __init__(self, seeds: Sequence[int], temperature: float, top_p: float):
-        self.warpers = [TemperatureLogitsWarper(float(temperature)), TopPLogitsWarper(top_p)]
+        self.temperature, self.top_p = float(temperature), float(top_p)
+        self.top_p_warper = TopPLogitsWarper(top_p)
         self.seeds = list(seeds)
         self.generators: list[torch.Generator] = []
+
+    def nucleus(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        """`scores` with every token outside its row's top-p nucleus at -inf: what TopPLogitsWarper
+        gives (a token stays while the tokens more probable than it hold less than top_p)."""
+        if self.top_p >= 1.0:
+            return scores
+        probs = torch.softmax(scores, dim=-1)
+        top, index = probs.topk(min(self.CANDIDATES, scores.shape[-1]), dim=-1)
+        before = top.cumsum(-1) - top
+        kept = before < self.top_p
+        kept[:, 0] = True
+        out = torch.full_like(scores, float("-inf")).scatter(1, index, torch.where(kept, 0.0, float("-inf")))
+        wider = top.sum(-1) < self.top_p  # the nucleus reaches past the candidates
+        if wider.any():
+            out[wider] = self.top_p_warper(input_ids[wider], scores[wider]) - scores[wider]
+        return scores + out
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if not self.generators:  # where the logits are (a model spread over GPUs ends on its last one)
             self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
-        scores = scores.float()
-        for warp in self.warpers:
-            scores = warp(input_ids, scores)
+        scores = self.nucleus(input_ids, scores.float() / self.temperature)
         noise = torch.stack([torch.empty(scores.shape[-1], device=scores.device).exponential_(generator=g)
                              for g in self.generators])
         return torch.log_softmax(scores, dim=-1) - noise.log()
