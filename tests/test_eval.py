@@ -620,7 +620,7 @@ def test_options_validation():
         make_options("quick", toxcity_limit=3)
     with pytest.raises(settings.ConfigError, match="tasks: unknown task 'vibes'"):
         make_options("quick", tasks=("toxicity", "vibes"))
-    with pytest.raises(settings.ConfigError, match="suite: 'huge' is not one of off, quick, full"):
+    with pytest.raises(settings.ConfigError, match="suite: 'huge' is not one of off, quick, standard, full, paper"):
         make_options("huge")
     with pytest.raises(settings.ConfigError, match="setting samples: must be >= 1"):
         make_options("quick", samples=0)
