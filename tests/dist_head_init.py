@@ -35,6 +35,7 @@ def main(out_path: str, workdir: str) -> None:
         with open(out_path, "w") as f:
             json.dump({"sharded": sharded, "hidden": strategy.model_config.hidden_size, "params": stats}, f)
     strategy.close()
+    dist.destroy_process_group()  # gloo's threads joined before exit, as in dist_zero3.py
 
 
 if __name__ == "__main__":

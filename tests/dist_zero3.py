@@ -99,6 +99,9 @@ def main(out_path: str, workdir: str) -> None:
                        "loss_after_load": after_load, "lr": restored.lr(), "dpo": dpo_result,
                        "trainer": trainer_result}, handle)
     dist.barrier()
+    # Gloo's threads are joined here, not torn down at interpreter exit (which aborted a rank once:
+    # "terminate called without an active exception").
+    dist.destroy_process_group()
 
 
 class SavedCheckpoint:
