@@ -615,9 +615,10 @@ def notes(rows: Sequence[RunRow]) -> list[str]:
     quick = [r for r in rows if r.suite == "quick"]
     if quick:
         q = SUITES["quick"]
-        out.append(f"{sum(r.seeds for r in quick)} run(s) were evaluated with the quick suite ({q['toxicity_limit']} prompts x {q['samples']} "
-                   f"samples, {q['summary_limit']} summaries, {q['crows_limit']} CrowS pairs): its intervals are wide, "
-                   "so only large changes are detectable; evaluate with eval.suite=standard to measure smaller ones.")
+        out.append(f"{sum(r.seeds for r in quick)} run(s) were evaluated with the quick suite "
+                   f"({q['toxicity_limit']} prompts x {q['samples']} samples, {q['summary_limit']} summaries, "
+                   f"{q['crows_limit']} CrowS pairs): its intervals are wide, so only large changes are detectable; "
+                   "evaluate with eval.suite=standard to measure smaller ones.")
     return out
 
 

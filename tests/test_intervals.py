@@ -236,6 +236,30 @@ def test_paired_combined_change_is_the_square_and_add_of_the_combined_intervals(
         paired_combined_change([lms, ss], [lms], icat)
 
 
+def test_pooled_seeds_add_the_seeds_spread_to_their_item_intervals():
+    seeds = [Estimate(0.10, 100, 0.04, 0.18), Estimate(0.16, 100, 0.10, 0.23), Estimate(0.13, 98, 0.06, 0.20)]
+    pooled = pooled_seeds(seeds)
+    # t over the three values, 2 degrees of freedom: 4.303 x sd 0.03 / sqrt 3
+    spread = stats.t.ppf(0.975, 2) * 0.03 / math.sqrt(3)
+    below, above = np.mean([0.06, 0.06, 0.07]), np.mean([0.08, 0.07, 0.07])
+    assert (pooled.value, pooled.n) == (pytest.approx(0.13), 98)
+    assert pooled.low == pytest.approx(0.13 - math.hypot(below, spread))
+    assert pooled.high == pytest.approx(0.13 + math.hypot(above, spread))
+    # at a stricter level both parts widen; within the quantity's range it is clipped
+    strict = pooled_seeds(seeds, 1 - 0.05 / 4)
+    assert strict.low < pooled.low and strict.high > pooled.high
+    assert pooled_seeds(seeds, bounds=(0.0, 0.2)).high == 0.2
+    # seeds that agree: the items' interval, which they share, is all that is left
+    same = pooled_seeds([seeds[0]] * 4)
+    assert (same.low, same.high) == pytest.approx((0.04, 0.18))
+    # one seed is its own estimate; a seed without an interval leaves the row without one, saying why
+    assert pooled_seeds(seeds[:1]) == seeds[0]
+    none = pooled_seeds([seeds[0], Estimate(0.2, 3, math.nan, math.nan, "too few items for a reliable interval")])
+    assert none.value == pytest.approx(0.15) and math.isnan(none.low)
+    assert none.note == "seed 2 of 2: too few items for a reliable interval" and not detectable(none)
+    assert pooled_seeds([]).n == 0
+
+
 # ---- coverage ------------------------------------------------------------------------------------
 # Synthetic data sets shaped like the metrics, with their true values worked out. Each shape draws
 # (data sets, n) arrays.
@@ -564,19 +588,22 @@ def test_nominal_95_percent_intervals_hold_the_truth_at_least_93_percent_of_the_
 
 @pytest.mark.parametrize("shape,n,seeds,ratio,level", SEED_CASES)
 def test_seeds_pooled_hold_the_truth_at_least_93_percent_of_the_time(shape, n, seeds, ratio, level):
-    """pooled_seeds over S = 2, 3, 5 seeds evaluated on the same items, their true changes spread
-    0, 1 and 3 times a seed's item standard error around the method's, per-prompt toxicity at the
-    quick and standard suites' 24 and 600 prompts, 0/1 items at 48 and 1,000 (and the pooled tuned
-    toxicity itself): at least 93% of 400 data sets.
+    """pooled_seeds over 2 and 5 seeds evaluated on the same items, their true changes spread 0 or 3
+    times a seed's item standard error around the method's, per-prompt toxicity at the quick and
+    standard suites' 24 and 600 prompts, 0/1 items at 48 (and the pooled tuned toxicity itself):
+    at least 93% of 1,000 data sets (the full grid, SEED_GRID, in docs/METHOD.md: 0.946 to 1.000).
 
-    The estimators this was chosen over failed it (measured on these shapes and seed, in a simulation
-    not kept here):
-      - the two-level bootstrap (resample the seeds, then the items, shared by the seeds): 0.69 at
-        S = 2 and 0.79 at S = 3 with the seeds 3 item errors apart: resampling 2 or 3 values
-        understates their spread; with the items resampled within each seed on its own, lower still;
-      - Student's t over the per-seed changes alone (S - 1 degrees of freedom): 0.72 at S = 5 when
-        the seeds agree, since the items every seed shares move them together;
-      - the wider of that t interval and the seeds' mean item interval: 0.95 at S = 2, ratio 3.
+    The estimators this was chosen over failed it (measured on these shapes and seed with 400 data
+    sets, in a simulation not kept here):
+      - the two-level bootstrap (resample the seeds, then the items, the same for every seed):
+        0.70 for 0/1 items at 48, 0.75 for toxicity at 24, 0.79 at 600, all at S = 2 with the seeds
+        3 item errors apart; 0.80-0.89 at S = 3: resampling 2 or 3 values understates their spread;
+        with each seed's items resampled on their own, 0.60-0.85;
+      - Student's t over the per-seed changes alone (S - 1 degrees of freedom): 0.40 (toxicity at
+        24), 0.50 (at 600), 0.51 (0/1 at 48) at S = 5 when the seeds agree, since the items every
+        seed shares move them together;
+      - the wider of that t interval and the seeds' mean item interval: 0.920 for 0/1 items at 48,
+        S = 5, ratio 3.
     """
     held, _, _ = seeds_coverage(shape, n, seeds, ratio, level)
     assert held >= 0.93, f"coverage {held:.3f} at n = {n}, {seeds} seeds"

@@ -388,7 +388,8 @@ def test_a_sweep_of_two_seeds_reports_and_logs_their_pooled_change(tmp_path, ray
     md = (out / "report" / "report.md").read_text()
     tuned = md.split("## Tuned models")[1].split("## Base models")[0]
     [row] = [line for line in tuned.splitlines() if line.startswith("| contrastive |")]
-    assert row.startswith("| contrastive | tiny | 2 seeds | " + ", ".join(f"{name} ({run.info.run_id[:8]})" for name, run in runs.items()))
+    names = ", ".join(f"{name} ({run.info.run_id[:8]})" for name, run in runs.items())
+    assert row.startswith(f"| contrastive | tiny | 2 seeds | {names} |")
     # One row per column: the change's interval is the pooled 95% one the parent holds.
     assert f"{sig(parent[f'{head}/{metric}'], 2, True)} [{sig(low, 2, True)}, {sig(high, 2, True)}])" in row \
         or f"change {sig(parent[f'{head}/{metric}'], 2, True)} [{sig(low, 2, True)}, {sig(high, 2, True)}]" in row
