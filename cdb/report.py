@@ -7,9 +7,15 @@ base model, logged into the same run before training), each with its `_n` and 95
 (`_ci95_low`, `_ci95_high`), `delta/<task>/<metric>` (tuned minus base, paired over the same items,
 with its interval; cdb.eval.estimates) and `val/...` (the training run's held-out sources, at its
 last validation), and writes to OUTPUT:
-  report.md, report.html   one row per run: each metric's value, interval and n, with its change
-                           against the run's base model, its interval Bonferroni-adjusted for the
-                           runs compared in that column and recomputed from their per-item values
+  report.md, report.html   one row per method's seeds (seed_groups: runs equal in every param but
+                           train.seed, with the same method, scale and options hashes of both
+                           evaluations; every other run a row of its own), its Seeds column saying
+                           how many ("3 seeds"; "1 seed": a training run alone): each metric's value,
+                           interval and n (of several seeds: the mean, its interval from
+                           cdb.eval.intervals.pooled_seeds, which holds the seed-to-seed spread),
+                           with its change against the base model (of several seeds: the mean of
+                           theirs, likewise), its interval Bonferroni-adjusted for the rows
+                           compared in that column and recomputed from the runs' per-item values
                            (artifacts <prefix>/items.json; a line under the table says so), "no
                            detectable change" when that interval holds 0; withheld, with the
                            reason, when the two evaluations are not comparable; an undefined
@@ -25,9 +31,12 @@ last validation), and writes to OUTPUT:
                            instrument read as the new names (profanity_names)
   alignment_tax.png        toxicity (x; one instrument, not the labeller) against faithfulness (y: the
                            headline entity precision, or a run's earlier `faithfulness`), an arrow per
-                           run from base to tuned, the tuned model's 95% intervals as bars
+                           row (its seeds pooled) from base to tuned, the tuned model's 95% intervals
+                           as bars
 and logs the three as artifacts of a new run tagged cdb.method=report. Runs without eval metrics are
-listed as such. Exit codes: 0 done, 1 no such experiment or no runs in it, 2 bad arguments.
+listed as such. `report` also returns each row's change at 95% as metrics for a sweep's parent run
+(pooled_metrics: `pooled/<scale>-<method>/delta/<task>/<metric>`, cdb.sweep logs them).
+Exit codes: 0 done, 1 no such experiment or no runs in it, 2 bad arguments.
 
     python -m cdb.report --experiment NAME --output DIR [--tracking-uri URI] [--config FILE.yaml] [--set KEY=VALUE]
 
@@ -40,7 +49,9 @@ from __future__ import annotations
 import argparse
 import html
 import math
+import re
 import sys
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -110,7 +121,11 @@ COLUMNS = (
 
 LEGEND = ("Each cell: the tuned model's value [95% interval] (n: the items it is over), then its change "
           "against the base model of the same run: tuned minus base, paired over the items both evaluated, "
-          "with its interval (adjusted for the runs compared: the line under the table). A change whose "
+          "with its interval (adjusted for the rows compared: the line under the table). A row pools the "
+          "seeds of one method (Seeds: how many; runs equal in every setting but train.seed, evaluated alike): "
+          "its value is the mean over the seeds and its change the mean of theirs, each interval holding the "
+          "seed-to-seed spread as well as the items' (Student t over the seeds, square-added to their item "
+          "intervals); the intervals of a row of 1 seed say nothing of another seed. A change whose "
           "interval holds 0 reads \"no detectable change\"; the others are marked better or worse by the "
           "metric's direction. CrowS-Pairs: 0.5 is unbiased; StereoSet ICAT on 0..100.")
 LABELLER_NOTE = "(labeller): scored by the scorer that labelled the training data."
@@ -155,7 +170,17 @@ class RunRow:
     scorers: dict[str, dict[str, str]] = field(default_factory=dict)
     """prefix (eval, eval_base) -> scorer kind -> the scorer's name (tags cdb.<prefix>.scorer.<kind>)."""
     unadjusted: dict[str, str] = field(default_factory=dict)
-    """metric -> why its change's interval could not be adjusted for the runs compared (adjusted)."""
+    """metric -> why its change's interval could not be adjusted for the rows compared (adjusted)."""
+    params: dict[str, str] = field(default_factory=dict)
+    """The run's MLflow params: its settings (the flat config keys), what seeds of one method share."""
+    hashes: tuple[str, str] = ("", "")
+    """The options hashes of its eval_base/ and eval/ evaluations (tags cdb.<prefix>.options_hash)."""
+    runs: tuple[RunRow, ...] = ()
+    """A row that pools seeds (pooled_row): its runs, one per seed; empty for a row of one run."""
+
+    @property
+    def seeds(self) -> int:
+        return len(self.runs) or 1
 
 
 def _measures(metrics: dict[str, float], prefix: str) -> dict[str, Measure]:
@@ -258,6 +283,9 @@ def collect(uri: str, experiment: str, parent_run_id: str = "") -> list[RunRow]:
             tags.get(tracking.eval_tag(tracking.PREFIX_EVAL, "suite"), ""),
             {p: _labeller(tags, p) for p in (tracking.PREFIX_EVAL, tracking.PREFIX_EVAL_BASE)},
             {p: _scorers(tags, p) for p in (tracking.PREFIX_EVAL, tracking.PREFIX_EVAL_BASE)},
+            params=dict(run.data.params),
+            hashes=tuple(tags.get(tracking.eval_tag(p, "options_hash"), "")
+                         for p in (tracking.PREFIX_EVAL_BASE, tracking.PREFIX_EVAL)),
         ))
     if not rows:
         of = f" under parent run {parent_run_id}" if parent_run_id else ""
@@ -317,49 +345,78 @@ def _verdict(column: Column, row: RunRow, change: Measure) -> bool | None:
 
 
 def comparisons(rows: Sequence[RunRow], column: Column) -> list[RunRow]:
-    """The runs whose change against their base the column shows: the family its adjustment counts."""
+    """The rows whose change against their base the column shows: the family its adjustment counts
+    (a row of several seeds is one)."""
     return [r for r in rows if metric_name(column, r) in r.changes and metric_name(column, r) in r.base
             and (not column.scored_by or instrument(column, r, tracking.PREFIX_EVAL) == (column.scorer, column.labeller))]
 
 
-def adjusted(rows: Sequence[RunRow], columns: Sequence[Column], uri: str) -> list[RunRow]:
-    """`rows` with each column's changes recomputed from the runs' per-item values (artifacts
-    eval_base/items.json and eval/items.json) at 1 - 0.05 / m, m the runs compared in that column
-    (Bonferroni): the chance that any of them reads better or worse by chance stays under 5%.
-    A change whose run has no per-item values keeps its logged 95% interval where m = 1; with
-    m > 1 it is marked unadjusted (RunRow.unadjusted) and gets no verdict."""
-    import tempfile
+class PerItem:
+    """The runs' per-item values (artifacts eval_base/items.json and eval/items.json), read from the
+    store once per run into `folder`: (base, tuned) items by metric, or None for a run without them
+    (logged before cdb wrote them)."""
 
+    def __init__(self, uri: str, folder: Path):
+        self.uri, self.folder = uri, folder
+        self.cache: dict[str, tuple[dict, dict] | None] = {}
+
+    def __call__(self, run: RunRow) -> tuple[dict, dict] | None:
+        from cdb.eval import estimates
+
+        if run.run_id not in self.cache:
+            sides = []
+            for prefix in (tracking.PREFIX_EVAL_BASE, tracking.PREFIX_EVAL):
+                where = self.folder / run.run_id / prefix
+                found = tracking.download_artifact(self.uri, run.run_id, f"{prefix}/{estimates.ITEMS_FILE}", where)
+                sides.append(estimates.read_items(where)[1] if found else None)
+            self.cache[run.run_id] = None if None in sides else (sides[0], sides[1])
+        return self.cache[run.run_id]
+
+
+def from_items(runs: Sequence[RunRow], metric: str, prefix: str, confidence: float, per_item: PerItem) -> Measure | None:
+    """`metric` under `prefix` (eval_base, eval, or delta: the change) recomputed from the runs'
+    per-item values at `confidence`, pooled over the runs (its seeds; pooled_seeds) within the
+    metric's range; None where a run lacks them."""
     from cdb.eval import estimates
+    from cdb.eval.intervals import pooled_seeds
+
+    seeds = [per_item(run) for run in runs]
+    if any(s is None or metric not in s[0] or metric not in s[1] for s in seeds):
+        return None
+    items = seeds[0][1][metric]
+    lo, hi = (0.0, 1.0) if items.kind == "share" else items.bounds or (-math.inf, math.inf)
+    if prefix == tracking.PREFIX_DELTA:
+        per_seed = [estimates.change(b[metric], t[metric], confidence) for b, t in seeds]
+        lo, hi = lo - hi, hi - lo
+    else:
+        side = 1 if prefix == tracking.PREFIX_EVAL else 0  # (base, tuned)
+        per_seed = [estimates.estimate(s[side][metric], confidence) for s in seeds]
+    pooled = pooled_seeds(per_seed, confidence, (lo, hi) if math.isfinite(hi - lo) else None)
+    finite = math.isfinite(pooled.low) and math.isfinite(pooled.high)
+    return Measure(pooled.value, pooled.n, pooled.low if finite else None, pooled.high if finite else None)
+
+
+def adjusted(rows: Sequence[RunRow], columns: Sequence[Column], per_item: PerItem) -> list[RunRow]:
+    """`rows` (pooled_row's) with each column's changes recomputed from the runs' per-item values
+    at 1 - 0.05 / m, m the rows compared in that column (Bonferroni): the chance that any of them
+    reads better or worse by chance stays under 5%. A row of several seeds: each seed's change at
+    that level, pooled (from_items). A change whose runs lack per-item values keeps its logged (or
+    pooled) 95% interval where m = 1; with m > 1 it is marked unadjusted (RunRow.unadjusted) and
+    gets no verdict."""
     from cdb.eval.intervals import CONFIDENCE
 
     changes = {r.run_id: dict(r.changes) for r in rows}
     unadjusted: dict[str, dict[str, str]] = {r.run_id: {} for r in rows}
-    with tempfile.TemporaryDirectory(prefix="cdb-report-") as folder:
-        items: dict[str, tuple[dict, dict] | None] = {}
-
-        def items_of(row: RunRow) -> tuple[dict, dict] | None:
-            if row.run_id not in items:
-                sides = []
-                for prefix in (tracking.PREFIX_EVAL_BASE, tracking.PREFIX_EVAL):
-                    where = Path(folder) / row.run_id / prefix
-                    found = tracking.download_artifact(uri, row.run_id, f"{prefix}/{estimates.ITEMS_FILE}", where)
-                    sides.append(estimates.read_items(where)[1] if found else None)
-                items[row.run_id] = None if None in sides else (sides[0], sides[1])
-            return items[row.run_id]
-
-        for column in columns:
-            family = comparisons(rows, column)
-            confidence = 1 - (1 - CONFIDENCE) / max(len(family), 1)
-            for row in family:
-                metric, values = metric_name(column, row), items_of(row)
-                if values is None or metric not in values[0] or metric not in values[1]:
-                    if len(family) > 1:
-                        unadjusted[row.run_id][metric] = "no per-item values logged"
-                    continue
-                c = estimates.change(values[0][metric], values[1][metric], confidence)
-                finite = math.isfinite(c.low) and math.isfinite(c.high)
-                changes[row.run_id][metric] = Measure(c.value, c.n, c.low if finite else None, c.high if finite else None)
+    for column in columns:
+        family = comparisons(rows, column)
+        confidence = 1 - (1 - CONFIDENCE) / max(len(family), 1)
+        for row in family:
+            metric = metric_name(column, row)
+            change = from_items(row.runs or (row,), metric, tracking.PREFIX_DELTA, confidence, per_item)
+            if change is not None:
+                changes[row.run_id][metric] = change
+            elif len(family) > 1:
+                unadjusted[row.run_id][metric] = "no per-item values logged"
     return [replace(r, changes=changes[r.run_id], unadjusted=unadjusted[r.run_id]) for r in rows]
 
 
@@ -369,13 +426,13 @@ def adjustment_note(rows: Sequence[RunRow], columns: Sequence[Column]) -> str:
 
     sizes = sorted({len(comparisons(rows, c)) for c in columns} - {0})
     if not sizes or sizes == [1]:
-        return ("Changes: one run per column, so each interval is its 95% one; better or worse only where it "
+        return ("Changes: one row per column, so each interval is its 95% one; better or worse only where it "
                 "excludes 0.")
     level = " to ".join(f"{100 * (1 - (1 - CONFIDENCE) / m):.4g}%" for m in sorted({sizes[0], sizes[-1]}))
     many = " to ".join(str(m) for m in sorted({sizes[0], sizes[-1]}))
-    return (f"Changes: intervals Bonferroni-adjusted for the m runs compared in each column (m = {many}: each at "
-            f"1 - 0.05 / m, {level}), recomputed from the runs' per-item values; better or worse only where the "
-            "adjusted interval excludes 0.")
+    return (f"Changes: intervals Bonferroni-adjusted for the m rows compared in each column (a row of several seeds "
+            f"is one; m = {many}: each at 1 - 0.05 / m, {level}), recomputed from the runs' per-item values; better "
+            "or worse only where the adjusted interval excludes 0.")
 
 
 def _cell(row: RunRow, column: Column, prefix: str) -> tuple[str, bool | None]:
@@ -416,13 +473,138 @@ def _val_cell(row: RunRow, column: Column) -> str:
 
 
 def _short(row: RunRow) -> str:
+    """The row's run, by name and id; a row of several seeds: each of its runs."""
+    if row.runs:
+        return ", ".join(_short(run) for run in row.runs)
     return f"{row.name} ({row.run_id[:8]})" if row.name else row.run_id[:8]
+
+
+def _seeds(row: RunRow) -> str:
+    """How many seeds the row pools: "3 seeds", "1 seed" (a training run alone), "—" (no training: an evaluation run)."""
+    if row.runs:
+        return f"{row.seeds} seeds"
+    return "1 seed" if SEED_PARAM in row.params else "—"
+
+
+def _lead(row: RunRow) -> list[str]:
+    """The cells before the metrics: method, scale, seeds, runs."""
+    return [row.method, row.scale, _seeds(row), _short(row)]
+
+
+LEAD = ["Method", "Scale", "Seeds", "Runs"]
 
 
 def tables(rows: Sequence[RunRow]) -> tuple[list[RunRow], list[RunRow], list[RunRow]]:
     """(runs with eval metrics, those of them with base metrics, runs without eval metrics)."""
     evaluated = [r for r in rows if r.tuned or r.undefined.get(tracking.PREFIX_EVAL)]
     return evaluated, [r for r in evaluated if r.base], [r for r in rows if r not in evaluated]
+
+
+SEED_PARAM = "train.seed"
+"""The one param in which the seeds of a method differ (cdb.sweep --seeds)."""
+
+
+def seed_groups(rows: Sequence[RunRow]) -> list[list[RunRow]]:
+    """The runs of `rows` grouped into the seeds of one method: training runs (those with a
+    SEED_PARAM param) equal in every other param, in method (with the eval method), scale and the
+    options hashes of both evaluations (runs evaluated under other options never pool). A seed
+    trained twice: its latest run pools, the earlier one is a group of its own. Every other run is a
+    group of one. Groups in the order of their first run."""
+    groups: list[list[RunRow]] = []
+    by_key: dict[tuple, list[RunRow]] = {}
+    for row in rows:
+        if SEED_PARAM not in row.params:
+            groups.append([row])
+            continue
+        key = (row.method, row.scale, row.hashes,
+               tuple(sorted((k, v) for k, v in row.params.items() if k != SEED_PARAM)))
+        if key not in by_key:
+            by_key[key] = []
+            groups.append(by_key[key])
+        by_key[key].append(row)
+    out: list[list[RunRow]] = []
+    for group in groups:
+        latest = {r.params.get(SEED_PARAM): r.run_id for r in sorted(group, key=lambda r: r.start_time)}
+        out.append([r for r in group if latest[r.params.get(SEED_PARAM)] == r.run_id])
+        out += [[r] for r in group if latest[r.params.get(SEED_PARAM)] != r.run_id]
+    return out
+
+
+def _pooled_measure(measures: Sequence[Measure], confidence: float) -> Measure:
+    """The mean of the seeds' measures with its cdb.eval.intervals.pooled_seeds interval."""
+    from cdb.eval.intervals import Estimate, pooled_seeds
+
+    pooled = pooled_seeds([Estimate(m.value, int(m.n or 0), math.nan if m.low is None else m.low,
+                                    math.nan if m.high is None else m.high) for m in measures], confidence)
+    finite = math.isfinite(pooled.low) and math.isfinite(pooled.high)
+    n = None if any(m.n is None for m in measures) else pooled.n
+    return Measure(pooled.value, n, pooled.low if finite else None, pooled.high if finite else None)
+
+
+def pooled_row(group: Sequence[RunRow], per_item: PerItem) -> RunRow:
+    """The table row of a seed group (seed_groups): a group of one is its run; of several seeds,
+    each eval/ and eval_base/ metric the mean over the seeds with its pooled_seeds interval at 95%,
+    the change the mean of the seeds' changes likewise (`adjusted` recomputes it at its column's
+    level), each from the runs' per-item values (from_items: within the metric's range), else from
+    the intervals they logged; each validation metric the mean. A metric some seeds do not define
+    is undefined for the row, saying for how many."""
+    from cdb.eval.intervals import CONFIDENCE
+
+    if len(group) == 1:
+        return group[0]
+    seeds = len(group)
+
+    def pool(sides: Sequence[dict[str, Measure]], prefix: str) -> dict[str, Measure]:
+        return {k: from_items(group, k, prefix, CONFIDENCE, per_item) or _pooled_measure([side[k] for side in sides], CONFIDENCE)
+                for k in sides[0] if all(k in side for side in sides)}
+
+    undefined: dict[str, dict[str, str]] = {}
+    for prefix, sides in ((tracking.PREFIX_EVAL, [r.tuned for r in group]), (tracking.PREFIX_EVAL_BASE, [r.base for r in group])):
+        merged: dict[str, str] = {}
+        for r in group:
+            for metric, why in r.undefined.get(prefix, {}).items():
+                merged.setdefault(metric, why)
+        for metric in dict.fromkeys(m for side in sides for m in side):
+            lacking = sum(metric not in side for side in sides)
+            if lacking:
+                merged[metric] = f"for {lacking} of {seeds} seeds: {merged.get(metric, 'not measured')}"
+        undefined[prefix] = merged
+    withheld = next((r.withheld for r in group if r.withheld), "")
+    val = {k: Measure(sum(r.val[k].value for r in group) / seeds) for k in group[0].val if all(k in r.val for r in group)}
+    return replace(group[0], name="", tuned=pool([r.tuned for r in group], tracking.PREFIX_EVAL),
+                   base=pool([r.base for r in group], tracking.PREFIX_EVAL_BASE), val=val,
+                   changes={} if withheld else pool([r.changes for r in group], tracking.PREFIX_DELTA),
+                   undefined=undefined, withheld=withheld,
+                   labeller={p: set().union(*(r.labeller.get(p, set()) for r in group)) for p in group[0].labeller},
+                   params={k: v for k, v in group[0].params.items() if k != SEED_PARAM}, runs=tuple(group))
+
+
+POOLED_PREFIX = "pooled"
+"""The prefix of a sweep's pooled changes on its parent run (pooled_metrics)."""
+
+
+def pooled_metrics(rows: Sequence[RunRow]) -> dict[str, float]:
+    """The rows' changes at 95% (pooled_row's, before any adjustment) as metrics for a sweep's parent
+    run, apart per row: `pooled/<scale>-<method>/delta/<task>/<metric>` with `_n`, `_ci95_low` and
+    `_ci95_high` (absent where there is no interval), and `pooled/<scale>-<method>/seeds`. A second
+    row of the same scale and method (other settings) gets `-2` after its method, and so on."""
+    out: dict[str, float] = {}
+    seen: dict[str, int] = {}
+    for row in rows:
+        head = re.sub(r"[^\w./ -]", "_", f"{POOLED_PREFIX}/{row.scale}-{row.method}")  # MLflow's key characters
+        seen[head] = seen.get(head, 0) + 1
+        head += f"-{seen[head]}" if seen[head] > 1 else ""
+        out[f"{head}/seeds"] = float(row.seeds)
+        for name, m in row.changes.items():
+            if not math.isfinite(m.value):
+                continue
+            key = f"{head}/{tracking.metric_key(tracking.PREFIX_DELTA, name)}"
+            out[key] = m.value
+            if m.n is not None:
+                out[f"{key}_n"] = float(m.n)
+            if m.low is not None and m.high is not None:
+                out.update({f"{key}_ci95_low": m.low, f"{key}_ci95_high": m.high})
+    return out
 
 
 def notes(rows: Sequence[RunRow]) -> list[str]:
@@ -433,9 +615,10 @@ def notes(rows: Sequence[RunRow]) -> list[str]:
     quick = [r for r in rows if r.suite == "quick"]
     if quick:
         q = SUITES["quick"]
-        out.append(f"{len(quick)} run(s) were evaluated with the quick suite ({q['toxicity_limit']} prompts x {q['samples']} "
-                   f"samples, {q['summary_limit']} summaries, {q['crows_limit']} CrowS pairs): its intervals are wide, "
-                   "so only large changes are detectable; evaluate with eval.suite=standard to measure smaller ones.")
+        out.append(f"{sum(r.seeds for r in quick)} run(s) were evaluated with the quick suite "
+                   f"({q['toxicity_limit']} prompts x {q['samples']} samples, {q['summary_limit']} summaries, "
+                   f"{q['crows_limit']} CrowS pairs): its intervals are wide, so only large changes are detectable; "
+                   "evaluate with eval.suite=standard to measure smaller ones.")
     return out
 
 
@@ -474,7 +657,7 @@ def _md_row(cells: Sequence[str]) -> str:
 def markdown(rows: Sequence[RunRow], experiment: str, uri: str) -> str:
     evaluated, with_base, bare = tables(rows)
     columns = shown_columns(evaluated)
-    heads = ["Method", "Scale", "Run"] + [c.label for c in columns]
+    heads = LEAD + [c.label for c in columns]
     lines = [f"# Evaluation report: experiment `{experiment}`", "", f"Store: `{uri}`. {LEGEND}", ""]
     lines += [f"- {note}" for note in notes(evaluated)] + ([""] if notes(evaluated) else [])
     if evaluated:
@@ -482,22 +665,22 @@ def markdown(rows: Sequence[RunRow], experiment: str, uri: str) -> str:
                   "|" + "|".join(["---"] * len(heads)) + "|"]
         for r in evaluated:
             cells = [_cell(r, c, tracking.PREFIX_EVAL)[0] for c in columns]
-            lines.append(_md_row([r.method, r.scale, _short(r)] + cells))
+            lines.append(_md_row(_lead(r) + cells))
         lines += ["", adjustment_note(evaluated, columns), ""]
     if with_base:
         lines += ["## Base models", "", "| " + " | ".join(heads) + " |", "|" + "|".join(["---"] * len(heads)) + "|"]
         for r in with_base:
             cells = [_cell(r, c, tracking.PREFIX_EVAL_BASE)[0] for c in columns]
-            lines.append(_md_row([r.method, r.scale, _short(r)] + cells))
+            lines.append(_md_row(_lead(r) + cells))
         lines.append("")
     if labeller_marked(evaluated):
         lines += [LABELLER_NOTE, ""]
     validated = [r for r in rows if r.val]
     if validated:
-        val_heads = ["Method", "Scale", "Run"] + [c.label for c in VAL_COLUMNS]
+        val_heads = LEAD + [c.label for c in VAL_COLUMNS]
         lines += ["## Validation (held-out sources, last validation)", "", _md_row(val_heads),
                   "|" + "|".join(["---"] * len(val_heads)) + "|"]
-        lines += [_md_row([r.method, r.scale, _short(r)] + [_val_cell(r, c) for c in VAL_COLUMNS]) for r in validated]
+        lines += [_md_row(_lead(r) + [_val_cell(r, c) for c in VAL_COLUMNS]) for r in validated]
         lines.append("")
     if bare:
         lines += ["## Runs without eval metrics", ""]
@@ -509,10 +692,10 @@ def markdown(rows: Sequence[RunRow], experiment: str, uri: str) -> str:
 
 def _html_table(rows: Sequence[RunRow], prefix: str, columns: Sequence[Column]) -> str:
     """Eval metrics of `prefix` (eval: the tuned ones with their change; eval_base), or with no prefix the val ones."""
-    heads = ["Method", "Scale", "Run"] + [c.label for c in columns]
+    heads = LEAD + [c.label for c in columns]
     out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "</tr>"]
     for r in rows:
-        cells = [f"<td>{html.escape(x)}</td>" for x in (r.method, r.scale, _short(r))]
+        cells = [f"<td>{html.escape(x)}</td>" for x in _lead(r)]
         for c in columns:
             text, verdict = _cell(r, c, prefix) if prefix else (_val_cell(r, c), None)
             css = {True: ' class="better"', False: ' class="worse"'}.get(verdict, "")
@@ -527,7 +710,7 @@ def html_report(rows: Sequence[RunRow], experiment: str, uri: str) -> str:
         "<!DOCTYPE html>", "<html><head><meta charset=\"utf-8\">",
         f"<title>cdb report: {html.escape(experiment)}</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:nth-child(-n+3),th{text-align:left}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:nth-child(-n+4),th{text-align:left}"
         ".better{background:#dff0d8}.worse{background:#f2dede}</style></head><body>",
         f"<h1>Evaluation report: experiment <code>{html.escape(experiment)}</code></h1>",
         f"<p>Store: <code>{html.escape(uri)}</code>. {html.escape(LEGEND)} Green: better, red: worse.</p>",
@@ -626,24 +809,29 @@ def plot(rows: Sequence[RunRow], path: Path) -> Path:
 def report(experiment: str, output_dir: str | Path, tracking_uri: str | None = None,
            parent_run_id: str = "") -> dict[str, Any]:
     """Write report.md, report.html, alignment_tax.png and log them to a new report run; of the
-    children of `parent_run_id` only when given. Raises ReportError when the experiment is missing or
-    holds no runs."""
+    children of `parent_run_id` only when given. Returns the report run's id, the files, the counts
+    of runs, evaluated runs and table rows (seeds pooled), and `pooled_metrics`: the rows' changes at
+    95% as a sweep's parent run logs them (pooled_metrics). Raises ReportError when the experiment is
+    missing or holds no runs."""
     uri = tracking.resolve_uri(tracking_uri or "")
-    rows = collect(uri, experiment, parent_run_id)
-    evaluated = tables(rows)[0]
-    rows = adjusted(rows, shown_columns(evaluated), uri)
+    runs = collect(uri, experiment, parent_run_id)
+    evaluated, _, bare = tables(runs)
+    with tempfile.TemporaryDirectory(prefix="cdb-report-") as folder:
+        per_item = PerItem(uri, Path(folder))
+        pooled = [pooled_row(group, per_item) for group in seed_groups(evaluated)]
+        rows = adjusted(pooled, shown_columns(pooled), per_item) + bare
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "report.md", out / "report.html", out / "alignment_tax.png"]
     files[0].write_text(markdown(rows, experiment, uri), encoding="utf-8")
     files[1].write_text(html_report(rows, experiment, uri), encoding="utf-8")
     plot(rows, files[2])
-    with tracking.open_run(uri, experiment, tracking.REPORT_RUN, {"runs": len(rows)},
+    with tracking.open_run(uri, experiment, tracking.REPORT_RUN, {"runs": len(runs)},
                            {tracking.TAG_METHOD: tracking.REPORT_RUN}) as run:
         for path in files:
             run.log_artifact(path)
-    return {"run_id": run.id, "files": [str(f) for f in files], "runs": len(rows),
-            "evaluated": len(tables(rows)[0]), "tracking_uri": uri}
+    return {"run_id": run.id, "files": [str(f) for f in files], "runs": len(runs), "evaluated": len(evaluated),
+            "rows": len(pooled), "pooled_metrics": pooled_metrics(pooled), "tracking_uri": uri}
 
 
 @dataclass(frozen=True)
@@ -693,7 +881,7 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as e:
         print(f"cdb.report: {e}", file=sys.stderr)
         return 1
-    print(f"[cdb.report] {result['runs']} runs ({result['evaluated']} with eval metrics): "
+    print(f"[cdb.report] {result['runs']} runs ({result['evaluated']} with eval metrics, in {result['rows']} rows): "
           f"{', '.join(result['files'])}; MLflow report run {result['run_id']}")
     uri = result["tracking_uri"]
     link = tracking.runs_url(uri, tracking.experiment_id(uri, options.experiment), tracking.TRAINING_RUNS_FILTER)

@@ -38,9 +38,12 @@ run (tag mlflow.parentRunId). A point's outcome is a tag on the parent, `cdb.swe
 failed point does not stop the sweep. Running the same command again with the same output_dir
 reuses the parent run and skips the points that finished (sweep.json says FINISHED, the model exists,
 same training keys); points stopped by a signal continue from their checkpoint (--resume).
-At the end cdb.report writes DIR/report/ over this sweep's points (the parent's children) and logs it
-to its own report run, beside the training runs (not a child of the parent; the parent's tag
-cdb.sweep.report names it).
+At the end cdb.report writes DIR/report/ over this sweep's points (the parent's children; the seeds of
+a (scale, method) pooled into one row) and logs it to its own report run, beside the training runs
+(not a child of the parent; the parent's tag cdb.sweep.report names it). The parent run gets each
+(scale, method)'s change against the base model, pooled over its seeds, at 95%, as metrics
+`pooled/<scale>-<method>/delta/<task>/<metric>` with `_n`, `_ci95_low`, `_ci95_high`, and
+`pooled/<scale>-<method>/seeds` (cdb.report.pooled_metrics), so MLflow's UI shows them on the sweep.
 
 Scheduled sweeps (--period week|day): DIR becomes OUTPUT_DIR/<period> (2026-W49, 2026-12-02), so a new
 period is a new sweep in a new folder (new parent run, every point and its base evaluated anew) and the
@@ -845,8 +848,12 @@ class Sweep:
         self.say(f"[sweep] writing the report of this sweep (parent run {parent}) to {out}")
         try:
             result = report(experiment, out, uri, parent_run_id=parent)
-            # The report run stays beside the training runs, not among them; the parent points to it.
-            tracking.attach(uri, parent).set_tags({tracking.TAG_SWEEP_REPORT: result["run_id"]})
+            # The report run stays beside the training runs, not among them; the parent points to it
+            # and holds the changes pooled over each point's seeds.
+            parent_run = tracking.attach(uri, parent)
+            parent_run.set_tags({tracking.TAG_SWEEP_REPORT: result["run_id"]})
+            if result["pooled_metrics"]:
+                parent_run.log_metrics(result["pooled_metrics"])
         except ReportError as exc:
             self.say(f"[sweep] report: {exc}")
             state["report"] = {"error": str(exc)}

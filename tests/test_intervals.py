@@ -7,11 +7,11 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import special, stats
 
 from cdb.eval.intervals import (LARGE_N, MIN_COMBINED, Estimate, combined_interval, detectable,
                                 mean_interval, paired_binary_change, paired_change, paired_combined_change,
-                                share_interval)
+                                pooled_seeds, share_interval)
 
 Z = NormalDist().inv_cdf(0.975)
 
@@ -236,6 +236,30 @@ def test_paired_combined_change_is_the_square_and_add_of_the_combined_intervals(
         paired_combined_change([lms, ss], [lms], icat)
 
 
+def test_pooled_seeds_add_the_seeds_spread_to_their_item_intervals():
+    seeds = [Estimate(0.10, 100, 0.04, 0.18), Estimate(0.16, 100, 0.10, 0.23), Estimate(0.13, 98, 0.06, 0.20)]
+    pooled = pooled_seeds(seeds)
+    # t over the three values, 2 degrees of freedom: 4.303 x sd 0.03 / sqrt 3
+    spread = stats.t.ppf(0.975, 2) * 0.03 / math.sqrt(3)
+    below, above = np.mean([0.06, 0.06, 0.07]), np.mean([0.08, 0.07, 0.07])
+    assert (pooled.value, pooled.n) == (pytest.approx(0.13), 98)
+    assert pooled.low == pytest.approx(0.13 - math.hypot(below, spread))
+    assert pooled.high == pytest.approx(0.13 + math.hypot(above, spread))
+    # at a stricter level both parts widen; within the quantity's range it is clipped
+    strict = pooled_seeds(seeds, 1 - 0.05 / 4)
+    assert strict.low < pooled.low and strict.high > pooled.high
+    assert pooled_seeds(seeds, bounds=(0.0, 0.2)).high == 0.2
+    # seeds that agree: the items' interval, which they share, is all that is left
+    same = pooled_seeds([seeds[0]] * 4)
+    assert (same.low, same.high) == pytest.approx((0.04, 0.18))
+    # one seed is its own estimate; a seed without an interval leaves the row without one, saying why
+    assert pooled_seeds(seeds[:1]) == seeds[0]
+    none = pooled_seeds([seeds[0], Estimate(0.2, 3, math.nan, math.nan, "too few items for a reliable interval")])
+    assert none.value == pytest.approx(0.15) and math.isnan(none.low)
+    assert none.note == "seed 2 of 2: too few items for a reliable interval" and not detectable(none)
+    assert pooled_seeds([]).n == 0
+
+
 # ---- coverage ------------------------------------------------------------------------------------
 # Synthetic data sets shaped like the metrics, with their true values worked out. Each shape draws
 # (data sets, n) arrays.
@@ -411,6 +435,120 @@ CASES = [
 ]
 
 
+# Seeds pooled: S training seeds of one method, each evaluated on the same items against one base
+# evaluation. A seed's true change varies around the method's (its effect z ~ N(0, 1), times the
+# shape's spread); the items, shared, move every seed's estimate together. The method's true change
+# is the mean of a seed's over z. The spread is set so that the seeds' true changes spread `ratio`
+# times a seed's item standard error (sd of the per-item change / sqrt n).
+class ToxicitySeeds:
+    """Per-prompt toxicity: a seed raises every base score to its power gamma = 1.1 exp(spread z)
+    (above 1: less toxic, below: more), then keeps a Beta(9, 1) share of it, per prompt and seed."""
+    name, gamma = "toxicity", 1.1
+
+    def draw(self, rng, n, spread, effects):
+        base = toxicity_scores(rng, n)
+        gammas = self.gamma * np.exp(spread * effects)
+        return base, base[None, :] ** gammas[:, None] * rng.beta(9, 1, (len(effects), n))
+
+    def level(self, spread, z):
+        """A seed's true mean toxicity: 0.9 E[b ** gamma] over toxicity_scores' two Betas."""
+        gamma = self.gamma * np.exp(spread * z)
+        return 0.9 * (0.03 * special.beta(2 + gamma, 1.5) / special.beta(2, 1.5)
+                      + 0.97 * special.beta(0.6 + gamma, 25) / special.beta(0.6, 25))
+
+    def truth(self, spread, z):
+        return self.level(spread, z) - TOXICITY_MEAN
+
+    @staticmethod
+    def change(base, tuned):
+        return paired_change(base, tuned)
+
+
+class BinarySeeds:
+    """0/1 items (accuracy, CrowS): half right for the base model; the method's mean seed gains 15%
+    of the items (0 -> 1) and loses 8% (1 -> 0), a seed gains spread z more and loses spread z
+    less (clipped to what can flip). An item easy to flip is so for most seeds (the same uniform
+    decides it in 80% of seeds)."""
+    name, share, gained, lost = "binary", 0.5, 0.15, 0.08
+
+    def rates(self, spread, z):
+        return np.clip(self.gained + spread * z, 0, 1 - self.share), np.clip(self.lost - spread * z, 0, self.share)
+
+    def draw(self, rng, n, spread, effects):
+        base = rng.random(n) < self.share
+        shared = np.broadcast_to(rng.random(n), (len(effects), n))
+        u = np.where(rng.random((len(effects), n)) < 0.8, shared, rng.random((len(effects), n)))
+        gained, lost = (r[:, None] for r in self.rates(spread, effects))
+        tuned = np.where(base, u >= lost / self.share, u < gained / (1 - self.share))
+        return base.astype(float), tuned.astype(float)
+
+    def truth(self, spread, z):
+        gained, lost = self.rates(spread, z)
+        return gained - lost
+
+    @staticmethod
+    def change(base, tuned):
+        return paired_binary_change(base, tuned)
+
+
+NODES, WEIGHTS = np.polynomial.hermite_e.hermegauss(201)
+WEIGHTS = WEIGHTS / WEIGHTS.sum()
+
+
+def over_seeds(f):
+    """E[f(z)], z ~ N(0, 1), by Gauss-Hermite quadrature (f works on arrays)."""
+    return float(np.sum(WEIGHTS * f(NODES)))
+
+
+def seed_spread(shape, n, ratio):
+    """The shape's spread at which the seeds' true changes have sd `ratio` x a seed's item standard error at n."""
+    from scipy import optimize
+
+    if ratio == 0:
+        return 0.0
+    base, tuned = shape.draw(np.random.default_rng(1), 200_000, 0.0, np.zeros(1))
+    target = ratio * float(np.std(tuned[0] - base)) / math.sqrt(n)
+
+    def sd(spread):
+        return math.sqrt(over_seeds(lambda z: shape.truth(spread, z) ** 2) - over_seeds(lambda z: shape.truth(spread, z)) ** 2)
+    return float(optimize.brentq(lambda s: sd(s) - target, 1e-6, 5.0, xtol=1e-7))
+
+
+def seeds_coverage(shape, n, seeds, ratio, level=False, datasets=1000):
+    """(coverage, mean width, truth) of pooled_seeds over `seeds` seeds of the shape, spread `ratio`
+    item standard errors apart; `level`: of the pooled tuned mean itself, not its change."""
+    spread = seed_spread(shape, n, ratio)
+    truth = over_seeds(lambda z: shape.level(spread, z) if level else shape.truth(spread, z))
+    estimate = (lambda base, tuned: mean_interval(tuned)) if level else shape.change
+    bounds = (0.0, 1.0) if level else (-1.0, 1.0)  # of a score on 0..1, of its change
+
+    def drawn(rng, d):
+        return [shape.draw(rng, n, spread, rng.standard_normal(seeds)) for _ in range(d)]
+    held, width = coverage(n, datasets, drawn, truth,
+                           lambda data: pooled_seeds([estimate(data[0], tuned) for tuned in data[1]], bounds=bounds))
+    return held, width, truth
+
+
+def seeds_param(shape, n, seeds, ratio, level=False):
+    return pytest.param(shape, n, seeds, ratio, level,
+                        id=f"seeds-{shape.name}{'-level' if level else ''}-n{n}-S{seeds}-ratio{ratio}")
+
+
+SEED_SIZES = ((ToxicitySeeds(), (24, 600)), (BinarySeeds(), (48, 1000)))
+SEED_GRID = [*(seeds_param(shape, n, seeds, ratio) for shape, sizes in SEED_SIZES for n in sizes
+               for ratio in (0, 1, 3) for seeds in (2, 3, 5)),
+             *(seeds_param(ToxicitySeeds(), n, 3, 3, level=True) for n in (24, 600))]
+"""The table (python tests/test_intervals.py, docs/METHOD.md); SEED_CASES, the test, are its cases
+where the estimator is most at risk: 2 and 5 seeds far apart (ratio 3), where the t part carries it;
+5 seeds that agree (ratio 0), where only the item part holds the error of the items they share; the
+0/1 items at 48, the smallest Tango intervals; the quick suite's 24 prompts, once (its bound-based
+item intervals dominate: 1.000 throughout); the pooled tuned value itself, once."""
+SEED_CASES = [p for p in SEED_GRID if p.id in {
+    "seeds-toxicity-n24-S2-ratio3", "seeds-toxicity-n600-S2-ratio3", "seeds-toxicity-n600-S5-ratio0",
+    "seeds-toxicity-n600-S5-ratio3", "seeds-binary-n48-S2-ratio3", "seeds-binary-n48-S5-ratio3",
+    "seeds-toxicity-level-n600-S3-ratio3"}]
+
+
 def coverage(n, datasets, draw, truth, estimator, seed=0):
     """(share of `datasets` data sets whose interval holds `truth`, mean width)."""
     rng = np.random.default_rng(seed)
@@ -448,11 +586,37 @@ def test_nominal_95_percent_intervals_hold_the_truth_at_least_93_percent_of_the_
     assert held >= 0.93, f"coverage {held:.3f} at n = {n}"
 
 
+@pytest.mark.parametrize("shape,n,seeds,ratio,level", SEED_CASES)
+def test_seeds_pooled_hold_the_truth_at_least_93_percent_of_the_time(shape, n, seeds, ratio, level):
+    """pooled_seeds over 2 and 5 seeds evaluated on the same items, their true changes spread 0 or 3
+    times a seed's item standard error around the method's, per-prompt toxicity at the quick and
+    standard suites' 24 and 600 prompts, 0/1 items at 48 (and the pooled tuned toxicity itself):
+    at least 93% of 1,000 data sets (the full grid, SEED_GRID, in docs/METHOD.md: 0.946 to 1.000).
+
+    The estimators this was chosen over failed it (measured on these shapes and seed with 400 data
+    sets, in a simulation not kept here):
+      - the two-level bootstrap (resample the seeds, then the items, the same for every seed):
+        0.70 for 0/1 items at 48, 0.75 for toxicity at 24, 0.79 at 600, all at S = 2 with the seeds
+        3 item errors apart; 0.80-0.89 at S = 3: resampling 2 or 3 values understates their spread;
+        with each seed's items resampled on their own, 0.60-0.85;
+      - Student's t over the per-seed changes alone (S - 1 degrees of freedom): 0.40 (toxicity at
+        24), 0.50 (at 600), 0.51 (0/1 at 48) at S = 5 when the seeds agree, since the items every
+        seed shares move them together;
+      - the wider of that t interval and the seeds' mean item interval: 0.920 for 0/1 items at 48,
+        S = 5, ratio 3.
+    """
+    held, _, _ = seeds_coverage(shape, n, seeds, ratio, level)
+    assert held >= 0.93, f"coverage {held:.3f} at n = {n}, {seeds} seeds"
+
+
 if __name__ == "__main__":  # the coverage table: python tests/test_intervals.py
     import sys
 
     for param in CASES:
         n, datasets, draw, truth, estimator = param.values
         held, width = coverage(n, datasets, draw, truth, estimator)
+        print(f"{param.id:40s} truth {truth:+9.4f}  coverage {held:.3f}  mean width {width:.4f}", flush=True)
+    for param in SEED_GRID:
+        held, width, truth = seeds_coverage(*param.values)
         print(f"{param.id:40s} truth {truth:+9.4f}  coverage {held:.3f}  mean width {width:.4f}", flush=True)
     sys.exit(0)

@@ -6,9 +6,10 @@ import struct
 import time
 from html import escape
 
+import numpy as np
 import pytest
 import yaml
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from cdb import settings
@@ -72,7 +73,8 @@ def store(tmp_path):
                     metrics.append(Metric(f"{prefix}/{name}{suffix}", number, now, 0))
         metrics.append(Metric("train/loss", 1.0, now, 1))
         metrics += [Metric("val/lm_loss", 3.0 - i, now, 5), Metric("val/pref_accuracy", 0.25 * (i + 1), now, 5)]
-        client.log_batch(run.info.run_id, metrics=metrics)
+        params = [Param("train.seed", "0"), Param("objective.method", method)]  # one training seed each
+        client.log_batch(run.info.run_id, metrics=metrics, params=params)
         client.set_terminated(run.info.run_id, "FINISHED")
     crashed = client.create_run(experiment, run_name="smol-crashed", tags={"cdb.method": "contrastive", "cdb.scale": "tiny"})
     client.set_terminated(crashed.info.run_id, "FAILED")
@@ -89,7 +91,7 @@ def test_report_tables_plot_and_run(store, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["--experiment", "sweep", "--tracking-uri", uri, "--output", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "4 runs (3 with eval metrics)" in printed
+    assert "4 runs (3 with eval metrics, in 3 rows)" in printed
     link = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs?searchFilter=tags.cdb.kind%20%3D%20%27train%27"
     assert f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000, then open {link}" in printed
 
@@ -105,7 +107,7 @@ def test_report_tables_plot_and_run(store, tmp_path, capsys):
     # The validation metrics every method shares, in a section of their own.
     validation = md.split("## Validation")[1].split("##")[0]
     for i, method in enumerate(RUNS):
-        assert f"| {method} | smol-135m | smol-{method} " in validation
+        assert f"| {method} | smol-135m | 1 seed | smol-{method} " in validation
         assert f"| {sig(3.0 - i)} | {sig(0.25 * (i + 1))} |" in validation
     assert "<h2>Validation (held-out sources, last validation)</h2>" in html and "0.750</td>" in html
     # An unmeasured metric is a dash, not a zero; the base table holds the eval_base values.
@@ -115,7 +117,7 @@ def test_report_tables_plot_and_run(store, tmp_path, capsys):
     # A metric no run logged has no column: 7 of the columns are shown, the lm-eval one dpo's full suite
     # logged among them, and the two toxicity ones scored by the labeller (contrastive's) again, last.
     head = next(line for line in tuned_table.splitlines() if line.startswith("| Method |"))
-    assert head.count(" | ") == 3 + 9 - 1 and "TruthfulQA MC1 (lm-eval) ↑" in head
+    assert head.count(" | ") == 4 + 9 - 1 and "TruthfulQA MC1 (lm-eval) ↑" in head
     assert head.endswith("| Toxicity ↓ (labeller) | Exp. max toxicity ↓ (labeller) |")
     assert "Knowledge" not in md and "Intelligible" not in md and "Knowledge" not in html
     base_table = md.split("## Base models")[1].split("##")[0]
@@ -127,10 +129,10 @@ def test_report_tables_plot_and_run(store, tmp_path, capsys):
     assert f'<td class="better">{EXPECTED_CELLS["contrastive"][0]}</td>' in html  # alone in its (labeller) column
     assert f'<td>{EXPECTED_CELLS["sft"][1]}</td>' in html
     assert html.count('class="better"') == 2 and html.count('class="worse"') == 0
-    # The line under the tuned table: faithfulness compares 2 runs, the other columns 1.
-    note = ("Changes: intervals Bonferroni-adjusted for the m runs compared in each column (m = 1 to 2: each at "
-            "1 - 0.05 / m, 95% to 97.5%), recomputed from the runs' per-item values; better or worse only where the "
-            "adjusted interval excludes 0.")
+    # The line under the tuned table: faithfulness compares 2 rows, the other columns 1.
+    note = ("Changes: intervals Bonferroni-adjusted for the m rows compared in each column (a row of several seeds "
+            "is one; m = 1 to 2: each at 1 - 0.05 / m, 95% to 97.5%), recomputed from the runs' per-item values; "
+            "better or worse only where the adjusted interval excludes 0.")
     assert tuned_table.strip().splitlines()[-1] == note and f"<p>{escape(note)}</p>" in html
     # The (labeller) mark is explained once, under the tables; the base model's cells are not marked.
     assert md.count("(labeller): scored by the scorer that labelled the training data.") == 1
@@ -160,7 +162,7 @@ def test_report_tables_plot_and_run(store, tmp_path, capsys):
     path.write_text(yaml.safe_dump({"experiment": "sweep", "tracking_uri": uri, "output": str(tmp_path / "unused")}))
     assert main(["--config", str(path), "--set", f"output={tmp_path / 'again'}"]) == 0
     printed = capsys.readouterr().out
-    assert "4 runs (3 with eval metrics)" in printed
+    assert "4 runs (3 with eval metrics, in 3 rows)" in printed
     assert f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000, then open {link}" in printed
     assert (tmp_path / "again" / "report.md").is_file() and not (tmp_path / "unused").exists()
 
@@ -289,7 +291,7 @@ def test_toxicity_columns_are_keyed_by_instrument_and_the_labeller_never_headlin
     md = (out / "report.md").read_text()
     tuned = md.split("## Tuned models")[1].split("## Base models")[0].splitlines()
     head = [cell.strip() for cell in next(line for line in tuned if line.startswith("| Method |")).strip("|").split("|")]
-    assert head[3:] == [f"Toxicity ↓ ({roberta})", "Toxicity ↓ (tox-block)", "Toxicity, length-matched ↓ (tox-block)",
+    assert head[4:] == [f"Toxicity ↓ ({roberta})", "Toxicity ↓ (tox-block)", "Toxicity, length-matched ↓ (tox-block)",
                         "Words per continuation", "Ended early (toxicity)", "Profanity ↓ (profanity-check, labeller)"]
     rows = {cells[0]: dict(zip(head, cells)) for line in tuned if line.startswith("| ") and "Method" not in line
             for cells in [[c.strip() for c in line.strip("|").split("|")]]}
@@ -329,7 +331,7 @@ def test_faithfulness_columns_name_the_headline_and_still_read_earlier_runs(tmp_
         "Toxicity ↓", "Faithfulness (headline): entity precision, all types ↑", "Entity precision-source (Nan et al. 2021) ↑",
         "Faithfulness (earlier runs: entity precision, all types, 3-token window) ↑"]
     table = markdown([new, old], "x", "sqlite:///x.db")
-    assert "| sft | smol-135m | run-a (aaaaaaaa) | 0.0500 [0.0400, 0.0600] (n 24) | 0.900 [0.800, 0.950] (n 16) | " \
+    assert "| sft | smol-135m | — | run-a (aaaaaaaa) | 0.0500 [0.0400, 0.0600] (n 24) | 0.900 [0.800, 0.950] (n 16) | " \
            "1.00 [0.760, 1.00] (n 12) | — |" in table
     assert "| run-b (bbbbbbbb) | 0.0500 [0.0400, 0.0600] (n 24) | — | — | 0.800 [0.700, 0.900] (n 16) |" in table
     assert [faithfulness_metric(r) for r in (new, old)] == ["faithfulness/entity_precision_all", "faithfulness/faithfulness"]
@@ -400,5 +402,111 @@ def test_changes_are_adjusted_for_the_runs_compared(tmp_path):
     assert page.count('class="better"') == 1 and page.count('class="worse"') == 0  # the large change only
     assert md.count("(n 3; no interval: too few items for a reliable interval: needs 20 items (3 here)); "
                     "change +0.0, no reliable interval at this n") == 3
-    assert ("Changes: intervals Bonferroni-adjusted for the m runs compared in each column (m = 3: each at "
-            "1 - 0.05 / m, 98.33%), recomputed from the runs' per-item values") in md
+    assert ("Changes: intervals Bonferroni-adjusted for the m rows compared in each column (a row of several seeds "
+            "is one; m = 3: each at 1 - 0.05 / m, 98.33%), recomputed from the runs' per-item values") in md
+
+
+# ---- seeds pooled ----------------------------------------------------------------------------------
+def _training_run(uri, experiment, name, params, base, tuned, folder, tags=None):
+    """A training run as cdb.train logs it, through cdb.tracking: its settings as params, eval_base/ and
+    eval/ metrics with their n and interval, delta/ at 95%, and both items.json artifacts."""
+    from cdb import tracking
+    from cdb.eval import estimates
+
+    with tracking.open_run(uri, experiment, name, params, {"cdb.method": params["objective.method"], "cdb.scale": "tiny",
+                                                             "cdb.kind": "train", **(tags or {})}) as run:
+        metrics = {}
+        for prefix, items in ((tracking.PREFIX_EVAL_BASE, base), (tracking.PREFIX_EVAL, tuned)):
+            where = folder / name / prefix
+            where.mkdir(parents=True)
+            estimates.write_items(where / estimates.ITEMS_FILE, "same", items)
+            run.log_artifact(where / estimates.ITEMS_FILE, prefix)
+            metrics.update(estimates.summarise(prefix, {k: estimates.estimate(v).value for k, v in items.items()}, items)[0])
+        for metric in tuned:
+            metrics.update(estimates.interval_fields(f"delta/{metric}", estimates.change(base[metric], tuned[metric])))
+        run.log_metrics(metrics)
+    return run.id
+
+
+def test_seeds_of_a_method_pool_into_one_row(tmp_path):
+    """Three seeds of contrastive and one of sft, every run against the same base evaluation of 100
+    questions and 24 prompts: contrastive is one row of 3 seeds (each value the mean over its seeds, the
+    change the mean of theirs with the pooled interval at the level of 2 rows compared), sft a row of 1."""
+    from cdb.eval.base import per_item
+    from cdb.eval.estimates import change, estimate
+    from cdb.eval.intervals import pooled_seeds
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).create_experiment("seeds", artifact_location=(tmp_path / "mlartifacts").as_uri())
+    questions, prompts = [f"q{i}" for i in range(100)], [f"p{i}" for i in range(24)]
+    rng = np.random.default_rng(0)
+    base_toxicity = rng.beta(0.6, 25, 24)
+
+    def evaluation(right, toxicity_factor):  # the first `right` questions answered right; toxicity scaled
+        return {"knowledge/accuracy": per_item("knowledge", questions, [1.0] * right + [0.0] * (100 - right), "share"),
+                "toxicity/mean_toxicity": per_item("toxicity", prompts, base_toxicity * toxicity_factor)}
+
+    base = evaluation(50, 1.0)
+    tuned = {("contrastive", 0): evaluation(70, 0.5), ("contrastive", 1): evaluation(76, 0.7),
+             ("contrastive", 2): evaluation(80, 0.6), ("sft", 0): evaluation(58, 1.1)}
+    ids = {}
+    for (method, seed), evaluated in tuned.items():
+        params = {"objective.method": method, "train.max_steps": 2, "train.seed": seed}
+        ids[method, seed] = _training_run(uri, "seeds", f"tiny-{method}-seed{seed}", params, base, evaluated, tmp_path)
+
+    result = report("seeds", tmp_path / "report", uri)
+    assert (result["runs"], result["evaluated"], result["rows"]) == (4, 4, 2)
+    md = (tmp_path / "report" / "report.md").read_text()
+    tuned_table = md.split("## Tuned models")[1].split("## Base models")[0]
+    rows = {line.split(" | ")[0][2:]: line for line in tuned_table.splitlines() if line.startswith("| ") and "Method" not in line}
+    assert set(rows) == {"contrastive", "sft"}
+    assert rows["contrastive"].startswith("| contrastive | tiny | 3 seeds | tiny-contrastive-seed0 (")
+    assert all(f"tiny-contrastive-seed{s} ({ids['contrastive', s][:8]})" in rows["contrastive"] for s in range(3))
+    assert rows["sft"].startswith(f"| sft | tiny | 1 seed | tiny-sft-seed0 ({ids['sft', 0][:8]}) |")
+
+    def shown(e):
+        return f"{sig(e.value, 2, True)} [{sig(e.low, 2, True)}, {sig(e.high, 2, True)}]"
+
+    # Two rows compared in each column: every change at 97.5%, a row of seeds pooled from its seeds' at 97.5%,
+    # within the range of a change of a score on 0..1 (and its value within 0..1).
+    assert "(a row of several seeds is one; m = 2: each at 1 - 0.05 / m, 97.5%)" in tuned_table
+    for metric in base:
+        seeds = [change(base[metric], tuned["contrastive", s][metric], 0.975) for s in range(3)]
+        pooled = pooled_seeds(seeds, 0.975, (-1.0, 1.0))
+        assert pooled.value == pytest.approx(np.mean([c.value for c in seeds]))
+        assert shown(pooled) in rows["contrastive"], (metric, shown(pooled), rows["contrastive"])
+        assert shown(change(base[metric], tuned["sft", 0][metric], 0.975)) in rows["sft"]
+        # the value: the mean over the seeds of the tuned value, with the pooled 95% interval of theirs
+        level = pooled_seeds([estimate(tuned["contrastive", s][metric]) for s in range(3)], bounds=(0.0, 1.0))
+        assert f"{sig(level.value)} [{sig(level.low)}, {sig(level.high)}] (n {level.n})" in rows["contrastive"]
+    # The seeds agree on more right answers (+20, +26, +30 of 100): better, by the pooled interval.
+    assert "; change +0.25 [" in rows["contrastive"]
+
+    # The sweep's parent gets each row's change at 95%.
+    metrics = result["pooled_metrics"]
+    assert metrics["pooled/tiny-contrastive/seeds"] == 3 and metrics["pooled/tiny-sft/seeds"] == 1
+    accuracy = pooled_seeds([change(base["knowledge/accuracy"], tuned["contrastive", s]["knowledge/accuracy"]) for s in range(3)],
+                            bounds=(-1.0, 1.0))
+    key = "pooled/tiny-contrastive/delta/knowledge/accuracy"
+    assert (metrics[key], metrics[f"{key}_n"]) == (pytest.approx(accuracy.value), 100)
+    assert metrics[f"{key}_ci95_low"] == pytest.approx(accuracy.low)
+    assert metrics[f"{key}_ci95_high"] == pytest.approx(accuracy.high)
+    sft = change(base["knowledge/accuracy"], tuned["sft", 0]["knowledge/accuracy"])
+    assert metrics["pooled/tiny-sft/delta/knowledge/accuracy_ci95_low"] == pytest.approx(sft.low)
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "<td>3 seeds</td>" in html and "<td>1 seed</td>" in html
+
+
+def test_seed_groups_pool_only_runs_alike_but_for_the_seed():
+    """Runs pool when every param but train.seed, the method, scale and both options hashes are equal;
+    a seed trained twice pools its latest run; a run without a training seed (an evaluation) stays alone."""
+    from cdb.report import RunRow, seed_groups
+
+    def run(name, seed, start, steps="2", hashes=("a", "b"), method="sft"):
+        params = {"objective.method": method, "train.max_steps": steps} | ({"train.seed": seed} if seed is not None else {})
+        return RunRow(name, name, method, "tiny", "FINISHED", start, params=params, hashes=hashes)
+
+    rows = [run("s0", "0", 0), run("s1", "1", 1), run("steps", "2", 2, steps="3"), run("hash", "3", 3, hashes=("a", "c")),
+            run("s1-again", "1", 4), run("dpo", "0", 5, method="dpo"), run("eval", None, 6), run("eval2", None, 7)]
+    assert [[r.run_id for r in group] for group in seed_groups(rows)] == [
+        ["s0", "s1-again"], ["s1"], ["steps"], ["hash"], ["dpo"], ["eval"], ["eval2"]]

@@ -364,6 +364,42 @@ def test_each_training_run_records_its_data_model_and_system_metrics(method_swee
     assert len(digests) == 1 and digests != {""}  # the same data, identified by its digest
 
 
+@pytest.mark.integration
+def test_a_sweep_of_two_seeds_reports_and_logs_their_pooled_change(tmp_path, ray_address):
+    """--seeds 2 with a small evaluation (4 CrowS pairs, 4 StereoSet items): the report pools the two
+    seeds into one row, "2 seeds", the change the mean of the runs' own; the parent run holds it."""
+    from cdb.report import sig
+
+    uri, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "sweep"
+    proc = run_sweep(["--scales", "tiny", "--methods", "contrastive", "--seeds", "2", "--max-steps", "2", "--parallel", "2",
+                      "--set", "scale.num_workers=1", "--set", "data.max_records=16", "--set", "eval.suite=quick",
+                      "--set", "eval.tasks=[bias]", "--set", "eval.limit=4", "--tracking-uri", uri, "--output-dir", str(out)],
+                     tmp_path, timeout=180, ray_address=ray_address)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    state = json.loads((out / "sweep.json").read_text())
+    client = MlflowClient(uri)
+    runs = {name: client.get_run(state["points"][name]["run_id"]) for name in ("tiny-contrastive-seed0", "tiny-contrastive-seed1")}
+    parent = client.get_run(state["parent_run_id"]).data.metrics
+
+    metric = "delta/bias/crows_stereo_share"
+    own = [run.data.metrics[metric] for run in runs.values()]
+    head = "pooled/tiny-contrastive"
+    assert parent[f"{head}/seeds"] == 2 and parent[f"{head}/{metric}_n"] == 4
+    assert parent[f"{head}/{metric}"] == pytest.approx(sum(own) / 2)
+    low, high = parent[f"{head}/{metric}_ci95_low"], parent[f"{head}/{metric}_ci95_high"]
+    assert low <= min(own) and max(own) <= high  # the seeds' spread is inside the pooled interval
+
+    md = (out / "report" / "report.md").read_text()
+    tuned = md.split("## Tuned models")[1].split("## Base models")[0]
+    [row] = [line for line in tuned.splitlines() if line.startswith("| contrastive |")]
+    names = ", ".join(f"{name} ({run.info.run_id[:8]})" for name, run in runs.items())
+    assert row.startswith(f"| contrastive | tiny | 2 seeds | {names} |")
+    # One row per column: the change's interval is the pooled 95% one the parent holds.
+    assert f"{sig(parent[f'{head}/{metric}'], 2, True)} [{sig(low, 2, True)}, {sig(high, 2, True)}])" in row \
+        or f"change {sig(parent[f'{head}/{metric}'], 2, True)} [{sig(low, 2, True)}, {sig(high, 2, True)}]" in row
+    assert "Changes: one row per column, so each interval is its 95% one" in tuned
+
+
 def test_admit_counts_what_other_jobs_hold():
     a, b, big = Point("a", "m", 2, 0), Point("b", "m", 2, 0), Point("big", "m", 8, 8)
     total = {"CPU": 4, "GPU": 0}
