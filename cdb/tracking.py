@@ -88,7 +88,8 @@ TAG_NOTE = "mlflow.note.content"
 """The command line that made the run (its arguments only: nothing from the environment; passwords in
 URLs masked)."""
 
-RUN_SPECIFIC_KEYS = ("train.output_dir", "train.storage_path", "tracking.uri", "tracking.run_name", "tracking.parent_run_id")
+RUN_SPECIFIC_KEYS = ("train.output_dir", "train.storage_path", "train.base_eval_dir", "tracking.uri", "tracking.run_name",
+                     "tracking.parent_run_id")
 """Config keys whose values differ on every run by construction: logged as tags `cdb.<key>`, not as
 params, so the Compare view's params show only what a user chose."""
 
