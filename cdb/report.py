@@ -806,6 +806,50 @@ def plot(rows: Sequence[RunRow], path: Path) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Report:
+    """What a report shows, read back from the store."""
+
+    runs: list[RunRow]
+    """Every run of the experiment (or of a sweep's parent) but bookkeeping ones."""
+    rows: list[RunRow]
+    """The table's rows: each method's seeds pooled, changes adjusted; then the runs without eval metrics."""
+    pooled: list[RunRow]
+    """The evaluated rows, seeds pooled, before the adjustment (what a sweep's parent logs)."""
+
+
+def read_report(uri: str, experiment: str, parent_run_id: str = "") -> Report:
+    """The runs, pooled by seed and adjusted for the comparisons in each column (the per-item values
+    come from the store's artifacts)."""
+    runs = collect(uri, experiment, parent_run_id)
+    evaluated, _, bare = tables(runs)
+    with tempfile.TemporaryDirectory(prefix="cdb-report-") as folder:
+        per_item = PerItem(uri, Path(folder))
+        pooled = [pooled_row(group, per_item) for group in seed_groups(evaluated)]
+        rows = adjusted(pooled, shown_columns(pooled), per_item) + bare
+    return Report(runs, rows, pooled)
+
+
+SUMMARY_METRICS = ("toxicity/mean_toxicity", "toxicity/mean_words", "faithfulness/entity_precision_all",
+                   "faithfulness/entity_recall_all", "bias/crows_stereo_share")
+"""The columns of the short table README shows (summary_table), where a run has them."""
+
+
+def summary_table(rows: Sequence[RunRow]) -> str:
+    """The short table of README's results (scripts/publish_results.py writes it there,
+    tests/test_results.py keeps it equal to what the committed store gives): the base model, then
+    each row's SUMMARY_METRICS (not the labeller's) with their changes, and the adjustment line."""
+    evaluated, with_base, _ = tables(rows)
+    columns = [c for c in shown_columns(evaluated) if c.metric in SUMMARY_METRICS and not c.labeller]
+    heads = ["Model", "Seeds"] + [c.label for c in columns]
+    lines = [_md_row(heads), "|" + "|".join(["---"] * len(heads)) + "|"]
+    if with_base:
+        base = with_base[0]
+        lines.append(_md_row([f"base ({base.scale})", "—"] + [_cell(base, c, tracking.PREFIX_EVAL_BASE)[0] for c in columns]))
+    lines += [_md_row([r.method, _seeds(r)] + [_cell(r, c, tracking.PREFIX_EVAL)[0] for c in columns]) for r in evaluated]
+    return "\n".join(lines + ["", adjustment_note(evaluated, columns)])
+
+
 def report(experiment: str, output_dir: str | Path, tracking_uri: str | None = None,
            parent_run_id: str = "") -> dict[str, Any]:
     """Write report.md, report.html, alignment_tax.png and log them to a new report run; of the
@@ -814,24 +858,20 @@ def report(experiment: str, output_dir: str | Path, tracking_uri: str | None = N
     95% as a sweep's parent run logs them (pooled_metrics). Raises ReportError when the experiment is
     missing or holds no runs."""
     uri = tracking.resolve_uri(tracking_uri or "")
-    runs = collect(uri, experiment, parent_run_id)
-    evaluated, _, bare = tables(runs)
-    with tempfile.TemporaryDirectory(prefix="cdb-report-") as folder:
-        per_item = PerItem(uri, Path(folder))
-        pooled = [pooled_row(group, per_item) for group in seed_groups(evaluated)]
-        rows = adjusted(pooled, shown_columns(pooled), per_item) + bare
+    found = read_report(uri, experiment, parent_run_id)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "report.md", out / "report.html", out / "alignment_tax.png"]
-    files[0].write_text(markdown(rows, experiment, uri), encoding="utf-8")
-    files[1].write_text(html_report(rows, experiment, uri), encoding="utf-8")
-    plot(rows, files[2])
-    with tracking.open_run(uri, experiment, tracking.REPORT_RUN, {"runs": len(runs)},
+    files[0].write_text(markdown(found.rows, experiment, uri), encoding="utf-8")
+    files[1].write_text(html_report(found.rows, experiment, uri), encoding="utf-8")
+    plot(found.rows, files[2])
+    with tracking.open_run(uri, experiment, tracking.REPORT_RUN, {"runs": len(found.runs)},
                            {tracking.TAG_METHOD: tracking.REPORT_RUN}) as run:
         for path in files:
             run.log_artifact(path)
-    return {"run_id": run.id, "files": [str(f) for f in files], "runs": len(runs), "evaluated": len(evaluated),
-            "rows": len(pooled), "pooled_metrics": pooled_metrics(pooled), "tracking_uri": uri}
+    return {"run_id": run.id, "files": [str(f) for f in files], "runs": len(found.runs),
+            "evaluated": len(tables(found.runs)[0]), "rows": len(found.pooled),
+            "pooled_metrics": pooled_metrics(found.pooled), "tracking_uri": uri}
 
 
 @dataclass(frozen=True)
