@@ -17,7 +17,8 @@ Reading back: `experiment_runs`, `find_run`, `metric_history`.
 
 The contract between the modules that write runs and those that read them: the TAG_* names, the
 PREFIX_* metric prefixes and TRAINING_RUNS_FILTER below; every run gets MLflow's source tags.
-Links into MLflow's UI for the user: `runs_url`, `run_url`, `ui_hint`.
+Links into MLflow's UI for the user: `runs_url`, `run_url`, `ui_hint`; what a method comparison shows
+first there: `save_comparison_view` (a saved view of the runs page: columns and charts).
 A run's artifact read back: `download_artifact` (the report's per-item values).
 
 Default store: sqlite:///<cwd>/mlflow.db with artifacts in <cwd>/mlartifacts, unless
