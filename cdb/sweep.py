@@ -876,10 +876,13 @@ class Sweep:
             lines.append(f"  report: {state['report']['dir']}/report.md")
         lines.append(f"  state:  {self.output_dir / STATE_FILE}")
         uri = state["tracking_uri"]
-        try:  # the sweep's training runs in MLflow's runs table
-            link = tracking.runs_url(uri, tracking.experiment_id(uri, state["experiment"]),
-                                     tracking.sweep_filter(state["parent_run_id"]))
-            lines.append(f"  MLflow: {tracking.ui_hint(uri, link)}")
+        try:  # the sweep's training runs in MLflow's runs page, as a saved view that compares methods
+            experiment = tracking.experiment_id(uri, state["experiment"])
+            view = tracking.save_comparison_view(uri, experiment, f"sweep-{state['parent_run_id']}",
+                                                 f"{state.get('name') or 'sweep'}: methods compared",
+                                                 tracking.sweep_filter(state["parent_run_id"]))
+            lines.append(f"  MLflow: {tracking.ui_hint(uri, tracking.runs_url(uri, experiment, view=view))}")
+            lines.append(f"  MLflow charts: {tracking.runs_url(uri, experiment, view=view, charts=True)}")
         except Exception as exc:  # an unreachable server: the parent run id above is what there is
             lines.append(f"  MLflow: no link ({type(exc).__name__}: {exc})")
         self.say("\n".join(lines))

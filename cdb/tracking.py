@@ -17,7 +17,8 @@ Reading back: `experiment_runs`, `find_run`, `metric_history`.
 
 The contract between the modules that write runs and those that read them: the TAG_* names, the
 PREFIX_* metric prefixes and TRAINING_RUNS_FILTER below; every run gets MLflow's source tags.
-Links into MLflow's UI for the user: `runs_url`, `run_url`, `ui_hint`.
+Links into MLflow's UI for the user: `runs_url`, `run_url`, `ui_hint`; what a method comparison shows
+first there: `save_comparison_view` (a saved view of the runs page: columns and charts).
 A run's artifact read back: `download_artifact` (the report's per-item values).
 
 Default store: sqlite:///<cwd>/mlflow.db with artifacts in <cwd>/mlartifacts, unless
@@ -39,7 +40,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Protocol, Sequence
 
 if TYPE_CHECKING:
     from cdb.config import Config
@@ -273,12 +274,17 @@ UI_MODEL_TRAINING = "workflowType=machine_learning"
 """The query that opens MLflow 3's UI in its model-training view (not the GenAI one) in any browser."""
 
 
-def runs_url(uri: str, experiment: str, search_filter: str = "") -> str:
-    """The runs table of an experiment (by id) in MLflow's UI, with `search_filter` in its search box."""
+def runs_url(uri: str, experiment: str, search_filter: str = "", view: str = "", charts: bool = False) -> str:
+    """The runs page of an experiment (by id) in MLflow's UI: its table, or with `charts` its charts;
+    with `search_filter` in its search box, or as the saved `view` (save_comparison_view) shows it."""
     from urllib.parse import quote
 
-    search = f"searchFilter={quote(search_filter, safe='')}&" if search_filter else ""
-    return f"{_ui_base(uri)}/#/experiments/{experiment}/runs?{search}{UI_MODEL_TRAINING}"
+    if view and search_filter:
+        raise ValueError("a saved view carries its own search filter (MLflow ignores the view beside another)")
+    query = [f"searchFilter={quote(search_filter, safe='')}"] if search_filter else []
+    query += [f"{VIEW_URL_PARAMETER}={quote(view, safe='')}"] if view else []
+    query += ["compareRunsMode=CHART"] if charts else []
+    return f"{_ui_base(uri)}/#/experiments/{experiment}/runs?{'&'.join(query + [UI_MODEL_TRAINING])}"
 
 
 def run_url(uri: str, experiment: str, run_id: str) -> str:
@@ -289,6 +295,89 @@ def run_url(uri: str, experiment: str, run_id: str) -> str:
 def sweep_filter(parent_run_id: str) -> str:
     """A search filter for the training runs of one sweep."""
     return f"{TRAINING_RUNS_FILTER} and tags.{TAG_PARENT_RUN} = '{parent_run_id}'"
+
+
+# --- a method comparison as MLflow's runs page first shows it: a saved view -----------------------
+# MLflow 3's runs page chooses its table columns (Source, Models, Dataset) and its charts (every metric)
+# in the browser; the one server-side say is a saved view: an experiment tag VIEW_TAG_PREFIX + id whose
+# value names the view and holds the page's state (search filter, columns, charts), opened by the URL
+# parameter VIEW_URL_PARAMETER and listed under the page's Views menu. MLflow reads the state only when
+# the URL holds no search parameter of its own (searchFilter, orderByKey, ...): a view's link has none.
+
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+VIEW_URL_PARAMETER = "viewStateShareKey"
+
+COMPARISON_METRICS = ("val/pref_accuracy", "val/lm_loss")
+"""The validation metrics every method logs the same way (higher accuracy, lower loss is better)."""
+HEADLINE_METRICS = ("toxicity/mean_toxicity", "faithfulness/entity_precision_all")
+"""cdb.eval's headline metrics (toxicity by the evaluation's toxicity instrument, lower is better; the
+faithfulness headline, higher is better), shown under eval_base/, eval/ and delta/."""
+
+
+def comparison_metrics(logged: Iterable[str]) -> list[str]:
+    """What compares methods, of the metric names `logged`: the validation metrics, then each headline's
+    base value, tuned value and change. Never train/: each method's own objective."""
+    wanted = [*COMPARISON_METRICS, *(metric_key(prefix, name) for name in HEADLINE_METRICS
+                                     for prefix in (PREFIX_EVAL_BASE, PREFIX_EVAL, PREFIX_DELTA))]
+    present = set(logged)
+    return [key for key in wanted if key in present]
+
+
+def _chart_section(key: str) -> str:
+    """The charts section MLflow's runs page puts a metric in: its name up to the last '/'."""
+    head = key.rpartition("/")[0]
+    return "Model metrics" if not head else "System metrics" if head == PREFIX_SYSTEM else head
+
+
+def comparison_view_state(search_filter: str, logged: Iterable[str], scales: int = 1) -> dict:
+    """The runs page's state of a method comparison over the runs `search_filter` selects, which logged
+    the metric names `logged` at `scales` scales: runs grouped by method (and scale, where there are
+    several; a group's values are its runs' mean, e.g. over seeds); the table's columns are the
+    comparison metrics, in comparison_metrics' order, before the run's start and duration; the charts
+    open on one bar chart (latest value per group) per comparison metric that differs between methods
+    (not the base values), every other metric's section folded below."""
+    logged = sorted(set(logged))
+    compared = comparison_metrics(logged)
+    columns = [f"metrics.`{key}`" for key in compared]
+    charted = [key for key in compared if not key.startswith(f"{PREFIX_EVAL_BASE}/")]
+    first = {"uuid": "cdb-compared", "name": "Methods compared", "display": True, "isReordered": True,
+             "deleted": False, "isGenerated": False}
+    others = sorted({_chart_section(key) for key in set(logged) - set(charted)})
+    sections = [first] + [{"uuid": f"cdb-section-{i}", "name": name, "display": False, "isReordered": False,
+                           "deleted": False, "isGenerated": True} for i, name in enumerate(others)]
+    charts = [{"uuid": f"cdb-chart-{i}", "type": "BAR", "runsCountToCompare": 10, "metricSectionId": first["uuid"],
+               "deleted": False, "isGenerated": False, "metricKey": key} for i, key in enumerate(charted)]
+    grouped = [TAG_SCALE, TAG_METHOD] if scales > 1 else [TAG_METHOD]
+    run_name = "attributes.`Run Name`"
+    return {"searchFilter": search_filter, "selectedColumns": columns,
+            "columnOrder": [run_name, *columns, "runDateAndNestInfo", "duration"],
+            "columnWidths": {run_name: 200, **{f"metrics.`{key}`": min(280, 6 * len(key) + 24) for key in compared}},
+            "groupBy": {"aggregateFunction": "average",
+                        "groupByKeys": [{"mode": "tag", "groupByData": tag} for tag in grouped]},
+            "compareRunCharts": charts, "compareRunSections": sections, "isAccordionReordered": True,
+            "hideEmptyCharts": True}
+
+
+def save_comparison_view(uri: str, experiment: str, view_id: str, name: str, search_filter: str) -> str:
+    """Save (or replace) the method-comparison view `view_id` of experiment `experiment` (by id) over
+    the runs `search_filter` selects, as their metrics are now; returns `view_id` for runs_url."""
+    client = _client(uri)
+    runs = client.search_runs([experiment], filter_string=search_filter, max_results=1000)
+    state = comparison_view_state(search_filter, {key for run in runs for key in run.data.metrics},
+                                  len({run.data.tags.get(TAG_SCALE) for run in runs}))
+    now = int(time.time() * 1000)
+    envelope = {"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
+    client.set_experiment_tag(experiment, VIEW_TAG_PREFIX + view_id, json.dumps(envelope))
+    return view_id
+
+
+def saved_view(uri: str, experiment: str, view_id: str) -> dict | None:
+    """A saved view of experiment `experiment` (by id): its name and its state, or None."""
+    value = _client(uri).get_experiment(experiment).tags.get(VIEW_TAG_PREFIX + view_id)
+    if value is None:
+        return None
+    envelope = json.loads(value)
+    return {"name": envelope["name"], "state": json.loads(envelope["state"])}
 
 
 def experiment_runs(uri: str, name: str) -> list | None:

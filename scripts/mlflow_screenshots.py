@@ -1,15 +1,14 @@
 """The README's MLflow screenshots: a tiny sweep of three methods into a fresh sqlite store, `mlflow ui` on
-it, and headless Chromium's pictures of the runs table (the link cdb.sweep prints) and of the Compare view
-of the sweep's training runs.
+it, and headless Chromium's pictures of the two links cdb.sweep prints: the runs table and the charts of the
+sweep's saved view (tracking.save_comparison_view), which compare the methods.
 
     .venv/bin/python scripts/mlflow_screenshots.py [OUT_DIR]     (default docs/images)
 
 Needs Debian's Chromium (`sudo apt-get install -y chromium`). Writes OUT_DIR/mlflow_runs_table.png and
 OUT_DIR/mlflow_compare.png (256-colour PNGs). The store, the runs and the logs go to a temporary folder,
 removed at the end; the mlflow server and Chromium it starts are stopped by their process group ids.
-Chromium is driven over its DevTools protocol, as a first-time user's browser with two clicks done: the
-MLflow assistant panel (which opens itself on a first visit) closed, the sweep's row expanded to show its
-training runs.
+Chromium is driven over its DevTools protocol, as a first-time user's browser with one click done: the
+MLflow assistant panel (which opens itself on a first visit) closed.
 """
 
 from __future__ import annotations
@@ -27,11 +26,12 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from urllib.parse import quote
 
 REPO = Path(__file__).resolve().parent.parent
-SWEEP = ["--scales", "tiny", "--methods", "contrastive,sft,dpo", "--max-steps", "12", "--set", "train.eval_every=3"]
-"""The sweep of the pictures (README, "MLflow", shows the same command)."""
+SWEEP = ["--scales", "tiny", "--methods", "contrastive,sft,dpo", "--max-steps", "12", "--set", "train.eval_every=3",
+         "--set", "eval.suite=quick", "--set", "eval.tasks=[toxicity,faithfulness]", "--set", "eval.limit=4"]
+"""The sweep of the pictures (README, "MLflow", shows the same command): evaluated on 4 items per task, so
+that the headline metrics are there to see (numbers of a random-weight tiny model: the UI, not results)."""
 WINDOW = (1600, 1000)
 
 
@@ -74,18 +74,21 @@ def answers(url: str) -> bool:
         return False
 
 
-def run_sweep(work: Path) -> tuple[str, dict, str]:
-    """(the runs-table link cdb.sweep prints, its sweep.json, the store's URI)."""
+def run_sweep(work: Path) -> tuple[str, str, str]:
+    """(the runs-table and charts links cdb.sweep prints, the store's URI)."""
     uri = f"sqlite:///{work / 'mlflow.db'}"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "cdb.sweep", *SWEEP, "--tracking-uri", uri, "--output-dir",
                            str(work / "sweep")], cwd=work, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         sys.exit(f"mlflow_screenshots: cdb.sweep failed ({proc.returncode}):\n{proc.stdout[-4000:]}{proc.stderr[-3000:]}")
-    links = [w for line in proc.stdout.splitlines() if "then open " in line for w in line.split() if w.startswith("http")]
-    if not links:
-        sys.exit(f"mlflow_screenshots: cdb.sweep printed no MLflow link:\n{proc.stdout[-3000:]}")
-    return links[-1], json.loads((work / "sweep" / "sweep.json").read_text()), uri
+    def printed(after: str) -> str:
+        links = [w for line in proc.stdout.splitlines() if after in line for w in line.split() if w.startswith("http")]
+        if not links:
+            sys.exit(f"mlflow_screenshots: cdb.sweep printed no {after!r} link:\n{proc.stdout[-3000:]}")
+        return links[-1]
+
+    return printed("then open "), printed("MLflow charts: "), uri
 
 
 class Page:
@@ -139,7 +142,7 @@ class Page:
         print(f"[screenshots] {path} ({path.stat().st_size // 1024} KB)")
 
 
-async def shoot(page_ws: str, base: str, runs_link: str, sweep_name: str, compare_link: str, out: Path) -> None:
+async def shoot(page_ws: str, runs_link: str, charts_link: str, out: Path) -> None:
     """The pictures, through the Chromium tab whose DevTools socket is `page_ws`."""
     import aiohttp
 
@@ -147,21 +150,10 @@ async def shoot(page_ws: str, base: str, runs_link: str, sweep_name: str, compar
         page = Page(ws)
         await page.call("Emulation.setDeviceMetricsOverride", width=WINDOW[0], height=WINDOW[1],
                         deviceScaleFactor=1, mobile=False)
-        await page.open(runs_link, sweep_name)
+        await page.open(runs_link, "tiny-dpo")
         await page.close_assistant()
-        # Expand the sweep's row: its expander is the text-less button in the row of its name.
-        clicked = await page.js(f"""(() => {{
-            const button = document.querySelector('[data-component-id$="runnamecellrenderer.tsx_46"]') ||
-                [...document.querySelectorAll('[role=row] button')].find(b =>
-                    b.closest('[role=row]').innerText.includes({json.dumps(sweep_name)}) && !b.innerText.trim());
-            if (button) button.click();
-            return Boolean(button);
-        }})()""")
-        if not clicked:
-            sys.exit("mlflow_screenshots: found no expander on the sweep's row")
-        await page.wait_for_text("tiny-dpo")
         await page.screenshot(out / "mlflow_runs_table.png")
-        await page.open(compare_link, "Comparing 3 Runs")
+        await page.open(charts_link, "Methods compared")
         await page.close_assistant()
         await page.screenshot(out / "mlflow_compare.png")
 
@@ -176,7 +168,7 @@ def main(argv: list[str]) -> int:
     started: list[subprocess.Popen] = []
     try:
         print(f"[screenshots] cdb.sweep {' '.join(SWEEP)}")
-        printed_link, state, uri = run_sweep(work)
+        printed_runs, printed_charts, uri = run_sweep(work)
 
         port = free_port()
         base = f"http://127.0.0.1:{port}"
@@ -184,15 +176,7 @@ def main(argv: list[str]) -> int:
         started.append(start([str(mlflow), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
                              work / "mlflow.log", env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}))
         wait_for("mlflow ui", lambda: answers(f"{base}/health"))
-        runs_link = base + printed_link.removeprefix("http://127.0.0.1:5000")
-
-        from cdb import tracking
-
-        experiment = tracking.experiment_id(uri, state["experiment"])
-        sweep_name = tracking.run_info(uri, state["parent_run_id"]).info.run_name
-        runs = sorted(point["run_id"] for point in state["points"].values())
-        compare_link = (f"{base}/#/compare-runs?runs={quote(json.dumps(runs), safe='')}"
-                        f"&experiments={quote(json.dumps([experiment]), safe='')}")
+        runs_link, charts_link = (base + link.removeprefix("http://127.0.0.1:5000") for link in (printed_runs, printed_charts))
 
         profile = work / "chromium"
         started.append(start([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -204,8 +188,8 @@ def main(argv: list[str]) -> int:
         devtools = f"http://127.0.0.1:{port_file.read_text().split()[0]}/json/list"
         with urllib.request.urlopen(devtools) as response:
             [tab] = [t for t in json.load(response) if t["type"] == "page"]
-        asyncio.run(shoot(tab["webSocketDebuggerUrl"], base, runs_link, sweep_name, compare_link, out))
-        print(f"[screenshots] runs table: {runs_link}\n[screenshots] compare: {compare_link}")
+        asyncio.run(shoot(tab["webSocketDebuggerUrl"], runs_link, charts_link, out))
+        print(f"[screenshots] runs table: {runs_link}\n[screenshots] charts: {charts_link}")
         return 0
     finally:
         for process in reversed(started):

@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 import sys
 from types import SimpleNamespace
-from urllib.parse import quote
 
 import pytest
 import yaml
@@ -336,10 +335,43 @@ def test_the_training_runs_compare_across_methods_in_mlflow(method_sweep):
     report = client.get_run(state["report"]["run_id"])
     assert report.data.tags["cdb.method"] == "report" and "mlflow.parentRunId" not in report.data.tags
     assert client.get_run(state["parent_run_id"]).data.tags["cdb.sweep.report"] == report.info.run_id
-    # The printed link opens this sweep's training runs.
-    wanted = quote(tracking.sweep_filter(state["parent_run_id"]), safe="")
-    link = f"http://127.0.0.1:5000/#/experiments/{method_sweep.experiment}/runs?searchFilter={wanted}&workflowType=machine_learning"
+    # The printed link opens this sweep's training runs, as its saved view shows them: validation metrics.
+    link = (f"http://127.0.0.1:5000/#/experiments/{method_sweep.experiment}/runs?viewStateShareKey=sweep-"
+            f"{state['parent_run_id']}&workflowType=machine_learning")
     assert f"then open {link}\n" in method_sweep.proc.stdout
+    view = tracking.saved_view(method_sweep.uri, method_sweep.experiment, f"sweep-{state['parent_run_id']}")
+    assert view["state"]["searchFilter"] == tracking.sweep_filter(state["parent_run_id"])
+    assert [c["metricKey"] for c in view["state"]["compareRunCharts"]] == ["val/pref_accuracy", "val/lm_loss"]
+
+
+def test_the_summary_links_to_a_view_of_the_sweep_that_compares_methods(store, tmp_path):
+    """The sweep's closing lines: links into MLflow's model-training UI that open a view of the sweep's
+    training runs saved on its experiment, showing the validation metrics, not train/loss."""
+    uri, _ = store
+    parent = tracking.open_run(uri, "summary", "sweep-x", {}, {tracking.TAG_METHOD: tracking.SWEEP_RUN})
+    points = sweep.sweep_points(["tiny"], ["contrastive", "sft"])
+    state = {"status": "FINISHED", "experiment": "summary", "parent_run_id": parent.id, "tracking_uri": uri,
+             "name": "sweep-x", "points": {}}
+    for point in points:
+        with tracking.open_run(uri, "summary", point.name, {}, {tracking.TAG_KIND: tracking.TRAIN_RUN,
+                               tracking.TAG_PARENT_RUN: parent.id, tracking.TAG_METHOD: point.method}) as run:
+            run.log_metrics({"train/loss": 1.0, "val/lm_loss": 2.0, "val/pref_accuracy": 0.5}, 3)
+        state["points"][point.name] = {"status": "FINISHED", "run_id": run.id}
+    printed = []
+    settings_, overrides = sweep.settings_from_args(sweep.parse_args(
+        ["--scales", "tiny", "--methods", "contrastive,sft", "--tracking-uri", uri, "--output-dir", str(tmp_path)]))
+    sweep.Sweep(settings_, overrides, points, echo=printed.append).summary(state, {p.name: i + 1 for i, p in enumerate(points)}, 2)
+
+    links = re.findall(r"MLflow(?: charts)?: .*?(http\S+)", printed[-1])
+    experiment = tracking.experiment_id(uri, "summary")
+    assert links == [tracking.runs_url(uri, experiment, view=f"sweep-{parent.id}"),
+                     tracking.runs_url(uri, experiment, view=f"sweep-{parent.id}", charts=True)]
+    assert all("workflowType=machine_learning" in link for link in links)
+    view = tracking.saved_view(uri, experiment, f"sweep-{parent.id}")
+    assert view["name"] == "sweep-x: methods compared"
+    assert view["state"]["searchFilter"] == tracking.sweep_filter(parent.id)
+    assert "metrics.`val/lm_loss`" in view["state"]["selectedColumns"]
+    assert not any("train/" in column for column in view["state"]["selectedColumns"])
 
 
 @pytest.mark.integration

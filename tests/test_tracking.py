@@ -6,6 +6,7 @@ Every test runs against a real sqlite MLflow store in tmp_path and reads back th
 import ast
 import hashlib
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -290,6 +291,13 @@ def test_links_go_to_the_runs_table_or_the_run_in_mlflow_3s_ui(tmp_path):
         "http://127.0.0.1:5000/#/experiments/7/runs?searchFilter=tags.cdb.kind%20%3D%20%27train%27&workflowType=machine_learning")
     assert tracking.run_url("https://me:pw@mlflow.example/", "7", "abc") == \
         "https://me:***@mlflow.example/#/experiments/7/runs/abc?workflowType=machine_learning"
+    assert tracking.runs_url(local, "7", view="sweep-abc") == (
+        "http://127.0.0.1:5000/#/experiments/7/runs?viewStateShareKey=sweep-abc&workflowType=machine_learning")
+    assert tracking.runs_url(local, "7", view="sweep-abc", charts=True) == (
+        "http://127.0.0.1:5000/#/experiments/7/runs?viewStateShareKey=sweep-abc&compareRunsMode=CHART"
+        "&workflowType=machine_learning")
+    with pytest.raises(ValueError, match="its own search filter"):
+        tracking.runs_url(local, "7", tracking.TRAINING_RUNS_FILTER, view="sweep-abc")
     assert tracking.ui_hint(local, "LINK") == f"mlflow ui --backend-store-uri {local} --host 127.0.0.1 --port 5000, then open LINK"
     assert tracking.ui_hint("http://mlflow:5000", "LINK") == "LINK"
     # The routes and the search parameter exist in the installed MLflow's UI.
@@ -300,9 +308,68 @@ def test_links_go_to_the_runs_table_or_the_run_in_mlflow_3s_ui(tmp_path):
     assert '"/experiments/:experimentId/runs"' in bundle and '"/experiments/:experimentId/runs/:runUuid"' in bundle
     assert '"searchFilter"' in bundle and "createHashRouter" in bundle
     assert 'get("workflowType")' in bundle and 'MACHINE_LEARNING="machine_learning"' in bundle
+    # A saved view: its tag and URL parameter; MLflow reads it only when the URL holds none of the runs
+    # page's search parameters (this list), and compareRunsMode and workflowType are not among them.
+    assert f'"{tracking.VIEW_URL_PARAMETER}"' in bundle and f'"{tracking.VIEW_TAG_PREFIX}"' in bundle
+    assert '["searchFilter","orderByKey","orderByAsc","startTime","lifecycleFilter","modelVersionFilter",' \
+           '"datasetsFilter"]' in bundle and '"compareRunsMode"' in bundle
+    ui_fields = max((json.loads(f) for f in re.findall(r'\["selectedColumns",[^\]]*\]', bundle)), key=len)
+    state = tracking.comparison_view_state("", ["val/lm_loss"])
+    assert set(state) - {"searchFilter"} <= set(ui_fields)  # the runs page's fields MLflow takes from a view
     # New experiments open on the runs table (MLflow 3's model-training kind), not the GenAI overview.
     experiment = MlflowClient(local).get_experiment(tracking.experiment_id(local, "exp"))
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_sweeps_comparison_view_shows_what_compares_methods(uri):
+    """The saved view a sweep's link opens: the table's columns and the charts are the validation and
+    headline metrics (base, tuned, change) of the sweep's training runs, never train/ (each method's own
+    objective), and only its runs."""
+    parent = tracking.open_run(uri, "exp", "sweep-1", {}, {tracking.TAG_METHOD: tracking.SWEEP_RUN})
+    headline = [f"{prefix}/{name}" for name in tracking.HEADLINE_METRICS for prefix in ("eval_base", "eval", "delta")]
+    for method in ("contrastive", "dpo"):
+        with tracking.open_run(uri, "exp", f"tiny-{method}", {}, {tracking.TAG_KIND: tracking.TRAIN_RUN,
+                               tracking.TAG_METHOD: method, tracking.TAG_PARENT_RUN: parent.id}) as run:
+            run.log_metrics({"train/loss": 40.0, "system/cpu_utilization_percentage": 9.0, "val/lm_loss": 3.1,
+                             "val/pref_accuracy/swap": 0.6, "eval/toxicity/mean_words": 20.0, **dict.fromkeys(headline, 0.1)}, 1)
+            run.log_metrics({"val/pref_accuracy": 0.7}, 2)
+    with tracking.open_run(uri, "exp", "eval", {}, {tracking.TAG_METHOD: tracking.EVAL_RUN}) as other:
+        other.log_metrics({"eval/only_here": 1.0})
+    experiment = tracking.experiment_id(uri, "exp")
+    search = tracking.sweep_filter(parent.id)
+
+    assert tracking.save_comparison_view(uri, experiment, "sweep-1", "sweep-1: methods compared", search) == "sweep-1"
+    view = tracking.saved_view(uri, experiment, "sweep-1")
+    assert view["name"] == "sweep-1: methods compared"
+    state = view["state"]
+    assert state["searchFilter"] == search
+    compared = ["val/pref_accuracy", "val/lm_loss",
+                "eval_base/toxicity/mean_toxicity", "eval/toxicity/mean_toxicity", "delta/toxicity/mean_toxicity",
+                "eval_base/faithfulness/entity_precision_all", "eval/faithfulness/entity_precision_all",
+                "delta/faithfulness/entity_precision_all"]
+    columns = [f"metrics.`{k}`" for k in compared]
+    assert state["selectedColumns"] == columns
+    assert state["columnOrder"] == ["attributes.`Run Name`", *columns, "runDateAndNestInfo", "duration"]
+    # Grouped by method (one scale here): a group's values are its runs' mean, one bar per method.
+    assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "cdb.method"}]
+    two_scales = tracking.comparison_view_state("", compared, scales=2)["groupBy"]["groupByKeys"]
+    assert [key["groupByData"] for key in two_scales] == ["cdb.scale", "cdb.method"]
+    # One bar chart per compared metric that differs between methods (not the base values), in the first section.
+    charts = state["compareRunCharts"]
+    assert [c["metricKey"] for c in charts] == [k for k in compared if not k.startswith("eval_base/")]
+    assert {c["type"] for c in charts} == {"BAR"}
+    [first, *rest] = state["compareRunSections"]
+    assert {c["metricSectionId"] for c in charts} == {first["uuid"]} and first["display"] and state["isAccordionReordered"]
+    # Every other metric's section, folded: the train/ section among them; nothing of the evaluation run.
+    assert {s["name"] for s in rest} == {"train", "System metrics", "val/pref_accuracy", "eval/toxicity",
+                                         "eval_base/toxicity", "eval_base/faithfulness"}
+    assert not any(s["display"] for s in rest)
+    # Saving again replaces the view (one tag per sweep).
+    tracking.save_comparison_view(uri, experiment, "sweep-1", "renamed", search)
+    tags = MlflowClient(uri).get_experiment(experiment).tags
+    assert [k for k in tags if k.startswith(tracking.VIEW_TAG_PREFIX)] == [tracking.VIEW_TAG_PREFIX + "sweep-1"]
+    assert tracking.saved_view(uri, experiment, "sweep-1")["name"] == "renamed"
+    assert tracking.saved_view(uri, experiment, "none") is None
 
 
 def test_a_local_store_moved_with_its_artifacts_still_reads_them(tmp_path):
