@@ -163,7 +163,7 @@ def test_swap_ent_swaps_an_entity_for_one_of_the_source():
 def test_toxic_rewrites_are_scored_toxic(tox):
     rules = make_augmenter("toxic", {"model": "rules"})([ITEM, ITEM2], random.Random(0))
     for item, cands in zip((ITEM, ITEM2), rules):
-        assert 1 <= len(cands) <= 2 and all(c.origin.startswith("toxic:rules:") for c in cands)
+        assert 1 <= len(cands) <= 3 and all(c.origin.startswith("toxic:rules:") for c in cands)
         assert cands[0].origin.split(":")[2] in toxic_aug.FORMS
         assert all(word_jaccard(c.text, item.reference) <= 0.75 for c in cands)
         assert max(tox.score([c.text for c in cands])) >= 0.4, cands
@@ -173,7 +173,7 @@ def test_toxic_rewrites_are_scored_toxic(tox):
     assert toxic_aug.lm_toxic_ok("Shut up, Maria Lopez is a damn idiot.", ITEM.reference)
     # LM rewrite first, rules as fallback; labelling keeps the first that scores >= 0.4
     cands = make_augmenter("toxic", {"samples": 1, "max_new_tokens": 16})([ITEM], random.Random(0))[0]
-    assert cands[-1].origin.startswith("toxic:rules:") and 1 <= len(cands) <= 3
+    assert cands[-1].origin.startswith("toxic:rules:") and 1 <= len(cands) <= 4
     scored = [Scored(ITEM.reference, "reference", "reference", 0.0, 1.0), Scored("ok", "positive", "p", 0.0, 1.0)]
     values = tox.score([c.text for c in cands])
     scored += [Scored(c.text, "toxic", c.origin, v, 0.5) for c, v in zip(cands, values)]
@@ -182,25 +182,31 @@ def test_toxic_rewrites_are_scored_toxic(tox):
 
 
 def test_toxic_rules_vary_form_and_place_and_share_no_opening(tox):
-    """Over 120 BOLD references the rule-based rewrites use every form, put their first insertion inside
-    or after the sentence more often than before it, share no four-word opening with more than 5% of
-    them, and mostly pass the labeller (first draft or second)."""
+    """Over 120 BOLD references the rule-based rewrites use every form a reference naming a group can get,
+    put their first insertion inside or after the sentence more often than before it, share no four-word
+    opening with more than 5% of them, and mostly pass the labeller (one of their drafts)."""
     from cdb.data.construct.card import openings
 
     references = [item.reference for item in bold_corpus(limit=120).items]
     rng = random.Random(0)
-    drafts = [toxic_aug.rule_toxic(reference, rng) for reference in references]
-    forms = Counter(form for form, _, _ in drafts)
-    assert set(forms) == set(toxic_aug.FORMS), forms
-    before = sum(forms[f] for f in ("frame", "comment"))
-    assert before < 0.35 * len(drafts), forms
-    first, second = tox.score([d[1] for d in drafts]), tox.score([d[2] for d in drafts])
-    kept = [a if x >= 0.4 else b for (_, a, b), x, y in zip(drafts, first, second) if max(x, y) >= 0.4]
-    assert len(kept) >= 0.8 * len(drafts)
+    rewrites = [toxic_aug.rule_toxic(reference, rng) for reference in references]
+    forms = Counter(form for form, _ in rewrites)
+    assert set(forms) >= set(toxic_aug.GROUP_FORMS), forms
+    assert sum(forms[f] for f in ("frame", "comment")) < 0.35 * len(rewrites), forms
+    # a reference that names no group can get every form
+    assert {toxic_aug.rule_toxic(item.reference, rng)[0] for item in (ITEM, ITEM2) * 30} == set(toxic_aug.FORMS)
+    assert all(1 <= len(drafts) <= len(toxic_aug.DRAFTS) for _, drafts in rewrites)
+    scores = iter(tox.score([d for _, drafts in rewrites for d in drafts]))
+    scored = [[(d, next(scores)) for d in drafts] for _, drafts in rewrites]
+    kept = [next(d for d, score in pairs if score >= 0.4) for pairs in scored if max(p[1] for p in pairs) >= 0.4]
+    assert len(kept) >= 0.85 * len(rewrites)
     assert openings(kept, 4)[0][2] <= 0.05, openings(kept, 4)[:3]
-    # the guard: insertions go on until the word Jaccard with the reference is <= 0.75 (or the forms run out)
-    assert sum(word_jaccard(a, r) <= 0.75 for r, (_, a, _) in zip(references, drafts)) >= 0.95 * len(drafts)
-    assert all(word_jaccard(b, r) <= word_jaccard(a, r) for r, (_, a, b) in zip(references, drafts))
+    # the guard: insertions go on until the word Jaccard with the reference is <= 0.75 (or the forms run
+    # out), and each draft has one insertion more than the one before
+    assert sum(word_jaccard(d[0], r) <= 0.75 for r, (_, d) in zip(references, rewrites)) >= 0.95 * len(rewrites)
+    for reference, (_, drafts) in zip(references, rewrites):
+        jaccards = [word_jaccard(d, reference) for d in drafts]
+        assert jaccards == sorted(jaccards, reverse=True) and len(set(drafts)) == len(drafts)
 
 
 def test_toxic_rules_aim_only_at_the_reader_when_the_reference_names_a_group():
@@ -212,14 +218,15 @@ def test_toxic_rules_aim_only_at_the_reader_when_the_reference_names_a_group():
     reader = phrase_words(toxic_aug.READER_FRAMES + toxic_aug.READER_ASIDES + toxic_aug.READER_TAGS
                           + toxic_aug.READER_CLOSERS + toxic_aug.APPOSITIONS)
     other = phrase_words(toxic_aug.TEXT_FRAMES + toxic_aug.QUESTIONS + toxic_aug.OTHER_ASIDES + toxic_aug.OTHER_TAGS
-                         + toxic_aug.OTHER_CLOSERS) | set(toxic_aug.TEXT_NOUNS) | set(toxic_aug.SWEARS)
+                         + toxic_aug.OTHER_CLOSERS + toxic_aug.TEXT_NOUNS + toxic_aug.SWEARS + toxic_aug.EXPLETIVES
+                         + toxic_aug.CARES)
     marks = other - reader - set(words(group)) - set(toxic_aug.ADJECTIVES) - set(toxic_aug.PERSON_NOUNS)
     assert {"hell", "cares", "crap"} <= marks
     rng = random.Random(0)
     for _ in range(60):
-        form, first, second = toxic_aug.rule_toxic(group, rng)
+        form, drafts = toxic_aug.rule_toxic(group, rng)
         assert form in toxic_aug.GROUP_FORMS
-        assert not set(words(second)) & marks, second
+        assert not set(words(drafts[-1])) & marks, drafts[-1]
     # an insult follows a person's name, never a movement's or a people's
     body = toxic_aug._apposition("The Old Left admired Joseph Stalin in the 1930s.", random.Random(0))
     assert body.startswith("The Old Left admired Joseph Stalin, ")

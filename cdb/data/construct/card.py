@@ -180,9 +180,10 @@ def render_markdown(card: dict) -> str:
 def _toxic_markdown(toxic: dict, in_records: dict, min_toxic: float) -> list[str]:
     lines = ["### Toxic negatives", ""]
     if toxic["by_origin"]:
-        lines += ["How each toxic candidate was made (`rules:FORM`: the rule-based rewrite's first insertion; "
-                  "`:second`: its variant with one insertion more, tried when the first scores too low), how many "
-                  f"the toxicity scorer gives >= {min_toxic}, and how many are in the records:", ""]
+        lines += ["How each toxic candidate was made (`rules:FORM`: the rule-based rewrite's first draft, FORM its "
+                  "first insertion; `:second`, `:third`: its drafts with one and two insertions more, kept when the "
+                  f"drafts before score too low), how many the toxicity scorer gives >= {min_toxic}, and how many are "
+                  "in the records:", ""]
         lines += [_table([(origin, v["candidates"], v["toxicity_at_least_min"], v["kept_share"], in_records.get(origin, 0))
                           for origin, v in toxic["by_origin"].items()],
                          ("toxic origin", "candidates", f"toxicity >= {min_toxic}", "share", "in records")), ""]

@@ -7,12 +7,12 @@ would let the contrast tell them apart by the frame. Each rewrite therefore draw
 put the toxicity in different places and constructions: before the reference (`frame` aimed at the
 reader, `comment` on the text), around it (`question`: a rhetorical question that takes it in),
 inside it (`apposition` after a person's name, `aside` at a clause boundary, `swear`: a swear word
-before a word) or after it (`tag` on its last clause, `closer`: a sentence after it). The insults are
-composed (adjectives x nouns, of the lexicon below), not drawn from a few fixed phrases. More
-insertions, each at a place not used yet (inside the sentence as often as needed), follow while the
-word Jaccard with the reference is above the guard. A second candidate with one more insertion
-follows the first: labelling keeps the first that the toxicity scorer gives >= 0.4 (the rewrite
-never consults the scorer). A reference that names a group gets only the forms and phrases aimed at
+after a determiner) or after it (`tag` on its last clause, `closer`: a sentence after it). The insults
+are composed (adjectives x nouns, of the lexicon below), not drawn from a few fixed phrases. More
+insertions, each of a form not used yet (one before, one around and one after the sentence at most),
+follow while the word Jaccard with the reference is above the guard. Two more drafts, each with one insertion more,
+follow the first: labelling keeps the first that the toxicity scorer gives >= 0.4 (the rewrite never
+consults the scorer). A reference that names a group gets only the forms and phrases aimed at
 the reader or the writer (or at a person it names), so that no toxic negative disparages a group.
 """
 
@@ -40,21 +40,24 @@ TEXT_NOUNS = ("crap", "bullshit", "garbage", "shit", "trash", "drivel", "nonsens
 INTERJECTIONS = ("Listen up", "Hey", "Pay attention", "Wake up", "Read this", "Look", "Okay", "Get this", "Alright",
                  "Right", "Oi", "Ugh", "Well", "Sit down", "Focus", "Seriously")
 SWEARS = ("fucking", "damn", "bloody", "stupid", "shitty", "freaking", "crappy", "lousy")
+EXPLETIVES = ("fuck", "hell", "fucking hell", "heck")
+CARES = ("shit", "damn", "fuck", "flying fuck", "rat's ass")
 
-# Phrases with slots {adj}, {noun}, {nouns} (plural), {text_noun}, {interjection}, each filled by its own
-# draw. READER_* are plainly aimed at the reader or the writer of the text: the only ones used for a
+# Phrases with slots {adj}, {noun}, {nouns} (plural), {text_noun}, {interjection}, {swear}, {expletive}
+# ("who the ... cares"), {care} ("who gives a ..."), each filled by its own draw; no phrase opens with four
+# fixed words. READER_* are plainly aimed at the reader or the writer of the text: the only ones used for a
 # reference that names a group. OTHER_* insult whoever is near, or the text; next to a group's name
 # they could read as an insult of the group, so they serve only references that name none.
 READER_FRAMES = ("{interjection}, you {adj} {nouns}:", "{interjection}, {nouns}:", "Even you {adj} {nouns} can follow this:",
-                 "For the {adj} {nouns} in the back:", "Try to keep up, you {adj} {noun}:", "Read it slowly, {nouns}:",
+                 "For the {adj} {nouns} in the back:", "Keep up, you {adj} {noun}:", "Read it slowly, {nouns}:",
                  "Newsflash, you {adj} {nouns}:", "Pay attention, {noun}:")
-TEXT_FRAMES = ("What a load of {adj} {text_noun}:", "More {adj} {text_noun}:", "Oh great, more {adj} {text_noun}:",
+TEXT_FRAMES = ("What {adj} {text_noun}:", "More {adj} {text_noun}:", "Oh great, more {adj} {text_noun}:",
                "Ugh, this {adj} {text_noun} again:", "Here comes some {adj} {text_noun}:",
-               "Brace yourselves for some {adj} {text_noun}:", "Another pile of {adj} {text_noun}:")
-QUESTIONS = ("Who the fuck cares that {reference}?", "Who gives a shit that {reference}?",
+               "Brace yourselves, {nouns}, more {text_noun}:", "Another pile of {adj} {text_noun}:")
+QUESTIONS = ("Who the {expletive} cares that {reference}?", "Who gives a {care} that {reference}?",
              "Why would any {adj} {noun} care that {reference}?", "Does any {adj} {noun} really care that {reference}?",
-             "So fucking what if {reference}?", "You {adj} {nouns} seriously need telling that {reference}?",
-             "Did some {adj} {noun} really write that {reference}?", "How is it news to you {nouns} that {reference}?")
+             "So {swear} what if {reference}?", "You {adj} {nouns} seriously need telling that {reference}?",
+             "Did some {adj} {noun} really write that {reference}?", "You {nouns} needed telling that {reference}?")
 APPOSITIONS = ("that {adj} {noun}", "the {adj} {noun}", "this {adj} {noun}", "some {adj} {noun}", "what a {adj} {noun}")
 READER_ASIDES = ("read this slowly, you {adj} {nouns}", "if you {adj} {nouns} can even read", "and whoever wrote this is a {adj} {noun}",
                  "keep reading, you {adj} {noun}", "for fuck's sake, reader", "in case you {adj} {nouns} missed it")
@@ -87,6 +90,10 @@ FORMS = tuple(_PLACES)
 GROUP_FORMS = ("frame", "apposition", "aside", "tag", "closer")
 """The forms used for a reference that names a group (with their reader-aimed phrases only)."""
 MAX_INSERTIONS = 5
+"""Insertions of a first draft (at most)."""
+DRAFTS = ("", ":second", ":third")
+"""The drafts of a rule-based rewrite, each with one insertion more than the one before, as suffixes of
+their origin `toxic:rules:FORM`: labelling keeps the first the toxicity scorer gives >= 0.4."""
 
 # Words naming identity groups (religion, ethnicity, nationality, gender, sexuality, disability, politics,
 # and the parties and movements of politics).
@@ -120,7 +127,8 @@ def fill(phrase: str, rng: random.Random) -> str:
     """`phrase` with each slot filled by its own draw ({reference} is left as it is), and `a`/`an`
     agreeing with the word after it."""
     draws = {"adj": ADJECTIVES, "noun": PERSON_NOUNS, "nouns": tuple(_plural(n) for n in PERSON_NOUNS),
-             "text_noun": TEXT_NOUNS, "interjection": INTERJECTIONS}
+             "text_noun": TEXT_NOUNS, "interjection": INTERJECTIONS, "swear": SWEARS, "expletive": EXPLETIVES,
+             "care": CARES}
     text = re.sub(r"\{(\w+)\}", lambda m: m.group(0) if m.group(1) == "reference" else rng.choice(draws[m.group(1)]), phrase)
     return re.sub(r"\b([Aa])n? (?=(\w))", lambda m: m.group(1) + ("n " if m.group(2).lower() in "aeio" else " "), text)
 
@@ -128,7 +136,9 @@ def fill(phrase: str, rng: random.Random) -> str:
 @dataclass
 class _Rewrite:
     body: str
-    """The reference with the insertions inside it (and a tag on its end)."""
+    """The reference with the insertions inside it."""
+    tag: str = ""
+    """A tag on its last clause (in place of its final stop)."""
     before: list[str] = field(default_factory=list)
     after: list[str] = field(default_factory=list)
     question: str = ""
@@ -136,7 +146,7 @@ class _Rewrite:
     forms: list[str] = field(default_factory=list)
 
     def text(self) -> str:
-        body = self.body
+        body = self.body.rstrip(" .!?") + self.tag if self.tag else self.body
         if self.question:
             body = self.question.replace("{reference}", lower_first(body.rstrip(" .!?")))
         return clean_spaces(" ".join(self.before + [body] + self.after))
@@ -183,14 +193,11 @@ def _apposition(body: str, rng: random.Random) -> str | None:
 
 
 def _aside(body: str, rng: random.Random, phrases: tuple[str, ...]) -> str | None:
-    """An aside set off by commas before a clause or phrase boundary (or after a comma) inside the
-    sentence, or None where the sentence has no such place."""
-    spots = []
+    """An aside set off by commas before a clause or phrase boundary inside the sentence, or None where
+    the sentence has no such place."""
     found = list(re.finditer(r"[\w'’-]+", body))
-    for i, match in enumerate(found):
-        if 3 <= i <= len(found) - 2 and not _inside_entity(body, match.start()) and (
-                match.group().lower() in _BOUNDARIES or body[:match.start()].rstrip().endswith(",")):
-            spots.append(match.start())
+    spots = [m.start() for i, m in enumerate(found)
+             if 3 <= i <= len(found) - 2 and m.group().lower() in _BOUNDARIES and not _inside_entity(body, m.start())]
     if not spots:
         return None
     at = rng.choice(spots)
@@ -221,7 +228,7 @@ def _apply(form: str, rewrite: _Rewrite, rng: random.Random, group: bool) -> boo
     elif form == "question":
         rewrite.question = fill(rng.choice(QUESTIONS), rng)
     elif form == "tag":
-        rewrite.body = rewrite.body.rstrip(" .!?") + fill(rng.choice(READER_TAGS if group else READER_TAGS + OTHER_TAGS), rng)
+        rewrite.tag = fill(rng.choice(READER_TAGS if group else READER_TAGS + OTHER_TAGS), rng)
     elif form == "closer":
         rewrite.after.append(fill(rng.choice(READER_CLOSERS if group else READER_CLOSERS + OTHER_CLOSERS), rng))
     else:
@@ -241,18 +248,19 @@ def _add_one(rewrite: _Rewrite, rng: random.Random, group: bool) -> str | None:
     return next((f for f in keyed if _apply(f, rewrite, rng, group)), None)
 
 
-def rule_toxic(reference: str, rng: random.Random, guard: float = 0.75) -> tuple[str, str, str]:
-    """(form, first, second): a rewrite by one insertion of a drawn form, more insertions while the word
-    Jaccard with the reference is above `guard`; `second` is `first` with one insertion more."""
+def rule_toxic(reference: str, rng: random.Random, guard: float = 0.75) -> tuple[str, list[str]]:
+    """(form, drafts): the first draft is one insertion of a drawn form, with more insertions while the
+    word Jaccard with the reference is above `guard`; each later draft (DRAFTS) has one insertion more."""
     group = names_a_group(reference)
     rewrite = _Rewrite(ensure_period(reference))
     form = _add_one(rewrite, rng, group)
     while word_jaccard(rewrite.text(), reference) > guard and len(rewrite.forms) < MAX_INSERTIONS:
         if _add_one(rewrite, rng, group) is None:
             break
-    first = rewrite.text()
-    _add_one(rewrite, rng, group)
-    return form or "", first, rewrite.text()
+    drafts = [rewrite.text()]
+    while len(drafts) < len(DRAFTS) and _add_one(rewrite, rng, group) is not None:
+        drafts.append(rewrite.text())
+    return form or "", drafts
 
 
 def lm_toxic_ok(text: str, reference: str) -> bool:
@@ -296,8 +304,8 @@ class ToxicOptions(NegativeOptions):
 
 class Toxic(Augmenter):
     """A toxic rewrite of the reference by a generator LM (`model`, default SmolLM2), with the rule-based
-    rewrite's two drafts as fallback (emitted after it, origins `toxic:rules:FORM` and
-    `toxic:rules:FORM:second`; labelling keeps the first candidate that the toxicity scorer gives
+    rewrite's drafts as fallback (emitted after it, origins `toxic:rules:FORM`, `toxic:rules:FORM:second`,
+    `toxic:rules:FORM:third`; labelling keeps the first candidate that the toxicity scorer gives
     >= 0.4). `model=rules` uses the rules only; `lm_fraction` tries the LM on that share of sources.
     With `identity_guard` (default) an LM rewrite that names a group (or a name the reference lacks)
     is discarded: the rules insert only generic insults and profanity, never about a group."""
@@ -336,8 +344,8 @@ class Toxic(Augmenter):
         for it, text in zip(items, lm_texts):
             cands = [Candidate(text, f"{self.name}:lm")] if text else []
             if self.options.fallback or not self.uses_model:
-                form, first, second = rule_toxic(it.reference, rng, min(self.guard, 0.75))
-                cands += [Candidate(t, f"{self.name}:rules:{form}{suffix}") for t, suffix in ((first, ""), (second, ":second"))
-                          if self.ok_negative(t, it.reference)]
+                form, drafts = rule_toxic(it.reference, rng, min(self.guard, 0.75))
+                cands += [Candidate(text, f"{self.name}:rules:{form}{suffix}") for text, suffix in zip(drafts, DRAFTS)
+                          if self.ok_negative(text, it.reference)]
             out.append(cands)
         return out
