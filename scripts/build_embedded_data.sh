@@ -7,7 +7,7 @@
 #
 # Deterministic (seed 0, one torch thread): the same code and packages give the same bytes. Resumable:
 # re-run the same command after an interruption and only the missing chunks are recomputed.
-# Cheap settings, so it finishes in ~25 minutes on one CPU core: 400 sources (about half pass the
+# Cheap settings, so it finishes in about half an hour on one CPU core: 400 sources (about half pass the
 # filters); every source gets SmolLM2 paraphrases (rule-based rewrites fill up when too few pass the
 # fidelity check), entity swaps and toxic rewrites, and the other SmolLM2-based augmenters run on a
 # hash-chosen share of them (mask_ent 25%, mask_rel 20%, regen_ent/regen_rel 12%, sys_lowcon 8%).
