@@ -81,8 +81,9 @@ def build_flags(command: str) -> list[str]:
 def test_shortcut_probe_of_the_card_is_the_shipped_records_and_holds(card):
     """The shortcut probe (cdb/data/construct/probe.py) recomputed from the shipped records with the
     tagger training uses is the card's, and meets its targets: few tagged spans in positives and toxic
-    negatives that the source lacks, and a bag of the pooled tokens tells positives from negatives no
-    better than the source's entities do."""
+    negatives that the source lacks, a bag of the pooled tokens tells positives from negatives no
+    better than the source's entities do, and what a causal LM has read at the pooled positions does not
+    give the toxic negatives away at all of them."""
     from cdb.data.construct.probe import probe_holds, shortcut_probe
     from cdb.data.entities import DEFAULT_TAGGER, make_tagger
     from cdb.data.records import load_records
@@ -96,6 +97,16 @@ def test_shortcut_probe_of_the_card_is_the_shipped_records_and_holds(card):
     bag = probe["bag_of_pooled_tokens"]
     assert bag["held_out_rows"] >= 200
     assert bag["accuracy_pooled_tokens"] <= bag["accuracy_source_entities"] + bag["target_max_accuracy_over_source"]
+    # What a causal LM has read at each pooled position, out of fold by source: the toxic negatives are not
+    # found at every one of their pooled positions (a fixed opening frame let a probe find all of them).
+    causal = probe["causal_prefix"]
+    for task in ("negative_vs_positive", "toxic_vs_positive"):
+        assert causal[task]["sources"] == len(loaded) and causal[task]["positions"] >= 2000
+        for estimate in ("accuracy", "majority_share", "accuracy_toxic_rows"):
+            low, high = causal[task][estimate]["interval"]
+            assert low <= causal[task][estimate]["value"] <= high
+    toxic_rows = causal["negative_vs_positive"]["accuracy_toxic_rows"]
+    assert toxic_rows["n"] >= 500 and toxic_rows["interval"][1] <= causal["target_max_toxic_rows"] == 0.9
     assert probe_holds(probe)
     # The regex tagger fails it on the same records: template words are tagged as entities.
     assert not probe_holds(shortcut_probe(loaded, make_tagger("regex")))
@@ -112,6 +123,28 @@ def test_card_counts_positives_per_generator_and_their_openings(records, card):
     assert card["positive_openings"] == openings(generated)
     # No opening is a frame shared by many positives.
     assert card["positive_openings"][0][2] <= 0.1
+
+
+def test_toxic_negatives_vary_and_share_no_opening(records, card):
+    """No four-word opening is shared by more than 5% of the toxic negatives, and their rule-based
+    rewrites use every form (before, around, inside and after the reference), none for most of them."""
+    from cdb.data.construct.augmenters.toxic import FORMS
+    from cdb.data.construct.card import openings
+
+    toxic = [n["text"] for r in records for n in r["negatives"] if n["type"] == "toxic"]
+    section = card["toxic_negatives"]
+    assert section["openings"] == openings(toxic, 4)
+    assert section["max_opening_share"] == section["openings"][0][2] <= section["target_max_opening_share"] == 0.05
+    by_form = Counter()
+    for origin, n in card["counts"]["negatives_by_origin"].items():
+        if origin.startswith("toxic:"):
+            by_form[origin.split(":")[2]] += n
+    assert sum(by_form.values()) == len(toxic) and set(by_form) == set(FORMS)
+    assert max(by_form.values()) <= 0.4 * len(toxic)
+    made = section["by_origin"]
+    assert all(v["toxicity_at_least_min"] <= v["candidates"] for v in made.values())
+    first_drafts = [v["candidates"] for o, v in made.items() if o.count(":") == 2]
+    assert len(first_drafts) == len(FORMS) and sum(first_drafts) >= card["counts"]["records"]
 
 
 def test_sources_are_bold_text(records, card):

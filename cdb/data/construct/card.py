@@ -16,15 +16,35 @@ def _mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
 
-def openings(texts: list[str], top: int = 10) -> list[list]:
-    """The most common two-word openings (lower-cased) of `texts`, with their count and share."""
-    counts = Counter(" ".join(words(t)[:2]) for t in texts)
+MAX_TOXIC_OPENING_SHARE = 0.05
+"""Target: no four-word opening is shared by more than this share of the toxic negatives (a shared frame
+is a token the contrast could tell them by)."""
+
+
+def openings(texts: list[str], n_words: int = 2, top: int = 10) -> list[list]:
+    """The most common `n_words`-word openings (lower-cased words) of `texts`, with their count and share."""
+    counts = Counter(" ".join(words(t)[:n_words]) for t in texts)
     return [[opening, n, round(n / len(texts), 4)] for opening, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
 
 
-def make_card(build, command: str, use_ray: bool, data, augs, scorer_info, outcomes, n_chunks: int, probe: dict) -> dict:
+def toxic_negatives(texts: list[str], candidates: list[tuple[str, float]], min_toxic: float) -> dict:
+    """The toxic negatives of the records (`texts`) by how they were made, and their openings.
+    `candidates`: (origin, toxicity) of every toxic candidate the augmenters made."""
+    made, passed = Counter(o for o, _ in candidates), Counter(o for o, t in candidates if t >= min_toxic)
+    four = openings(texts, 4)
+    return {
+        "by_origin": {origin: {"candidates": n, "toxicity_at_least_min": passed[origin],
+                               "kept_share": round(passed[origin] / n, 4)} for origin, n in sorted(made.items())},
+        "openings": four,
+        "max_opening_share": four[0][2] if four else 0.0,
+        "target_max_opening_share": MAX_TOXIC_OPENING_SHARE,
+    }
+
+
+def make_card(build, command: str, use_ray: bool, data, augs, scorer_info, outcomes, n_chunks: int, probe: dict,
+              toxic_candidates: list[tuple[str, float]]) -> dict:
     """`build`: the BuildSettings of the run (cdb.data.construct.config); `probe`: probe.shortcut_probe
-    of the written records."""
+    of the written records; `toxic_candidates`: (origin, toxicity) of every toxic candidate made."""
     label_config = build.label
     kept = [o for _, o in outcomes if o.record is not None]
     rejected = Counter(o.reason for _, o in outcomes if o.record is None)
@@ -91,6 +111,8 @@ def make_card(build, command: str, use_ray: bool, data, augs, scorer_info, outco
         "positives_by_generator": {origin: {"count": n, "share": round(n / max(sum(positives_by_origin.values()), 1), 4)}
                                    for origin, n in sorted(positives_by_origin.items())},
         "positive_openings": openings([p.text for o in kept for p in o.positives if p.kind != "reference"]),
+        "toxic_negatives": toxic_negatives([n.text for o in kept for n in o.negatives if n.kind == "toxic"],
+                                           toxic_candidates, label_config.min_toxic),
         "entity_tagger": build.entity_tagger,
         "shortcut_probe": probe,
         "mean_scores": scores,
@@ -127,6 +149,7 @@ def render_markdown(card: dict) -> str:
                      ("negative type", "count", "records with it")), ""]
     if c["negatives_by_origin"]:
         lines += [_table(sorted(c["negatives_by_origin"].items()), ("negative origin", "count")), ""]
+    lines += _toxic_markdown(card["toxic_negatives"], c["negatives_by_origin"], card["thresholds"]["toxic_min_toxicity"])
     lines += ["### Rejected sources", ""]
     lines += [_table(sorted(c["rejected_sources"].items()), ("reason", "sources")) if c["rejected_sources"] else "none", ""]
     lines += ["### Dropped candidates", ""]
@@ -154,6 +177,29 @@ def render_markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
+def _toxic_markdown(toxic: dict, in_records: dict, min_toxic: float) -> list[str]:
+    lines = ["### Toxic negatives", ""]
+    if toxic["by_origin"]:
+        lines += ["How each toxic candidate was made (`rules:FORM`: the rule-based rewrite's first draft, FORM its "
+                  "first insertion; `:second`, `:third`: its drafts with one and two insertions more, kept when the "
+                  f"drafts before score too low), how many the toxicity scorer gives >= {min_toxic}, and how many are "
+                  "in the records:", ""]
+        lines += [_table([(origin, v["candidates"], v["toxicity_at_least_min"], v["kept_share"], in_records.get(origin, 0))
+                          for origin, v in toxic["by_origin"].items()],
+                         ("toxic origin", "candidates", f"toxicity >= {min_toxic}", "share", "in records")), ""]
+    lines += [f"Most common four-word openings of the toxic negatives (largest share **{toxic['max_opening_share']:.1%}**, "
+              f"target <= {toxic['target_max_opening_share']:.0%}):", ""]
+    lines += [_table(toxic["openings"], ("opening", "count", "share")) if toxic["openings"] else "none", ""]
+    return lines
+
+
+def _interval(estimate: dict) -> str:
+    if estimate["value"] is None:
+        return "n/a"
+    low, high = estimate["interval"]
+    return f"{estimate['value']:.3f} [{low:.3f}, {high:.3f}]"
+
+
 def _probe_markdown(probe: dict, tagger: str) -> list[str]:
     a, b = probe["spans_not_in_source"], probe["bag_of_pooled_tokens"]
     most = ", ".join(f"{text!r} {n}" for text, n in a["most_common"]) or "none"
@@ -164,4 +210,15 @@ def _probe_markdown(probe: dict, tagger: str) -> list[str]:
            f"**{b['accuracy_pooled_tokens']}**, against {b['accuracy_source_entities']} from the source's entities "
            f"alone and a majority share of {b['majority_share']} (target: at most "
            f"{b['target_max_accuracy_over_source']} over the source-only probe)")
-    return ["## Shortcut probe", "", f"Entity tagger: `{tagger}` (the one training pools over).", "", spans, bag, ""]
+    c = probe["causal_prefix"]
+    causal = [f"- what a causal LM has read at each pooled position ({c['unit']}; {c['classifier']}; {c['split']}; "
+              f"{c['interval']}):", "",
+              _table([(task.replace("_", " "), c[task]["positions"], c[task]["rows"], c[task]["sources"],
+                       _interval(c[task]["accuracy"]), _interval(c[task]["majority_share"]),
+                       c[task]["accuracy_toxic_rows"]["n"], _interval(c[task]["accuracy_toxic_rows"]))
+                      for task in ("negative_vs_positive", "toxic_vs_positive")],
+                     ("task", "positions", "rows", "sources", "accuracy", "majority share", "toxic rows' positions",
+                      "accuracy on them")), "",
+              f"  Target: the negative-vs-positive accuracy on the toxic rows' positions at most "
+              f"{c['target_max_toxic_rows']} (upper end of its interval)."]
+    return ["## Shortcut probe", "", f"Entity tagger: `{tagger}` (the one training pools over).", "", spans, bag, *causal, ""]

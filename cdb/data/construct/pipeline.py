@@ -341,8 +341,11 @@ def run_build(build: BuildSettings, command: str = "", log: Callable[[str], None
                        for it, o in outcomes if o.record is None]
     write_atomic(out / "rejected.jsonl", "".join(line + "\n" for line in rejected_lines))
 
+    toxic_candidates = [(origin, toxicity) for index, groups in enumerate(groups_per_chunk)
+                        for (_, cands), group_scores in zip(groups, scores[index]["scores"])
+                        for (kind, _, origin), (toxicity, _) in zip(cands, group_scores) if kind == "toxic"]
     card = make_card(build, command, use_ray, data, augs, scorer_info, outcomes, len(chunks),
-                     shortcut_probe(records, tagger))
+                     shortcut_probe(records, tagger), toxic_candidates)
     write_atomic(out / "card.json", json.dumps(card, indent=2, ensure_ascii=False) + "\n")
     write_atomic(out / "card.md", render_markdown(card))
     seconds = time.time() - t0

@@ -10,12 +10,20 @@ docs/METHOD.md "Shortcut probe"; asserted on the shipped data in tests/test_asse
     sources; beside it the same probe on the words of the source's entities only (the same bag for
     every row of a source, so it can learn little beyond the class balance), and the majority share.
     Pooled accuracy well above the source-only accuracy means the pooled tokens carry a shortcut.
+(c) `causal_prefix`: what a causal LM has read at each pooled position, not only the pooled words: the
+    candidate up to the end of each word inside an entity span, as a bag of words and word pairs, and a
+    logistic regression telling negative from positive (and toxic negative from positive), every
+    position predicted by a model fit on other sources (FOLDS folds by source). Accuracy with a 95%
+    interval by a percentile bootstrap over sources (a source's positions resampled together), against
+    the majority share, overall and on the toxic rows' positions. A fixed frame opening the toxic
+    negatives is seen from every one of their pooled positions: the probe then finds them all.
 Rows and spans are tagged as training tags them (cdb.data.entities.candidate_form).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from collections.abc import Sequence
 
@@ -28,7 +36,7 @@ MAX_SPANS_NOT_IN_SOURCE = 0.05
 MAX_ACCURACY_OVER_SOURCE = 0.05
 """Target of (b): the pooled-token probe's held-out accuracy exceeds the source-only probe's by at most this."""
 HELD_OUT_SHARE = 0.3
-"""Share of sources (by a hash of the record id) whose rows the probes are evaluated on."""
+"""Share of sources (by a hash of the record id) whose rows (b) is evaluated on."""
 
 
 def held_out(record_id: str) -> bool:
@@ -94,13 +102,118 @@ def shortcut_probe(records: Sequence[Record], tagger: Tagger) -> dict:
             "majority_share": majority,
             "target_max_accuracy_over_source": MAX_ACCURACY_OVER_SOURCE,
         },
+        "causal_prefix": causal_probe([(r.id, text, kind) for r, text, _, kind in rows], row_spans),
     }
 
 
+FOLDS = 5
+"""Folds of (c), by a hash of the record id: each source's positions are predicted by a model fit on the
+sources of the other folds."""
+CONFIDENCE = 0.95
+RESAMPLES = 9999
+"""Resamples of (c)'s bootstrap over sources."""
+MAX_TOXIC_ROW_ACCURACY = 0.9
+"""Target of (c): the upper end of the interval of the negative-vs-positive accuracy on the toxic rows'
+pooled positions is at most this: what precedes a toxic negative's pooled positions does not give it away
+at all of them (a fixed opening frame did, at every one)."""
+
+
+def fold(record_id: str) -> int:
+    return int(hashlib.sha256(record_id.encode()).hexdigest()[8:16], 16) % FOLDS
+
+
+def pooled_prefixes(text: str, spans: Sequence[tuple[int, int]]) -> list[str]:
+    """What a causal LM has read at each position the contrast pools: `text` up to the end of each word
+    inside an entity span (the tokens of a word see the same words before them)."""
+    return [text[:start + m.end()] for start, end in spans for m in re.finditer(r"\w+", text[start:end])]
+
+
+def by_source_interval(correct: Sequence[bool], sources: Sequence[str]) -> list[float]:
+    """A 95% interval of the share of `correct`, by a percentile bootstrap over sources: the positions of
+    a source are resampled together, since they are not independent. Seeded, so reproducible."""
+    import numpy as np
+    from scipy import stats
+
+    index = {s: i for i, s in enumerate(sorted(set(sources)))}
+    hits, counts = np.zeros(len(index)), np.zeros(len(index))
+    for ok, source in zip(correct, sources):
+        hits[index[source]] += ok
+        counts[index[source]] += 1
+    rates = hits / counts
+    if len(index) < 2 or np.all(rates == rates[0]):
+        value = round(float(hits.sum() / counts.sum()), 4)
+        return [value, value]  # nothing a resample could change
+    result = stats.bootstrap((hits, counts), lambda h, n, axis=-1: h.sum(axis=axis) / n.sum(axis=axis), paired=True,
+                             vectorized=True, n_resamples=RESAMPLES, confidence_level=CONFIDENCE, method="percentile",
+                             random_state=np.random.default_rng(0))
+    return [round(float(result.confidence_interval.low), 4), round(float(result.confidence_interval.high), 4)]
+
+
+def _estimate(correct: list[bool], sources: list[str]) -> dict:
+    if not correct:
+        return {"value": None, "n": 0, "interval": None}
+    return {"value": round(sum(correct) / len(correct), 4), "n": len(correct), "interval": by_source_interval(correct, sources)}
+
+
+def _out_of_fold(texts: list[str], labels: list[int], sources: list[str]) -> list[int | None]:
+    """Each text's label predicted by a logistic regression on binary bags of words and word pairs, fit on
+    the other folds' sources; None where that fold's model cannot be fit (one class only)."""
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    predicted: list[int | None] = [None] * len(texts)
+    folds = [fold(s) for s in sources]
+    for k in sorted(set(folds)):
+        train = [i for i, f in enumerate(folds) if f != k]
+        test = [i for i, f in enumerate(folds) if f == k]
+        if len({labels[i] for i in train}) < 2:
+            continue
+        vectorizer = CountVectorizer(ngram_range=(1, 2), binary=True)
+        model = LogisticRegression(max_iter=2000).fit(vectorizer.fit_transform([texts[i] for i in train]),
+                                                      [labels[i] for i in train])
+        for i, p in zip(test, model.predict(vectorizer.transform([texts[i] for i in test]))):
+            predicted[i] = int(p)
+    return predicted
+
+
+def causal_probe(rows: Sequence[tuple[str, str, str]], spans: Sequence[Sequence[tuple[int, int]]]) -> dict:
+    """(c) over `rows` (record id, candidate in its row form, "positive" or the negative type) tagged with
+    `spans`: from what a causal LM has read at each pooled position, tell negative from positive rows
+    (and toxic negatives from positives), out of fold by source; accuracy with a by-source interval,
+    overall and on the toxic rows' positions, against the majority share (always the commoner class)."""
+    positions = [(row, rid, prefix, kind) for row, ((rid, text, kind), found) in enumerate(zip(rows, spans))
+                 for prefix in pooled_prefixes(text, found)]
+    out: dict = {"unit": "a pooled position: the candidate up to the end of a word inside an entity span",
+                 "classifier": "logistic regression on binary bags of words and word pairs",
+                 "split": f"{FOLDS} folds by source (hash of the record id); every position predicted out of fold",
+                 "interval": f"{CONFIDENCE:.0%} percentile bootstrap over sources ({RESAMPLES} resamples, seed 0)",
+                 "target_max_toxic_rows": MAX_TOXIC_ROW_ACCURACY}
+    tasks = {"negative_vs_positive": lambda kind: True, "toxic_vs_positive": lambda kind: kind in ("positive", "toxic")}
+    for task, include in tasks.items():
+        chosen = [p for p in positions if include(p[3])]
+        labels = [int(kind != "positive") for _, _, _, kind in chosen]
+        predicted = _out_of_fold([prefix for _, _, prefix, _ in chosen], labels, [rid for _, rid, _, _ in chosen])
+        scored = [(p, y, pred) for p, y, pred in zip(chosen, labels, predicted) if pred is not None]
+        majority = int(2 * sum(y for _, y, _ in scored) > len(scored))
+        toxic = [(p, y, pred) for p, y, pred in scored if p[3] == "toxic"]
+        out[task] = {
+            "positions": len(scored),
+            "rows": len({p[0] for p, _, _ in scored}),
+            "sources": len({p[1] for p, _, _ in scored}),
+            "accuracy": _estimate([pred == y for _, y, pred in scored], [p[1] for p, _, _ in scored]),
+            "majority_share": _estimate([y == majority for _, y, _ in scored], [p[1] for p, _, _ in scored]),
+            "accuracy_toxic_rows": _estimate([pred == y for _, y, pred in toxic], [p[1] for p, _, _ in toxic]),
+        }
+    return out
+
+
 def probe_holds(probe: dict) -> bool:
-    """Whether a build meets both targets."""
-    a, b = probe["spans_not_in_source"], probe["bag_of_pooled_tokens"]
+    """Whether a build meets the three targets."""
+    a, b, c = probe["spans_not_in_source"], probe["bag_of_pooled_tokens"], probe["causal_prefix"]
     if a["share"] > a["target_max_share"]:
+        return False
+    toxic = c["negative_vs_positive"]["accuracy_toxic_rows"]
+    if toxic["interval"] is not None and toxic["interval"][1] > c["target_max_toxic_rows"]:
         return False
     if b["accuracy_pooled_tokens"] is None or b["accuracy_source_entities"] is None:
         return True
