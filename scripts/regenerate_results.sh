@@ -16,7 +16,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 work="$(realpath -m "${RESULTS_WORK:-runs/results}")"
-py="$repo/.venv/bin/python"
+py="${PYTHON:-$repo/.venv/bin/python}"  # PYTHON: another environment's interpreter
 uri="sqlite:///$work/mlflow.db"
 experiment=results
 mkdir -p "$work"
