@@ -6,7 +6,8 @@
 # same command again continues where it stopped (each sweep skips its finished points; a finished
 # baseline is not evaluated again).
 #
-#   bash scripts/regenerate_results.sh            # train, evaluate, report, then publish
+#   bash scripts/regenerate_results.sh            # train, evaluate, then publish
+#   bash scripts/regenerate_results.sh runs       # train and evaluate only
 #   bash scripts/regenerate_results.sh publish    # only the last step, from the runs already made
 #
 # Work folder: runs/results (RESULTS_WORK moves it). Published: docs/results/ (the MLflow store with
@@ -40,6 +41,7 @@ publish() {
 
 case "${1:-all}" in
   all) train_and_evaluate; publish ;;
+  runs) train_and_evaluate ;;
   publish) publish ;;
-  *) echo "usage: bash scripts/regenerate_results.sh [publish]" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/regenerate_results.sh [runs|publish]" >&2; exit 2 ;;
 esac
