@@ -195,5 +195,5 @@ def test_fresh_archives_the_run_folder_and_a_changed_config_is_refused(tmp_path)
     assert train.continue_or_start(fresh, fresh_args) == (fresh, False)
     second = train.prepare_run(fresh, False, fresh_args, 10, [], 1000)
     [archived] = tmp_path.glob("run.archived-*")
-    assert json.loads((archived / "run.json").read_text())["run_id"] == first["run_id"] != second["run_id"]
+    assert json.loads((archived / "run.json").read_text())["run_id"] == first.run_id != second.run_id
     assert cfg.from_dict(cfg.load_yaml(out / "config.yaml")).train.max_steps == 7

@@ -300,8 +300,8 @@ def test_sweep_of_three_methods_two_at_once_finishes_with_a_child_run_each(metho
 
 
 def readme_training_runs_filter() -> str:
-    """The filter the README tells users to type into MLflow's search box."""
-    text = (REPO / "README.md").read_text()
+    """The filter the MLflow guide tells users to type into MLflow's search box."""
+    text = (REPO / "docs" / "mlflow.md").read_text()
     [found] = set(re.findall(r"filter with `([^`]+)`", text))
     return found
 
