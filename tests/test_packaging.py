@@ -53,8 +53,8 @@ def offline_assets() -> list[str]:
 def image_view(folder: Path, extra: list[str]) -> list[str]:
     """`folder` filled with links to the shared environment's site-packages entries of the
     distributions an install of the project holds (the closure of pyproject's dependencies, with
-    their extras and markers) and of `extra` (pins, which must be what is installed); returns their
-    names. Files of an excluded distribution in a folder shared with an included one stay visible."""
+    their extras and markers) and of `extra` (pins installed without their dependencies, which must
+    be what is installed here); returns their names. Files of an excluded distribution in a folder shared with an included one stay visible."""
     import importlib.metadata as md
     import tomllib
 
@@ -67,8 +67,8 @@ def image_view(folder: Path, extra: list[str]) -> list[str]:
         name, version = pin.split("==")
         assert canonicalize_name(name) in dists, f"{pin} is not installed here (scripts/dev.sh installs it)"
         assert dists[canonicalize_name(name)].version == version, f"{pin}: installed here is {dists[canonicalize_name(name)].version}"
-    wanted = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"] + extra
-    todo, seen = [Requirement(r) for r in wanted], set()
+    wanted = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    todo, seen = [Requirement(r) for r in wanted], {(canonicalize_name(pin.split("==")[0]), frozenset()) for pin in extra}
     while todo:
         requirement = todo.pop()
         name = canonicalize_name(requirement.name)
