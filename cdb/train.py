@@ -644,7 +644,11 @@ def main(argv: list[str] | None = None) -> int:
     log_lineage(run, "training data",
                 lambda r: r.log_training_data(dataset_identity(config.data.path, config.data.split, records)))
     output_dir, storage = Path(config.train.output_dir), Storage.of(config)
-    stop = ray.remote(num_cpus=0)(StopRequest).remote()
+    # On the driver's node, as Ray Train's controller is: a worker node lost mid-run must not take it along.
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    stop = ray.remote(num_cpus=0, scheduling_strategy=here)(StopRequest).remote()
     trainer = make_trainer(config, run, model_source, stop)
     rss_before_eval = driver_peak_rss_mib()
     failures: dict[str, str] = {}  # what (eval_base, eval, delta) -> why it failed

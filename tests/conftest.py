@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,36 @@ def ray_address():
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def start_mlflow_server(db: Path, artifacts: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:`port` over the sqlite store `db`, once it answers /health."""
+    server_env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(artifacts),
+                             "--workers", "1"], env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.5)
+    stop_server(proc)
+    raise AssertionError("mlflow server did not answer /health")
+
+
+def stop_server(proc: subprocess.Popen, how: int = signal.SIGTERM) -> None:
+    """The server and its workers, by their own process group: SIGTERM (then SIGKILL), or `how`."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, how)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def _ray_ports() -> list[str]:
     """Ports for one more Ray node: none of Ray's fixed defaults, which another Ray here may hold."""
     flags = []
@@ -220,6 +251,42 @@ class ClusterBed:
         self.processes.append(self.workers[number])
         self._wait(lambda: self._nodes() == alive + 1, f"worker node {number}", log)
 
+    def restart_worker(self, number: int) -> None:
+        """Worker node `number` once its raylet is gone: the rest of its pod stopped, a fresh one started."""
+        old = self.workers[number]
+        self.retired.append(old)
+        stop_session(old, grace=5)
+        self._wait(lambda: self._nodes() == 2, f"the death of worker node {number}", self.root / "head.log", timeout=120)
+        self.start_worker(number)
+
+    def raylet(self, number: int):
+        """The raylet process of worker node `number`."""
+        import psutil
+
+        return next(p for p in psutil.Process(self.workers[number].pid).children(recursive=True) if p.name() == "raylet")
+
+    def submit(self, job_id: str, entrypoint: list[str]) -> None:
+        """`ray job submit --no-wait` of `entrypoint` to the head, as a user does, with the token (the CLI
+        quotes each argument for the entrypoint's shell: an S3 URI's `&` included)."""
+        cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", self.dashboard,
+               "--submission-id", job_id, "--no-wait", "--", *entrypoint]
+        proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    def jobs(self):
+        """The head's job API, for this process (which runs with auth off: the token goes as a header)."""
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.dashboard, headers=self.headers)
+
+    def wait_for_end(self, job_id: str, timeout: float = 600):
+        """(the job's details, its logs) once it has ended."""
+        jobs, deadline = self.jobs(), time.monotonic() + timeout
+        while not jobs.get_job_status(job_id).is_terminal():
+            assert time.monotonic() < deadline, jobs.get_job_logs(job_id)[-4000:]
+            time.sleep(0.5)
+        return jobs.get_job_info(job_id), jobs.get_job_logs(job_id)
+
     def _wait(self, ready, what: str, log: Path, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
         while not ready():
@@ -261,9 +328,10 @@ class ClusterBed:
             stop_session(process)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster_bed():
-    """A ClusterBed for the tests of one module, stopped (by pid) after them."""
+    """One ClusterBed for every test that asks for it (its start costs ~20 s), stopped (by pid) at the
+    end of the session. A test that takes a node down brings it back (ClusterBed.restart_worker)."""
     # Not under /tmp: every node mounts a /tmp of its own. Short: Ray's socket paths live under it.
     bed = ClusterBed(Path(tempfile.mkdtemp(prefix="cdbbed-", dir="/var/tmp")))
     try:

@@ -35,18 +35,12 @@ STEPS = 40
 
 
 def submit(bed, job_id: str, *args: str) -> None:
-    """`ray job submit --no-wait` of `python -m cdb.train ARGS` to the bed's head, as a user does (the
-    CLI quotes each argument for the entrypoint's shell: an S3 URI's `&` included)."""
-    cmd = [str(RAY), "job", "submit", "--address", bed.dashboard, "--submission-id", job_id, "--no-wait", "--",
-           sys.executable, "-m", "cdb.train", *args]
-    proc = subprocess.run(cmd, env=bed.env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    """`ray job submit` of `python -m cdb.train ARGS` to the bed's head."""
+    bed.submit(job_id, [sys.executable, "-m", "cdb.train", *args])
 
 
 def jobs(bed):
-    from ray.job_submission import JobSubmissionClient
-
-    return JobSubmissionClient(bed.dashboard, headers=bed.headers)
+    return bed.jobs()
 
 
 def stop_job(bed, job_id: str) -> None:
@@ -77,11 +71,7 @@ def wait_for_log(bed, job_id: str, text: str, timeout: float = 400) -> str:
 
 
 def wait_for_end(bed, job_id: str, timeout: float = 600):
-    deadline = time.monotonic() + timeout
-    while not jobs(bed).get_job_status(job_id).is_terminal():
-        assert time.monotonic() < deadline, jobs(bed).get_job_logs(job_id)[-4000:]
-        time.sleep(0.5)
-    return jobs(bed).get_job_info(job_id), jobs(bed).get_job_logs(job_id)
+    return bed.wait_for_end(job_id, timeout)
 
 
 def driver_processes(out: Path) -> tuple[list[psutil.Process], list[psutil.Process]]:

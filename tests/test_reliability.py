@@ -7,14 +7,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, free_port
+from conftest import REPO, free_port, start_mlflow_server, stop_server
 
 pytestmark = pytest.mark.integration  # every test runs cdb.train (Ray, DeepSpeed), some an mlflow server
 
@@ -96,34 +95,6 @@ def test_killed_worker_restarts_from_checkpoint_into_the_same_run(tmp_path):
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(out / "model").num_parameters() > 0
-
-
-def start_mlflow_server(db: Path, artifacts: Path, port: int) -> subprocess.Popen:
-    server_env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(artifacts),
-                             "--workers", "1"], env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
-                if answer.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.5)
-    stop_server(proc)
-    raise AssertionError("mlflow server did not answer /health")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and its workers, by our own process group
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_dead_tracking_server_loses_no_metric(tmp_path):
