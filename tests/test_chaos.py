@@ -33,7 +33,7 @@ from conftest import free_port, start_mlflow_server, stop_server
 
 pytestmark = pytest.mark.integration  # a three-node Ray cluster, an mlflow server, a sweep of four training runs
 
-STEPS = 12
+STEPS = 8
 POINTS = [f"tiny-{method}-seed{seed}" for method in ("contrastive", "sft") for seed in (0, 1)]
 FAULTS = ("worker", "raylet", "driver", "mlflow")
 STEP_LINE = re.compile(r"\[cdb\] step (\d+)/")
@@ -89,7 +89,9 @@ def test_a_sweep_survives_a_killed_worker_raylet_driver_and_tracking_server(clus
     server = [start_mlflow_server(db, work / "artifacts", port)]
     command = [sys.executable, "-m", "cdb.sweep", "--scales", "tiny", "--methods", "contrastive,sft", "--seeds", "2",
                "--max-steps", str(STEPS), "--output-dir", str(out), "--tracking-uri", uri,
-               "--set", "train.checkpoint_every=2"]
+               "--set", "train.checkpoint_every=2",
+               # a small dataset, tagged by the regex tagger: every (re)started worker tokenizes it, on a node whose cache is empty
+               "--set", "data.max_records=16", "--set", "data.entity_tagger=regex"]
     submissions = [f"chaos-{seed}-1"]
     try:
         bed.submit(submissions[-1], command)
