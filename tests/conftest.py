@@ -209,7 +209,10 @@ class ClusterBed:
                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **self.s3_env,
                     "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, "CDB_CACHE_DIR": str(self.cache),
                     # `ray job stop` gives the driver this long to checkpoint before SIGKILL (k8s: the same)
-                    "RAY_JOB_STOP_WAIT_TIME_S": "120"}
+                    "RAY_JOB_STOP_WAIT_TIME_S": "120",
+                    # A node whose raylet is gone is dead after 3 missed health checks a second apart, not 5
+                    # three seconds apart (a test that kills one waits for that)
+                    "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
         self.env.pop("RAY_ADDRESS", None)
         self.env.pop("TORCH_EXTENSIONS_DIR", None)  # the workers' follows CDB_CACHE_DIR, the node's own
 

@@ -200,7 +200,7 @@ def test_a_failed_evaluation_exits_5_tagged_and_said_with_the_model_kept(tmp_pat
     bad.write_text('{"prompt": {"txt": "no text field"}}\n')
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "run"
-    proc = subprocess.run(train_cmd("--max-steps", "1", "--output-dir", str(out), "--tracking-uri", uri,
+    proc = subprocess.run(train_cmd("--max-steps", "1", "--num-workers", "1", "--output-dir", str(out), "--tracking-uri", uri,
                                     "--set", "eval.suite=quick", "--set", "eval.tasks=toxicity", "--set", "eval.limit=1",
                                     "--set", f"eval.toxicity_data={bad}"),
                           cwd=tmp_path, env=env(ray_address), capture_output=True, text=True, timeout=600)
