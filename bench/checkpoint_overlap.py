@@ -12,6 +12,9 @@ step i-1 and of step i: it holds the checkpoint written after step i-1. The wind
 of N steps after a warm-up (steps every+2 .. every+1+periods x every), so it holds one checkpoint per
 N steps; the headline is the mean step time with checkpoints over the mean without, over all rounds
 (the median of the paired per-step ratios beside it). Runs alternate none, every, every, none, ...
+Two runs one after the other on a shared machine see different loads, which moves every step of one
+run against the other's; so each run with checkpoints also gives the ratio within itself: its mean
+step over its mean step without a checkpoint in it (the steps right after one), immune to that.
 
     python bench/checkpoint_overlap.py [--scale tiny] [--steps 32] [--every 10] [--rounds 1]
         [--storage-path s3://BUCKET/PREFIX?endpoint_override=HOST:PORT&scheme=http]
@@ -93,7 +96,7 @@ def main() -> None:
     if args.storage_path:
         ensure_bucket(args.storage_path)
     where = args.storage_path.split("?")[0] if args.storage_path else "the run folder"
-    means, ratios = {"none": [], "every": []}, []
+    means, ratios, within = {"none": [], "every": []}, [], []
     with tempfile.TemporaryDirectory(prefix="cdb-ckpt-bench-") as work:
         uri = f"sqlite:///{work}/mlflow.db"
         for round_ in range(args.rounds):
@@ -105,13 +108,21 @@ def main() -> None:
                 measured[kind] = step_seconds(uri, name)
                 values = [measured[kind][s] for s in window]
                 means[kind] += values
-                print(f"[checkpoint_overlap] {args.scale} {kind} (checkpoints to {where}): mean step {statistics.mean(values):.3f} s "
-                      f"over steps {window.start}-{window.stop - 1}, {wall:.0f} s wall", flush=True)
+                line = (f"[checkpoint_overlap] {args.scale} {kind} (checkpoints to {where}): mean step {statistics.mean(values):.3f} s "
+                        f"over steps {window.start}-{window.stop - 1}, {wall:.0f} s wall")
+                if kind == "every":  # the steps holding a checkpoint (written after the step before) against the rest
+                    holding = [s for s in window if (s - 1) % args.every == 0]
+                    rest = statistics.mean(measured[kind][s] for s in window if s not in holding)
+                    within.append(statistics.mean(values) / rest)
+                    line += (f"; steps after a checkpoint {statistics.mean(measured[kind][s] for s in holding):.3f} s, others "
+                             f"{rest:.3f} s: {within[-1]:.3f} x within the run")
+                print(line, flush=True)
             ratios += [measured["every"][s] / measured["none"][s] for s in window]
     print(f"[checkpoint_overlap] {args.scale}, a checkpoint every {args.every} steps to {where}: mean step time "
           f"{statistics.mean(means['every']) / statistics.mean(means['none']):.3f} x none "
           f"(median paired step ratio {statistics.median(ratios):.3f}, max {max(ratios):.3f}; {len(ratios)} steps, "
-          f"{periods * args.rounds} checkpoints)")
+          f"{periods * args.rounds} checkpoints); within the runs with checkpoints "
+          f"{', '.join(f'{w:.3f}' for w in within)} x their steps without one")
 
 
 if __name__ == "__main__":
