@@ -37,6 +37,14 @@ Everything is arithmetic on the model's shape (no weights, no network) and the s
   peak on CPU = model states + working + activations + step temporaries: glibc keeps the freed
   activation memory resident, so the step's temporaries come on top (measured: bench/RESULTS.md).
 
+Evaluation after training (`evaluation_plan`) holds whole copies of the model, not ZeRO-3 shards: a
+copy needs its weights in the evaluation's precision, the KV cache of a generating batch, the
+logits of a scored batch and the scorers, over as many of one node's GPUs as hold it (spread by
+transformers' device_map; a copy never spans nodes), plus the per-GPU reserve and one largest layer
+per GPU for an uneven split. `evaluation_placement` turns that into copies: each copy takes the
+smallest divisor of the node's GPU count that holds it, so a node (a pod) splits into whole copies,
+and the run's GPUs give total // per_copy copies (cdb.train evaluates with them).
+
 DeepSpeed's own estimator (`deepspeed.runtime.zero.stage3.estimate_zero3_model_states_mem_needs`,
 what `estimate_zero3_model_states_mem_needs_all_cold` prints) assumes 16-bit parameters and ONE fp32
 gradient partition plus fp32 optimizer states: 2 + 4 + 12 = 18 B/param on the GPU without
@@ -74,6 +82,14 @@ DEFAULT_ROWS_PER_SOURCE = 8
 activations for the largest micro-batch, where the peak happens."""
 SUB_GROUP_SIZE = 1_000_000_000
 """DeepSpeed's default zero_optimization.sub_group_size."""
+GPUS_PER_NODE = 8
+"""GPUs of one node (a pod) where the plan has no cluster to ask: the GPU scales' node shape."""
+EVAL_SEQ_LEN = 1024
+"""Tokens of the longest sequence an evaluation batch holds, for planning: a prompt (TruthfulQA's
+six-question preamble and a question, a summary's source) and its new tokens."""
+EVAL_SCORER_BYTES = 2 * GiB
+"""The evaluation's scorers on the first GPU of a copy: at most an NLI RoBERTa-large (355M
+parameters) in fp32 beside a smaller classifier."""
 
 # Shapes of the hub models the scales name, so that the plan works offline. Counts built from
 # these on the meta device match the published ones (7B 6,738,415,616; 13B 13,015,864,320;
@@ -426,7 +442,7 @@ def estimate_memory(config, gpus: int, gpu_memory_bytes: int | None, micro_batch
     reference = shape.total_params if spec.reference_model else 0
     threshold = float(zero.get("stage3_param_persistence_threshold", 1e5))
     persistent = shape.persistent_params(threshold)
-    gpus_per_node = 8 if not cpu else gpus
+    gpus_per_node = GPUS_PER_NODE if not cpu else gpus
     nodes = max(1, math.ceil(gpus / gpus_per_node))
     per_node = min(gpus, gpus_per_node)
 
@@ -571,6 +587,86 @@ def _suggest(config, gpus: int, memory: int, micro: int, seq: int, offload: str,
     return {}
 
 
+# --- evaluation ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """One evaluation copy of the model, and how the run's GPUs hold copies."""
+    precision: str
+    batch_size: int
+    seq_len: int
+    weights_bytes: int
+    kv_cache_bytes: int
+    logits_bytes: int
+    scorer_bytes: int
+    gpu_memory_bytes: int
+    """Per GPU."""
+    gpus_per_node: int
+    gpus_per_copy: int
+    """GPUs one copy takes: a divisor of gpus_per_node; 0 on CPU, or when no node holds a copy."""
+    copies: int
+    """Copies over the run's GPUs (CPU: one per worker); 0 when no node holds a copy."""
+
+    @property
+    def copy_bytes(self) -> int:
+        return self.weights_bytes + self.kv_cache_bytes + self.logits_bytes + self.scorer_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.copies > 0
+
+    def describe(self) -> str:
+        head = (f"evaluation ({self.precision}, batch {self.batch_size} x {self.seq_len} tokens): a copy of the model "
+                f"needs {self.copy_bytes / GiB:.1f} GiB (weights {self.weights_bytes / GiB:.1f}, KV cache "
+                f"{self.kv_cache_bytes / GiB:.1f}, logits {self.logits_bytes / GiB:.1f}, scorers {self.scorer_bytes / GiB:.1f})")
+        if not self.gpus_per_copy:
+            return head + (f"; {self.copies} copies, one per worker, on CPU" if self.copies else
+                           f"; it does not fit on one {self.gpus_per_node}-GPU node of {self.gpu_memory_bytes / GiB:.0f} GiB GPUs")
+        return (head + f": {self.gpus_per_copy} of a node's {self.gpus_per_node} GPUs ({self.gpu_memory_bytes / GiB:.0f} GiB "
+                f"each), {self.gpus_per_node // self.gpus_per_copy} copies per node, {self.copies} over the run's GPUs")
+
+
+def gpus_for_copy(copy_bytes: int, largest_layer_bytes: int, gpu_memory_bytes: int, gpus_per_node: int) -> int:
+    """The fewest GPUs, a divisor of gpus_per_node, over which one copy fits (device_map splits it by
+    layers: each GPU holds its share, one largest layer of unevenness and the reserve); 0 if none."""
+    for gpus in [d for d in range(1, gpus_per_node + 1) if gpus_per_node % d == 0]:
+        if copy_bytes / gpus + largest_layer_bytes + GPU_RESERVE_BYTES <= gpu_memory_bytes:
+            return gpus
+    return 0
+
+
+def evaluation_placement(total_gpus: int, gpus_per_copy: int, workers: int) -> int:
+    """Copies of the model an evaluation runs: on CPU (gpus_per_copy 0 and no GPUs) one per training
+    worker; on GPUs as many whole copies as the run's GPUs hold."""
+    if total_gpus == 0:
+        return workers
+    return total_gpus // gpus_per_copy if gpus_per_copy else 0
+
+
+def evaluation_plan(config, gpu_memory_bytes: int | None = None, gpus_per_node: int = GPUS_PER_NODE,
+                    shape: ModelShape | None = None) -> EvalPlan:
+    """What evaluating the scale's model takes per copy, and the copies the run's GPUs hold
+    (`gpu_memory_bytes` per GPU, default 80 GiB; `gpus_per_node` GPUs per node)."""
+    scale, options = config.scale, config.eval
+    shape = shape or model_shape(scale.model, scale.trust_remote_code)
+    gpu = scale.gpus_per_worker > 0
+    precision = scale.precision if gpu else "fp32"  # as cdb.train evaluates: the scale's precision on GPUs
+    b = _bytes_of(precision)
+    tokens = options.batch_size * EVAL_SEQ_LEN
+    kv = 2 * shape.layers * shape.kv_heads * (shape.hidden // shape.heads) * b * tokens
+    logits = 4 * shape.vocab * tokens  # fp32 log-softmax over a scored batch
+    memory = gpu_memory_bytes or 80 * GiB
+    total_gpus = scale.num_workers * scale.gpus_per_worker
+    plan = EvalPlan(precision=precision, batch_size=options.batch_size, seq_len=EVAL_SEQ_LEN,
+                    weights_bytes=b * shape.total_params, kv_cache_bytes=kv, logits_bytes=logits,
+                    scorer_bytes=EVAL_SCORER_BYTES if gpu else 0, gpu_memory_bytes=memory,
+                    gpus_per_node=gpus_per_node if gpu else 0, gpus_per_copy=0, copies=0)
+    per_copy = gpus_for_copy(plan.copy_bytes, b * shape.largest_layer_params, memory, gpus_per_node) if gpu else 0
+    return dataclasses.replace(plan, gpus_per_copy=per_copy,
+                               copies=evaluation_placement(total_gpus, per_copy, scale.num_workers))
+
+
 # --- CLI --------------------------------------------------------------------------------------
 
 
@@ -609,6 +705,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(result.table())
+    if not result.cpu:
+        # The same GPUs after training: whole copies of the model, each within one node.
+        print(evaluation_plan(config, memory, min(GPUS_PER_NODE, gpus)).describe())
     return 0 if result.fits else 1
 
 

@@ -194,6 +194,13 @@ def device_peak_flops(device_name: str | None, dtype, override: float | None = N
 # --- memory -----------------------------------------------------------------------------------
 
 
+def gpu_memory_bytes() -> int:
+    """Memory of this process's first GPU (what a Ray task with one GPU reports of its node's GPUs)."""
+    import torch
+
+    return int(torch.cuda.get_device_properties(0).total_memory)
+
+
 def peak_memory_bytes(device=None) -> int:
     """Peak memory of this process on `device`: torch.cuda.max_memory_allocated on a CUDA device,
     the process's peak resident set size (getrusage ru_maxrss) otherwise. The RSS includes the

@@ -759,6 +759,11 @@ def metric_history(uri: str, run_id: str, key: str) -> dict[int, float]:
     return {m.step: m.value for m in _client(uri).get_metric_history(run_id, key)}
 
 
+def metric_timestamps(uri: str, run_id: str, key: str) -> dict[int, int]:
+    """step -> when (ms since the epoch) one metric of a run was logged at that step."""
+    return {m.step: m.timestamp for m in _client(uri).get_metric_history(run_id, key)}
+
+
 def run_info(uri: str, run_id: str):
     """The MLflow Run (.info, .data.tags/params/metrics) of `run_id`."""
     return _client(uri).get_run(run_id)

@@ -35,6 +35,7 @@ EXIT_CONFIG = 2
 EXIT_DATA = 3
 EXIT_RESOURCES = 4
 EXIT_FAILED = 1
+EXIT_EVAL = 5  # trained and exported, but an evaluation failed (tag cdb.<prefix>.failed); the same command evaluates again
 EXIT_STOPPED = 75  # SIGTERM/SIGINT: checkpointed and stopped cleanly; the same command continues
 
 
@@ -210,6 +211,13 @@ def _root_cause(exc: Exception) -> str:
     return re.sub(r"^(?:\w+\.)+(\w+: )", r"\1", lines[-1]) if lines else type(exc).__name__
 
 
+def _failure(exc: Exception) -> str:
+    """"Type: message" of an exception, the worker's own for an error Ray brought back."""
+    from ray.exceptions import RayError
+
+    return _root_cause(exc) if isinstance(exc, RayError) else f"{type(exc).__name__}: {exc}"
+
+
 def _fail(code: int, message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
@@ -231,33 +239,69 @@ def _ray_init(config: cfg.Config) -> None:
              runtime_env=raylog.RUNTIME_ENV)
 
 
-def run_eval(config: cfg.Config, model: str, prefix: str, run: tracking.RunRecord, output_dir: Path) -> None:
+def failed_tag(what: str) -> str:
+    """The run's tag saying why `what` (eval_base, eval, delta) failed; empty once it succeeded."""
+    return tracking.eval_tag(what, "failed")
+
+
+def record_outcome(run: tracking.RunRecord, what: str, failure: str | None) -> str | None:
+    """`failure` ("Type: message", or None for success) as the run's tag failed_tag(what), said on the
+    console when there is one; returns it."""
+    if failure:
+        print(f"[cdb] error: {what} failed: {failure}", flush=True)
+    log_lineage(run, f"outcome of {what}", lambda r: r.set_tags({failed_tag(what): failure or ""}))
+    return failure
+
+
+def evaluation_copies(config: cfg.Config) -> tuple[int, int]:
+    """(copies of the model, GPUs per copy) that evaluate on the training workers' resources: on CPU
+    one copy per worker; on GPUs the memory planner's placement (cdb.memory.evaluation_plan) for this
+    cluster's nodes, each copy on as many of one node's GPUs as hold it (a 70B model in bf16 takes
+    two 80 GiB GPUs: four copies per 8-GPU node, not one per worker)."""
+    from cdb.eval.remote import on_cluster
+    from cdb.memory import evaluation_plan
+    from cdb.perf import gpu_memory_bytes
+
+    scale = config.scale
+    if not scale.gpus_per_worker:
+        return scale.num_workers, 0
+    import ray
+
+    per_node = max(int(node["Resources"].get("GPU", 0)) for node in ray.nodes() if node["Alive"])
+    plan = evaluation_plan(config, on_cluster(gpu_memory_bytes, 1)(), per_node)
+    if not plan.fits:
+        raise RuntimeError(plan.describe())
+    return plan.copies, plan.gpus_per_copy
+
+
+def run_eval(config: cfg.Config, model: str, prefix: str, run: tracking.RunRecord, output_dir: Path) -> str | None:
     """cdb.eval into this run under `prefix/` (eval_base: before, eval: after), on the training
-    workers' resources (as many copies of the model as workers, each with a worker's GPUs, in the
-    scale's precision), data-parallel over the items: the driver loads no weights."""
+    workers' resources (evaluation_copies: copies of the model in the scale's precision), data-parallel
+    over the items: the driver loads no weights. Returns why it failed ("Type: message", also the
+    run's tag failed_tag(prefix)), or None."""
     from cdb.eval.remote import evaluate_on_cluster
 
     if not run.run_id:
         print(f"[cdb] warning: no MLflow run to log {prefix}/ into (server unreachable); skipping it", flush=True)
-        return
+        return None
     print(f"[cdb] evaluating {model} ({config.eval.suite} suite) as {prefix}/...", flush=True)
     try:
         scale, storage = config.scale, Storage.of(config)
-        gpus = scale.gpus_per_worker
-        summary = evaluate_on_cluster(model, config.eval, scale.num_workers, gpus,
+        copies, gpus = evaluation_copies(config)
+        summary = evaluate_on_cluster(model, config.eval, copies, gpus,
                                       storage=storage if storage.remote else None, prefix=prefix,
                                       run_id=run.run_id, tracking_uri=run.tracking_uri,
                                       output_dir=output_dir / prefix, experiment=config.tracking.experiment,
                                       precision=scale.precision if gpus else "fp32")
         if storage.remote:  # the evaluation's files, kept in storage, read here by log_changes and --resume
             storage.download(output_dir / prefix, prefix)
-    except Exception as exc:  # an evaluation problem must not cost the training run
-        print(f"[cdb] warning: {prefix} evaluation failed: {type(exc).__name__}: {exc}", flush=True)
-        return
+    except Exception as exc:  # the training run is kept; the command's exit code says the evaluation failed
+        return record_outcome(run, prefix, _failure(exc))
     shown = ("toxicity/mean_toxicity", "toxicity/mean_profanity", "faithfulness/entity_precision_all",
              "bias/crows_stereo_share")
     print(f"[cdb] {prefix}: " + ", ".join(f"{k} {summary['metrics'][f'{prefix}/{k}']:.4f}" for k in shown
                                           if f"{prefix}/{k}" in summary["metrics"]), flush=True)
+    return record_outcome(run, prefix, None)
 
 
 def shared_base_folder(config: cfg.Config) -> Path:
@@ -273,16 +317,16 @@ def shared_base_folder(config: cfg.Config) -> Path:
     return Path(config.train.base_eval_dir) / f"{model_slug(config.scale.model)}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
-def evaluate_base(config: cfg.Config, model_source: str, run: tracking.RunRecord, output_dir: Path) -> None:
+def evaluate_base(config: cfg.Config, model_source: str, run: tracking.RunRecord, output_dir: Path) -> str | None:
     """eval_base/ of this run: the starting model evaluated here, or, with train.base_eval_dir, the
     evaluation kept there for the same model and options (made here and kept there when none is).
-    A lock makes runs started at once (a sweep's parallel points) wait for one evaluation."""
+    A lock makes runs started at once (a sweep's parallel points) wait for one evaluation. Returns
+    why it failed, or None."""
     import fcntl
 
     folder = output_dir / tracking.PREFIX_EVAL_BASE
     if not config.train.base_eval_dir:
-        run_eval(config, model_source, tracking.PREFIX_EVAL_BASE, run, output_dir)
-        return
+        return run_eval(config, model_source, tracking.PREFIX_EVAL_BASE, run, output_dir)
     from cdb.eval import log_saved
 
     shared = shared_base_folder(config)
@@ -299,29 +343,30 @@ def evaluate_base(config: cfg.Config, model_source: str, run: tracking.RunRecord
             storage = Storage.of(config)
             if storage.remote:  # kept with the run, as an evaluation made here would be
                 storage.upload(folder, tracking.PREFIX_EVAL_BASE)
-            return
-        run_eval(config, model_source, tracking.PREFIX_EVAL_BASE, run, output_dir)
-        if (folder / "eval.json").is_file():
+            return record_outcome(run, tracking.PREFIX_EVAL_BASE, None)
+        failure = run_eval(config, model_source, tracking.PREFIX_EVAL_BASE, run, output_dir)
+        if failure is None and (folder / "eval.json").is_file():
             shutil.copytree(folder, shared.with_name(shared.name + ".part"), dirs_exist_ok=True)
             os.replace(shared.with_name(shared.name + ".part"), shared)
+        return failure
 
 
-def log_changes(run: tracking.RunRecord, output_dir: Path, gpus: int = 0) -> None:
+def log_changes(run: tracking.RunRecord, output_dir: Path, gpus: int = 0) -> str | None:
     """delta/ on this run: the trained model against the starting one, paired over their items, and
     the length-matched toxicity of both (cdb.eval.toxicity.log_length_matched; its cut texts scored
-    in a Ray task with `gpus` GPUs, as an evaluation is)."""
+    in a Ray task with `gpus` GPUs, as an evaluation is). Returns why it failed, or None (a change
+    withheld because the two evaluations are not comparable is no failure)."""
     from cdb.eval.estimates import log_changes as log
 
     if not run.run_id:
-        return
+        return None
     try:
         result = log(tracking.attach(run.tracking_uri, run.run_id), output_dir)
-    except Exception as exc:  # like an evaluation problem, it must not cost the training run
-        print(f"[cdb] warning: no change against the base model: {type(exc).__name__}: {exc}", flush=True)
-        return
+    except Exception as exc:  # like an evaluation problem: the run is kept, the exit code says so
+        return record_outcome(run, tracking.PREFIX_DELTA, f"{type(exc).__name__}: {exc}")
     if result["withheld"]:
         print(f"[cdb] change against the base model withheld: {result['withheld']}", flush=True)
-        return
+        return record_outcome(run, tracking.PREFIX_DELTA, None)
     try:  # toxicity with each pair of continuations cut to the shorter one's length
         from cdb.eval.remote import on_cluster
         from cdb.eval.toxicity import log_length_matched, score_length_matched
@@ -329,12 +374,12 @@ def log_changes(run: tracking.RunRecord, output_dir: Path, gpus: int = 0) -> Non
         score = on_cluster(score_length_matched, gpus)  # on an evaluation's resources, off the driver
         matched = log_length_matched(tracking.attach(run.tracking_uri, run.run_id), output_dir, score)
     except Exception as exc:
-        print(f"[cdb] warning: no length-matched toxicity: {type(exc).__name__}: {exc}", flush=True)
-        return
+        return record_outcome(run, tracking.PREFIX_DELTA, f"length-matched toxicity: {_failure(exc)}")
     if matched:
         change = matched[tracking.PREFIX_DELTA]
         print(f"[cdb] {matched['metric']}, length-matched change: {change['value']:+.4f} "
               f"[{change['ci95_low']:+.4f}, {change['ci95_high']:+.4f}] (n {change['n']})", flush=True)
+    return record_outcome(run, tracking.PREFIX_DELTA, None)
 
 
 def check_resources(config: cfg.Config, available: dict) -> str | None:
@@ -361,7 +406,8 @@ class Failure(Exception):
 
 
 def validate(config: cfg.Config) -> tuple[list, list]:
-    """Everything the user gave, checked before anything is written: a bad run must not touch a good one.
+    """Everything the user gave, checked before anything is written: a bad run must not touch a good one
+    (the data, the batches, the ds_config, and every evaluation task's data and instruments).
     Returns (records, rejected records)."""
     from cdb.strategy import build_ds_config
 
@@ -376,6 +422,16 @@ def validate(config: cfg.Config) -> tuple[list, list]:
         build_ds_config(config, config.scale.num_workers)
     except cfg.ConfigError as exc:
         raise Failure(EXIT_CONFIG, str(exc)) from None
+    if config.eval.suite != "off":  # every evaluation task's data and instruments, before anything trains
+        from cdb.eval import preflight
+
+        problem = preflight(config.eval, key="eval.tasks")
+        if problem:
+            raise Failure(EXIT_CONFIG, f"eval: {problem}")
+        if config.eval.left_out():
+            print(f"[cdb] eval: {config.eval.suite} suite without {', '.join(config.eval.left_out())}: their data does "
+                  f"not ship and was not given (--set eval.{'=... / eval.'.join(config.eval.left_out())}=PATH_OR_HUB_ID)",
+                  flush=True)
     return records, rejected
 
 
@@ -558,7 +614,8 @@ def driver_peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def print_summary(config: cfg.Config, run: tracking.RunRecord, result, elapsed: float, rss_before_eval: float) -> None:
+def print_summary(config: cfg.Config, run: tracking.RunRecord, result, elapsed: float, rss_before_eval: float,
+                  failures: dict[str, str]) -> None:
     output_dir, storage = Path(config.train.output_dir), Storage.of(config)
     uri = run.tracking_uri
     checkpoint = storage.uri(result.checkpoint.path[len(storage.root):].strip("/")) if result.checkpoint else "(none)"
@@ -569,6 +626,8 @@ def print_summary(config: cfg.Config, run: tracking.RunRecord, result, elapsed: 
     # The driver (the Ray head on a cluster) holds no weights: evaluation and training ran as Ray tasks,
     # so its peak hardly moves once evaluation starts.
     print(f"  driver:      peak RSS {driver_peak_rss_mib():,.0f} MiB ({rss_before_eval:,.0f} MiB before evaluation)")
+    for what, why in failures.items():
+        print(f"  FAILED:      {what}/ ({why}); tag {failed_tag(what)}")
     print(f"  MLflow run:  {run.run_id} (experiment '{config.tracking.experiment}', {tracking.masked(uri)})")
     try:
         link = tracking.run_url(uri, tracking.experiment_id(uri, config.tracking.experiment), run.run_id)
@@ -599,9 +658,14 @@ def main(argv: list[str] | None = None) -> int:
     log_lineage(run, "training data",
                 lambda r: r.log_training_data(dataset_identity(config.data.path, config.data.split, records)))
     output_dir, storage = Path(config.train.output_dir), Storage.of(config)
-    stop = ray.remote(num_cpus=0)(StopRequest).remote()
+    # On the driver's node, as Ray Train's controller is: a worker node lost mid-run must not take it along.
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    stop = ray.remote(num_cpus=0, scheduling_strategy=here)(StopRequest).remote()
     trainer = make_trainer(config, run, model_source, stop)
     rss_before_eval = driver_peak_rss_mib()
+    failures: dict[str, str] = {}  # what (eval_base, eval, delta) -> why it failed
     if config.eval.suite != "off":
         from cdb.eval.estimates import options_changed
 
@@ -611,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
         if stale:  # a new run, or a continued one whose evaluation options changed
             if (output_dir / tracking.PREFIX_EVAL_BASE).exists():
                 print(f"[cdb] re-evaluating the base model: {stale}", flush=True)
-            evaluate_base(config, model_source, run, output_dir)
+            failures[tracking.PREFIX_EVAL_BASE] = evaluate_base(config, model_source, run, output_dir)
     started = time.perf_counter()
     try:
         result, stop_requested = fit(trainer, stop)
@@ -625,11 +689,16 @@ def main(argv: list[str] | None = None) -> int:
     log_lineage(run, "exported model", lambda r: r.log_model_location(storage.uri("model"), step=result.metrics["step"]))
     if config.eval.suite != "off":
         # In an object store, the evaluation task fetches the model to its own node.
-        run_eval(config, storage.uri("model") if storage.remote else storage.path("model"), tracking.PREFIX_EVAL,
-                 run, output_dir)
-        log_changes(run, output_dir, config.scale.gpus_per_worker)
+        failures[tracking.PREFIX_EVAL] = run_eval(config, storage.uri("model") if storage.remote else storage.path("model"),
+                                                  tracking.PREFIX_EVAL, run, output_dir)
+        if (output_dir / tracking.PREFIX_EVAL_BASE / "eval.json").is_file() and not failures[tracking.PREFIX_EVAL]:
+            failures[tracking.PREFIX_DELTA] = log_changes(run, output_dir, config.scale.gpus_per_worker)
+    failures = {what: why for what, why in failures.items() if why}
     finish(config, run, "FINISHED")
-    print_summary(config, run, result, time.perf_counter() - started, rss_before_eval)
+    print_summary(config, run, result, time.perf_counter() - started, rss_before_eval, failures)
+    if failures:
+        return _fail(EXIT_EVAL, "evaluation failed: " + "; ".join(f"{what}: {why}" for what, why in failures.items())
+                     + "; the model is exported; the same command evaluates again")
     return 0
 
 

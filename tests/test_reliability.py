@@ -7,14 +7,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, free_port
+from conftest import REPO, free_port, start_mlflow_server, stop_server
 
 pytestmark = pytest.mark.integration  # every test runs cdb.train (Ray, DeepSpeed), some an mlflow server
 
@@ -96,34 +95,6 @@ def test_killed_worker_restarts_from_checkpoint_into_the_same_run(tmp_path):
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(out / "model").num_parameters() > 0
-
-
-def start_mlflow_server(db: Path, artifacts: Path, port: int) -> subprocess.Popen:
-    server_env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(artifacts),
-                             "--workers", "1"], env=server_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
-                if answer.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.5)
-    stop_server(proc)
-    raise AssertionError("mlflow server did not answer /health")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and its workers, by our own process group
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_dead_tracking_server_loses_no_metric(tmp_path):
@@ -219,3 +190,28 @@ def test_hard_crash_while_checkpointing_every_step_resumes_from_a_complete_check
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(out / "model").num_parameters() > 0
+
+
+def test_a_failed_evaluation_exits_5_tagged_and_said_with_the_model_kept(tmp_path, ray_address):
+    """Training succeeds, both evaluations fail (a prompt file whose line lacks its text, found only
+    when the evaluation reads it): the run is kept and FINISHED, each failure is its tag and a summary
+    line, and the command exits 5, not 0."""
+    bad = tmp_path / "rtp.jsonl"
+    bad.write_text('{"prompt": {"txt": "no text field"}}\n')
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "run"
+    proc = subprocess.run(train_cmd("--max-steps", "1", "--num-workers", "1", "--output-dir", str(out), "--tracking-uri", uri,
+                                    "--set", "eval.suite=quick", "--set", "eval.tasks=toxicity", "--set", "eval.limit=1",
+                                    "--set", f"eval.toxicity_data={bad}"),
+                          cwd=tmp_path, env=env(ray_address), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 5, proc.stdout[-3000:] + proc.stderr[-3000:]
+    why = f"EvalDataError: {bad}:line 1: prompt: missing field 'text'"
+    [error] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert error == (f"error: evaluation failed: eval_base: {why}; eval: {why}; the model is exported; "
+                     "the same command evaluates again")
+    assert f"  FAILED:      eval/ ({why}); tag cdb.eval.failed" in proc.stdout
+    finished, _ = history(uri)
+    assert finished.info.status == "FINISHED"
+    assert finished.data.tags["cdb.eval_base.failed"] == finished.data.tags["cdb.eval.failed"] == why
+    assert not any(key.startswith(("eval/", "eval_base/", "delta/")) for key in finished.data.metrics)
+    assert (out / "model" / "model.safetensors").is_file()

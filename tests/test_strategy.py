@@ -82,3 +82,13 @@ def test_trainer_stops_on_request_and_resumes_without_gaps(zero3_run):
     assert trainer["checkpoints"] == [2, 3, 4]
     assert trainer["logged_steps"] == [1, 2, 3, 4]  # the resumed run logs no step twice and skips none
     assert trainer["validated_steps"] == [3, 4]  # held-out sources scored at the stop and the last step, over 2 ranks
+
+
+def test_a_stopped_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(zero3_run):
+    """4 steps stopped after 3 and resumed from that checkpoint against the same 4 steps straight: the
+    data order, weights, optimizer state, schedule and RNG come back exactly, so every loss and every
+    exported tensor is the same bit for bit."""
+    trainer = zero3_run[0]["trainer"]
+    assert len(trainer["losses"]) == 4
+    assert trainer["losses"] == trainer["straight_losses"]  # exact float equality, not approx
+    assert trainer["weights_equal_straight"] == {"contrast_head.safetensors": True, "model.safetensors": True}

@@ -191,7 +191,7 @@ def test_log_length_matched_into_a_training_run(tmp_path):
         "c": ("The weather is mild today.", "The weather is mild."),
     }
     summary = {"options_hash": "h1", "options": {"toxicity_scorer": "profanity-check", "device": "cpu", "tasks": ["toxicity"]},
-               "skipped": {}, "scorers": {"toxicity": f"{scorer.name}@{scorer.version}"}}
+               "scorers": {"toxicity": f"{scorer.name}@{scorer.version}"}}
     for prefix, side in ((tracking.PREFIX_EVAL_BASE, 0), (tracking.PREFIX_EVAL, 1)):
         folder = tmp_path / prefix
         folder.mkdir()
@@ -218,5 +218,5 @@ def test_log_length_matched_into_a_training_run(tmp_path):
     # Evaluations that cannot be compared (another hash), or without the toxicity task: nothing to match.
     (tmp_path / tracking.PREFIX_EVAL / "eval.json").write_text(json.dumps({**summary, "options_hash": "h2"}))
     assert log_length_matched(run, tmp_path) is None
-    (tmp_path / tracking.PREFIX_EVAL / "eval.json").write_text(json.dumps({**summary, "skipped": {"toxicity": "no data"}}))
+    (tmp_path / tracking.PREFIX_EVAL / "eval.json").write_text(json.dumps({**summary, "options": {**summary["options"], "tasks": ["bias"]}}))
     assert log_length_matched(run, tmp_path) is None

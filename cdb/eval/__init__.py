@@ -16,9 +16,14 @@ One module per task, each a `Task` (cdb.eval.base): `name` and `run(lm, options,
 TaskResult(metrics, samples, items)`, `items` holding each metric's value per item. Every metric is
 logged with its n and 95% interval over its items (`<metric>_n`, `_ci95_low`, `_ci95_high`;
 cdb.eval.estimates; a harness metric's interval is lm-eval's, value +- 1.96 x its stderr, where that
-normal interval holds), and a metric no item defines is absent with a tag saying why. A task whose data cannot be had offline and
-was not given raises `Unavailable`; the suite prints the note and goes on. Importing this package
-loads no torch: the LM and the decoding load when a suite runs.
+normal interval holds), and a
+metric no item defines is absent with a tag saying why. Before any model loads, `missing` asks every
+task of the suite what of its data and instruments cannot be had here, and `preflight` turns that
+into one error naming each task, what it lacks and how to get it (or the `tasks` setting without
+it): cdb.train and `python -m cdb.eval` stop there (exit 2), so a suite never runs with a task
+silently skipped; a task whose data does not ship (truthfulqa, knowledge) is in a suite's own list
+only when its data is given (cdb.eval.options.DATA_NOT_SHIPPED). Importing this package loads no
+torch: the LM and the decoding load when a suite runs.
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ from cdb.eval.toxicity import ToxicityTask
 from cdb.eval.truthfulqa import TruthfulQATask
 
 __all__ = ["DECODINGS", "EvalDataError", "EvalOptions", "SUITES", "SuiteResult", "TASKS", "Task", "TaskResult",
-           "Unavailable", "evaluate", "load_model", "log_saved", "make_options", "run_suite", "run_tag"]
+           "Unavailable", "evaluate", "load_model", "log_saved", "make_options", "missing", "preflight", "run_suite",
+           "run_tag"]
 
 # Registry order is run order (TASK_NAMES): intelligibility judges what the tasks before it generated.
 TASKS: dict[str, Task] = {t.name: t for t in (
@@ -60,12 +66,38 @@ def make_options(suite: str = "quick", **overrides: Any) -> EvalOptions:
     return settings.build(EvalOptions, {"suite": suite, **overrides}).for_suite()
 
 
+def missing(options: EvalOptions) -> dict[str, list[str]]:
+    """Task -> what of its data and instruments cannot be had here (each with how to get it), for
+    every task of the suite of `options` that lacks something; {} when every one can run."""
+    opts = options.for_suite()
+    found = {name: TASKS[name].missing(opts) for name in TASKS if name in opts.tasks}
+    return {name: problems for name, problems in found.items() if problems}
+
+
+def preflight(options: EvalOptions, key: str = "tasks") -> str | None:
+    """One error message when a task of the suite cannot get its data or instruments (`missing`):
+    each such task, what it lacks and how to get it, and the `key` setting (eval.tasks in a training
+    config) that leaves them out; None when every task can run."""
+    lacking = missing(options)
+    if not lacking:
+        return None
+    tasks = options.for_suite().tasks
+    rest = [t for t in tasks if t not in lacking]
+    if not set(rest) & {"toxicity", "faithfulness"}:  # intelligibility judges what those two generate
+        rest = [t for t in rest if t != "intelligibility"]
+    each = "; ".join(f"task {name}: {', '.join(problems)}" for name, problems in lacking.items())
+    message = f"the evaluation cannot run as configured: {each}. Install or give what is missing"
+    section = key[:-len("tasks")]  # "eval." in a training config
+    if rest:
+        return message + f", or leave {'that task' if len(lacking) == 1 else 'those tasks'} out: --set {key}={','.join(rest)}"
+    return message + (f", or run no evaluation: --set {section}suite=off" if section else "")
+
+
 @dataclass(frozen=True)
 class SuiteResult:
     metrics: dict[str, float]            # "task/metric" -> value
     samples: list[dict[str, Any]]        # one per scored item, each with its "task"
     items: dict[str, Items] = field(default_factory=dict)   # "task/metric" -> its values per item
-    skipped: dict[str, str] = field(default_factory=dict)   # task -> why
     seconds: dict[str, float] = field(default_factory=dict)
     scorers: dict[str, str] = field(default_factory=dict)   # kind -> "name@version"
     tags: dict[str, str] = field(default_factory=dict)      # "task.tag" -> text (TaskResult.tags)
@@ -127,17 +159,11 @@ def _run_tasks(model, tokenizer, opts: EvalOptions, replicas: list = ()) -> Suit
     metrics: dict[str, float] = {}
     samples: list[dict[str, Any]] = []
     items: dict[str, Items] = {}
-    skipped: dict[str, str] = {}
     seconds: dict[str, float] = {}
     tags: dict[str, str] = {}
     for name in [t for t in TASKS if t in opts.tasks]:
         start = time.perf_counter()
-        try:
-            result = TASKS[name].run(lm, opts, resources)
-        except Unavailable as e:
-            skipped[name] = str(e)
-            _say(f"skipped {name}: {e}")
-            continue
+        result = TASKS[name].run(lm, opts, resources)  # Unavailable here fails the suite: never a silent skip
         seconds[name] = time.perf_counter() - start
         resources.results[name] = result
         metrics.update({f"{name}/{k}": float(v) for k, v in result.metrics.items()})
@@ -146,7 +172,7 @@ def _run_tasks(model, tokenizer, opts: EvalOptions, replicas: list = ()) -> Suit
         tags.update({f"{name}.{k}": v for k, v in result.tags.items()})
         shown = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if "/" not in k)
         _say(f"{name} ({seconds[name]:.0f} s): {shown}")
-    return SuiteResult(metrics, samples, items, skipped, seconds, resources.scorer_versions(), tags)
+    return SuiteResult(metrics, samples, items, seconds, resources.scorer_versions(), tags)
 
 
 def load_model(model_source: str, seed: int = 0, precision: str = "fp32", device: str = "cpu"):
@@ -192,7 +218,7 @@ def _log(run: tracking.Run, prefix: str, summary: dict[str, Any], files: list[Pa
 
 def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str = tracking.PREFIX_EVAL, run_id: str | None = None,
              tracking_uri: str | None = None, output_dir: str | Path | None = None, experiment: str = "cdb",
-             precision: str = "fp32", workers: int = 1, gpus_per_worker: int = 0, model_name: str | None = None,
+             precision: str = "fp32", workers: int = 1, gpus_per_worker: int = 0, storage=None,
              **overrides: Any) -> dict[str, Any]:
     """Load `model_source`, run the suite of `options` (an EvalOptions; else the quick suite) with
     `overrides` (EvalOptions fields, `suite` among them), log metrics `<prefix>/<task>/<metric>` with
@@ -206,12 +232,12 @@ def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str 
     (TaskResult.tags). The model is loaded in
     `precision` (a training run passes its scale's when it evaluates on GPUs). With `workers` > 1
     (inside a Ray cluster), `workers - 1` more copies of the model, each on one CPU and
-    `gpus_per_worker` GPUs, share the items (cdb.eval.remote). Returns the summary written to
+    `gpus_per_worker` GPUs, share the items (cdb.eval.remote). A `model_source` in the object store
+    `storage` (a cdb.storage.Storage; its URI names the model in the run and eval.json) is fetched by
+    each copy to its own node. Returns the summary written to
     eval.json: method (the decoding), metrics (full names, with n and interval), undefined (full
-    name -> why), options_hash, skipped tasks, seconds per task, scorer versions, tags
-    (TaskResult.tags as "task.tag"), options, run id and tracking URI. `model_name` is what the run
-    and eval.json call the model (default `model_source`): the object-store address when
-    `model_source` is this node's copy of it (cdb.eval.remote)."""
+    name -> why), options_hash, seconds per task, scorer versions, tags (TaskResult.tags as
+    "task.tag"), options, run id and tracking URI."""
     if not re.fullmatch(r"[\w.-]+", prefix):
         raise ValueError(f"prefix {prefix!r}: letters, digits, '_', '.', '-' only")
     # bad options fail before any model loads
@@ -219,22 +245,22 @@ def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str 
     opts = settings.build(EvalOptions, {**base, **overrides}).for_suite()
     suite = opts.suite
     uri = tracking.resolve_uri(tracking_uri or "")
-    model_name = model_name or model_source
     if run_id is None:
-        params = {"model": model_name, "suite": suite, "prefix": prefix, **{f"eval.{k}": v for k, v in opts.to_dict().items()}}
-        name = f"eval-{model_slug(model_name)}" + (f"-{opts.decoding}" if opts.decoding != "none" else "")
+        params = {"model": model_source, "suite": suite, "prefix": prefix, **{f"eval.{k}": v for k, v in opts.to_dict().items()}}
+        name = f"eval-{model_slug(model_source)}" + (f"-{opts.decoding}" if opts.decoding != "none" else "")
         opened = tracking.open_run(uri, experiment, name, params,
-                                   {tracking.TAG_MODEL: model_name, tracking.TAG_METHOD: run_tag(opts.decoding)})
+                                   {tracking.TAG_MODEL: model_source, tracking.TAG_METHOD: run_tag(opts.decoding)})
     else:
         opened = nullcontext(tracking.attach(uri, run_id))
     with opened as run:
         start = time.perf_counter()
-        model, tokenizer, resolved = load_model(model_source, opts.seed, precision, resolve_device(opts.device))
-        replicas = []
-        if workers > 1:
-            from cdb.eval.remote import start_replicas, stop_replicas
+        from cdb.eval.remote import model_copy, start_replicas, stop_replicas
 
-            replicas = start_replicas(workers - 1, gpus_per_worker, resolved, opts, precision)
+        with model_copy(model_source, storage) as local:
+            model, tokenizer, resolved = load_model(local, opts.seed, precision, resolve_device(opts.device))
+            resolved = resolved if local == model_source else model_source  # not the copy's temporary folder
+        # Each replica loads the model on its own node from what was given, never from this node's copy.
+        replicas = start_replicas(workers - 1, gpus_per_worker, model_source, opts, precision, storage) if workers > 1 else []
         try:
             result = run_suite(model, tokenizer, suite, opts, replicas)
         finally:
@@ -243,9 +269,9 @@ def evaluate(model_source: str, options: EvalOptions | None = None, prefix: str 
         metrics, undefined = estimates.summarise(prefix, result.metrics, result.items)
         options_hash = estimates.evaluation_hash(opts.to_dict(), result.scorers, result.items)
         summary = {
-            "model": model_name, "resolved_model": resolved, "suite": suite, "prefix": prefix, "method": opts.decoding,
+            "model": model_source, "resolved_model": resolved, "suite": suite, "prefix": prefix, "method": opts.decoding,
             "metrics": metrics, "undefined": undefined, "options_hash": options_hash,
-            "skipped": result.skipped, "seconds": {**result.seconds, "total": time.perf_counter() - start},
+            "seconds": {**result.seconds, "total": time.perf_counter() - start},
             "scorers": result.scorers, "tags": result.tags, "options": opts.to_dict(), "run_id": run.id, "tracking_uri": uri,
             "output_dir": str(Path(output_dir).resolve()) if output_dir else None,
         }

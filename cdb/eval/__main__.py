@@ -1,6 +1,7 @@
 """python -m cdb.eval: evaluate a model (toxicity, faithfulness, bias, ...) and log it to MLflow.
 
-Exit codes: 0 done, 1 the evaluation failed, 2 bad arguments or data. With --suite paper, each
+Exit codes: 0 done, 1 the evaluation failed, 2 bad arguments or data, or a task that cannot get its
+data or instruments here (said before any model loads, with how to get them). With --suite paper, each
 metric of a model the authors evaluated (GPT-2, Phi-2, Llama-2-7B) is printed beside their released
 figure (cdb.eval.anchors); for base GPT-2, with hub access:
 
@@ -65,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from cdb.eval import EvalDataError, evaluate, model_slug
+    from cdb.eval import EvalDataError, evaluate, model_slug, preflight
 
     flags = {key: getattr(args, name) for name, key in FLAG_KEYS.items() if getattr(args, name) is not None}
     if args.tasks is not None:
@@ -74,9 +75,16 @@ def main(argv: list[str] | None = None) -> int:
         flags["progress"] = False
     try:
         options = settings.resolve(EvalOptions, config_file=args.config, flags=flags, sets=args.set)
+        problem = preflight(options)  # every task's data and instruments, before any model loads
     except settings.ConfigError as e:
         print(f"cdb.eval: error: {e}", file=sys.stderr)
         return 2
+    if problem:
+        print(f"cdb.eval: error: {problem}", file=sys.stderr)
+        return 2
+    if options.left_out():
+        print(f"[cdb.eval] {options.suite} suite without {', '.join(options.left_out())}: their data does not ship and "
+              f"was not given (--{' / --'.join(options.left_out())} PATH_OR_HUB_ID)")
     suffix = f"-{options.decoding}" if options.decoding != "none" else ""
     output = args.output or f"runs/eval/{model_slug(args.model)}{suffix}"
     if args.num_workers < 1 or args.gpus_per_worker < 0:
@@ -112,8 +120,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:<{width}}  {m['value']:.4g}{interval} (n {m['n']:.0f})" + (f"  | {beside}" if beside else ""))
     for name, why in summary["undefined"].items():
         print(f"  {name:<{width}}  {'no interval' if name.endswith('_ci95') else 'undefined'}: {why}")
-    for task, why in summary["skipped"].items():
-        print(f"  skipped {task}: {why}")
     print(f"[cdb.eval] decoding {summary['method']}, done in {summary['seconds']['total']:.0f} s: {summary['output_dir']}/eval.json, "
           f"MLflow run {summary['run_id']} ({summary['tracking_uri']})")
     return 0

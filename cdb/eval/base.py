@@ -29,7 +29,8 @@ def resolve_device(device: str) -> str:
 
 
 class Unavailable(Exception):
-    """A task's data cannot be had offline and was not given: the task is skipped with this note."""
+    """A task's data cannot be had here and was not given. The preflight (cdb.eval.missing) finds it
+    before anything is trained or loaded; raised while a suite runs, it fails the evaluation."""
 
 
 KINDS = ("mean", "share", "icat")
@@ -154,11 +155,29 @@ class Resources:
 
 
 class Task(Protocol):
-    """One evaluation task. `run` raises Unavailable when its data cannot be had (the suite skips it)."""
+    """One evaluation task. `missing` says, before any model loads, what of its data and instruments
+    cannot be had here (each with how to get it); `run` raises Unavailable when its data cannot be had."""
 
     name: str
 
+    def missing(self, options: EvalOptions) -> list[str]: ...
+
     def run(self, lm: "EvalLM", options: EvalOptions, resources: Resources) -> TaskResult: ...
+
+
+def scorers_missing(options: EvalOptions, *kinds: str) -> list[str]:
+    """What of the scorers a task uses cannot be built here: "toxicity" (options.toxicity_scorer and
+    profanity-check beside it), "faithfulness" (options.faithfulness_scorer, the entity instruments
+    and MiniLM's similarity)."""
+    from cdb.scoring import missing
+
+    specs = []
+    if "toxicity" in kinds:
+        specs += [("toxicity", options.toxicity_scorer), ("toxicity", "profanity-check")]
+    if "faithfulness" in kinds:
+        specs += [("faithfulness", "entity"), ("faithfulness", options.faithfulness_scorer), ("faithfulness", "embedding")]
+    problems = [missing(kind, spec) for kind, spec in dict.fromkeys(specs)]
+    return [p for p in problems if p]
 
 
 def spread(items: list, limit: int) -> list:

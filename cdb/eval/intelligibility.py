@@ -79,8 +79,17 @@ def shares(flagged: list[dict[str, bool | None]]) -> dict[str, float]:
     return metrics
 
 
+GENERATING = ("toxicity", "faithfulness")
+"""The tasks whose generations intelligibility judges."""
+
+
 class IntelligibilityTask:
     name = "intelligibility"
+
+    def missing(self, options: EvalOptions) -> list[str]:
+        if any(task in options.tasks for task in GENERATING):
+            return []
+        return ["no generated texts to judge: run it with toxicity or faithfulness in the same suite"]
 
     def run(self, lm, options: EvalOptions, resources: Resources) -> TaskResult:
         judged = [(task, s) for task, result in resources.results.items() for s in result.samples if "output" in s]

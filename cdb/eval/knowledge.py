@@ -19,7 +19,7 @@ from typing import Sequence
 
 from cdb.eval.base import EvalDataError, Resources, TaskResult, Unavailable, mean, per_item, progress, spread
 from cdb.eval.options import EvalOptions
-from cdb.eval.sources import field, read_rows
+from cdb.eval.sources import data_missing, field, read_rows
 
 LETTERS = "ABCDEFGHIJKLMNOP"
 
@@ -101,12 +101,19 @@ def argmax(values: Sequence[float]) -> int:
     return max(range(len(values)), key=lambda i: values[i])
 
 
+NOT_GIVEN = "no data given (--knowledge PATH_OR_HUB_ID); MMLU does not ship offline"
+
+
 class KnowledgeTask:
     name = "knowledge"
 
+    def missing(self, options: EvalOptions) -> list[str]:
+        problem = data_missing(options.knowledge, "all") if options.knowledge else NOT_GIVEN
+        return [problem] if problem else []
+
     def run(self, lm, options: EvalOptions, resources: Resources) -> TaskResult:
         if not options.knowledge:
-            raise Unavailable("no data given (--knowledge PATH_OR_HUB_ID); MMLU does not ship offline")
+            raise Unavailable(NOT_GIVEN)
         items = load_knowledge(options.knowledge, options.knowledge_limit)
         requests = []
         for item in items:

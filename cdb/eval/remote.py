@@ -12,40 +12,62 @@ the results put back in order, so the tasks and their scoring are unchanged. A s
 depends on its prompt, its sample index and the seed only (cdb.eval.lm.ItemSampler), so the items
 split over any number of copies get the samples one copy draws. The task writes eval.json and
 samples.jsonl to `output_dir`, which must be storage every node sees (cdb.train checks that first),
-or to an object store (`storage`).
+or to an object store (`storage`). A model in that object store is fetched by every copy itself, the
+task's and each replica's, into its own node's temporary folder (`model_copy`): no node is handed a
+path on another node's disk.
 """
 
 from __future__ import annotations
 
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from cdb.eval.options import EvalOptions
 
 
-class Replica:
-    """One copy of the evaluated LM in a Ray actor; `call` runs one EvalLM method on its part."""
+@contextmanager
+def model_copy(model_source: str, storage=None):
+    """The model source to load on this node: an object-store model (`model_source` under the URI of
+    `storage`, a cdb.storage.Storage) fetched into a temporary folder of this node, removed when the
+    block ends (load the model inside it); anything else as it is (a builtin, a hub id, a folder)."""
+    if storage is None or not model_source.startswith(storage.uri() + "/"):
+        yield model_source
+        return
+    part = model_source[len(storage.uri()):].strip("/")
+    with tempfile.TemporaryDirectory(prefix="cdb-model-") as folder:
+        local = Path(folder) / Path(part).name
+        storage.download(local, part)
+        yield str(local)
 
-    def __init__(self, model_source: str, options: EvalOptions, precision: str):
+
+class Replica:
+    """One copy of the evaluated LM in a Ray actor; `call` runs one EvalLM method on its part. It
+    loads `model_source` on its own node (fetched from `storage` there when it lies in it)."""
+
+    def __init__(self, model_source: str, options: EvalOptions, precision: str, storage=None):
         import torch
 
         from cdb.eval import make_lm
 
         if options.threads > 0:
             torch.set_num_threads(options.threads)
-        self.lm = make_lm(model_source, options, precision)
+        with model_copy(model_source, storage) as local:
+            self.lm = make_lm(local, options, precision)
 
     def call(self, method: str, items: list, kwargs: dict) -> list:
         return getattr(self.lm, method)(items, **kwargs)
 
 
-def start_replicas(count: int, gpus: int, model_source: str, options: EvalOptions, precision: str) -> list:
-    """`count` Replica actors of one CPU and `gpus` GPUs each (on the connected cluster)."""
+def start_replicas(count: int, gpus: int, model_source: str, options: EvalOptions, precision: str,
+                   storage=None) -> list:
+    """`count` Replica actors of one CPU and `gpus` GPUs each (on the connected cluster), each loading
+    `model_source` itself (from `storage` when it lies there)."""
     import ray
 
     actor = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=0)(Replica)
-    return [actor.remote(model_source, options, precision) for _ in range(count)]
+    return [actor.remote(model_source, options, precision, storage) for _ in range(count)]
 
 
 def stop_replicas(replicas: list) -> None:
@@ -109,14 +131,9 @@ def _evaluate(model_source: str, options: EvalOptions, kwargs: dict[str, Any], s
     if storage is None:
         return evaluate(model_source, options, **kwargs)
     with tempfile.TemporaryDirectory(prefix="cdb-eval-") as folder:
-        local = Path(folder)
-        copy = model_source
-        if model_source.startswith(storage.uri() + "/"):  # a model in the object store: fetched to this node
-            part = model_source[len(storage.uri()):].strip("/")
-            copy = str(local / part)
-            storage.download(copy, part)
-        summary = evaluate(copy, options, **{**kwargs, "output_dir": local / kwargs["prefix"], "model_name": model_source})
-        storage.upload(local / kwargs["prefix"], kwargs["prefix"])
+        local = Path(folder) / kwargs["prefix"]
+        summary = evaluate(model_source, options, storage=storage, **{**kwargs, "output_dir": local})
+        storage.upload(local, kwargs["prefix"])
         return summary
 
 

