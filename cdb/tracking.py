@@ -22,7 +22,9 @@ first there: `save_comparison_view` (a saved view of the runs page: columns and 
 A run's artifact read back: `download_artifact` (the report's per-item values).
 
 Default store: sqlite:///<cwd>/mlflow.db with artifacts in <cwd>/mlartifacts, unless
---tracking-uri / tracking.uri or MLFLOW_TRACKING_URI says otherwise.
+--tracking-uri / tracking.uri or MLFLOW_TRACKING_URI says otherwise. MLflow's own INFO lines (a new
+store's tables, the system-metrics monitor starting and stopping) stay off the console unless
+MLFLOW_LOGGING_LEVEL says otherwise.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import os
 import re
 import secrets
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +44,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Protocol, Sequence
+
+# Read by MLflow when it is first imported, in this process and in the Ray workers that import cdb.
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 if TYPE_CHECKING:
     from cdb.config import Config
@@ -253,11 +259,24 @@ LOCAL_UI = "http://127.0.0.1:5000"
 """Where `ui_command`'s `mlflow ui` serves a local store."""
 
 
+def mlflow_executable() -> str:
+    """How to call this environment's `mlflow` from the current folder: `mlflow` where PATH finds that
+    one, else its path (relative below the current folder: `.venv/bin/mlflow` after the README's set-up,
+    which does not activate the environment)."""
+    beside = Path(sys.executable).parent / "mlflow"
+    if not beside.is_file():
+        return "mlflow"
+    found = shutil.which("mlflow")
+    if found and Path(found).resolve() == beside.resolve():
+        return "mlflow"
+    return str(beside.relative_to(Path.cwd())) if beside.is_relative_to(Path.cwd()) else str(beside)
+
+
 def ui_command(uri: str) -> str | None:
     """The `mlflow ui` command that serves a local store (sqlite, file, database), None for a server."""
     if uri.startswith(("http://", "https://", "databricks")):
         return None
-    return f"mlflow ui --backend-store-uri {masked(uri)} --host 127.0.0.1 --port 5000"
+    return f"{mlflow_executable()} ui --backend-store-uri {masked(uri)} --host 127.0.0.1 --port 5000"
 
 
 def ui_hint(uri: str, link: str) -> str:

@@ -23,6 +23,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import psutil
+
 from cdb import config as cfg
 from cdb import raylog, tracking
 from cdb.data.records import DataError, load_records, write_rejected
@@ -676,7 +678,6 @@ def main(argv: list[str] | None = None) -> int:
             if (output_dir / tracking.PREFIX_EVAL_BASE).exists():
                 print(f"[cdb] re-evaluating the base model: {stale}", flush=True)
             failures[tracking.PREFIX_EVAL_BASE] = evaluate_base(config, model_source, run, output_dir)
-    started = time.perf_counter()
     try:
         result, stop_requested = fit(trainer, stop)
     except Exception as exc:  # Ray wraps worker errors; the run is marked failed, the message shown
@@ -695,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
             failures[tracking.PREFIX_DELTA] = log_changes(run, output_dir, config.scale.gpus_per_worker)
     failures = {what: why for what, why in failures.items() if why}
     finish(config, run, "FINISHED")
-    print_summary(config, run, result, time.perf_counter() - started, rss_before_eval, failures)
+    print_summary(config, run, result, time.time() - psutil.Process().create_time(), rss_before_eval, failures)
     if failures:
         return _fail(EXIT_EVAL, "evaluation failed: " + "; ".join(f"{what}: {why}" for what, why in failures.items())
                      + "; the model is exported; the same command evaluates again")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -19,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from cdb import config as cfg
 from cdb import settings, sweep, tracking
+from cdb.methods import METHODS
 from cdb.sweep import Point, admit, last_error_line
 
 TINY = Point("tiny", "contrastive", cpus=2, gpus=0)
@@ -263,16 +265,20 @@ def test_rerun_reuses_the_parent_and_skips_finished_points(failed_sweep):
     assert sum(1 for rs in runs.values() for r in rs if r.data.tags.get("cdb.method") == "sweep") == 1
 
 
+METHOD_NAMES = ["contrastive", "sft", *sorted(set(METHODS) - {"contrastive", "sft"})]
+"""Every method; the method and its closest baseline first (they run at once)."""
+
+
 @pytest.fixture(scope="module")
 def method_sweep(tmp_path_factory, ray_address):
-    """The sweep a method comparison in MLflow starts from: tiny contrastive, sft and dpo, two at once (one
-    worker each, so two fit the 2-CPU cluster), validated at every one of their 3 steps."""
+    """The sweep a method comparison in MLflow starts from: tiny runs of the five methods, two at once
+    (one worker each, so two fit the 2-CPU cluster), validated at every one of their 3 steps."""
     tmp = tmp_path_factory.mktemp("methods")
     uri, out = f"sqlite:///{tmp / 'mlflow.db'}", tmp / "sweep"
-    proc = run_sweep(["--scales", "tiny", "--methods", "contrastive,sft,dpo", "--max-steps", "3", "--parallel", "2",
+    proc = run_sweep(["--scales", "tiny", "--methods", ",".join(METHOD_NAMES), "--max-steps", "3", "--parallel", "2",
                       "--set", "scale.num_workers=1", "--set", "data.max_records=16", "--set", "train.eval_every=1",
                       "--tracking-uri", uri, "--output-dir", str(out)],
-                     tmp, timeout=240, ray_address=ray_address)
+                     tmp, timeout=480, ray_address=ray_address)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     state = json.loads((out / "sweep.json").read_text())
     client = MlflowClient(uri)
@@ -283,11 +289,11 @@ def method_sweep(tmp_path_factory, ray_address):
 
 
 @pytest.mark.integration
-def test_sweep_of_three_methods_two_at_once_finishes_with_a_child_run_each(method_sweep):
+def test_sweep_of_five_methods_two_at_once_finishes_with_a_child_run_each(method_sweep):
     state, client = method_sweep.state, method_sweep.client
     assert state["status"] == "FINISHED" and state["experiment"] == "cdb-sweep"
     points = state["points"]
-    assert {k: v["status"] for k, v in points.items()} == {f"tiny-{m}": "FINISHED" for m in ("contrastive", "sft", "dpo")}
+    assert {k: v["status"] for k, v in points.items()} == {f"tiny-{m}": "FINISHED" for m in METHOD_NAMES}
     # The first two ran at once: each started before the other ended.
     a, b = points["tiny-contrastive"], points["tiny-sft"]
     assert a["started"] <= b["ended"] and b["started"] <= a["ended"]
@@ -372,6 +378,27 @@ def test_the_summary_links_to_a_view_of_the_sweep_that_compares_methods(store, t
     assert view["state"]["searchFilter"] == tracking.sweep_filter(parent.id)
     assert "metrics.`val/lm_loss`" in view["state"]["selectedColumns"]
     assert not any("train/" in column for column in view["state"]["selectedColumns"])
+
+
+@pytest.mark.integration
+def test_each_method_logs_its_own_loss_terms_and_settings(method_sweep):
+    client = method_sweep.client
+    expected = {"contrastive": ["train/loss_ce", "train/loss_contrast"], "sft": ["train/loss_ce"], "cda": ["train/loss_ce"],
+                "unlikelihood": ["train/loss_ce", "train/loss_unlikelihood"],
+                "dpo": ["train/rewards/chosen", "train/rewards/rejected", "train/rewards/margins",
+                        "train/rewards/accuracies", "train/logps/chosen", "train/logps/rejected"]}
+    for name, run in method_sweep.training.items():
+        method = run.data.tags["cdb.method"]
+        assert run.data.params["objective.method"] == method
+        assert run.data.params["objective.cda.attributes"] == "['gender', 'race', 'religion']"  # what a cda run swapped
+        for metric in ["train/loss", *expected[method]]:
+            assert len(client.get_metric_history(run.info.run_id, metric)) == 3, (name, metric)
+        has_head = (method_sweep.out / name / "model" / "contrast_head.safetensors").exists()
+        assert ("train/loss_contrast" in run.data.metrics) == has_head == (method == "contrastive"), name
+    # DPO starts at log 2 (policy == reference) and moves.
+    history = client.get_metric_history(method_sweep.training["tiny-dpo"].info.run_id, "train/loss")
+    losses = [m.value for m in sorted(history, key=lambda m: m.step)]
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-4) and losses[-1] != losses[0]
 
 
 @pytest.mark.integration

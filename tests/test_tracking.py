@@ -7,6 +7,7 @@ import ast
 import hashlib
 import json
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -298,7 +299,8 @@ def test_links_go_to_the_runs_table_or_the_run_in_mlflow_3s_ui(tmp_path):
         "&workflowType=machine_learning")
     with pytest.raises(ValueError, match="its own search filter"):
         tracking.runs_url(local, "7", tracking.TRAINING_RUNS_FILTER, view="sweep-abc")
-    assert tracking.ui_hint(local, "LINK") == f"mlflow ui --backend-store-uri {local} --host 127.0.0.1 --port 5000, then open LINK"
+    hint = tracking.ui_hint(local, "LINK")
+    assert hint == f"{tracking.mlflow_executable()} ui --backend-store-uri {local} --host 127.0.0.1 --port 5000, then open LINK"
     assert tracking.ui_hint("http://mlflow:5000", "LINK") == "LINK"
     # The routes and the search parameter exist in the installed MLflow's UI.
     import mlflow
@@ -386,3 +388,15 @@ def test_a_local_store_moved_with_its_artifacts_still_reads_them(tmp_path):
     got = tracking.download_artifact(uri, run.id, "eval/items.json", tmp_path / "out")
     assert got is not None and got.read_text() == '{"a": 1}'
     assert tracking.download_artifact(uri, run.id, "eval/none.json", tmp_path / "out") is None
+
+
+def test_the_ui_hint_names_the_mlflow_of_this_environment(monkeypatch, tmp_path):
+    """After the README's set-up the environment is not activated: the hint calls its mlflow by path."""
+    beside = Path(sys.executable).parent / "mlflow"
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.chdir(beside.parent.parent.parent)  # the folder holding the environment, as the repository holds .venv
+    assert tracking.mlflow_executable() == f"{beside.parent.parent.name}/bin/mlflow"
+    monkeypatch.chdir(tmp_path)
+    assert tracking.mlflow_executable() == str(beside)
+    monkeypatch.setenv("PATH", str(beside.parent))  # activated
+    assert tracking.mlflow_executable() == "mlflow"

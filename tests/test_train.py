@@ -41,6 +41,32 @@ def only_run(uri):
     return client, runs[0]
 
 
+def check_against_readme_example(stdout: str) -> None:
+    """The run's closing summary has the README's example's lines, in its order and shape, and the
+    example's UI command is this environment's mlflow as called from the repository."""
+    text = (REPO / "README.md").read_text()
+    example = text.split("<!-- example summary")[1].split("<!-- end of example summary -->")[0]
+    example = [line for line in example.splitlines()[1:] if line.strip() and not line.startswith("```")]
+    printed = stdout[stdout.index("[cdb] done in"):].splitlines()[:len(example)]
+
+    def shape(line: str) -> str:
+        if line.startswith("[cdb] done in"):
+            return re.sub(r"[\d.]+", "N", line)
+        label, _, value = line.partition(":")
+        if label.strip() == "driver":
+            return "driver: " + re.sub(r"\d+", "N", value.strip())
+        if label.strip() == "MLflow UI":
+            return "MLflow UI: " + re.sub(r"\S*mlflow ui --backend-store-uri sqlite:///\S+ --host 127.0.0.1 --port 5000, then open "
+                                          r"http://127.0.0.1:5000/#/experiments/\d+/runs/[0-9a-f]+\?workflowType=machine_learning",
+                                          "command", value.strip())
+        return label.strip()
+
+    assert [shape(line) for line in printed] == [shape(line) for line in example], printed
+    ui = example[-1].split("MLflow UI:")[1].split()[0]
+    if Path(sys.executable).parent == REPO / ".venv" / "bin":
+        assert REPO / ui == Path(sys.executable).parent / "mlflow"
+
+
 def write_jsonl(path: Path, lines):
     path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
 
@@ -62,6 +88,7 @@ def test_tiny_run_end_to_end(tmp_path):
     assert str(out / "model") in proc.stdout and "mlflow ui" in proc.stdout
     output = proc.stdout + proc.stderr
     assert [output.count(f"[cdb] step {step}/20 |") for step in (1, 20)] == [1, 1]  # each progress line once
+    check_against_readme_example(proc.stdout)
 
     client, run = only_run(uri)
     assert run.info.status == "FINISHED"
