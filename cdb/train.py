@@ -168,18 +168,29 @@ def continue_or_start(config: cfg.Config, args: argparse.Namespace) -> tuple[cfg
 
 
 def check_batches(config: cfg.Config, n_records: int) -> str | None:
-    """A message when the data cannot fill one optimizer step on every worker, else None."""
+    """A message when the data cannot fill one optimizer step on every worker, else None: the minimum
+    number of records and the settings that need fewer."""
     from cdb.data.batch import micro_batches_per_epoch
     from cdb.data.records import validation_count
 
-    scale = config.scale
+    scale, share = config.scale, config.data.val_share
     n_sources = min(n_records, config.data.max_records or n_records)
-    n_sources -= validation_count(n_sources, config.data.val_share)  # held out, never trained on
-    if micro_batches_per_epoch(n_sources, scale.micro_batch, scale.num_workers) < scale.grad_accum:
-        return (f"{n_sources} training sources cannot fill one optimizer step: it takes micro_batch {scale.micro_batch} x "
-                f"grad_accum {scale.grad_accum} x {scale.num_workers} workers = "
-                f"{scale.micro_batch * scale.grad_accum * scale.num_workers} sources")
-    return None
+    held_out = validation_count(n_sources, share)  # never trained on
+    if micro_batches_per_epoch(n_sources - held_out, scale.micro_batch, scale.num_workers) >= scale.grad_accum:
+        return None
+
+    def minimum(workers: int, val_share: float) -> int:
+        step = scale.micro_batch * scale.grad_accum * workers
+        return next(n for n in range(step, 2 * step + 10) if n - validation_count(n, val_share) >= step)
+
+    step = scale.micro_batch * scale.grad_accum * scale.num_workers
+    ways = [f"--set data.val_share=0 (then {minimum(scale.num_workers, 0)})"] if share > 0 else []
+    if scale.num_workers > 1:
+        ways.insert(0, f"--num-workers 1 (then {minimum(1, share)})")
+    return (f"{n_sources} records, {held_out} of them held out for validation (data.val_share {share}), leave "
+            f"{n_sources - held_out} training sources: one optimizer step takes micro_batch {scale.micro_batch} x "
+            f"grad_accum {scale.grad_accum} x {scale.num_workers} workers = {step}. Give at least "
+            f"{minimum(scale.num_workers, share)} records" + (", or train with fewer: " + ", ".join(ways) if ways else ""))
 
 
 def preflight_output(config: cfg.Config, parameters: int) -> str | None:

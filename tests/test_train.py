@@ -361,3 +361,17 @@ def test_runs_share_the_base_evaluation_kept_in_base_eval_dir(tmp_path, capsys):
         assert {k: v for k, v in run.data.metrics.items() if k.startswith("eval_base/")} == made["metrics"]
         assert run.data.tags["cdb.eval_base.options_hash"] == made["options_hash"]
 
+
+
+def test_too_little_data_names_the_minimum_and_the_settings_that_need_less():
+    from cdb import config as cfg
+    from cdb.train import check_batches
+
+    tiny = cfg.resolve(scale="tiny")
+    message = check_batches(tiny, 5)
+    assert "5 records, 2 of them held out for validation" in message
+    assert message.endswith("Give at least 6 records, or train with fewer: --num-workers 1 (then 3), --set data.val_share=0 (then 4)")
+    # each minimum it names is the least that trains
+    for sets, least in (([], 6), (["scale.num_workers=1"], 3), (["data.val_share=0"], 4)):
+        config = cfg.resolve(scale="tiny", sets=sets)
+        assert check_batches(config, least) is None and check_batches(config, least - 1) is not None, sets
