@@ -29,10 +29,26 @@ setup() {
   fi
 }
 
+build_ops() {
+  # DeepSpeed compiles its shared-memory op for CPU training the first time a run needs it; here it is
+  # said and done once, not inside the first run (or a test). No-op where the accelerator has no such op.
+  [ -f "$TORCH_EXTENSIONS_DIR/deepspeed_shm_comm/deepspeed_shm_comm.so" ] && return
+  echo "[setup] building DeepSpeed's shared-memory op into $TORCH_EXTENSIONS_DIR (once: a minute or two)"
+  mkdir -p "$CDB_CACHE_DIR"
+  "$py" - > "$CDB_CACHE_DIR/op-build.log" 2>&1 <<'PY' || { echo "[setup] the op build failed: $CDB_CACHE_DIR/op-build.log" >&2; exit 1; }
+from cdb.strategy import use_deepspeeds_ninja
+use_deepspeeds_ninja()
+from deepspeed.accelerator import get_accelerator
+builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+if builder is not None and builder.is_compatible():
+    builder.load(verbose=False)
+PY
+}
+
 cmd="${1:-}"; shift || true
 case "$cmd" in
-  train) setup; exec "$py" -m cdb.train "$@" ;;
-  test)  setup; exec "$py" -m pytest -q "$@" ;;
-  setup) setup ;;
+  train) setup; build_ops; exec "$py" -m cdb.train "$@" ;;
+  test)  setup; build_ops; exec "$py" -m pytest -q "$@" ;;
+  setup) setup; build_ops ;;
   *) echo "usage: bash scripts/dev.sh train [flags] | test [pytest args] | setup" >&2; exit 2 ;;
 esac
