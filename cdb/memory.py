@@ -404,6 +404,35 @@ def machine_ram_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def _gathered_bytes(zero: dict, shape: ModelShape, trainable: int, reference: int, b_p: int, b_g: int) -> int:
+    """ZeRO-3's working set: gathered parameters (bounded by max live + one prefetch bucket), the
+    largest layer's full gradient, one reduce bucket; a DPO reference gathers its own."""
+    live = min(float(zero.get("stage3_max_live_parameters", 1e9)) + float(zero.get("stage3_prefetch_bucket_size", 5e7)),
+               trainable)
+    gathered = b_p * max(live, shape.largest_layer_params) + b_p * shape.largest_layer_params
+    gathered += b_g * float(zero.get("reduce_bucket_size", 5e8))
+    if reference:
+        gathered += b_p * min(live, reference)
+    return int(gathered)
+
+
+def _forward_bytes(scale, shape: ModelShape, seq: int, rows: int, act_b: int, reference: bool,
+                   head: bool) -> tuple[int, int, int, int]:
+    """(activations as the scale trains, without checkpointing, with it, logits) of one micro-batch."""
+    eager = scale.attn_implementation == "eager"
+    act_off = activation_bytes(shape, seq, rows, act_b, False, eager)
+    act_on = activation_bytes(shape, seq, rows, act_b, True, eager)
+    activations = act_on if scale.activation_checkpointing else act_off
+    if reference:
+        activations += activation_bytes(shape, seq, rows, act_b, True, eager) // shape.layers  # no_grad: one layer live
+    scored = rows * scale.max_target_tokens  # exact when the method scores negatives too; an upper bound otherwise
+    logits = logits_bytes(shape, scored, act_b) * (2 if reference else 1)
+    if head:
+        # dense, gelu, proj outputs and z (fp32) at the pooled positions only: within the targets
+        logits += 4 * rows * scale.max_target_tokens * shape.hidden * 4
+    return activations, act_off, act_on, logits
+
+
 def estimate_memory(config, gpus: int, gpu_memory_bytes: int | None, micro_batch: int | None = None, seq_len: int | None = None,
          offload: str | None = None, rows_per_source: int = DEFAULT_ROWS_PER_SOURCE, suggest: bool = True,
          with_deepspeed_estimate: bool = False, shape: ModelShape | None = None) -> Plan:
@@ -454,29 +483,9 @@ def estimate_memory(config, gpus: int, gpu_memory_bytes: int | None, micro_batch
     partition = trainable / gpus
     ref_params = 0 if mode == "all" else int(b_p * (reference / gpus + (persistent if reference else 0)))
     params_b = chosen.gpu_params + ref_params
-    # ZeRO-3 working set: gathered parameters (bounded by max live + one prefetch bucket), the
-    # largest layer's full gradient, one reduce bucket; a DPO reference gathers its own.
-    live = min(float(zero.get("stage3_max_live_parameters", 1e9)) + float(zero.get("stage3_prefetch_bucket_size", 5e7)),
-               trainable)
-    gathered = b_p * max(live, shape.largest_layer_params) + b_p * shape.largest_layer_params
-    gathered += b_g * float(zero.get("reduce_bucket_size", 5e8))
-    if reference:
-        gathered += b_p * min(live, reference)
-    gathered = int(gathered)
-
+    gathered = _gathered_bytes(zero, shape, trainable, reference, b_p, b_g)
     rows = micro * rows_per_source
-    act_b = b_p
-    eager = scale.attn_implementation == "eager"
-    act_off = activation_bytes(shape, seq, rows, act_b, False, eager)
-    act_on = activation_bytes(shape, seq, rows, act_b, True, eager)
-    activations = act_on if scale.activation_checkpointing else act_off
-    if reference:
-        activations += activation_bytes(shape, seq, rows, act_b, True, eager) // shape.layers  # no_grad: one layer live
-    scored = rows * scale.max_target_tokens  # exact when the method scores negatives too; an upper bound otherwise
-    logits = logits_bytes(shape, scored, act_b) * (2 if reference else 1)
-    if head:
-        # dense, gelu, proj outputs and z (fp32) at the pooled positions only: within the targets
-        logits += 4 * rows * scale.max_target_tokens * shape.hidden * 4
+    activations, act_off, act_on, logits = _forward_bytes(scale, shape, seq, rows, b_p, bool(reference), bool(head))
     # The optimizer step: the fp32 gradient of one sub-group and AdamW's temporaries (foreach sqrt
     # on a GPU; single-tensor sqrt and division on CPU). Offloaded, it happens on the host.
     adam_temporaries = 8 if cpu else 4
