@@ -186,7 +186,9 @@ class Runner:
 
 def run_build(build: BuildSettings, command: str = "", log: Callable[[str], None] | None = None) -> BuildResult:
     """Build OUTPUT/records.jsonl, card.json, card.md (and scores.jsonl, rejected.jsonl). `build`
-    comes from cdb.data.construct.config.resolve (checked there); `command` is recorded in the card."""
+    comes from cdb.data.construct.config.resolve (checked there); `command` is recorded in the card.
+    Phases: read the sources, augment (one stage per augmenter), score every candidate, label and
+    filter, write; the augment and score stages are cached per chunk, so a re-run redoes only what is missing."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     t0 = time.time()
     names = list(build.augmenters)
@@ -194,23 +196,12 @@ def run_build(build: BuildSettings, command: str = "", log: Callable[[str], None
 
     # Augmenters are built before anything is read or written; models load on first use.
     augs = [make_augmenter(name, build.augmenter_options(name)) for name in names]
-    if build.input:
-        data = read_input(build.input, build.source_field, build.reference_field, build.id_field, build.split,
-                          build.limit, build.max_reference_words)
-    else:
-        data = bold_corpus(build.limit, build.max_reference_words, build.bold.min_sentences, build.bold.max_sentences,
-                           build.bold.max_source_words)
-    for bad in data.bad[:20]:
-        log(f"[build] bad input {bad.where}: {bad.reason}")
-    if len(data.bad) > 20:
-        log(f"[build] ... and {len(data.bad) - 20} more bad input lines (all in rejected.jsonl and the card)")
-
+    data = _read_sources(build, log)
     out = Path(build.output).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     cache = ChunkCache(out / ".cache" / data.sha256[:16])
     size = build.chunk_size
     chunks = [data.items[i:i + size] for i in range(0, len(data.items), size)]
-    hashes = [_chunk_hash(c) for c in chunks]
     log(f"[build] {len(data.items)} sources from {data.location} in {len(chunks)} chunks of <= {size}; "
         f"augmenters: {', '.join(names) or '(none)'}; {'Ray' if use_ray else 'local'}")
 
@@ -224,102 +215,150 @@ def run_build(build: BuildSettings, command: str = "", log: Callable[[str], None
         device = runner.device()
         for augmenter in augs:
             augmenter.device = device
-
-        # 1. augment: one stage per augmenter, one cache entry per chunk
-        produced: dict[str, list[list[list]]] = {}
-        for augmenter in augs:
-            stage = f"aug-{augmenter.name}-{stable_hash(augmenter.config(), code_fingerprint(augmenter), build.seed, CACHE_FORMAT)[:12]}"
-            results: list[list[list] | None] = [None] * len(chunks)
-            tasks = []
-            hits = 0
-            for index, (chunk, chash) in enumerate(zip(chunks, hashes)):
-                chosen = [it for it in chunk if _selected(augmenter, build.seed, it)]
-                key = stable_hash(chash, [it.id for it in chosen])
-                hit = cache.get(stage, index, key)
-                if hit is not None and hit.get("ids") == [it.id for it in chosen]:
-                    results[index] = _spread(chunk, hit)
-                    hits += 1
-                    continue
-                if not chosen:  # nothing to do: no need to reach for a model or an actor
-                    value = run_augment(augmenter, augment_payload([], build.seed, augmenter.name, key))
-                    cache.put(stage, index, key, value)
-                    results[index] = _spread(chunk, value)
-                    continue
-                tasks.append((index, augment_payload(chosen, build.seed, augmenter.name, key), key, chunk))
-
-            def done(index: int, value: dict, _tasks={t[0]: t for t in tasks}, _stage=stage, _results=results) -> None:
-                _, _, key, chunk = _tasks[index]
-                cache.put(_stage, index, key, value)
-                _results[index] = _spread(chunk, value)
-
-            spec = {"name": augmenter.name, "options": augmenter.options, "device": device}
-            if augmenter.uses_model and use_ray:
-                _prepare_models(augmenter)
-            runner.map_chunks("augment", spec, [(t[0], t[1]) for t in tasks], lambda p, a=augmenter: run_augment(a, p),
-                              done, f"{augmenter.name} ({hits} cached)" if hits else augmenter.name,
-                              remote=augmenter.uses_model)
-            produced[augmenter.name] = results  # type: ignore[assignment]
-
-        # 2. score every candidate of every source (the reference too)
-        groups_per_chunk = []
-        for index, chunk in enumerate(chunks):
-            groups = []
-            for pos, it in enumerate(chunk):
-                cands = [("reference", it.reference, "reference")]
-                for augmenter in sorted(augs, key=lambda a: a.kind != "positive"):
-                    for text, origin in produced[augmenter.name][index][pos]:
-                        cands.append((augmenter.kind, text, origin))
-                groups.append((it, cands))
-            groups_per_chunk.append(groups)
-        score_spec = {"toxicity": build.toxicity_scorer, "faithfulness": build.faithfulness_scorer, "device": device}
-        score_stage = f"score-{stable_hash(build.toxicity_scorer, build.faithfulness_scorer, code_fingerprint(None), CACHE_FORMAT)[:12]}"
-        scores: list[dict | None] = [None] * len(chunks)
-        tasks = []
-        for index, groups in enumerate(groups_per_chunk):
-            payload = {"groups": [{"id": it.id, "source": it.source, "texts": [c[1] for c in cands]} for it, cands in groups]}
-            key = stable_hash(payload)
-            hit = cache.get(score_stage, index, key)
-            if hit is not None and hit.get("ids") == [g["id"] for g in payload["groups"]]:
-                scores[index] = hit
-            else:
-                tasks.append((index, payload, key))
-        keys = {t[0]: t[2] for t in tasks}
-
-        def scored(index: int, value: dict) -> None:
-            cache.put(score_stage, index, keys[index], value)
-            scores[index] = value
-
-        local_scorers: list = []
-
-        def score_local(payload: dict) -> dict:
-            if not local_scorers:
-                local_scorers.extend([scoring.toxicity_scorer(build.toxicity_scorer, device),
-                                      scoring.faithfulness_scorer(build.faithfulness_scorer, device)])
-            return run_score(local_scorers[0], local_scorers[1], payload)
-
-        cached = len(chunks) - len(tasks)
-        runner.map_chunks("score", score_spec, [(t[0], t[1]) for t in tasks], score_local, scored,
-                          f"score ({cached} cached)" if cached else "score", remote=True)
+        produced = _augment(build, augs, chunks, cache, runner, device, use_ray)
+        groups_per_chunk = _candidates(augs, chunks, produced)
+        scores = _score(build, groups_per_chunk, cache, runner, device)
     finally:
         runner.close()
 
-    # 3. label and filter; the early-entity filter tags every positive candidate in one batch with the
-    # tagger training pools over
-    scorer_info = next((s["scorers"] for s in scores if s and "scorers" in s), None)
     tagger = make_tagger(build.entity_tagger)
+    outcomes = _label(build, groups_per_chunk, scores, tagger)
+    records, card = _write(build, command, use_ray, out, data, augs, groups_per_chunk, scores, outcomes, tagger)
+    seconds = time.time() - t0
+    reasons = ", ".join(f"{k} {v}" for k, v in card["counts"]["rejected_sources"].items()) or "none"
+    log(f"[build] {len(records)} records from {len(data.items)} sources ({len(data.bad)} bad input lines; "
+        f"rejected: {reasons}) -> {out / 'records.jsonl'} in {seconds:.0f} s")
+    if not records:
+        raise DataError(f"{data.location}: no source passed the filters (rejected: {reasons})")
+    return BuildResult(out, len(records), card, seconds)
+
+
+def _read_sources(build: BuildSettings, log: Callable[[str], None]):
+    """The sources (the given input, else the offline BOLD corpus); bad input lines logged (20 at most)."""
+    if build.input:
+        data = read_input(build.input, build.source_field, build.reference_field, build.id_field, build.split,
+                          build.limit, build.max_reference_words)
+    else:
+        data = bold_corpus(build.limit, build.max_reference_words, build.bold.min_sentences, build.bold.max_sentences,
+                           build.bold.max_source_words)
+    for bad in data.bad[:20]:
+        log(f"[build] bad input {bad.where}: {bad.reason}")
+    if len(data.bad) > 20:
+        log(f"[build] ... and {len(data.bad) - 20} more bad input lines (all in rejected.jsonl and the card)")
+    return data
+
+
+def _augment(build: BuildSettings, augs: list, chunks: list, cache: ChunkCache, runner, device: str,
+             use_ray: bool) -> dict[str, list[list[list]]]:
+    """Augmenter name -> per chunk, per source, its (text, origin) candidates: one stage per
+    augmenter, one cache entry per chunk."""
+    hashes = [_chunk_hash(c) for c in chunks]
+    produced: dict[str, list[list[list]]] = {}
+    for augmenter in augs:
+        stage = f"aug-{augmenter.name}-{stable_hash(augmenter.config(), code_fingerprint(augmenter), build.seed, CACHE_FORMAT)[:12]}"
+        results: list[list[list] | None] = [None] * len(chunks)
+        tasks = []
+        hits = 0
+        for index, (chunk, chash) in enumerate(zip(chunks, hashes)):
+            chosen = [it for it in chunk if _selected(augmenter, build.seed, it)]
+            key = stable_hash(chash, [it.id for it in chosen])
+            hit = cache.get(stage, index, key)
+            if hit is not None and hit.get("ids") == [it.id for it in chosen]:
+                results[index] = _spread(chunk, hit)
+                hits += 1
+                continue
+            if not chosen:  # nothing to do: no need to reach for a model or an actor
+                value = run_augment(augmenter, augment_payload([], build.seed, augmenter.name, key))
+                cache.put(stage, index, key, value)
+                results[index] = _spread(chunk, value)
+                continue
+            tasks.append((index, augment_payload(chosen, build.seed, augmenter.name, key), key, chunk))
+
+        def done(index: int, value: dict, _tasks={t[0]: t for t in tasks}, _stage=stage, _results=results) -> None:
+            _, _, key, chunk = _tasks[index]
+            cache.put(_stage, index, key, value)
+            _results[index] = _spread(chunk, value)
+
+        spec = {"name": augmenter.name, "options": augmenter.options, "device": device}
+        if augmenter.uses_model and use_ray:
+            _prepare_models(augmenter)
+        runner.map_chunks("augment", spec, [(t[0], t[1]) for t in tasks], lambda p, a=augmenter: run_augment(a, p),
+                          done, f"{augmenter.name} ({hits} cached)" if hits else augmenter.name,
+                          remote=augmenter.uses_model)
+        produced[augmenter.name] = results  # type: ignore[assignment]
+    return produced
+
+
+def _candidates(augs: list, chunks: list, produced: dict) -> list[list[tuple]]:
+    """Per chunk, per source: (item, [(kind, text, origin)]), the reference first, positives before negatives."""
+    groups_per_chunk = []
+    for index, chunk in enumerate(chunks):
+        groups = []
+        for pos, it in enumerate(chunk):
+            cands = [("reference", it.reference, "reference")]
+            for augmenter in sorted(augs, key=lambda a: a.kind != "positive"):
+                for text, origin in produced[augmenter.name][index][pos]:
+                    cands.append((augmenter.kind, text, origin))
+            groups.append((it, cands))
+        groups_per_chunk.append(groups)
+    return groups_per_chunk
+
+
+def _score(build: BuildSettings, groups_per_chunk: list, cache: ChunkCache, runner, device: str) -> list[dict]:
+    """Per chunk, the toxicity and faithfulness of every candidate (cached per chunk)."""
+    score_spec = {"toxicity": build.toxicity_scorer, "faithfulness": build.faithfulness_scorer, "device": device}
+    score_stage = f"score-{stable_hash(build.toxicity_scorer, build.faithfulness_scorer, code_fingerprint(None), CACHE_FORMAT)[:12]}"
+    scores: list[dict | None] = [None] * len(groups_per_chunk)
+    tasks = []
+    for index, groups in enumerate(groups_per_chunk):
+        payload = {"groups": [{"id": it.id, "source": it.source, "texts": [c[1] for c in cands]} for it, cands in groups]}
+        key = stable_hash(payload)
+        hit = cache.get(score_stage, index, key)
+        if hit is not None and hit.get("ids") == [g["id"] for g in payload["groups"]]:
+            scores[index] = hit
+        else:
+            tasks.append((index, payload, key))
+    keys = {t[0]: t[2] for t in tasks}
+
+    def scored(index: int, value: dict) -> None:
+        cache.put(score_stage, index, keys[index], value)
+        scores[index] = value
+
+    local_scorers: list = []
+
+    def score_local(payload: dict) -> dict:
+        if not local_scorers:
+            local_scorers.extend([scoring.toxicity_scorer(build.toxicity_scorer, device),
+                                  scoring.faithfulness_scorer(build.faithfulness_scorer, device)])
+        return run_score(local_scorers[0], local_scorers[1], payload)
+
+    cached = len(groups_per_chunk) - len(tasks)
+    runner.map_chunks("score", score_spec, [(t[0], t[1]) for t in tasks], score_local, scored,
+                      f"score ({cached} cached)" if cached else "score", remote=True)
+    return scores  # type: ignore[return-value]
+
+
+def _label(build: BuildSettings, groups_per_chunk: list, scores: list[dict], tagger) -> list[tuple[Item, Outcome]]:
+    """Label and filter every source; the early-entity filter tags every positive candidate in one
+    batch with the tagger training pools over."""
     positive_texts = sorted({text for groups in groups_per_chunk for _, cands in groups
                              for kind, text, _ in cands if kind in POSITIVE_KINDS})
     spans_of = dict(zip(positive_texts, tagger(positive_texts)))
     outcomes: list[tuple[Item, Outcome]] = []
-    bar = _progress(build.progress, len(chunks), "label")
+    bar = _progress(build.progress, len(groups_per_chunk), "label")
     for index, groups in enumerate(groups_per_chunk):
         for (it, cands), sc in zip(groups, scores[index]["scores"]):
             scored_cands = [Scored(text, kind, origin, t, f) for (kind, text, origin), (t, f) in zip(cands, sc)]
             outcomes.append((it, label_source(it.id, it.source, scored_cands, build.label, spans_of.__getitem__)))
         bar.update(1)
     bar.close()
+    return outcomes
 
-    # 4. write
+
+def _write(build: BuildSettings, command: str, use_ray: bool, out: Path, data, augs: list, groups_per_chunk: list,
+           scores: list[dict], outcomes: list, tagger) -> tuple[list, dict]:
+    """records.jsonl (each record validated as training reads it), scores.jsonl, rejected.jsonl and
+    the card; returns (records, card)."""
     from cdb.data.construct.card import make_card, render_markdown
     from cdb.data.construct.probe import shortcut_probe
 
@@ -344,17 +383,12 @@ def run_build(build: BuildSettings, command: str = "", log: Callable[[str], None
     toxic_candidates = [(origin, toxicity) for index, groups in enumerate(groups_per_chunk)
                         for (_, cands), group_scores in zip(groups, scores[index]["scores"])
                         for (kind, _, origin), (toxicity, _) in zip(cands, group_scores) if kind == "toxic"]
-    card = make_card(build, command, use_ray, data, augs, scorer_info, outcomes, len(chunks),
+    scorer_info = next((s["scorers"] for s in scores if s and "scorers" in s), None)
+    card = make_card(build, command, use_ray, data, augs, scorer_info, outcomes, len(groups_per_chunk),
                      shortcut_probe(records, tagger), toxic_candidates)
     write_atomic(out / "card.json", json.dumps(card, indent=2, ensure_ascii=False) + "\n")
     write_atomic(out / "card.md", render_markdown(card))
-    seconds = time.time() - t0
-    reasons = ", ".join(f"{k} {v}" for k, v in card["counts"]["rejected_sources"].items()) or "none"
-    log(f"[build] {len(records)} records from {len(data.items)} sources ({len(data.bad)} bad input lines; "
-        f"rejected: {reasons}) -> {out / 'records.jsonl'} in {seconds:.0f} s")
-    if not records:
-        raise DataError(f"{data.location}: no source passed the filters (rejected: {reasons})")
-    return BuildResult(out, len(records), card, seconds)
+    return records, card
 
 
 def code_fingerprint(augmenter) -> str:
