@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable
 
@@ -114,6 +115,15 @@ def validation_metrics(strategy, spec, objective_config, sources: list, micro_ba
     return metrics
 
 
+@dataclass
+class Throughput:
+    """Tokens over wall time since the last logged step (validation excluded), and the ETA's clock."""
+    started: float
+    first_step: int
+    window_start: float
+    window_tokens: float = 0.0
+
+
 class Trainer:
     """Runs `steps` optimizer steps of one method on one rank's share of the sources, validating on
     the held-out `val_sources` every train.eval_every steps and at the last."""
@@ -146,17 +156,15 @@ class Trainer:
         import torch
 
         from cdb.data.batch import assign_micro_batches, collate, micro_batches_per_epoch
-        from cdb.perf import flops_per_token, mfu, peak_memory_bytes
-        from cdb.tracking import PREFIX_TRAIN, PREFIX_VAL, metric_key
+        from cdb.tracking import PREFIX_VAL, metric_key
 
         config, scale, strategy = self.config, self.config.scale, self.strategy
         per_epoch = micro_batches_per_epoch(len(self.sources), scale.micro_batch, self.world)
-        token_flops = flops_per_token(strategy.model_config, scale.max_source_tokens + scale.max_target_tokens)
         step = strategy.global_step
         sums, tokens, in_row, names = None, 0, 0, []
         order: tuple[int, list] | None = None
-        started = window_start = time.perf_counter()
-        first_step, window_tokens = step, 0.0
+        now = time.perf_counter()
+        clock = Throughput(started=now, first_step=step, window_start=now)
         while step < self.steps:
             epoch, index = divmod(self.consumed, per_epoch)
             if order is None or order[0] != epoch:
@@ -185,31 +193,17 @@ class Trainer:
             stop_flag = float(self.rank == 0 and stop_requested())
             packed = strategy.sum_over_ranks(torch.cat([sums / scale.grad_accum, torch.tensor([float(tokens), stop_flag])]))
             averaged = dict(zip(names, (packed[:-2] / self.world).tolist()))
-            window_tokens += packed[-2].item()
+            clock.window_tokens += packed[-2].item()
             stop = packed[-1].item() > 0
             sums, tokens = None, 0
 
             logged = {}
             if step % config.train.log_every == 0 or step == self.steps or stop:
-                now = time.perf_counter()
-                tokens_per_s = window_tokens / max(now - window_start, 1e-9)
-                row = {**averaged, "lr": strategy.lr(), "grad_norm": strategy.grad_norm(),
-                       "tokens_per_s": tokens_per_s, "skipped_steps": self.skipped,
-                       "mfu": mfu(tokens_per_s / self.world, token_flops, self.peak_flops)}
-                if step == self.steps or stop:  # every rank is here: gather each one's peak memory
-                    peaks = strategy.gather_objects(peak_memory_bytes(strategy.device))
-                    row.update({f"peak_memory_gib/rank{r}": b / 2**30 for r, b in enumerate(peaks)})
-                logged.update({metric_key(PREFIX_TRAIN, k): v for k, v in row.items()})
-                if self.rank == 0:
-                    eta = (now - started) / max(step - first_step, 1) * (self.steps - step)
-                    terms = ", ".join(f"{k[5:]} {v:.4f}" for k, v in averaged.items() if k.startswith("loss_"))
-                    say(f"[cdb] step {step}/{self.steps} | loss {averaged['loss']:.4f}" + (f" ({terms})" if terms else "")
-                        + f" | {tokens_per_s:,.0f} tok/s | eta {timedelta(seconds=round(eta))}")
-                window_start, window_tokens = now, 0.0
+                logged.update(self.train_row(step, averaged, stop, clock))
             if self.val_sources and (step % config.train.eval_every == 0 or step == self.steps or stop):
                 validation_start = time.perf_counter()
                 logged.update({metric_key(PREFIX_VAL, k): v for k, v in self.validate().items()})
-                window_start += time.perf_counter() - validation_start  # validating is not training time
+                clock.window_start += time.perf_counter() - validation_start  # validating is not training time
             if logged:  # one call per step: the logger logs a step once
                 self.logger.log_metrics(logged, step)
 
@@ -222,5 +216,29 @@ class Trainer:
                     say(f"[cdb] stop requested: checkpointed step {step}, exiting")
                 return True
         return False
+
+    def train_row(self, step: int, averaged: dict[str, float], stop: bool, clock: Throughput) -> dict[str, float]:
+        """The train/ metrics of a logged step (the last one with every rank's peak memory), and rank
+        0's progress line; starts the next throughput window."""
+        from cdb.perf import flops_per_token, mfu, peak_memory_bytes
+        from cdb.tracking import PREFIX_TRAIN, metric_key
+
+        scale, strategy = self.config.scale, self.strategy
+        now = time.perf_counter()
+        tokens_per_s = clock.window_tokens / max(now - clock.window_start, 1e-9)
+        token_flops = flops_per_token(strategy.model_config, scale.max_source_tokens + scale.max_target_tokens)
+        row = {**averaged, "lr": strategy.lr(), "grad_norm": strategy.grad_norm(),
+               "tokens_per_s": tokens_per_s, "skipped_steps": self.skipped,
+               "mfu": mfu(tokens_per_s / self.world, token_flops, self.peak_flops)}
+        if step == self.steps or stop:  # every rank is here: gather each one's peak memory
+            peaks = strategy.gather_objects(peak_memory_bytes(strategy.device))
+            row.update({f"peak_memory_gib/rank{r}": b / 2**30 for r, b in enumerate(peaks)})
+        if self.rank == 0:
+            eta = (now - clock.started) / max(step - clock.first_step, 1) * (self.steps - step)
+            terms = ", ".join(f"{k[5:]} {v:.4f}" for k, v in averaged.items() if k.startswith("loss_"))
+            say(f"[cdb] step {step}/{self.steps} | loss {averaged['loss']:.4f}" + (f" ({terms})" if terms else "")
+                + f" | {tokens_per_s:,.0f} tok/s | eta {timedelta(seconds=round(eta))}")
+        clock.window_start, clock.window_tokens = now, 0.0
+        return {metric_key(PREFIX_TRAIN, k): v for k, v in row.items()}
 
 

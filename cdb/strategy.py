@@ -9,7 +9,9 @@ loss: the Trainer (cdb.loop) computes the method's objective from `forward`'s ou
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import random
 import shutil
@@ -159,6 +161,52 @@ def weights_only_loads():
             os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
         else:
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
+
+
+
+def _is_op_load_line(line: str) -> bool:
+    return line.startswith("DeepSpeed ") and line.rstrip().endswith(" built successfully")
+
+
+class _DropOpLoadLines(io.TextIOBase):
+    """A stdout that passes every line on except DeepSpeed's "DeepSpeed <op> built successfully"."""
+
+    def __init__(self, target):
+        self.target, self.pending = target, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            if not _is_op_load_line(line):
+                self.target.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.target.write(self.pending)
+            self.pending = ""
+        self.target.flush()
+
+
+@contextmanager
+def quiet_op_loads():
+    """DeepSpeed prints that line on every rank each time a communication backend loads its (already
+    built) op, several times a run, from several call sites; a worker runs inside this, and the
+    console keeps the rest of what it prints. Inside a Ray Train worker `print` goes to the root
+    logger (Ray Train's print patch) as well as to a replaced stdout: both are filtered."""
+    quiet = _DropOpLoadLines(sys.stdout)
+    previous, sys.stdout = sys.stdout, quiet
+    root = logging.getLogger()
+    drop = logging.Filter()
+    drop.filter = lambda record: not _is_op_load_line(record.getMessage())
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+        quiet.flush()
+        sys.stdout = previous
 
 
 class Strategy:

@@ -99,6 +99,9 @@ def prepare_sources(config: Config, spec, tokenizer) -> tuple[list, list]:
 def export_model(strategy, storage) -> None:
     """The trained model to the run's storage, `model/` (collective; rank 0 writes): in place into a
     folder, or through a local staging folder into an object store."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # its "Writing model shards" bar, one shard long, on the console
     if not storage.remote:
         strategy.export(Path(storage.path("model")))
         return
@@ -158,6 +161,8 @@ def train_loop_per_worker(loop: dict) -> None:
     import ray
     import ray.train
 
+    from cdb.strategy import quiet_op_loads
+
     context = ray.train.get_context()
     stop = loop["stop"]
 
@@ -169,5 +174,6 @@ def train_loop_per_worker(loop: dict) -> None:
                          checkpoint_dir_name=f"step_{metrics['step']:07d}",
                          checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
 
-    run_worker(loop["args"], context.get_world_rank(), context.get_world_size(), ray.train.get_checkpoint(), save,
-               lambda: ray.get(stop.is_requested.remote()))
+    with quiet_op_loads():
+        run_worker(loop["args"], context.get_world_rank(), context.get_world_size(), ray.train.get_checkpoint(), save,
+                   lambda: ray.get(stop.is_requested.remote()))

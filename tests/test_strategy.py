@@ -92,3 +92,13 @@ def test_a_stopped_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(zero
     assert len(trainer["losses"]) == 4
     assert trainer["losses"] == trainer["straight_losses"]  # exact float equality, not approx
     assert trainer["weights_equal_straight"] == {"contrast_head.safetensors": True, "model.safetensors": True}
+
+
+def test_deepspeeds_op_load_line_is_dropped_and_the_rest_kept(capsys):
+    from cdb.strategy import quiet_op_loads
+
+    with quiet_op_loads():
+        print("DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully")
+        print("a warning of its own")
+        print("no newline", end="")
+    assert capsys.readouterr().out == "a warning of its own\nno newline"
