@@ -58,7 +58,6 @@ moment at the step (see above) — DeepSpeed's 18 sits between the two; the plan
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import math
@@ -679,40 +678,39 @@ def evaluation_plan(config, gpu_memory_bytes: int | None = None, gpus_per_node: 
 # --- CLI --------------------------------------------------------------------------------------
 
 
-def parse_args(argv):
+def command():
+    from cdb.cli import Command, Flag
     from cdb.scales import ALIASES, SCALES
 
-    p = argparse.ArgumentParser(prog="python -m cdb.memory", description=__doc__.split("\n")[0])
-    p.add_argument("--scale", default="tiny", help=f"scale preset ({', '.join(list(SCALES) + list(ALIASES))})")
-    p.add_argument("--gpus", type=int, help="GPUs (CPU scales: ranks on this machine); default the scale's workers")
-    p.add_argument("--gpu-memory", type=float, help="GiB per GPU (default 80); CPU scales: the machine's RAM in GiB (default this machine's)")
-    p.add_argument("--micro-batch", type=int, help="sources per micro-batch (default the scale's)")
-    p.add_argument("--seq-len", type=int, help="tokens per row (default 1 + max_source_tokens + max_target_tokens)")
-    p.add_argument("--offload", choices=OFFLOADS, help="ZeRO-3 offload (default: what the scale's ds_config does)")
-    p.add_argument("--method", help="objective.method (default contrastive)")
-    p.add_argument("--rows-per-source", type=int, default=DEFAULT_ROWS_PER_SOURCE, help="candidates per source")
-    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="any config override, as for cdb.train")
-    return p.parse_args(argv)
+    flags = (
+        Flag("--scale", default="tiny", help=f"scale preset ({', '.join(list(SCALES) + list(ALIASES))})"),
+        Flag("--gpus", type=int, help="GPUs (CPU scales: ranks on this machine); default the scale's workers"),
+        Flag("--gpu-memory", type=float, help="GiB per GPU (default 80); CPU scales: the machine's RAM in GiB (default this machine's)"),
+        Flag("--micro-batch", type=int, help="sources per micro-batch (default the scale's)"),
+        Flag("--seq-len", type=int, help="tokens per row (default 1 + max_source_tokens + max_target_tokens)"),
+        Flag("--offload", choices=OFFLOADS, help="ZeRO-3 offload (default: what the scale's ds_config does)"),
+        Flag("--method", key="objective.method"),
+        Flag("--rows-per-source", type=int, default=DEFAULT_ROWS_PER_SOURCE, help="candidates per source"),
+    )
+    return Command("cdb.memory", "python -m cdb.memory", __doc__.split("\n")[0], flags, what="training")
 
 
 def main(argv: list[str] | None = None) -> int:
     from cdb import config as cfg
 
-    args = parse_args(argv)
-    flags = {"objective.method": args.method} if args.method else {}
+    cli = command()
+    args = cli.parse(argv)
     try:
-        config = cfg.resolve(flags=flags, sets=args.set, scale=args.scale)
+        config = cfg.resolve(args.config, flags=cli.keys(args), sets=args.set, scale=args.scale)
     except cfg.ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli.fail(str(exc))
     gpus = args.gpus or config.scale.num_workers * max(config.scale.gpus_per_worker, 1)
     memory = int(args.gpu_memory * GiB) if args.gpu_memory else None
     try:
         result = estimate_memory(config, gpus, memory, micro_batch=args.micro_batch, seq_len=args.seq_len, offload=args.offload,
-                      rows_per_source=args.rows_per_source, with_deepspeed_estimate=True)
+                                 rows_per_source=args.rows_per_source, with_deepspeed_estimate=True)
     except (ValueError, cfg.ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli.fail(str(exc))
     print(result.table())
     if not result.cpu:
         # The same GPUs after training: whole copies of the model, each within one node.

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cdb import settings, tracking
+from cdb.cli import Command, Flag, describe
 from cdb.settings import ConfigError
 
 
@@ -884,26 +885,24 @@ class ReportSettings:
     """Folder for report.md, report.html and alignment_tax.png (created when missing); required."""
 
 
-FLAG_KEYS = {"experiment": "experiment", "tracking_uri": "tracking_uri", "output": "output"}
-"""Each flag (argparse dest) is a shorthand for one ReportSettings key."""
+FLAGS = (
+    Flag("--experiment", key="experiment", metavar="NAME"),
+    Flag("--tracking-uri", key="tracking_uri", metavar="URI"),
+    Flag("--output", key="output", metavar="DIR"),
+)
+"""Each flag a shorthand for one ReportSettings key."""
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def command() -> Command:
     keys = "\n".join(f"  {key}: {doc}" for key, _, _, doc in settings.describe(ReportSettings))
-    p = argparse.ArgumentParser(prog="python -m cdb.report", description=__doc__.split("\n")[0],
-                                epilog=f"keys (--config FILE.yaml, --set KEY=VALUE):\n{keys}",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--experiment", metavar="NAME", help="= --set experiment=NAME")
-    p.add_argument("--tracking-uri", metavar="URI", help="= --set tracking_uri=URI")
-    p.add_argument("--output", metavar="DIR", help="= --set output=DIR")
-    settings.add_arguments(p, "report")
-    return p.parse_args(argv)
+    return Command("cdb.report", "python -m cdb.report", __doc__.split("\n")[0], FLAGS,
+                   defaults=describe(ReportSettings), what="report",
+                   epilog=f"keys (--config FILE.yaml, --set KEY=VALUE):\n{keys}")
 
 
-def settings_from_args(args: argparse.Namespace) -> ReportSettings:
+def settings_from_args(cli: Command, args: argparse.Namespace) -> ReportSettings:
     """ReportSettings from --config, the flags and --set; a ConfigError names a missing or bad key."""
-    flags = {key: getattr(args, name) for name, key in FLAG_KEYS.items()}
-    values = settings.resolve(ReportSettings, config_file=args.config, flags=flags, sets=args.set)
+    values = settings.resolve(ReportSettings, config_file=args.config, flags=cli.keys(args), sets=args.set)
     for key in ("experiment", "output"):
         if not getattr(values, key):
             raise ConfigError(f"{key}: required; give --{key} or --set {key}=VALUE")
@@ -911,16 +910,15 @@ def settings_from_args(args: argparse.Namespace) -> ReportSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
+    cli = command()
     try:
-        options = settings_from_args(parse_args(argv))
+        options = settings_from_args(cli, cli.parse(argv))
     except ConfigError as e:
-        print(f"cdb.report: {e}", file=sys.stderr)
-        return 2
+        return cli.fail(str(e))
     try:
         result = report(options.experiment, options.output, options.tracking_uri)
     except ReportError as e:
-        print(f"cdb.report: {e}", file=sys.stderr)
-        return 1
+        return cli.fail(str(e), 1)
     print(f"[cdb.report] {result['runs']} runs ({result['evaluated']} with eval metrics, in {result['rows']} rows): "
           f"{', '.join(result['files'])}; MLflow report run {result['run_id']}")
     uri = result["tracking_uri"]

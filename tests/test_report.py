@@ -172,7 +172,7 @@ def test_empty_or_missing_experiment_exits_nonzero(tmp_path, capsys):
     MlflowClient(uri).create_experiment("empty")
     assert main(["--experiment", "empty", "--tracking-uri", uri, "--output", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err
-    assert err.strip().splitlines()[-1] == f"cdb.report: experiment 'empty' has no runs to report in {uri}"
+    assert err.strip().splitlines()[-1] == f"cdb.report: error: experiment 'empty' has no runs to report in {uri}"
     assert main(["--experiment", "nope", "--tracking-uri", uri, "--output", str(tmp_path / "r")]) == 1
     assert "experiment 'nope' not found" in capsys.readouterr().err
     missing = tmp_path / "absent" / "mlflow.db"
@@ -186,9 +186,9 @@ def test_report_settings_are_documented():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--output", "r"], "cdb.report: experiment: required; give --experiment or --set experiment=VALUE"),
+    (["--output", "r"], "cdb.report: error: experiment: required; give --experiment or --set experiment=VALUE"),
     (["--experiment", "e", "--set", "outptu=r"],
-     "cdb.report: unknown setting 'outptu'; known top-level keys: experiment, tracking_uri, output"),
+     "cdb.report: error: unknown setting 'outptu'; known top-level keys: experiment, tracking_uri, output"),
 ])
 def test_bad_settings_exit_2_naming_the_key(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
