@@ -87,6 +87,8 @@ from cdb import settings, tracking
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 75
 STATE_FILE = "sweep.json"
+TRAINER_ERROR = "cdb.train: error:"
+"""How cdb.train's own error line starts."""
 LOCK_FILE = ".sweep.lock"
 DEFAULT_EXPERIMENT = "cdb-sweep"
 DEFAULT_OUTPUT = "runs/sweep"
@@ -436,11 +438,11 @@ def prune_checkpoints(base: Path, period: str, keep: int, current: Path) -> list
 
 
 def last_error_line(lines: Sequence[str], returncode: int) -> str:
-    """The trainer's own `error: ...` line, else the last exception line, else the exit status."""
+    """The trainer's own `cdb.train: error: ...` line, else the last exception line, else the exit status."""
     for line in reversed(lines):
         text = line.strip()
-        if text.startswith("error:"):
-            return text[len("error:"):].strip()
+        if text.startswith(TRAINER_ERROR):
+            return text[len(TRAINER_ERROR):].strip()
     for line in reversed(lines):
         text = line.strip()
         if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b.*", text):

@@ -232,7 +232,7 @@ def _failure(exc: Exception) -> str:
 
 
 def _fail(code: int, message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"cdb.train: error: {message}", file=sys.stderr)
     return code
 
 

@@ -126,8 +126,8 @@ def test_run_folder_that_one_node_does_not_see_is_refused_before_training(cluste
            "--tracking-uri", f"sqlite:///{bed.shared / 'refused.db'}")
     info, logs = wait_for_end(bed, "refused")
     assert info.driver_exit_code == 2, logs[-3000:]
-    [error] = [line for line in logs.splitlines() if line.startswith("error:")]
-    assert error.startswith(f"error: train.output_dir: {out} is not the same folder on every node")
+    [error] = [line for line in logs.splitlines() if line.startswith("cdb.train: error:")]
+    assert error.startswith(f"cdb.train: error: train.output_dir: {out} is not the same folder on every node")
     assert "Not seen by: " in error and "FileNotFoundError" in error
     assert "--storage-path (s3://" in error and "shared" in error
     assert "[cdb] step" not in logs  # nothing trained, nothing written but the probed folder

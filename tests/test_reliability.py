@@ -156,10 +156,10 @@ def test_non_finite_loss_is_skipped_then_stops_with_the_loss_terms(tmp_path, ray
                                     "--set", "train.max_failures=0", "--set", "train.max_nonfinite_in_row=3"),
                           cwd=tmp_path, env=env(ray_address), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("cdb.train: error:")]
     assert len(errors) == 1, proc.stderr[-3000:]
     last = errors[0]
-    assert last.startswith("error: training failed: NonFiniteLoss: step ")
+    assert last.startswith("cdb.train: error: training failed: NonFiniteLoss: step ")
     assert "3 micro-batches in a row" in last and "loss_ce=" in last and "loss_contrast=" in last
     assert not (out / "model").exists()  # no model exported from a broken run
 
@@ -206,8 +206,8 @@ def test_a_failed_evaluation_exits_5_tagged_and_said_with_the_model_kept(tmp_pat
                           cwd=tmp_path, env=env(ray_address), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 5, proc.stdout[-3000:] + proc.stderr[-3000:]
     why = f"EvalDataError: {bad}:line 1: prompt: missing field 'text'"
-    [error] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert error == (f"error: evaluation failed: eval_base: {why}; eval: {why}; the model is exported; "
+    [error] = [line for line in proc.stderr.splitlines() if line.startswith("cdb.train: error:")]
+    assert error == (f"cdb.train: error: evaluation failed: eval_base: {why}; eval: {why}; the model is exported; "
                      "the same command evaluates again")
     assert f"  FAILED:      eval/ ({why}); tag cdb.eval.failed" in proc.stdout
     finished, _ = history(uri)

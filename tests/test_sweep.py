@@ -51,7 +51,7 @@ def test_admit_in_parallel_only_while_the_cluster_holds_the_points():
 
 def test_the_last_error_line_is_the_trainers_own():
     lines = ["[cdb] step 1/2", "Traceback (most recent call last):", "  File x", "ValueError: boom",
-             "error: scale 'llama2-13b' needs 16 GPUs (16 workers x 1), the Ray cluster has 0", "(raylet) noise"]
+             "cdb.train: error: scale 'llama2-13b' needs 16 GPUs (16 workers x 1), the Ray cluster has 0", "(raylet) noise"]
     assert last_error_line(lines, 4).startswith("scale 'llama2-13b' needs 16 GPUs")
     assert last_error_line(lines[:4], 1) == "ValueError: boom"
     assert last_error_line(["nothing useful"], 1) == "python -m cdb.train exited with code 1"

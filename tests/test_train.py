@@ -198,7 +198,7 @@ def test_a_configuration_the_memory_plan_cannot_fit_is_refused_with_its_message(
                       "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--set", sets[0]], tmp_path, timeout=300,
                      ray_address=ray_address)
     assert proc.returncode == 4 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == f"error: {expected.message}"
+    assert proc.stderr.strip().splitlines()[-1] == f"cdb.train: error: {expected.message}"
     assert expected.message.startswith("does not fit: 2 CPU ranks need")
     assert not (tmp_path / "run").exists() and not (tmp_path / "mlflow.db").exists()
 
