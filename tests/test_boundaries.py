@@ -1,6 +1,7 @@
 """Package boundaries, read from the import statements of every module (ast, so an import inside a
 function counts too): data construction and evaluation share only cdb.scoring and the data layer
-(records, entities, batch, text, sources, the BOLD corpus); the evaluation's options load no torch."""
+(records, entities, batch, text, sources, the BOLD corpus); the evaluation's options load no torch;
+no import goes from a lower layer of cdb up to a higher one (LAYERS)."""
 
 import ast
 import subprocess
@@ -97,3 +98,38 @@ def test_tracking_is_one_door_that_reaches_no_data():
     mlflow_users = sorted(m for m, names in everything.items() if any(within(n, "mlflow") for n in names))
     assert mlflow_users == ["cdb.tracking"]
     assert sorted(n for n in everything["cdb.tracking"] if within(n, "cdb")) == ["cdb.config", "cdb.config.Config"]
+
+
+LAYERS = [
+    ("foundations", ["cdb.settings", "cdb.cli", "cdb.scales", "cdb.sentences", "cdb.objective", "cdb.eval.options"]),
+    ("model", ["cdb.model"]),
+    ("data and scorers", ["cdb.data", "cdb.scoring"]),
+    ("methods", ["cdb.methods"]),
+    ("config", ["cdb.config"]),
+    ("tracking and storage", ["cdb.tracking", "cdb.storage", "cdb.perf", "cdb.raylog"]),
+    ("engine", ["cdb.strategy", "cdb.loop", "cdb.memory"]),
+    ("evaluation", ["cdb.eval"]),
+    ("report", ["cdb.report"]),
+    ("entry points", ["cdb.worker", "cdb.train", "cdb.sweep", "cdb.sync", "cdb.data.construct", "cdb.data.__main__"]),
+]
+"""cdb's layers, lowest first, as data flows (config -> data -> batch -> engine/objective ->
+tracking/checkpoints -> eval -> report): a module is in the layer of its longest listed prefix."""
+
+
+def layer_of(module: str) -> int:
+    matches = [(len(prefix), index) for index, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes
+               if within(module, prefix)]
+    return max(matches)[1] if matches else -1
+
+
+def test_no_import_goes_from_a_lower_layer_up():
+    graph = imports("cdb")
+    unplaced = sorted(m for m in graph if m != "cdb" and layer_of(m) < 0)
+    assert unplaced == [], f"modules in no layer: {unplaced}"
+    upward = []
+    for module, names in graph.items():
+        for name in names:
+            target = name if name in graph else name.rpartition(".")[0]
+            if target in graph and target != "cdb" and layer_of(target) > layer_of(module):
+                upward.append(f"{module} ({LAYERS[layer_of(module)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})")
+    assert upward == []
