@@ -21,12 +21,14 @@ import tempfile
 import threading
 import time
 from datetime import timedelta
+from functools import cache
 from pathlib import Path
 
 import psutil
 
 from cdb import config as cfg
 from cdb import raylog, tracking
+from cdb.cli import Command, Flag
 from cdb.data.records import DataError, load_records, write_rejected
 from cdb.model import cache_dir, count_parameters, load_tokenizer, prepare_model_source
 from cdb.methods import METHODS
@@ -41,49 +43,46 @@ EXIT_EVAL = 5  # trained and exported, but an evaluation failed (tag cdb.<prefix
 EXIT_STOPPED = 75  # SIGTERM/SIGINT: checkpointed and stopped cleanly; the same command continues
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+@cache
+def command() -> Command:
     scales = ", ".join(list(SCALES) + list(ALIASES))
-    p = argparse.ArgumentParser(prog="python -m cdb.train", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--scale", help=f"scale preset ({scales}); default tiny")
-    p.add_argument("--model", help="HF hub id or local directory, overriding the scale's model (scale.model)")
-    p.add_argument("--data", help="JSONL/parquet file, save_to_disk directory or HF dataset id (data.path); default: the embedded dataset")
-    p.add_argument("--method", choices=list(METHODS), help="training objective (objective.method)")
-    p.add_argument("--max-steps", type=int, help="optimizer steps; 0 = as many as --epochs take (train.max_steps)")
-    p.add_argument("--epochs", type=int, help="passes over the data when --max-steps is 0 (train.epochs)")
-    p.add_argument("--num-workers", type=int, help="Ray Train workers, one DeepSpeed rank each (scale.num_workers)")
-    p.add_argument("--no-gpu", action="store_true", help="train on CPU whatever the scale says (scale.gpus_per_worker=0)")
-    p.add_argument("--output-dir", help="run folder: config, checkpoints, model (train.output_dir); default runs/<scale>-<method>")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (tracking.uri); default $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db")
-    p.add_argument("--experiment", help="MLflow experiment (tracking.experiment)")
-    p.add_argument("--run-name", help="MLflow run name (tracking.run_name)")
-    p.add_argument("--config", help="YAML file with config sections (scale, data, objective, optim, train, eval, tracking)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override any config field; repeatable")
-    p.add_argument("--storage-path", help="object store for checkpoints, model and evaluation outputs, e.g. "
-                   "s3://bucket/path (train.storage_path); default: the run folder")
-    again = p.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true",
-                       help="continue the run in --output-dir with its saved config.yaml, this command's flags and --set on top "
-                       "(without it, the same command continues the run; another config is refused)")
-    again.add_argument("--fresh", action="store_true",
-                       help="start a new run even if --output-dir holds one: that folder is renamed to <folder>.archived-<time>")
-    return p.parse_args(argv)
+    flags = (
+        Flag("--scale", help=f"scale preset ({scales}); default tiny"),
+        Flag("--model", key="scale.model", metavar="ID_OR_DIR", help="HF hub id or local directory instead of the scale's model"),
+        Flag("--data", key="data.path", metavar="PATH_OR_ID", help="JSONL/parquet file, save_to_disk directory or HF dataset "
+             "id; empty: the embedded dataset"),
+        Flag("--method", key="objective.method", choices=list(METHODS), help="training objective"),
+        Flag("--max-steps", key="train.max_steps", type=int, metavar="N", help="optimizer steps; 0 = as many as --epochs take"),
+        Flag("--epochs", key="train.epochs", type=int, metavar="N", help="passes over the data when --max-steps is 0"),
+        Flag("--num-workers", key="scale.num_workers", type=int, metavar="N", help="Ray Train workers, one DeepSpeed rank each"),
+        Flag("--no-gpu", key="scale.gpus_per_worker", const=0, help="train on CPU whatever the scale says"),
+        Flag("--output-dir", key="train.output_dir", metavar="DIR", help="run folder: config, checkpoints, model; "
+             "empty: runs/<scale>-<method>"),
+        Flag("--storage-path", key="train.storage_path", metavar="URI", help="object store for checkpoints, model and "
+             "evaluation outputs, e.g. s3://bucket/path; empty: the run folder"),
+        Flag("--tracking-uri", key="tracking.uri", metavar="URI", help="MLflow store; empty: $MLFLOW_TRACKING_URI or "
+             "sqlite:///<cwd>/mlflow.db"),
+        Flag("--experiment", key="tracking.experiment", metavar="NAME", help="MLflow experiment"),
+        Flag("--run-name", key="tracking.run_name", metavar="NAME", help="MLflow run name"),
+        Flag("--resume", action="store_true", help="continue the run in --output-dir with its saved config.yaml, this "
+             "command's flags and --set on top (without it, the same command continues the run; another config is refused)"),
+        Flag("--fresh", action="store_true", help="start a new run even if --output-dir holds one: that folder is renamed "
+             "to <folder>.archived-<time>"),
+    )
+    return Command("cdb.train", "python -m cdb.train", __doc__.split("\n")[0], flags, defaults=cfg.resolve().flat(),
+                   what="training")
 
 
-FLAG_KEYS = {
-    "model": "scale.model", "data": "data.path", "method": "objective.method", "max_steps": "train.max_steps",
-    "epochs": "train.epochs", "num_workers": "scale.num_workers", "output_dir": "train.output_dir",
-    "storage_path": "train.storage_path",
-    "tracking_uri": "tracking.uri", "experiment": "tracking.experiment", "run_name": "tracking.run_name",
-}
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    args = command().parse(argv)
+    if args.resume and args.fresh:
+        command().parser.error("--resume and --fresh: one or the other")
+    return args
 
 
 def command_flags(args: argparse.Namespace) -> dict:
     """The command's flags as config keys."""
-    flags = {key: getattr(args, name) for name, key in FLAG_KEYS.items() if getattr(args, name) is not None}
-    if args.no_gpu:
-        flags["scale.gpus_per_worker"] = 0
-    return flags
+    return command().keys(args)
 
 
 def config_from_args(args: argparse.Namespace) -> cfg.Config:
