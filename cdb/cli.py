@@ -82,7 +82,8 @@ class Command:
             text = flag.help
             if flag.key:
                 shown = f"; default {defaults[flag.key]!r}" if flag.key in defaults and flag.const is None else ""
-                value = f"{flag.const!r}" if flag.const is not None else (flag.metavar or "VALUE")
+                value = (str(flag.const).lower() if isinstance(flag.const, bool) else repr(flag.const)) \
+                    if flag.const is not None else (flag.metavar or "VALUE")
                 text = f"= --set {flag.key}={value}" + (f": {text}" if text else "") + shown
             elif flag.default not in (None, False):
                 text += f" (default {flag.default!r})"

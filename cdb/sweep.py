@@ -84,6 +84,7 @@ import yaml
 
 from cdb import config as cfg
 from cdb import settings, tracking
+from cdb.cli import Command, Flag, describe
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 75
 STATE_FILE = "sweep.json"
@@ -186,10 +187,19 @@ class SweepSettings:
     sweep.json stay). 0 keeps every checkpoint."""
 
 
-FLAG_KEYS = {"scales": "scales", "methods": "methods", "output_dir": "output_dir", "experiment": "experiment",
-             "tracking_uri": "tracking_uri", "parallel": "parallel", "seeds": "seeds", "fresh": "fresh",
-             "period": "period", "max_steps": "train.max_steps"}
-"""Each flag (argparse dest) is a shorthand for one key: a sweep key, or a training key for every point."""
+FLAGS = (
+    Flag("--scales", key="scales", metavar="A,B"),
+    Flag("--methods", key="methods", metavar="A,B"),
+    Flag("--output-dir", key="output_dir", metavar="DIR"),
+    Flag("--experiment", key="experiment", metavar="NAME"),
+    Flag("--tracking-uri", key="tracking_uri", metavar="URI"),
+    Flag("--parallel", key="parallel", type=int, metavar="N"),
+    Flag("--seeds", key="seeds", type=int, metavar="N"),
+    Flag("--fresh", key="fresh", const=True),
+    Flag("--period", key="period", metavar="week|day|PERIOD"),
+    Flag("--max-steps", key="train.max_steps", type=int, metavar="N", help="every point"),
+)
+"""Each flag a shorthand for one key: a sweep key, or a training key for every point."""
 
 
 def _is_training(key: str) -> bool:
@@ -303,27 +313,18 @@ def _settings_help() -> str:
     return "\n".join(lines)
 
 
+def command() -> Command:
+    return Command("cdb.sweep", "python -m cdb.sweep", __doc__.split("\n", 1)[1], FLAGS,
+                   defaults=describe(SweepSettings), epilog=_settings_help(), what="sweep and training")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m cdb.sweep", description=__doc__.split("\n", 1)[1],
-                                epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scales", metavar="A,B", help="= --set scales=A,B")
-    p.add_argument("--methods", metavar="A,B", help="= --set methods=A,B")
-    p.add_argument("--output-dir", metavar="DIR", help="= --set output_dir=DIR")
-    p.add_argument("--experiment", metavar="NAME", help="= --set experiment=NAME")
-    p.add_argument("--tracking-uri", metavar="URI", help="= --set tracking_uri=URI")
-    p.add_argument("--parallel", type=int, metavar="N", help="= --set parallel=N")
-    p.add_argument("--seeds", type=int, metavar="N", help="= --set seeds=N")
-    p.add_argument("--fresh", action="store_true", default=None, help="= --set fresh=true")
-    p.add_argument("--period", metavar="week|day|PERIOD", help="= --set period=P")
-    p.add_argument("--max-steps", type=int, metavar="N", help="= --set train.max_steps=N (every point)")
-    settings.add_arguments(p, "sweep and training")
-    return p.parse_args(argv)
+    return command().parse(argv)
 
 
 def settings_from_args(args: argparse.Namespace) -> tuple[SweepSettings, tuple[str, ...]]:
     """The flags as the `key=value` texts they stand for, then --set, over the --config file."""
-    given = [f"{key}={value}" for name, key in FLAG_KEYS.items() if (value := getattr(args, name)) is not None]
-    return resolve_settings(args.config, given + list(args.set))
+    return resolve_settings(args.config, command().texts(args))
 
 
 # --- state: OUTPUT_DIR/sweep.json ---------------------------------------------------------------
@@ -897,8 +898,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         points = sweep_points(sweep.scales, sweep.methods, overrides, sweep.seeds)
         return Sweep(sweep, overrides, points, echo=lambda text: print(text, flush=True)).run()
     except (UsageError, cfg.ConfigError) as exc:
-        print(f"cdb.sweep: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return command().fail(str(exc), EXIT_USAGE)
 
 
 if __name__ == "__main__":
