@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -36,6 +37,13 @@ ROUTED_THREADS = ("PlacementGroupCleanerMonitor",)
 RUNTIME_ENV = {"worker_process_setup_hook": "cdb.raylog.route_ray_internals"}
 """Given to ray.init: every worker process of the job runs the hook (Ray merges it with the runtime
 env of a `ray job submit`)."""
+
+
+def plain_prefixes_off_a_terminal() -> None:
+    """No colour codes around Ray's `(Worker pid=...)` prefixes when the console is a file or a pipe
+    (a sweep's point logs, `ray job logs`, CI); a terminal keeps them. RAY_COLOR_PREFIX set decides."""
+    if not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
 
 
 def train_logging_config():

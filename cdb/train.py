@@ -239,6 +239,7 @@ def _ray_init(config: cfg.Config) -> None:
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    raylog.plain_prefixes_off_a_terminal()
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):

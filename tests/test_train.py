@@ -89,6 +89,12 @@ def test_tiny_run_end_to_end(tmp_path):
     output = proc.stdout + proc.stderr
     assert [output.count(f"[cdb] step {step}/20 |") for step in (1, 20)] == [1, 1]  # each progress line once
     check_against_readme_example(proc.stdout)
+    # A quiet console: cdb's own lines and its summary; of the rest at most Ray's one start-up notice
+    # (docs/training.md, "Console"), and no colour codes in output that is not a terminal.
+    assert "\x1b[" not in output
+    others = [line for line in output.splitlines()
+              if line.strip() and "[cdb]" not in line and not re.match(r"  [A-Za-z ]+: ", line)]
+    assert len(others) <= 1 and all("PreemptionWatcher" in line for line in others), others
 
     client, run = only_run(uri)
     assert run.info.status == "FINISHED"

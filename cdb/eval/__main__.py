@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
 
             from cdb.eval.remote import evaluate_on_cluster
 
+            from cdb.raylog import plain_prefixes_off_a_terminal
+
+            plain_prefixes_off_a_terminal()
             ray.init(log_to_driver=True)  # $RAY_ADDRESS when set, else a local cluster
             summary = evaluate_on_cluster(args.model, options, args.num_workers, args.gpus_per_worker,
                                           precision="bf16" if args.gpus_per_worker else "fp32", **where)
