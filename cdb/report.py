@@ -921,6 +921,9 @@ def main(argv: list[str] | None = None) -> int:
         return cli.fail(str(e), 1)
     print(f"[cdb.report] {result['runs']} runs ({result['evaluated']} with eval metrics, in {result['rows']} rows): "
           f"{', '.join(result['files'])}; MLflow report run {result['run_id']}")
+    if not result["evaluated"]:
+        print("[cdb.report] no run was evaluated, so the table and the plot are empty: train with "
+              "--set eval.suite=quick (minutes) or eval.suite=standard (hours on CPU) to compare methods")
     uri = result["tracking_uri"]
     link = tracking.runs_url(uri, tracking.experiment_id(uri, options.experiment), tracking.TRAINING_RUNS_FILTER)
     print(f"[cdb.report] the training runs in MLflow: {tracking.ui_hint(uri, link)}")

@@ -510,3 +510,15 @@ def test_seed_groups_pool_only_runs_alike_but_for_the_seed():
             run("s1-again", "1", 4), run("dpo", "0", 5, method="dpo"), run("eval", None, 6), run("eval2", None, 7)]
     assert [[r.run_id for r in group] for group in seed_groups(rows)] == [
         ["s0", "s1-again"], ["s1"], ["steps"], ["hash"], ["dpo"], ["eval"], ["eval2"]]
+
+
+def test_a_report_of_unevaluated_runs_says_how_to_evaluate_them(tmp_path, capsys):
+    from cdb import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with tracking.open_run(uri, "bare", "tiny-contrastive-0000", {"scale.name": "tiny"},
+                           {tracking.TAG_KIND: tracking.TRAIN_RUN, tracking.TAG_METHOD: "contrastive"}) as run:
+        run.log_metrics({"train/loss": 1.0}, 1)
+    assert main(["--experiment", "bare", "--tracking-uri", uri, "--output", str(tmp_path / "r")]) == 0
+    printed = capsys.readouterr().out
+    assert "1 runs (0 with eval metrics" in printed and "--set eval.suite=quick" in printed
