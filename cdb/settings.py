@@ -174,7 +174,8 @@ def build(cls, values: dict, prefix: str = "", from_text: set[str] = frozenset()
     for key, value in values.items():
         dotted = f"{prefix}{key}"
         if key not in names:
-            where = f"known keys under '{prefix.rstrip('.')}'" if prefix else "known top-level keys"
+            section = prefix.strip(".")
+            where = f"known keys under '{section}'" if section else "known top-level keys"
             raise ConfigError(f"unknown setting '{dotted}'; {where}: {', '.join(names)}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
@@ -218,6 +219,15 @@ def parse_sets(sets) -> list[tuple[str, str]]:
     return pairs
 
 
+def yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
+    """`path:line:column: not valid YAML: what` from PyYAML's error (its own text names "<unicode string>")."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return f"{path}: not valid YAML: {exc}"
+    what = "; ".join(part for part in (getattr(exc, "context", None), getattr(exc, "problem", None)) if part)
+    return f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {what}"
+
+
 def load_yaml(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -225,7 +235,7 @@ def load_yaml(path: str | os.PathLike) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(yaml_problem(path, exc)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -577,3 +577,18 @@ def test_a_config_saved_before_methods_owned_their_options_still_loads(tmp_path,
     assert config.objective.contrastive.alpha == 4.0 and from_dict(yaml.safe_load(path.read_text())) == config
     assert "objective.alpha: that setting is objective.contrastive.alpha now" in error_of(sets=["objective.alpha=2"])
 
+
+
+def test_broken_yaml_and_json_are_named_by_file_line_and_column(tmp_path):
+    from cdb.data.records import DataError, load_records
+
+    path = tmp_path / "bad.yaml"
+    path.write_text('train:\n  max_steps: "3\n')
+    with pytest.raises(ConfigError) as caught:
+        resolve(str(path))
+    assert str(caught.value) == f"{path}:3:1: not valid YAML: while scanning a quoted scalar; found unexpected end of stream"
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"id": "a\tb"}\n')
+    with pytest.raises(DataError) as caught:
+        load_records(str(data))
+    assert str(caught.value).startswith(f"{data}:1: bad JSON at column 10: Invalid control character (a raw tab")

@@ -56,6 +56,14 @@ class Rejected:
     raw: str
 
 
+
+def json_problem(exc: json.JSONDecodeError) -> str:
+    """"bad JSON at column N: what", without json's dangling "at", with the likely cause of the commonest one."""
+    what = exc.msg.removesuffix(" at")
+    if what == "Invalid control character":
+        what += " (a raw tab or line break inside a string: unterminated, or not escaped)"
+    return f"bad JSON at column {exc.colno}: {what}"
+
 def embedded_dataset_path() -> Path:
     return Path(str(resources.files("cdb") / "assets" / "contrastive" / "records.jsonl"))
 
@@ -125,7 +133,7 @@ def _jsonl_objects(path: Path) -> Iterator[tuple[str, str, object]]:
             try:
                 yield where, line.rstrip("\n"), json.loads(line)
             except json.JSONDecodeError as exc:
-                yield where, line.rstrip("\n"), DataError(f"{where}: bad JSON: {exc.msg} at column {exc.colno}")
+                yield where, line.rstrip("\n"), DataError(f"{where}: {json_problem(exc)}")
 
 
 def _table_objects(rows: Iterable[dict], name: str) -> Iterator[tuple[str, str, object]]:

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from cdb.data.records import DataError
+from cdb.data.records import DataError, json_problem
 from cdb.data.sources import BadInput, InputData, Item, lead_reference
 from cdb.data.text import clean_spaces, stable_hash
 
@@ -91,7 +91,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, object]]:
             try:
                 yield where, json.loads(line)
             except json.JSONDecodeError as exc:
-                yield where, BadInput(where, f"bad JSON: {exc.msg} at column {exc.colno}")
+                yield where, BadInput(where, json_problem(exc))
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[str, object]]:
