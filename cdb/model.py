@@ -80,7 +80,32 @@ def prepare_model_source(spec: str) -> str:
         if not (target / "config.json").exists():
             _convert_gguf(package, target)
         return str(target)
+    if not Path(spec).expanduser().exists():
+        require_hub_access(spec)
     return spec
+
+
+def require_hub_access(model_id: str, timeout_s: float = 3.0) -> None:
+    """Return when `model_id` is in the local Hugging Face cache or the hub answers; else a ValueError
+    at once, instead of the hub client's minute of retries before its own error."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(model_id, "config.json"), str):
+        return
+    where = f"not a local directory, and not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError(f"{where}; HF_HUB_OFFLINE is set. Download it where there is a network "
+                         f"(hf download {model_id}) into that cache, or give a local directory")
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ValueError(f"{where}, and {constants.ENDPOINT} cannot be reached from here ({exc.strerror or exc}). "
+                         f"Download it where there is a network (hf download {model_id}) into that cache, or give a "
+                         "local directory") from None
 
 
 def load_tokenizer(source: str, trust_remote_code: bool = False):

@@ -57,3 +57,19 @@ def test_dpo_policy_runs_without_dropout_in_train_mode(config):
     torch.testing.assert_close(first, second, rtol=0, atol=0)
     first.sum().backward()
     assert all(p.grad is not None for p in lm.parameters() if p.requires_grad)
+
+
+def test_a_hub_model_out_of_reach_fails_at_once_naming_what_to_do(monkeypatch):
+    """Not in the cache and the hub does not answer: our one error, before the hub client tries (and retries)."""
+    from huggingface_hub import constants
+
+    from conftest import free_port
+    from cdb.model import prepare_model_source
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    with pytest.raises(ValueError, match=r"cannot be reached from here .*hf download nobody/no-such-model"):
+        prepare_model_source("nobody/no-such-model")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match="HF_HUB_OFFLINE is set"):
+        prepare_model_source("nobody/no-such-model")
