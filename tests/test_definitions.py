@@ -302,3 +302,13 @@ def test_published_prefixes():
     assert bias_type_prefix("gender").endswith("because of their gender: ")
     assert bias_type_prefix("profession").endswith("their socioeconomic status/occupation: ")
     assert math.isclose(make_options("quick").self_debias_epsilon, 0.01)
+
+
+def test_similarity_of_copies_stays_within_its_bounds():
+    """A copy's cosine is 1 up to float32 rounding; the evaluation refuses values outside a metric's
+    bounds, so the scorer keeps them inside (a smol-135m evaluation once failed on 1.0000001)."""
+    from cdb.scoring import make_faithfulness_scorer
+
+    texts = [f"Item {i}: the council of Leeds met on {i} May and approved {i * 37} new homes." for i in range(64)]
+    scores = make_faithfulness_scorer("embedding").score(texts, texts)
+    assert all(-1.0 <= s <= 1.0 for s in scores) and min(scores) > 0.999

@@ -193,7 +193,7 @@ def score_groups(tox, faith, groups: Sequence[tuple[str, Sequence[str]]]) -> lis
         unique = list(dict.fromkeys(sources))
         src = faith.embed(unique)
         index = torch.tensor([unique.index(s) for s in sources])
-        cosine = (src[index] * faith.embed(texts)).sum(-1).tolist()
+        cosine = (src[index] * faith.embed(texts)).sum(-1).clamp(-1.0, 1.0).tolist()  # float32 rounding
         faithfulness = [c if t.strip() else 0.0 for c, t in zip(cosine, texts)]
     else:
         faithfulness = faith.score(sources, texts)

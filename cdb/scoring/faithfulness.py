@@ -51,7 +51,8 @@ class EmbeddingFaithfulness:
             raise ValueError(f"faithfulness: {len(sources)} sources but {len(candidates)} candidates")
         if not sources:
             return []
-        cosine = (self.embed(sources) * self.embed(candidates)).sum(-1).tolist()
+        # unit vectors: a float32 dot product can land a hair outside [-1, 1] (1.0000001 for a copy)
+        cosine = (self.embed(sources) * self.embed(candidates)).sum(-1).clamp(-1.0, 1.0).tolist()
         return [c if cand.strip() else 0.0 for c, cand in zip(cosine, candidates)]
 
 
