@@ -331,14 +331,6 @@ class ClusterBed:
             stop_session(process)
 
 
-def pytest_collection_modifyitems(items):
-    """Under pytest-xdist (`-n 2 --dist loadgroup`, scripts/dev.sh test) the tests of the one ClusterBed
-    run on one worker, so the session starts one bed, not one per worker."""
-    for item in items:
-        if "cluster_bed" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("cluster_bed"))
-
-
 @pytest.fixture(scope="session")
 def cluster_bed():
     """One ClusterBed for every test that asks for it (its start costs ~20 s), stopped (by pid) at the
