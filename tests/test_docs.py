@@ -103,6 +103,24 @@ def test_each_command_in_the_docs_runs_as_written(where, module, words):
             assert key in keys or key.isupper(), f"{where}: {module} knows no setting {key}"
 
 
+CHEAP = {"cdb.config", "cdb.memory"}
+"""Modules whose documented commands run here for real (seconds, nothing written); the others are
+checked against their --help above."""
+
+
+def runnable(words: list[str]) -> bool:
+    """Not a template (a placeholder such as NAME or KEY=VALUE), and writes nothing."""
+    return "--write-resolved" not in words and not any(re.fullmatch(r"[A-Z_]+(=[A-Z_]+)?", w) for w in words)
+
+
+@pytest.mark.parametrize("where, module, words", [c for c in commands() if c[1] in CHEAP and runnable(c[2])],
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_the_cheap_commands_in_the_docs_run(where, module, words, capsys):
+    code = importlib.import_module(MAINS[module]).main(words)
+    out = capsys.readouterr()
+    assert code in (0, 1) and out.out and not out.err, f"{where}: exit {code}\n{out.err[-2000:]}"  # memory: 1 = does not fit
+
+
 def test_every_path_the_docs_name_exists():
     missing = []
     for doc in DOCS:
