@@ -230,6 +230,9 @@ class ClusterBed:
         return ["unshare", "--mount", "--propagation", "private", "bash", "-c", script]
 
     def start(self) -> None:
+        if REPO.is_relative_to("/tmp") or Path(sys.executable).is_relative_to("/tmp"):
+            raise RuntimeError(f"cluster bed: every node mounts a /tmp of its own, which hides {REPO}: run the tests "
+                               "from a checkout (and environment) outside /tmp")
         bin_dir, temp = Path(sys.executable).parent, self.root / "ray"  # short: Ray's socket paths live under it
         self.processes.append(_start_in_session([str(bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(self.s3_port)],
                                                 self.env, self.root / "s3.log"))

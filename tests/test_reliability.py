@@ -76,14 +76,21 @@ def history(uri, metric="train/loss"):
     return runs[0], sorted((m.step, m.value) for m in client.get_metric_history(runs[0].info.run_id, metric))
 
 
+def command_line(process: psutil.Process) -> str:
+    """Its command line; empty for a process that ended (or is a zombie) while we looked."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def test_killed_worker_restarts_from_checkpoint_into_the_same_run(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "run"
     run = Watched(["--max-steps", "40", "--output-dir", str(out), "--tracking-uri", uri,
                    "--set", "train.checkpoint_every=5", "--set", "train.max_failures=1"], tmp_path)
     wait_for_checkpoint(run, out, "step_0000005")  # kill once Ray Train has registered one, mid-run
-    workers = [p for p in psutil.Process(run.proc.pid).children(recursive=True)
-               if "RayTrainWorker" in " ".join(p.cmdline())]
+    workers = [p for p in psutil.Process(run.proc.pid).children(recursive=True) if "RayTrainWorker" in command_line(p)]
     assert workers, "no Ray Train worker found under the driver"
     workers[-1].send_signal(signal.SIGKILL)
     code, output = run.finish()
