@@ -510,7 +510,8 @@ def seed_groups(rows: Sequence[RunRow]) -> list[list[RunRow]]:
     SEED_PARAM param) equal in every other param, in method (with the eval method), scale and the
     options hashes of both evaluations (runs evaluated under other options never pool). A seed
     trained twice: its latest run pools, the earlier one is a group of its own. Every other run is a
-    group of one. Groups in the order of their first run."""
+    group of one. Groups in the order of their first run; a group's seeds in the order of their seed
+    (runs trained at once start in any order)."""
     groups: list[list[RunRow]] = []
     by_key: dict[tuple, list[RunRow]] = {}
     for row in rows:
@@ -526,9 +527,18 @@ def seed_groups(rows: Sequence[RunRow]) -> list[list[RunRow]]:
     out: list[list[RunRow]] = []
     for group in groups:
         latest = {r.params.get(SEED_PARAM): r.run_id for r in sorted(group, key=lambda r: r.start_time)}
-        out.append([r for r in group if latest[r.params.get(SEED_PARAM)] == r.run_id])
+        pooled = [r for r in group if latest[r.params.get(SEED_PARAM)] == r.run_id]
+        out.append(sorted(pooled, key=lambda r: _seed_order(r.params.get(SEED_PARAM))))
         out += [[r] for r in group if latest[r.params.get(SEED_PARAM)] != r.run_id]
     return out
+
+
+def _seed_order(seed: str | None) -> tuple:
+    """A seed param's sort key: numbers as numbers (2 before 10), anything else after them."""
+    try:
+        return (0, int(str(seed)), "")
+    except ValueError:
+        return (1, 0, str(seed))
 
 
 def _pooled_measure(measures: Sequence[Measure], confidence: float) -> Measure:

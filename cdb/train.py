@@ -192,8 +192,8 @@ def check_batches(config: cfg.Config, n_records: int) -> str | None:
             f"{minimum(scale.num_workers, share)} records" + (", or train with fewer: " + ", ".join(ways) if ways else ""))
 
 
-def preflight_output(config: cfg.Config, parameters: int) -> str | None:
-    """A message if the output folder cannot be written or cannot hold the checkpoints, else None."""
+def output_not_writable(config: cfg.Config) -> str | None:
+    """A message if the output folder cannot be created or written on this node, else None."""
     target = Path(config.train.output_dir)
     existing = next(p for p in [target, *target.parents] if p.exists())
     try:
@@ -201,8 +201,16 @@ def preflight_output(config: cfg.Config, parameters: int) -> str | None:
             pass
     except OSError as exc:
         return f"train.output_dir: {target} cannot be created or written ({existing}: {exc.strerror})"
-    if config.train.storage_path:  # checkpoints and the model go to the object store
-        return None
+    return None
+
+
+def preflight_output(config: cfg.Config, parameters: int) -> str | None:
+    """A message if the output folder cannot be written or cannot hold the checkpoints, else None."""
+    target = Path(config.train.output_dir)
+    existing = next(p for p in [target, *target.parents] if p.exists())
+    problem = output_not_writable(config)
+    if problem or config.train.storage_path:  # with a storage path, checkpoints go to the object store
+        return problem
     # fp32 master weights + Adam moments + weights: ~16 bytes per parameter per kept checkpoint
     # (plus one being written), and the exported model.
     need = parameters * (16 * (config.train.keep_checkpoints + 1) + 4)
@@ -245,6 +253,9 @@ def _ray_init(config: cfg.Config) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True, runtime_env=raylog.RUNTIME_ENV)
         return
+    # A cluster of this process alone has no node to lose to preemption: no watcher actor (a process
+    # more at every start, and a line of Ray's own on the console). Its workers inherit this variable.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     # One folder per driver: two local clusters sharing one would find each other and clash.
     temp_dir = Path(tempfile.gettempdir()) / f"cdb-ray-{os.getuid()}" / str(os.getpid())
     ray.init(num_cpus=max(os.cpu_count() or 1, config.scale.num_workers), include_dashboard=False,
@@ -654,6 +665,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config, continuing = continue_or_start(config_from_args(args), args)
         records, rejected = validate(config)
+        unwritable = output_not_writable(config)
+        if unwritable:  # before Ray starts: a mistyped path fails in seconds
+            raise Failure(EXIT_CONFIG, unwritable)
         connect(config)
         check_storage(config)
         model_source, parameters = prepare_model(config)

@@ -122,13 +122,16 @@ def test_paraphrase_fidelity_check():
     assert not ok("Maria Lopez was chosen as mayor of Lyon in March 2020 with 54 percent of the vote, and")  # unfinished
 
 
+@pytest.mark.integration  # SmolLM2 samples twice: ~18 s
 def test_lm_paraphrases_pass_the_fidelity_check():
     """SmolLM2 (offline) paraphrases; what it keeps has every entity of the reference, none the
     source lacks; the rules fill up to n."""
     from cdb.data.entities import make_tagger
 
     tag = make_tagger()
-    out = make_augmenter("paraphrase", {"samples": 3})([ITEM, ITEM2], random.Random(0))
+    paraphrase = make_augmenter("paraphrase", {"samples": 3})
+    out = paraphrase([ITEM, ITEM2], random.Random(0))
+    assert paraphrase([ITEM, ITEM2], random.Random(0)) == out  # the same seed, the same samples
     assert all(len(c) <= 2 for c in out) and any(c.origin == "paraphrase:lm" for cands in out for c in cands)
     for item, cands in zip((ITEM, ITEM2), out):
         for cand in cands:
@@ -439,6 +442,7 @@ def built(tmp_path_factory):
     return out, card
 
 
+@pytest.mark.integration  # the LM-paraphrased build: ~25 s
 def test_build_writes_valid_records_and_a_card(built):
     out, card = built
     records, rejected = load_records(str(out / "records.jsonl"))
@@ -484,8 +488,9 @@ def test_build_writes_valid_records_and_a_card(built):
     assert all(p["toxicity"] <= 0.5 and p["faithfulness"] >= 0.4 for s in scores for p in s["positives"])
 
 
-def test_bad_input_lines_are_counted_with_file_and_line(built, tmp_path):
-    out, card = built
+def test_bad_input_lines_are_counted_with_file_and_line(tmp_path):
+    out = tmp_path / "a"
+    card = build(out, **RULE_PARAPHRASES)
     where = {b["where"].rsplit("/", 1)[-1]: b["reason"] for b in card["bad_input"]}
     assert where == {"sources.jsonl:3": "field 'source' is missing", "sources.jsonl:5": "field 'source' is empty",
                      "sources.jsonl:7": "not valid UTF-8 (byte 37)",
@@ -503,14 +508,14 @@ def test_bad_input_lines_are_counted_with_file_and_line(built, tmp_path):
     assert lead.items[0].reference == "Maria Lopez was elected mayor of Lyon on 12 March 2020 with 54 percent of the vote."
 
 
-def test_same_seed_same_bytes_other_seed_other_bytes(built, tmp_path):
-    out, _ = built
-    again = tmp_path / "b"
-    build(again)
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+    """Of the whole build (the LM paraphraser's own sampling: test_lm_paraphrases_pass_the_fidelity_check)."""
+    out, again, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    build(out, **RULE_PARAPHRASES)
+    build(again, **RULE_PARAPHRASES)
     assert (again / "records.jsonl").read_bytes() == (out / "records.jsonl").read_bytes()
     assert json.loads((again / "card.json").read_text())["counts"] == json.loads((out / "card.json").read_text())["counts"]
-    other = tmp_path / "c"
-    build(other, seed=7)
+    build(other, seed=7, **RULE_PARAPHRASES)
     assert (other / "records.jsonl").read_bytes() != (out / "records.jsonl").read_bytes()
 
 
@@ -528,7 +533,7 @@ class Flaky(rules.SwapEntities):
         return super().__call__(items, rng)
 
 
-def test_resume_redoes_only_the_missing_chunks(tmp_path, built):
+def test_resume_redoes_only_the_missing_chunks(tmp_path):
     # What is tested is the cache; the rule-based paraphrases keep its 4 builds fast.
     register(Flaky)
     try:

@@ -5,24 +5,21 @@ shared folder, S3).
 
 - the dashboard answers nothing without the token;
 - a run folder that not every node sees is refused before anything trains;
-- the same command again is the same run: after its driver's whole process tree is SIGKILLed, and
-  after `ray job stop` (a SIGTERM that every rank on every node answers with its part of a
-  checkpoint, exit 75), the identical command continues from the latest checkpoint in S3 into the
+- the same command again is the same run: after `ray job stop` (a SIGTERM that every rank on every
+  node answers with its part of a checkpoint, exit 75), the identical command continues from the latest checkpoint in S3 into the
   same MLflow run, and the tuned model in S3 is evaluated by copies on both worker nodes, each
-  fetching it to its own /tmp;
+  fetching it to its own /tmp (a driver SIGKILLed instead: tests/test_chaos.py);
 - another config against the run is refused naming the keys; --fresh archives the folder.
 """
 
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -72,12 +69,6 @@ def wait_for_log(bed, job_id: str, text: str, timeout: float = 400) -> str:
 
 def wait_for_end(bed, job_id: str, timeout: float = 600):
     return bed.wait_for_end(job_id, timeout)
-
-
-def driver_processes(out: Path) -> tuple[list[psutil.Process], list[psutil.Process]]:
-    """(the job's drivers: `python -m cdb.train ... --output-dir OUT`, them and every process under them)."""
-    drivers = [p for p in psutil.process_iter(["cmdline"]) if {"cdb.train", str(out)} <= set(p.info["cmdline"] or [])]
-    return drivers, [tree for p in drivers for tree in (p, *p.children(recursive=True))]
 
 
 def s3(bed):
@@ -134,35 +125,23 @@ def test_run_folder_that_one_node_does_not_see_is_refused_before_training(cluste
     assert not (out / "config.yaml").exists() and not (bed.shared / "refused.db").exists()
 
 
-def test_same_command_continues_after_kill_and_stop_with_checkpoints_in_s3(cluster_bed):
+def test_same_command_continues_after_ray_job_stop_with_checkpoints_in_s3(cluster_bed):
     bed = cluster_bed
     out, db = bed.shared / "run", bed.shared / "mlflow.db"
     # Enough steps that `ray job stop` (seconds to start its CLI on a busy machine) lands mid-run.
     command = ["--max-steps", str(STEPS), "--output-dir", str(out), "--tracking-uri", f"sqlite:///{db}",
                "--storage-path", bed.storage_uri("runs/tiny"), "--set", "train.checkpoint_every=2",
-               "--set", "eval.suite=quick", "--set", "eval.limit=2"]
+               "--set", "eval.suite=quick", "--set", "eval.tasks=[toxicity,bias]", "--set", "eval.limit=2"]
 
-    # 1. The driver's whole process tree SIGKILLed once a checkpoint is in S3.
+    # 1. `ray job stop` once a checkpoint is in S3 reaches both ranks, on two nodes. (A driver SIGKILLed
+    # and submitted again is test_chaos's "driver" fault.)
     submit(bed, "first", *command)
     wait_for_log(bed, "first", f"[cdb] step 1/{STEPS}")
     record = {name: (out / name).read_bytes() for name in ("config.yaml", "run.json")}
     ray_name = json.loads(record["run.json"])["ray_name"]
     wait_for_s3_checkpoint(bed, f"runs/tiny/checkpoints/{ray_name}", "first")
-    _, victims = driver_processes(out)
-    assert victims, "no driver process found"
-    for proc in victims:
-        proc.send_signal(signal.SIGKILL)
-    info, _ = wait_for_end(bed, "first")
-    assert info.status == "FAILED"
-
-    # 2. The same command continues; `ray job stop` reaches both ranks, on two nodes.
-    submit(bed, "second", *command)
-    logs = wait_for_log(bed, "second", "[cdb] resumed at step")
-    resumed = int(logs.split("[cdb] resumed at step ")[1].split()[0])
-    assert resumed >= 2
-    wait_for_log(bed, "second", f"[cdb] step {resumed + 1}/{STEPS}")
-    stop_job(bed, "second")
-    info, logs = wait_for_end(bed, "second")
+    stop_job(bed, "first")
+    info, logs = wait_for_end(bed, "first")
     # Stopped, not finished: the driver checkpointed and exited (75) before the job's grace ran out.
     assert info.status == "STOPPED" and "[cdb] stopped at step " in logs, logs[-4000:]
     stopped = int(logs.split("[cdb] stopped at step ")[1].split(";")[0])
@@ -171,16 +150,16 @@ def test_same_command_continues_after_kill_and_stop_with_checkpoints_in_s3(clust
     shards = {Path(p).name for p in s3_files(bed, step_dir)}
     assert {f"zero_pp_rank_{r}_mp_rank_00_{part}_states.pt" for r in (0, 1) for part in ("model", "optim")} <= shards, shards
 
-    # 3. The same command again finishes the run.
-    submit(bed, "third", *command)
-    info, logs = wait_for_end(bed, "third")
+    # 2. The same command again finishes the run.
+    submit(bed, "second", *command)
+    info, logs = wait_for_end(bed, "second")
     assert info.status == "SUCCEEDED", logs[-4000:]
     assert f"[cdb] resumed at step {stopped}" in logs
     client = MlflowClient(f"sqlite:///{db}")
     [run] = client.search_runs([client.get_experiment_by_name("cdb").experiment_id])
     assert run.info.run_id == json.loads(record["run.json"])["run_id"] and run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
-    assert sorted(steps) == list(range(1, STEPS + 1))  # no gap, no repeat across the three drivers
+    assert sorted(steps) == list(range(1, STEPS + 1))  # no gap, no repeat across the two drivers
     assert {name: (out / name).read_bytes() for name in record}["config.yaml"] == record["config.yaml"]
     assert json.loads((out / "run.json").read_text())["ray_name"] == ray_name
     stored = s3_files(bed, "runs/tiny")
@@ -198,7 +177,7 @@ def test_same_command_continues_after_kill_and_stop_with_checkpoints_in_s3(clust
     [replica_node] = nodes_of(bed, "actors", "Replica", info.job_id)
     assert task_node != replica_node
 
-    # 4. Another config against the run: refused before anything starts, naming the key.
+    # 3. Another config against the run: refused before anything starts, naming the key.
     proc = subprocess.run([sys.executable, "-m", "cdb.train", *command, "--set", "optim.lr=0.5"], env=bed.env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]

@@ -10,6 +10,7 @@ import pytest
 from conftest import REPO, free_port
 
 
+@pytest.mark.integration  # two torchrun ranks
 def test_authors_head_init_under_zero3(tmp_path):
     out = tmp_path / "head.json"
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}

@@ -76,62 +76,6 @@ def history(uri, metric="train/loss"):
     return runs[0], sorted((m.step, m.value) for m in client.get_metric_history(runs[0].info.run_id, metric))
 
 
-def command_line(process: psutil.Process) -> str:
-    """Its command line; empty for a process that ended (or is a zombie) while we looked."""
-    try:
-        return " ".join(process.cmdline())
-    except psutil.Error:
-        return ""
-
-
-def test_killed_worker_restarts_from_checkpoint_into_the_same_run(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = tmp_path / "run"
-    run = Watched(["--max-steps", "40", "--output-dir", str(out), "--tracking-uri", uri,
-                   "--set", "train.checkpoint_every=5", "--set", "train.max_failures=1"], tmp_path)
-    wait_for_checkpoint(run, out, "step_0000005")  # kill once Ray Train has registered one, mid-run
-    workers = [p for p in psutil.Process(run.proc.pid).children(recursive=True) if "RayTrainWorker" in command_line(p)]
-    assert workers, "no Ray Train worker found under the driver"
-    workers[-1].send_signal(signal.SIGKILL)
-    code, output = run.finish()
-    assert code == 0, output[-4000:]
-    assert "resumed at step" in output
-    finished, losses = history(uri)
-    assert finished.info.status == "FINISHED"
-    assert [step for step, _ in losses] == list(range(1, 41))  # no gap, no duplicate
-    from transformers import AutoModelForCausalLM
-
-    assert AutoModelForCausalLM.from_pretrained(out / "model").num_parameters() > 0
-
-
-def test_dead_tracking_server_loses_no_metric(tmp_path):
-    port = free_port()
-    db, artifacts = tmp_path / "server.db", tmp_path / "artifacts"
-    uri = f"http://127.0.0.1:{port}"
-    out = tmp_path / "run"
-    server = start_mlflow_server(db, artifacts, port)
-    try:
-        run = Watched(["--max-steps", "80", "--output-dir", str(out), "--tracking-uri", uri], tmp_path)
-        run.wait_for("[cdb] step 2/80")
-        stop_server(server)  # dies mid-run
-        code, output = run.finish()
-        assert code == 0, output[-4000:]  # training went on
-        assert "spooling metrics" in output and "cdb.sync" in output
-        assert (out / "metrics.jsonl").exists()
-
-        server = start_mlflow_server(db, artifacts, port)  # back again
-        sync = subprocess.run([sys.executable, "-m", "cdb.sync", str(out)], cwd=tmp_path, env=env(),
-                              capture_output=True, text=True, timeout=120)
-        assert sync.returncode == 0, sync.stderr
-        assert not (out / "metrics.jsonl").exists()
-        _, losses = history(uri)
-        assert [s for s, _ in losses] == list(range(1, 81))
-        _, tokens = history(uri, "train/tokens_per_s")
-        assert len(tokens) == 80
-    finally:
-        stop_server(server)
-
-
 def test_unreachable_server_at_start_then_sync_creates_the_run(tmp_path):
     port = free_port()  # nothing listens there
     out = tmp_path / "run"
@@ -139,7 +83,8 @@ def test_unreachable_server_at_start_then_sync_creates_the_run(tmp_path):
     proc = subprocess.run(train_cmd("--max-steps", "3", "--output-dir", str(out), "--tracking-uri", uri),
                           cwd=tmp_path, env={**env(), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"},
                           capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]  # training went on
+    assert f"python -m cdb.sync {out}" in proc.stdout + proc.stderr  # what to run once the server answers
     assert (out / "model" / "model.safetensors").exists()
     assert json.loads((out / "run.json").read_text())["run_id"] is None
     spooled = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]

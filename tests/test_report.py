@@ -510,6 +510,9 @@ def test_seed_groups_pool_only_runs_alike_but_for_the_seed():
             run("s1-again", "1", 4), run("dpo", "0", 5, method="dpo"), run("eval", None, 6), run("eval2", None, 7)]
     assert [[r.run_id for r in group] for group in seed_groups(rows)] == [
         ["s0", "s1-again"], ["s1"], ["steps"], ["hash"], ["dpo"], ["eval"], ["eval2"]]
+    # Seeds trained at once start in any order; a group lists them by seed, numbers as numbers.
+    shuffled = [run("s10", "10", 0), run("s2", "2", 1), run("s0", "0", 2)]
+    assert [[r.run_id for r in group] for group in seed_groups(shuffled)] == [["s0", "s2", "s10"]]
 
 
 def test_a_report_of_unevaluated_runs_says_how_to_evaluate_them(tmp_path, capsys):

@@ -1,7 +1,7 @@
 """Cluster submission as a user does it: a real Ray head (`ray start --head`, from the venv) and a real
-MLflow server with basic auth on loopback, `ray job submit` with ray_jobs/runtime_env.yaml, and
-ray_jobs/submit.sh passing MLFLOW_TRACKING_URI from the caller's environment while secrets (the MLflow
-client credentials, HF_TOKEN) come from the cluster's own environment, as the k8s Secrets do."""
+MLflow server with basic auth on loopback, and ray_jobs/submit.sh (`ray job submit` with
+ray_jobs/runtime_env.yaml) passing MLFLOW_TRACKING_URI from the caller's environment while secrets (the
+MLflow client credentials, HF_TOKEN) come from the cluster's own environment, as the k8s Secrets do."""
 
 from __future__ import annotations
 
@@ -301,46 +301,32 @@ def _only_run(uri: str, experiment: str):
 
 
 @pytest.mark.integration
-def test_ray_job_submit_runs_tiny_on_the_cluster_into_the_mlflow_server(cluster, as_admin):
-    out = cluster.tmp / "out-submit"
-    submission_id = f"cdb-test-{os.getpid()}-1"
-    cmd = [str(RAY), "job", "submit", "--address", cluster.address, "--submission-id", submission_id,
-           "--runtime-env", str(RUNTIME_ENV), "--working-dir", str(REPO), "--",
-           "python", "-m", "cdb.train", "--scale", "tiny", "--max-steps", "3", "--set", "data.max_records=16",
-           "--tracking-uri", cluster.mlflow, "--experiment", "submit", "--output-dir", str(out)]
-    proc = subprocess.run(cmd, cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=170)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "[cdb] done in" in proc.stdout
-    assert _job_succeeded(cluster, submission_id)
-
-    client, run = _only_run(cluster.mlflow, "submit")
-    assert run.info.status == "FINISHED"
-    assert run.data.params["scale.num_workers"] == "2" and run.data.params["scale.name"] == "tiny"
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
-    assert sorted(steps) == [1, 2, 3]
-    assert (out / "model" / "config.json").is_file()
-
-
-@pytest.mark.integration
-def test_submit_sh_passes_the_tracking_uri_and_no_secret(cluster, as_admin):
+def test_submit_sh_runs_tiny_on_the_cluster_into_the_mlflow_server_with_no_secret(cluster, as_admin):
+    """ray_jobs/submit.sh, as a user runs it (any cwd): `ray job submit` of the repository with
+    ray_jobs/runtime_env.yaml; the tracking URI reaches the job only through the caller's variable, the
+    credentials only from the cluster's own environment."""
     out = cluster.tmp / "out-submit-sh"
+    submission_id = f"cdb-test-{os.getpid()}"
     env = {**cluster.env, "MLFLOW_TRACKING_URI": cluster.mlflow, "HF_TOKEN": FAKE_TOKEN,
            "MLFLOW_TRACKING_PASSWORD": ADMIN[1]}
     before = {p: p.read_bytes() for p in (REPO / "ray_jobs").iterdir() if p.is_file()}
     proc = subprocess.run(
-        ["bash", str(REPO / "ray_jobs" / "submit.sh"), "--address", cluster.address,
-         "--submission-id", f"cdb-test-{os.getpid()}-2", "--",
-         "--scale", "tiny", "--max-steps", "1", "--set", "data.max_records=16", "--experiment", "submit-sh",
+        ["bash", str(REPO / "ray_jobs" / "submit.sh"), "--address", cluster.address, "--submission-id", submission_id,
+         "--", "--scale", "tiny", "--max-steps", "3", "--set", "data.max_records=16", "--experiment", "submit-sh",
          "--output-dir", str(out)],
-        cwd=cluster.tmp, env=env, capture_output=True, text=True, timeout=170)  # any cwd works
+        cwd=cluster.tmp, env=env, capture_output=True, text=True, timeout=170)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert _job_succeeded(cluster, f"cdb-test-{os.getpid()}-2")
+    assert "[cdb] done in" in proc.stdout
+    assert _job_succeeded(cluster, submission_id)
     assert "passing from this environment: MLFLOW_TRACKING_URI)" in proc.stderr
     assert FAKE_TOKEN not in proc.stdout + proc.stderr and ADMIN[1] not in proc.stdout + proc.stderr
     # No --tracking-uri was given: the run reached the server only through the passed variable.
-    _, run = _only_run(cluster.mlflow, "submit-sh")
+    client, run = _only_run(cluster.mlflow, "submit-sh")
     assert run.info.status == "FINISHED" and FAKE_TOKEN not in json.dumps(run.data.params)
-    stored = _job_runtime_env(cluster, f"cdb-test-{os.getpid()}-2")  # what `ray job list` would return
+    assert run.data.params["scale.num_workers"] == "2" and run.data.params["scale.name"] == "tiny"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == [1, 2, 3]
+    assert (out / "model" / "config.json").is_file()
+    stored = _job_runtime_env(cluster, submission_id)  # what `ray job list` would return
     assert cluster.mlflow in stored and FAKE_TOKEN not in stored and ADMIN[1] not in stored
     after = {p: p.read_bytes() for p in (REPO / "ray_jobs").iterdir() if p.is_file()}
     assert after == before  # nothing written next to the script

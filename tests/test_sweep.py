@@ -203,41 +203,53 @@ def runs_by_name(uri: str, experiment: str) -> dict[str, list]:
     return runs
 
 
+TINY_SEEDS = ["tiny-contrastive-seed0", "tiny-contrastive-seed1"]
+GPT2_SEEDS = ["gpt2-contrastive-seed0", "gpt2-contrastive-seed1"]
+
+
 @pytest.fixture(scope="module")
-def failed_sweep(tmp_path_factory):
-    """tiny trains; gpt2 needs a GPU the local cluster lacks: recorded as failed, the sweep goes on."""
+def seeds_sweep(tmp_path_factory, ray_address):
+    """--seeds 2 of two scales with a small evaluation (4 CrowS pairs, 4 StereoSet items): tiny's two
+    seeds train at once; gpt2's need a GPU the cluster lacks: each recorded as failed, the sweep goes
+    on and reports (the evaluation is bias alone: offline, gpt2's toxicity classifier would be refused
+    before its missing GPU, exit 2, not 4)."""
     tmp = tmp_path_factory.mktemp("sweep")
     uri, out = f"sqlite:///{tmp / 'mlflow.db'}", tmp / "sweep"
-    # no evaluation: offline, gpt2's toxicity classifier would be refused before its missing GPU (exit 2, not 4)
-    args = ["--scales", "tiny,gpt2", "--methods", "contrastive", "--max-steps", "2", "--set", "data.max_records=16",
-            "--set", "eval.suite=off", "--experiment", "sw", "--tracking-uri", uri, "--output-dir", str(out)]
-    proc = run_sweep(args, tmp, timeout=170)
-    return SimpleNamespace(tmp=tmp, uri=uri, out=out, args=args, proc=proc)
+    args = ["--scales", "tiny,gpt2", "--methods", "contrastive", "--seeds", "2", "--max-steps", "2", "--parallel", "2",
+            "--set", "scale.num_workers=1", "--set", "data.max_records=16", "--set", "eval.suite=quick",
+            "--set", "eval.tasks=[bias]", "--set", "eval.limit=4", "--experiment", "sw", "--tracking-uri", uri,
+            "--output-dir", str(out)]
+    proc = run_sweep(args, tmp, timeout=300, ray_address=ray_address)
+    return SimpleNamespace(tmp=tmp, uri=uri, out=out, args=args, proc=proc, ray_address=ray_address)
 
 
 @pytest.mark.integration
-def test_sweep_records_a_failed_point_goes_on_and_reports(failed_sweep):
-    proc, out, uri = failed_sweep.proc, failed_sweep.out, failed_sweep.uri
+def test_sweep_records_a_failed_point_goes_on_and_reports(seeds_sweep):
+    proc, out, uri = seeds_sweep.proc, seeds_sweep.out, seeds_sweep.uri
     assert proc.returncode == 1, proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert "point 1/2 tiny-contrastive: FINISHED" in proc.stdout and "point 2/2 gpt2-contrastive: FAILED" in proc.stdout
+    for number, name in enumerate(TINY_SEEDS + GPT2_SEEDS, 1):
+        assert f"point {number}/4 {name}: {'FINISHED' if name in TINY_SEEDS else 'FAILED'}" in proc.stdout
 
     state = json.loads((out / "sweep.json").read_text())
     assert state["status"] == "FAILED"
-    tiny, gpt2 = state["points"]["tiny-contrastive"], state["points"]["gpt2-contrastive"]
-    assert tiny["status"] == "FINISHED" and (out / "tiny-contrastive" / "model" / "config.json").is_file()
-    assert gpt2["status"] == "FAILED" and gpt2["exit_code"] == 4 and "needs 1 GPUs" in gpt2["error"]
     parent_id = state["parent_run_id"]
-
     client = MlflowClient(uri)
     parent = client.get_run(parent_id)
     assert parent.data.tags["cdb.method"] == "sweep" and parent.info.status == "FAILED"
     assert parent.data.params["scales"] == "tiny,gpt2" and parent.data.params["methods"] == "contrastive"
-    assert parent.data.tags["cdb.sweep.gpt2-contrastive"].startswith("failed: scale 'gpt2' needs 1 GPUs")
-    assert parent.data.tags["cdb.sweep.tiny-contrastive"] == f"finished: run {tiny['run_id']}"
-    [child] = runs_by_name(uri, "sw")["tiny-contrastive"]
-    assert child.info.run_id == tiny["run_id"] and child.info.status == "FINISHED"
-    assert child.data.tags["mlflow.parentRunId"] == parent_id
-    assert child.data.params["train.max_steps"] == "2" and child.data.tags["cdb.tracking.parent_run_id"] == parent_id
+    runs = runs_by_name(uri, "sw")
+    for name in GPT2_SEEDS:
+        gpt2 = state["points"][name]
+        assert gpt2["status"] == "FAILED" and gpt2["exit_code"] == 4 and "needs 1 GPUs" in gpt2["error"]
+        assert parent.data.tags[f"cdb.sweep.{name}"].startswith("failed: scale 'gpt2' needs 1 GPUs")
+    for name in TINY_SEEDS:
+        tiny = state["points"][name]
+        assert tiny["status"] == "FINISHED" and (out / name / "model" / "config.json").is_file()
+        assert parent.data.tags[f"cdb.sweep.{name}"] == f"finished: run {tiny['run_id']}"
+        [child] = runs[name]
+        assert child.info.run_id == tiny["run_id"] and child.info.status == "FINISHED"
+        assert child.data.tags["mlflow.parentRunId"] == parent_id
+        assert child.data.params["train.max_steps"] == "2" and child.data.tags["cdb.tracking.parent_run_id"] == parent_id
 
     assert "tiny" in (out / "report" / "report.md").read_text()
     report_id = client.get_run(parent_id).data.tags["cdb.sweep.report"]
@@ -249,20 +261,51 @@ def test_sweep_records_a_failed_point_goes_on_and_reports(failed_sweep):
 
 
 @pytest.mark.integration
-def test_rerun_reuses_the_parent_and_skips_finished_points(failed_sweep):
-    out, uri = failed_sweep.out, failed_sweep.uri
+def test_a_sweep_of_two_seeds_reports_and_logs_their_pooled_change(seeds_sweep):
+    """The report pools the two seeds into one row, "2 seeds", the change the mean of the runs' own;
+    the parent run holds it."""
+    from cdb.report import sig
+
+    out, state = seeds_sweep.out, json.loads((seeds_sweep.out / "sweep.json").read_text())
+    client = MlflowClient(seeds_sweep.uri)
+    runs = {name: client.get_run(state["points"][name]["run_id"]) for name in TINY_SEEDS}
+    parent = client.get_run(state["parent_run_id"]).data.metrics
+
+    metric = "delta/bias/crows_stereo_share"
+    own = [run.data.metrics[metric] for run in runs.values()]
+    head = "pooled/tiny-contrastive"
+    assert parent[f"{head}/seeds"] == 2 and parent[f"{head}/{metric}_n"] == 4
+    assert parent[f"{head}/{metric}"] == pytest.approx(sum(own) / 2)
+    low, high = parent[f"{head}/{metric}_ci95_low"], parent[f"{head}/{metric}_ci95_high"]
+    assert low <= min(own) and max(own) <= high  # the seeds' spread is inside the pooled interval
+
+    md = (out / "report" / "report.md").read_text()
+    tuned = md.split("## Tuned models")[1].split("## Base models")[0]
+    [row] = [line for line in tuned.splitlines() if line.startswith("| contrastive |")]
+    names = ", ".join(f"{name} ({run.info.run_id[:8]})" for name, run in runs.items())
+    assert row.startswith(f"| contrastive | tiny | 2 seeds | {names} |")
+    # One row per column: the change's interval is the pooled 95% one the parent holds.
+    assert f"{sig(parent[f'{head}/{metric}'], 2, True)} [{sig(low, 2, True)}, {sig(high, 2, True)}])" in row \
+        or f"change {sig(parent[f'{head}/{metric}'], 2, True)} [{sig(low, 2, True)}, {sig(high, 2, True)}]" in row
+    assert "Changes: one row per column, so each interval is its 95% one" in tuned
+
+
+@pytest.mark.integration
+def test_rerun_reuses_the_parent_and_skips_finished_points(seeds_sweep):
+    out, uri = seeds_sweep.out, seeds_sweep.uri
     first = json.loads((out / "sweep.json").read_text())
-    assert first["points"]["tiny-contrastive"]["status"] == "FINISHED", failed_sweep.proc.stdout[-3000:]
-    proc = run_sweep(failed_sweep.args, failed_sweep.tmp, timeout=170)
+    assert all(first["points"][name]["status"] == "FINISHED" for name in TINY_SEEDS), seeds_sweep.proc.stdout[-3000:]
+    proc = run_sweep(seeds_sweep.args, seeds_sweep.tmp, timeout=170, ray_address=seeds_sweep.ray_address)
     assert proc.returncode == 1, proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert "tiny-contrastive: skipped, finished earlier" in proc.stdout
-    assert "[tiny-contrastive]" not in proc.stdout  # no cdb.train output for it
     again = json.loads((out / "sweep.json").read_text())
     assert again["parent_run_id"] == first["parent_run_id"]
-    assert again["points"]["tiny-contrastive"]["run_id"] == first["points"]["tiny-contrastive"]["run_id"]
-    assert again["points"]["gpt2-contrastive"]["attempts"] == 2  # failed points are tried again
+    for name in TINY_SEEDS:
+        assert f"{name}: skipped, finished earlier" in proc.stdout
+        assert f"[{name}]" not in proc.stdout  # no cdb.train output for it
+        assert again["points"][name]["run_id"] == first["points"][name]["run_id"]
+    assert all(again["points"][name]["attempts"] == 2 for name in GPT2_SEEDS)  # failed points are tried again
     runs = runs_by_name(uri, "sw")
-    assert len(runs["tiny-contrastive"]) == 1
+    assert all(len(runs[name]) == 1 for name in TINY_SEEDS)
     assert sum(1 for rs in runs.values() for r in rs if r.data.tags.get("cdb.method") == "sweep") == 1
 
 
@@ -422,42 +465,6 @@ def test_each_training_run_records_its_data_model_and_system_metrics(method_swee
         for metric in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
             assert client.get_metric_history(run.info.run_id, metric), (name, metric)
     assert len(digests) == 1 and digests != {""}  # the same data, identified by its digest
-
-
-@pytest.mark.integration
-def test_a_sweep_of_two_seeds_reports_and_logs_their_pooled_change(tmp_path, ray_address):
-    """--seeds 2 with a small evaluation (4 CrowS pairs, 4 StereoSet items): the report pools the two
-    seeds into one row, "2 seeds", the change the mean of the runs' own; the parent run holds it."""
-    from cdb.report import sig
-
-    uri, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "sweep"
-    proc = run_sweep(["--scales", "tiny", "--methods", "contrastive", "--seeds", "2", "--max-steps", "2", "--parallel", "2",
-                      "--set", "scale.num_workers=1", "--set", "data.max_records=16", "--set", "eval.suite=quick",
-                      "--set", "eval.tasks=[bias]", "--set", "eval.limit=4", "--tracking-uri", uri, "--output-dir", str(out)],
-                     tmp_path, timeout=180, ray_address=ray_address)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    state = json.loads((out / "sweep.json").read_text())
-    client = MlflowClient(uri)
-    runs = {name: client.get_run(state["points"][name]["run_id"]) for name in ("tiny-contrastive-seed0", "tiny-contrastive-seed1")}
-    parent = client.get_run(state["parent_run_id"]).data.metrics
-
-    metric = "delta/bias/crows_stereo_share"
-    own = [run.data.metrics[metric] for run in runs.values()]
-    head = "pooled/tiny-contrastive"
-    assert parent[f"{head}/seeds"] == 2 and parent[f"{head}/{metric}_n"] == 4
-    assert parent[f"{head}/{metric}"] == pytest.approx(sum(own) / 2)
-    low, high = parent[f"{head}/{metric}_ci95_low"], parent[f"{head}/{metric}_ci95_high"]
-    assert low <= min(own) and max(own) <= high  # the seeds' spread is inside the pooled interval
-
-    md = (out / "report" / "report.md").read_text()
-    tuned = md.split("## Tuned models")[1].split("## Base models")[0]
-    [row] = [line for line in tuned.splitlines() if line.startswith("| contrastive |")]
-    names = ", ".join(f"{name} ({run.info.run_id[:8]})" for name, run in runs.items())
-    assert row.startswith(f"| contrastive | tiny | 2 seeds | {names} |")
-    # One row per column: the change's interval is the pooled 95% one the parent holds.
-    assert f"{sig(parent[f'{head}/{metric}'], 2, True)} [{sig(low, 2, True)}, {sig(high, 2, True)}])" in row \
-        or f"change {sig(parent[f'{head}/{metric}'], 2, True)} [{sig(low, 2, True)}, {sig(high, 2, True)}]" in row
-    assert "Changes: one row per column, so each interval is its 95% one" in tuned
 
 
 def test_admit_counts_what_other_jobs_hold():

@@ -97,6 +97,29 @@ def test_a_training_jobs_run_is_opened_continued_and_finished(uri, tmp_path):
     assert client.get_run(record.run_id).info.status == "FINISHED"
 
 
+def test_metrics_spooled_while_the_server_is_down_replay_into_the_existing_run_by_sync(uri, tmp_path, monkeypatch):
+    """A run that exists, a server that then stops answering: the worker's logger spools every step (a
+    warning, no error), `python -m cdb.sync` replays them into that run and empties the spool."""
+    from cdb import sync
+    from cdb.config import resolve
+    from conftest import free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    (tmp_path / "config.yaml").write_text("scale: {name: tiny}\n")
+    config = resolve(sets=[f"tracking.uri={uri}", "tracking.experiment=exp", f"train.output_dir={tmp_path}"])
+    record = tracking.start_job_run(tracking.training_record(config, {}), tmp_path)
+    record.write(tmp_path)  # run.json, as cdb.train keeps it
+    down = tracking.RunLogger(f"http://127.0.0.1:{free_port()}", record.run_id, 0, tmp_path / tracking.SPOOL_FILE)
+    for step in (1, 2, 3):
+        down.log_metrics({"train/loss": 1.0 / step}, step)
+    assert [entry["step"] for entry in tracking.read_spool(tmp_path / tracking.SPOOL_FILE, record.run_id)] == [1, 2, 3]
+    assert sync.main([str(tmp_path)]) == 0
+    history = MlflowClient(uri).get_metric_history(record.run_id, "train/loss")
+    assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
+    assert not (tmp_path / tracking.SPOOL_FILE).exists()
+    assert sync.main([str(tmp_path)]) == 0 and len(MlflowClient(uri).get_metric_history(record.run_id, "train/loss")) == 3
+
+
 def test_a_run_record_that_is_not_ours_is_named(tmp_path):
     (tmp_path / tracking.RUN_FILE).write_text(json.dumps({"run_id": "x", "colour": "blue"}))
     with pytest.raises(ValueError, match=f"{tmp_path / tracking.RUN_FILE}: not a cdb run record"):
