@@ -130,8 +130,9 @@ def test_same_command_continues_after_ray_job_stop_with_checkpoints_in_s3(cluste
     out, db = bed.shared / "run", bed.shared / "mlflow.db"
     # Enough steps that `ray job stop` (seconds to start its CLI on a busy machine) lands mid-run.
     command = ["--max-steps", str(STEPS), "--output-dir", str(out), "--tracking-uri", f"sqlite:///{db}",
-               "--storage-path", bed.storage_uri("runs/tiny"), "--set", "train.checkpoint_every=2",
-               "--set", "eval.suite=quick", "--set", "eval.tasks=[toxicity,bias]", "--set", "eval.limit=2"]
+               "--storage-path", bed.storage_uri("runs/tiny"), "--set", "train.checkpoint_every=4",
+               "--set", "eval.suite=quick", "--set", "eval.tasks=[toxicity,bias]", "--set", "eval.limit=2",
+               "--set", "eval.max_new_tokens=8"]
 
     # 1. `ray job stop` once a checkpoint is in S3 reaches both ranks, on two nodes. (A driver SIGKILLed
     # and submitted again is test_chaos's "driver" fault.)

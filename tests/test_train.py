@@ -264,7 +264,8 @@ def test_smol_135m_trains_offline_and_evaluates_off_the_driver(tmp_path, ray_add
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "run"
     proc = run_train(["--scale", "smol-135m", "--max-steps", "2", "--output-dir", str(out), "--tracking-uri", uri,
-                      "--set", "data.max_records=16", "--set", "eval.limit=2", "--set", "eval.tasks=[toxicity]"],
+                      "--set", "data.max_records=16", "--set", "eval.limit=2", "--set", "eval.tasks=[toxicity]",
+                      "--set", "eval.max_new_tokens=8"],
                      tmp_path, ray_address=ray_address)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     client, run = only_run(uri)
