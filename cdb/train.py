@@ -204,13 +204,12 @@ def output_not_writable(config: cfg.Config) -> str | None:
     return None
 
 
-def preflight_output(config: cfg.Config, parameters: int) -> str | None:
-    """A message if the output folder cannot be written or cannot hold the checkpoints, else None."""
+def output_too_small(config: cfg.Config, parameters: int) -> str | None:
+    """A message if the output folder cannot hold the checkpoints and the model, else None."""
+    if config.train.storage_path:  # checkpoints and the model go to the object store
+        return None
     target = Path(config.train.output_dir)
     existing = next(p for p in [target, *target.parents] if p.exists())
-    problem = output_not_writable(config)
-    if problem or config.train.storage_path:  # with a storage path, checkpoints go to the object store
-        return problem
     # fp32 master weights + Adam moments + weights: ~16 bytes per parameter per kept checkpoint
     # (plus one being written), and the exported model.
     need = parameters * (16 * (config.train.keep_checkpoints + 1) + 4)
@@ -499,7 +498,7 @@ def connect(config: cfg.Config) -> None:
 
 
 def prepare_model(config: cfg.Config) -> tuple[str, int]:
-    """(local model source, parameter count), after checking the output folder and the memory plan."""
+    """(local model source, parameter count), after checking the output folder's room and the memory plan."""
     from cdb.memory import estimate_memory
 
     try:
@@ -508,7 +507,7 @@ def prepare_model(config: cfg.Config) -> tuple[str, int]:
         parameters = count_parameters(model_source, len(tokenizer), config.scale.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise Failure(EXIT_CONFIG, f"scale.model {config.scale.model!r}: {exc}") from None
-    problem = preflight_output(config, parameters)
+    problem = output_too_small(config, parameters)
     if problem:
         raise Failure(EXIT_CONFIG, problem)
     memory = estimate_memory(config, config.scale.num_workers * max(config.scale.gpus_per_worker, 1), None)

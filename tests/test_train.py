@@ -283,12 +283,12 @@ def test_smol_135m_trains_offline_and_evaluates_off_the_driver(tmp_path, ray_add
 
 def test_preflight_refuses_an_output_dir_without_room_for_the_checkpoints(tmp_path):
     from cdb import config as cfg
-    from cdb.train import preflight_output
+    from cdb.train import output_too_small
 
     config = cfg.resolve(flags={"train.output_dir": str(tmp_path / "run"), "train.keep_checkpoints": 10**9})
-    message = preflight_output(config, parameters=10**6)  # 16 bytes x 1e6 params x 1e9 checkpoints: no disk has it
+    message = output_too_small(config, parameters=10**6)  # 16 bytes x 1e6 params x 1e9 checkpoints: no disk has it
     assert message and "GiB free" in message and str(tmp_path / "run") in message
-    assert preflight_output(cfg.resolve(flags={"train.output_dir": str(tmp_path / "run")}), parameters=10**6) is None
+    assert output_too_small(cfg.resolve(flags={"train.output_dir": str(tmp_path / "run")}), parameters=10**6) is None
     assert not (tmp_path / "run").exists()  # checking wrote nothing
 
 
